@@ -1,0 +1,1 @@
+"""Sub-commands of `nudge`; each module exposes `register(subparsers)` (see engine/cli.py)."""

@@ -1,0 +1,108 @@
+"""Settings from the environment, in one place.
+
+Every setting has a documented default (README, "Configuration") so `make demo` runs with none set. Values are read
+once with `Settings.from_env()`; modules take a `Settings` instead of reading `os.environ` themselves, so tests can
+build one directly.
+
+The broker profile `dev` holds the workarounds for the Tansu broker used in development and CI (see README,
+"Development stack"); `kafka` is for a real Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value Nudge cannot use; the message names the variable and what it accepts."""
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from None
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+
+
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name) or default
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "kafka://127.0.0.1:9092"
+    broker_profile: str = "kafka"  # "dev" = Tansu workarounds, "kafka" = real Kafka
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_dsn: str = "chdb:///var/lib/nudge/clickhouse"
+    rules_path: Path = Path("rules")
+    connectors_path: Path = Path("connectors.yaml")
+    reps_path: Path = Path("reps.yaml")
+    partitions: int = 8
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    collector_port: int = 8088
+    state_dir: Path = Path("var/state")
+    app_id: str = "nudge"
+    topic_prefix: str = ""
+    allowed_lateness_s: float = 5.0
+    timer_interval_s: float = 0.2
+    batch_size: int = 2000
+    batch_within_s: float = 0.05
+    log_level: str = "info"
+    default_timezone: str = "UTC"
+    write_keys: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        defaults = cls()
+        return cls(
+            broker_url=env.get("NUDGE_BROKER_URL") or defaults.broker_url,
+            broker_profile=_choice(env, "NUDGE_BROKER_PROFILE", defaults.broker_profile, ("dev", "kafka")),
+            redis_url=env.get("NUDGE_REDIS_URL") or defaults.redis_url,
+            clickhouse_dsn=env.get("NUDGE_CLICKHOUSE_DSN") or defaults.clickhouse_dsn,
+            rules_path=Path(env.get("NUDGE_RULES_PATH") or defaults.rules_path),
+            connectors_path=Path(env.get("NUDGE_CONNECTORS_PATH") or defaults.connectors_path),
+            reps_path=Path(env.get("NUDGE_REPS_PATH") or defaults.reps_path),
+            partitions=_int(env, "NUDGE_PARTITIONS", defaults.partitions),
+            web_port=_int(env, "NUDGE_WEB_PORT", defaults.web_port),
+            web_host=env.get("NUDGE_WEB_HOST") or defaults.web_host,
+            collector_port=_int(env, "NUDGE_COLLECTOR_PORT", defaults.collector_port),
+            state_dir=Path(env.get("NUDGE_STATE_DIR") or defaults.state_dir),
+            app_id=env.get("NUDGE_APP_ID") or defaults.app_id,
+            topic_prefix=env.get("NUDGE_TOPIC_PREFIX") or defaults.topic_prefix,
+            allowed_lateness_s=_float(env, "NUDGE_ALLOWED_LATENESS_S", defaults.allowed_lateness_s),
+            timer_interval_s=_float(env, "NUDGE_TIMER_INTERVAL_S", defaults.timer_interval_s),
+            batch_size=_int(env, "NUDGE_BATCH_SIZE", defaults.batch_size),
+            batch_within_s=_float(env, "NUDGE_BATCH_WITHIN_S", defaults.batch_within_s),
+            log_level=_choice(env, "NUDGE_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")),
+            default_timezone=env.get("NUDGE_DEFAULT_TIMEZONE") or defaults.default_timezone,
+            write_keys=tuple(k for k in (env.get("NUDGE_WRITE_KEYS") or "").split(",") if k),
+        )
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """Full topic name: lets several test runs or tenants share one broker."""
+        return f"{self.topic_prefix}{name}"

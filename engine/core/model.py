@@ -1,0 +1,102 @@
+"""Values that cross the boundary of the pure core: what goes in (an event or a timer tick), what comes out.
+
+Contract:
+- `Action` is what a fired rule asks the outbound side to do. It is a plain, JSON-serialisable value; the wire form
+  on the `actions` topic is `Action.to_bytes()` and `Action.from_json()` reads it back unchanged.
+- `action_id` is deterministic: the same rule version, lead and trigger always give the same id, so a replayed or
+  re-evaluated action is recognisable downstream (idempotency keys, ClickHouse dedup).
+- `Tick(now_ms)` asks the core to fire every deadline of a lead at or before `now_ms` (event time).
+- `Evaluation.timers` is the full set of pending deadlines of the lead after this step (not a delta), so the shell can
+  replace its index entry for the lead instead of reconciling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.events import format_ts
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Event time has reached `now_ms` for this lead with no new event: fire what is due."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """A fired rule. `context` carries the lead facts a template needs (traits, cart, score, stage, owner)."""
+
+    action_id: str
+    rule: str
+    rule_version: str
+    lead_id: str
+    fired_at_ms: int
+    trigger: tuple[str, ...]  # message ids of the events that made the rule fire
+    connector: str
+    explanation: str
+    template: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    marketing: bool = True  # marketing actions obey consent; sales alerts to reps do not
+    on_cap: str = "defer"  # "defer" or "drop" when a frequency cap / quiet hours applies
+    context: dict[str, Any] = field(default_factory=dict)
+    trigger_time_ms: int | None = None  # event time of the last triggering event (for detection delay)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "rule": self.rule,
+            "rule_version": self.rule_version,
+            "lead_id": self.lead_id,
+            "fired_at": format_ts(self.fired_at_ms),
+            "fired_at_ms": self.fired_at_ms,
+            "trigger": list(self.trigger),
+            "connector": self.connector,
+            "template": self.template,
+            "payload": self.payload,
+            "priority": self.priority,
+            "marketing": self.marketing,
+            "on_cap": self.on_cap,
+            "explanation": self.explanation,
+            "context": self.context,
+            "trigger_time_ms": self.trigger_time_ms,
+        }
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | bytes | str) -> Action:
+        if not isinstance(doc, dict):
+            doc = orjson.loads(doc)
+        return cls(
+            action_id=doc["action_id"],
+            rule=doc["rule"],
+            rule_version=doc["rule_version"],
+            lead_id=doc["lead_id"],
+            fired_at_ms=int(doc["fired_at_ms"]),
+            trigger=tuple(doc.get("trigger") or ()),
+            connector=doc["connector"],
+            explanation=doc.get("explanation", ""),
+            template=doc.get("template"),
+            payload=doc.get("payload") or {},
+            priority=int(doc.get("priority") or 0),
+            marketing=bool(doc.get("marketing", True)),
+            on_cap=doc.get("on_cap") or "defer",
+            context=doc.get("context") or {},
+            trigger_time_ms=doc.get("trigger_time_ms"),
+        )
+
+
+def make_action_id(rule: str, rule_version: str, lead_id: str, trigger_key: str) -> str:
+    """Deterministic id: hash of rule id, rule version, lead id and what triggered it (episode/window key)."""
+    digest = hashlib.blake2b(
+        f"{rule}\x1f{rule_version}\x1f{lead_id}\x1f{trigger_key}".encode(), digest_size=16
+    ).hexdigest()
+    return f"act_{digest}"

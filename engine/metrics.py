@@ -1,0 +1,88 @@
+"""Every Prometheus metric Nudge exports, defined once.
+
+Naming follows Prometheus conventions: `nudge_` prefix, `_total` for counters, base units (`_seconds`, `_bytes`).
+Label values are bounded sets (event type, reason code, rule id, connector name, outcome, partition): never a lead id,
+message id or free text. Processes serve these on `/metrics` with `serve_metrics()` or through their own web server
+with `render_latest()`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+# Latency buckets from 5 ms to 5 min: detections are expected within seconds, deferred deliveries take longer.
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+# --- worker: input --------------------------------------------------------------------------------------------------
+EVENTS_CONSUMED = Counter("nudge_events_consumed_total", "Clickstream events consumed by the worker", ["type"])
+DEAD_LETTERS = Counter("nudge_dead_letters_total", "Messages sent to the dead-letter topic", ["source", "reason"])
+CONSUMER_LAG = Gauge(
+    "nudge_consumer_lag_messages", "Messages between the committed offset and the end of the log", ["topic", "partition"]
+)
+EVENT_TIME_WATERMARK = Gauge("nudge_event_time_watermark_seconds", "Worker's event-time clock (epoch seconds)")
+
+# --- worker: rules and state ----------------------------------------------------------------------------------------
+RULE_FIRES = Counter("nudge_rule_fires_total", "Actions fired by rule", ["rule", "kind"])
+DETECTION_DELAY = Histogram(
+    "nudge_detection_delay_seconds",
+    "Wall time from the triggering event's time (or the deadline) to the action being emitted",
+    ["kind"],
+    buckets=DELAY_BUCKETS,
+)
+DEADLINE_LAG = Histogram(
+    "nudge_deadline_lag_seconds",
+    "How late a deadline timer fired compared with its deadline (wall clock)",
+    buckets=DELAY_BUCKETS,
+)
+ACTIVE_LEADS = Gauge("nudge_active_leads", "Leads with state held by this worker")
+STATE_BYTES = Gauge("nudge_state_bytes", "Serialized bytes of per-lead state held by this worker")
+PENDING_DEADLINES = Gauge("nudge_pending_deadlines", "Deadlines waiting in this worker's timer index")
+BATCH_SIZE = Histogram(
+    "nudge_worker_batch_events", "Events per processed batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000, 20000)
+)
+
+# --- dispatcher and connectors --------------------------------------------------------------------------------------
+ACTIONS = Counter("nudge_actions_total", "Action delivery outcomes", ["connector", "outcome"])
+DELIVERY_DELAY = Histogram(
+    "nudge_delivery_delay_seconds",
+    "Wall time from the action being fired to the peer accepting it",
+    ["connector"],
+    buckets=DELAY_BUCKETS,
+)
+CONNECTOR_RETRIES = Counter("nudge_connector_retries_total", "Retried delivery attempts", ["connector"])
+CIRCUIT_STATE = Gauge(
+    "nudge_connector_circuit_state", "Circuit breaker per connector: 0 closed, 1 half-open, 2 open", ["connector"]
+)
+CONNECTOR_INFLIGHT = Gauge("nudge_connector_inflight", "Deliveries in flight per connector", ["connector"])
+
+# --- sink -----------------------------------------------------------------------------------------------------------
+CLICKHOUSE_ROWS = Counter("nudge_clickhouse_insert_rows_total", "Rows inserted into ClickHouse", ["table"])
+CLICKHOUSE_INSERT_SECONDS = Histogram(
+    "nudge_clickhouse_insert_duration_seconds", "ClickHouse batch insert latency", ["table"], buckets=DELAY_BUCKETS
+)
+CLICKHOUSE_ERRORS = Counter("nudge_clickhouse_insert_errors_total", "Failed ClickHouse insert attempts", ["table"])
+SINK_BUFFERED_ROWS = Gauge("nudge_sink_buffered_rows", "Rows waiting in the sink's buffer", ["table"])
+
+# --- collector ------------------------------------------------------------------------------------------------------
+COLLECTOR_REQUESTS = Counter(
+    "nudge_collector_requests_total", "HTTP requests to the collector", ["endpoint", "status"]
+)
+COLLECTOR_EVENTS = Counter("nudge_collector_events_total", "Events accepted by the collector", ["type", "outcome"])
+
+
+def render_latest() -> tuple[bytes, str]:
+    """Body and content type of the `/metrics` response for the default registry."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve `/metrics` on its own port (for processes without a web server of their own)."""
+    start_http_server(port, addr=host)

@@ -1,0 +1,59 @@
+"""Shared fixtures. Services are real: the dev stack (Tansu broker + Redis) is started once per test session.
+
+- `stack`: the running dev stack (`engine.devstack.StackInfo`), started under a temporary directory and stopped at the
+  end of the session.
+- `settings`: `Settings` pointing at the stack, with a unique topic prefix and app id per test so tests sharing the
+  broker never see each other's topics, and a private chDB path.
+- `redis_url`: a Redis database on the stack's server, flushed before the test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.config import Settings
+from engine.devstack import DevStack, StackInfo
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    dev = DevStack(tmp_path_factory.mktemp("devstack"))
+    info = dev.up()
+    try:
+        yield info
+    finally:
+        dev.down()
+
+
+@pytest.fixture
+def redis_url(stack: StackInfo) -> str:
+    import redis
+
+    client = redis.Redis.from_url(stack.redis_url)
+    client.flushdb()
+    client.close()
+    return stack.redis_url
+
+
+@pytest.fixture
+def settings(stack: StackInfo, tmp_path: Path, redis_url: str) -> Settings:
+    n = next(_counter)
+    prefix = f"t{os.getpid()}-{n}-"
+    return Settings(
+        broker_url=stack.broker_url,
+        broker_profile="dev",
+        redis_url=redis_url,
+        clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+        rules_path=Path(__file__).resolve().parent.parent / "rules",
+        state_dir=tmp_path / "state",
+        app_id=f"nudge-{prefix}",
+        topic_prefix=prefix,
+        partitions=4,
+    )
