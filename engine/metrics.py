@@ -70,6 +70,9 @@ CLICKHOUSE_INSERT_SECONDS = Histogram(
 )
 CLICKHOUSE_ERRORS = Counter("nudge_clickhouse_insert_errors_total", "Failed ClickHouse insert attempts", ["table"])
 SINK_BUFFERED_ROWS = Gauge("nudge_sink_buffered_rows", "Rows waiting in the sink's buffer", ["table"])
+SINK_SKIPPED = Counter(
+    "nudge_sink_skipped_records_total", "Records the sink could not store (invalid, malformed)", ["topic", "reason"]
+)
 
 # --- collector ------------------------------------------------------------------------------------------------------
 COLLECTOR_REQUESTS = Counter(
