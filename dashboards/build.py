@@ -1,0 +1,268 @@
+"""Build Nudge's Grafana dashboards (dashboards/*.json) from code.
+
+Contract:
+- The dashboards are written with the typed builders of `grafana-foundation-sdk` pinned to Grafana 11.6
+  (dev extra), so every field has the shape Grafana 11.6 expects (schemaVersion 41). The generated JSON is
+  committed: Grafana provisioning reads it, and nothing at run time needs this script.
+- Every query uses only metrics defined in `engine/metrics.py`, plus `up` (written by Prometheus itself) and
+  the `process_*` metrics prometheus-client exports from every process. tests/dashboards/ evaluates every
+  query against a live Prometheus scraping the engine.
+- Panel ids and query refIds are assigned here, so the output is deterministic: `--check` fails (exit 1)
+  when a committed file differs from what this script builds, which keeps code and JSON from drifting apart.
+
+Run: `.venv/bin/python dashboards/build.py` (write) or `... --check` (verify).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dm
+from panels import (
+    DATASOURCE,
+    RATE,
+    bucket_heatmap,
+    instant_table,
+    quantiles,
+    single,
+    state_timeline,
+    thresholds,
+    ts,
+)
+
+HERE = Path(__file__).resolve().parent
+NUDGE_JOBS = 'job=~"nudge-.*"'
+BLUE = thresholds((None, "blue"))
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list[Any]]]) -> db.Dashboard:
+    """A Nudge dashboard: UTC, 10 s refresh, a `$datasource` picker, links to its siblings, then `rows`."""
+    dash = (
+        db.Dashboard(title).uid(uid).description(description).tags(["nudge"]).timezone("utc").refresh("10s")
+        .time("now-1h", "now").tooltip(dm.DashboardCursorSync.CROSSHAIR).editable()
+        .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .link(
+            db.DashboardLink("Nudge dashboards").type(dm.DashboardLinkType.DASHBOARDS).tags(["nudge"])
+            .as_dropdown(True).include_vars(True).keep_time(True)
+        )
+    )
+    for row_title, row_panels in rows:
+        dash = dash.with_row(db.Row(row_title))
+        for panel in row_panels:
+            dash = dash.with_panel(panel)
+    return dash
+
+
+def query_variable(name: str, label: str, metric: str, label_name: str) -> db.QueryVariable:
+    """A multi-select variable listing the values of `label_name` on `metric`; "All" matches every value."""
+    return (
+        db.QueryVariable(name).label(label).datasource(DATASOURCE)
+        .query(f"label_values({metric}, {label_name})")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True).include_all(True).all_value(".*")
+    )
+
+
+def rate(metric: str, by: str, where: str = "") -> str:
+    selector = f"{metric}{{{where}}}" if where else metric
+    return f"sum by ({by}) (rate({selector}[{RATE}]))"
+
+
+def legend(by: str) -> str:
+    return " ".join("{{" + label.strip() + "}}" for label in by.split(","))
+
+
+def overview() -> db.Dashboard:
+    final = f'sum(rate(nudge_actions_total{{outcome=~"sent|failed"}}[{RATE}]))'
+    at_a_glance = [
+        single("Events / s", "Clickstream events consumed by all workers.",
+               f"sum(rate(nudge_events_consumed_total[{RATE}]))", "ops", BLUE),
+        single("Actions fired / s", "Actions emitted by all rules.",
+               f"sum(rate(nudge_rule_fires_total[{RATE}]))", "ops", BLUE),
+        single("Delivered", "Share of final delivery outcomes that were sent (the rest failed).",
+               f'sum(rate(nudge_actions_total{{outcome="sent"}}[{RATE}])) / {final}', "percentunit",
+               thresholds((None, "red"), (0.95, "yellow"), (0.99, "green"))),
+        single("Consumer lag", "Messages the workers have not processed yet, all partitions.",
+               "sum(nudge_consumer_lag_messages)", "short",
+               thresholds((None, "green"), (1000, "yellow"), (10000, "red"))),
+        single("Detection delay p95", "Event time (or deadline) to action emitted.",
+               quantiles("nudge_detection_delay_seconds", qs=(0.95,))[0][0], "s",
+               thresholds((None, "green"), (2, "yellow"), (10, "red"))),
+        single("Dead letters / s", "Messages rejected to the dead-letter topic.",
+               f"sum(rate(nudge_dead_letters_total[{RATE}]))", "ops",
+               thresholds((None, "green"), (0.1, "yellow"), (1, "red"))),
+    ]
+    flow = [
+        ts("Events consumed by type", "Clickstream events per second, by Segment call type.",
+           [(rate("nudge_events_consumed_total", "type"), "{{type}}")], "ops", stack=True),
+        ts("Actions fired by rule", "Actions per second, by rule.",
+           [(rate("nudge_rule_fires_total", "rule"), "{{rule}}")], "ops", stack=True),
+        ts("Delivery outcomes", "Dispatcher outcomes per second: sent, retried, failed, suppressed, "
+           "deferred, duplicate.", [(rate("nudge_actions_total", "outcome"), "{{outcome}}")], "ops"),
+        ts("Detection delay", "Wall time from the triggering event's time (or the deadline) to the action "
+           "being emitted.", quantiles("nudge_detection_delay_seconds"), "s"),
+    ]
+    keeping_up = [
+        ts("Consumer lag by topic", "Messages between the committed offset and the end of the log.",
+           [("sum by (topic) (nudge_consumer_lag_messages)", "{{topic}}")], "short", w=8),
+        ts("Event-time clock behind wall clock", "How far each worker's event-time clock trails the wall "
+           "clock (includes the allowed lateness).",
+           [("time() - nudge_event_time_watermark_seconds", "{{instance}}")], "s", w=8),
+        ts("Delivery delay p95 by connector", "Action fired to the peer accepting it.",
+           quantiles("nudge_delivery_delay_seconds", "connector", (0.95,)), "s", w=8),
+    ]
+    return dashboard(
+        "nudge-overview", "Nudge / Overview",
+        "Does Nudge keep up with the clickstream, and do its actions land? Start here.",
+        [("At a glance", at_a_glance), ("Flow", flow), ("Keeping up", keeping_up)],
+    )
+
+
+def rules_and_actions() -> db.Dashboard:
+    rule, conn = 'rule=~"$rule"', 'connector=~"$connector"'
+    failed = rate("nudge_actions_total", "connector", f'{conn}, outcome="failed"')
+    # `or ... * 0`: connectors that never failed show 0 instead of no data.
+    final = rate("nudge_actions_total", "connector", f'{conn}, outcome=~"sent|failed"')
+    ratio = f'({failed} or {rate("nudge_actions_total", "connector", conn)} * 0) / {final}'
+    rules = [
+        ts("Fires by rule", "Actions per second, by rule.",
+           [(rate("nudge_rule_fires_total", "rule", rule), "{{rule}}")], "ops"),
+        instant_table("Fires in the selected range", "Actions fired per rule and kind over the time range.",
+                      f"sort_desc(sum by (rule, kind) "
+                      f"(increase(nudge_rule_fires_total{{{rule}}}[$__range])))"),
+        ts("Fires by rule kind", "Actions per second by kind (abandonment, threshold, sequence, score).",
+           [(rate("nudge_rule_fires_total", "kind", rule), "{{kind}}")], "ops", stack=True),
+        ts("Detection delay p95 by kind", "Event time (or deadline) to action emitted.",
+           quantiles("nudge_detection_delay_seconds", "kind", (0.95,)), "s"),
+        bucket_heatmap("Detection delay distribution", "Actions emitted per delay bucket.",
+                       "nudge_detection_delay_seconds", "s"),
+        ts("Deadline timer lag", "How late deadline timers fire compared with their deadline.",
+           quantiles("nudge_deadline_lag_seconds", qs=(0.5, 0.99)), "s", w=6),
+        ts("Pending deadlines", "Deadlines waiting in each worker's timer index.",
+           [("sum by (instance) (nudge_pending_deadlines)", "{{instance}}")], "short", w=6),
+    ]
+    connectors = [
+        ts("Outcomes by connector", "Dispatcher outcomes per second.",
+           [(rate("nudge_actions_total", "connector, outcome", conn), legend("connector, outcome"))], "ops"),
+        ts("Failure ratio by connector", "failed / (sent + failed) final outcomes.",
+           [(ratio, "{{connector}}")], "percentunit", limits=thresholds((None, "green"), (0.05, "red"))),
+        ts("Delivery delay by connector", "Action fired to the peer accepting it (p50, p95).",
+           quantiles("nudge_delivery_delay_seconds", "connector", (0.5, 0.95), where=conn), "s"),
+        ts("Retries by connector", "Retried delivery attempts per second.",
+           [(rate("nudge_connector_retries_total", "connector", conn), "{{connector}}")], "ops"),
+        state_timeline("Circuit breaker by connector",
+                       "Closed: deliveries flow. Half-open: probing the peer. Open: the peer fails, "
+                       "deliveries wait.",
+                       f"max by (connector) (nudge_connector_circuit_state{{{conn}}})", "{{connector}}",
+                       [("closed", "green"), ("half-open", "yellow"), ("open", "red")]),
+        ts("Deliveries in flight", "Concurrent deliveries per connector (bounded by its limit).",
+           [(f"sum by (connector) (nudge_connector_inflight{{{conn}}})", "{{connector}}")], "short"),
+    ]
+    dash = dashboard(
+        "nudge-rules-actions", "Nudge / Rules & actions",
+        "What each rule fires, how fast, and what happens to its actions at each connector.",
+        [("Rules", rules), ("Actions and connectors", connectors)],
+    )
+    return (dash.with_variable(query_variable("rule", "Rule", "nudge_rule_fires_total", "rule"))
+            .with_variable(query_variable("connector", "Connector", "nudge_actions_total", "connector")))
+
+
+def pipeline_health() -> db.Dashboard:
+    processes = [
+        ts("Targets up", "Scraped Nudge processes per job (one per healthy replica).",
+           [(f"sum by (job) (up{{{NUDGE_JOBS}}})", "{{job}}")], "short", w=8),
+        ts("CPU", "CPU seconds per second, per process.",
+           [(rate("process_cpu_seconds_total", "job, instance", NUDGE_JOBS), legend("job, instance"))],
+           "percentunit", w=8),
+        ts("Resident memory", "Resident set size per process.",
+           [(f"process_resident_memory_bytes{{{NUDGE_JOBS}}}", legend("job, instance"))], "bytes", w=8),
+    ]
+    workers = [
+        ts("Consumer lag per partition", "Messages between the committed offset and the end of the log.",
+           [("sum by (topic, partition) (nudge_consumer_lag_messages)", "{{topic}}/{{partition}}")], "short",
+           limits=thresholds((None, "green"), (10000, "red"))),
+        ts("Event-time clock behind wall clock", "Per worker; grows when a worker falls behind or the "
+           "clickstream goes quiet.", [("time() - nudge_event_time_watermark_seconds", "{{instance}}")], "s"),
+        ts("Batch size", "Events per processed batch (p50, p95).",
+           quantiles("nudge_worker_batch_events", qs=(0.5, 0.95)), "short", w=8),
+        ts("Active leads", "Leads with state held, per worker.",
+           [("sum by (instance) (nudge_active_leads)", "{{instance}}")], "short", w=8),
+        ts("State size", "Serialized per-lead state held, per worker.",
+           [("sum by (instance) (nudge_state_bytes)", "{{instance}}")], "bytes", w=8),
+        ts("Dead letters by source and reason", "Messages rejected to the dead-letter topic.",
+           [(rate("nudge_dead_letters_total", "source, reason"), "{{source}}: {{reason}}")], "ops", w=24),
+    ]
+    collector = [
+        ts("Collector requests", "HTTP requests by endpoint and status.",
+           [(rate("nudge_collector_requests_total", "endpoint, status"), legend("endpoint, status"))],
+           "reqps"),
+        ts("Collector events", "Events by type and outcome.",
+           [(rate("nudge_collector_events_total", "type, outcome"), legend("type, outcome"))], "ops"),
+    ]
+    sink = [
+        ts("Rows inserted", "Rows per second accepted by ClickHouse, by table.",
+           [(rate("nudge_clickhouse_insert_rows_total", "table"), "{{table}}")], "ops", w=6),
+        ts("Insert latency p95", "Batch insert duration, by table.",
+           quantiles("nudge_clickhouse_insert_duration_seconds", "table", (0.95,)), "s", w=6),
+        ts("Insert errors", "Failed insert attempts per second (the sink retries with backoff).",
+           [(rate("nudge_clickhouse_insert_errors_total", "table"), "{{table}}")], "ops", w=6,
+           limits=thresholds((None, "green"), (0.001, "red"))),
+        ts("Buffered rows", "Rows waiting in the sink's buffer (back-pressure when high).",
+           [("sum by (table) (nudge_sink_buffered_rows)", "{{table}}")], "short", w=6),
+    ]
+    return dashboard(
+        "nudge-pipeline-health", "Nudge / Pipeline health",
+        "Per process: collector, workers (lag, state, timers), dispatcher, ClickHouse sink.",
+        [("Processes", processes), ("Workers", workers), ("Collector", collector), ("ClickHouse sink", sink)],
+    )
+
+
+DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
+    "nudge-overview.json": overview,
+    "nudge-rules-actions.json": rules_and_actions,
+    "nudge-pipeline-health.json": pipeline_health,
+}
+
+
+def _number(model: dict[str, Any]) -> dict[str, Any]:
+    """Give panels ids 1..n and queries refIds A, B, ... (the builders leave them unset)."""
+    for n, panel in enumerate(model.get("panels", []), start=1):
+        panel["id"] = n
+        for i, target in enumerate(panel.get("targets", [])):
+            target["refId"] = chr(ord("A") + i)
+    model["id"] = None
+    model["version"] = 1
+    return model
+
+
+def render(build: Callable[[], db.Dashboard]) -> str:
+    model = json.loads(json.dumps(build().build(), cls=JSONEncoder))
+    return json.dumps(_number(model), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build Nudge's Grafana dashboards from code.")
+    parser.add_argument("--check", action="store_true", help="fail if a committed dashboard is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path, text = HERE / name, render(build)
+        if not args.check:
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(name)
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run: .venv/bin/python dashboards/build.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

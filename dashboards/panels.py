@@ -1,0 +1,202 @@
+"""Typed panel builders for Nudge's Grafana dashboards (used by dashboards/build.py).
+
+Contract: every helper returns a `grafana-foundation-sdk` builder (Grafana 11.6 schema) bound to the
+dashboard's `$datasource` variable. Queries are PromQL; counters are read with `rate` over `$__rate_interval`
+and histograms with `histogram_quantile` over the rate of their `_bucket` series. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import heatmap as hm
+from grafana_foundation_sdk.models import prometheus as pm
+
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+
+Target = tuple[str, str]  # (PromQL expression, legend format)
+
+
+def query(expr: str, legend: str = "", *, instant: bool = False, fmt: pm.PromQueryFormat | None = None):
+    query = prometheus.Dataquery().expr(expr).datasource(DATASOURCE).editor_mode(pm.QueryEditorMode.CODE)
+    if legend:
+        query = query.legend_format(legend)
+    query = query.instant() if instant else query.range()
+    if fmt is not None:
+        query = query.format(fmt)
+    return query
+
+
+def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
+    """Absolute thresholds; the first step's value is None (Grafana's -Infinity)."""
+    return (
+        db.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=v, color=c) for v, c in steps])
+    )
+
+
+def quantiles(
+    metric: str, by: str = "", qs: Sequence[float] = (0.5, 0.95, 0.99), where: str = ""
+) -> list[Target]:
+    """p50/p95/p99 (or `qs`) of a histogram, optionally split by the labels in `by`."""
+    labels = f"le, {by}" if by else "le"
+    selector = f"{metric}_bucket{{{where}}}" if where else f"{metric}_bucket"
+    out = []
+    for q in qs:
+        expr = f"histogram_quantile({q}, sum by ({labels}) (rate({selector}[{RATE}])))"
+        legend = f"p{round(q * 100)}" + (
+            " " + " ".join(f"{{{{{b.strip()}}}}}" for b in by.split(",")) if by else ""
+        )
+        out.append((expr, legend))
+    return out
+
+
+def ts(
+    title: str,
+    description: str,
+    targets: Iterable[Target],
+    unit: str,
+    *,
+    w: int = 12,
+    h: int = 8,
+    stack: bool = False,
+    limits: db.ThresholdsConfig | None = None,
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .line_width(1)
+        .fill_opacity(10)
+        .show_points(cm.VisibilityMode.NEVER)
+        .legend(
+            cb.VizLegendOptions()
+            .display_mode(cm.LegendDisplayMode.LIST)
+            .placement(cm.LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+    )
+    if stack:
+        panel = panel.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+    if limits is not None:
+        panel = panel.thresholds(limits).thresholds_style(
+            cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode.LINE)
+        )
+    for expr, legend in targets:
+        panel = panel.with_target(query(expr, legend))
+    return panel
+
+
+def single(
+    title: str,
+    description: str,
+    expr: str,
+    unit: str,
+    limits: db.ThresholdsConfig,
+    *,
+    w: int = 4,
+    h: int = 4,
+) -> stat.Panel:
+    """A stat panel showing the latest value of one expression, coloured by `limits`."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .thresholds(limits)
+        .color_mode(cm.BigValueColorMode.VALUE)
+        .graph_mode(cm.BigValueGraphMode.AREA)
+        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .with_target(query(expr))
+    )
+
+
+def query_variable(name: str, label: str, metric: str, label_name: str) -> db.QueryVariable:
+    """A multi-select variable listing the values of `label_name` on `metric`; "All" matches every value."""
+    return (
+        db.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(f"label_values({metric}, {label_name})")
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+    )
+
+
+def dashboard(uid: str, title: str, description: str) -> db.Dashboard:
+    return (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["nudge"])
+        .timezone("utc")
+        .refresh("10s")
+        .time("now-1h", "now")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .editable()
+        .with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .link(
+            db.DashboardLink("Nudge dashboards")
+            .type(dm.DashboardLinkType.DASHBOARDS)
+            .tags(["nudge"])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+def state_timeline(title: str, description: str, expr: str, legend: str, states: Sequence[tuple[str, str]]):
+    """Discrete states over time; `states[i]` = (text, colour) for the value i."""
+    mapping = dm.ValueMap(
+        options={str(i): dm.ValueMappingResult(text=t, color=c, index=i) for i, (t, c) in enumerate(states)}
+    )
+    return (
+        statetimeline.Panel().title(title).description(description).datasource(DATASOURCE).span(12).height(8)
+        .mappings([mapping])
+        .thresholds(thresholds((None, states[0][1]), *((i, c) for i, (_, c) in enumerate(states) if i)))
+        .with_target(query(expr, legend))
+    )
+
+
+def instant_table(title: str, description: str, expr: str, *, w: int = 12, h: int = 8) -> table.Panel:
+    """One instant query shown as a table, without the Time column."""
+    return (
+        table.Panel().title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+        .with_target(query(expr, instant=True, fmt=pm.PromQueryFormat.TABLE))
+        .with_override(
+            dm.MatcherConfig(id_val="byName", options="Time"),
+            [dm.DynamicConfigValue(id_val="custom.hidden", value=True)],
+        )
+    )
+
+
+def bucket_heatmap(title: str, description: str, metric: str, unit: str, *, w: int = 12, h: int = 8):
+    """Observations per histogram bucket over time (the histogram's `_bucket` series, pre-bucketed)."""
+    return (
+        heatmap.Panel().title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit(unit))
+        .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges"))
+        .with_target(query(
+            f"sum by (le) (increase({metric}_bucket[{RATE}]))", "{{le}}", fmt=pm.PromQueryFormat.HEATMAP
+        ))
+    )
