@@ -1,0 +1,11 @@
+"""The Segment-compatible HTTP collector: SDK traffic in, acknowledged `clickstream` records out.
+
+Modules, one concept each: `auth` (write keys), `decoding` (limits, gzip, JSON), `normalise` (request →
+validated events), `identity` (profiles, anonymous → known id merges, re-keying), `dedupe` (messageId claims
+in Redis), `producer` (the Kafka shell), `app` (the aiohttp routes tying them together; run it with
+`nudge collector`).
+"""
+
+from engine.collector.app import create_app
+
+__all__ = ["create_app"]

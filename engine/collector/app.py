@@ -1,0 +1,204 @@
+"""The collector's aiohttp application: Segment's HTTP tracking API in front of the `clickstream` topic.
+
+Why aiohttp and not Faust web views: the collector faces SDKs, so it must answer fast and scale with HTTP
+traffic, independently of the workers; a Faust app would join the consumer group (and trigger rebalances)
+every time a collector instance starts or stops, and would share its event loop with stream processing. The
+collector only produces, so it needs no Faust at all.
+
+Routes: `POST /v1/{batch,track,page,screen,identify,alias,group}`, `GET /healthz`, `GET /metrics`.
+One request, in order (`Collector.ingest`); any refusal answers with the documented status and writes nothing:
+1. write key (Basic auth header, else `writeKey` in the body) → 401 `unauthorized`
+2. body within limits, gzip and JSON decoded → 400 `too_large` / `bad_gzip` / `bad_encoding` / `bad_json`
+3. every event valid (`engine.events.parse_event`, event time normalised) → 400 `invalid_events` with indexes
+4. lead ids re-keyed through recorded merges (`identity.IdentityStore`)
+5. messageIds claimed in Redis (`dedupe.MessageDeduper`): already produced → skipped; in flight → 503
+6. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
+7. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
+Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After. The SDKs retry 5xx (and honour
+Retry-After) and drop 4xx, so only a retry can ever fix a 503 and nothing a retry cannot fix gets one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from engine import metrics
+from engine.collector.auth import WriteKeys
+from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_request
+from engine.collector.dedupe import MessageDeduper
+from engine.collector.errors import RequestRejected, unavailable
+from engine.collector.identity import IdentityStore
+from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, normalise, raw_messages
+from engine.collector.producer import ClickstreamProducer
+from engine.config import Settings
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("batch", *SINGLE_EVENT_ENDPOINTS)
+RETRY_AFTER_S = 2
+COLLECTOR_KEY = web.AppKey("collector", "Collector")
+
+
+class Collector:
+    """Turns one authenticated Segment request into acknowledged clickstream records, or a refusal.
+
+    Commits: a 200 means every event of the request is in Kafka (acknowledged) or was produced by an earlier
+    request with the same messageId. Invalid: see the module docstring; a refused request leaves Kafka
+    untouched except for the 503-after-partial-produce case, whose acknowledged events are confirmed so the
+    retry skips them.
+    """
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, producer: ClickstreamProducer) -> None:
+        self.settings = settings
+        self.keys = WriteKeys(settings.write_keys)
+        self.redis = redis
+        self.producer = producer
+        self.deduper = MessageDeduper(redis)
+        self.identity = IdentityStore(redis)
+
+    async def ingest(self, request: web.Request, endpoint: str) -> web.Response:
+        received_at_ms = int(time.time() * 1000)
+        header_authenticated = self.keys.check_header(request.headers.get("Authorization"))
+        body = await decode_request(request, MAX_BATCH_BYTES if endpoint == "batch" else MAX_EVENT_BYTES)
+        if not header_authenticated:
+            self.keys.check_body(body)
+        try:
+            events = normalise(raw_messages(body, endpoint), received_at_ms)
+        except RequestRejected as exc:
+            metrics.COLLECTOR_EVENTS.labels("unknown", "rejected").inc(max(1, len(exc.errors)))
+            raise
+        token = uuid.uuid4().hex
+        try:
+            events = await self.identity.rekey(events)
+            claim = await self.deduper.claim([e.message_id for e in events], token)
+        except RedisError as exc:
+            log.warning("Redis unavailable: %s", exc)
+            raise unavailable(
+                "redis_unavailable", "the deduplication store is unreachable; retry later"
+            ) from exc
+        if claim.in_flight:
+            await self._release(claim.fresh, token)
+            raise unavailable(
+                "in_flight",
+                f"{len(claim.in_flight)} events of this request are being processed by another "
+                "request; retry shortly",
+                retry_after_s=1,
+            )
+        fresh = set(claim.fresh)
+        to_send = [e for e in events if e.message_id in fresh]
+        for event in events:
+            if event.message_id not in fresh:
+                metrics.COLLECTOR_EVENTS.labels(event.type, "duplicate").inc()
+        acked, failed = await self.producer.send(to_send)
+        acked_events = [e for e in to_send if e.message_id in set(acked)]
+        await self._after_ack(acked_events, token)
+        for event in acked_events:
+            metrics.COLLECTOR_EVENTS.labels(event.type, "accepted").inc()
+        if failed:
+            await self._release(failed, token)
+            raise unavailable(
+                "broker_unavailable",
+                f"the broker did not acknowledge {len(failed)} of {len(to_send)} events; "
+                "nothing is lost: retry after the Retry-After delay",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        return web.json_response({"success": True})
+
+    async def _after_ack(self, events: list, token: str) -> None:
+        """Confirm claims and record identity. The events are safely in Kafka, so failing here must not cause
+        a
+        retry that doubles them: log and carry on (unconfirmed claims expire; the worker still sees the
+        merge)."""
+        if not events:
+            return
+        try:
+            await self.deduper.confirm([e.message_id for e in events])
+            await self.identity.record(events)
+        except RedisError as exc:
+            log.error("events produced but Redis bookkeeping failed (dedupe/identity may lag): %s", exc)
+
+    async def _release(self, message_ids: list[str], token: str) -> None:
+        try:
+            await self.deduper.release(message_ids, token)
+        except RedisError as exc:  # the pending claims expire on their own after PENDING_TTL_S
+            log.warning("could not release dedupe claims: %s", exc)
+
+    async def health(self) -> dict[str, str]:
+        broker = "ok" if await self.producer.healthy() else "unreachable"
+        try:
+            await self.redis.ping()
+            redis_state = "ok"
+        except RedisError:
+            redis_state = "unreachable"
+        return {"broker": broker, "redis": redis_state}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals become JSON responses; every response is counted by route name (a bounded label)."""
+    route = request.match_info.route.name or "other"
+    try:
+        response = await handler(request)
+    except RequestRejected as exc:
+        response = web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+    except web.HTTPException as exc:
+        metrics.COLLECTOR_REQUESTS.labels(route, str(exc.status)).inc()
+        raise
+    metrics.COLLECTOR_REQUESTS.labels(route, str(response.status)).inc()
+    return response
+
+
+def _ingest_handler(endpoint: str) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        return await request.app[COLLECTOR_KEY].ingest(request, endpoint)
+
+    return handle
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = await request.app[COLLECTOR_KEY].health()
+    ok = all(v == "ok" for v in state.values())
+    return web.json_response(state, status=200 if ok else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body, content_type = metrics.render_latest()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The collector application for `settings`; connections open lazily and close on cleanup."""
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    producer = ClickstreamProducer(settings)
+    app = web.Application(middlewares=[errors_and_metrics])
+    app[COLLECTOR_KEY] = Collector(settings, redis, producer)
+    for endpoint in ENDPOINTS:
+        app.router.add_post(f"/v1/{endpoint}", _ingest_handler(endpoint), name=endpoint)
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/metrics", metrics_view, name="metrics")
+
+    async def connect(_: web.Application) -> None:
+        try:  # connect now to fail fast in logs, but keep serving: requests get 503 until the broker is up
+            await producer.producer()
+        except Exception as exc:
+            log.warning("collector started without the broker: %s", exc)
+
+    async def close(_: web.Application) -> None:
+        await producer.stop()
+        await redis.aclose()
+
+    app.on_startup.append(connect)
+    app.on_cleanup.append(close)
+    return app

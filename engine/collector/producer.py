@@ -1,0 +1,159 @@
+"""The collector's Kafka shell: produce normalised events to `clickstream` keyed by lead id; wait for acks.
+
+Contract:
+- `send(events)` produces every event (`key` = lead id UTF-8, `value` = `Event.to_bytes()`, acks=all) and
+  returns `(acknowledged, failed)` message ids once the broker answered for each; it never raises for broker
+  trouble, so the caller can confirm what was written and let the SDK retry the rest. Order within one lead is
+  kept (one key → one partition, one in-flight batch per partition in aiokafka).
+- The connection is lazy: when the broker is down at start-up, connecting is retried on a later call, at most
+  once per `reconnect_interval_s`; meanwhile requests fail at once instead of each waiting for a timeout.
+  Once connected, aiokafka reconnects by itself after a broker outage; sends during it fail after
+  `request_timeout_ms`.
+- On first connection the `clickstream` topic is created with `settings.partitions` partitions when missing
+  (the worker's tables are co-partitioned with it; an auto-created topic would have one partition).
+- Backpressure: `send` waits while aiokafka's buffer is full; each request waits at most `request_timeout_ms`
+  for its acks, then its unacknowledged events count as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from engine.config import Settings
+from engine.events import Event
+from engine.topics import CLICKSTREAM
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot be reached now; the request should be retried later."""
+
+
+def bootstrap_servers(broker_url: str) -> str:
+    """`kafka://host:port[,host:port]` (Faust style) → `host:port[,...]` for aiokafka."""
+    return ",".join(part.split("://", 1)[-1] for part in broker_url.split(","))
+
+
+class ClickstreamProducer:
+    """Lazily connected aiokafka producer for the clickstream topic; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        request_timeout_ms: int = 5000,
+        reconnect_interval_s: float = 1.0,
+        linger_ms: int = 2,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.topic(CLICKSTREAM)
+        self._request_timeout_ms = request_timeout_ms
+        self._reconnect_interval_s = reconnect_interval_s
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._topic_ready = False
+        self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(self.settings.broker_url),
+            acks="all",
+            linger_ms=self._linger_ms,
+            request_timeout_ms=self._request_timeout_ms,
+            client_id=f"{self.settings.app_id}-collector",
+        )
+        try:
+            await producer.start()
+            if not self._topic_ready:
+                await self._ensure_topic()
+                self._topic_ready = True
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise BrokerUnavailable(
+                f"cannot connect to the broker at {self.settings.broker_url}: {exc}"
+            ) from exc
+        return producer
+
+    async def _ensure_topic(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers(self.settings.broker_url),
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        await admin.start()
+        try:
+            if self.topic in await admin.list_topics():
+                return
+            # Real Kafka: -1 = the cluster's default replication factor; Tansu (dev) only knows 1.
+            replication = 1 if self.settings.broker_profile == "dev" else -1
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(self.topic, self.settings.partitions, replication)])
+        finally:
+            await admin.close()
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The started producer, connecting first when needed; `BrokerUnavailable` when that is not possible
+        now."""
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if time.monotonic() - self._last_attempt < self._reconnect_interval_s:
+                raise BrokerUnavailable(
+                    f"the broker at {self.settings.broker_url} was unreachable moments ago"
+                )
+            self._last_attempt = time.monotonic()
+            self._producer = await self._connect()
+            return self._producer
+
+    async def send(self, events: list[Event]) -> tuple[list[str], list[str]]:
+        """Produce `events`; returns (acknowledged message ids, failed message ids)."""
+        if not events:
+            return [], []
+        try:
+            producer = await self.producer()
+        except BrokerUnavailable:
+            return [], [e.message_id for e in events]
+        results = await asyncio.gather(*(self._send_one(producer, e) for e in events), return_exceptions=True)
+        acked = [e.message_id for e, r in zip(events, results, strict=True) if r is None]
+        failed = [e.message_id for e, r in zip(events, results, strict=True) if r is not None]
+        if failed:
+            log.warning(
+                "broker did not acknowledge %d of %d events: %s",
+                len(failed),
+                len(events),
+                next(r for r in results if r is not None),
+            )
+        return acked, failed
+
+    async def _send_one(self, producer: AIOKafkaProducer, event: Event) -> None:
+        timeout_s = self._request_timeout_ms / 1000 + 1
+        future = await asyncio.wait_for(
+            producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()), timeout_s
+        )
+        await asyncio.wait_for(future, timeout_s)
+
+    async def healthy(self) -> bool:
+        """True when the broker answers a metadata request now."""
+        try:
+            producer = await self.producer()
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), self._request_timeout_ms / 1000)
+        except (BrokerUnavailable, KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await producer.stop()
