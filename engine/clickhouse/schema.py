@@ -1,0 +1,142 @@
+"""The ClickHouse schema, as versioned migrations. Append a new `Migration`; never edit one that has
+shipped.
+
+Why these choices (the README "ClickHouse" section says the same for operators):
+- Every table is a `ReplacingMergeTree` whose ORDER BY ends in a natural unique key (message id; action id +
+  step + attempt; the Kafka coordinates of a dead letter / lead update). A batch the sink inserts twice
+  (crash between insert and offset commit, producer retries, a worker re-emitting an action after a restart)
+  collapses to one row, and KPI queries read with `FINAL` so they never count a duplicate that a merge has
+  not removed yet.
+- Partitions are by month of event time: TTL drops whole parts cheaply and time-bounded queries prune
+  partitions.
+- `events` is ordered `(lead_id, timestamp, message_id)`: per-lead history (replay, `leads show`, funnels
+  per lead) reads one contiguous range; per-time queries use the partition key and the minmax index on
+  `timestamp`.
+- `actions` is ordered `(rule, lead_id, action_id, step, attempt)`: per-rule KPIs read contiguous ranges.
+- Codecs: Delta+ZSTD for timestamps (monotonic within a lead), ZSTD(3) for JSON text (repetitive, rarely
+  read), LowCardinality for small vocabularies (event type/name, rule, connector, step, reason).
+- TTLs: events 400 days (a year-over-year view), actions and lead updates 2 years (attribution audits), dead
+  letters 30 days (a debugging aid, re-drive them before that). Change with `ALTER TABLE ... MODIFY TTL`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step. Statements must be idempotent (IF NOT EXISTS): a crash mid-way is rerun safely."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS_TABLE = "nudge_schema_migrations"
+
+_EVENTS = """
+CREATE TABLE IF NOT EXISTS events (
+    message_id String,
+    lead_id String,
+    type LowCardinality(String),
+    name LowCardinality(String),
+    timestamp DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+    received_at Nullable(DateTime64(3, 'UTC')),
+    user_id String,
+    anonymous_id String,
+    previous_id String,
+    revenue Nullable(Float64),
+    properties String CODEC(ZSTD(3)),
+    traits String CODEC(ZSTD(3)),
+    context String CODEC(ZSTD(3)),
+    raw String CODEC(ZSTD(3)),
+    kafka_partition UInt16,
+    kafka_offset UInt64,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    INDEX idx_timestamp timestamp TYPE minmax GRANULARITY 1,
+    INDEX idx_name name TYPE set(256) GRANULARITY 4
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (lead_id, timestamp, message_id)
+TTL toDateTime(timestamp) + INTERVAL 400 DAY
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+_ACTIONS = """
+CREATE TABLE IF NOT EXISTS actions (
+    action_id String,
+    step LowCardinality(String),
+    attempt UInt16,
+    at DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+    rule LowCardinality(String),
+    rule_version LowCardinality(String),
+    lead_id String,
+    connector LowCardinality(String),
+    trigger Array(String),
+    trigger_time Nullable(DateTime64(3, 'UTC')),
+    fired_at Nullable(DateTime64(3, 'UTC')),
+    emitted_at Nullable(DateTime64(3, 'UTC')),
+    explanation String CODEC(ZSTD(3)),
+    reason String,
+    latency_ms Nullable(UInt32),
+    next_attempt_at Nullable(DateTime64(3, 'UTC')),
+    priority Int16,
+    marketing Bool,
+    rep String,
+    action String CODEC(ZSTD(3)),
+    kafka_topic LowCardinality(String),
+    kafka_partition UInt16,
+    kafka_offset UInt64,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(at)
+ORDER BY (rule, lead_id, action_id, step, attempt)
+TTL toDateTime(at) + INTERVAL 730 DAY
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+_DEAD_LETTERS = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    at DateTime64(3, 'UTC'),
+    source LowCardinality(String),
+    reason LowCardinality(String),
+    detail String,
+    payload String CODEC(ZSTD(3)),
+    payload_encoding LowCardinality(String),
+    original_topic String,
+    original_partition Nullable(Int32),
+    original_offset Nullable(Int64),
+    original_key String,
+    kafka_partition UInt16,
+    kafka_offset UInt64,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(at)
+ORDER BY (source, reason, at, kafka_partition, kafka_offset)
+TTL toDateTime(at) + INTERVAL 30 DAY
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+_LEAD_UPDATES = """
+CREATE TABLE IF NOT EXISTS lead_updates (
+    lead_id String,
+    at DateTime64(3, 'UTC'),
+    kind LowCardinality(String),
+    rep String,
+    payload String CODEC(ZSTD(3)),
+    kafka_partition UInt16,
+    kafka_offset UInt64,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(at)
+ORDER BY (lead_id, at, kafka_partition, kafka_offset)
+TTL toDateTime(at) + INTERVAL 730 DAY
+SETTINGS non_replicated_deduplication_window = 1000
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "events, actions, dead letters, lead updates", (_EVENTS, _ACTIONS, _DEAD_LETTERS, _LEAD_UPDATES)
+    ),
+)
