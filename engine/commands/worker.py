@@ -1,0 +1,67 @@
+"""`nudge worker`: run one rule-evaluation worker (Faust) on the clickstream, configured by NUDGE_* vars.
+
+Start as many as there are partitions to share the load; they split partitions through the consumer group
+`NUDGE_APP_ID`. Stops cleanly on SIGINT/SIGTERM (offsets committed, producer flushed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from engine.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("worker", help="run a worker: evaluate rules on the clickstream, emit actions")
+    parser.add_argument("--rules", type=Path, help="rules file or directory (default: NUDGE_RULES_PATH)")
+    parser.add_argument("--web-port", type=int, help="port of /metrics (default: NUDGE_WEB_PORT)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.rules is not None:
+        settings = settings.with_(rules_path=args.rules)
+    if args.web_port is not None:
+        settings = settings.with_(web_port=args.web_port)
+    return run_worker(settings)
+
+
+def run_worker(settings: Settings) -> int:
+    from engine.language import RuleFileError, load_rules
+
+    try:
+        rules = load_rules([settings.rules_path])
+    except RuleFileError as exc:
+        print(f"nudge worker: invalid rules: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"nudge worker: rules not found: {exc}; set NUDGE_RULES_PATH", file=sys.stderr)
+        return 2
+
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # optional speed-up; the asyncio loop works too
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+    import faust
+
+    from engine.app import create_app
+    from engine.worker import LeadWorker
+
+    nudge = create_app(settings)
+    LeadWorker(nudge, settings, rules).attach()
+    worker = faust.Worker(
+        nudge.app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,  # no start-up spinner: it leaves the root logger at DEBUG (costly, see performance notes)
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
+    return 0

@@ -1,0 +1,337 @@
+"""The worker shell: feeds clickstream events and deadline ticks through the pure core, keeps per-lead state
+in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module only
+moves bytes.
+
+Contract of `LeadWorker`:
+- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (ticks, see below),
+  consumed by one agent in batches (`stream.take_events(batch_size, within=batch_within_s)`).
+- Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
+  evaluated in order, and the new state is written once (one changelog record per lead per batch; none when
+  unchanged). Offsets are committed by Faust after the batch is processed (at-least-once): a crash replays the
+  batch, and the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
+- Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
+  ticks that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
+  `DEAD_LETTERS` is counted. A stored state that cannot be decoded is dead-lettered too and the lead starts
+  afresh.
+- Backpressure: the agent holds at most one batch; Faust pauses fetching while it works.
+
+Deadline timers: a Faust timer runs every `timer_interval_s`, reads the event-time clock
+(`engine.timers.EventClock`) and pops the leads whose earliest deadline is due from the `DeadlineIndex`. For
+each it sends a tick `{"lead_id", "now_ms", "deadline_ms"}` to the `timers` topic, keyed by lead and sent to
+the partition that holds the lead's state. The agent consumes `timers` next to `clickstream` (co-partitioned),
+so the tick is evaluated as `Tick(now_ms)` inside stream iteration: Faust only allows table writes there, the
+write goes to the right changelog partition, and it is ordered with the lead's events. A duplicated tick is
+harmless: the core fires only deadlines that are still pending in the state, and removes them as it fires.
+After a rebalance or restart the index is rebuilt from the recovered table for the partitions this worker
+owns, so each pending deadline fires once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import orjson
+from faust.streams import _current_event  # Faust's "current event" that routes table writes to a partition
+from faust.types import TP, EventT, StreamT
+
+from engine import metrics
+from engine.app import NudgeApp
+from engine.config import Settings
+from engine.core.model import Action, Tick
+from engine.events import Event, InvalidEvent, parse_event
+from engine.timers import DeadlineIndex, EventClock, wall_ms
+from engine.topics import dead_letter_record
+
+log = logging.getLogger(__name__)
+
+# One decoded input of a batch: the Faust event, the event or tick, and the deadline a tick was sent for.
+Input = tuple[EventT, Event | Tick, int | None]
+
+STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
+MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
+
+
+class BadInput(Exception):
+    """One input record the worker rejects; becomes a dead letter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@contextlib.contextmanager
+def current_event(event: EventT) -> Iterator[None]:
+    """Make `event` Faust's current event so a table write goes to the changelog partition of its message."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def tick_record(lead_id: str, now_ms: int, deadline_ms: int) -> bytes:
+    return orjson.dumps({"lead_id": lead_id, "now_ms": now_ms, "deadline_ms": deadline_ms})
+
+
+def parse_tick(raw: bytes | None) -> tuple[str, Tick, int]:
+    """(lead id, tick, deadline it was sent for) from a `timers` record."""
+    try:
+        doc = orjson.loads(raw or b"")
+        return str(doc["lead_id"]), Tick(int(doc["now_ms"])), int(doc["deadline_ms"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BadInput("bad_tick", f"timers record is not a tick ({exc!r})") from None
+
+
+def _key_text(key: Any) -> str | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key.decode("utf-8", errors="replace")
+    return str(key)
+
+
+class LeadWorker:
+    """Attaches the clickstream agent, deadline timer, `/metrics` and recovery hook to a `NudgeApp`."""
+
+    def __init__(
+        self,
+        nudge: NudgeApp,
+        settings: Settings,
+        rules: Any,
+        evaluate: Callable[..., Any] | None = None,
+        state_type: Any = None,
+    ) -> None:
+        """`evaluate`/`state_type` default to `engine.core.evaluate` / `engine.core.LeadState`."""
+        if evaluate is None or state_type is None:
+            from engine import core
+
+            evaluate = evaluate or core.evaluate
+            state_type = state_type or core.LeadState
+        self.evaluate = evaluate
+        self.state_type = state_type
+        self.nudge = nudge
+        self.settings = settings
+        self.rules = rules
+        self.clock = EventClock(int(settings.allowed_lateness_s * 1000))
+        self.index = DeadlineIndex()
+        self.lead_partition: dict[str, int] = {}  # partition of leads written by this process
+        self.ready = False  # False while a rebalance is in progress: the table may be partial
+        self._rule_kinds = self._kinds(rules)
+        self._last_stats = 0.0
+        self._timers_topic = settings.topic("timers")
+
+    @staticmethod
+    def _kinds(rules: Any) -> dict[str, str]:
+        kinds: dict[str, str] = {}
+        for rule in getattr(rules, "rules", ()) or ():
+            rule_id = getattr(rule, "id", None)
+            if rule_id is not None:
+                kinds[str(rule_id)] = str(getattr(rule, "kind", "rule"))
+        return kinds
+
+    # --- wiring ---------------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        app = self.nudge.app
+        source = app.topic(
+            self.nudge.clickstream.get_topic_name(),
+            self._timers_topic,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        app.agent(source, name="nudge.leads")(self._agent)
+        app.timer(self.settings.timer_interval_s, name="nudge.deadlines")(self._fire_due_deadlines)
+        app.task(self._declare_outputs)
+        app.page("/metrics")(self._metrics_page)
+        self.nudge.leads.on_recover(self._rebuild_index)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _declare_outputs(self) -> None:
+        for topic in (self.nudge.actions, self.nudge.dead_letters):
+            await topic.maybe_declare()
+
+    @staticmethod
+    async def _metrics_page(view: Any, request: Any) -> Any:
+        body, content_type = metrics.render_latest()
+        return view.bytes(body, content_type=content_type)
+
+    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        self.ready = False
+        self.index.discard_partitions({tp.partition for tp in revoked})
+
+    async def _rebuild_index(self) -> None:
+        """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
+        owned = {tp.partition for tp in self.nudge.app.assignment.assigned_actives()}
+        # The memory store remembers the changelog partition of each key it recovered.
+        recovered = getattr(self.nudge.leads.data, "_key_partition", {})
+        self.index.clear()
+        for lead_id, raw in list(self.nudge.leads.data.items()):
+            partition = self.lead_partition.get(lead_id, recovered.get(lead_id))
+            if partition is None or partition not in owned or raw is None:
+                continue
+            self.lead_partition[lead_id] = partition
+            state = self._decode_state(lead_id, raw)
+            if state is not None:
+                self.index.set(lead_id, partition, self._pending_deadlines(state))
+        self.ready = True
+        log.info(
+            "deadline index rebuilt: %d leads, %d deadlines", len(self.index), self.index.pending_deadlines
+        )
+
+    def _pending_deadlines(self, state: Any) -> Sequence[int]:
+        pending = getattr(state, "pending_deadlines", None)
+        if callable(pending):
+            return list(pending())
+        # Ask the core itself: a tick at the beginning of time fires nothing and lists what is pending.
+        return list(self.evaluate(self.rules, state, Tick(0), 0).timers)
+
+    # --- the agent ------------------------------------------------------------------------------------------
+    async def _agent(self, stream: StreamT) -> None:
+        async for batch in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
+            metrics.BATCH_SIZE.observe(len(batch))
+            await self.process_batch(batch)
+
+    async def process_batch(self, batch: Sequence[EventT]) -> None:
+        by_lead: dict[str, list[Input]] = {}
+        for faust_event in batch:
+            try:
+                lead_id, item, deadline_ms = self._decode(faust_event)
+            except BadInput as bad:
+                await self._dead_letter(faust_event, bad.reason, bad.detail)
+                continue
+            by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
+        for lead_id, inputs in by_lead.items():
+            await self._process_lead(lead_id, inputs)
+
+    def _decode(self, faust_event: EventT) -> tuple[str, Event | Tick, int | None]:
+        message = faust_event.message
+        if message.topic == self._timers_topic:
+            return parse_tick(message.value)
+        try:
+            event = parse_event(message.value)
+        except InvalidEvent as exc:
+            raise BadInput(exc.reason, exc.detail) from None
+        key = _key_text(message.key)
+        if key != event.lead_id:
+            raise BadInput(
+                "wrong_key",
+                f"clickstream record key {key!r} is not the event's lead id {event.lead_id!r}; producers "
+                "must key records by userId (else anonymousId) so each lead's events share a partition",
+            )
+        metrics.EVENTS_CONSUMED.labels(event.type).inc()
+        self.clock.observe(event.timestamp_ms)
+        return event.lead_id, event, None
+
+    async def _process_lead(self, lead_id: str, inputs: list[Input]) -> None:
+        table = self.nudge.leads
+        raw = table.get(lead_id)
+        state = self._decode_state(lead_id, raw) if raw is not None else None
+        if raw is not None and state is None:
+            await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
+        timers: Sequence[int] | None = None
+        actions: list[tuple[Action, str]] = []
+        for faust_event, item, deadline_ms in inputs:
+            now_ms = item.timestamp_ms if isinstance(item, Event) else item.now_ms
+            try:
+                result = self.evaluate(self.rules, state, item, now_ms)
+            except Exception as exc:  # a core bug must cost one input, never the worker
+                log.exception("evaluation failed for lead %s", lead_id)
+                await self._dead_letter(faust_event, "evaluation_error", f"{type(exc).__name__}: {exc}")
+                continue
+            state, timers = result.state, result.timers
+            kind = "event" if isinstance(item, Event) else "deadline"
+            if deadline_ms is not None:
+                metrics.DEADLINE_LAG.observe(max(0.0, (wall_ms() - deadline_ms) / 1000))
+            actions.extend((action, kind) for action in result.actions)
+        last_event = inputs[-1][0]
+        partition = last_event.message.partition
+        new_raw = state.to_bytes() if state is not None else None
+        if new_raw != raw:
+            with current_event(last_event):
+                if new_raw is None:
+                    table.pop(lead_id, None)
+                else:
+                    table[lead_id] = new_raw
+        self.lead_partition[lead_id] = partition
+        if timers is not None:
+            self.index.set(lead_id, partition, timers)
+        for action, kind in actions:
+            await self._emit(action, kind)
+
+    def _decode_state(self, lead_id: str, raw: bytes) -> Any:
+        try:
+            return self.state_type.from_bytes(raw)
+        except Exception:
+            log.exception("cannot decode state of lead %s", lead_id)
+            return None
+
+    async def _emit(self, action: Action, kind: str) -> None:
+        await self.nudge.actions.send(key=action.lead_id.encode(), value=action.to_bytes())
+        metrics.RULE_FIRES.labels(action.rule, self._rule_kinds.get(action.rule, kind)).inc()
+        started_ms = action.trigger_time_ms if kind == "event" else action.fired_at_ms
+        if started_ms is not None:
+            metrics.DETECTION_DELAY.labels(kind).observe(max(0.0, (wall_ms() - started_ms) / 1000))
+
+    async def _dead_letter(
+        self, faust_event: EventT, reason: str, detail: str, payload: bytes | None = None
+    ) -> None:
+        message = faust_event.message
+        key = _key_text(message.key)
+        record = dead_letter_record(
+            source="worker",
+            reason=reason,
+            detail=detail,
+            payload=message.value if payload is None else payload,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=key,
+        )
+        await self.nudge.dead_letters.send(key=message.key, value=record)
+        metrics.DEAD_LETTERS.labels("worker", reason).inc()
+
+    # --- the deadline timer ---------------------------------------------------------------------------------
+    async def _fire_due_deadlines(self) -> None:
+        now_ms = self.clock.now_ms()
+        metrics.EVENT_TIME_WATERMARK.set(now_ms / 1000)
+        if self.ready:
+            due = self.index.pop_due(now_ms, limit=MAX_TICKS_PER_ROUND)
+            for n, lead in enumerate(due):
+                try:
+                    await self.nudge.timers.send(
+                        key=lead.lead_id.encode(),
+                        value=tick_record(lead.lead_id, now_ms, lead.deadline_ms),
+                        partition=lead.partition,
+                    )
+                except Exception:
+                    log.exception("could not send deadline ticks; retrying next round")
+                    for rest in due[n:]:
+                        self.index.set(rest.lead_id, rest.partition, [rest.deadline_ms])
+                    break
+        metrics.PENDING_DEADLINES.set(self.index.pending_deadlines)
+        if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+            self._last_stats = time.monotonic()
+            self._refresh_stats()
+
+    def _refresh_stats(self) -> None:
+        data = self.nudge.leads.data  # the store: iterating it writes no changelog
+        values = [v for v in data.values() if v is not None]
+        metrics.ACTIVE_LEADS.set(len(values))
+        metrics.STATE_BYTES.set(sum(len(v) for v in values))
+        consumer = self.nudge.app.consumer
+        with contextlib.suppress(Exception):  # lag is best effort; Tansu's end offsets are off (dev-stack.md)
+            for tp in self.nudge.app.assignment.assigned_actives():
+                if tp.topic != self.nudge.clickstream.get_topic_name():
+                    continue
+                highwater = consumer.highwater(tp)
+                committed = consumer._committed_offset.get(tp) or 0
+                if highwater is not None:
+                    lag = max(0, highwater - committed)
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
