@@ -1,0 +1,127 @@
+"""Fixtures for the collector tests: a real collector on loopback (in its own thread, so the synchronous SDKs
+can
+call it from the test), and a reader of the real clickstream topic."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from engine.collector.app import create_app
+from engine.collector.producer import bootstrap_servers
+from engine.config import Settings
+from engine.topics import CLICKSTREAM
+
+WRITE_KEY = "wk-test-1"
+
+
+class ServerThread:
+    """Runs one aiohttp application on 127.0.0.1 in a private event loop thread; `url` once started."""
+
+    def __init__(self, factory: Callable[[], web.Application | Awaitable[web.Application]]) -> None:
+        self._factory = factory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    async def _start(self) -> str:
+        app = self._factory()
+        if not isinstance(app, web.Application):
+            app = await app
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.url = self.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            self.call(self._runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@pytest.fixture
+def collector_settings(settings: Settings) -> Settings:
+    return settings.with_(write_keys=(WRITE_KEY, "wk-other"))
+
+
+@pytest.fixture
+def collector(collector_settings: Settings) -> Iterator[ServerThread]:
+    server = ServerThread(lambda: create_app(collector_settings)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    value: dict[str, Any]
+    partition: int
+
+
+async def _read(settings: Settings, expect: int, timeout_s: float, settle_s: float) -> list[Record]:
+    topic = settings.topic(CLICKSTREAM)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings.broker_url), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        partitions: set[int] | None = None
+        while partitions is None and loop.time() < deadline:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await asyncio.sleep(0.05)
+        if partitions is None:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Record] = []
+        quiet_until: float | None = None
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=100)
+            for tp, messages in batch.items():
+                records += [Record(m.key.decode(), orjson.loads(m.value), tp.partition) for m in messages]
+            if len(records) >= expect:
+                # Keep reading briefly so extra (duplicate) records would be seen too.
+                quiet_until = quiet_until or loop.time() + settle_s
+                if loop.time() >= quiet_until:
+                    break
+        return records
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+def read_clickstream(collector_settings: Settings) -> Callable[..., list[Record]]:
+    """`read_clickstream(expect)`: every record of the test's clickstream topic once `expect` are there."""
+
+    def read(expect: int, timeout_s: float = 15.0, settle_s: float = 0.3) -> list[Record]:
+        return asyncio.run(_read(collector_settings, expect, timeout_s, settle_s))
+
+    return read
