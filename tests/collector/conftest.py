@@ -1,6 +1,5 @@
 """Fixtures for the collector tests: a real collector on loopback (in its own thread, so the synchronous SDKs
-can
-call it from the test), and a reader of the real clickstream topic."""
+can call it from the test), and a reader of the real clickstream topic."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The unmodified Segment and RudderStack Python SDKs, pointed at a real collector, reach the real
-clickstream."""
+"""The unmodified Segment and RudderStack Python SDKs, pointed at a real collector, reach the clickstream."""
 
 from __future__ import annotations
 
