@@ -182,7 +182,7 @@ def create_app(settings: Settings) -> web.Application:
     """The collector application for `settings`; connections open lazily and close on cleanup."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     producer = ClickstreamProducer(settings)
-    # auto_decompress off: decoding.py inflates gzip itself, with the size cap and a clear 400 for a broken stream.
+    # auto_decompress off: decoding.py inflates gzip itself, with a size cap and a clear 400 when broken.
     app = web.Application(middlewares=[errors_and_metrics], handler_args={"auto_decompress": False})
     app[COLLECTOR_KEY] = Collector(settings, redis, producer)
     for endpoint in ENDPOINTS:

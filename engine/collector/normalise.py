@@ -41,7 +41,7 @@ def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
     messages: list[Any] = []
     for item in batch:
         if not isinstance(item, dict):
-            messages.append(item)  # parse_event reports it with its index
+            messages.append(item)  # normalise reports it with its index
             continue
         message = dict(item)
         if shared_context:
@@ -59,6 +59,10 @@ def normalise(messages: list[Any], received_at_ms: int) -> list[Event]:
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            detail = f"each event must be a JSON object, got {type(message).__name__}"
+            errors.append({"index": index, "reason": "not_object", "detail": detail})
+            continue
         size = len(orjson.dumps(message))
         if size > MAX_EVENT_BYTES:
             errors.append(

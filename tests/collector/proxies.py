@@ -1,6 +1,5 @@
 """A real HTTP peer between an SDK and the collector that loses the collector's first answers: it forwards
-each
-request, and for the first `fail_first` ones replies 500 to the SDK although the collector accepted them."""
+each request, and for the first `fail_first` ones replies 500 although the collector accepted them."""
 
 from __future__ import annotations
 
