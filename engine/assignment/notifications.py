@@ -1,0 +1,170 @@
+"""Actions that tell reps about assignments. Pure: builds `Action` values, delivers nothing.
+
+The dispatcher delivers these like any other action (they can be produced to the `actions` topic as they are).
+Shapes, for the connector templates:
+- connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text":
+  fallback}`.
+- connector "email", template "lead_assigned": payload `{"to": rep email, "subject": ..., "rep": card,
+  "text": ...}`.
+- connector "slack", template "lead_reassigned": payload `{"mention": "<@NEW> <@OLD>", "rep": new card,
+  "previous_rep": old card, "reason": ..., "text": ...}` — one message that tells both reps.
+- connector "email", template "lead_reassigned_away": to the previous rep, same payload keys as above.
+- connector "slack", template "lead_sla_missed": to the current owner when nobody else can take the lead.
+A rep card is `{"id", "name", "email", "slack_id"}`. `context` is the lead as given to `Assigner.assign`
+(traits, score, stage) plus `owner` (card) and `assignment` (`Assignment.to_json()`).
+All are sales alerts: `marketing=False` (consent rules for marketing do not apply), `priority=10`.
+`action_id` is deterministic in (lead, template, recipient, assignment time), so a repeated SLA pass never
+doubles a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.assignment.model import Assignment, SlaBreach
+from engine.assignment.strategies import lead_traits
+from engine.core.model import Action, make_action_id
+
+RULE = "assignment"
+RULE_VERSION = "1"
+PRIORITY = 10
+
+
+def mention(card: Mapping[str, Any]) -> str:
+    slack_id = card.get("slack_id")
+    return f"<@{slack_id}>" if slack_id else str(card.get("name") or card.get("id"))
+
+
+def lead_label(lead_id: str, lead: Mapping[str, Any]) -> str:
+    traits = lead_traits(lead)
+    name = traits.get("name") or traits.get("email") or lead_id
+    company = traits.get("company")
+    if isinstance(company, Mapping):
+        company = company.get("name")
+    return f"{name} ({company})" if company else str(name)
+
+
+def _action(
+    lead_id: str,
+    *,
+    template: str,
+    connector: str,
+    recipient: str,
+    key_time_ms: int,
+    fired_at_ms: int,
+    explanation: str,
+    payload: dict[str, Any],
+    context: dict[str, Any],
+    rule: str = RULE,
+) -> Action:
+    return Action(
+        action_id=make_action_id(
+            rule, RULE_VERSION, lead_id, f"{template}:{connector}:{recipient}:{key_time_ms}"
+        ),
+        rule=rule,
+        rule_version=RULE_VERSION,
+        lead_id=lead_id,
+        fired_at_ms=fired_at_ms,
+        trigger=(),
+        connector=connector,
+        explanation=explanation,
+        template=template,
+        payload=payload,
+        priority=PRIORITY,
+        marketing=False,
+        context=context,
+    )
+
+
+def _context(assignment: Assignment, lead: Mapping[str, Any]) -> dict[str, Any]:
+    return {**dict(lead), "owner": assignment.rep_card(), "assignment": assignment.to_json()}
+
+
+def assignment_actions(
+    assignment: Assignment, lead: Mapping[str, Any], fired_at_ms: int
+) -> tuple[Action, ...]:
+    """Slack alert mentioning the new owner + email to the owner, for a fresh assignment of a hot lead."""
+    card = assignment.rep_card()
+    label = lead_label(assignment.lead_id, lead)
+    text = f"{mention(card)} hot lead {label} is yours: please acknowledge it"
+    context = _context(assignment, lead)
+    common = {
+        "lead_id": assignment.lead_id,
+        "key_time_ms": assignment.assigned_at_ms,
+        "fired_at_ms": fired_at_ms,
+    }
+    why = f"lead assigned to {assignment.rep_id} by {assignment.strategy}"
+    return (
+        _action(
+            template="lead_assigned", connector="slack", recipient=assignment.rep_id, explanation=why,
+            payload={"mention": mention(card), "rep": card, "text": text}, context=context, **common,
+        ),
+        _action(
+            template="lead_assigned", connector="email", recipient=assignment.rep_id, explanation=why,
+            payload={"to": assignment.email, "subject": f"New hot lead: {label}", "rep": card, "text": text},
+            context=context, **common,
+        ),
+    )  # fmt: skip
+
+
+def reassignment_actions(
+    breach: SlaBreach,
+    assignment: Assignment,
+    previous: Mapping[str, Any],
+    lead: Mapping[str, Any],
+    fired_at_ms: int,
+    reason: str = "sla",
+) -> tuple[Action, ...]:
+    """Slack message to both reps + email to the new owner + email to the previous owner."""
+    card, old = assignment.rep_card(), dict(previous)
+    label = lead_label(assignment.lead_id, lead)
+    text = (
+        f"{mention(card)} hot lead {label} is now yours: {mention(old)} did not acknowledge it in time"
+        if reason == "sla"
+        else f"{mention(card)} hot lead {label} moved to you from {mention(old)} ({reason})"
+    )
+    context = {**_context(assignment, lead), "previous_owner": old, "reason": reason}
+    payload = {
+        "mention": f"{mention(card)} {mention(old)}",
+        "rep": card,
+        "previous_rep": old,
+        "reason": reason,
+    }
+    common = {"lead_id": assignment.lead_id, "key_time_ms": breach.deadline_ms, "fired_at_ms": fired_at_ms}
+    why = f"no acknowledgement from {breach.rep_id} by the SLA deadline; reassigned to {assignment.rep_id}"
+    return (
+        _action(
+            template="lead_reassigned", connector="slack", recipient=f"{old.get('id')}>{assignment.rep_id}",
+            explanation=why, payload={**payload, "text": text}, context=context, **common,
+        ),
+        _action(
+            template="lead_assigned", connector="email", recipient=assignment.rep_id, explanation=why,
+            payload={**payload, "to": assignment.email, "subject": f"Hot lead reassigned to you: {label}",
+                     "text": text},
+            context=context, **common,
+        ),
+        _action(
+            template="lead_reassigned_away", connector="email", recipient=str(old.get("id")), explanation=why,
+            payload={**payload, "to": old.get("email"), "subject": f"Hot lead {label} was reassigned",
+                     "text": text},
+            context=context, **common,
+        ),
+    )  # fmt: skip
+
+
+def sla_missed_actions(
+    breach: SlaBreach, owner: Mapping[str, Any], lead: Mapping[str, Any], fired_at_ms: int, why: str
+) -> tuple[Action, ...]:
+    """Reminder to the current owner when the lead cannot move (nobody else eligible, or too many moves)."""
+    card = dict(owner)
+    text = f"{mention(card)} hot lead {lead_label(breach.lead_id, lead)} is still waiting for you ({why})"
+    return (
+        _action(
+            breach.lead_id, template="lead_sla_missed", connector="slack", recipient=breach.rep_id,
+            key_time_ms=breach.deadline_ms, fired_at_ms=fired_at_ms,
+            explanation=f"SLA missed by {breach.rep_id}: {why}",
+            payload={"mention": mention(card), "rep": card, "reason": why, "text": text},
+            context={**dict(lead), "owner": card},
+        ),
+    )  # fmt: skip

@@ -1,0 +1,215 @@
+"""`nudge leads show LEAD_ID`: everything Nudge knows about one lead, from every store that is reachable.
+
+Sources, each optional (a missing or unreachable one is reported as such, never fatal):
+- Redis: the collector's profile hash `nudge:profile:{lead}` (traits) and the assignment state (owner, SLA,
+  assignment history) from `engine.assignment`.
+- ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), actions sent (`actions`), stage and score
+  changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a running `nudge sink`
+  cannot be opened by a second process; the command says so and shows the rest.
+Score and stage are the newest values found in the lead updates (then the profile). Exit codes: 0 shown,
+1 the lead is unknown everywhere that could be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.config import Settings
+
+PROFILE_PREFIX = "nudge:profile:"
+RECENT = 20
+
+
+@dataclass
+class LeadReport:
+    """What `leads show` gathered; `unavailable` maps a source name to why it could not be read."""
+
+    lead_id: str
+    profile: dict[str, Any] = field(default_factory=dict)
+    owner: dict[str, Any] | None = None
+    assignment_history: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        return bool(self.profile or self.owner or self.assignment_history or self.events or self.updates)
+
+    def latest(self, name: str) -> Any:
+        """Newest `name` (score, stage) in the lead updates, else in the profile."""
+        for update in reversed(self.updates):
+            payload = update.get("payload") or {}
+            if isinstance(payload, dict) and payload.get(name) is not None:
+                return payload[name]
+        return self.profile.get(name)
+
+    def score_history(self) -> list[tuple[Any, Any]]:
+        return [
+            (u["at"], u["payload"]["score"])
+            for u in self.updates
+            if isinstance(u.get("payload"), dict) and u["payload"].get("score") is not None
+        ]
+
+
+def _decode_profile(raw: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        text = value.decode() if isinstance(value, bytes) else value
+        try:
+            out[name] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            out[name] = text
+    return out
+
+
+async def _from_redis(settings: Settings, report: LeadReport) -> None:
+    from engine.assignment.store import AssignmentStore
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        report.profile = _decode_profile(await client.hgetall(PROFILE_PREFIX + report.lead_id))
+        store = AssignmentStore(client)
+        owner = await store.owner(report.lead_id)
+        if owner.get("rep"):
+            owner.pop("lead", None)
+            report.owner = owner
+        report.assignment_history = await store.history(report.lead_id)
+    except Exception as exc:  # any Redis failure: show what the other sources have
+        report.unavailable["redis"] = f"{settings.redis_url}: {exc}"
+    finally:
+        await client.aclose()
+
+
+def _query(client: Any, sql: str, lead_id: str) -> list[dict[str, Any]]:
+    result = client.query(sql, parameters={"lead": lead_id})
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+
+def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
+    try:
+        from engine.clickhouse.client import connect
+    except ImportError as exc:
+        report.unavailable["clickhouse"] = f"engine.clickhouse not installed ({exc})"
+        return
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except Exception as exc:
+        report.unavailable["clickhouse"] = str(exc)
+        return
+    try:
+        tables = {
+            "events": "SELECT timestamp AS at, type, name, properties FROM events FINAL "
+            "WHERE lead_id = {lead:String} ORDER BY timestamp DESC LIMIT %d" % RECENT,
+            "actions": "SELECT at, rule, connector, step, reason, rep FROM actions FINAL "
+            "WHERE lead_id = {lead:String} ORDER BY at DESC LIMIT %d" % RECENT,
+            "updates": "SELECT at, kind, rep, payload FROM lead_updates FINAL "
+            "WHERE lead_id = {lead:String} ORDER BY at LIMIT 200",
+        }
+        for name, sql in tables.items():
+            try:
+                rows = _query(client, sql, report.lead_id)
+            except Exception as exc:  # table missing (no migrations yet) or schema drift: degrade
+                report.unavailable[f"clickhouse.{name}"] = str(exc).splitlines()[0][:200]
+                continue
+            for row in rows:
+                for key in ("payload", "properties"):
+                    if isinstance(row.get(key), str):
+                        try:
+                            row[key] = orjson.loads(row[key])
+                        except orjson.JSONDecodeError:
+                            pass
+            setattr(report, name, list(reversed(rows)) if name != "updates" else rows)
+    finally:
+        client.close()
+
+
+def gather(settings: Settings, lead_id: str, *, clickhouse: bool = True) -> LeadReport:
+    report = LeadReport(lead_id)
+    asyncio.run(_from_redis(settings, report))
+    if clickhouse:
+        _from_clickhouse(settings, report)
+    else:
+        report.unavailable["clickhouse"] = "skipped (--no-clickhouse)"
+    return report
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, int | str) and str(value).isdigit():
+        return datetime.fromtimestamp(int(value) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def render(report: LeadReport) -> str:
+    lines = [f"Lead {report.lead_id}"]
+    lines.append(f"  stage: {report.latest('stage') or '-'}    score: {report.latest('score') or '-'}")
+    lines.append("Profile (traits):")
+    lines += [f"  {k}: {v}" for k, v in sorted(report.profile.items())] or ["  -"]
+    lines.append("Owner:")
+    if report.owner:
+        o = report.owner
+        acked = f"acked {_when(o['acked_at_ms'])}" if o.get("acked_at_ms") else "not acknowledged"
+        deadline = f", SLA deadline {_when(o['sla_deadline_ms'])}" if o.get("sla_deadline_ms") else ""
+        lines.append(
+            f"  {o['rep']} (by {o.get('strategy')}, since {_when(o.get('assigned_at_ms'))}, {acked}{deadline}, "
+            f"reassigned {o.get('reassignments', 0)}x)"
+        )
+    else:
+        lines.append("  - (not assigned)")
+    lines.append("Assignment history:")
+    lines += [
+        f"  {_when(h.get('at_ms'))}  {h.get('event'):<12} {h.get('rep') or ''} {h.get('reason') or ''}".rstrip()
+        for h in report.assignment_history
+    ] or ["  -"]
+    lines.append("Score history:")
+    lines += [f"  {_when(at)}  {score}" for at, score in report.score_history()] or ["  -"]
+    lines.append("Lifecycle updates:")
+    lines += [
+        f"  {_when(u['at'])}  {u['kind']:<16} {u.get('rep') or ''}".rstrip() for u in report.updates
+    ] or ["  -"]
+    lines.append(f"Recent events (last {RECENT}):")
+    lines += [f"  {_when(e['at'])}  {e['type']:<8} {e['name']}" for e in report.events] or ["  -"]
+    lines.append("Actions sent:")
+    lines += [
+        f"  {_when(a['at'])}  {a['rule']:<24} {a['connector']:<8} {a['step']:<10} {a.get('reason') or ''}".rstrip()
+        for a in report.actions
+    ] or ["  -"]
+    for source, why in report.unavailable.items():
+        lines.append(f"(not shown: {source}: {why})")
+    return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("leads", help="inspect leads")
+    actions = parser.add_subparsers(dest="leads_action", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show", help="profile, traits, score, stage, owner, recent events, actions sent"
+    )
+    show.add_argument("lead_id", metavar="LEAD_ID")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    show.add_argument("--no-clickhouse", action="store_true", help="read Redis only")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = gather(Settings.from_env(), args.lead_id, clickhouse=not args.no_clickhouse)
+    if args.json:
+        doc = {**report.__dict__, "stage": report.latest("stage"), "score": report.latest("score")}
+        print(orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(report))
+    if not report.known:
+        print(f"nudge leads: nothing known about lead {args.lead_id!r} in the stores that could be read")
+        return 1
+    return 0
