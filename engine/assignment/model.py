@@ -49,7 +49,7 @@ class Assignment:
         }
 
     def lead_update(self) -> bytes:
-        """The record for the `lead-updates` topic (kind "assigned" or "reassigned"; `rep` = the owner's card)."""
+        """Record for the `lead-updates` topic: kind "assigned" or "reassigned", `rep` = the owner's card."""
         return orjson.dumps(
             {
                 **self.to_json(),

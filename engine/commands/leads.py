@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -109,9 +110,9 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
     try:
         tables = {
             "events": "SELECT timestamp AS at, type, name, properties FROM events FINAL "
-            "WHERE lead_id = {lead:String} ORDER BY timestamp DESC LIMIT %d" % RECENT,
+            f"WHERE lead_id = {{lead:String}} ORDER BY timestamp DESC LIMIT {RECENT}",
             "actions": "SELECT at, rule, connector, step, reason, rep FROM actions FINAL "
-            "WHERE lead_id = {lead:String} ORDER BY at DESC LIMIT %d" % RECENT,
+            f"WHERE lead_id = {{lead:String}} ORDER BY at DESC LIMIT {RECENT}",
             "updates": "SELECT at, kind, rep, payload FROM lead_updates FINAL "
             "WHERE lead_id = {lead:String} ORDER BY at LIMIT 200",
         }
@@ -124,10 +125,8 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
             for row in rows:
                 for key in ("payload", "properties"):
                     if isinstance(row.get(key), str):
-                        try:
+                        with contextlib.suppress(orjson.JSONDecodeError):
                             row[key] = orjson.loads(row[key])
-                        except orjson.JSONDecodeError:
-                            pass
             setattr(report, name, list(reversed(rows)) if name != "updates" else rows)
     finally:
         client.close()
@@ -151,6 +150,10 @@ def _when(value: Any) -> str:
     return str(value)
 
 
+def _row(when: str, *cells: Any) -> str:
+    return f"  {when}  " + " ".join(str(c) for c in cells if c)
+
+
 def render(report: LeadReport) -> str:
     lines = [f"Lead {report.lead_id}"]
     lines.append(f"  stage: {report.latest('stage') or '-'}    score: {report.latest('score') or '-'}")
@@ -162,14 +165,15 @@ def render(report: LeadReport) -> str:
         acked = f"acked {_when(o['acked_at_ms'])}" if o.get("acked_at_ms") else "not acknowledged"
         deadline = f", SLA deadline {_when(o['sla_deadline_ms'])}" if o.get("sla_deadline_ms") else ""
         lines.append(
-            f"  {o['rep']} (by {o.get('strategy')}, since {_when(o.get('assigned_at_ms'))}, {acked}{deadline}, "
+            f"  {o['rep']} (by {o.get('strategy')}, since {_when(o.get('assigned_at_ms'))}, {acked}"
+            f"{deadline}, "
             f"reassigned {o.get('reassignments', 0)}x)"
         )
     else:
         lines.append("  - (not assigned)")
     lines.append("Assignment history:")
     lines += [
-        f"  {_when(h.get('at_ms'))}  {h.get('event'):<12} {h.get('rep') or ''} {h.get('reason') or ''}".rstrip()
+        _row(_when(h.get("at_ms")), f"{h.get('event'):<12}", h.get("rep"), h.get("reason"))
         for h in report.assignment_history
     ] or ["  -"]
     lines.append("Score history:")
@@ -182,7 +186,7 @@ def render(report: LeadReport) -> str:
     lines += [f"  {_when(e['at'])}  {e['type']:<8} {e['name']}" for e in report.events] or ["  -"]
     lines.append("Actions sent:")
     lines += [
-        f"  {_when(a['at'])}  {a['rule']:<24} {a['connector']:<8} {a['step']:<10} {a.get('reason') or ''}".rstrip()
+        _row(_when(a["at"]), f"{a['rule']:<24}", f"{a['connector']:<8}", f"{a['step']:<10}", a.get("reason"))
         for a in report.actions
     ] or ["  -"]
     for source, why in report.unavailable.items():

@@ -1,8 +1,9 @@
 """`nudge reps list|set-availability|check`: the sales reps roster and who can take hot leads right now.
 
-Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis (`NUDGE_REDIS_URL`).
-`set-availability` changes the run-time override only (the same as `PUT /v1/reps/{id}/availability`); the file stays
-as it is. Exit codes: 0 done, 1 Redis unreachable, 2 bad roster or unknown rep.
+Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis
+(`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as `PUT
+/v1/reps/{id}/availability`); the file stays as it is. Exit codes: 0 done, 1 Redis unreachable, 2 bad roster
+or unknown rep.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ async def _with_assigner(settings: Settings, roster_path: Path, args: argparse.N
     if args.json:
         print(orjson.dumps([s.__dict__ for s in statuses], option=orjson.OPT_INDENT_2).decode())
         return 0
-    header = f"{'REP':<14} {'NAME':<22} {'STATUS':<10} {'ON DUTY':<8} {'OPEN/CAP':>9} {'TOTAL':>6}  CAN TAKE A LEAD"
+    header = (
+        f"{'REP':<14} {'NAME':<22} {'STATUS':<10} {'ON DUTY':<8} {'OPEN/CAP':>9} {'TOTAL':>6}  TAKES LEADS"
+    )
     print(header)
     for s in statuses:
         print(
@@ -81,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nudge reps: invalid roster:\n{exc}", file=sys.stderr)
         return 2
     except (RedisError, OSError) as exc:
-        print(f"nudge reps: Redis at {settings.redis_url} is unreachable ({exc}); start it or set NUDGE_REDIS_URL",
-              file=sys.stderr)  # fmt: skip
+        where = settings.redis_url
+        print(
+            f"nudge reps: Redis at {where} is unreachable ({exc}); start it or set NUDGE_REDIS_URL",
+            file=sys.stderr,
+        )
         return 1
