@@ -1,0 +1,8 @@
+"""The rule language: YAML files → validated, compiled, immutable `RuleSet` (see README, section "Rule
+language")."""
+
+from engine.core.ruleset import Rule, RuleSet
+from engine.language.loader import DEFAULT_CONNECTORS, load_rules, rule_files
+from engine.language.problems import Problem, RuleFileError
+
+__all__ = ["DEFAULT_CONNECTORS", "Problem", "Rule", "RuleFileError", "RuleSet", "load_rules", "rule_files"]

@@ -1,0 +1,200 @@
+"""`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics, shared by worker
+and simulator.
+
+Contract:
+- Pure: no I/O, no clock, no randomness; the input state is never mutated; the same inputs give equal outputs.
+- On an `Event` at t: first fire the deadlines < t (the lead's own event proves event time passed them;
+  fired_at is
+  the deadline), then update the derived facts, then let every enabled rule see the event (in rule-set
+  order), then,
+  when `now_ms` is given, fire the deadlines <= now_ms.
+- On a `Tick(now)`: fire the deadlines <= now, earliest first (ties: rule-set order).
+- Every firing passes the common gates, in this order: cooldown (since this rule last fired for this lead),
+  `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated firing
+  is
+  dropped (and not remembered); the kind's own state moves on regardless (an absence episode still closes).
+- `Evaluation.timers` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
+- Slots of rules that are no longer in the rule set (or disabled) are dropped, so state cannot outlive its
+  rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core.facts import LeadView, apply_event, lead_view
+from engine.core.model import Action, Tick, make_action_id
+from engine.core.ruleset import Firing, Rule, RuleSet
+from engine.core.state import LeadState
+from engine.events import Event
+
+DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """The result of one step: the lead's new state, the actions fired (in firing order), all pending
+    deadlines."""
+
+    state: LeadState
+    actions: list[Action] = field(default_factory=list)
+    timers: list[int] = field(default_factory=list)
+
+
+def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
+    scores: dict[str, float] = {}
+    stages: dict[str, str | None] = {}
+    primary = None
+    for rule in rules.score_rules:
+        primary = primary or rule.id
+        slot = state.rules.get(rule.id)
+        scores[rule.id] = rule.logic.value_at(slot, now_ms)  # type: ignore[attr-defined]
+        stages[rule.id] = rule.logic.stage_of(slot)  # type: ignore[attr-defined]
+    return lead_view(state.lead_id, state.facts, scores, stages, primary)
+
+
+class _EventContext:
+    """What matchers see for one event: the event, its document and the lead view, each built at most once."""
+
+    __slots__ = ("_doc", "_lead", "event", "rules", "state")
+
+    def __init__(self, event: Event, state: LeadState, rules: RuleSet) -> None:
+        self.event = event
+        self.state = state
+        self.rules = rules
+        self._doc: dict[str, Any] | None = None
+        self._lead: LeadView | None = None
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = self.event.document()
+        return self._doc
+
+    @property
+    def lead(self) -> LeadView:
+        if self._lead is None:
+            self._lead = build_view(self.rules, self.state, self.event.timestamp_ms)
+        return self._lead
+
+    def lead_changed(self) -> None:
+        self._lead = None
+
+
+def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions: list[Action]) -> None:
+    at = firing.at_ms
+    day = at // DAY_MS
+    gate = state.gates.get(rule.id)
+    if gate is not None:
+        if rule.cooldown_ms and at - gate[0] < rule.cooldown_ms:
+            return
+        if rule.max_per_lead is not None and gate[1] == day and gate[2] >= rule.max_per_lead:
+            return
+    if not rule.condition_holds(view):
+        return
+    state.gates[rule.id] = [at, day, gate[2] + 1 if gate is not None and gate[1] == day else 1]
+    spec = firing.action or rule.action
+    context = dict(view)
+    if firing.details:
+        context["trigger"] = firing.details
+    actions.append(
+        Action(
+            action_id=make_action_id(rule.id, rule.version, state.lead_id, firing.key),
+            rule=rule.id,
+            rule_version=rule.version,
+            lead_id=state.lead_id,
+            fired_at_ms=at,
+            trigger=firing.trigger,
+            connector=spec.connector,
+            explanation=firing.explanation,
+            template=spec.template,
+            payload=dict(spec.payload),
+            priority=rule.priority,
+            marketing=rule.marketing,
+            on_cap=rule.on_cap,
+            context=context,
+            trigger_time_ms=firing.trigger_time_ms,
+        )
+    )
+
+
+def _store(state: LeadState, rule: Rule, slot: Any) -> None:
+    if slot is None:
+        state.rules.pop(rule.id, None)
+    else:
+        state.rules[rule.id] = slot
+
+
+def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions: list[Action]) -> None:
+    while True:
+        due: tuple[int, Rule] | None = None
+        for rule in rules.active:
+            slot = state.rules.get(rule.id)
+            if slot is None:
+                continue
+            deadline = rule.logic.deadline(slot)
+            if deadline is None or deadline > t or (deadline == t and not inclusive):
+                continue
+            if due is None or deadline < due[0]:
+                due = (deadline, rule)
+        if due is None:
+            return
+        deadline, rule = due
+        slot, firings = rule.logic.on_deadline(rule, state.rules[rule.id], deadline)
+        _store(state, rule, slot)
+        if firings:
+            view = build_view(rules, state, deadline)
+            for firing in firings:
+                _emit(rule, state, firing, view, actions)
+
+
+def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[Action]) -> None:
+    apply_event(state.facts, event)
+    ctx = _EventContext(event, state, rules)
+    for rule in rules.active:
+        slot = state.rules.get(rule.id)
+        if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
+            slot = None
+        new_slot, firings = rule.logic.on_event(rule, slot, ctx)
+        _store(state, rule, new_slot)
+        if rule.kind == "score" and new_slot is not slot:
+            ctx.lead_changed()
+        for firing in firings:
+            _emit(rule, state, firing, ctx.lead, actions)
+
+
+def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
+    deadlines = set()
+    for rule in rules.active:
+        slot = state.rules.get(rule.id)
+        if slot is not None:
+            deadline = rule.logic.deadline(slot)
+            if deadline is not None:
+                deadlines.add(deadline)
+    return sorted(deadlines)
+
+
+def _drop_stale_slots(rules: RuleSet, state: LeadState) -> None:
+    for key in [k for k in state.rules if (r := rules.by_id.get(k)) is None or not r.enabled]:
+        del state.rules[key]
+    for key in [k for k in state.gates if k not in rules.by_id]:
+        del state.gates[key]
+
+
+def evaluate(
+    rules: RuleSet, state: LeadState | None, item: Event | Tick, now_ms: int | None = None
+) -> Evaluation:
+    work = state.copy() if state is not None else LeadState()
+    _drop_stale_slots(rules, work)
+    actions: list[Action] = []
+    if isinstance(item, Tick):
+        _fire_due(rules, work, item.now_ms, True, actions)
+    else:
+        if not work.lead_id:
+            work.lead_id = item.lead_id
+        _fire_due(rules, work, item.timestamp_ms, False, actions)
+        _apply_event(rules, work, item, actions)
+        if now_ms is not None:
+            _fire_due(rules, work, now_ms, True, actions)
+    return Evaluation(work, actions, pending_timers(rules, work))

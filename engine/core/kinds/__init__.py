@@ -1,0 +1,1 @@
+"""One module per rule kind; each exports a `*Logic` class implementing `engine.core.ruleset.RuleLogic`."""

@@ -1,0 +1,222 @@
+"""Compiled predicates and matchers: plain rule specs turned into closures once, at load time.
+
+Contract:
+- `compile_predicate(ops)` turns a validated predicate mapping (`{"gte": 3}`, `{"prefix": "/pricing"}`, ...)
+  into a
+  function `value -> bool`. Several operators in one mapping must all hold. Comparisons never raise: a value
+  of the
+  wrong type simply does not match (a numeric string compares as a number).
+- `compile_path(path)` turns a dotted path into a getter over nested dicts/lists; a missing step yields
+  `None`.
+- `compile_matcher(spec)` turns `{event, type, where}` (or a list of them: any-of) into `MatchContext ->
+  bool`.
+  `where` paths read the event document (`Event.document()`); paths starting with `lead.` read the lead view
+  (derived facts, traits, score, stage) as it is after this event was applied.
+- `compile_condition(spec)` turns an `if:`/segment condition (paths over the lead view; `any`, `not`) into
+  `lead_view -> bool`.
+Validation (unknown operators, wrong operand types) is the language layer's job; this module trusts its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from engine.events import Event
+
+Getter = Callable[[Any], Any]
+ValueTest = Callable[[Any], bool]
+Condition = Callable[[Mapping[str, Any]], bool]
+
+OPERATORS = ("eq", "ne", "in", "gt", "gte", "lt", "lte", "exists", "prefix", "contains")
+
+
+class MatchContext(Protocol):
+    """What a matcher reads: the event document and the lead view, both built at most once per event."""
+
+    @property
+    def event(self) -> Event: ...
+
+    @property
+    def doc(self) -> Mapping[str, Any]: ...
+
+    @property
+    def lead(self) -> Mapping[str, Any]: ...
+
+
+Matcher = Callable[[MatchContext], bool]
+
+
+def compile_path(path: str) -> Getter:
+    parts = tuple(path.split("."))
+
+    def get(root: Any) -> Any:
+        value = root
+        for part in parts:
+            if isinstance(value, Mapping):
+                value = value.get(part)
+            elif isinstance(value, list) and part.isdigit():
+                index = int(part)
+                value = value[index] if index < len(value) else None
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    if len(parts) == 1:
+        key = parts[0]
+        return lambda root: root.get(key) if isinstance(root, Mapping) else None
+    return get
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _ordered(operand: Any, accept: Callable[[Any], bool]) -> ValueTest:
+    """gt/gte/lt/lte: numbers compare numerically (numeric strings too), strings lexically (ISO dates)."""
+    if isinstance(operand, str):
+        return lambda v: isinstance(v, str) and accept((v > operand) - (v < operand))
+
+    def test(value: Any) -> bool:
+        number = _number(value)
+        return number is not None and accept((number > operand) - (number < operand))
+
+    return test
+
+
+def _equals(operand: Any) -> ValueTest:
+    if isinstance(operand, bool) or operand is None:
+        return lambda v: v is operand or (v == operand and type(v) is type(operand))
+    if isinstance(operand, int | float):
+        return lambda v: not isinstance(v, bool) and _number(v) == operand
+    return lambda v: v == operand
+
+
+def _contains(operand: Any) -> ValueTest:
+    def test(value: Any) -> bool:
+        if isinstance(value, str):
+            return isinstance(operand, str) and operand in value
+        if isinstance(value, list | tuple):
+            return operand in value
+        return False
+
+    return test
+
+
+def _single(op: str, operand: Any) -> ValueTest:
+    if op == "eq":
+        return _equals(operand)
+    if op == "ne":
+        equal = _equals(operand)
+        return lambda v: not equal(v)
+    if op == "in":
+        tests = [_equals(item) for item in operand]
+        return lambda v: any(t(v) for t in tests)
+    if op == "gt":
+        return _ordered(operand, lambda c: c > 0)
+    if op == "gte":
+        return _ordered(operand, lambda c: c >= 0)
+    if op == "lt":
+        return _ordered(operand, lambda c: c < 0)
+    if op == "lte":
+        return _ordered(operand, lambda c: c <= 0)
+    if op == "exists":
+        return (lambda v: v is not None) if operand else (lambda v: v is None)
+    if op == "prefix":
+        return lambda v: isinstance(v, str) and v.startswith(operand)
+    if op == "contains":
+        return _contains(operand)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def compile_predicate(ops: Mapping[str, Any]) -> ValueTest:
+    tests = [_single(op, operand) for op, operand in ops.items()]
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: all(t(v) for t in tests)
+
+
+def _compile_where(where: Mapping[str, Mapping[str, Any]]) -> list[Matcher]:
+    checks: list[Matcher] = []
+    for path, ops in where.items():
+        test = compile_predicate(ops)
+        if path.startswith("lead."):
+            get = compile_path(path[len("lead.") :])
+            checks.append(lambda ctx, get=get, test=test: test(get(ctx.lead)))
+        else:
+            get = compile_path(path)
+            checks.append(lambda ctx, get=get, test=test: test(get(ctx.doc)))
+    return checks
+
+
+def compile_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Matcher:
+    """`{event, type, where}` → closure; cheapest checks (type, event name) run first."""
+    if not isinstance(spec, Mapping):
+        alternatives = [compile_matcher(item) for item in spec]
+        return lambda ctx: any(m(ctx) for m in alternatives)
+    events = frozenset(spec["event"]) if spec.get("event") else None
+    types = frozenset(spec["type"]) if spec.get("type") else None
+    checks = _compile_where(spec.get("where") or {})
+
+    def match(ctx: MatchContext) -> bool:
+        doc = ctx.doc
+        if types is not None and doc["type"] not in types:
+            return False
+        if events is not None and (doc["type"] != "track" or doc["name"] not in events):
+            return False
+        return all(check(ctx) for check in checks)
+
+    return match
+
+
+def compile_condition(spec: Mapping[str, Any], segments: Mapping[str, Condition] | None = None) -> Condition:
+    """An `if:` condition over the lead view. Keys: paths → predicates, `segment`, `any`, `all`, `not`."""
+    parts: list[Condition] = []
+    for key, value in spec.items():
+        if key == "segment":
+            names = [value] if isinstance(value, str) else list(value)
+            parts.extend((segments or {})[name] for name in names)
+        elif key == "any":
+            options = [compile_condition(item, segments) for item in value]
+            parts.append(lambda lead, options=options: any(c(lead) for c in options))
+        elif key == "all":
+            options = [compile_condition(item, segments) for item in value]
+            parts.append(lambda lead, options=options: all(c(lead) for c in options))
+        elif key == "not":
+            inner = compile_condition(value, segments)
+            parts.append(lambda lead, inner=inner: not inner(lead))
+        else:
+            get, test = compile_path(key), compile_predicate(value)
+            parts.append(lambda lead, get=get, test=test: test(get(lead)))
+    return lambda lead: all(p(lead) for p in parts)
+
+
+def describe_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> str:
+    """Human text for explanations: `'Product Added'`, `a page where properties.path prefix '/pricing'`."""
+    if spec is None:
+        return "nothing"
+    if not isinstance(spec, Mapping):
+        return " or ".join(describe_matcher(item) for item in spec)
+    if spec.get("event"):
+        head = " or ".join(f"'{name}'" for name in spec["event"])
+    elif spec.get("type"):
+        head = "a " + "/".join(spec["type"]) + " event"
+    else:
+        head = "any event"
+    where = spec.get("where") or {}
+    if where:
+        conds = [f"{path} {op} {operand!r}" for path, ops in where.items() for op, operand in ops.items()]
+        head += " where " + " and ".join(conds)
+    return head

@@ -1,0 +1,131 @@
+"""Compiled rules: what the language layer produces and the core evaluates.
+
+Contract:
+- A `Rule` is immutable and holds everything needed on the hot path already compiled (matchers are closures,
+  durations
+  are milliseconds); no pydantic, YAML or regex is touched while evaluating.
+- `Rule.version` is a short stable hash of the rule's canonical definition (with its segments inlined):
+  changing any
+  semantic field changes it, reformatting the YAML does not. Action ids include it, so an edited rule is a
+  new rule.
+- `RuleSet.rules` keeps load order (files sorted, rules in file order); `RuleSet.active` the enabled ones;
+  `RuleSet.version` is a hash of all rule ids and versions.
+- A kind's logic (`RuleLogic`) owns only its own slot of per-lead state (`LeadState.rules[rule.id]`), a small
+  JSON-able value; it never touches other rules' slots and never does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.core.predicates import Condition, MatchContext, Matcher
+
+if TYPE_CHECKING:
+    from engine.core.facts import LeadView
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """The rule's `action:` block: where the fired action goes and with which template/payload."""
+
+    connector: str
+    template: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Firing:
+    """A kind's decision that the rule fires now; common gates (cooldown, caps, `if:`) are applied
+    afterwards."""
+
+    at_ms: int
+    key: str  # unique per firing of this rule for this lead: feeds the deterministic action id
+    trigger: tuple[str, ...]
+    trigger_time_ms: int
+    explanation: str
+    action: ActionSpec | None = None  # overrides the rule's action (score thresholds)
+    details: dict[str, Any] | None = None  # kind-specific facts for templates (context["trigger"])
+
+
+class RuleLogic(Protocol):
+    """Kind-specific semantics over one rule's slot of lead state. Slots are plain JSON values, never
+    mutated."""
+
+    def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]: ...
+
+    def deadline(self, slot: Any) -> int | None: ...
+
+    def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]: ...
+
+    def merge(self, mine: Any, other: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled rule. Common options live here; kind semantics live in `logic`."""
+
+    id: str
+    kind: str
+    version: str
+    action: ActionSpec
+    logic: RuleLogic
+    enabled: bool = True
+    priority: int = 0
+    cooldown_ms: int = 0
+    max_per_lead: int | None = None  # fires per lead per UTC day (event time)
+    exit_on: Matcher | None = None
+    condition: Condition | None = None
+    marketing: bool = True
+    on_cap: str = "defer"
+    description: str = ""
+    source: str = ""  # "file:line" where the rule is defined
+
+    @property
+    def connector(self) -> str:
+        return self.action.connector
+
+    def condition_holds(self, lead: LeadView) -> bool:
+        return self.condition is None or self.condition(lead)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """An immutable, ordered set of compiled rules."""
+
+    rules: tuple[Rule, ...]
+    version: str = ""
+    active: tuple[Rule, ...] = ()
+    by_id: Mapping[str, Rule] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rules: list[Rule] | tuple[Rule, ...]) -> RuleSet:
+        rules = tuple(rules)
+        digest = hashlib.blake2b(digest_size=6)
+        for rule in rules:
+            digest.update(f"{rule.id}={rule.version};".encode())
+        return cls(
+            rules=rules,
+            version=digest.hexdigest(),
+            active=tuple(r for r in rules if r.enabled),
+            by_id={r.id: r for r in rules},
+        )
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.rules)
+
+    def get(self, rule_id: str) -> Rule | None:
+        return self.by_id.get(rule_id)
+
+    @property
+    def score_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.active if r.kind == "score")
+
+
+def definition_hash(canonical: bytes) -> str:
+    return hashlib.blake2b(canonical, digest_size=5).hexdigest()

@@ -1,0 +1,52 @@
+"""`simulate(rules, events)`: the offline run of the core over a finite event log (used by `nudge simulate`,
+tests).
+
+Contract:
+- Events are stably sorted by event time (equal timestamps keep input order), then evaluated lead by lead
+  with the
+  same `evaluate` the worker uses — there is no second implementation of any rule semantics.
+- With `flush=True`, after the last event each lead's event time advances past its pending deadlines, so every
+  absence that would fire, fires.
+- Output order: `(fired_at_ms, lead_id, order of firing within the lead)` — independent of how different
+  leads'
+  events interleave in the input, and identical on every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.core.evaluate import evaluate
+from engine.core.model import Action, Tick
+from engine.core.ruleset import RuleSet
+from engine.core.state import LeadState
+from engine.events import Event
+
+
+def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> list[Action]:
+    ordered = sorted(enumerate(events), key=lambda pair: (pair[1].timestamp_ms, pair[0]))
+    states: dict[str, LeadState] = {}
+    timers: dict[str, list[int]] = {}
+    fired: list[tuple[int, str, int, Action]] = []
+    sequence: dict[str, int] = {}
+
+    def record(lead_id: str, actions: list[Action]) -> None:
+        for action in actions:
+            n = sequence.get(lead_id, 0)
+            sequence[lead_id] = n + 1
+            fired.append((action.fired_at_ms, lead_id, n, action))
+
+    for _, event in ordered:
+        result = evaluate(rules, states.get(event.lead_id), event)
+        states[event.lead_id] = result.state
+        timers[event.lead_id] = result.timers
+        record(event.lead_id, result.actions)
+    if flush:
+        for lead_id in sorted(states):
+            while timers.get(lead_id):
+                result = evaluate(rules, states[lead_id], Tick(timers[lead_id][-1]))
+                states[lead_id] = result.state
+                timers[lead_id] = result.timers
+                record(lead_id, result.actions)
+    fired.sort(key=lambda item: item[:3])
+    return [item[3] for item in fired]

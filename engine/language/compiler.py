@@ -1,0 +1,133 @@
+"""Validated rule models → compiled `engine.core` rules (closures, milliseconds, frozen values).
+
+Contract: `compile_rule(model, segments, source)` never fails for a model that passed validation; it fixes the
+defaults that depend on other fields (threshold cooldown = within; `marketing` = False for the sales/internal
+connectors slack, crm and log, True otherwise) and computes the rule version from the canonical definition
+(durations in ms, segments inlined, description excluded), so a reformatted file keeps its versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from engine.core.kinds.absence import AbsenceLogic
+from engine.core.kinds.threshold import ThresholdLogic
+from engine.core.predicates import (
+    Condition,
+    compile_condition,
+    compile_matcher,
+    compile_path,
+    describe_matcher,
+)
+from engine.core.ruleset import ActionSpec, Rule, RuleLogic, definition_hash
+from engine.language import schema
+
+NON_MARKETING_CONNECTORS = frozenset({"slack", "crm", "log"})
+
+
+def matcher_spec(matchers: list[schema.Matcher]) -> list[dict[str, Any]]:
+    return [m.spec() for m in matchers]
+
+
+def _matcher(matchers: list[schema.Matcher] | None) -> tuple[Any, str]:
+    if not matchers:
+        return None, ""
+    spec = matcher_spec(matchers)
+    compiled = compile_matcher(spec[0] if len(spec) == 1 else spec)
+    return compiled, describe_matcher(spec[0] if len(spec) == 1 else spec)
+
+
+def action_spec(block: schema.ActionBlock) -> ActionSpec:
+    return ActionSpec(connector=block.connector, template=block.template, payload=dict(block.payload))
+
+
+def _inline_segments(condition: Any, segments: Mapping[str, dict[str, Any]]) -> Any:
+    """The canonical form of a condition: segment names replaced by their definitions (feeds the version
+    hash)."""
+    if isinstance(condition, dict):
+        out = {}
+        for key, value in condition.items():
+            if key == "segment":
+                out["segment"] = {name: segments.get(name) for name in value}
+            else:
+                out[key] = _inline_segments(value, segments)
+        return out
+    if isinstance(condition, list):
+        return [_inline_segments(item, segments) for item in condition]
+    return condition
+
+
+def _logic(model: schema.RuleBase) -> RuleLogic:
+    if isinstance(model, schema.AbsenceRule):
+        when, when_text = _matcher(model.when)
+        unless, unless_text = _matcher(model.unless)
+        return AbsenceLogic(when, unless, model.within, model.restart, when_text, unless_text)
+    if isinstance(model, schema.ThresholdRule):
+        match, text = _matcher(model.match)
+        if model.sum is not None:
+            return ThresholdLogic(
+                match,
+                model.within,
+                sum_field=compile_path(model.sum.field),
+                sum_field_name=model.sum.field,
+                sum_gte=model.sum.gte,
+                match_text=text,
+            )
+        return ThresholdLogic(match, model.within, count=model.count, match_text=text)
+    if isinstance(model, schema.SequenceRule):
+        from engine.core.kinds.sequence import SequenceLogic
+
+        steps = [_matcher(step) for step in model.steps]
+        return SequenceLogic(tuple(m for m, _ in steps), model.within, tuple(t for _, t in steps))
+    if isinstance(model, schema.ScoreRule):
+        from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
+
+        points = tuple(PointsRule(_matcher(p.match)[0], p.points, p.daily_cap) for p in model.points)
+        thresholds = tuple(
+            ScoreThreshold(t.at, t.name or f"at_{t.at:g}", action_spec(t.action) if t.action else None)
+            for t in model.thresholds
+        )
+        return ScoreLogic(points, model.half_life, thresholds, tuple((model.stages or {}).items()))
+    raise ValueError(f"unknown rule kind {model.kind!r}")
+
+
+def compile_rule(
+    model: schema.RuleBase,
+    condition: dict[str, Any] | None,
+    segments: Mapping[str, dict[str, Any]],
+    compiled_segments: Mapping[str, Condition],
+    source: str,
+) -> Rule:
+    canonical = model.model_dump(mode="json", by_alias=True, exclude={"description"})
+    canonical["if"] = _inline_segments(condition, segments)
+    version = definition_hash(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
+    action = model.action
+    if action is None:  # score rule whose thresholds all carry their own action
+        action = next(t.action for t in model.thresholds if t.action is not None)
+    cooldown = model.cooldown
+    if cooldown is None:
+        cooldown = model.within if isinstance(model, schema.ThresholdRule) else 0
+    marketing = model.marketing
+    if marketing is None:
+        marketing = action.connector not in NON_MARKETING_CONNECTORS
+    exit_on, _ = _matcher(model.exit_on)
+    return Rule(
+        id=model.id,
+        kind=model.kind,
+        version=version,
+        action=action_spec(action),
+        logic=_logic(model),
+        enabled=model.enabled,
+        priority=model.priority,
+        cooldown_ms=cooldown,
+        max_per_lead=model.max_per_lead,
+        exit_on=exit_on,
+        condition=compile_condition(condition, compiled_segments) if condition else None,
+        marketing=marketing,
+        on_cap=model.on_cap,
+        description=model.description,
+        source=source,
+    )

@@ -1,0 +1,264 @@
+"""`load_rules(paths)`: read, validate and compile rule files into one immutable `RuleSet`.
+
+Contract:
+- `paths` are files or directories. A directory contributes its `*.yaml` / `*.yml` files (not recursive),
+  sorted by
+  name; rule test files (`*.test.yaml`, `*.test.yml`) are skipped. Files load in the given order.
+- A rules file is a mapping with `rules:` (a list of rules) and/or `segments:` (name → condition). Segments
+  are
+  global across the loaded files.
+- All problems of all files are collected (unknown key, bad duration, unknown connector, duplicate id, bad
+  predicate,
+  unknown segment, YAML syntax...) and raised together as `RuleFileError`, each `file:line:col: message`.
+  Nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from engine.core.predicates import compile_condition
+from engine.core.ruleset import Rule, RuleSet
+from engine.language import schema
+from engine.language.compiler import compile_rule
+from engine.language.conditions import LEAD_ROOTS, check_condition
+from engine.language.problems import Problem, RuleFileError
+from engine.language.yamlnodes import YamlProblem, load_yaml, locate
+
+DEFAULT_CONNECTORS = frozenset({"webhook", "slack", "email", "kafka", "redis", "crm", "log"})
+TEST_SUFFIXES = (".test.yaml", ".test.yml")
+_ALL_KEYS = sorted(
+    {name for model in schema.RULE_MODELS.values() for name in model.model_fields}
+    | {
+        "if",
+        "in",
+        "event",
+        "type",
+        "where",
+        "field",
+        "gte",
+        "connector",
+        "template",
+        "payload",
+        "points",
+        "at",
+    }
+    | {"daily_cap", "name", "match", "rules", "segments"}
+    | set(schema.Predicate.model_fields) - {"in_", "if_"}
+)
+
+
+def rule_files(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = [
+                p
+                for p in sorted(path.iterdir())
+                if p.is_file() and p.suffix in (".yaml", ".yml") and not p.name.endswith(TEST_SUFFIXES)
+            ]
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+class _FileContext:
+    """Collects problems for one file, turning pydantic-style locations into YAML positions."""
+
+    def __init__(self, name: str, root: yaml.Node | None, problems: list[Problem]) -> None:
+        self.name, self.root, self.problems = name, root, problems
+
+    def report(self, loc: Sequence[Any], message: str, key: bool = False) -> None:
+        line, col = locate(self.root, loc, key=key)
+        self.problems.append(Problem(self.name, line, col, message))
+
+    def report_validation(self, base: Sequence[Any], exc: ValidationError, what: str) -> None:
+        for error in exc.errors():
+            loc = (*base, *error["loc"])
+            field = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
+            kind = error["type"]
+            if kind == "extra_forbidden":
+                key = str(error["loc"][-1])
+                hint = difflib.get_close_matches(key, _ALL_KEYS, n=1)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.report(loc, f"{what}: unknown key {key!r}{suffix}", key=True)
+            elif kind == "missing":
+                self.report(loc, f"{what}: missing required key {field!r}")
+            else:
+                message = error["msg"].removeprefix("Value error, ")
+                if (
+                    field.endswith(("where", "exit_on", "when", "unless", "match", "steps"))
+                    or ".where." in field
+                ):
+                    message = f"bad predicate or matcher: {message}"
+                self.report(loc, f"{what}: {field + ': ' if field else ''}{message}")
+
+
+def _parse_files(files: list[Path], problems: list[Problem]) -> list[tuple[_FileContext, dict[str, Any]]]:
+    parsed = []
+    for path in files:
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(Problem(name, 1, 1, f"cannot read rule file: {exc.strerror or exc}"))
+            continue
+        try:
+            root, data = load_yaml(text)
+        except YamlProblem as exc:
+            problems.append(Problem(name, exc.line, exc.col, exc.message))
+            continue
+        ctx = _FileContext(name, root, problems)
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            ctx.report((), "a rules file must be a mapping with `rules:` and/or `segments:`")
+            continue
+        for key in data:
+            if key not in ("rules", "segments"):
+                ctx.report(
+                    (key,), f"unknown top-level key {key!r}: a rules file has `rules:` and `segments:`", True
+                )
+        parsed.append((ctx, data))
+    return parsed
+
+
+def _collect_segments(parsed: list[tuple[_FileContext, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    segments: dict[str, dict[str, Any]] = {}
+    first_seen: dict[str, str] = {}
+    for ctx, data in parsed:
+        defined = data.get("segments") or {}
+        if not isinstance(defined, dict):
+            ctx.report(("segments",), "`segments:` must map segment names to conditions")
+            continue
+        for name, spec in defined.items():
+            if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name != name.lower():
+                ctx.report(("segments", name), f"segment name {name!r} must match [a-z0-9_]+", key=True)
+                continue
+            if name in first_seen:
+                ctx.report(
+                    ("segments", name),
+                    f"duplicate segment {name!r} (first defined in {first_seen[name]})",
+                    key=True,
+                )
+                continue
+            condition = check_condition(spec, ("segments", name), ctx.report, None)
+            first_seen[name] = ctx.name
+            if condition is not None:
+                segments[name] = condition
+    return segments
+
+
+def _check_lead_paths(ctx: _FileContext, model: schema.RuleBase, loc: tuple[Any, ...], what: str) -> None:
+    for field in ("when", "unless", "match", "exit_on"):
+        for matcher in getattr(model, field, None) or ():
+            for path in matcher.where or {}:
+                if path.startswith("lead.") and path.split(".")[1] not in LEAD_ROOTS:
+                    ctx.report(
+                        (*loc, field, "where", path),
+                        f"{what}: unknown lead path {path!r}; lead paths "
+                        f"start with lead. and one of {', '.join(LEAD_ROOTS)}",
+                        key=True,
+                    )
+
+
+def _validate_rule(
+    ctx: _FileContext,
+    raw: Any,
+    loc: tuple[Any, ...],
+    segment_names: Collection[str],
+    known_connectors: Collection[str],
+) -> tuple[schema.RuleBase, dict[str, Any] | None] | None:
+    if not isinstance(raw, dict):
+        ctx.report(loc, "a rule must be a mapping with at least id, kind and action")
+        return None
+    what = f"rule {raw.get('id')!r}" if isinstance(raw.get("id"), str) else "rule"
+    kind = raw.get("kind")
+    model_cls = schema.RULE_MODELS.get(kind) if isinstance(kind, str) else None
+    if model_cls is None:
+        where = (*loc, "kind") if "kind" in raw else loc
+        ctx.report(where, f"{what}: unknown or missing kind {kind!r}; use one of {', '.join(schema.KINDS)}")
+        return None
+    before = len(ctx.problems)
+    _check_connectors(ctx, raw, loc, what, known_connectors)
+    condition = None
+    if raw.get("if") is not None:
+        condition = check_condition(raw["if"], (*loc, "if"), ctx.report, segment_names)
+    try:
+        model = model_cls.model_validate(raw)
+    except ValidationError as exc:
+        ctx.report_validation(loc, exc, what)
+        return None
+    _check_lead_paths(ctx, model, loc, what)
+    if len(ctx.problems) > before:
+        return None
+    return model, condition
+
+
+def _check_connectors(
+    ctx: _FileContext, raw: dict[str, Any], loc: tuple[Any, ...], what: str, known: Collection[str]
+) -> None:
+    blocks = [((*loc, "action"), raw.get("action"))]
+    thresholds = raw.get("thresholds")
+    if isinstance(thresholds, list):
+        blocks += [
+            ((*loc, "thresholds", i, "action"), t.get("action"))
+            for i, t in enumerate(thresholds)
+            if isinstance(t, dict)
+        ]
+    for where, block in blocks:
+        connector = block.get("connector") if isinstance(block, dict) else None
+        if isinstance(connector, str) and connector not in known:
+            hint = difflib.get_close_matches(connector, sorted(known), n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            ctx.report(
+                (*where, "connector"),
+                f"{what}: unknown connector {connector!r}{suffix}; known connectors: "
+                f"{', '.join(sorted(known))}",
+            )
+
+
+def load_rules(paths: Sequence[str | Path], known_connectors: Collection[str] | None = None) -> RuleSet:
+    connectors = frozenset(known_connectors) if known_connectors is not None else DEFAULT_CONNECTORS
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    problems: list[Problem] = []
+    parsed = _parse_files(rule_files(paths), problems)
+    segments = _collect_segments(parsed)
+    compiled_segments = {name: compile_condition(spec) for name, spec in segments.items()}
+    rules: list[Rule] = []
+    ids: dict[str, str] = {}
+    for ctx, data in parsed:
+        listed = data.get("rules") or []
+        if not isinstance(listed, list):
+            ctx.report(("rules",), "`rules:` must be a list of rules")
+            continue
+        for index, raw in enumerate(listed):
+            loc = ("rules", index)
+            rule_id = raw.get("id") if isinstance(raw, dict) else None
+            duplicate = isinstance(rule_id, str) and rule_id in ids
+            if duplicate:
+                ctx.report(
+                    (*loc, "id"),
+                    f"duplicate rule id {rule_id!r} (first defined at {ids[rule_id]}); "
+                    "rule ids must be unique across all loaded files",
+                )
+            result = _validate_rule(ctx, raw, loc, segments, connectors)
+            if isinstance(rule_id, str) and not duplicate:
+                line, _ = locate(ctx.root, loc)
+                ids[rule_id] = f"{ctx.name}:{line}"
+            if result is None or duplicate:
+                continue
+            model, condition = result
+            rules.append(compile_rule(model, condition, segments, compiled_segments, ids[model.id]))
+    if problems:
+        raise RuleFileError(sorted(problems, key=lambda p: (p.file, p.line, p.col)))
+    return RuleSet.of(rules)

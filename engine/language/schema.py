@@ -1,0 +1,186 @@
+"""The rule file schema (pydantic), used only at load time — never on the evaluation hot path.
+
+Contract: every model forbids unknown keys; durations are parsed to milliseconds; a single matcher may be
+written as a
+mapping or a list (any-of); predicates written as a scalar mean `eq`, as a list mean `in`. Conditions (`if:`,
+`segments:`) are validated by `engine.language.conditions` because their keys are free-form paths.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from engine.core.durations import parse_duration
+from engine.core.predicates import OPERATORS
+
+Scalar = str | int | float | bool | None
+EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
+KINDS = ("absence", "threshold", "sequence", "score")
+ID_PATTERN = r"^[a-z0-9_]+$"
+
+
+def _duration(value: Any) -> int:
+    return parse_duration(value)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | dict) else value
+
+
+def normalize_predicate(value: Any) -> Any:
+    """`"x"` → `{eq: "x"}`, `[a, b]` → `{in: [a, b]}`, a mapping is taken as written."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, list):
+        return {"in": value}
+    return {"eq": value}
+
+
+def _where(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {path: normalize_predicate(ops) for path, ops in value.items()}
+    return value
+
+
+Duration = Annotated[int, BeforeValidator(_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Predicate(Strict):
+    """Operators on one value; several in one mapping must all hold."""
+
+    eq: Scalar = None
+    ne: Scalar = None
+    in_: list[Scalar] | None = Field(None, alias="in")
+    gt: float | str | None = None
+    gte: float | str | None = None
+    lt: float | str | None = None
+    lte: float | str | None = None
+    exists: bool | None = None
+    prefix: str | None = None
+    contains: str | int | float | bool | None = None
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> Predicate:
+        if not self.model_fields_set:
+            raise ValueError(f"bad predicate: empty; use one of the operators {', '.join(OPERATORS)}")
+        return self
+
+    def operators(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, include=self.model_fields_set)
+
+
+class Matcher(Strict):
+    event: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
+    type: Annotated[list[EventType] | None, BeforeValidator(_as_list)] = None
+    where: Annotated[dict[str, Predicate] | None, BeforeValidator(_where)] = None
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "type": self.type,
+            "where": {path: p.operators() for path, p in (self.where or {}).items()},
+        }
+
+
+Matchers = Annotated[list[Matcher], BeforeValidator(_as_list), Field(min_length=1)]
+
+
+class ActionBlock(Strict):
+    connector: str
+    template: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuleBase(Strict):
+    id: Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
+    kind: str
+    description: str = ""
+    enabled: bool = True
+    priority: int = 0
+    cooldown: Duration | None = None
+    max_per_lead: Annotated[int, Field(ge=1)] | None = None
+    exit_on: Matchers | None = None
+    if_: dict[str, Any] | None = Field(None, alias="if")
+    marketing: bool | None = None
+    on_cap: Literal["defer", "drop"] = "defer"
+    action: ActionBlock
+
+
+class AbsenceRule(RuleBase):
+    kind: Literal["absence"]
+    when: Matchers
+    unless: Matchers | None = None
+    within: Duration
+    restart: bool = True
+
+
+class SumSpec(Strict):
+    field: str
+    gte: float
+
+
+class ThresholdRule(RuleBase):
+    kind: Literal["threshold"]
+    match: Matchers
+    within: Duration
+    count: Annotated[int, Field(ge=1, le=1000)] | None = None
+    sum: SumSpec | None = None
+
+    @model_validator(mode="after")
+    def _count_or_sum(self) -> ThresholdRule:
+        if (self.count is None) == (self.sum is None):
+            raise ValueError(
+                "a threshold rule needs exactly one of `count: N` or `sum: {field: PATH, gte: X}`"
+            )
+        return self
+
+
+class SequenceRule(RuleBase):
+    kind: Literal["sequence"]
+    steps: Annotated[list[Matchers], Field(min_length=2, max_length=6)]
+    within: Duration
+
+
+class PointsSpec(Strict):
+    match: Matchers
+    points: float
+    daily_cap: Annotated[float, Field(gt=0)] | None = None
+
+
+class ScoreThreshold(Strict):
+    at: float
+    name: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+    action: ActionBlock | None = None
+
+
+class ScoreRule(RuleBase):
+    kind: Literal["score"]
+    points: Annotated[list[PointsSpec], Field(min_length=1)]
+    half_life: Duration | None = None
+    thresholds: list[ScoreThreshold] = Field(default_factory=list)
+    stages: dict[Annotated[str, Field(pattern=ID_PATTERN)], float] | None = None
+    action: ActionBlock | None = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _every_threshold_has_an_action(self) -> ScoreRule:
+        if self.action is None and (not self.thresholds or any(t.action is None for t in self.thresholds)):
+            raise ValueError("give the score rule an `action:` or give every threshold its own `action:`")
+        if self.stages is not None:
+            values = list(self.stages.values())
+            if values != sorted(values):
+                raise ValueError("`stages:` must be listed from the lowest score to the highest")
+        return self
+
+
+RULE_MODELS: dict[str, type[RuleBase]] = {
+    "absence": AbsenceRule,
+    "threshold": ThresholdRule,
+    "sequence": SequenceRule,
+    "score": ScoreRule,
+}
