@@ -208,14 +208,16 @@ def pipeline_health() -> db.Dashboard:
     ]
     sink = [
         ts("Rows inserted", "Rows per second accepted by ClickHouse, by table.",
-           [(rate("nudge_clickhouse_insert_rows_total", "table"), "{{table}}")], "ops", w=6),
+           [(rate("nudge_clickhouse_insert_rows_total", "table"), "{{table}}")], "ops", w=8),
         ts("Insert latency p95", "Batch insert duration, by table.",
-           quantiles("nudge_clickhouse_insert_duration_seconds", "table", (0.95,)), "s", w=6),
+           quantiles("nudge_clickhouse_insert_duration_seconds", "table", (0.95,)), "s", w=8),
         ts("Insert errors", "Failed insert attempts per second (the sink retries with backoff).",
-           [(rate("nudge_clickhouse_insert_errors_total", "table"), "{{table}}")], "ops", w=6,
+           [(rate("nudge_clickhouse_insert_errors_total", "table"), "{{table}}")], "ops", w=8,
            limits=thresholds((None, "green"), (0.001, "red"))),
         ts("Buffered rows", "Rows waiting in the sink's buffer (back-pressure when high).",
-           [("sum by (table) (nudge_sink_buffered_rows)", "{{table}}")], "short", w=6),
+           [("sum by (table) (nudge_sink_buffered_rows)", "{{table}}")], "short"),
+        ts("Records the sink skipped", "Records it could not store, by topic and reason.",
+           [(rate("nudge_sink_skipped_records_total", "topic, reason"), "{{topic}}: {{reason}}")], "ops"),
     ]
     return dashboard(
         "nudge-pipeline-health", "Nudge / Pipeline health",
