@@ -1,0 +1,116 @@
+"""Frequency caps across rules: at most `max` messages to one lead through one connector (or all) per period.
+
+Contract:
+- Caps count per lead in Redis sorted sets (one per lead and cap; members are action ids, scores the
+  reservation time in wall-clock ms); a rolling window, not calendar buckets.
+- `reserve(action, connector, now_ms)` checks every applicable cap and reserves a slot in all of them
+  atomically (one Lua script), so two dispatchers cannot both take the last slot. It returns None when the
+  action may go now, or the epoch ms when the first slot frees (the dispatcher defers the action to then, or
+  drops it if the rule says `on_cap: drop`). Reserving again for the same action id is a no-op that succeeds,
+  so retries and replays never count twice.
+- `release(...)` gives the slot back when the action ends without being sent (failed, suppressed).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.asyncio import Redis
+
+from engine.core.model import Action
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration_s(value: object) -> float:
+    """`90`, `"90s"`, `"15m"`, `"4h"`, `"1d"`, `"1w"` → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 4h, 1d or 1w")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+class CapRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str = Field("*", description='connector name, or "*" to count every connector together')
+    max: int = Field(ge=1)
+    per: float = Field(description="period, e.g. 4h or 1d")
+    marketing_only: bool = Field(True, description="count and cap only marketing actions")
+
+    @field_validator("per", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        seconds = parse_duration_s(value)
+        if seconds <= 0:
+            raise ValueError("the period must be positive")
+        return seconds
+
+
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local member = ARGV[2]
+local blocked_until = 0
+for i, key in ipairs(KEYS) do
+  local max = tonumber(ARGV[1 + 2 * i])
+  local per = tonumber(ARGV[2 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - per)
+  if not redis.call('ZSCORE', key, member) then
+    local count = redis.call('ZCARD', key)
+    if count >= max then
+      -- the slot frees when the (count - max + 1)-th oldest reservation leaves the window
+      local nth = redis.call('ZRANGE', key, count - max, count - max, 'WITHSCORES')
+      local free_at = tonumber(nth[2]) + per
+      if free_at > blocked_until then blocked_until = free_at end
+    end
+  end
+end
+if blocked_until > 0 then return blocked_until end
+for i, key in ipairs(KEYS) do
+  local per = tonumber(ARGV[2 + 2 * i])
+  redis.call('ZADD', key, 'NX', now, member)
+  redis.call('PEXPIRE', key, per)
+end
+return 0
+"""
+
+
+class FrequencyCaps:
+    def __init__(self, redis: Redis, prefix: str, rules: list[CapRule]) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.rules = rules
+        self._reserve = redis.register_script(_RESERVE)
+
+    def _applicable(self, action: Action, connector: str) -> list[tuple[str, CapRule]]:
+        out = []
+        for index, rule in enumerate(self.rules):
+            if rule.marketing_only and not action.marketing:
+                continue
+            if rule.connector not in ("*", connector):
+                continue
+            key = f"{self.prefix}cap:{index}:{rule.connector}:{action.lead_id}"
+            out.append((key, rule))
+        return out
+
+    async def reserve(self, action: Action, connector: str, now_ms: int) -> int | None:
+        caps = self._applicable(action, connector)
+        if not caps:
+            return None
+        args: list[object] = [now_ms, action.action_id]
+        for _key, rule in caps:
+            args += [rule.max, int(rule.per * 1000)]
+        blocked_until = int(await self._reserve(keys=[k for k, _ in caps], args=args))
+        return blocked_until or None
+
+    async def release(self, action: Action, connector: str) -> None:
+        caps = self._applicable(action, connector)
+        if caps:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, _rule in caps:
+                    pipe.zrem(key, action.action_id)
+                await pipe.execute()

@@ -1,0 +1,92 @@
+"""Idempotency claims in Redis: an action id is sent at most once, even when redelivered or replayed.
+
+Contract (key `<prefix>idem:<action_id>`):
+- `claim(action_id)` does `SET key <token> NX PX claim_ttl`: `CLAIMED` (we may send), `DONE` (already sent:
+  the action is a duplicate), or `HELD` with the milliseconds the other claim still lives (another dispatcher
+  is sending it right now, or one crashed mid-send: check again when the claim expires).
+- `mark_done(action_id)` after the peer accepted: the key becomes `done` for `done_ttl` (how long replays are
+  recognised; longer than any replay window you use).
+- `release(action_id, token)` drops our own claim when the action was not sent (deferred, retry scheduled,
+  failed), so a later attempt can claim it; a claim that is not ours (our TTL ran out) is left alone.
+- A crash between claim and mark leaves a claim that expires after `claim_ttl`; the redelivered action is then
+  claimed again and sent. If the crash came after the peer accepted, the peer sees the same id twice
+  (at-least-once to the peer; it dedupes by the id we send). `claim_ttl` must exceed the longest send (the
+  loader checks it against every connector's timeout).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+DONE = b"done"
+
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
+local value = redis.call('GET', KEYS[1])
+if value == 'done' then return {2, 0} end
+return {3, redis.call('PTTL', KEYS[1])}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class IdempotencyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    claim_ttl_s: float = Field(60.0, gt=0, description="how long a claim blocks others; > the longest send")
+    done_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long a sent action id is remembered")
+
+
+class ClaimStatus(enum.Enum):
+    CLAIMED = 1
+    DONE = 2
+    HELD = 3
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    token: str = ""
+    held_for_ms: int = 0
+
+
+class IdempotencyStore:
+    def __init__(self, redis: Redis, prefix: str, config: IdempotencyConfig) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.config = config
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    def key(self, action_id: str) -> str:
+        return f"{self.prefix}idem:{action_id}"
+
+    async def claim(self, action_id: str) -> Claim:
+        token = uuid.uuid4().hex
+        status, ttl = await self._claim(
+            keys=[self.key(action_id)], args=[token, int(self.config.claim_ttl_s * 1000)]
+        )
+        status = ClaimStatus(int(status))
+        if status is ClaimStatus.CLAIMED:
+            return Claim(status, token)
+        # PTTL -1 (no expiry) cannot happen for our keys; treat it like a fresh claim's TTL.
+        held = int(ttl) if int(ttl) > 0 else int(self.config.claim_ttl_s * 1000)
+        return Claim(status, held_for_ms=held if status is ClaimStatus.HELD else 0)
+
+    async def mark_done(self, action_id: str) -> None:
+        await self.redis.set(self.key(action_id), DONE, px=int(self.config.done_ttl_s * 1000))
+
+    async def release(self, action_id: str, token: str) -> None:
+        if token:
+            await self._release(keys=[self.key(action_id)], args=[token])
+
+    async def is_done(self, action_id: str) -> bool:
+        return await self.redis.get(self.key(action_id)) == DONE

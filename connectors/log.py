@@ -1,0 +1,51 @@
+"""`log`: write each action as one JSON line to a logger (and optionally stdout) — for the demo and debugging.
+
+Contract: never fails; the line holds id, rule, lead, connector, explanation, template and payload, not the
+whole context (which can hold personal data). Logger name `nudge.actions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+from pydantic import Field
+
+from connectors.base import Connector, ConnectorConfig
+from engine.core.model import Action
+from engine.events import format_ts
+
+logger = logging.getLogger("nudge.actions")
+
+
+class LogConfig(ConnectorConfig):
+    type: str = "log"
+    stdout: bool = Field(True, description="also print the line to stdout")
+
+
+def log_line(action: Action) -> str:
+    return orjson.dumps(
+        {
+            "action_id": action.action_id,
+            "fired_at": format_ts(action.fired_at_ms),
+            "rule": action.rule,
+            "lead_id": action.lead_id,
+            "connector": action.connector,
+            "template": action.template,
+            "explanation": action.explanation,
+            "payload": action.payload,
+        }
+    ).decode()
+
+
+class LogConnector(Connector):
+    kind = "log"
+    config_model = LogConfig
+    config: LogConfig
+
+    async def send(self, action: Action) -> None:
+        line = log_line(action)
+        logger.info("%s", line)
+        if self.config.stdout:
+            print(line, file=sys.stdout, flush=True)

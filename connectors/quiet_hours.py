@@ -1,0 +1,71 @@
+"""Quiet hours: no marketing message to a lead during the night of the lead's own timezone.
+
+Contract: `QuietHours.next_allowed_ms(now_ms, tz_name)` is pure: None when sending is allowed at `now_ms`,
+else the epoch ms when the quiet period ends in that timezone (the action is deferred to then). A window whose
+start is after its end spans midnight (21:00-08:00). An unknown or missing timezone falls back to the default
+timezone, which is validated when the connectors file is loaded. Start == end means no quiet hours.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QuietHoursConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: dtime = Field(dtime(21, 0), description="local time the quiet period starts (HH:MM)")
+    end: dtime = Field(dtime(8, 0), description="local time it ends (HH:MM)")
+    connectors: list[str] = Field(
+        default_factory=lambda: ["*"], description='connector names, or "*" for all'
+    )
+    marketing_only: bool = Field(True, description="sales alerts to reps are not held back")
+
+
+@lru_cache(maxsize=512)
+def zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return None
+
+
+class QuietHours:
+    def __init__(self, config: QuietHoursConfig, default_timezone: str) -> None:
+        default = zone(default_timezone)
+        if default is None:
+            raise ValueError(
+                f"unknown default timezone {default_timezone!r}; use an IANA name like Europe/Paris"
+            )
+        self.config = config
+        self.default = default
+
+    def applies(self, connector: str, marketing: bool) -> bool:
+        if self.config.marketing_only and not marketing:
+            return False
+        return "*" in self.config.connectors or connector in self.config.connectors
+
+    def next_allowed_ms(self, now_ms: int, tz_name: str | None) -> int | None:
+        start, end = self.config.start, self.config.end
+        if start == end:
+            return None
+        tz = zone(tz_name) or self.default
+        local = datetime.fromtimestamp(now_ms / 1000, UTC).astimezone(tz)
+        t = local.time().replace(tzinfo=None)
+        if start < end:
+            quiet = start <= t < end
+            end_date = local.date()
+        else:  # spans midnight
+            quiet = t >= start or t < end
+            end_date = local.date() + timedelta(days=1) if t >= start else local.date()
+        if not quiet:
+            return None
+        resume = datetime.combine(end_date, end, tzinfo=tz)
+        return max(now_ms + 1, int(resume.timestamp() * 1000))

@@ -1,0 +1,112 @@
+"""`slack`: post to a Slack incoming webhook with Block Kit.
+
+Contract:
+- Payload: `{"text": <fallback>, "blocks": [...]}` as Slack's incoming webhooks accept. The first section is
+  the rendered `slack/<template>.md.j2` (escaped mrkdwn); then fields for who the lead is (name, email,
+  company), score, stage and the assigned rep (`<@U123>` mention when the rep has a `slack_id`); what they did
+  (recent activity, last page); why the rule fired (the action's explanation); and a context line with rule
+  and action id.
+- The webhook URL contains Slack's secret token: it is a secret (never logged; errors carry no URL).
+- Slack answers 200 `ok`; 429 with Retry-After is honoured; 4xx (`invalid_payload`, `channel_not_found`, ...)
+  is permanent; 5xx retried. Slack has no idempotency header: the action id is in the context block and in
+  `X-Nudge-Action-Id` for a proxy that dedupes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import SecretStr
+
+from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError
+from connectors.context import LeadView
+from connectors.http import HttpClient
+from connectors.rendering import TemplateProblem, slack_escape, template_vars
+from engine.core.model import Action
+from engine.events import format_ts
+
+
+class SlackConfig(ConnectorConfig):
+    type: str = "slack"
+    webhook_url: SecretStr
+
+
+def _field(label: str, value: Any) -> dict[str, str]:
+    return {"type": "mrkdwn", "text": f"*{label}*\n{slack_escape(str(value))}"}
+
+
+def build_message(action: Action, headline: str) -> dict[str, Any]:
+    view = LeadView(action)
+    who = view.display_name
+    if view.email and view.email != who:
+        who = f"{who} ({view.email})"
+    fields = [_field("Lead", who)]
+    if view.company:
+        fields.append(_field("Company", view.company + (f", {view.title}" if view.title else "")))
+    if view.score is not None:
+        fields.append(_field("Score", f"{view.score:g}"))
+    if view.stage:
+        fields.append(_field("Stage", view.stage))
+    rep = view.rep
+    if rep is not None:
+        mention = f"<@{rep.slack_id}>" if rep.slack_id else slack_escape(rep.name or rep.email or "")
+        fields.append({"type": "mrkdwn", "text": f"*Rep*\n{mention}"})
+    else:
+        fields.append(_field("Rep", "unassigned"))
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+        {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields
+    ]
+    did = ", ".join(view.recent)
+    if view.last_page:
+        did = f"{did}; last page {view.last_page}" if did else f"last page {view.last_page}"
+    if did:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*What they did*\n{slack_escape(did)}"}}
+        )
+    if action.explanation:
+        why = slack_escape(action.explanation)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Why this fired*\n{why}"}})
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"rule `{slack_escape(action.rule)}` v{slack_escape(action.rule_version)} · "
+                    f"{format_ts(action.fired_at_ms)} · action `{action.action_id}`",
+                }
+            ],
+        }
+    )
+    return {"text": f"{headline} — {slack_escape(action.explanation)}"[:3000], "blocks": blocks}
+
+
+class SlackConnector(Connector):
+    kind = "slack"
+    config_model = SlackConfig
+    config: SlackConfig
+
+    def __init__(self, name: str, config: SlackConfig, env: ConnectorEnv) -> None:
+        super().__init__(name, config, env)
+        self.http = HttpClient(config.timeout_s, config.concurrency)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    def message(self, action: Action) -> dict[str, Any]:
+        try:
+            headline = self.env.renderer.slack(action.template, template_vars(action))
+        except TemplateProblem as exc:
+            raise PermanentError("template_error", str(exc)) from None
+        return build_message(action, headline)
+
+    async def send(self, action: Action) -> None:
+        await self.http.post_json(
+            self.config.webhook_url.get_secret_value(),
+            self.message(action),
+            {"X-Nudge-Action-Id": action.action_id},
+        )

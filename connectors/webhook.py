@@ -1,0 +1,93 @@
+"""`webhook`: POST the action as JSON to a URL, signed with HMAC-SHA256.
+
+Contract:
+- Body: `Action.to_json()` (sorted keys), `Content-Type: application/json`.
+- Headers: `Idempotency-Key` and `X-Nudge-Action-Id` (the action id: dedupe on it), `X-Nudge-Timestamp` (Unix
+  seconds), and when a `secret` is set `X-Nudge-Signature: v1=<hex HMAC-SHA256(secret,
+  "<timestamp>.<body>")>`; plus the configured `headers` (values are treated as secrets: never logged).
+- A receiver verifies with `verify_signature()` (same code as in the README) and rejects timestamps older than
+  its replay window (default 300 s).
+- Success: any 2xx. Errors follow `connectors.http` (429/5xx retry, other 4xx permanent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from pydantic import AnyHttpUrl, Field, SecretStr
+
+from connectors.base import Connector, ConnectorConfig, ConnectorEnv
+from connectors.http import HttpClient
+from engine.core.model import Action
+
+SIGNATURE_HEADER = "X-Nudge-Signature"
+TIMESTAMP_HEADER = "X-Nudge-Timestamp"
+DEFAULT_TOLERANCE_S = 300
+
+
+class WebhookConfig(ConnectorConfig):
+    type: str = "webhook"
+    url: AnyHttpUrl
+    secret: SecretStr | None = Field(None, description="HMAC key; receivers verify X-Nudge-Signature with it")
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"v1={mac.hexdigest()}"
+
+
+def verify_signature(
+    secret: str,
+    timestamp: str,
+    body: bytes,
+    signature: str,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now_s: float | None = None,
+) -> bool:
+    """Receiver side: True when the signature matches and the timestamp is inside the replay window."""
+    try:
+        sent_at = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    now = time.time() if now_s is None else now_s
+    if abs(now - sent_at) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class WebhookConnector(Connector):
+    kind = "webhook"
+    config_model = WebhookConfig
+    config: WebhookConfig
+
+    def __init__(self, name: str, config: WebhookConfig, env: ConnectorEnv) -> None:
+        super().__init__(name, config, env)
+        self.http = HttpClient(config.timeout_s, config.concurrency)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    def request(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:
+        body = action.to_bytes()
+        timestamp = str(int(time.time() if now_s is None else now_s))
+        headers = {k: v.get_secret_value() for k, v in self.config.headers.items()}
+        headers.update(
+            {
+                "Idempotency-Key": action.action_id,
+                "X-Nudge-Action-Id": action.action_id,
+                TIMESTAMP_HEADER: timestamp,
+            }
+        )
+        if self.config.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.config.secret.get_secret_value(), timestamp, body)
+        return body, headers
+
+    async def send(self, action: Action) -> None:
+        body, headers = self.request(action)
+        await self.http.post_json(str(self.config.url), body, headers)
