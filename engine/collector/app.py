@@ -178,10 +178,11 @@ async def metrics_view(request: web.Request) -> web.Response:
     return response
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The collector application for `settings`; connections open lazily and close on cleanup."""
+def create_app(settings: Settings, *, produce_timeout_ms: int = 5000) -> web.Application:
+    """The collector application for `settings`; connections open lazily and close on cleanup.
+    `produce_timeout_ms` bounds how long a request waits for the broker before answering 503."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    producer = ClickstreamProducer(settings)
+    producer = ClickstreamProducer(settings, request_timeout_ms=produce_timeout_ms)
     # auto_decompress off: decoding.py inflates gzip itself, with a size cap and a clear 400 when broken.
     app = web.Application(middlewares=[errors_and_metrics], handler_args={"auto_decompress": False})
     app[COLLECTOR_KEY] = Collector(settings, redis, producer)

@@ -137,11 +137,13 @@ class ClickstreamProducer:
         return acked, failed
 
     async def _send_one(self, producer: AIOKafkaProducer, event: Event) -> None:
-        timeout_s = self._request_timeout_ms / 1000 + 1
+        # aiokafka fails a batch it could not deliver within request_timeout_ms by itself; the outer bound is
+        # only a guard. Cancelling earlier would not unsend the record, and a retry would then double it.
+        guard_s = 3 * self._request_timeout_ms / 1000 + 5
         future = await asyncio.wait_for(
-            producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()), timeout_s
+            producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()), guard_s
         )
-        await asyncio.wait_for(future, timeout_s)
+        await asyncio.wait_for(future, guard_s)
 
     async def healthy(self) -> bool:
         """True when the broker answers a metadata request now."""
