@@ -67,8 +67,10 @@ def create_app(settings: Settings) -> NudgeApp:
         default=None,
         key_type=str,
         value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
         partitions=settings.partitions,
     )
+    # Tables take their codecs from the key/value types (json for plain types); state is already bytes, so the
+    # changelog carries it raw. Set before the changelog topic is first used.
+    leads.key_serializer = "raw"
+    leads.value_serializer = "raw"
     return NudgeApp(app, clickstream, timers, actions, dead_letters, leads)

@@ -108,11 +108,13 @@ class LeadWorker:
         state_type: Any = None,
     ) -> None:
         """`evaluate`/`state_type` default to `engine.core.evaluate` / `engine.core.LeadState`."""
+        self.pending_timers: Callable[[Any, Any], list[int]] | None = None
         if evaluate is None or state_type is None:
             from engine import core
 
             evaluate = evaluate or core.evaluate
             state_type = state_type or core.LeadState
+            self.pending_timers = core.pending_timers
         self.evaluate = evaluate
         self.state_type = state_type
         self.nudge = nudge
@@ -160,7 +162,8 @@ class LeadWorker:
     @staticmethod
     async def _metrics_page(view: Any, request: Any) -> Any:
         body, content_type = metrics.render_latest()
-        return view.bytes(body, content_type=content_type)
+        # aiohttp refuses a charset inside `content_type`, so the full header goes in as a header.
+        return view.bytes(body, headers={"Content-Type": content_type})
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
         self.ready = False
@@ -168,7 +171,7 @@ class LeadWorker:
 
     async def _rebuild_index(self) -> None:
         """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
-        owned = {tp.partition for tp in self.nudge.app.assignment.assigned_actives()}
+        owned = {tp.partition for tp in self.nudge.app.assignor.assigned_actives()}
         # The memory store remembers the changelog partition of each key it recovered.
         recovered = getattr(self.nudge.leads.data, "_key_partition", {})
         self.index.clear()
@@ -186,9 +189,8 @@ class LeadWorker:
         )
 
     def _pending_deadlines(self, state: Any) -> Sequence[int]:
-        pending = getattr(state, "pending_deadlines", None)
-        if callable(pending):
-            return list(pending())
+        if self.pending_timers is not None:
+            return self.pending_timers(self.rules, state)
         # Ask the core itself: a tick at the beginning of time fires nothing and lists what is pending.
         return list(self.evaluate(self.rules, state, Tick(0), 0).timers)
 
@@ -238,7 +240,9 @@ class LeadWorker:
         timers: Sequence[int] | None = None
         actions: list[tuple[Action, str]] = []
         for faust_event, item, deadline_ms in inputs:
-            now_ms = item.timestamp_ms if isinstance(item, Event) else item.now_ms
+            # Events are evaluated at their own time (replays give the same actions); deadlines up to the
+            # watermark are fired by ticks, so each firing has one deterministic place.
+            now_ms = None if isinstance(item, Event) else item.now_ms
             try:
                 result = self.evaluate(self.rules, state, item, now_ms)
             except Exception as exc:  # a core bug must cost one input, never the worker
@@ -327,7 +331,7 @@ class LeadWorker:
         metrics.STATE_BYTES.set(sum(len(v) for v in values))
         consumer = self.nudge.app.consumer
         with contextlib.suppress(Exception):  # lag is best effort; Tansu's end offsets are off (dev-stack.md)
-            for tp in self.nudge.app.assignment.assigned_actives():
+            for tp in self.nudge.app.assignor.assigned_actives():
                 if tp.topic != self.nudge.clickstream.get_topic_name():
                     continue
                 highwater = consumer.highwater(tp)
