@@ -80,6 +80,21 @@ COLLECTOR_REQUESTS = Counter(
 )
 COLLECTOR_EVENTS = Counter("nudge_collector_events_total", "Events accepted by the collector", ["type", "outcome"])
 
+# --- lead assignment ----------------------------------------------------------------------------------------
+ASSIGNMENTS = Counter(
+    "nudge_assignments_total",
+    "Assignment calls by outcome: assigned, existing (already owned), reassigned, unassigned (nobody free)",
+    ["outcome"],
+)
+ASSIGNMENT_RETRIES = Counter(
+    "nudge_assignment_retries_total", "Assignment commits rejected: another process changed the state first"
+)
+SLA_BREACHES = Counter(
+    "nudge_sla_breaches_total",
+    "Hot leads not acknowledged in time, by outcome: reassigned, kept, exhausted",
+    ["outcome"],
+)
+
 
 def render_latest() -> tuple[bytes, str]:
     """Body and content type of the `/metrics` response for the default registry."""
