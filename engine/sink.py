@@ -137,6 +137,7 @@ class Sink:
         self._reseek = False
         self._held: list[dict[TopicPartition, list[Any]]] = []
         self.batches_committed = 0
+        self.rows_written = 0  # rows ClickHouse accepted (a re-inserted batch counts again)
 
     # --- ClickHouse ---------------------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Sink:
         )
         metrics.CLICKHOUSE_INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         metrics.CLICKHOUSE_ROWS.labels(table).inc(len(rows))
+        self.rows_written += len(rows)
 
     async def _insert_with_retry(
         self, table: str, rows: list[list[Any]], token: str, stop: asyncio.Event
@@ -309,9 +311,16 @@ class Sink:
             auto_offset_reset="earliest",
             max_poll_records=self.max_rows,
             fetch_max_bytes=16 * 1024 * 1024,
+            **self._group_timing(),
         )
         self._consumer.subscribe(list(self._kinds), listener=self._listener(stop))
         await self._consumer.start()
+
+    def _group_timing(self) -> dict[str, int]:
+        """Tansu (dev profile) completes a JoinGroup only after session_timeout/2: keep sessions short."""
+        if self.settings.broker_profile == "dev":
+            return {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 2000}
+        return {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume and write until `stop` is set; flushes the last batch on the way out."""

@@ -1,0 +1,250 @@
+"""KPI queries over the Nudge store. Each function takes a client and a time window, returns plain Python
+values.
+
+Contract: read-only; every query reads `FINAL` so rows the sink wrote twice (crash between insert and
+commit) are counted once. Windows are half-open `[since_ms, until_ms)` in UTC epoch milliseconds.
+Definitions (README, "ClickHouse" → KPIs):
+- funnel: distinct leads that did Product Viewed → Product Added → Checkout Started → Order Completed in
+  that order (ClickHouse `windowFunnel`, default window 7 days), by event time inside the window.
+- abandonment: of the leads with a Product Added in the window, those with no Order Completed at or after
+  their last Product Added.
+- nudges per rule: distinct action ids per rule and lifecycle step (fired, sent, failed, suppressed, ...).
+- recovered carts: orders (Order Completed) placed within 24 h after a fired *marketing* action to the
+  same lead; each order is attributed once, to the latest such nudge (last touch). Revenue =
+  properties.revenue, else total.
+- detection delay: wall clock the worker emitted the action (Kafka record time) minus the later of the
+  triggering event's time and the rule's fire time (a deadline for abandonment rules), per rule, p50/p95
+  (`quantileExact`).
+- delivery delay: first `sent` outcome minus the fired action's emit time, per connector, p50/p95.
+- hot leads per rep: leads with a fired non-marketing action (a sales alert), by the rep in the action's
+  context (`owner`/`rep`; empty = unassigned); time to first touch = first lead update of a touch kind
+  (ack, contacted, ...) after the first alert.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+FUNNEL_STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
+RECOVERY_WINDOW_MS = 24 * 3600 * 1000
+FUNNEL_WINDOW_MS = 7 * 24 * 3600 * 1000
+TOUCH_KINDS = ("ack", "acknowledged", "touched", "contacted", "first_touch")
+
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+def parse_since(text: str) -> int:
+    """`30m`, `24h`, `7d`, `2w` → milliseconds; raises ValueError with a usable message."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not match:
+        raise ValueError(f"--since {text!r} is not a duration; use e.g. 30m, 24h, 7d or 2w")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def window(since: str, now_ms: int | None = None) -> tuple[int, int]:
+    until_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    return until_ms - parse_since(since), until_ms
+
+
+def _ms(column: str) -> str:
+    return f"toInt64(toUnixTimestamp64Milli({column}))"
+
+
+def _in_window(column: str) -> str:
+    return f"{_ms(column)} >= %(since)s AND {_ms(column)} < %(until)s"
+
+
+def _rows(client: Client, sql: str, since_ms: int, until_ms: int, **params: Any) -> list[tuple[Any, ...]]:
+    return list(client.query(sql, parameters={"since": since_ms, "until": until_ms, **params}).result_rows)
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def funnel(
+    client: Client, since_ms: int, until_ms: int, window_ms: int = FUNNEL_WINDOW_MS
+) -> list[dict[str, Any]]:
+    conditions = ", ".join(f"name = '{step}'" for step in FUNNEL_STEPS)
+    sql = f"""
+        SELECT level, count() FROM (
+            SELECT lead_id, windowFunnel(%(w)s)(toUInt64({_ms("timestamp")}), {conditions}) AS level
+            FROM events FINAL
+            WHERE type = 'track' AND {_in_window("timestamp")}
+            GROUP BY lead_id
+        ) GROUP BY level"""
+    by_level = {int(level): int(n) for level, n in _rows(client, sql, since_ms, until_ms, w=window_ms)}
+    out: list[dict[str, Any]] = []
+    previous: int | None = None
+    for i, step in enumerate(FUNNEL_STEPS, start=1):
+        leads = sum(n for level, n in by_level.items() if level >= i)
+        out.append(
+            {
+                "step": step,
+                "leads": leads,
+                "from_previous": None if previous is None else _ratio(leads, previous),
+            }
+        )
+        previous = leads
+    return out
+
+
+def abandonment(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    sql = f"""
+        SELECT countIf(last_add > 0), countIf(last_add > 0 AND last_order < last_add) FROM (
+            SELECT lead_id,
+                   maxIf({_ms("timestamp")}, name = 'Product Added') AS last_add,
+                   maxIf({_ms("timestamp")}, name = 'Order Completed') AS last_order
+            FROM events FINAL
+            WHERE type = 'track' AND {_in_window("timestamp")}
+            GROUP BY lead_id
+        )"""
+    carts, abandoned = _rows(client, sql, since_ms, until_ms)[0]
+    return {"carts": int(carts), "abandoned": int(abandoned), "rate": _ratio(abandoned, carts)}
+
+
+def nudges_per_rule(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    sql = f"""
+        SELECT rule, step, uniqExact(action_id) FROM actions FINAL
+        WHERE {_in_window("at")} GROUP BY rule, step ORDER BY rule, step"""
+    per_rule: dict[str, dict[str, Any]] = {}
+    for rule, step, n in _rows(client, sql, since_ms, until_ms):
+        per_rule.setdefault(rule, {"rule": rule})[step] = int(n)
+    return [per_rule[rule] for rule in sorted(per_rule)]
+
+
+def recovered(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    sql = f"""
+        SELECT rule, count(), sum(revenue) FROM (
+            SELECT o.message_id, any(o.revenue) AS revenue, argMax(n.rule, n.t) AS rule
+            FROM (
+                SELECT lead_id, message_id, {_ms("timestamp")} AS t, ifNull(revenue, 0) AS revenue
+                FROM events FINAL
+                WHERE type = 'track' AND name = 'Order Completed' AND {_ms("timestamp")} >= %(since)s
+            ) AS o
+            INNER JOIN (
+                SELECT lead_id, rule, {_ms("at")} AS t FROM actions FINAL
+                WHERE step = 'fired' AND marketing AND {_in_window("at")}
+            ) AS n ON o.lead_id = n.lead_id
+            WHERE o.t > n.t AND o.t <= n.t + %(recovery)s
+            GROUP BY o.message_id
+        ) GROUP BY rule ORDER BY rule"""
+    rows = _rows(client, sql, since_ms, until_ms, recovery=RECOVERY_WINDOW_MS)
+    by_rule = [{"rule": r, "orders": int(n), "revenue": round(float(rev), 2)} for r, n, rev in rows]
+    return {
+        "orders": sum(r["orders"] for r in by_rule),
+        "revenue": round(sum(r["revenue"] for r in by_rule), 2),
+        "by_rule": by_rule,
+    }
+
+
+def _quantiles(rows: list[tuple[Any, ...]], key: str) -> list[dict[str, Any]]:
+    return [{key: k, "count": int(n), "p50_ms": int(p50), "p95_ms": int(p95)} for k, n, p50, p95 in rows if n]
+
+
+def detection_delay(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    inner = f"""
+        SELECT rule, {_ms("emitted_at")} - greatest({_ms("fired_at")}, ifNull({_ms("trigger_time")}, 0)) AS d
+        FROM actions FINAL
+        WHERE step = 'fired' AND emitted_at IS NOT NULL AND fired_at IS NOT NULL AND {_in_window("at")}"""
+    per_rule = _rows(
+        client,
+        f"SELECT rule, count(), quantileExact(0.5)(d), quantileExact(0.95)(d) FROM ({inner}) GROUP BY rule "
+        "ORDER BY rule",
+        since_ms,
+        until_ms,
+    )
+    total = _rows(
+        client,
+        f"SELECT 'all', count(), quantileExact(0.5)(d), quantileExact(0.95)(d) FROM ({inner})",
+        since_ms,
+        until_ms,
+    )
+    overall = _quantiles(total, "rule")
+    return {"overall": overall[0] if overall else None, "by_rule": _quantiles(per_rule, "rule")}
+
+
+def delivery_delay(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    sql = f"""
+        SELECT connector, count(), quantileExact(0.5)(d), quantileExact(0.95)(d) FROM (
+            SELECT s.connector AS connector, s.t - f.t AS d
+            FROM (
+                SELECT action_id, any(connector) AS connector, min({_ms("at")}) AS t FROM actions FINAL
+                WHERE step = 'sent' AND {_in_window("at")} GROUP BY action_id
+            ) AS s
+            INNER JOIN (
+                SELECT action_id, min({_ms("emitted_at")}) AS t FROM actions FINAL
+                WHERE step = 'fired' AND emitted_at IS NOT NULL GROUP BY action_id
+            ) AS f ON s.action_id = f.action_id
+        ) GROUP BY connector ORDER BY connector"""
+    return _quantiles(_rows(client, sql, since_ms, until_ms), "connector")
+
+
+def hot_leads(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    kinds = ", ".join(f"'{k}'" for k in TOUCH_KINDS)
+    sql = f"""
+        SELECT rep, count() AS leads, countIf(touch >= alert) AS touched,
+               quantileExactIf(0.5)(touch - alert, touch >= alert) AS p50
+        FROM (
+            SELECT a.rep AS rep, a.lead_id AS lead_id, a.alert AS alert, ifNull(t.touch, -1) AS touch
+            FROM (
+                SELECT rep, lead_id, min({_ms("at")}) AS alert FROM actions FINAL
+                WHERE step = 'fired' AND NOT marketing AND {_in_window("at")} GROUP BY rep, lead_id
+            ) AS a
+            LEFT JOIN (
+                SELECT lead_id, min({_ms("at")}) AS touch FROM lead_updates FINAL
+                WHERE kind IN ({kinds}) GROUP BY lead_id
+            ) AS t ON a.lead_id = t.lead_id
+        ) GROUP BY rep ORDER BY leads DESC, rep
+        SETTINGS join_use_nulls = 1"""
+    return [
+        {
+            "rep": rep or "(unassigned)",
+            "hot_leads": int(leads),
+            "touched": int(touched),
+            "time_to_first_touch_p50_ms": int(p50) if touched else None,
+        }
+        for rep, leads, touched, p50 in _rows(client, sql, since_ms, until_ms)
+    ]
+
+
+def report(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Every KPI for one window, as one JSON-serialisable dict (what `nudge report --json` prints)."""
+    return {
+        "window": {"since_ms": since_ms, "until_ms": until_ms},
+        "funnel": funnel(client, since_ms, until_ms),
+        "abandonment": abandonment(client, since_ms, until_ms),
+        "nudges": nudges_per_rule(client, since_ms, until_ms),
+        "recovered": recovered(client, since_ms, until_ms),
+        "detection_delay": detection_delay(client, since_ms, until_ms),
+        "delivery_delay": delivery_delay(client, since_ms, until_ms),
+        "hot_leads": hot_leads(client, since_ms, until_ms),
+    }
+
+
+def summary(client: Client) -> dict[str, Any]:
+    """All-time summary for the demo's closing screen: volumes, actions per rule, median detection delay."""
+    events, leads = client.query("SELECT count(), uniqExact(lead_id) FROM events FINAL").result_rows[0]
+    per_rule = client.query(
+        "SELECT rule, uniqExact(action_id) FROM actions FINAL WHERE step = 'fired' "
+        "GROUP BY rule ORDER BY rule"
+    ).result_rows
+    outcomes = client.query(
+        "SELECT step, uniqExact(action_id) FROM actions FINAL WHERE step != 'fired' "
+        "GROUP BY step ORDER BY step"
+    ).result_rows
+    dead = client.query("SELECT count() FROM dead_letters FINAL").result_rows[0][0]
+    delay = detection_delay(client, 0, 2**62)["overall"]
+    return {
+        "events": int(events),
+        "leads": int(leads),
+        "actions_fired": sum(int(n) for _, n in per_rule),
+        "actions_by_rule": {rule: int(n) for rule, n in per_rule},
+        "outcomes": {step: int(n) for step, n in outcomes},
+        "dead_letters": int(dead),
+        "detection_delay_p50_ms": delay["p50_ms"] if delay else None,
+    }
