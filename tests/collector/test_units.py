@@ -1,0 +1,120 @@
+"""The collector's pure steps: auth parsing, body decoding and limits, request → events."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+
+import orjson
+import pytest
+
+from engine.collector.auth import WriteKeys
+from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decompress, parse_object
+from engine.collector.errors import RequestRejected
+from engine.collector.normalise import normalise, raw_messages
+from engine.config import ConfigError
+
+NOW_MS = 1_795_000_000_000
+
+
+def basic(user: str, password: str = "") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_write_keys() -> None:
+    keys = WriteKeys(["k1", "k2"])
+    assert keys.check_header(basic("k2")) is True
+    assert keys.check_header(None) is False  # then the body decides
+    keys.check_body({"writeKey": "k1"})
+    for header in (basic("nope"), "Bearer k1", "Basic ###", basic("")):
+        with pytest.raises(RequestRejected) as refused:
+            keys.check_header(header)
+        assert refused.value.status == 401
+    for body in ({}, {"writeKey": 3}, {"writeKey": "k3"}):
+        with pytest.raises(RequestRejected):
+            keys.check_body(body)
+    with pytest.raises(ConfigError, match="NUDGE_WRITE_KEYS"):
+        WriteKeys([])
+
+
+def test_decompress_limits_and_errors() -> None:
+    data = orjson.dumps({"batch": []})
+    assert decompress(gzip.compress(data), "gzip", MAX_BATCH_BYTES) == data
+    assert decompress(data, None, MAX_BATCH_BYTES) == data
+    cases = {
+        "too_large": [
+            (b"x" * (MAX_EVENT_BYTES + 1), None, MAX_EVENT_BYTES),
+            (gzip.compress(b" " * (MAX_BATCH_BYTES + 1)), "gzip", MAX_BATCH_BYTES),
+        ],
+        "bad_gzip": [
+            (b"plain", "gzip", MAX_BATCH_BYTES),
+            (gzip.compress(data)[:-4], "gzip", MAX_BATCH_BYTES),
+        ],
+        "bad_encoding": [(data, "deflate, br", MAX_BATCH_BYTES)],
+    }
+    for code, calls in cases.items():
+        for body, encoding, limit in calls:
+            with pytest.raises(RequestRejected) as refused:
+                decompress(body, encoding, limit)
+            assert (refused.value.status, refused.value.code) == (400, code)
+    for bad in (b"{", b'"text"', b"\xff\xfe"):
+        with pytest.raises(RequestRejected, match="bad_json"):
+            parse_object(bad)
+
+
+def test_batch_context_and_sent_at_apply_to_each_event() -> None:
+    body = {
+        "batch": [
+            {"type": "track", "event": "A", "userId": "u", "originalTimestamp": "2026-01-01T00:00:00Z"},
+            {
+                "type": "track",
+                "event": "B",
+                "userId": "u",
+                "timestamp": "2026-01-01T00:00:05Z",
+                "context": {"ip": "own"},
+            },
+        ],
+        "context": {"ip": "shared", "locale": "fr"},
+        "sentAt": "2026-01-01T00:00:10Z",
+    }
+    first, second = normalise(raw_messages(body, "batch"), received_at_ms=NOW_MS)
+    # originalTimestamp + (receivedAt - sentAt): the device clock was off by NOW - sentAt
+    sent_at_ms = 1_767_225_610_000
+    assert first.timestamp_ms == 1_767_225_600_000 + (NOW_MS - sent_at_ms)
+    assert first.context == {"ip": "shared", "locale": "fr"}
+    assert second.context == {"ip": "own", "locale": "fr"}
+    assert second.timestamp_ms == 1_767_225_605_000  # an explicit timestamp is kept as is
+    assert first.received_at_ms == NOW_MS
+
+
+def test_endpoint_sets_type_and_repeated_message_ids_are_dropped() -> None:
+    (event,) = normalise(raw_messages({"type": "track", "userId": "u", "name": "Home"}, "page"), NOW_MS)
+    assert (event.type, event.name, event.timestamp_ms) == ("page", "Home", NOW_MS)
+    same = {"type": "track", "event": "A", "userId": "u", "messageId": "m"}
+    assert len(normalise([same, dict(same), {**same, "messageId": "n"}], NOW_MS)) == 2
+
+
+def test_one_bad_event_refuses_the_batch_with_every_bad_index() -> None:
+    messages = raw_messages(
+        {
+            "batch": [
+                {"type": "track", "event": "A", "userId": "u"},
+                {"type": "track", "event": "A"},
+                "x",
+                {"type": "nope", "userId": "u"},
+                {"type": "track", "userId": "u", "properties": {"pad": "x" * MAX_EVENT_BYTES}},
+            ]
+        },
+        "batch",
+    )
+    with pytest.raises(RequestRejected) as refused:
+        normalise(messages, NOW_MS)
+    assert refused.value.code == "invalid_events"
+    assert [(e["index"], e["reason"]) for e in refused.value.errors] == [
+        (1, "missing_lead_id"),
+        (2, "not_object"),
+        (3, "bad_type"),
+        (4, "too_large"),
+    ]
+    with pytest.raises(RequestRejected, match="bad_batch"):
+        raw_messages({"batch": {}}, "batch")
