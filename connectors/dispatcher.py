@@ -1,0 +1,321 @@
+"""The dispatcher: consumes `actions`, delivers each through its connector, records every outcome.
+
+Contract:
+- Runs in its own process (`nudge dispatch`), apart from rule evaluation: a slow or dead peer never stalls the
+  workers, only this consumer.
+- Consumes `actions` with aiokafka in a consumer group (`<app_id>-dispatcher`): several dispatchers split the
+  partitions. Auto-commit is off: an offset is committed only when every action before it has a final outcome
+  or is durably scheduled in Redis (`OffsetTracker`), so a crash loses nothing; redelivered actions are
+  recognised by their idempotency claims.
+- Backpressure: at most `dispatcher.max_inflight` actions are handled at once (records and due schedule
+  entries together); the consumer stops fetching while all slots are taken. Each connector has its own
+  `concurrency` and circuit breaker, and a failed attempt waits in the Redis schedule, not in memory, so one
+  dead peer holds at most its own slots (and none once its circuit opens).
+- Malformed records (not JSON, missing fields) go to `dead-letters` with the reason; the dispatcher never
+  crashes on input. If Redis or the broker fails while handling an action, the action is retried in place with
+  backoff (its offset stays uncommitted).
+- `stop()` stops fetching, lets in-flight actions finish for up to `grace_s`, commits, closes clients.
+  `kill()` is a crash for tests: tasks are cancelled, nothing is committed, claims are left to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
+
+from connectors.base import ConnectorEnv
+from connectors.caps import FrequencyCaps
+from connectors.circuit import CircuitBreaker
+from connectors.config import ConnectorsFile
+from connectors.delivery import ConnectorRuntime, Deliverer, DeliveryHooks
+from connectors.idempotency import IdempotencyStore
+from connectors.kafka import bootstrap_of
+from connectors.offsets import OffsetTracker
+from connectors.outcomes import OutcomeRecorder
+from connectors.quiet_hours import QuietHours
+from connectors.registry import connector_class
+from connectors.rendering import Renderer
+from connectors.retry import RetryPolicy
+from connectors.schedule import Schedule, ScheduledDelivery
+from connectors.secrets import Redactor
+from engine.config import Settings
+from engine.core.model import Action
+from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
+
+logger = logging.getLogger("nudge.dispatcher")
+
+TOPICS = (ACTIONS, DELIVERIES, DEAD_LETTERS)
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
+    """Create the dispatcher's topics on a fresh broker (same helper as the sink's)."""
+    from engine.sink import ensure_topics as create
+
+    await create(settings, tuple(names))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.dispatcher.commit()
+        self.dispatcher.tracker.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("dispatcher assigned %d partitions", len(assigned))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        config: ConnectorsFile,
+        *,
+        hooks: DeliveryHooks | None = None,
+        grace_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.hooks = hooks
+        self.grace_s = grace_s
+        self.redactor = Redactor(config.secret_values())
+        self.tracker = OffsetTracker()
+        self.prefix = f"nudge:{settings.app_id}:"
+        self._slots = asyncio.Semaphore(config.dispatcher.max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._leased: set[str] = set()  # schedule entries this process is handling
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self.redis: Redis | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.runtimes: dict[str, ConnectorRuntime] = {}
+
+    # --- life cycle
+    async def start(self) -> None:
+        settings, config = self.settings, self.config
+        await ensure_topics(settings)
+        self.redis = Redis.from_url(settings.redis_url)
+        renderer = Renderer(config.templates_dir)
+        env = ConnectorEnv(settings, renderer)
+        consent = config.policies.consent
+        for name, options in config.connectors.items():
+            connector = connector_class(options.type)(name, options, env)
+            await connector.start()
+            obeys = (
+                name in consent.connectors if consent.connectors is not None else connector.consent_by_default
+            )
+            self.runtimes[name] = ConnectorRuntime(
+                connector, RetryPolicy(options.retry), CircuitBreaker(name, options.circuit), obeys
+            )
+        timezone = config.policies.default_timezone or settings.default_timezone
+        quiet = config.policies.quiet_hours
+        self.deliverer = Deliverer(
+            self.runtimes,
+            IdempotencyStore(self.redis, self.prefix, config.policies.idempotency),
+            FrequencyCaps(self.redis, self.prefix, config.policies.caps),
+            QuietHours(quiet, timezone) if quiet is not None else None,
+            Schedule(self.redis, self.prefix),
+            require_explicit_consent=consent.require_explicit,
+            hooks=self.hooks,
+        )
+        self.schedule = self.deliverer.schedule
+        bootstrap = bootstrap_of(settings.broker_url)
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        await self.producer.start()
+        self.recorder = OutcomeRecorder(self.producer, settings, self.redactor, set(self.runtimes))
+        session_ms = config.dispatcher.session_timeout_ms or (
+            6000 if settings.broker_profile == "dev" else 10000
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{settings.app_id}-dispatcher",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 6),
+            max_poll_interval_ms=300_000,
+        )
+        self.consumer.subscribe([settings.topic(ACTIONS)], listener=_Rebalance(self))
+        await self.consumer.start()
+        self._loops = [
+            asyncio.create_task(self._consume_loop(), name="dispatch-consume"),
+            asyncio.create_task(self._schedule_loop(), name="dispatch-schedule"),
+            asyncio.create_task(self._commit_loop(), name="dispatch-commit"),
+        ]
+        logger.info("dispatcher started: connectors %s", ", ".join(sorted(self.runtimes)))
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, *self._loops], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for loop in self._loops:  # a loop that ended by itself crashed: surface its error
+                if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                    raise loop.exception()  # type: ignore[misc]
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for loop in self._loops:
+            if loop.get_name() != "dispatch-commit":
+                loop.cancel()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
+            for task in pending:
+                task.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        with contextlib.suppress(Exception):
+            await self.commit()
+        await self._close()
+
+    async def kill(self) -> None:
+        """Crash on purpose (tests): cancel everything, commit nothing, release nothing."""
+        self._stopping.set()
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        for runtime in self.runtimes.values():
+            with contextlib.suppress(Exception):
+                await runtime.connector.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # --- loops
+    async def _consume_loop(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=200, max_records=self.config.dispatcher.max_inflight
+            )
+            for tp, records in batch.items():
+                for record in records:
+                    await self._slots.acquire()
+                    self.tracker.start(tp, record.offset)
+                    self._spawn(self._handle_record(tp, record))
+
+    async def _schedule_loop(self) -> None:
+        options = self.config.dispatcher
+        lease_ms = int(self.config.policies.idempotency.claim_ttl_s * 1000) * 2
+        while not self._stopping.is_set():
+            entries = await self._guarded(
+                lambda: self.schedule.lease_due(int(time.time() * 1000), options.schedule_batch, lease_ms)
+            )
+            fresh = [e for e in entries if e.action.action_id not in self._leased]
+            for entry in fresh:
+                await self._slots.acquire()
+                self._leased.add(entry.action.action_id)
+                self._spawn(self._handle_scheduled(entry))
+            if len(entries) < options.schedule_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), options.schedule_poll_s)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dispatcher.commit_interval_s)
+            try:
+                await self.commit()
+            except Exception as exc:  # the next round retries; uncommitted work is only redelivered
+                logger.warning("offset commit failed: %s", self.redactor.redact(exc))
+
+    async def commit(self) -> None:
+        if self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in self.tracker.committable().items() if tp in assigned}
+        if offsets:
+            await self.consumer.commit(offsets)
+            self.tracker.committed(offsets)
+
+    # --- handling
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _guarded(self, step):  # type: ignore[no-untyped-def]
+        """Run `step` until it succeeds: Redis or the broker being down delays an action, never loses it."""
+        delay = 0.2
+        while True:
+            try:
+                return await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.error(
+                    "dispatcher step failed, retrying in %.1f s: %s", delay, self.redactor.redact(exc)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _handle_record(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        try:
+            try:
+                action = Action.from_json(record.value)
+                if not action.action_id or not action.connector:
+                    raise ValueError("empty action_id or connector")
+            except Exception as exc:
+                reason = (
+                    "not_json"
+                    if isinstance(exc, ValueError) and "JSON" in type(exc).__name__
+                    else "invalid_action"
+                )
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                await self._guarded(
+                    lambda: self.recorder.malformed(
+                        record.value,
+                        record.key,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        reason,
+                        detail,
+                    )
+                )
+                return
+
+            async def step() -> None:
+                outcome = await self.deliverer.deliver(action)
+                await self.recorder.record(action, outcome, record.value)
+
+            await self._guarded(step)
+        finally:
+            self.tracker.done(tp, record.offset)
+
+    async def _handle_scheduled(self, entry: ScheduledDelivery) -> None:
+        action = entry.action
+
+        async def step() -> None:
+            outcome = await self.deliverer.deliver(action, attempts=entry.attempts, from_schedule=True)
+            await self.recorder.record(action, outcome)
+            if outcome.final:
+                await self.schedule.remove(action.action_id)
+
+        try:
+            await self._guarded(step)
+        finally:
+            self._leased.discard(action.action_id)
