@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine import metrics
 from engine.assignment.model import Assignment, SlaBreach
 from engine.assignment.roster import Roster
 from engine.assignment.store import PREFIX, AssignmentStore, StoreSnapshot
@@ -86,6 +87,7 @@ class Assigner:
         self.store = AssignmentStore(redis, prefix)
         self.max_attempts = max_attempts
         self._lock = asyncio.Lock()
+        self.retries = 0  # commits rejected as stale (also counted in nudge_assignment_retries_total)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -119,6 +121,7 @@ class Assigner:
         for attempt in range(self.max_attempts):
             snap: StoreSnapshot = await self.store.snapshot(lead_id)
             if previous is None and snap.owner.get("rep"):
+                metrics.ASSIGNMENTS.labels("existing").inc()
                 return self._from_owner(lead_id, snap.owner, created=False)
             if previous is not None and snap.owner.get("rep") != previous:
                 return None  # acknowledged, released or moved by someone else meanwhile
@@ -130,6 +133,7 @@ class Assigner:
             if choice is None and previous is not None:  # everybody was tried: any rep but the current one
                 choice = choose(self.strategy, self.roster, pool, lead_id, lead, exclude=[previous])
             if choice is None:
+                metrics.ASSIGNMENTS.labels("unassigned").inc()
                 return None
             deadline = self._deadline(now_ms)
             kind = "reassigned" if previous else "assigned"
@@ -154,6 +158,7 @@ class Assigner:
                 },
             )
             if result.status == "ok":
+                metrics.ASSIGNMENTS.labels(kind).inc()
                 rep = choice.rep
                 return Assignment(
                     lead_id=lead_id, rep_id=rep.id, name=rep.name, email=rep.email, slack_id=rep.slack_id,
@@ -163,6 +168,8 @@ class Assigner:
             if result.status in ("owned", "moved"):
                 continue  # the next snapshot shows the new owner and returns accordingly
             # conflict: another process changed what this choice relied on; back off a little, then re-read
+            self.retries += 1
+            metrics.ASSIGNMENT_RETRIES.inc()
             await asyncio.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))
         raise AssignmentContention(f"could not assign lead {lead_id!r} in {self.max_attempts} attempts")
 

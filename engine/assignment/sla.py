@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from engine import metrics
 from engine.assignment.assigner import Assigner
 from engine.assignment.model import Reassignment, SlaBreach
 from engine.assignment.notifications import reassignment_actions, sla_missed_actions
@@ -49,14 +50,17 @@ class SlaMonitor:
         if breach.reassignments >= policy.max_reassignments:
             if not await assigner.set_deadline(breach.lead_id, breach.rep_id, None, "sla_exhausted"):
                 return None
+            metrics.SLA_BREACHES.labels("exhausted").inc()
             why = f"moved {breach.reassignments} times already; no further automatic reassignment"
             return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
         new = await assigner.reassign(breach.lead_id, "sla", expected_rep=breach.rep_id)
         if new is not None:
+            metrics.SLA_BREACHES.labels("reassigned").inc()
             return Reassignment(breach, new, reassignment_actions(breach, new, previous, lead, now_ms))
         restarted = now_ms + int(policy.ack_within_s * 1000)
         if not await assigner.set_deadline(breach.lead_id, breach.rep_id, restarted, "sla_extended"):
             return None  # acknowledged or moved meanwhile: nothing to say
+        metrics.SLA_BREACHES.labels("kept").inc()
         why = "no other rep is available right now"
         return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
 
