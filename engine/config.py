@@ -100,6 +100,32 @@ class Settings:
             write_keys=tuple(k for k in (env.get("NUDGE_WRITE_KEYS") or "").split(",") if k),
         )
 
+    def env(self) -> dict[str, str]:
+        """These settings as NUDGE_* variables, so a parent process can start `nudge` sub-commands with them."""
+        return {
+            "NUDGE_BROKER_URL": self.broker_url,
+            "NUDGE_BROKER_PROFILE": self.broker_profile,
+            "NUDGE_REDIS_URL": self.redis_url,
+            "NUDGE_CLICKHOUSE_DSN": self.clickhouse_dsn,
+            "NUDGE_RULES_PATH": str(self.rules_path),
+            "NUDGE_CONNECTORS_PATH": str(self.connectors_path),
+            "NUDGE_REPS_PATH": str(self.reps_path),
+            "NUDGE_PARTITIONS": str(self.partitions),
+            "NUDGE_WEB_PORT": str(self.web_port),
+            "NUDGE_WEB_HOST": self.web_host,
+            "NUDGE_COLLECTOR_PORT": str(self.collector_port),
+            "NUDGE_STATE_DIR": str(self.state_dir),
+            "NUDGE_APP_ID": self.app_id,
+            "NUDGE_TOPIC_PREFIX": self.topic_prefix,
+            "NUDGE_ALLOWED_LATENESS_S": str(self.allowed_lateness_s),
+            "NUDGE_TIMER_INTERVAL_S": str(self.timer_interval_s),
+            "NUDGE_BATCH_SIZE": str(self.batch_size),
+            "NUDGE_BATCH_WITHIN_S": str(self.batch_within_s),
+            "NUDGE_LOG_LEVEL": self.log_level,
+            "NUDGE_DEFAULT_TIMEZONE": self.default_timezone,
+            "NUDGE_WRITE_KEYS": ",".join(self.write_keys),
+        }
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
