@@ -118,7 +118,8 @@ async def test_counts_equal_what_was_sent_across_a_crash(ingested: Ingested) -> 
     # The crashed batch really was written twice, and the store still counts it once.
     sent_rows = len(s.events) + len(s.actions) + len(s.deliveries) + len(s.dead_letters) + len(s.lead_updates)
     assert ingested.first.rows_written + ingested.second.rows_written > sent_rows
-    assert ingested.skipped == len(s.invalid)  # type: ignore[attr-defined]
+    # Invalid events are skipped, not stored; the crashed batch may have read them twice.
+    assert len(s.invalid) <= ingested.skipped <= 2 * len(s.invalid)  # type: ignore[attr-defined]
 
 
 @pytest.mark.asyncio(loop_scope="module")
