@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from engine.core.model import Action
 
@@ -90,6 +90,14 @@ class ConnectorConfig(BaseModel):
     timeout_s: float = Field(10.0, gt=0)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        # `${NUDGE_SMTP_PASSWORD:-}` with the variable unset gives "": treat it as not configured.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
 
     def secret_values(self) -> list[str]:
         """Every secret in this config (SecretStr fields, at any depth), for the redactor."""

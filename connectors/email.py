@@ -106,10 +106,21 @@ class EmailConnector(Connector):
             "unsubscribe_url": self.config.unsubscribe_url.format(**fields),
         }
 
-    def message(self, action: Action) -> EmailMessage:
-        view = LeadView(action)
+    @staticmethod
+    def recipient(action: Action, view: LeadView) -> tuple[str, str]:
+        """(display name, address): `payload.to` (e.g. an alert to the lead's rep), else the lead's email."""
+        to = action.payload.get("to")
+        if isinstance(to, str) and "@" in to:
+            rep = action.payload.get("rep")
+            name = rep.get("name") if isinstance(rep, dict) else None
+            return (str(name or ""), to.strip())
         if view.email is None:
             raise SkipDelivery("no_email_address", "the lead has no traits.email")
+        return (view.name or "", view.email)
+
+    def message(self, action: Action) -> EmailMessage:
+        view = LeadView(action)
+        recipient = self.recipient(action, view)
         links = self.links(action)
         variables: dict[str, Any] = template_vars(
             action, {"links": links, "brand": {"name": self.config.brand_name}}
@@ -120,19 +131,20 @@ class EmailConnector(Connector):
             raise PermanentError("template_error", str(exc)) from None
         msg = EmailMessage()
         msg["From"] = self.config.from_address
-        local, _, domain = view.email.partition("@")
-        msg["To"] = Address(display_name=view.name or "", username=local, domain=domain)
+        local, _, domain = recipient[1].partition("@")
+        msg["To"] = Address(display_name=recipient[0], username=local, domain=domain)
         msg["Subject"] = subject
         msg["Date"] = formatdate(action.fired_at_ms / 1000, usegmt=True)
         msg["Message-ID"] = f"<{action.action_id}@{self.sender_domain}>"
         if self.config.reply_to:
             msg["Reply-To"] = self.config.reply_to
-        unsubscribe = [f"<{links['unsubscribe_url']}>"]
-        if self.config.unsubscribe_mailto:
-            unsubscribe.append(f"<mailto:{self.config.unsubscribe_mailto}?subject=unsubscribe>")
-        msg["List-Unsubscribe"] = ", ".join(unsubscribe)
-        if links["unsubscribe_url"].startswith("https://"):
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if action.marketing:  # alerts to reps are not a mailing list
+            unsubscribe = [f"<{links['unsubscribe_url']}>"]
+            if self.config.unsubscribe_mailto:
+                unsubscribe.append(f"<mailto:{self.config.unsubscribe_mailto}?subject=unsubscribe>")
+            msg["List-Unsubscribe"] = ", ".join(unsubscribe)
+            if links["unsubscribe_url"].startswith("https://"):
+                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg["X-Nudge-Action-Id"] = action.action_id
         msg["X-Nudge-Rule"] = action.rule
         msg.set_content(text)

@@ -13,11 +13,13 @@ Contract:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 
 from connectors.context import LeadView
 from engine.events import format_ts
@@ -39,12 +41,35 @@ def money(value: Any, currency: str = "USD") -> str:
     return f"{symbol}{amount:,.2f}" if symbol else f"{amount:,.2f} {currency}"
 
 
+_MENTIONS = re.compile(r"^(<[@#!][A-Za-z0-9^|_-]+>\s*)+$")
+
+
 def slack_escape(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, Markup):  # built by the `mention`/`mentions` filters: already safe
+        return str(value)
     if isinstance(value, str):
         return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return value
+
+
+def mention(card: Any) -> Markup | str:
+    """A rep card (`{name, slack_id}`) as a Slack mention when it has a Slack id, else the escaped name."""
+    if isinstance(card, dict) or hasattr(card, "slack_id"):
+        get = card.get if isinstance(card, dict) else lambda k: getattr(card, k, None)
+        slack_id = get("slack_id")
+        if isinstance(slack_id, str) and re.fullmatch(r"[A-Za-z0-9]+", slack_id):
+            return Markup(f"<@{slack_id}>")
+        return slack_escape(str(get("name") or get("email") or get("id") or ""))
+    return slack_escape(str(card or ""))
+
+
+def mentions(text: Any) -> Markup | str:
+    """Pass through a string made only of Slack mentions (`<@U1> <@U2>`); escape anything else."""
+    if isinstance(text, str) and _MENTIONS.match(text):
+        return Markup(text)
+    return slack_escape(text)
 
 
 def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,6 +104,7 @@ def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str,
             "explanation": action.explanation,
             "fired_at": format_ts(action.fired_at_ms),
             "template": action.template,
+            "marketing": action.marketing,
         },
         "payload": action.payload,
         "context": view.context,
@@ -100,6 +126,8 @@ class Renderer:
         self._slack = SandboxedEnvironment(autoescape=False, finalize=slack_escape, **common)
         for env in (self._mail, self._slack):
             env.filters["money"] = money
+        self._slack.filters["mention"] = mention
+        self._slack.filters["mentions"] = mentions
 
     def _render(self, env: SandboxedEnvironment, names: list[str], variables: dict[str, Any]) -> str:
         try:
