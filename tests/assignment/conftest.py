@@ -29,11 +29,13 @@ class ManualClock:
 
 
 def rep(rep_id: str, **fields: Any) -> Rep:
-    return Rep(id=rep_id, name=rep_id.title(), email=f"{rep_id}@example.com", slack_id=f"U{rep_id.upper()}", **fields)
+    card = {"name": rep_id.title(), "email": f"{rep_id}@example.com", "slack_id": f"U{rep_id.upper()}"}
+    return Rep(id=rep_id, **{**card, **fields})
 
 
 def roster(*reps: Rep, ack_within_s: float = 600, max_reassignments: int = 3, **fields: Any) -> Roster:
-    return Roster(reps=reps, sla=SlaPolicy(ack_within_s=ack_within_s, max_reassignments=max_reassignments), **fields)
+    sla = SlaPolicy(ack_within_s=ack_within_s, max_reassignments=max_reassignments)
+    return Roster(reps=reps, sla=sla, **fields)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Two OS processes assign the same 1,000 leads at once against real Redis.
 
-Acceptance: every lead has exactly one owner (both processes agree on it), round-robin counts differ by at most
-one among the reps that stay eligible, and away / out-of-hours / full reps never get a lead.
+Acceptance: every lead has exactly one owner (both processes agree on it), round-robin counts differ by at
+most one among the reps that stay eligible, and away / out-of-hours / full reps never get a lead.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ GOOD_REP = "  - {id: a, name: A, email: a@example.com}\n"
 
 
 def test_unknown_time_zone_points_at_its_line():
-    message = error_of("reps:\n" + GOOD_REP + "  - id: b\n    name: B\n    email: b@x.io\n    timezone: Mars/Base\n")
+    second = "  - id: b\n    name: B\n    email: b@x.io\n    timezone: Mars/Base\n"
+    message = error_of("reps:\n" + GOOD_REP + second)
     assert "reps.yaml:6: reps.1.timezone" in message
     assert "IANA time zone" in message
 
@@ -45,7 +46,10 @@ def test_duplicate_ids_unknown_fields_bad_times():
 
 
 def test_unquoted_times_and_durations():
-    text = "sla: {ack_within: 2h}\nreps:\n  - {id: a, name: A, email: a@x.io, working_hours: {start: 10:30, end: 19:00}}\n"
+    text = (
+        "sla: {ack_within: 2h}\n"
+        "reps:\n  - {id: a, name: A, email: a@x.io, working_hours: {start: 10:30, end: 19:00}}\n"
+    )
     roster = parse_roster(text)
     assert roster.sla.ack_within_s == 7200
     assert str(roster.rep("a").working_hours.start) == "10:30:00"

@@ -1,0 +1,74 @@
+"""Assigner against real Redis: idempotency, capacity, availability, ack, release, history."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from engine.assignment import Assigner, UnknownRep
+from tests.assignment.conftest import ManualClock, rep, roster
+
+pytestmark = pytest.mark.integration
+
+
+async def test_assign_is_idempotent_and_carries_the_rep_card(redis_client, clock: ManualClock):
+    assigner = Assigner(redis_client, roster(rep("a"), rep("b")), clock=clock)
+    first = await assigner.assign("lead-1", {"traits": {"email": "x@y.io"}, "score": 80})
+    assert (first.rep_id, first.email, first.slack_id, first.created) == ("a", "a@example.com", "UA", True)
+    assert first.assigned_at_ms == int(clock() * 1000)
+    assert first.sla_deadline_ms == first.assigned_at_ms + 600_000
+    clock.advance(5)
+    again = await assigner.assign("lead-1", {})
+    assert (again.rep_id, again.created, again.assigned_at_ms) == ("a", False, first.assigned_at_ms)
+    assert (await assigner.assign("lead-2", {})).rep_id == "b"
+    assert await assigner.store.loads() == {"a": 1, "b": 1}
+    assert await assigner.lead_of("lead-1") == {"traits": {"email": "x@y.io"}, "score": 80}
+    update = orjson.loads(first.lead_update())
+    assert (update["kind"], update["rep"]["id"], update["lead_id"]) == ("assigned", "a", "lead-1")
+
+
+async def test_capacity_release_and_nobody_eligible(redis_client, clock: ManualClock):
+    assigner = Assigner(redis_client, roster(rep("a", capacity=1)), clock=clock)
+    assert (await assigner.assign("l1", {})).rep_id == "a"
+    assert await assigner.assign("l2", {}) is None  # a is full: nothing stored
+    assert await assigner.owner("l2") is None
+    await assigner.release("l1")
+    assert await assigner.owner("l1") is None
+    assert await assigner.store.loads() == {"a": 0}
+    assert (await assigner.assign("l2", {})).rep_id == "a"
+    assert [h["event"] for h in await assigner.store.history("l1")] == ["assigned", "released"]
+
+
+async def test_availability_changes_apply_to_every_assigner(redis_client, clock: ManualClock):
+    r = roster(rep("a"), rep("b"))
+    one, two = Assigner(redis_client, r, clock=clock), Assigner(redis_client, r, clock=clock)
+    await one.set_availability("a", False)
+    assert {(await two.assign(f"l{i}", {})).rep_id for i in range(3)} == {"b"}
+    await two.set_availability("a", True)
+    assert (await one.assign("l9", {})).rep_id == "a"
+    with pytest.raises(UnknownRep):
+        await one.set_availability("zed", False)
+    statuses = {s.id: s for s in await one.rep_statuses()}
+    assert statuses["b"].open_leads == 3 and statuses["a"].available
+
+
+async def test_only_the_owner_can_acknowledge(redis_client, clock: ManualClock):
+    assigner = Assigner(redis_client, roster(rep("a"), rep("b")), clock=clock)
+    await assigner.assign("lead", {})
+    assert (await assigner.ack_detail("lead", "b")).status == "not_owner"
+    assert (await assigner.ack_detail("nobody", "a")).status == "unknown"
+    assert await assigner.ack("lead", "a")
+    assert (await assigner.ack_detail("lead", "a")).status == "already"
+    clock.advance(3600)
+    assert await assigner.due_sla_breaches() == []  # acknowledged: the SLA clock stopped
+    assert (await assigner.owner("lead")).acked_at_ms is not None
+
+
+async def test_territory_strategy_end_to_end(redis_client, clock: ManualClock):
+    r = roster(rep("fr", territories=["FR"]), rep("us", territories=["US"]), strategy="territory")
+    assigner = Assigner(redis_client, r, clock=clock)
+    assert (await assigner.assign("l-us", {"traits": {"country": "US"}})).rep_id == "us"
+    fallback = await assigner.assign("l-jp", {"traits": {"country": "JP"}})
+    assert fallback.strategy == "territory>round_robin"
+    explicit = Assigner(redis_client, r, clock=clock, strategy="weighted")
+    assert (await explicit.assign("l-x", {})).strategy == "weighted"
