@@ -39,6 +39,11 @@ end
 return out
 """
 
+_CONFIRM = """
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'EX', ARGV[2]) end
+return #KEYS
+"""
+
 _RELEASE = """
 local n = 0
 for _, key in ipairs(KEYS) do
@@ -74,6 +79,7 @@ class MessageDeduper:
         self._pending_ttl_s = pending_ttl_s
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._confirm = redis.register_script(_CONFIRM)
 
     async def claim(self, message_ids: list[str], token: str) -> Claim:
         claim = Claim(token)
@@ -86,10 +92,9 @@ class MessageDeduper:
         return claim
 
     async def confirm(self, message_ids: Iterable[str]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for message_id in message_ids:
-                pipe.set(seen_key(message_id), DONE, ex=self._seen_ttl_s)
-            await pipe.execute()
+        keys = [seen_key(m) for m in message_ids]
+        if keys:
+            await self._confirm(keys=keys, args=[DONE, self._seen_ttl_s])
 
     async def release(self, message_ids: Iterable[str], token: str) -> None:
         keys = [seen_key(m) for m in message_ids]

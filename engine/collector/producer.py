@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -124,26 +125,38 @@ class ClickstreamProducer:
             producer = await self.producer()
         except BrokerUnavailable:
             return [], [e.message_id for e in events]
-        results = await asyncio.gather(*(self._send_one(producer, e) for e in events), return_exceptions=True)
-        acked = [e.message_id for e, r in zip(events, results, strict=True) if r is None]
-        failed = [e.message_id for e, r in zip(events, results, strict=True) if r is not None]
+        # aiokafka fails a batch it could not deliver within request_timeout_ms by itself; the wait below is
+        # only a guard and does not cancel: cancelling would not unsend a record, and a retry would double it.
+        guard_s = 3 * self._request_timeout_ms / 1000 + 5
+        pending: list[asyncio.Future[Any] | BaseException] = []
+        for event in events:
+            try:
+                pending.append(await producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()))
+            except KafkaError as exc:
+                pending.append(exc)
+        futures = [f for f in pending if isinstance(f, asyncio.Future)]
+        if futures:
+            await asyncio.wait(futures, timeout=guard_s)
+        acked: list[str] = []
+        failed: list[str] = []
+        first_error: BaseException | None = None
+        for event, outcome in zip(events, pending, strict=True):
+            if isinstance(outcome, asyncio.Future) and outcome.done() and not outcome.cancelled():
+                error = outcome.exception()
+            else:
+                error = (
+                    outcome if isinstance(outcome, BaseException) else TimeoutError("broker did not answer")
+                )
+            if error is None:
+                acked.append(event.message_id)
+            else:
+                failed.append(event.message_id)
+                first_error = first_error or error
         if failed:
             log.warning(
-                "broker did not acknowledge %d of %d events: %s",
-                len(failed),
-                len(events),
-                next(r for r in results if r is not None),
+                "broker did not acknowledge %d of %d events: %s", len(failed), len(events), first_error
             )
         return acked, failed
-
-    async def _send_one(self, producer: AIOKafkaProducer, event: Event) -> None:
-        # aiokafka fails a batch it could not deliver within request_timeout_ms by itself; the outer bound is
-        # only a guard. Cancelling earlier would not unsend the record, and a retry would then double it.
-        guard_s = 3 * self._request_timeout_ms / 1000 + 5
-        future = await asyncio.wait_for(
-            producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()), guard_s
-        )
-        await asyncio.wait_for(future, guard_s)
 
     async def healthy(self) -> bool:
         """True when the broker answers a metadata request now."""
