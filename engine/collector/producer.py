@@ -11,8 +11,8 @@ Contract:
   `request_timeout_ms`.
 - On first connection the `clickstream` topic is created with `settings.partitions` partitions when missing
   (the worker's tables are co-partitioned with it; an auto-created topic would have one partition).
-- Backpressure: `send` waits while aiokafka's buffer is full; each request waits at most `request_timeout_ms`
-  for its acks, then its unacknowledged events count as failed.
+- Backpressure: `send` waits while aiokafka's buffer is full. aiokafka fails records the broker did not
+  acknowledge within `request_timeout_ms`; they count as failed (the request answers 503).
 """
 
 from __future__ import annotations
