@@ -14,6 +14,8 @@ ownership).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,6 +25,7 @@ from engine.assignment.assigner import Assigner, UnknownRep
 
 ASSIGNER_KEY: web.AppKey[Assigner] = web.AppKey("assigner", Assigner)
 PROFILE_KEY = "nudge:profile:{lead}"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -33,27 +36,39 @@ def _error(status: int, code: str, detail: str) -> web.Response:
     return _json({"error": code, "detail": detail}, status)
 
 
+class _BadBody(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object sent, {} for an empty body; raises `_BadBody` with a 400 response otherwise."""
     raw = await request.read()
     if not raw.strip():
         return {}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": "invalid_json", "detail": f"request body is not JSON: {exc}"}),
-            content_type="application/json",
-        ) from None
+        raise _BadBody(_error(400, "invalid_json", f"request body is not JSON: {exc}")) from None
     if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            body=orjson.dumps(
-                {"error": "invalid_body", "detail": 'send a JSON object, e.g. {"rep_id": "alice"}'}
-            ),
-            content_type="application/json",
-        )
+        raise _BadBody(_error(400, "invalid_body", 'send a JSON object, e.g. {"rep_id": "alice"}'))
     return body
 
 
+def _answers_bad_bodies(handler: Handler) -> Handler:
+    """Turn a `_BadBody` raised while reading the request into its 400 response."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except _BadBody as exc:
+            return exc.response
+
+    return wrapped
+
+
+@_answers_bad_bodies
 async def ack_lead(request: web.Request) -> web.Response:
     assigner = request.app[ASSIGNER_KEY]
     lead_id = request.match_info["lead_id"]
@@ -71,6 +86,7 @@ async def ack_lead(request: web.Request) -> web.Response:
     )
 
 
+@_answers_bad_bodies
 async def set_availability(request: web.Request) -> web.Response:
     assigner = request.app[ASSIGNER_KEY]
     rep_id = request.match_info["rep_id"]
