@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.core.predicates import OPERATORS
 from engine.language.schema import Predicate, normalize_predicate
 
 Report = Callable[[Sequence[Any], str], None]
@@ -39,22 +40,47 @@ LEAD_ROOTS = (
 )
 
 
+OPERAND_HELP = {
+    "eq": "a single value",
+    "ne": "a single value",
+    "in": "a list of values",
+    "gt": "a number (or a string, compared as text)",
+    "gte": "a number (or a string, compared as text)",
+    "lt": "a number (or a string, compared as text)",
+    "lte": "a number (or a string, compared as text)",
+    "exists": "true or false",
+    "prefix": "a string",
+    "contains": "a single value",
+}
+
+
+def predicate_problems(
+    errors: list[dict[str, Any]], base: Sequence[Any]
+) -> list[tuple[tuple[Any, ...], str]]:
+    """pydantic errors of a `Predicate` → one readable problem per operator (union branches collapsed)."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    seen: set[Any] = set()
+    for error in errors:
+        op = error["loc"][0] if error["loc"] else None
+        if op in seen:
+            continue
+        seen.add(op)
+        if error["type"] == "extra_forbidden":
+            message = f"bad predicate: unknown operator {op!r}; use one of {', '.join(OPERATORS)}"
+        elif op in OPERAND_HELP:
+            message = f"bad predicate: `{op}` takes {OPERAND_HELP[op]}, got {error.get('input')!r}"
+        else:
+            message = f"bad predicate: {error['msg'].removeprefix('Value error, ')}"
+        out.append(((*base, *([op] if op is not None else [])), message))
+    return out
+
+
 def check_predicate(value: Any, loc: Sequence[Any], report: Report) -> dict[str, Any] | None:
     try:
         return Predicate.model_validate(normalize_predicate(value)).operators()
     except ValidationError as exc:
-        for error in exc.errors():
-            where = (*loc, *error["loc"])
-            if error["type"] == "extra_forbidden":
-                report(
-                    where,
-                    f"bad predicate: unknown operator {error['loc'][-1]!r}; use one of "
-                    "eq, ne, in, gt, gte, lt, lte, exists, prefix, contains",
-                )
-            else:
-                message = error["msg"].removeprefix("Value error, ")
-                field = ".".join(str(p) for p in error["loc"])
-                report(where, f"bad predicate{' ' + field if field else ''}: {message}")
+        for where, message in predicate_problems(exc.errors(), loc):
+            report(where, message)
         return None
 
 

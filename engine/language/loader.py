@@ -27,7 +27,7 @@ from engine.core.predicates import compile_condition
 from engine.core.ruleset import Rule, RuleSet
 from engine.language import schema
 from engine.language.compiler import compile_rule
-from engine.language.conditions import LEAD_ROOTS, check_condition
+from engine.language.conditions import LEAD_ROOTS, check_condition, predicate_problems
 from engine.language.problems import Problem, RuleFileError
 from engine.language.yamlnodes import YamlProblem, load_yaml, locate
 
@@ -81,8 +81,15 @@ class _FileContext:
         self.problems.append(Problem(self.name, line, col, message))
 
     def report_validation(self, base: Sequence[Any], exc: ValidationError, what: str) -> None:
+        predicate_errors: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for error in exc.errors():
             loc = (*base, *error["loc"])
+            if "where" in error["loc"]:
+                cut = list(error["loc"]).index("where") + 2  # ..., where, PATH | operator, union branch
+                if len(error["loc"]) > cut:
+                    key = (*base, *error["loc"][:cut])
+                    predicate_errors.setdefault(key, []).append({**error, "loc": error["loc"][cut:]})
+                    continue
             field = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
             kind = error["type"]
             if kind == "extra_forbidden":
@@ -94,12 +101,11 @@ class _FileContext:
                 self.report(loc, f"{what}: missing required key {field!r}")
             else:
                 message = error["msg"].removeprefix("Value error, ")
-                if (
-                    field.endswith(("where", "exit_on", "when", "unless", "match", "steps"))
-                    or ".where." in field
-                ):
-                    message = f"bad predicate or matcher: {message}"
                 self.report(loc, f"{what}: {field + ': ' if field else ''}{message}")
+        for base_loc, errors in predicate_errors.items():
+            for loc, message in predicate_problems(errors, base_loc):
+                unknown_operator = message.startswith("bad predicate: unknown operator")
+                self.report(loc, f"{what}: {message}", key=unknown_operator)
 
 
 def _parse_files(files: list[Path], problems: list[Problem]) -> list[tuple[_FileContext, dict[str, Any]]]:
@@ -191,7 +197,11 @@ def _validate_rule(
     _check_connectors(ctx, raw, loc, what, known_connectors)
     condition = None
     if raw.get("if") is not None:
-        condition = check_condition(raw["if"], (*loc, "if"), ctx.report, segment_names)
+
+        def report(where: Sequence[Any], message: str) -> None:
+            ctx.report(where, f"{what}: {message}")
+
+        condition = check_condition(raw["if"], (*loc, "if"), report, segment_names)
     try:
         model = model_cls.model_validate(raw)
     except ValidationError as exc:

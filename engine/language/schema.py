@@ -118,6 +118,7 @@ class AbsenceRule(RuleBase):
     unless: Matchers | None = None
     within: Duration
     restart: bool = True
+    min_matches: Annotated[int, Field(ge=1, le=100)] = 1
 
 
 class SumSpec(Strict):

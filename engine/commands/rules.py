@@ -1,0 +1,79 @@
+"""`nudge rules validate PATH...` and `nudge rules test [PATH...]`: check rule files before shipping them.
+
+- validate: exit 0 when every file is valid (prints a one-line summary to stderr), else exit 2 with one line
+  per
+  problem on stdout: `file:line:col: message`.
+- test: runs the `*.test.yaml` cases found in the given directories/files (default: the configured rules path)
+  against the rules of their directory; prints one line per case (`ok` / `FAIL` + the differences); exit 0
+  when all
+  pass, 1 when a case fails, 2 when a rule or test file is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.config import Settings
+from engine.language import RuleFileError, load_rules, rule_files
+from engine.language.testcases import find_test_files, run_test_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("rules", help="validate and test rule files")
+    actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    validate = actions.add_parser("validate", help="check rule files; exit 2 with file:line:col problems")
+    validate.add_argument("paths", nargs="+", help="rule files or directories")
+    validate.set_defaults(func=run_validate)
+    test = actions.add_parser("test", help="run the rule test cases (*.test.yaml) next to rule files")
+    test.add_argument(
+        "paths", nargs="*", help="directories or test files (default: NUDGE_RULES_PATH or rules/)"
+    )
+    test.set_defaults(func=run_test)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not Path(p).exists()]
+    for path in missing:
+        print(f"{path}:1:1: no such file or directory", flush=True)
+    try:
+        rules = load_rules([p for p in args.paths if Path(p).exists()])
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 2
+    if missing:
+        return 2
+    files = rule_files(args.paths)
+    print(
+        f"ok: {len(rules.rules)} rules in {len(files)} file(s), rule set version {rules.version}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_test(args: argparse.Namespace) -> int:
+    paths = args.paths or [str(Settings.from_env().rules_path)]
+    files = find_test_files(paths)
+    if not files:
+        print(f"no rule test files (*.test.yaml) found in {', '.join(paths)}", file=sys.stderr)
+        return 2
+    passed = failed = 0
+    invalid = False
+    for path in files:
+        try:
+            results = run_test_file(path)
+        except RuleFileError as exc:
+            invalid = True
+            for problem in exc.problems:
+                print(problem)
+            continue
+        for result in results:
+            print(result)
+            passed += result.passed
+            failed += not result.passed
+    print(f"{passed} passed, {failed} failed", file=sys.stderr)
+    if invalid:
+        return 2
+    return 1 if failed else 0

@@ -1,0 +1,68 @@
+"""`nudge simulate --rules PATH --events FILE.jsonl [--no-flush]`: run the rules offline over an event log.
+
+Contract: one Segment-spec event per input line (`-` reads stdin); the output is one action JSON object per
+line
+(`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the same
+input
+and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped; blank lines
+are
+ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
+Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from engine.config import Settings
+from engine.core.simulate import simulate
+from engine.events import Event, InvalidEvent, parse_event
+from engine.language import RuleFileError, load_rules
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("simulate", help="run rules offline over a JSONL event file, print fired actions")
+    parser.add_argument(
+        "--rules", action="append", help="rule file or directory (repeatable; default: NUDGE_RULES_PATH)"
+    )
+    parser.add_argument("--events", required=True, help="JSONL file of Segment-spec events, or - for stdin")
+    parser.add_argument("--no-flush", action="store_true", help="leave deadlines pending at the end unfired")
+    parser.set_defaults(func=run)
+
+
+def read_events(stream: IO[bytes], name: str) -> Iterator[Event]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield parse_event(line)
+        except InvalidEvent as exc:
+            print(f"{name}:{number}: {exc.reason}: {exc.detail} (line skipped)", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    rule_paths = args.rules or [str(Settings.from_env().rules_path)]
+    try:
+        rules = load_rules(rule_paths)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    try:
+        if args.events == "-":
+            events = list(read_events(sys.stdin.buffer, "<stdin>"))
+        else:
+            with Path(args.events).open("rb") as stream:
+                events = list(read_events(stream, args.events))
+    except OSError as exc:
+        print(f"nudge simulate: cannot read {args.events}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    out = sys.stdout.buffer
+    for action in simulate(rules, events, flush=not args.no_flush):
+        out.write(action.to_bytes() + b"\n")
+    out.flush()
+    return 0
