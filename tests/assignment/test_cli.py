@@ -1,0 +1,126 @@
+"""`nudge reps ...` and `nudge leads show` against real Redis (and a real chDB store for the ClickHouse part)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from engine.cli import main
+from engine.config import Settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+ROSTER = """
+reps:
+  - {id: alice, name: Alice, email: alice@example.com, slack_id: U1}
+  - {id: bob, name: Bob, email: bob@example.com, capacity: 1}
+"""
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> dict[str, str]:
+    roster = tmp_path / "reps.yaml"
+    roster.write_text(ROSTER)
+    values = {
+        "NUDGE_REDIS_URL": redis_url,
+        "NUDGE_REPS_PATH": str(roster),
+        "NUDGE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'ch'}",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def test_reps_list_and_set_availability(env, capsys: pytest.CaptureFixture[str]):
+    assert main(["reps", "set-availability", "bob", "away"]) == 0
+    assert main(["reps", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "bob" in table and "no (away)" in table
+    assert main(["reps", "list", "--json"]) == 0
+    listed = {r["id"]: r for r in orjson.loads(capsys.readouterr().out)}
+    assert listed["bob"]["available"] is False and listed["alice"]["skip_reason"] is None
+    assert main(["reps", "set-availability", "zed", "away"]) == 2
+    assert "known reps: alice, bob" in capsys.readouterr().err
+    assert main(["reps", "check"]) == 0
+
+
+def test_reps_check_reports_file_and_line(env, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("reps:\n  - id: a\n    name: A\n    email: nope\n")
+    assert main(["reps", "--roster", str(bad), "check"]) == 2
+    assert f"{bad}:4: reps.0.email" in capsys.readouterr().err
+
+
+def test_leads_show_from_redis(env, redis_url: str, capsys: pytest.CaptureFixture[str]):
+    client = redis.Redis.from_url(redis_url)
+    client.hset("nudge:profile:ada", mapping={"email": "ada@example.org", "name": "Ada", "score": "42"})
+    client.close()
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from engine.assignment import Assigner, load_roster
+
+    async def assign() -> None:
+        async_client = aioredis.Redis.from_url(redis_url)
+        await Assigner(async_client, load_roster(env["NUDGE_REPS_PATH"])).assign("ada", {"stage": "SQL"})
+        await async_client.aclose()
+
+    asyncio.run(assign())
+    assert main(["leads", "show", "ada", "--no-clickhouse"]) == 0
+    out = capsys.readouterr().out
+    assert "email: ada@example.org" in out
+    assert "alice (by round_robin" in out and "not acknowledged" in out
+    assert "score: 42" in out
+    assert main(["leads", "show", "nobody", "--no-clickhouse"]) == 1
+
+
+SEED = textwrap.dedent(
+    """
+    import sys
+    from datetime import datetime, UTC
+    from engine.clickhouse.client import connect
+    from engine.clickhouse.migrations import migrate
+    client = connect(sys.argv[1])
+    migrate(client)
+    t = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    client.insert("events", [["m1", "ada", "track", "Pricing Viewed", t, "ada", "", "", None, "{}", "{}", "{}",
+                              "{}", 0, 1]],
+                  column_names=["message_id", "lead_id", "type", "name", "timestamp", "user_id", "anonymous_id",
+                                "previous_id", "revenue", "properties", "traits", "context", "raw",
+                                "kafka_partition", "kafka_offset"])
+    client.insert("lead_updates", [["ada", t, "stage_changed", "", '{"stage": "MQL", "score": 55}', 0, 1],
+                                   ["ada", t.replace(minute=5), "stage_changed", "", '{"stage": "SQL", "score": 81}',
+                                    0, 2]],
+                  column_names=["lead_id", "at", "kind", "rep", "payload", "kafka_partition", "kafka_offset"])
+    client.insert("actions", [["act_1", "sent", 1, t, "hot-lead", "1", "ada", "slack", "alice"]],
+                  column_names=["action_id", "step", "attempt", "at", "rule", "rule_version", "lead_id",
+                                "connector", "rep"])
+    client.close()
+    """
+)
+
+
+def test_leads_show_reads_clickhouse_in_its_own_process(env, tmp_path: Path):
+    environ = {**os.environ, **env}
+    seed = subprocess.run(
+        [sys.executable, "-c", SEED, env["NUDGE_CLICKHOUSE_DSN"]], cwd=REPO, env=environ, capture_output=True
+    )
+    assert seed.returncode == 0, seed.stderr.decode()
+    shown = subprocess.run(
+        [sys.executable, "-m", "engine", "leads", "show", "ada"], cwd=REPO, env=environ, capture_output=True
+    )
+    out = shown.stdout.decode()
+    assert shown.returncode == 0, shown.stderr.decode() + out
+    assert "stage: SQL" in out and "score: 81" in out
+    assert "Pricing Viewed" in out and "hot-lead" in out
+    assert "not shown" not in out, out
+    assert Settings.from_env(environ).clickhouse_dsn == env["NUDGE_CLICKHOUSE_DSN"]
