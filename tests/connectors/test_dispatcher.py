@@ -1,0 +1,123 @@
+"""The dispatcher end to end: real broker (Tansu), real Redis, real HTTP peers on loopback."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import Settings
+from engine.topics import DEAD_LETTERS, DELIVERIES
+from tests.connectors.helpers import (
+    Peer,
+    TopicReader,
+    build_dispatcher,
+    make_action,
+    produce_actions,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def webhook_yaml(peer: Peer, name: str = "webhook", extra: str = "") -> str:
+    return f"""
+  {name}:
+    type: webhook
+    url: {peer.url}/hook
+    secret: whsec-test-123456
+{extra}"""
+
+
+async def test_500_then_200_is_delivered_once_and_replay_is_a_duplicate(settings: Settings) -> None:
+    peer = await Peer(script=[(500, {}, "boom")]).start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    dispatcher = build_dispatcher(settings, "connectors:" + webhook_yaml(peer))
+    action = make_action("webhook")
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [action])
+        await wait_for(lambda: deliveries.where(outcome="sent"), what="sent record")
+        assert peer.ids() == [action.action_id, action.action_id]  # the 500, then the 200
+        outcomes = [r["outcome"] for r in deliveries.where(action_id=action.action_id)]
+        assert outcomes == ["retried", "sent"]
+        # The same action again (a replay): recognised by its id, not sent again.
+        await produce_actions(settings, [action])
+        await wait_for(lambda: deliveries.where(outcome="duplicate"), what="duplicate record")
+        assert len(peer.requests) == 2
+    finally:
+        await dispatcher.stop()
+        await deliveries.stop()
+        await peer.stop()
+
+
+async def test_429_retry_after_is_honoured(settings: Settings) -> None:
+    # Backoff is 50 ms here, so only the peer's Retry-After can explain a gap of a second.
+    peer = await Peer(script=[(429, {"Retry-After": "1"}, "slow down")]).start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    dispatcher = build_dispatcher(settings, "connectors:" + webhook_yaml(peer))
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [make_action("webhook")])
+        await wait_for(lambda: deliveries.where(outcome="sent"), what="sent record")
+        first, second = peer.requests
+        assert second.at - first.at >= 0.95
+        retried = deliveries.where(outcome="retried")[0]
+        assert retried["reason"] == "http_429"
+        assert retried["next_attempt_ms"] - retried["at_ms"] >= 950
+    finally:
+        await dispatcher.stop()
+        await deliveries.stop()
+        await peer.stop()
+
+
+async def test_dead_peer_ends_in_dead_letters_while_another_connector_keeps_delivering(settings: Settings) -> None:
+    dead = await Peer(default=(503, {}, "down for maintenance")).start()
+    alive = await Peer().start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+    yaml_text = "connectors:" + webhook_yaml(dead, "dead") + webhook_yaml(alive, "alive")
+    dispatcher = build_dispatcher(settings, yaml_text)
+    doomed = [make_action("dead") for _ in range(5)]
+    fine = [make_action("alive") for _ in range(20)]
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [a for pair in zip(doomed, fine, strict=False) for a in pair] + fine[5:])
+        # The healthy connector delivers everything while the dead one is still retrying.
+        await wait_for(lambda: len(set(alive.ids())) == 20, what="all actions to the healthy peer")
+        await wait_for(lambda: len(dead_letters.records) == 5, timeout_s=20, what="five dead letters")
+        letters = {r["key"]: r for r in dead_letters.records}
+        assert set(letters) == {a.lead_id for a in doomed}
+        letter = letters[doomed[0].lead_id]
+        assert letter["source"] == "dispatcher"
+        assert letter["reason"] == "retries_exhausted"
+        assert "http_503" in letter["detail"] and "4 attempts" in letter["detail"]
+        assert len(dead.requests) == 5 * 4  # max_attempts each, then given up
+        assert len(deliveries.where(outcome="failed")) == 5
+        assert len(alive.requests) == 20  # nothing doubled
+    finally:
+        await dispatcher.stop()
+        await deliveries.stop()
+        await dead_letters.stop()
+        await dead.stop()
+        await alive.stop()
+
+
+async def test_malformed_records_are_dead_lettered_and_unknown_connectors_fail(settings: Settings) -> None:
+    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    dispatcher = build_dispatcher(settings, "connectors:\n  log:\n    type: log\n    stdout: false\n")
+    try:
+        await dispatcher.start()
+        good = make_action("log")
+        await produce_actions(
+            settings, [make_action("nowhere"), good], raw=[b"not json at all", b'{"action_id": "x"}']
+        )
+        await wait_for(lambda: len(dead_letters.records) == 3, what="three dead letters")
+        await wait_for(lambda: deliveries.where(outcome="sent"), what="the good action")
+        reasons = sorted(r["reason"] for r in dead_letters.records)
+        assert reasons == ["invalid_action", "not_json", "unknown_connector"]
+        unknown = next(r for r in dead_letters.records if r["reason"] == "unknown_connector")
+        assert "nowhere" in unknown["detail"] and "log" in unknown["detail"]
+    finally:
+        await dispatcher.stop()
+        await dead_letters.stop()
+        await deliveries.stop()
