@@ -49,7 +49,8 @@ def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
     for rule in rules.score_rules:
         primary = primary or rule.id
         slot = state.rules.get(rule.id)
-        scores[rule.id] = rule.logic.value_at(slot, now_ms)  # type: ignore[attr-defined]
+        value = round(rule.logic.value_at(slot, now_ms), 2)  # type: ignore[attr-defined]
+        scores[rule.id] = int(value) if value == int(value) else value  # the view shows 2 decimals
         stages[rule.id] = rule.logic.stage_of(slot)  # type: ignore[attr-defined]
     return lead_view(state.lead_id, state.facts, scores, stages, primary)
 
