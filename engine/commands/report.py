@@ -1,0 +1,137 @@
+"""`nudge report [--since 7d] [--json]`: the KPIs from ClickHouse, as readable tables or one JSON
+document.
+
+Exit codes: 0 printed, 1 ClickHouse unavailable (for an embedded store: owned by a running `nudge sink`),
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from engine.clickhouse import kpis
+from engine.clickhouse.client import ClickHouseUnavailable, connect
+from engine.clickhouse.migrations import migrate
+from engine.config import Settings
+from engine.events import format_ts
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", help="print KPIs (funnel, abandonment, nudges, recovery, delays, reps)")
+    parser.add_argument("--since", default="7d", help="window ending now: 30m, 24h, 7d, 2w (default 7d)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    parser.set_defaults(func=run)
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table; numbers right-aligned, None shown as '-'."""
+    cells = [
+        [("-" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v)) for v in row] for row in rows
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    out = [title, line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells] if cells else ["(none)"]
+    return "\n".join(out)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def render(report: dict[str, Any]) -> str:
+    w = report["window"]
+    parts = [f"Nudge report {format_ts(w['since_ms'])} .. {format_ts(w['until_ms'])}"]
+    parts.append(
+        table(
+            "Funnel (leads, in order)",
+            ["step", "leads", "from previous"],
+            [[s["step"], s["leads"], _pct(s["from_previous"])] for s in report["funnel"]],
+        )
+    )
+    ab = report["abandonment"]
+    parts.append(f"Abandonment: {ab['abandoned']} of {ab['carts']} carts ({_pct(ab['rate'])})")
+    steps = ["fired", "sent", "failed", "suppressed", "deferred", "retried", "duplicate"]
+    parts.append(
+        table(
+            "Nudges per rule (distinct actions per step)",
+            ["rule", *steps],
+            [[r["rule"], *(r.get(s, 0) for s in steps)] for r in report["nudges"]],
+        )
+    )
+    rec = report["recovered"]
+    parts.append(
+        table(
+            f"Recovered carts (order within 24 h of a nudge): {rec['orders']} orders, "
+            f"revenue {rec['revenue']:,.2f}",
+            ["rule", "orders", "revenue"],
+            [[r["rule"], r["orders"], r["revenue"]] for r in rec["by_rule"]],
+        )
+    )
+    det = report["detection_delay"]
+    rows = [[r["rule"], r["count"], r["p50_ms"], r["p95_ms"]] for r in det["by_rule"]]
+    if det["overall"]:
+        o = det["overall"]
+        rows.append(["(all)", o["count"], o["p50_ms"], o["p95_ms"]])
+    parts.append(table("Detection delay (event time → fired), ms", ["rule", "actions", "p50", "p95"], rows))
+    parts.append(
+        table(
+            "Delivery delay (fired → sent), ms",
+            ["connector", "sent", "p50", "p95"],
+            [[r["connector"], r["count"], r["p50_ms"], r["p95_ms"]] for r in report["delivery_delay"]],
+        )
+    )
+    parts.append(
+        table(
+            "Hot leads per rep",
+            ["rep", "hot leads", "touched", "time to first touch p50 (min)"],
+            [
+                [
+                    r["rep"],
+                    r["hot_leads"],
+                    r["touched"],
+                    None
+                    if r["time_to_first_touch_p50_ms"] is None
+                    else r["time_to_first_touch_p50_ms"] / 60000,
+                ]
+                for r in report["hot_leads"]
+            ],
+        )
+    )
+    return "\n\n".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        since_ms, until_ms = kpis.window(args.since)
+    except ValueError as exc:
+        print(f"nudge report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        print(f"nudge report: {exc}", file=sys.stderr)
+        return 1
+    try:
+        migrate(client)
+        report = kpis.report(client, since_ms, until_ms)
+    finally:
+        client.close()
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(report))
+    return 0
