@@ -108,15 +108,21 @@ class _FileContext:
                 self.report(loc, f"{what}: {message}", key=unknown_operator)
 
 
-def _parse_files(files: list[Path], problems: list[Problem]) -> list[tuple[_FileContext, dict[str, Any]]]:
-    parsed = []
+def _read_files(files: list[Path], problems: list[Problem]) -> list[tuple[str, str]]:
+    sources = []
     for path in files:
-        name = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            sources.append((str(path), path.read_text(encoding="utf-8")))
         except OSError as exc:
-            problems.append(Problem(name, 1, 1, f"cannot read rule file: {exc.strerror or exc}"))
-            continue
+            problems.append(Problem(str(path), 1, 1, f"cannot read rule file: {exc.strerror or exc}"))
+    return sources
+
+
+def _parse_sources(
+    sources: list[tuple[str, str]], problems: list[Problem]
+) -> list[tuple[_FileContext, dict[str, Any]]]:
+    parsed = []
+    for name, text in sources:
         try:
             root, data = load_yaml(text)
         except YamlProblem as exc:
@@ -237,11 +243,23 @@ def _check_connectors(
 
 
 def load_rules(paths: Sequence[str | Path], known_connectors: Collection[str] | None = None) -> RuleSet:
-    connectors = frozenset(known_connectors) if known_connectors is not None else DEFAULT_CONNECTORS
     if isinstance(paths, str | Path):
         paths = [paths]
     problems: list[Problem] = []
-    parsed = _parse_files(rule_files(paths), problems)
+    sources = _read_files(rule_files(paths), problems)
+    return _build(sources, problems, known_connectors)
+
+
+def parse_rules(text: str, name: str = "<rules>", known_connectors: Collection[str] | None = None) -> RuleSet:
+    """`load_rules` for one rules document given as text (tests, embedding); `name` appears in problems."""
+    return _build([(name, text)], [], known_connectors)
+
+
+def _build(
+    sources: list[tuple[str, str]], problems: list[Problem], known_connectors: Collection[str] | None
+) -> RuleSet:
+    connectors = frozenset(known_connectors) if known_connectors is not None else DEFAULT_CONNECTORS
+    parsed = _parse_sources(sources, problems)
     segments = _collect_segments(parsed)
     compiled_segments = {name: compile_condition(spec) for name, spec in segments.items()}
     rules: list[Rule] = []
