@@ -1,14 +1,15 @@
 """Actions that tell reps about assignments. Pure: builds `Action` values, delivers nothing.
 
 The dispatcher delivers these like any other action (they can be produced to the `actions` topic as they are).
-Shapes, for the connector templates:
-- connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text":
-  fallback}`.
-- connector "email", template "lead_assigned": payload `{"to": rep email, "subject": ..., "rep": card,
-  "text": ...}`.
+Shapes, for the connector templates (the built-in `default` templates already render them: Slack shows
+`payload.mention` then `payload.text`; email goes to `payload.to` with `payload.subject`):
+- connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text": plain
+  text without Slack markup, "ack_path": "/v1/leads/{id}/ack"}`.
+- connector "email", template "lead_assigned": payload as above plus `{"to": rep email, "subject": ...}`.
 - connector "slack", template "lead_reassigned": payload `{"mention": "<@NEW> <@OLD>", "rep": new card,
-  "previous_rep": old card, "reason": ..., "text": ...}` — one message that tells both reps.
-- connector "email", template "lead_reassigned_away": to the previous rep, same payload keys as above.
+  "previous_rep": old card, "reason": "sla", "text", "ack_path"}` — one message that tells both reps.
+- connector "email", template "lead_assigned" to the new owner (same keys, plus `to`, `subject`) and
+  template "lead_reassigned_away" to the previous owner (`rep` = the previous owner, `new_rep` = new card).
 - connector "slack", template "lead_sla_missed": to the current owner when nobody else can take the lead.
 A rep card is `{"id", "name", "email", "slack_id"}`. `context` is the lead as given to `Assigner.assign`
 (traits, score, stage) plus `owner` (card) and `assignment` (`Assignment.to_json()`).
@@ -81,13 +82,22 @@ def _context(assignment: Assignment, lead: Mapping[str, Any]) -> dict[str, Any]:
     return {**dict(lead), "owner": assignment.rep_card(), "assignment": assignment.to_json()}
 
 
+def _name(card: Mapping[str, Any]) -> str:
+    return str(card.get("name") or card.get("id"))
+
+
+def ack_path(lead_id: str) -> str:
+    return f"/v1/leads/{lead_id}/ack"
+
+
 def assignment_actions(
     assignment: Assignment, lead: Mapping[str, Any], fired_at_ms: int
 ) -> tuple[Action, ...]:
     """Slack alert mentioning the new owner + email to the owner, for a fresh assignment of a hot lead."""
     card = assignment.rep_card()
     label = lead_label(assignment.lead_id, lead)
-    text = f"{mention(card)} hot lead {label} is yours: please acknowledge it"
+    text = f"hot lead {label} is yours: please acknowledge it"
+    payload = {"mention": mention(card), "rep": card, "text": text, "ack_path": ack_path(assignment.lead_id)}
     context = _context(assignment, lead)
     common = {
         "lead_id": assignment.lead_id,
@@ -98,11 +108,11 @@ def assignment_actions(
     return (
         _action(
             template="lead_assigned", connector="slack", recipient=assignment.rep_id, explanation=why,
-            payload={"mention": mention(card), "rep": card, "text": text}, context=context, **common,
+            payload=payload, context=context, **common,
         ),
         _action(
             template="lead_assigned", connector="email", recipient=assignment.rep_id, explanation=why,
-            payload={"to": assignment.email, "subject": f"New hot lead: {label}", "rep": card, "text": text},
+            payload={**payload, "to": assignment.email, "subject": f"New hot lead: {label}"},
             context=context, **common,
         ),
     )  # fmt: skip
@@ -119,35 +129,36 @@ def reassignment_actions(
     """Slack message to both reps + email to the new owner + email to the previous owner."""
     card, old = assignment.rep_card(), dict(previous)
     label = lead_label(assignment.lead_id, lead)
-    text = (
-        f"{mention(card)} hot lead {label} is now yours: {mention(old)} did not acknowledge it in time"
-        if reason == "sla"
-        else f"{mention(card)} hot lead {label} moved to you from {mention(old)} ({reason})"
-    )
+    because = "was not acknowledged in time" if reason == "sla" else f"was moved ({reason})"
     context = {**_context(assignment, lead), "previous_owner": old, "reason": reason}
     payload = {
         "mention": f"{mention(card)} {mention(old)}",
         "rep": card,
         "previous_rep": old,
         "reason": reason,
+        "ack_path": ack_path(assignment.lead_id),
     }
     common = {"lead_id": assignment.lead_id, "key_time_ms": breach.deadline_ms, "fired_at_ms": fired_at_ms}
     why = f"no acknowledgement from {breach.rep_id} by the SLA deadline; reassigned to {assignment.rep_id}"
+    to_new = f"hot lead {label} {because} by {_name(old)} and is now yours: please acknowledge it"
+    to_old = f"hot lead {label} {because} and now belongs to {_name(card)}"
+    to_both = f"hot lead {label} {because}: moved from {_name(old)} to {_name(card)}"
     return (
         _action(
             template="lead_reassigned", connector="slack", recipient=f"{old.get('id')}>{assignment.rep_id}",
-            explanation=why, payload={**payload, "text": text}, context=context, **common,
+            explanation=why, context=context, **common,
+            payload={**payload, "text": to_both},
         ),
         _action(
             template="lead_assigned", connector="email", recipient=assignment.rep_id, explanation=why,
             payload={**payload, "to": assignment.email, "subject": f"Hot lead reassigned to you: {label}",
-                     "text": text},
+                     "text": to_new},
             context=context, **common,
         ),
         _action(
             template="lead_reassigned_away", connector="email", recipient=str(old.get("id")), explanation=why,
-            payload={**payload, "to": old.get("email"), "subject": f"Hot lead {label} was reassigned",
-                     "text": text},
+            payload={**payload, "to": old.get("email"), "rep": old, "new_rep": card,
+                     "subject": f"Hot lead {label} was reassigned", "text": to_old},
             context=context, **common,
         ),
     )  # fmt: skip
@@ -158,13 +169,14 @@ def sla_missed_actions(
 ) -> tuple[Action, ...]:
     """Reminder to the current owner when the lead cannot move (nobody else eligible, or too many moves)."""
     card = dict(owner)
-    text = f"{mention(card)} hot lead {lead_label(breach.lead_id, lead)} is still waiting for you ({why})"
+    text = f"hot lead {lead_label(breach.lead_id, lead)} is still waiting for you to acknowledge it ({why})"
     return (
         _action(
             breach.lead_id, template="lead_sla_missed", connector="slack", recipient=breach.rep_id,
             key_time_ms=breach.deadline_ms, fired_at_ms=fired_at_ms,
             explanation=f"SLA missed by {breach.rep_id}: {why}",
-            payload={"mention": mention(card), "rep": card, "reason": why, "text": text},
+            payload={"mention": mention(card), "rep": card, "reason": why, "text": text,
+                     "ack_path": ack_path(breach.lead_id)},
             context={**dict(lead), "owner": card},
         ),
     )  # fmt: skip

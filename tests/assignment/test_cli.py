@@ -1,4 +1,4 @@
-"""`nudge reps ...` and `nudge leads show` against real Redis (and a real chDB store for the ClickHouse part)."""
+"""`nudge reps ...` and `nudge leads show` against real Redis (and a real chDB store for ClickHouse)."""
 
 from __future__ import annotations
 
@@ -92,18 +92,20 @@ SEED = textwrap.dedent(
     client = connect(sys.argv[1])
     migrate(client)
     t = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-    client.insert("events", [["m1", "ada", "track", "Pricing Viewed", t, "ada", "", "", None, "{}", "{}", "{}",
-                              "{}", 0, 1]],
-                  column_names=["message_id", "lead_id", "type", "name", "timestamp", "user_id", "anonymous_id",
-                                "previous_id", "revenue", "properties", "traits", "context", "raw",
-                                "kafka_partition", "kafka_offset"])
-    client.insert("lead_updates", [["ada", t, "stage_changed", "", '{"stage": "MQL", "score": 55}', 0, 1],
-                                   ["ada", t.replace(minute=5), "stage_changed", "", '{"stage": "SQL", "score": 81}',
-                                    0, 2]],
-                  column_names=["lead_id", "at", "kind", "rep", "payload", "kafka_partition", "kafka_offset"])
-    client.insert("actions", [["act_1", "sent", 1, t, "hot-lead", "1", "ada", "slack", "alice"]],
-                  column_names=["action_id", "step", "attempt", "at", "rule", "rule_version", "lead_id",
-                                "connector", "rep"])
+    event = {"message_id": "m1", "lead_id": "ada", "type": "track", "name": "Pricing Viewed", "timestamp": t,
+             "user_id": "ada", "properties": "{}", "traits": "{}", "context": "{}", "raw": "{}",
+             "kafka_partition": 0, "kafka_offset": 1}
+    client.insert("events", [list(event.values())], column_names=list(event))
+    updates = [("MQL", 55, t), ("SQL", 81, t.replace(minute=5))]
+    client.insert(
+        "lead_updates",
+        [["ada", at, "stage_changed", "", f'{{"stage": "{s}", "score": {n}}}', 0, i] for i, (s, n, at)
+         in enumerate(updates)],
+        column_names=["lead_id", "at", "kind", "rep", "payload", "kafka_partition", "kafka_offset"],
+    )
+    action = {"action_id": "act_1", "step": "sent", "attempt": 1, "at": t, "rule": "hot-lead",
+              "rule_version": "1", "lead_id": "ada", "connector": "slack", "rep": "alice"}
+    client.insert("actions", [list(action.values())], column_names=list(action))
     client.close()
     """
 )

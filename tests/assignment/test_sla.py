@@ -39,7 +39,7 @@ async def test_no_ack_within_sla_reassigns_and_notifies_both(redis_client, clock
         ("email", "lead_reassigned_away"),
     }
     slack = by_template["slack", "lead_reassigned"]
-    assert "<@UB>" in slack.payload["text"] and "<@UA>" in slack.payload["text"]
+    assert slack.payload["mention"] == "<@UB> <@UA>" and "moved from A to B" in slack.payload["text"]
     assert "Ada Lovelace (Engines Ltd)" in slack.payload["text"]
     assert by_template["email", "lead_assigned"].payload["to"] == "b@example.com"
     assert by_template["email", "lead_reassigned_away"].payload["to"] == "a@example.com"
