@@ -5,7 +5,8 @@ traffic, independently of the workers; a Faust app would join the consumer group
 every time a collector instance starts or stops, and would share its event loop with stream processing. The
 collector only produces, so it needs no Faust at all.
 
-Routes: `POST /v1/{batch,track,page,screen,identify,alias,group}`, `GET /healthz`, `GET /metrics`.
+Routes: `POST /v1/{batch,track,page,screen,identify,alias,group}` and analytics.js's one-letter aliases
+(`/v1/b`, `/v1/t`, ...; with CORS headers and `OPTIONS` preflight), `GET /healthz`, `GET /metrics`.
 One request, in order (`Collector.ingest`); any refusal answers with the documented status and writes nothing:
 1. write key (Basic auth header, else `writeKey` in the body) → 401 `unauthorized`
 2. body within limits, gzip and JSON decoded → 400 `too_large` / `bad_gzip` / `bad_encoding` / `bad_json`
@@ -42,6 +43,14 @@ from engine.config import Settings
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("batch", *SINGLE_EVENT_ENDPOINTS)
+# analytics.js (Segment's browser SDK) posts to one-letter paths, with `writeKey` in a text/plain JSON body.
+BROWSER_PATHS = {endpoint[0]: endpoint for endpoint in ENDPOINTS}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Content-Encoding, Authorization",
+    "Access-Control-Max-Age": "86400",
+}
 RETRY_AFTER_S = 2
 COLLECTOR_KEY = web.AppKey("collector", "Collector")
 
@@ -145,8 +154,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refusals become JSON responses; every response is counted by route name (a bounded label)."""
-    route = request.match_info.route.name or "other"
+    """Refusals become JSON responses; every response is counted by endpoint (a bounded label); tracking API
+    responses carry CORS headers so browsers running analytics.js can read them."""
+    name = request.match_info.route.name or "other"
+    route = BROWSER_PATHS.get(name, name)
     try:
         response = await handler(request)
     except RequestRejected as exc:
@@ -154,6 +165,8 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         metrics.COLLECTOR_REQUESTS.labels(route, str(exc.status)).inc()
         raise
+    if request.path.startswith("/v1/"):
+        response.headers.update(CORS_HEADERS)
     metrics.COLLECTOR_REQUESTS.labels(route, str(response.status)).inc()
     return response
 
@@ -163,6 +176,10 @@ def _ingest_handler(endpoint: str) -> Handler:
         return await request.app[COLLECTOR_KEY].ingest(request, endpoint)
 
     return handle
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204)  # the middleware adds the CORS headers
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -188,6 +205,9 @@ def create_app(settings: Settings, *, produce_timeout_ms: int = 5000) -> web.App
     app[COLLECTOR_KEY] = Collector(settings, redis, producer)
     for endpoint in ENDPOINTS:
         app.router.add_post(f"/v1/{endpoint}", _ingest_handler(endpoint), name=endpoint)
+    for short, endpoint in BROWSER_PATHS.items():
+        app.router.add_post(f"/v1/{short}", _ingest_handler(endpoint), name=short)
+    app.router.add_route("OPTIONS", "/v1/{path}", preflight, name="preflight")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics_view, name="metrics")
 

@@ -160,3 +160,36 @@ def test_healthz_and_metrics(collector) -> None:
     assert 'nudge_collector_requests_total{endpoint="track",status="200"}' in text
     assert 'nudge_collector_requests_total{endpoint="track",status="401"}' in text
     assert 'nudge_collector_events_total{outcome="accepted",type="track"}' in text
+
+
+def test_browser_requests_as_analytics_js_sends_them(collector, read_clickstream) -> None:
+    """analytics.js: one-letter paths, text/plain JSON bodies carrying `writeKey`, cross-origin (CORS)."""
+    url, origin = collector.url, {"Origin": "https://shop.example", "Content-Type": "text/plain"}
+    preflight = requests.options(url + "/v1/t", headers={**origin, "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    event = {
+        "type": "track",
+        "event": "Product Viewed",
+        "anonymousId": "browser-1",
+        "writeKey": WRITE_KEY,
+        "messageId": "ajs-1",
+        "timestamp": TS,
+        "sentAt": TS,
+    }
+    accepted = requests.post(url + "/v1/t", data=orjson.dumps(event), headers=origin)
+    assert accepted.status_code == 200 and accepted.headers["Access-Control-Allow-Origin"] == "*"
+    batch = {
+        "writeKey": WRITE_KEY,
+        "sentAt": TS,
+        "batch": [{**event, "type": "page", "name": "Home", "messageId": "ajs-2"}],
+    }
+    assert requests.post(url + "/v1/b", data=orjson.dumps(batch), headers=origin).status_code == 200
+    refused = requests.post(url + "/v1/p", data=orjson.dumps({**event, "writeKey": "nope"}), headers=origin)
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    records = {r.value["messageId"]: r.value for r in read_clickstream(2)}
+    assert records["ajs-1"]["type"] == "track" and records["ajs-2"]["type"] == "page"
+    assert "writeKey" not in records["ajs-1"]  # the key never reaches Kafka
+    text = requests.get(url + "/metrics").text
+    assert 'nudge_collector_requests_total{endpoint="track",status="200"}' in text
