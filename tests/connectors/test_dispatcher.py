@@ -69,7 +69,9 @@ async def test_429_retry_after_is_honoured(settings: Settings) -> None:
         await peer.stop()
 
 
-async def test_dead_peer_ends_in_dead_letters_while_another_connector_keeps_delivering(settings: Settings) -> None:
+async def test_dead_peer_ends_in_dead_letters_while_another_connector_keeps_delivering(
+    settings: Settings,
+) -> None:
     dead = await Peer(default=(503, {}, "down for maintenance")).start()
     alive = await Peer().start()
     deliveries = await TopicReader(settings, DELIVERIES).start()
@@ -80,7 +82,9 @@ async def test_dead_peer_ends_in_dead_letters_while_another_connector_keeps_deli
     fine = [make_action("alive") for _ in range(20)]
     try:
         await dispatcher.start()
-        await produce_actions(settings, [a for pair in zip(doomed, fine, strict=False) for a in pair] + fine[5:])
+        await produce_actions(
+            settings, [a for pair in zip(doomed, fine, strict=False) for a in pair] + fine[5:]
+        )
         # The healthy connector delivers everything while the dead one is still retrying.
         await wait_for(lambda: len(set(alive.ids())) == 20, what="all actions to the healthy peer")
         await wait_for(lambda: len(dead_letters.records) == 5, timeout_s=20, what="five dead letters")
