@@ -1,8 +1,8 @@
 """Crash consistency: the dispatcher dies between claim and send, or between send and mark, and is restarted.
 
-The crash is a `kill()`: tasks cancelled mid-flight, no offset committed, the Redis claim left to expire, like a
-SIGKILL (tests/connectors/test_dispatch_process.py does it with a real SIGKILL). The restarted dispatcher gets the
-uncommitted action again from Kafka.
+The crash is a `kill()`: tasks cancelled mid-flight, no offset committed, the Redis claim left to expire, like
+a SIGKILL (tests/connectors/test_dispatch_process.py does it with a real SIGKILL). The restarted dispatcher
+gets the uncommitted action again from Kafka.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ async def test_killed_dispatcher_restarts_and_delivers_once_per_id(settings: Set
         if point == "after_claim":
             assert peer.ids() == [action.action_id]  # exactly once, even to a peer that does not dedupe
         else:
-            # Sent before the crash and again after: a peer that dedupes by id sees it once; never more than twice.
+            # Sent before the crash and again after: a deduping peer sees it once; never more than twice.
             assert peer.ids() == [action.action_id, action.action_id]
             assert len(set(peer.ids())) == 1
         assert len(deliveries.where(outcome="sent")) == 1
