@@ -91,8 +91,8 @@ async def _read(settings: Settings, expect: int, timeout_s: float, settle_s: flo
         deadline = loop.time() + timeout_s
         partitions: set[int] | None = None
         while partitions is None and loop.time() < deadline:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
+            if topic in await consumer.topics():  # topics() refreshes the cluster metadata
+                partitions = consumer.partitions_for_topic(topic)
             if partitions is None:
                 await asyncio.sleep(0.05)
         if partitions is None:
