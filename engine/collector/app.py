@@ -39,6 +39,7 @@ from engine.collector.identity import IdentityStore
 from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, normalise, raw_messages
 from engine.collector.producer import ClickstreamProducer
 from engine.config import Settings
+from engine.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class Collector:
             if event.message_id not in fresh:
                 metrics.COLLECTOR_EVENTS.labels(event.type, "duplicate").inc()
         acked, failed = await self.producer.send(to_send)
-        acked_events = [e for e in to_send if e.message_id in set(acked)]
-        await self._after_ack(acked_events, token)
+        acked_ids = set(acked)
+        acked_events = [e for e in to_send if e.message_id in acked_ids]
+        await self._after_ack(acked_events)
         for event in acked_events:
             metrics.COLLECTOR_EVENTS.labels(event.type, "accepted").inc()
         if failed:
@@ -120,11 +122,9 @@ class Collector:
             )
         return web.json_response({"success": True})
 
-    async def _after_ack(self, events: list, token: str) -> None:
+    async def _after_ack(self, events: list[Event]) -> None:
         """Confirm claims and record identity. The events are safely in Kafka, so failing here must not cause
-        a
-        retry that doubles them: log and carry on (unconfirmed claims expire; the worker still sees the
-        merge)."""
+        a retry that doubles them: log and carry on (unconfirmed claims expire; the worker still merges)."""
         if not events:
             return
         try:
