@@ -59,8 +59,7 @@ def seen_key(message_id: str) -> str:
 
 @dataclass
 class Claim:
-    """Outcome of one `claim`: which ids this request now owns, which were produced before, which are in
-    flight."""
+    """Outcome of one `claim`: ids this request now owns, ids produced before, ids another request holds."""
 
     token: str
     fresh: list[str] = field(default_factory=list)

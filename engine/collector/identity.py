@@ -85,9 +85,8 @@ def trait_value(value: Any) -> str:
 
 def read_profile(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
     """Decode an HGETALL of a profile hash. Values that are JSON (objects, arrays, numbers, booleans) come
-    back
-    decoded, everything else as the stored string; so a string trait that looks like a number reads as a
-    number."""
+    back decoded, everything else as the stored string (so a string trait that looks like a number reads
+    as a number)."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else key
@@ -119,7 +118,7 @@ class IdentityStore:
 
     async def resolve(self, lead_ids: set[str], pending: dict[str, str]) -> dict[str, str]:
         """Canonical id of each lead id: request-local merges (`pending`) first, then recorded ones, hop by
-        hop."""
+        hop, at most `MAX_ALIAS_HOPS` (a cycle stops there too)."""
         canonical = {lead: lead for lead in lead_ids}
         known: dict[str, str] = dict(pending)
         frontier = set(lead_ids)

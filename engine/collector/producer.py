@@ -102,8 +102,7 @@ class ClickstreamProducer:
             await admin.close()
 
     async def producer(self) -> AIOKafkaProducer:
-        """The started producer, connecting first when needed; `BrokerUnavailable` when that is not possible
-        now."""
+        """The started producer, connecting first if needed; `BrokerUnavailable` when that fails now."""
         if self._producer is not None:
             return self._producer
         async with self._lock:
