@@ -178,4 +178,4 @@ class EmailConnector(Connector):
         except (aiosmtplib.SMTPTimeoutError, TimeoutError):
             raise RetryableError("timeout", f"no SMTP answer within {config.timeout_s:g} s") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise RetryableError("connection_error", type(exc).__name__) from None
+            raise RetryableError("connection_error", f"{type(exc).__name__}: {exc}") from None

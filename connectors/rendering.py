@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -87,12 +88,10 @@ def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str,
             "title": view.title,
         },
         "traits": view.traits,
-        "cart": {
-            "items": items,
-            "value": view.cart_value,
-            "currency": view.currency,
-            "count": sum(i.quantity for i in items),
-        },
+        # A namespace, not a dict: `cart.items` in a template must be the list, not dict.items.
+        "cart": SimpleNamespace(
+            items=items, value=view.cart_value, currency=view.currency, count=sum(i.quantity for i in items)
+        ),
         "score": view.score,
         "stage": view.stage,
         "rep": rep,
@@ -136,8 +135,8 @@ class Renderer:
             raise TemplateProblem(f"no template found (looked for {', '.join(names)})") from exc
         try:
             return template.render(variables).strip()
-        except jinja2.TemplateError as exc:
-            raise TemplateProblem(f"template {template.name} failed: {exc}") from exc
+        except Exception as exc:  # a template can fail in many ways (TypeError too); none may crash a send
+            raise TemplateProblem(f"template {template.name} failed: {type(exc).__name__}: {exc}") from exc
 
     def email(self, name: str | None, variables: dict[str, Any]) -> tuple[str, str, str]:
         """Subject, text body and HTML body."""
