@@ -1,0 +1,179 @@
+"""Webhook, Slack and CRM connectors against real aiohttp servers on loopback."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from connectors.base import ConnectorEnv, PermanentError, RetryableError
+from connectors.crm import CrmConfig, CrmConnector
+from connectors.rendering import Renderer
+from connectors.slack import SlackConfig, SlackConnector
+from connectors.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookConfig,
+    WebhookConnector,
+    verify_signature,
+)
+from engine.config import Settings
+from engine.devstack import free_port
+from tests.connectors.helpers import Peer, make_action
+
+pytestmark = pytest.mark.integration
+
+ENV = ConnectorEnv(Settings(), Renderer())
+HOT_LEAD_CONTEXT = {
+    "traits": {"email": "grace@acme.test", "name": "Grace Hopper", "company": "Acme", "title": "CTO"},
+    "score": 87,
+    "stage": "sql",
+    "owner": {"id": "r1", "name": "Bo Rep", "email": "bo@seller.test", "slack_id": "U123ABC"},
+    "last_page": {"path": "/pricing", "url": "https://seller.test/pricing"},
+    "recent": ["Pricing Viewed", "Demo Requested"],
+}
+
+
+def webhook(url: str, **options: object) -> WebhookConnector:
+    config = WebhookConfig.model_validate({"type": "webhook", "url": url, "timeout_s": 2, **options})
+    return WebhookConnector("webhook", config, ENV)
+
+
+async def test_webhook_is_signed_and_carries_the_idempotency_key() -> None:
+    peer = await Peer().start()
+    hook = webhook(f"{peer.url}/in", secret="whsec-abc123", headers={"X-Api-Key": "key-987654"})
+    action = make_action("webhook")
+    try:
+        await hook.send(action)
+    finally:
+        await hook.close()
+        await peer.stop()
+    request = peer.requests[0]
+    assert request.method == "POST" and request.path == "/in"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Idempotency-Key"] == action.action_id == request.headers["X-Nudge-Action-Id"]
+    assert request.headers["X-Api-Key"] == "key-987654"
+    assert (
+        request.json()["action_id"] == action.action_id and request.json()["context"]["cart"]["value"] == 120
+    )
+    timestamp, signature = request.headers[TIMESTAMP_HEADER], request.headers[SIGNATURE_HEADER]
+    assert verify_signature("whsec-abc123", timestamp, request.body, signature)
+    assert not verify_signature("wrong-secret", timestamp, request.body, signature)
+    assert not verify_signature("whsec-abc123", timestamp, request.body + b" ", signature)  # tampered body
+    # Replayed later than the window: rejected even with a valid signature.
+    assert not verify_signature("whsec-abc123", timestamp, request.body, signature, now_s=time.time() + 301)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "reason", "retry_after"),
+    [
+        (500, {}, RetryableError, "http_500", None),
+        (503, {"Retry-After": "7"}, RetryableError, "http_503", 7.0),
+        (429, {"Retry-After": "2"}, RetryableError, "http_429", 2.0),
+        (400, {}, PermanentError, "http_400", None),
+        (404, {}, PermanentError, "http_404", None),
+    ],
+)
+async def test_http_status_mapping(
+    status: int, headers: dict, error: type, reason: str, retry_after: float
+) -> None:
+    peer = await Peer(default=(status, headers, "nope")).start()
+    hook = webhook(peer.url)
+    try:
+        with pytest.raises(error) as raised:
+            await hook.send(make_action("webhook"))
+    finally:
+        await hook.close()
+        await peer.stop()
+    assert raised.value.reason == reason
+    assert getattr(raised.value, "retry_after_s", None) == retry_after
+
+
+async def test_unreachable_peer_is_retryable() -> None:
+    hook = webhook(f"http://127.0.0.1:{free_port()}/x")
+    try:
+        with pytest.raises(RetryableError) as raised:
+            await hook.send(make_action("webhook"))
+    finally:
+        await hook.close()
+    assert raised.value.reason == "connection_error"
+
+
+async def test_slack_hot_lead_block_kit() -> None:
+    peer = await Peer().start()
+    token_path = "/services/T000/B000/slackTOKEN123"
+    slack = SlackConnector(
+        "slack", SlackConfig.model_validate({"type": "slack", "webhook_url": peer.url + token_path}), ENV
+    )
+    action = make_action(
+        "slack",
+        rule="hot_lead",
+        template="hot_lead",
+        marketing=False,
+        explanation="score 87 ≥ 80: pricing page 3x & demo request <today>",
+        context=HOT_LEAD_CONTEXT,
+    )
+    try:
+        await slack.send(action)
+    finally:
+        await slack.close()
+        await peer.stop()
+    request = peer.requests[0]
+    assert request.path == token_path
+    message = request.json()
+    blocks = message["blocks"]
+    assert blocks[0]["text"]["text"].startswith(":fire: *Hot lead: Grace Hopper* (Acme)")
+    assert "<@U123ABC>" in blocks[0]["text"]["text"]
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in blocks[1]["fields"]}
+    assert fields["*Lead*"] == "Grace Hopper (grace@acme.test)"
+    assert fields["*Company*"] == "Acme, CTO"
+    assert fields["*Score*"] == "87" and fields["*Stage*"] == "sql"
+    assert fields["*Rep*"] == "<@U123ABC>"
+    texts = [b["text"]["text"] for b in blocks[2:] if b["type"] == "section"]
+    assert "Pricing Viewed, Demo Requested; last page https://seller.test/pricing" in texts[0]
+    assert "&amp; demo request &lt;today&gt;" in texts[1]  # lead/rule text is escaped for mrkdwn
+    assert action.action_id in blocks[-1]["elements"][0]["text"]
+    assert message["text"]
+
+
+async def test_slack_lead_without_rep_or_score() -> None:
+    peer = await Peer().start()
+    slack = SlackConnector("slack", SlackConfig(type="slack", webhook_url=f"{peer.url}/s"), ENV)
+    try:
+        await slack.send(
+            make_action("slack", template="hot_lead", context={"traits": "garbage", "score": "n/a"})
+        )
+    finally:
+        await slack.close()
+        await peer.stop()
+    fields = [f["text"] for f in peer.requests[0].json()["blocks"][1]["fields"]]
+    assert "*Rep*\nunassigned" in fields
+    assert not any(f.startswith("*Score*") for f in fields)
+
+
+async def test_crm_upserts_the_contact_and_creates_a_task() -> None:
+    peer = await Peer().start()
+    crm = CrmConnector(
+        "crm",
+        CrmConfig.model_validate({"type": "crm", "base_url": f"{peer.url}/api/", "token": "crm-token-555"}),
+        ENV,
+    )
+    action = make_action("crm", rule="hot_lead", marketing=False, priority=10, context=HOT_LEAD_CONTEXT)
+    try:
+        await crm.send(action)
+    finally:
+        await crm.close()
+        await peer.stop()
+    upsert, task = peer.requests
+    assert (upsert.method, upsert.path) == ("PUT", f"/api/contacts/{action.lead_id}")
+    assert upsert.headers["Authorization"] == "Bearer crm-token-555"
+    assert upsert.headers["Idempotency-Key"] == action.action_id
+    contact = upsert.json()
+    assert contact["email"] == "grace@acme.test" and contact["company"] == "Acme"
+    assert contact["properties"]["lead_score"] == 87 and contact["properties"]["lifecycle_stage"] == "sql"
+    assert contact["properties"]["owner"] == "bo@seller.test"
+    assert (task.method, task.path) == ("POST", "/api/tasks")
+    assert task.headers["Idempotency-Key"] == f"{action.action_id}:task"
+    body = task.json()
+    assert body["contact_external_id"] == action.lead_id and body["owner"] == "bo@seller.test"
+    assert body["title"] == "Follow up with Grace Hopper" and body["priority"] == "high"
