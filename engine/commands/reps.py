@@ -1,4 +1,4 @@
-"""`nudge reps list|set-availability|check`: the sales reps roster and who can take hot leads right now.
+"""`nudge reps list|set-availability|check|serve`: the sales reps roster and who can take hot leads right now.
 
 Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis
 (`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as `PUT
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     setter.add_argument("rep_id", metavar="REP")
     setter.add_argument("status", choices=("away", "available"))
     actions.add_parser("check", help="validate the roster file and exit")
+    serve = actions.add_parser(
+        "serve",
+        help="serve the assignment HTTP API (ack, availability) and run the SLA monitor",
+        description="Serves POST /v1/leads/{id}/ack, PUT /v1/reps/{id}/availability, GET /v1/leads/{id}, "
+        "/metrics and /healthz; every --interval seconds reassigns leads not acknowledged in time and "
+        "produces the notifications to the actions topic.",
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default NUDGE_WEB_HOST)")
+    serve.add_argument("--port", type=int, default=6070, help="port (default 6070)")
+    serve.add_argument("--interval", type=float, default=1.0, help="seconds between SLA passes (default 1)")
     parser.set_defaults(func=run)
 
 
@@ -70,6 +81,24 @@ async def _with_assigner(settings: Settings, roster_path: Path, args: argparse.N
     return 0
 
 
+async def _serve(settings: Settings, roster_path: Path, args: argparse.Namespace) -> int:
+    from engine.assignment.service import AssignmentService
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    service = AssignmentService(settings, load_roster(roster_path), interval_s=args.interval)
+    await service.start(args.host or settings.web_host, args.port)
+    print(
+        f"nudge reps serve: listening on http://{args.host or settings.web_host}:{service.port}", flush=True
+    )
+    try:
+        await asyncio.Event().wait()  # until interrupted
+    finally:
+        await service.stop()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     roster_path = args.roster or settings.reps_path
@@ -79,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{roster_path}: {len(roster.reps)} reps, strategy {roster.strategy}, ack within "
                   f"{roster.sla.ack_within_s:g}s")  # fmt: skip
             return 0
+        if args.reps_action == "serve":
+            return asyncio.run(_serve(settings, roster_path, args))
         return asyncio.run(_with_assigner(settings, roster_path, args))
     except RosterError as exc:
         print(f"nudge reps: invalid roster:\n{exc}", file=sys.stderr)

@@ -72,3 +72,28 @@ async def test_territory_strategy_end_to_end(redis_client, clock: ManualClock):
     assert fallback.strategy == "territory>round_robin"
     explicit = Assigner(redis_client, r, clock=clock, strategy="weighted")
     assert (await explicit.assign("l-x", {})).strategy == "weighted"
+
+
+async def test_with_owner_puts_the_rep_on_a_hot_lead_action(redis_client, clock: ManualClock):
+    from engine.assignment.flow import wants_owner, with_owner
+    from engine.core.model import Action
+
+    assigner = Assigner(redis_client, roster(rep("a", capacity=1)), clock=clock)
+    alert = Action(
+        action_id="act_1", rule="hot-lead", rule_version="1", lead_id="ada", fired_at_ms=0, trigger=(),
+        connector="slack", explanation="pricing x3", template="hot_lead", marketing=False,
+        context={"traits": {"name": "Ada"}, "stage": "MQL"},
+    )  # fmt: skip
+    assert wants_owner(alert)
+    assert not wants_owner(
+        Action.from_json({**alert.to_json(), "template": "cart_reminder", "marketing": True})
+    )
+    owned, assignment = await with_owner(assigner, alert)
+    assert assignment.created and owned.action_id == alert.action_id
+    assert owned.context["owner"] == {"id": "a", "name": "A", "email": "a@example.com", "slack_id": "UA"}
+    assert owned.payload["mention"] == "<@UA>" and owned.payload["ack_path"] == "/v1/leads/ada/ack"
+    again, second = await with_owner(assigner, alert)
+    assert not second.created and again == owned
+    other = Action.from_json({**alert.to_json(), "lead_id": "bob"})
+    unchanged, none = await with_owner(assigner, other)  # a is at capacity: delivered without an owner
+    assert none is None and unchanged == other
