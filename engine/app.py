@@ -8,7 +8,8 @@ Contract of `create_app(settings)`:
   decodes with orjson, several times faster than Faust's codecs):
   `clickstream` (key = lead id) and the worker-internal `timers` (same partition count: they are consumed by
   one agent and must be co-partitioned), `actions` and `dead-letters` (output only).
-- Table `leads`: lead id (str) -> `LeadState.to_bytes()`, changelog-backed, partitioned like `clickstream`.
+- Table `leads`: lead id (UTF-8 bytes, as the record key) -> `LeadState.to_bytes()`, changelog-backed,
+  partitioned like `clickstream`.
   Why one plain table entry per lead instead of Faust windowed tables: a lead's rules need several windows of
   different lengths at once (abandonment episodes, counting windows, sequences, a decaying score), which the
   pure core keeps inside `LeadState`; one entry means one changelog record per lead per batch, and evaluation
@@ -41,7 +42,7 @@ class NudgeApp:
     timers: TopicT
     actions: TopicT
     dead_letters: TopicT
-    leads: Any  # faust.Table[str, bytes]; Faust's table types are not generic at runtime
+    leads: Any  # faust.Table[bytes, bytes]; Faust's table types are not generic at runtime
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> TopicT:
@@ -65,12 +66,8 @@ def create_app(settings: Settings) -> NudgeApp:
     leads = app.Table(
         LEADS_TABLE,
         default=None,
-        key_type=str,
+        key_type=bytes,  # bytes key and value: Faust then writes and recovers the changelog raw
         value_type=bytes,
         partitions=settings.partitions,
     )
-    # Tables take their codecs from the key/value types (json for plain types); state is already bytes, so the
-    # changelog carries it raw. Set before the changelog topic is first used.
-    leads.key_serializer = "raw"
-    leads.value_serializer = "raw"
     return NudgeApp(app, clickstream, timers, actions, dead_letters, leads)

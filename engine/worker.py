@@ -122,7 +122,7 @@ class LeadWorker:
         self.rules = rules
         self.clock = EventClock(int(settings.allowed_lateness_s * 1000))
         self.index = DeadlineIndex()
-        self.lead_partition: dict[str, int] = {}  # partition of leads written by this process
+        self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
         self.ready = False  # False while a rebalance is in progress: the table may be partial
         self._rule_kinds = self._kinds(rules)
         self._last_stats = 0.0
@@ -175,11 +175,12 @@ class LeadWorker:
         # The memory store remembers the changelog partition of each key it recovered.
         recovered = getattr(self.nudge.leads.data, "_key_partition", {})
         self.index.clear()
-        for lead_id, raw in list(self.nudge.leads.data.items()):
-            partition = self.lead_partition.get(lead_id, recovered.get(lead_id))
+        for key, raw in list(self.nudge.leads.data.items()):
+            partition = self.lead_partition.get(key, recovered.get(key))
             if partition is None or partition not in owned or raw is None:
                 continue
-            self.lead_partition[lead_id] = partition
+            self.lead_partition[key] = partition
+            lead_id = key.decode()
             state = self._decode_state(lead_id, raw)
             if state is not None:
                 self.index.set(lead_id, partition, self._pending_deadlines(state))
@@ -233,7 +234,8 @@ class LeadWorker:
 
     async def _process_lead(self, lead_id: str, inputs: list[Input]) -> None:
         table = self.nudge.leads
-        raw = table.get(lead_id)
+        key = lead_id.encode()
+        raw = table.get(key)
         state = self._decode_state(lead_id, raw) if raw is not None else None
         if raw is not None and state is None:
             await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
@@ -260,10 +262,10 @@ class LeadWorker:
         if new_raw != raw:
             with current_event(last_event):
                 if new_raw is None:
-                    table.pop(lead_id, None)
+                    table.pop(key, None)
                 else:
-                    table[lead_id] = new_raw
-        self.lead_partition[lead_id] = partition
+                    table[key] = new_raw
+        self.lead_partition[key] = partition
         if timers is not None:
             self.index.set(lead_id, partition, timers)
         for action, kind in actions:

@@ -50,7 +50,7 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
 def test_missing_redis_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devstack.shutil, "which", lambda name: None)
     stack = DevStack(tmp_path / "stack")
-    with pytest.raises(DevStackError, match="redis-server not found.*apt-get install"):
+    with pytest.raises(DevStackError, match=r"redis-server not found.*apt-get install"):
         stack.up()
     # The broker started before Redis failed must not be left running.
     assert stack.info() is None

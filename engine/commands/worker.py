@@ -55,6 +55,7 @@ def run_worker(settings: Settings) -> int:
     from engine.app import create_app
     from engine.worker import LeadWorker
 
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level (its datadir)
     nudge = create_app(settings)
     LeadWorker(nudge, settings, rules).attach()
     worker = faust.Worker(

@@ -1,8 +1,9 @@
 """Detect the Tansu broker bug that the `dev` broker profile works around (engine/faust_settings.py).
 
-Tansu 0.6.0 answers ListOffsets(latest) with "first offset of the last record batch + 1" instead of "last offset + 1".
-When a fixed Tansu ships, `test_end_offset_bug_still_present` fails: then drop `producer_max_batch_size=1` from the
-dev profile (and this test), and changelog recovery keeps its normal producer batching.
+Tansu 0.6.0 answers ListOffsets(latest) with "first offset of the last record batch + 1" instead of "last
+offset + 1". When a fixed Tansu ships, `test_end_offset_bug_still_present` fails: then drop
+`producer_max_batch_size=1` from the dev profile (and this test), and changelog recovery keeps its normal
+producer batching.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ async def _end_offset_after_one_batch(settings: Settings, topic: str, max_batch_
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
-    # A long linger gathers every record into one produce request (one batch) unless the batch size forbids it.
+    # A long linger gathers every record into one produce request (one batch) unless the batch size forbids.
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200, max_batch_size=max_batch_size)
     await producer.start()
     try:
@@ -58,6 +59,6 @@ async def test_end_offset_bug_still_present(settings: Settings) -> None:
 
 
 async def test_one_record_batches_give_correct_end_offset(settings: Settings) -> None:
-    """The workaround itself: with one record per batch the end offset is right, so recovery reads everything."""
+    """The workaround itself: with one record per batch the end offset is right, so recovery reads all."""
     end = await _end_offset_after_one_batch(settings, settings.topic("quirk-single"), max_batch_size=1)
     assert end == RECORDS

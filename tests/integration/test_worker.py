@@ -1,0 +1,158 @@
+"""A real `nudge worker` (subprocess) on the real broker, driven only through Kafka topics.
+
+Rules are a small test pack with second-scale windows; allowed lateness is 0.5 s so deadlines fire about
+0.5-0.7 s after they fall due. Every wait is bounded and polls (no sleeps as assertions).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from engine.config import Settings
+from engine.devstack import free_port
+from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics, send, track
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+NOW_ISO = "2026-01-01T00:00:00Z"
+
+RULES = """
+rules:
+  - id: cart_abandoned
+    kind: absence
+    when: {event: Product Added}
+    unless: {event: Order Completed}
+    within: 2s
+    action: {connector: webhook}
+  - id: wishlist_reminder
+    kind: absence
+    when: {event: Wishlist Added}
+    within: 14s
+    action: {connector: webhook}
+  - id: pricing_interest
+    kind: threshold
+    match: {event: Pricing Viewed}
+    count: 2
+    within: 10m
+    action: {connector: slack}
+"""
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, tmp_path: Path) -> Settings:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "test.yaml").write_text(RULES)
+    return settings.with_(rules_path=rules, allowed_lateness_s=0.5, web_port=free_port())
+
+
+@pytest.fixture
+def worker(worker_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(worker_settings, tmp_path / "worker.log")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def actions_for(reader: TopicReader, lead: str, rule: str | None = None) -> list[dict]:
+    found = [r.json() for r in reader.of("actions")]
+    return [a for a in found if a["lead_id"] == lead and (rule is None or a["rule"] == rule)]
+
+
+async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_lettered(
+    worker_settings: Settings, worker: WorkerProcess
+) -> None:
+    await create_topics(worker_settings, ["clickstream", "actions", "dead-letters"])
+    worker.start()
+    await worker.wait_ready()
+    async with TopicReader(worker_settings, "actions", "dead-letters") as reader:
+        now = int(time.time() * 1000)
+        await send(
+            worker_settings,
+            [
+                (b"abandoner", track("abandoner", "Product Added", now, "m-a1", sku="sku-1")),
+                (b"buyer", track("buyer", "Product Added", now, "m-b1", sku="sku-1")),
+                (b"buyer", track("buyer", "Order Completed", now + 300, "m-b2", order_id="o-1")),
+                (b"junk", b"{not json"),
+                (None, orjson.dumps({"type": "track", "event": "Product Added", "timestamp": NOW_ISO})),
+                (b"u", orjson.dumps({"type": "track", "event": "X", "userId": "u", "timestamp": "soon"})),
+                (b"someone-else", track("u-key", "Product Added", now, "m-k1")),
+                # Sent after the bad input: its firing proves the worker kept running.
+                (b"late-shopper", track("late-shopper", "Product Added", now + 1000, "m-c1")),
+            ],
+        )
+        await reader.wait_for(
+            lambda: actions_for(reader, "late-shopper"), timeout_s=20, what="the late shopper's abandonment"
+        )
+        fired_at = time.time() * 1000
+        # Everything due at or before the late shopper's deadline has had its tick; give in-flight actions of
+        # other partitions a moment to land before asserting that nothing else fired.
+        await reader.wait_for(lambda: time.time() * 1000 - fired_at > 1000, timeout_s=5, what="drain")
+        await reader.wait_for(lambda: len(reader.of("dead-letters")) >= 4, timeout_s=10, what="dead letters")
+
+    abandoned = actions_for(reader, "abandoner")
+    assert len(abandoned) == 1, abandoned
+    action = abandoned[0]
+    assert action["rule"] == "cart_abandoned"
+    assert action["trigger"] == ["m-a1"]
+    assert action["fired_at_ms"] == now + 2000, "a deadline action is stamped with its deadline (event time)"
+    assert actions_for(reader, "buyer") == [], "a purchase inside the window cancels the abandonment"
+    assert actions_for(reader, "u-key") == [], "a record with the wrong key is rejected, not evaluated"
+
+    letters = {r.json()["reason"]: r.json() for r in reader.of("dead-letters")}
+    assert set(letters) == {"not_json", "missing_lead_id", "bad_timestamp", "wrong_key"}
+    assert letters["not_json"]["payload"] == "{not json"
+    assert letters["not_json"]["source"] == "worker"
+    assert letters["wrong_key"]["key"] == "someone-else"
+    assert all(d["detail"] for d in letters.values())
+    assert worker.alive()
+
+    url = f"http://127.0.0.1:{worker_settings.web_port}/metrics"
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'nudge_rule_fires_total{kind="absence",rule="cart_abandoned"} 2.0' in body
+    assert 'nudge_dead_letters_total{reason="not_json",source="worker"} 1.0' in body
+    assert "nudge_deadline_lag_seconds_count" in body
+
+
+async def test_restarted_worker_keeps_state_and_fires_each_pending_deadline_once(
+    worker_settings: Settings, worker: WorkerProcess
+) -> None:
+    await create_topics(worker_settings, ["clickstream", "actions", "dead-letters"])
+    worker.start()
+    await worker.wait_ready()
+    async with TopicReader(worker_settings, "actions") as reader:
+        now = int(time.time() * 1000)
+        await send(
+            worker_settings,
+            [
+                (b"early", track("early", "Product Added", now, "m-e1")),  # fires before the restart
+                (b"wisher", track("wisher", "Wishlist Added", now, "m-w1")),  # due after the restart
+                (b"reader", track("reader", "Pricing Viewed", now, "m-r1")),  # 1 of 2: kept in the table
+            ],
+        )
+        await reader.wait_for(lambda: actions_for(reader, "early"), timeout_s=15, what="early abandonment")
+        assert actions_for(reader, "wisher") == []
+
+        worker.stop()
+        assert not worker.alive()
+        worker.start()
+        await worker.wait_ready()
+        assert "deadline index rebuilt: 1 leads, 1 deadlines" in worker.log_text(), worker.log_text()[-3000:]
+
+        second_view = track("reader", "Pricing Viewed", int(time.time() * 1000), "m-r2")
+        await send(worker_settings, [(b"reader", second_view)])
+        await reader.wait_for(lambda: actions_for(reader, "reader"), timeout_s=15, what="threshold action")
+        await reader.wait_for(lambda: actions_for(reader, "wisher"), timeout_s=25, what="recovered deadline")
+        done_at = time.time()
+        await reader.wait_for(lambda: time.time() - done_at > 1.5, timeout_s=5, what="drain")
+
+    assert len(actions_for(reader, "wisher")) == 1
+    assert len(actions_for(reader, "early")) == 1, "a deadline fired before the restart must not fire again"
+    threshold = actions_for(reader, "reader")
+    assert len(threshold) == 1 and threshold[0]["trigger"] == ["m-r1", "m-r2"], threshold
