@@ -39,6 +39,9 @@ from panels import (
 
 HERE = Path(__file__).resolve().parent
 NUDGE_JOBS = 'job=~"nudge-.*"'
+# Every process registers every metric of engine/metrics.py, so unlabelled worker gauges also appear (as 0) on
+# the collector, dispatcher and sink: select the workers' own series.
+BEHIND = 'time() - (nudge_event_time_watermark_seconds{job="nudge-worker"} > 0)'
 BLUE = thresholds((None, "blue"))
 
 
@@ -114,7 +117,7 @@ def overview() -> db.Dashboard:
            [("sum by (topic) (nudge_consumer_lag_messages)", "{{topic}}")], "short", w=8),
         ts("Event-time clock behind wall clock", "How far each worker's event-time clock trails the wall "
            "clock (includes the allowed lateness).",
-           [("time() - nudge_event_time_watermark_seconds", "{{instance}}")], "s", w=8),
+           [(BEHIND, "{{instance}}")], "s", w=8),
         ts("Delivery delay p95 by connector", "Action fired to the peer accepting it.",
            quantiles("nudge_delivery_delay_seconds", "connector", (0.95,)), "s", w=8),
     ]
@@ -146,7 +149,8 @@ def rules_and_actions() -> db.Dashboard:
         ts("Deadline timer lag", "How late deadline timers fire compared with their deadline.",
            quantiles("nudge_deadline_lag_seconds", qs=(0.5, 0.99)), "s", w=6),
         ts("Pending deadlines", "Deadlines waiting in each worker's timer index.",
-           [("sum by (instance) (nudge_pending_deadlines)", "{{instance}}")], "short", w=6),
+           [('sum by (instance) (nudge_pending_deadlines{job="nudge-worker"})', "{{instance}}")], "short",
+           w=6),
     ]
     connectors = [
         ts("Outcomes by connector", "Dispatcher outcomes per second.",
@@ -165,10 +169,18 @@ def rules_and_actions() -> db.Dashboard:
         ts("Deliveries in flight", "Concurrent deliveries per connector (bounded by its limit).",
            [(f"sum by (connector) (nudge_connector_inflight{{{conn}}})", "{{connector}}")], "short"),
     ]
+    assignment = [
+        ts("Hot-lead assignments", "Assignment calls by outcome: assigned, existing, reassigned, unassigned "
+           "(no rep free).", [(rate("nudge_assignments_total", "outcome"), "{{outcome}}")], "ops", w=8),
+        ts("SLA breaches", "Hot leads not acknowledged in time, by what happened next.",
+           [(rate("nudge_sla_breaches_total", "outcome"), "{{outcome}}")], "ops", w=8),
+        ts("Assignment contention", "Assignment commits retried because another process changed the state.",
+           [("sum(rate(nudge_assignment_retries_total[$__rate_interval]))", "retries")], "ops", w=8),
+    ]
     dash = dashboard(
         "nudge-rules-actions", "Nudge / Rules & actions",
-        "What each rule fires, how fast, and what happens to its actions at each connector.",
-        [("Rules", rules), ("Actions and connectors", connectors)],
+        "What each rule fires, how fast, what happens to its actions at each connector, who gets hot leads.",
+        [("Rules", rules), ("Actions and connectors", connectors), ("Sales assignment", assignment)],
     )
     return (dash.with_variable(query_variable("rule", "Rule", "nudge_rule_fires_total", "rule"))
             .with_variable(query_variable("connector", "Connector", "nudge_actions_total", "connector")))
@@ -189,13 +201,13 @@ def pipeline_health() -> db.Dashboard:
            [("sum by (topic, partition) (nudge_consumer_lag_messages)", "{{topic}}/{{partition}}")], "short",
            limits=thresholds((None, "green"), (10000, "red"))),
         ts("Event-time clock behind wall clock", "Per worker; grows when a worker falls behind or the "
-           "clickstream goes quiet.", [("time() - nudge_event_time_watermark_seconds", "{{instance}}")], "s"),
+           "clickstream goes quiet.", [(BEHIND, "{{instance}}")], "s"),
         ts("Batch size", "Events per processed batch (p50, p95).",
            quantiles("nudge_worker_batch_events", qs=(0.5, 0.95)), "short", w=8),
         ts("Active leads", "Leads with state held, per worker.",
-           [("sum by (instance) (nudge_active_leads)", "{{instance}}")], "short", w=8),
+           [('sum by (instance) (nudge_active_leads{job="nudge-worker"})', "{{instance}}")], "short", w=8),
         ts("State size", "Serialized per-lead state held, per worker.",
-           [("sum by (instance) (nudge_state_bytes)", "{{instance}}")], "bytes", w=8),
+           [('sum by (instance) (nudge_state_bytes{job="nudge-worker"})', "{{instance}}")], "bytes", w=8),
         ts("Dead letters by source and reason", "Messages rejected to the dead-letter topic.",
            [(rate("nudge_dead_letters_total", "source, reason"), "{{source}}: {{reason}}")], "ops", w=24),
     ]
@@ -211,8 +223,10 @@ def pipeline_health() -> db.Dashboard:
            [(rate("nudge_clickhouse_insert_rows_total", "table"), "{{table}}")], "ops", w=8),
         ts("Insert latency p95", "Batch insert duration, by table.",
            quantiles("nudge_clickhouse_insert_duration_seconds", "table", (0.95,)), "s", w=8),
+        # `or ... * 0`: the error counter has no series until the first error; show 0 for every table instead.
         ts("Insert errors", "Failed insert attempts per second (the sink retries with backoff).",
-           [(rate("nudge_clickhouse_insert_errors_total", "table"), "{{table}}")], "ops", w=8,
+           [(f'{rate("nudge_clickhouse_insert_errors_total", "table")} or '
+             f'{rate("nudge_clickhouse_insert_rows_total", "table")} * 0', "{{table}}")], "ops", w=8,
            limits=thresholds((None, "green"), (0.001, "red"))),
         ts("Buffered rows", "Rows waiting in the sink's buffer (back-pressure when high).",
            [("sum by (table) (nudge_sink_buffered_rows)", "{{table}}")], "short"),

@@ -69,6 +69,7 @@ class Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed; run: bash scripts/install-system.sh")
+        self.root.mkdir(parents=True, exist_ok=True)
         config_path = self.root / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(self.config()))
         cmd = [binary, f"--config.file={config_path}", f"--storage.tsdb.path={self.root / 'data'}",

@@ -42,6 +42,12 @@ from .queries import Query, alert_queries, alert_rules, dashboard_queries, metri
 pytestmark = pytest.mark.integration
 
 WRITE_KEY = "live-test-key"
+# Metrics whose code exists but that no running process drives yet, with the reason. Queries over them only
+# have to parse. The test fails as soon as one of them carries data, so this list cannot go stale.
+NOT_YET_DRIVEN = {
+    "nudge_assignments_total": "issue 8: the Assigner is not run by the dispatcher (or any process) yet",
+    "nudge_sla_breaches_total": "issue 8: the SlaMonitor is not run by any process yet",
+}
 RULES = """
 rules:
   - id: live_cart_abandoned
@@ -140,19 +146,18 @@ def engine(settings: Settings, stack: StackInfo, tmp_path: Path) -> Iterator[dic
     webhook, slack = Peer(fail_first=3), Peer()
     with webhook, slack:
         (tmp_path / "connectors.yaml").write_text(connectors_yaml(webhook, slack))
-        ports = {job: free_port() for job in ("collector", "worker", "dispatcher", "sink")}
-        plan = {
-            "nudge-collector": (["collector", "--port", str(ports["collector"])], ports["collector"], {}),
-            "nudge-worker": (["worker", "--web-port", str(ports["worker"])], ports["worker"], {}),
-            "nudge-dispatcher": (["dispatch"], ports["dispatcher"],
-                                 {"NUDGE_METRICS_PORT": str(ports["dispatcher"])}),
-            "nudge-sink": (["sink"], ports["sink"], {"NUDGE_METRICS_PORT": str(ports["sink"])}),
+        plan = {  # job → command and the option that sets its /metrics port
+            "nudge-collector": ("collector", "--port"),
+            "nudge-worker": ("worker", "--web-port"),
+            "nudge-dispatcher": ("dispatch", "--metrics-port"),
+            "nudge-sink": ("sink", "--metrics-port"),
         }
-        procs = {
-            job: NudgeProcess(job, args, {**env, **extra}, port, tmp_path / f"{job}.log")
-            for job, (args, port, extra) in plan.items()
-            if has_command(args[0])
-        }
+        procs = {}
+        for job, (command, port_option) in plan.items():
+            if has_command(command):
+                port = free_port()
+                args = [command, port_option, str(port)]
+                procs[job] = NudgeProcess(job, args, env, port, tmp_path / f"{job}.log")
         try:
             for proc in procs.values():
                 proc.start()
@@ -222,7 +227,7 @@ def evaluate(prometheus: Prometheus, queries: list[Query]) -> dict[str, str]:
         except QueryError as exc:
             problems[query.where] = f"rejected: {exc}  [{query.expr}]"
             continue
-        if not query.must_return_data:
+        if not query.must_return_data or metric_names(query.expr) & NOT_YET_DRIVEN.keys():
             continue
         values = [float(r["value"][1]) for r in result]
         if not values:
@@ -240,18 +245,22 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
     queries = list(dashboard_queries()) + list(alert_queries())
     targets = {job: [proc.target] for job, proc in engine.items()}
     with Prometheus(tmp_path / "prometheus", targets) as prometheus:
-        deadline = time.monotonic() + 90
+        # Traffic keeps flowing while we poll: rates and quantiles over RATE_WINDOW need fresh observations.
+        deadline = time.monotonic() + 60
         wave = 0
         problems: dict[str, str] = {"(not evaluated yet)": ""}
         while problems and time.monotonic() < deadline:
-            if wave < 6:
-                send_traffic(engine, settings, stack, wave)
-                wave += 1
+            send_traffic(engine, settings, stack, wave)
+            wave += 1
             time.sleep(2)
             problems = evaluate(prometheus, queries)
         report = "\n".join(f"  {where}: {why}" for where, why in sorted(problems.items()))
         logs = "\n".join(f"--- {job} ---\n{proc.log_tail(1500)}" for job, proc in engine.items())
         assert not problems, f"{len(problems)} of {len(queries)} queries fail:\n{report}\n{logs}"
+
+        for name, why in NOT_YET_DRIVEN.items():
+            count = prometheus.series_count(name)
+            assert count == 0, f"{name} has data now: remove it from NOT_YET_DRIVEN ({why})"
 
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
