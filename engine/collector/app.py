@@ -15,7 +15,8 @@ One request, in order (`Collector.ingest`); any refusal answers with the documen
 5. messageIds claimed in Redis (`dedupe.MessageDeduper`): already produced → skipped; in flight → 503
 6. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
 7. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
-Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After. The SDKs retry 5xx (and honour
+Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After; more than `max_inflight` requests at
+once → 503 `overloaded`. The SDKs retry 5xx (and honour
 Retry-After) and drop 4xx, so only a retry can ever fix a 503 and nothing a retry cannot fix gets one.
 """
 
@@ -53,6 +54,7 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "86400",
 }
 RETRY_AFTER_S = 2
+MAX_INFLIGHT_REQUESTS = 1000
 COLLECTOR_KEY = web.AppKey("collector", "Collector")
 
 
@@ -62,11 +64,20 @@ class Collector:
     Commits: a 200 means every event of the request is in Kafka (acknowledged) or was produced by an earlier
     request with the same messageId. Invalid: see the module docstring; a refused request leaves Kafka
     untouched except for the 503-after-partial-produce case, whose acknowledged events are confirmed so the
-    retry skips them.
+    retry skips them. Backpressure: at most `max_inflight` requests are processed at once; more get 503.
     """
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, producer: ClickstreamProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        producer: ClickstreamProducer,
+        *,
+        max_inflight: int = MAX_INFLIGHT_REQUESTS,
+    ) -> None:
         self.settings = settings
+        self.max_inflight = max_inflight
+        self.inflight = 0
         self.keys = WriteKeys(settings.write_keys)
         self.redis = redis
         self.producer = producer
@@ -74,6 +85,17 @@ class Collector:
         self.identity = IdentityStore(redis)
 
     async def ingest(self, request: web.Request, endpoint: str) -> web.Response:
+        # Backpressure: past `max_inflight` concurrent requests, shed load with a 503 the SDKs retry later,
+        # rather than queueing without bound in memory while the broker or Redis is slow.
+        if self.inflight >= self.max_inflight:
+            raise unavailable("overloaded", "the collector is at capacity; retry later", retry_after_s=1)
+        self.inflight += 1
+        try:
+            return await self._ingest(request, endpoint)
+        finally:
+            self.inflight -= 1
+
+    async def _ingest(self, request: web.Request, endpoint: str) -> web.Response:
         received_at_ms = int(time.time() * 1000)
         header_authenticated = self.keys.check_header(request.headers.get("Authorization"))
         body = await decode_request(request, MAX_BATCH_BYTES if endpoint == "batch" else MAX_EVENT_BYTES)
@@ -195,14 +217,17 @@ async def metrics_view(request: web.Request) -> web.Response:
     return response
 
 
-def create_app(settings: Settings, *, produce_timeout_ms: int = 5000) -> web.Application:
+def create_app(
+    settings: Settings, *, produce_timeout_ms: int = 5000, max_inflight: int = MAX_INFLIGHT_REQUESTS
+) -> web.Application:
     """The collector application for `settings`; connections open lazily and close on cleanup.
-    `produce_timeout_ms` bounds how long a request waits for the broker before answering 503."""
+    `produce_timeout_ms` bounds how long a request waits for the broker before answering 503;
+    `max_inflight` is how many tracking requests are processed at once before new ones get 503."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     producer = ClickstreamProducer(settings, request_timeout_ms=produce_timeout_ms)
     # auto_decompress off: decoding.py inflates gzip itself, with a size cap and a clear 400 when broken.
     app = web.Application(middlewares=[errors_and_metrics], handler_args={"auto_decompress": False})
-    app[COLLECTOR_KEY] = Collector(settings, redis, producer)
+    app[COLLECTOR_KEY] = Collector(settings, redis, producer, max_inflight=max_inflight)
     for endpoint in ENDPOINTS:
         app.router.add_post(f"/v1/{endpoint}", _ingest_handler(endpoint), name=endpoint)
     for short, endpoint in BROWSER_PATHS.items():

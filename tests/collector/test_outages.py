@@ -110,6 +110,16 @@ def test_broker_down_gives_503_and_the_retry_is_produced_once(collector_settings
         server.stop()
 
 
+def test_overload_is_shed_with_503(collector_settings: Settings) -> None:
+    server = ServerThread(lambda: create_app(collector_settings, max_inflight=0)).start()
+    try:
+        response = post(server.url, "/v1/batch", {"batch": [track("x-1")]}, auth())
+        assert response.status_code == 503 and response.json()["code"] == "overloaded"
+        assert response.headers["Retry-After"] == "1"
+    finally:
+        server.stop()
+
+
 def test_redis_down_gives_503(collector_settings: Settings) -> None:
     settings = collector_settings.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     server = ServerThread(lambda: create_app(settings)).start()
