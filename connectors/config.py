@@ -106,13 +106,16 @@ def _where(source: str, located: _Located, path: tuple[Any, ...]) -> str:
     return f"{source}{f':{line}' if line else ''}: {dotted}"
 
 
-def _substitute(value: Any, env: dict[str, str], path: tuple[Any, ...], fail: Any) -> Any:
+def _substitute(value: Any, env: dict[str, str], path: tuple[Any, ...], fail: Any, seen: set[Any]) -> Any:
+    """Replace `${VAR}`s; `seen` collects the paths whose value came from the environment (never echoed)."""
     if isinstance(value, dict):
-        return {k: _substitute(v, env, (*path, k), fail) for k, v in value.items()}
+        return {k: _substitute(v, env, (*path, k), fail, seen) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, env, (*path, i), fail) for i, v in enumerate(value)]
+        return [_substitute(v, env, (*path, i), fail, seen) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
+    if _VAR.search(value):
+        seen.add(path)
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -153,7 +156,8 @@ def parse_connectors(
             (sorted(unknown)[0],),
             "unknown key; allowed: templates_dir, defaults, connectors, policies, dispatcher",
         )
-    raw = _substitute(raw, env, (), fail)
+    from_env: set[Any] = set()
+    raw = _substitute(raw, env, (), fail, from_env)
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         fail(("defaults",), "must be a mapping of options applied to every connector")
@@ -170,10 +174,10 @@ def parse_connectors(
         if kind not in known_types():
             fail((*path, "type"), f"unknown connector type {kind!r}; use one of {', '.join(known_types())}")
         merged = {**defaults, **options}
-        connectors[str(name)] = _validate(connector_class(kind).config_model, merged, path, fail)
+        connectors[str(name)] = _validate(connector_class(kind).config_model, merged, path, fail, from_env)
 
-    policies = _validate(PoliciesConfig, raw.get("policies") or {}, ("policies",), fail)
-    dispatcher = _validate(DispatcherConfig, raw.get("dispatcher") or {}, ("dispatcher",), fail)
+    policies = _validate(PoliciesConfig, raw.get("policies") or {}, ("policies",), fail, from_env)
+    dispatcher = _validate(DispatcherConfig, raw.get("dispatcher") or {}, ("dispatcher",), fail, from_env)
     if policies.default_timezone and zone(policies.default_timezone) is None:
         fail(("policies", "default_timezone"), "unknown timezone; use an IANA name like Europe/Paris")
     claim_ttl = policies.idempotency.claim_ttl_s
@@ -194,15 +198,17 @@ def parse_connectors(
     return ConnectorsFile(None, connectors, policies, dispatcher, templates_dir)
 
 
-def _validate(model: type[BaseModel], data: Any, path: tuple[Any, ...], fail: Any) -> Any:
+def _validate(model: type[BaseModel], data: Any, path: tuple[Any, ...], fail: Any, from_env: set[Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = (*path, *error["loc"])
         message = error["msg"]
-        # Echo the rejected value only when it is short and not under a secret-looking key.
-        secretish = any(
+        # Echo the rejected value only when it is short, written in the file (not taken from the environment;
+        # `defaults` are validated under each connector, hence the match by key name) and not secret-looking.
+        env_keys = {p[-1] for p in from_env if p}
+        secretish = loc[-1] in env_keys or any(
             s in str(p).lower() for p in loc for s in ("password", "token", "secret", "url", "header")
         )
         given = error.get("input")

@@ -9,7 +9,14 @@ from aiohttp import web
 
 from engine.config import Settings
 from engine.topics import DEAD_LETTERS, DELIVERIES
-from tests.connectors.helpers import Peer, TopicReader, build_dispatcher, make_action, produce_actions, wait_for
+from tests.connectors.helpers import (
+    Peer,
+    TopicReader,
+    build_dispatcher,
+    make_action,
+    produce_actions,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
