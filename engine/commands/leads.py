@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,18 +41,23 @@ class LeadReport:
     actions: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    assigned_lead: dict[str, Any] = field(default_factory=dict)  # the lead context stored with its owner
 
     @property
     def known(self) -> bool:
         return bool(self.profile or self.owner or self.assignment_history or self.events or self.updates)
 
     def latest(self, name: str) -> Any:
-        """Newest `name` (score, stage) in the lead updates, else in the profile."""
+        """Newest `name` (score, stage) in the lead updates, else the profile, else the assignment's copy."""
         for update in reversed(self.updates):
             payload = update.get("payload") or {}
             if isinstance(payload, dict) and payload.get(name) is not None:
                 return payload[name]
-        return self.profile.get(name)
+        if self.profile.get(name) is not None:
+            return self.profile[name]
+        if self.assigned_lead.get(name) is not None:
+            return f"{self.assigned_lead[name]} (when assigned)"
+        return None
 
     def score_history(self) -> list[tuple[Any, Any]]:
         return [
@@ -82,7 +88,8 @@ async def _from_redis(settings: Settings, report: LeadReport) -> None:
         store = AssignmentStore(client)
         owner = await store.owner(report.lead_id)
         if owner.get("rep"):
-            owner.pop("lead", None)
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                report.assigned_lead = orjson.loads(owner.pop("lead", "{}"))
             report.owner = owner
         report.assignment_history = await store.history(report.lead_id)
     except Exception as exc:  # any Redis failure: show what the other sources have
@@ -102,8 +109,13 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
     except ImportError as exc:
         report.unavailable["clickhouse"] = f"engine.clickhouse not installed ({exc})"
         return
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb:///") and not Path(dsn.removeprefix("chdb://")).exists():
+        # opening a missing path would create an empty store as a side effect of a read-only command
+        report.unavailable["clickhouse"] = f"no ClickHouse store at {dsn} (set NUDGE_CLICKHOUSE_DSN)"
+        return
     try:
-        client = connect(settings.clickhouse_dsn)
+        client = connect(dsn)
     except Exception as exc:
         report.unavailable["clickhouse"] = str(exc)
         return
@@ -120,7 +132,10 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
             try:
                 rows = _query(client, sql, report.lead_id)
             except Exception as exc:  # table missing (no migrations yet) or schema drift: degrade
-                report.unavailable[f"clickhouse.{name}"] = str(exc).splitlines()[0][:200]
+                text = str(exc)
+                if "UNKNOWN_TABLE" in text or "Unknown table" in text:
+                    text = "table missing: the schema is created by `nudge sink` on its first start"
+                report.unavailable[f"clickhouse.{name}"] = text.splitlines()[0][:200]
                 continue
             for row in rows:
                 for key in ("payload", "properties"):
@@ -144,9 +159,9 @@ def gather(settings: Settings, lead_id: str, *, clickhouse: bool = True) -> Lead
 
 def _when(value: Any) -> str:
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, int | str) and str(value).isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(int(value) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     return str(value)
 
 

@@ -80,6 +80,11 @@ def test_leads_show_from_redis(env, redis_url: str, capsys: pytest.CaptureFixtur
     assert "email: ada@example.org" in out
     assert "alice (by round_robin" in out and "not acknowledged" in out
     assert "score: 42" in out
+    assert "stage: SQL (when assigned)" in out
+    assert main(["leads", "show", "ada"]) == 0  # ClickHouse configured but no store there yet
+    out = capsys.readouterr().out
+    assert "no ClickHouse store at" in out and "email: ada@example.org" in out
+    assert not Path(env["NUDGE_CLICKHOUSE_DSN"].removeprefix("chdb://")).exists()  # read-only: created nothing
     assert main(["leads", "show", "nobody", "--no-clickhouse"]) == 1
 
 
