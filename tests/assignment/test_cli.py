@@ -84,7 +84,7 @@ def test_leads_show_from_redis(env, redis_url: str, capsys: pytest.CaptureFixtur
     assert main(["leads", "show", "ada"]) == 0  # ClickHouse configured but no store there yet
     out = capsys.readouterr().out
     assert "no ClickHouse store at" in out and "email: ada@example.org" in out
-    assert not Path(env["NUDGE_CLICKHOUSE_DSN"].removeprefix("chdb://")).exists()  # read-only: created nothing
+    assert not Path(env["NUDGE_CLICKHOUSE_DSN"].removeprefix("chdb://")).exists()  # created nothing
     assert main(["leads", "show", "nobody", "--no-clickhouse"]) == 1
 
 
