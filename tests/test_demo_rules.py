@@ -1,0 +1,23 @@
+"""The demo rule pack (examples/rules/) is the shipped pack (rules/) with compressed windows, nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.language import load_rules
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shape(rule: object) -> tuple[object, ...]:
+    action = rule.action  # type: ignore[attr-defined]
+    return (
+        rule.id, rule.kind, rule.enabled, rule.priority, rule.marketing, rule.max_per_lead,  # type: ignore[attr-defined]
+        action.connector, action.template, dict(action.payload),
+    )
+
+
+def test_demo_rules_mirror_the_shipped_pack() -> None:
+    shipped = load_rules([ROOT / "rules"])
+    demo = load_rules([ROOT / "examples" / "rules"])
+    assert [_shape(r) for r in demo.rules] == [_shape(r) for r in shipped.rules]
