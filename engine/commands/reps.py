@@ -1,9 +1,9 @@
-"""`nudge reps list|set-availability|check|serve`: the sales reps roster and who can take hot leads right now.
+"""`nudge reps list|set-availability|check|serve`: the reps roster and who can take hot leads now.
 
 Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis
-(`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as `PUT
-/v1/reps/{id}/availability`); the file stays as it is. Exit codes: 0 done, 1 Redis unreachable, 2 bad roster
-or unknown rep.
+(`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as
+`PUT /v1/reps/{id}/availability`); the file stays as it is. `serve` runs `AssignmentService`.
+Exit codes: 0 done, 1 Redis unreachable, 2 bad roster or unknown rep.
 """
 
 from __future__ import annotations
