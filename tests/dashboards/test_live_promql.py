@@ -70,6 +70,7 @@ class Peer:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.fail_first = fail_first
+        self.failures = 0
         self.received: list[bytes] = []
         self.lock = threading.Lock()
         peer = self
@@ -78,9 +79,10 @@ class Peer:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with peer.lock:
-                    fail = peer.fail_first > 0
-                    peer.fail_first -= 1 if fail else 0
-                    if not fail:
+                    fail = peer.failures < peer.fail_first
+                    if fail:
+                        peer.failures += 1
+                    else:
                         peer.received.append(body)
                 self.send_response(500 if fail else 200)
                 self.send_header("Content-Type", "text/plain")
@@ -138,35 +140,42 @@ def process_env(settings: Settings, stack: StackInfo, tmp: Path) -> dict[str, st
 
 
 @pytest.fixture
-def engine(settings: Settings, stack: StackInfo, tmp_path: Path) -> Iterator[dict[str, NudgeProcess]]:
+def peers() -> Iterator[dict[str, Peer]]:
+    """The webhook peer fails its first 3 requests (→ retries); the Slack-format peer accepts everything."""
+    with Peer(fail_first=3) as webhook, Peer() as slack:
+        yield {"webhook": webhook, "slack": slack}
+
+
+@pytest.fixture
+def engine(
+    settings: Settings, stack: StackInfo, tmp_path: Path, peers: dict[str, Peer]
+) -> Iterator[dict[str, NudgeProcess]]:
     (tmp_path / "rules").mkdir()
     (tmp_path / "state").mkdir()
     (tmp_path / "rules" / "live.yaml").write_text(RULES)
+    (tmp_path / "connectors.yaml").write_text(connectors_yaml(peers["webhook"], peers["slack"]))
     env = process_env(settings, stack, tmp_path)
-    webhook, slack = Peer(fail_first=3), Peer()
-    with webhook, slack:
-        (tmp_path / "connectors.yaml").write_text(connectors_yaml(webhook, slack))
-        plan = {  # job → command and the option that sets its /metrics port
-            "nudge-collector": ("collector", "--port"),
-            "nudge-worker": ("worker", "--web-port"),
-            "nudge-dispatcher": ("dispatch", "--metrics-port"),
-            "nudge-sink": ("sink", "--metrics-port"),
-        }
-        procs = {}
-        for job, (command, port_option) in plan.items():
-            if has_command(command):
-                port = free_port()
-                args = [command, port_option, str(port)]
-                procs[job] = NudgeProcess(job, args, env, port, tmp_path / f"{job}.log")
-        try:
-            for proc in procs.values():
-                proc.start()
-            for proc in procs.values():
-                proc.wait_metrics()
-            yield procs
-        finally:
-            for proc in procs.values():
-                proc.stop()
+    plan = {  # job → command and the option that sets its /metrics port
+        "nudge-collector": ("collector", "--port"),
+        "nudge-worker": ("worker", "--web-port"),
+        "nudge-dispatcher": ("dispatch", "--metrics-port"),
+        "nudge-sink": ("sink", "--metrics-port"),
+    }
+    procs = {}
+    for job, (command, port_option) in plan.items():
+        if has_command(command):
+            port = free_port()
+            args = [command, port_option, str(port)]
+            procs[job] = NudgeProcess(job, args, env, port, tmp_path / f"{job}.log")
+    try:
+        for proc in procs.values():
+            proc.start()
+        for proc in procs.values():
+            proc.wait_metrics()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
 
 
 def post_batch(collector: NudgeProcess, events: list[dict]) -> int:
@@ -238,7 +247,8 @@ def evaluate(prometheus: Prometheus, queries: list[Query]) -> dict[str, str]:
 
 
 def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
-    engine: dict[str, NudgeProcess], settings: Settings, stack: StackInfo, tmp_path: Path
+    engine: dict[str, NudgeProcess], peers: dict[str, Peer], settings: Settings, stack: StackInfo,
+    tmp_path: Path,
 ) -> None:
     missing = {"nudge-collector", "nudge-worker", "nudge-dispatcher", "nudge-sink"} - engine.keys()
     assert not missing, f"processes not available yet: {sorted(missing)}"
@@ -257,6 +267,9 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
         report = "\n".join(f"  {where}: {why}" for where, why in sorted(problems.items()))
         logs = "\n".join(f"--- {job} ---\n{proc.log_tail(1500)}" for job, proc in engine.items())
         assert not problems, f"{len(problems)} of {len(queries)} queries fail:\n{report}\n{logs}"
+        # The traffic went all the way: both peers got deliveries, and the webhook's failures were retried.
+        assert peers["webhook"].received and peers["slack"].received, logs
+        assert peers["webhook"].failures == 3, "the webhook peer never failed: no retries were exercised"
 
         for name, why in NOT_YET_DRIVEN.items():
             count = prometheus.series_count(name)
