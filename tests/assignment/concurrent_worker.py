@@ -2,8 +2,8 @@
 
 Run as `python -m tests.assignment.concurrent_worker SPEC_JSON`; SPEC has redis_url, roster (path), leads,
 start_at (epoch seconds: every process waits for the same instant, so they really run at the same time),
-now_s (the fixed clock) and concurrency (assign calls in flight in this process). Prints one JSON line:
-{"owners": {lead: rep}, "retries": n, "seconds": s}.
+now_s (the fixed clock), strategy (optional) and concurrency (assign calls in flight in this process).
+Prints one JSON line: {"owners": {lead: rep}, "retries": n, "seconds": s}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from engine.assignment import Assigner, load_roster
 
 async def main(spec: dict) -> dict:
     client = aioredis.Redis.from_url(spec["redis_url"])
-    assigner = Assigner(client, load_roster(spec["roster"]), clock=lambda: spec["now_s"])
+    roster = load_roster(spec["roster"])
+    assigner = Assigner(client, roster, strategy=spec.get("strategy"), clock=lambda: spec["now_s"])
     owners: dict[str, str | None] = {}
     queue = list(spec["leads"])
     await client.ping()  # connect before the start line, so both processes start on equal terms

@@ -43,7 +43,9 @@ reps:
 """
 
 
-def run_two_processes(redis_url: str, roster_path: Path, lead_sets: list[list[str]]) -> list[dict]:
+def run_two_processes(
+    redis_url: str, roster_path: Path, lead_sets: list[list[str]], strategy: str = "round_robin"
+) -> list[dict]:
     from tests.assignment.conftest import WEDNESDAY_NOON_UTC
 
     start_at = time.time() + 1.5  # both interpreters are up and connected by then
@@ -56,6 +58,7 @@ def run_two_processes(redis_url: str, roster_path: Path, lead_sets: list[list[st
             "start_at": start_at,
             "now_s": WEDNESDAY_NOON_UTC,
             "concurrency": 8,
+            "strategy": strategy,
         }
         procs.append(
             subprocess.Popen(
@@ -114,8 +117,9 @@ def test_two_processes_both_try_every_lead(redis_url: str, roster_path: Path):
           f"seconds={[round(r['seconds'], 2) for r in results]}")  # fmt: skip
 
 
-def test_two_processes_split_the_leads_interleaved(redis_url: str, roster_path: Path):
-    results = run_two_processes(redis_url, roster_path, [LEADS[0::2], LEADS[1::2]])
+@pytest.mark.parametrize("strategy", ["round_robin", "least_loaded"])
+def test_two_processes_split_the_leads_interleaved(redis_url: str, roster_path: Path, strategy: str):
+    results = run_two_processes(redis_url, roster_path, [LEADS[0::2], LEADS[1::2]], strategy)
     counts = check_state(redis_url, results)
-    print(f"interleaved: counts={dict(counts)} retries={[r['retries'] for r in results]} "
+    print(f"interleaved {strategy}: counts={dict(counts)} retries={[r['retries'] for r in results]} "
           f"seconds={[round(r['seconds'], 2) for r in results]}")  # fmt: skip
