@@ -1,0 +1,183 @@
+"""Kafka plumbing of the benchmark: create topics, load a workload, read the raw consume rate, watch outputs.
+
+Contract:
+- `create_topic` makes a topic with the given partitions (idempotent: an existing topic is kept).
+- `produce` sends every record (keyed by lead, so the default partitioner places a lead's events on one
+  partition, as the collector does) and returns when the broker has acknowledged all of them. Records go out
+  in large batches: the producer is not what is measured.
+- `produce_paced` sends at a fixed offered rate, stamping each event with the wall clock as it is sent.
+- `raw_consume` is measurement (1): a plain aiokafka consumer reading and orjson-decoding the topic.
+- `OutputWatcher` consumes output topics from the beginning in the background and records the wall-clock
+  arrival time of every record, for latency figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from bench.workload import Record, restamp
+
+MIB = 1024 * 1024
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+def _producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=MIB, max_request_size=8 * MIB
+    )
+
+
+async def produce(bootstrap: str, topic: str, records: Sequence[Record], window: int = 20_000) -> float:
+    """Send all records; returns the produce rate (records/s) for the report."""
+    producer = _producer(bootstrap)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(records), window):
+            futures = [
+                await producer.send(topic, value=r.value, key=r.key) for r in records[start : start + window]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(records) / max(1e-9, time.perf_counter() - started)
+
+
+@dataclass
+class PacedRun:
+    sent: int
+    offered_rate: float
+    achieved_rate: float
+    started_wall_ms: int
+    ended_wall_ms: int
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, records: Sequence[Record], rate: float, tick_s: float = 0.01
+) -> PacedRun:
+    """Send `records` at `rate` per second in small steps, each stamped with the wall clock when sent."""
+    producer = _producer(bootstrap, linger_ms=1)
+    await producer.start()
+    started = time.perf_counter()
+    started_wall = int(time.time() * 1000)
+    sent = 0
+    pending: list[asyncio.Future[object]] = []
+    try:
+        while sent < len(records):
+            due = min(len(records), int((time.perf_counter() - started) * rate) + 1)
+            now_ms = int(time.time() * 1000)
+            for record in records[sent:due]:
+                value = restamp(record.value, now_ms) if record.valid else record.value
+                pending.append(await producer.send(topic, value=value, key=record.key))
+            sent = due
+            if len(pending) > 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(tick_s)
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    elapsed = time.perf_counter() - started
+    return PacedRun(sent, rate, sent / max(1e-9, elapsed), started_wall, int(time.time() * 1000))
+
+
+async def raw_consume(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = 120.0
+) -> dict[str, float]:
+    """Measurement (1): read `expected` records from the beginning and decode each valid one with orjson."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * MIB,
+        fetch_max_bytes=32 * MIB,
+    )
+    await consumer.start()
+    seen = decoded = 0
+    first: float | None = None
+    cpu_first = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for messages in batches.values():
+                if first is None and messages:
+                    first, cpu_first = time.perf_counter(), time.process_time()
+                for message in messages:
+                    seen += 1
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        orjson.loads(message.value)
+                        decoded += 1
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+        cpu = time.process_time() - cpu_first
+    finally:
+        await consumer.stop()
+    return {
+        "records": seen,
+        "decoded": decoded,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(seen / max(1e-9, elapsed)),
+        "cpu_s_per_1k": round(cpu / max(1, seen) * 1000, 4),
+    }
+
+
+@dataclass(frozen=True)
+class Arrival:
+    topic: str
+    value: bytes
+    wall_ms: int
+
+
+class OutputWatcher:
+    """Background consumer of output topics; `arrivals` grows as records come in (see module docstring)."""
+
+    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
+        self.arrivals: list[Arrival] = []
+        self._consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=500,
+            fetch_max_wait_ms=20,  # latency matters here, not throughput
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> OutputWatcher:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            now_ms = int(time.time() * 1000)
+            for tp, messages in batches.items():
+                self.arrivals.extend(Arrival(tp.topic, m.value, now_ms) for m in messages)

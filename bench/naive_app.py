@@ -1,0 +1,83 @@
+"""`python -m bench.naive_app`: measurement (2), the Faust agent a Faust user would write first.
+
+One `async for` over the clickstream, the event decoded with `json`, one table write per event (a per-lead
+counter and last-seen record, JSON-encoded by Faust). Same broker profile and Faust settings as the Nudge
+worker (engine/faust_settings.py via `bench.profiles`), so the comparison isolates the processing design.
+
+Environment: the NUDGE_* variables of the run (broker, topic prefix, partitions, state dir, web port) plus
+BENCH_APP_ID (its own consumer group), BENCH_EXPECTED (records to process) and BENCH_STATUS (a file). The
+agent writes {count, seconds, cpu_s} to BENCH_STATUS every 5,000 records and when it has seen
+BENCH_EXPECTED, measured from its first record, so start-up and group join are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    from bench import profiles
+
+    profiles.apply(os.environ.get("BENCH_BROKER_PROFILE", "dev"))
+    import faust
+
+    from engine.config import Settings
+    from engine.faust_settings import faust_settings
+
+    settings = Settings.from_env().with_(app_id=os.environ["BENCH_APP_ID"])
+    expected = int(os.environ["BENCH_EXPECTED"])
+    status_path = Path(os.environ["BENCH_STATUS"])
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    options = faust_settings(settings)
+    options.pop("key_serializer")
+    options.pop("value_serializer")
+    app = faust.App(**options)
+    clickstream = app.topic(
+        settings.topic("clickstream"), key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw",
+    )
+    leads = app.Table("naive-leads", default=dict, partitions=settings.partitions)
+    progress = {"count": 0, "started": 0.0, "cpu_started": 0.0}
+
+    def report() -> None:
+        status = {
+            "count": progress["count"],
+            "seconds": time.perf_counter() - progress["started"],
+            "cpu_s": time.process_time() - progress["cpu_started"],
+        }
+        tmp = status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(status_path)
+
+    @app.agent(clickstream)
+    async def count_events(stream: faust.StreamT) -> None:
+        async for event in stream:
+            if progress["count"] == 0:
+                progress["started"], progress["cpu_started"] = time.perf_counter(), time.process_time()
+            progress["count"] += 1
+            try:
+                doc = json.loads(event)
+                lead = doc.get("userId") or doc.get("anonymousId")
+            except (ValueError, AttributeError):
+                lead = None
+            if lead:
+                seen = leads[lead]
+                leads[lead] = {
+                    "count": seen.get("count", 0) + 1,
+                    "last_event": doc.get("event") or doc.get("type"),
+                    "last_seen": doc.get("timestamp"),
+                }
+            if progress["count"] % 5000 == 0 or progress["count"] == expected:
+                report()
+
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

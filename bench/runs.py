@@ -1,0 +1,322 @@
+"""The measurements of one benchmark run, each against the same broker and the same seeded workload.
+
+Every measurement gets its own topic prefix and consumer group (`RunContext.settings`), so they never see
+each other's records or offsets. Rates are taken from the first processed record to the last (start-up and
+group joins are excluded); CPU is the measured process's own user+system time over the same interval.
+
+- `measure_raw`     (1) plain aiokafka consume + orjson decode of the clickstream.
+- `measure_naive`   (2) the naive Faust agent (bench/naive_app.py) on the same topic.
+- `measure_worker`  (3) `nudge worker` process(es) with the shipped rule pack: events/s, CPU per 1k events,
+                    then (5) state per lead and RSS, optionally after growing to more leads; and (6) with two
+                    workers sharing the partitions.
+- `measure_latency` (4) one worker under a paced offered load: event -> action latency of the threshold rule
+                    and deadline lag of abandonment rules (time-compressed pack, see bench/rule_pack.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import kafka_io
+from bench.processes import BenchError, Proc, scrape
+from bench.rule_pack import SHIPPED, compressed_pack
+from bench.workload import Workload
+from engine.config import Settings
+from engine.devstack import StackInfo, free_port
+
+READY_MARK = "deadline index rebuilt"  # logged by engine/worker.py once its partitions are recovered
+POLL_S = 0.2
+
+
+@dataclass
+class RunContext:
+    """Where a run's processes connect and log, and how they are configured."""
+
+    stack: StackInfo
+    workdir: Path
+    broker_profile: str
+    partitions: int
+    run_id: str = field(default_factory=lambda: f"b{int(time.time())}")
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    def settings(self, label: str, **changes: Any) -> Settings:
+        n = next(self._counter)
+        prefix = f"{self.run_id}-{n}-{label}-"
+        base = Settings(
+            broker_url=self.stack.broker_url,
+            broker_profile="dev",  # Tansu; `broker_profile` of the context picks dev or batched on top
+            redis_url=self.stack.redis_url,
+            clickhouse_dsn=self.stack.clickhouse_dsn,
+            rules_path=SHIPPED,
+            state_dir=self.workdir / "state" / prefix,
+            app_id=f"nudge-{prefix}",
+            topic_prefix=prefix,
+            partitions=self.partitions,
+            log_level="info",
+        )
+        return base.with_(**changes)
+
+    def env(self, settings: Settings, **extra: str) -> dict[str, str]:
+        return {**os.environ, **settings.env(), "BENCH_BROKER_PROFILE": self.broker_profile, **extra}
+
+    def log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+    return {"count": len(ordered), "p50": round(rank(0.5), 3), "p99": round(rank(0.99), 3),
+            "max": round(ordered[-1], 3)}
+
+
+async def _wait_for_log(procs: Sequence[Proc], mark: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(procs)
+    while pending:
+        for proc in list(pending):
+            proc.check_alive()
+            if proc.log_path.exists() and mark in proc.log_path.read_text(errors="replace"):
+                pending.remove(proc)
+        if time.monotonic() > deadline:
+            names = ", ".join(p.name for p in pending)
+            raise BenchError(f"{names} not ready after {timeout_s} s (no {mark!r} in {pending[0].log_path})")
+        await asyncio.sleep(POLL_S)
+
+
+async def _scrape_all(ports: Sequence[int]) -> list[dict[str, float]]:
+    return await asyncio.gather(*(asyncio.to_thread(scrape, port) for port in ports))
+
+
+def _total(samples: Sequence[dict[str, float]], name: str) -> float:
+    return sum(s.get(name, 0.0) for s in samples)
+
+
+# --- (1) raw consume ------------------------------------------------------------
+async def measure_raw(ctx: RunContext, workload: Workload) -> tuple[dict[str, Any], Settings]:
+    """Load the workload into a fresh clickstream topic and read it back raw; the topic is reused by (2)."""
+    settings = ctx.settings("raw")
+    topic = settings.topic("clickstream")
+    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    produce_rate = await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
+    result = await kafka_io.raw_consume(ctx.stack.bootstrap, topic, len(workload.records))
+    result["produce_events_per_s"] = round(produce_rate)
+    return result, settings
+
+
+# --- (2) naive Faust agent ------------------------------------------------------------
+async def measure_naive(ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float) -> dict:
+    status = ctx.workdir / f"{settings.topic_prefix}naive-status.json"
+    env = ctx.env(
+        settings.with_(web_port=free_port()),
+        BENCH_APP_ID=f"{settings.app_id}naive",
+        BENCH_EXPECTED=str(len(workload.records)),
+        BENCH_STATUS=str(status),
+    )
+    proc = Proc("naive Faust agent", [sys.executable, "-m", "bench.naive_app"], env, ctx.log("naive")).start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        done: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            proc.check_alive()
+            if status.exists():
+                done = orjson.loads(status.read_bytes())
+                if done["count"] >= len(workload.records):
+                    break
+            await asyncio.sleep(POLL_S)
+        else:
+            raise BenchError(f"naive agent processed {done.get('count', 0)} records in {timeout_s} s")
+        rss = proc.rss_bytes()
+    finally:
+        proc.stop()
+    return {
+        "records": int(done["count"]),
+        "seconds": round(done["seconds"], 3),
+        "events_per_s": round(done["count"] / max(1e-9, done["seconds"])),
+        "cpu_s_per_1k": round(done["cpu_s"] / done["count"] * 1000, 4),
+        "rss_bytes": rss,
+    }
+
+
+# --- (3) (5) (6) the Nudge worker ------------------------------------------------------------
+def _worker(ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = ()) -> Proc:
+    argv = [*wrap, sys.executable, "-m", "bench.run_worker"]
+    return Proc(name, argv, ctx.env(settings), ctx.log(name))
+
+
+@dataclass
+class WorkerFleet:
+    """Worker processes of one measurement, with their metrics ports."""
+
+    procs: list[Proc]
+    ports: list[int]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+async def start_workers(
+    ctx: RunContext, settings: Settings, count: int, label: str, wrap: Sequence[str] = ()
+) -> WorkerFleet:
+    procs, ports = [], []
+    for i in range(count):
+        port = free_port()
+        procs.append(_worker(ctx, settings.with_(web_port=port), f"{label}-worker{i + 1}", wrap).start())
+        ports.append(port)
+    fleet = WorkerFleet(procs, ports)
+    try:
+        await _wait_for_log(procs, READY_MARK, timeout_s=90)
+        if count > 1:
+            await asyncio.sleep(2.0)  # let a rebalance caused by the later joiner settle before loading
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+async def _consume_all(
+    fleet: WorkerFleet, expected: float, timeout_s: float, measure_cpu: bool = True
+) -> dict[str, Any]:
+    """Poll the workers' metrics until they consumed `expected` events; rate and CPU from first to last."""
+    deadline = time.monotonic() + timeout_s
+    start: tuple[float, float, list[float]] | None = None
+    consumed = 0.0
+    while time.monotonic() < deadline:
+        for proc in fleet.procs:
+            proc.check_alive()
+        samples = await _scrape_all(fleet.ports)
+        now = time.perf_counter()
+        consumed = _total(samples, "nudge_events_consumed_total")
+        if start is None and consumed > 0:
+            start = (now, consumed, [p.cpu_s() or 0.0 for p in fleet.procs])
+        if consumed >= expected and start is not None:
+            t0, c0, cpu0 = start
+            cpu = sum((p.cpu_s() or 0.0) - c for p, c in zip(fleet.procs, cpu0, strict=True))
+            events = consumed - c0
+            seconds = max(1e-9, now - t0)
+            return {
+                "events": int(consumed),
+                "seconds": round(seconds, 3),
+                "events_per_s": round(events / seconds) if events > 0 else None,
+                "cpu_s_per_1k": round(cpu / events * 1000, 4) if events > 0 and measure_cpu else None,
+                "actions": int(_total(samples, "nudge_rule_fires_total")),
+                "dead_letters": int(_total(samples, "nudge_dead_letters_total")),
+            }
+        await asyncio.sleep(POLL_S)
+    raise BenchError(f"workers consumed {consumed:.0f} of {expected:.0f} events in {timeout_s} s")
+
+
+async def _state_figures(fleet: WorkerFleet) -> dict[str, Any]:
+    """State gauges are refreshed every 5 s by the worker's timer: wait for one refresh, then read them."""
+    await asyncio.sleep(5.5)
+    samples = await _scrape_all(fleet.ports)
+    leads = _total(samples, "nudge_active_leads")
+    state = _total(samples, "nudge_state_bytes")
+    return {
+        "active_leads": int(leads),
+        "state_bytes": int(state),
+        "state_bytes_per_lead": round(state / leads, 1) if leads else None,
+        "pending_deadlines": int(_total(samples, "nudge_pending_deadlines")),
+        "rss_bytes": [p.rss_bytes() for p in fleet.procs],
+    }
+
+
+async def measure_worker(
+    ctx: RunContext,
+    workload: Workload,
+    workers: int = 1,
+    grow: Workload | None = None,
+    timeout_s: float = 300.0,
+    wrap: Sequence[str] = (),
+    label: str = "worker",
+) -> dict[str, Any]:
+    settings = ctx.settings(label)
+    topic = settings.topic("clickstream")
+    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    fleet = await start_workers(ctx, settings, workers, label, wrap)
+    try:
+        await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
+        result = await _consume_all(fleet, workload.valid, timeout_s, measure_cpu=not wrap)
+        result["workers"] = workers
+        result["state"] = await _state_figures(fleet)
+        if grow is not None:
+            await kafka_io.produce(ctx.stack.bootstrap, topic, grow.records)
+            await _consume_all(fleet, workload.valid + grow.valid, timeout_s)
+            result["grown"] = {"leads": workload.leads + grow.leads, **await _state_figures(fleet)}
+    finally:
+        fleet.stop()
+    return result
+
+
+# --- (4) latency under load ------------------------------------------------------------
+def _rule_kinds(rules_path: Path) -> dict[str, str]:
+    from engine.language import load_rules
+
+    return {rule.id: rule.kind for rule in load_rules([rules_path]).rules}
+
+
+async def measure_latency(
+    ctx: RunContext,
+    workload: Workload,
+    rate: float,
+    duration_s: float,
+    compress: int = 600,
+    allowed_lateness_s: float = 1.0,
+) -> dict[str, Any]:
+    """Offer `rate` events/s for `duration_s`, stamped with the wall clock; see the module docstring."""
+    rules_dir = ctx.workdir / "rules-compressed"
+    windows = compressed_pack(SHIPPED, rules_dir, compress)
+    kinds = _rule_kinds(rules_dir)
+    settings = ctx.settings("latency", rules_path=rules_dir, allowed_lateness_s=allowed_lateness_s)
+    topic = settings.topic("clickstream")
+    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    records = workload.records[: int(rate * duration_s)]
+    fleet = await start_workers(ctx, settings, 1, "latency")
+    try:
+        async with kafka_io.OutputWatcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
+            paced = await kafka_io.produce_paced(ctx.stack.bootstrap, topic, records, rate)
+            valid = sum(1 for r in records if r.valid)
+            drained = await _consume_all(fleet, valid, timeout_s=120, measure_cpu=False)
+            # Deadlines that matured during the load may still be in flight: give them lateness + 2 s.
+            await asyncio.sleep(allowed_lateness_s + 2.0)
+            arrivals = list(watcher.arrivals)
+    finally:
+        fleet.stop()
+    lateness_ms = int(allowed_lateness_s * 1000)
+    event_latency: list[float] = []
+    deadline_lag: list[float] = []
+    for arrival in arrivals:
+        action = orjson.loads(arrival.value)
+        kind = kinds.get(action["rule"])
+        if kind == "threshold" and action.get("trigger_time_ms"):
+            event_latency.append((arrival.wall_ms - action["trigger_time_ms"]) / 1000)
+        elif kind == "absence" and action["fired_at_ms"] + lateness_ms <= paced.ended_wall_ms:
+            deadline_lag.append((arrival.wall_ms - action["fired_at_ms"] - lateness_ms) / 1000)
+    return {
+        "offered_events_per_s": round(rate),
+        "achieved_events_per_s": round(paced.achieved_rate),
+        "events_sent": paced.sent,
+        "load_seconds": round((paced.ended_wall_ms - paced.started_wall_ms) / 1000, 1),
+        "drain_seconds_after_load": drained["seconds"],
+        "actions": len(arrivals),
+        "allowed_lateness_s": allowed_lateness_s,
+        "compressed_absence_windows_ms": windows,
+        "event_to_action_s": percentiles(event_latency),
+        "deadline_lag_s": percentiles(deadline_lag),
+    }
