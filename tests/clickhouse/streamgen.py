@@ -89,11 +89,11 @@ def _action(
     )
 
 
-def generate(now_ms: int, leads: int = 300, seed: int = 7) -> Stream:
-    """A mixed stream ending before `now_ms`, starting about 3 days earlier."""
+def generate(now_ms: int, leads: int = 300, seed: int = 7, days_back: int = 3) -> Stream:
+    """A mixed stream starting `days_back` days before `now_ms` and ending about a day later."""
     rng = random.Random(seed)
     stream = Stream()
-    start = now_ms - 3 * 24 * HOUR
+    start = now_ms - days_back * 24 * HOUR
     for i in range(leads):
         lead = f"lead-{i:04d}"
         t = start + rng.randrange(0, 24 * HOUR)
