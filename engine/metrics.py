@@ -62,6 +62,9 @@ CIRCUIT_STATE = Gauge(
     "nudge_connector_circuit_state", "Circuit breaker per connector: 0 closed, 1 half-open, 2 open", ["connector"]
 )
 CONNECTOR_INFLIGHT = Gauge("nudge_connector_inflight", "Deliveries in flight per connector", ["connector"])
+DISPATCH_SCHEDULED = Gauge(
+    "nudge_dispatch_scheduled_actions", "Actions in the dispatcher's durable schedule (deferred or retrying)"
+)
 
 # --- sink -----------------------------------------------------------------------------------------------------------
 CLICKHOUSE_ROWS = Counter("nudge_clickhouse_insert_rows_total", "Rows inserted into ClickHouse", ["table"])
