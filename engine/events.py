@@ -172,7 +172,7 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
     if not isinstance(doc, dict):
         raise InvalidEvent("not_object", f"event must be a JSON object, got {type(doc).__name__}")
     event_type = doc.get("type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # a list or dict is unhashable
         raise InvalidEvent("bad_type", f"type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}")
     user_id = _as_id(doc.get("userId"), "userId")
     anonymous_id = _as_id(doc.get("anonymousId"), "anonymousId")

@@ -7,6 +7,8 @@ import gzip
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.collector.auth import WriteKeys
 from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decompress, parse_object
@@ -118,3 +120,55 @@ def test_one_bad_event_refuses_the_batch_with_every_bad_index() -> None:
     ]
     with pytest.raises(RequestRejected, match="bad_batch"):
         raw_messages({"batch": {}}, "batch")
+
+
+# Any bytes, any JSON: the collector answers with a refusal or events, never with a 500.
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # what orjson.loads can return as int
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["track", "page", "identify", "alias", "x"]) | _json_values,
+            "event": _json_values,
+            "userId": st.text(max_size=8) | _json_values,
+            "anonymousId": st.text(max_size=8) | _json_values,
+            "timestamp": st.sampled_from(["2026-01-01T00:00:00Z", "nope", ""]) | _json_values,
+            "properties": _json_values,
+            "context": _json_values,
+            "traits": _json_values,
+        },
+    )
+    | _json_values,
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=300), encoding=st.sampled_from([None, "gzip", "br"]))
+def test_any_bytes_decode_or_are_refused(body: bytes, encoding: str | None) -> None:
+    try:
+        parse_object(decompress(body, encoding, MAX_EVENT_BYTES))
+    except RequestRejected as exc:
+        assert exc.status == 400 and exc.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=_messages, endpoint=st.sampled_from(["batch", "track", "identify"]))
+def test_any_json_normalises_or_is_refused(messages: list, endpoint: str) -> None:
+    body = {"batch": messages} if endpoint == "batch" else (messages[0] if messages else {})
+    if not isinstance(body, dict):
+        return
+    try:
+        events = normalise(raw_messages(body, endpoint), NOW_MS)
+    except RequestRejected as exc:
+        assert exc.status == 400 and exc.code in ("invalid_events", "bad_batch")
+        return
+    assert all(e.lead_id and e.type in ("track", "page", "identify", "alias") for e in events)
