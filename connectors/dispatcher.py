@@ -47,6 +47,7 @@ from connectors.schedule import Schedule, ScheduledDelivery
 from connectors.secrets import Redactor
 from engine.config import Settings
 from engine.core.model import Action
+from engine.metrics import DISPATCH_SCHEDULED
 from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
 
 logger = logging.getLogger("nudge.dispatcher")
@@ -217,6 +218,7 @@ class Dispatcher:
     async def _schedule_loop(self) -> None:
         options = self.config.dispatcher
         lease_ms = int(self.config.policies.idempotency.claim_ttl_s * 1000) * 2
+        last_gauge = 0.0
         while not self._stopping.is_set():
             entries = await self._guarded(
                 lambda: self.schedule.lease_due(int(time.time() * 1000), options.schedule_batch, lease_ms)
@@ -226,6 +228,9 @@ class Dispatcher:
                 await self._slots.acquire()
                 self._leased.add(entry.action.action_id)
                 self._spawn(self._handle_scheduled(entry))
+            if time.monotonic() - last_gauge >= 1.0:
+                DISPATCH_SCHEDULED.set(await self._guarded(self.schedule.size))
+                last_gauge = time.monotonic()
             if len(entries) < options.schedule_batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), options.schedule_poll_s)
