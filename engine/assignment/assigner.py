@@ -116,7 +116,13 @@ class Assigner:
         )
 
     async def _place(
-        self, lead_id: str, lead: Mapping[str, Any], *, previous: str | None, reason: str
+        self,
+        lead_id: str,
+        lead: Mapping[str, Any],
+        *,
+        previous: str | None,
+        reason: str,
+        breached_deadline_ms: int | None = None,
     ) -> Assignment | None:
         for attempt in range(self.max_attempts):
             snap: StoreSnapshot = await self.store.snapshot(lead_id)
@@ -124,7 +130,12 @@ class Assigner:
                 metrics.ASSIGNMENTS.labels("existing").inc()
                 return self._from_owner(lead_id, snap.owner, created=False)
             if previous is not None and snap.owner.get("rep") != previous:
-                return None  # acknowledged, released or moved by someone else meanwhile
+                return None  # released or moved by someone else meanwhile
+            if breached_deadline_ms is not None and (
+                snap.owner.get("acked_at_ms")
+                or snap.owner.get("sla_deadline_ms") != str(breached_deadline_ms)
+            ):
+                return None  # acknowledged, or the SLA clock was restarted, since the breach was seen
             now_s = self.clock()
             now_ms = int(now_s * 1000)
             pool = PoolSnapshot(now_s, snap.loads, snap.availability, snap.cursors)
@@ -149,6 +160,7 @@ class Assigner:
                 expected_version=snap.version if choice.uses_loads else None,
                 previous_rep=previous,
                 deadline_ms=deadline,
+                breached_deadline_ms=breached_deadline_ms,
                 history_entry=entry,
                 fields={
                     "rep": choice.rep.id,
@@ -165,8 +177,10 @@ class Assigner:
                     strategy=choice.strategy, assigned_at_ms=now_ms, sla_deadline_ms=deadline, created=True,
                     previous_rep_id=previous, reassignments=int(result.detail or 0),
                 )  # fmt: skip
-            if result.status in ("owned", "moved"):
-                continue  # the next snapshot shows the new owner and returns accordingly
+            if result.status == "moved":
+                return None  # a reassignment whose premise no longer holds (see store.commit)
+            if result.status == "owned":
+                continue  # the next snapshot shows the owner and returns it
             # conflict: another process changed what this choice relied on; back off a little, then re-read
             self.retries += 1
             metrics.ASSIGNMENT_RETRIES.inc()
@@ -216,16 +230,33 @@ class Assigner:
         return breaches
 
     async def reassign(
-        self, lead_id: str, reason: str, *, expected_rep: str | None = None
+        self,
+        lead_id: str,
+        reason: str,
+        *,
+        expected_rep: str | None = None,
+        breach: SlaBreach | None = None,
     ) -> Assignment | None:
-        """Move the lead to another eligible rep; None: no owner, moved meanwhile, or nobody else fits."""
+        """Move the lead to another eligible rep; None: no owner, moved meanwhile, or nobody else fits.
+
+        With `breach`, the move happens only if that breach still stands (same owner, not acknowledged, same
+        deadline), atomically: an ack that lands between detection and move wins.
+        """
+        if breach is not None:
+            expected_rep = breach.rep_id
         owner = await self.store.owner(lead_id)
         current = owner.get("rep")
         if not current or (expected_rep is not None and current != expected_rep):
             return None
         lead = orjson.loads(owner["lead"]) if owner.get("lead") else {}
         async with self._lock:
-            return await self._place(lead_id, lead, previous=current, reason=reason)
+            return await self._place(
+                lead_id,
+                lead,
+                previous=current,
+                reason=reason,
+                breached_deadline_ms=breach.deadline_ms if breach else None,
+            )
 
     async def set_deadline(self, lead_id: str, rep_id: str, deadline_ms: int | None, event: str) -> bool:
         entry = {"at_ms": self.now_ms(), "event": event, "rep": rep_id, "deadline_ms": deadline_ms}

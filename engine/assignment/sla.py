@@ -53,7 +53,7 @@ class SlaMonitor:
             metrics.SLA_BREACHES.labels("exhausted").inc()
             why = f"moved {breach.reassignments} times already; no further automatic reassignment"
             return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
-        new = await assigner.reassign(breach.lead_id, "sla", expected_rep=breach.rep_id)
+        new = await assigner.reassign(breach.lead_id, "sla", breach=breach)
         if new is not None:
             metrics.SLA_BREACHES.labels("reassigned").inc()
             return Reassignment(breach, new, reassignment_actions(breach, new, previous, lead, now_ms))

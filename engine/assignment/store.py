@@ -41,6 +41,9 @@ if ARGV[6] == '' then
   if owner then return {'owned', owner} end
 elseif owner ~= ARGV[6] then
   return {'moved', owner or ''}
+elseif ARGV[11] ~= '' and (redis.call('HGET', KEYS[1], 'acked_at_ms')
+    or redis.call('HGET', KEYS[1], 'sla_deadline_ms') ~= ARGV[11]) then
+  return {'moved', owner}  -- an SLA move of a lead acknowledged or re-timed since the breach was seen
 end
 if ARGV[5] ~= '' and (redis.call('GET', KEYS[7]) or '0') ~= ARGV[5] then return {'conflict', 'version'} end
 if ARGV[3] ~= '' and (redis.call('HGET', KEYS[3], ARGV[3]) or '') ~= ARGV[4] then
@@ -61,7 +64,7 @@ redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[1]) end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'reassignments', reassignments, 'tried', tried .. ARGV[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], 'reassignments', reassignments, 'tried', tried .. ARGV[1], unpack(ARGV, 12))
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'sla_deadline_ms', ARGV[8])
   redis.call('ZADD', KEYS[5], ARGV[8], ARGV[7])
@@ -188,6 +191,7 @@ class AssignmentStore:
         expected_version: str | None,
         previous_rep: str | None,
         deadline_ms: int | None,
+        breached_deadline_ms: int | None = None,
         history_entry: dict[str, Any],
         fields: dict[str, Any],
     ) -> CommitResult:
@@ -216,6 +220,7 @@ class AssignmentStore:
                 "" if deadline_ms is None else deadline_ms,
                 orjson.dumps(history_entry),
                 HISTORY_CAP,
+                "" if breached_deadline_ms is None else breached_deadline_ms,
                 *flat,
             ],
         )

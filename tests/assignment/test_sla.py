@@ -100,3 +100,21 @@ async def test_reassignments_stop_after_the_limit(redis_client, clock: ManualClo
     assert await assigner.due_sla_breaches() == []
     events = [h["event"] for h in await assigner.store.history("ada")]
     assert events == ["assigned", "reassigned", "reassigned", "sla_exhausted"]
+
+
+async def test_an_ack_between_detection_and_move_wins(redis_client, clock: ManualClock):
+    assigner = Assigner(redis_client, roster(rep("a"), rep("b"), ack_within_s=60), clock=clock)
+    await assigner.assign("ada", LEAD)
+    clock.advance(61)
+    [breach] = await assigner.due_sla_breaches()
+    assert await assigner.ack("ada", "a")  # lands after the monitor saw the breach
+    assert await SlaMonitor(assigner).handle(breach) is None
+    owner = await assigner.owner("ada")
+    assert (owner.rep_id, owner.reassignments) == ("a", 0) and owner.acked_at_ms is not None
+    # and at the Lua level: a move that names a stale deadline is refused even without the snapshot check
+    result = await assigner.store.commit(
+        "ada", rep_id="b", capacity=10, cursor_pool=None, expected_cursor=None, expected_version=None,
+        previous_rep="a", deadline_ms=1, breached_deadline_ms=breach.deadline_ms,
+        history_entry={}, fields={"rep": "b"},
+    )  # fmt: skip
+    assert (result.status, result.detail) == ("moved", "a")
