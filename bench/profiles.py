@@ -15,6 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES = ("dev", "batched")
+DESCRIPTIONS = {
+    "dev": "shipped dev profile: one record per producer batch (Tansu end-offset workaround), as in CI",
+    "batched": "normal producer batching (linger 50 ms, 1 MiB batches) + short group sessions; valid for "
+    "throughput because no worker restarts during a measurement",
+}
 _MIB = 1024 * 1024
 
 

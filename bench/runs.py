@@ -320,3 +320,30 @@ async def measure_latency(
         "event_to_action_s": percentiles(event_latency),
         "deadline_lag_s": percentiles(deadline_lag),
     }
+
+
+# --- profile ---------------------------------------------------------------------------------------------
+async def profile_worker(ctx: RunContext, workload: Workload, timeout_s: float) -> dict[str, Any]:
+    """A worker throughput run sampled by py-spy from the first produced record to the last consumed one."""
+    from bench.profiling import Sampler, summarise
+
+    settings = ctx.settings("profile")
+    topic = settings.topic("clickstream")
+    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    fleet = await start_workers(ctx, settings, 1, "profile")
+    out = ctx.workdir / "profile-worker.txt"
+    try:
+        sampler = Sampler(fleet.procs[0].pid, out)
+        try:
+            await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
+            result = await _consume_all(fleet, workload.valid, timeout_s)
+        finally:
+            errors = sampler.stop()
+    finally:
+        fleet.stop()
+    summary = summarise(out)
+    if errors.strip() and not summary["samples"]:
+        raise BenchError(f"py-spy failed: {errors}")
+    keep = Path(__file__).resolve().parent / "results" / "profile-worker.txt"
+    keep.write_bytes(out.read_bytes())
+    return {"events_per_s_while_sampled": result["events_per_s"], "collapsed_stacks": str(keep), **summary}
