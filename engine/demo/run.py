@@ -1,0 +1,251 @@
+"""The demo's orchestration: dev stack → receivers → worker, dispatcher, sink → replay → summary → clean up.
+
+Contract of `run_demo(options)`:
+- Starts the dev stack under `options.root` unless it is already running (then it is reused and left running),
+  loopback receivers for the connectors, and `nudge worker`, `nudge dispatch`, `nudge sink` as child processes
+  (logs in `<root>/demo/`). Each run uses fresh topics (a per-run prefix and app id) and a fresh embedded
+  ClickHouse store, so the summary covers this run only.
+- Replays the sample clickstream rebased to now, printing fired actions live and a progress line every few
+  seconds; waits until the last deadline of the replayed events has passed and outputs went quiet, then until
+  the sink has committed everything that was produced; stops the children; reads the summary back from
+  ClickHouse and prints it.
+- Whatever happens (failure, Ctrl-C, SIGTERM) it stops every process it started, in order, before returning.
+  Returns 0 on success, 1 when a part failed (the message names the part and its log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from engine import topics
+from engine.config import Settings
+from engine.demo.processes import ChildFailed, ChildProcess
+from engine.demo.receivers import Receivers
+from engine.demo.replay import Replayer, load_sample
+from engine.demo.watch import Watcher
+from engine.devstack import DevStack, DevStackError, free_port
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+WORKER_READY = "deadline index rebuilt"  # logged by engine.worker once its partitions are recovered
+PROGRESS_EVERY_S = 5.0
+QUIET_FOR_S = 2.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    root: Path = Path(".devstack")
+    sample: Path = EXAMPLES / "clickstream.jsonl.gz"
+    rules: Path = EXAMPLES / "rules"
+    connectors: Path = EXAMPLES / "connectors.yaml"
+    allowed_lateness_s: float = 0.5
+    partitions: int = 4
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def demo_settings(options: DemoOptions, stack_env: dict[str, str], run_dir: Path) -> Settings:
+    run_id = time.strftime("%H%M%S")
+    base = Settings.from_env({**stack_env})
+    return base.with_(
+        app_id=f"nudge-demo-{run_id}",
+        topic_prefix=f"demo-{run_id}-",
+        partitions=options.partitions,
+        rules_path=options.rules.resolve(),
+        connectors_path=options.connectors.resolve(),
+        clickhouse_dsn=f"chdb://{(run_dir / 'clickhouse').resolve()}",
+        state_dir=(run_dir / "state").resolve(),
+        web_port=free_port(),
+        allowed_lateness_s=options.allowed_lateness_s,
+        log_level="info",
+    )
+
+
+def bootstrap(settings: Settings) -> str:
+    return settings.broker_url.removeprefix("kafka://")
+
+
+async def create_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    await admin.start()
+    try:
+        for name in (*topics.ALL_TOPICS, topics.TIMERS):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(settings.topic(name), settings.partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def wait_for_sink(
+    settings: Settings, ends: dict[tuple[str, int], int], children: list[ChildProcess], timeout_s: float = 90
+) -> None:
+    """Until the sink's consumer group has committed every offset in `ends` (what was produced and seen)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = await admin.list_consumer_group_offsets(f"{settings.app_id}-sink")
+            done = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
+            if all(done.get(tp, -1) >= end for tp, end in ends.items()):
+                return
+            for child in children:
+                child.check_alive()
+            await asyncio.sleep(0.5)
+        raise ChildFailed(f"the sink did not catch up within {timeout_s:.0f} s (see its log)")
+    finally:
+        await admin.close()
+
+
+def longest_deadline_ms(rules_path: Path) -> int:
+    from engine.language import load_rules
+
+    rules = load_rules([rules_path])
+    windows = [getattr(rule.logic, "within_ms", 0) for rule in rules.active if rule.kind == "absence"]
+    return max(windows, default=0)
+
+
+def print_summary(settings: Settings) -> None:
+    from engine.clickhouse.client import connect
+    from engine.clickhouse.kpis import summary
+
+    client = connect(settings.clickhouse_dsn)
+    try:
+        s = summary(client)
+    finally:
+        client.close()
+    say("")
+    say(f"Summary, read back from ClickHouse ({settings.clickhouse_dsn}):")
+    say(f"  events stored          {s['events']:>8,}   from {s['leads']:,} leads")
+    say(f"  actions fired          {s['actions_fired']:>8,}")
+    for rule, n in s["actions_by_rule"].items():
+        say(f"    {rule:<26} {n:>6,}")
+    outcomes = " · ".join(f"{step} {n:,}" for step, n in s["outcomes"].items()) or "none"
+    say(f"  delivery outcomes      {outcomes}")
+    say(f"  dead letters           {s['dead_letters']:>8,}")
+    delay = s["detection_delay_p50_ms"]
+    shown = "-" if delay is None else f"{delay / 1000:.2f} s"
+    say(f"  median detection delay {shown:>8}   (event or deadline → action emitted by the worker)")
+
+
+async def _replay_and_watch(settings: Settings, options: DemoOptions, children: list[ChildProcess]) -> None:
+    records = load_sample(options.sample)
+    names = {role: settings.topic(role) for role in (topics.ACTIONS, topics.DELIVERIES, topics.DEAD_LETTERS)}
+    watcher = Watcher(bootstrap(settings), names, out=say)
+    await watcher.start()
+    replayer = Replayer(bootstrap(settings), settings.topic(topics.CLICKSTREAM), records)
+    say(f"Replaying {len(records):,} events of {options.sample.name} over {replayer.span_ms / 1000:.0f} s "
+        f"(rules: {options.rules}); fired actions:")
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            for child in children:
+                child.check_alive()
+            say(watcher.progress(replayer.sent, len(records)))
+
+    ticker = asyncio.create_task(progress())
+    try:
+        clickstream_ends = await replayer.run()
+        last_due_ms = (
+            replayer.first_ms + replayer.shift_ms + replayer.span_ms
+            + longest_deadline_ms(options.rules) + int(options.allowed_lateness_s * 1000)
+        )
+        until = time.strftime("%H:%M:%S", time.localtime(last_due_ms / 1000))
+        say(f"All events sent; waiting for the last deadlines (until {until})...")
+        limit = time.monotonic() + 120
+        while time.monotonic() < limit:
+            quiet = time.monotonic() - max(watcher.last_action_at, 0) >= QUIET_FOR_S
+            if time.time() * 1000 >= last_due_ms + 1000 and quiet:
+                break
+            await asyncio.sleep(0.2)
+        say(watcher.progress(replayer.sent, len(records)))
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ChildFailed):
+            await ticker
+    # Let the dispatcher finish the last deliveries, then wait for the sink to store everything.
+    deadline = time.monotonic() + 30
+    seen = -1
+    while time.monotonic() < deadline:
+        total = sum(watcher.outcomes.values())
+        if total == seen and total >= sum(watcher.actions.values()):
+            break
+        seen = total
+        await asyncio.sleep(1.0)
+    await watcher.stop()
+    ends = {(settings.topic(topics.CLICKSTREAM), p): end for p, end in clickstream_ends.items()}
+    ends.update(watcher.ends)
+    say("Waiting for the sink to write everything to ClickHouse...")
+    await wait_for_sink(settings, ends, children)
+
+
+async def run_demo(options: DemoOptions) -> int:
+    started = time.monotonic()
+    stack = DevStack(options.root)
+    reuse = stack.info() is not None
+    try:
+        info = stack.up()
+    except DevStackError as exc:
+        say(f"nudge demo: {exc}")
+        return 1
+    say(f"Dev stack {'reused' if reuse else 'started'}: broker {info.bootstrap}, redis {info.redis_url}")
+    run_dir = options.root.resolve() / "demo"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    settings = demo_settings(options, info.env(), run_dir)
+    receivers = Receivers()
+    children: list[ChildProcess] = []
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        env = {**settings.env(), **(await receivers.start())}
+        await create_topics(settings)
+        children = [
+            ChildProcess("sink", ["sink"], env, run_dir / "sink.log"),
+            ChildProcess(
+                "dispatcher",
+                ["dispatch", "--connectors", str(settings.connectors_path), "--metrics-port", "0"],
+                env,
+                run_dir / "dispatcher.log",
+            ),
+            ChildProcess("worker", ["worker"], env, run_dir / "worker.log"),
+        ]
+        for child in children:
+            child.start()
+        say(f"Started worker, dispatcher and sink (logs in {run_dir}); waiting for the worker to join...")
+        await children[-1].wait_for_log(WORKER_READY, timeout_s=90)
+        say(f"Worker ready after {time.monotonic() - started:.0f} s; metrics on "
+            f"http://127.0.0.1:{settings.web_port}/metrics")
+        await _replay_and_watch(settings, options, children)
+        for child in reversed(children):  # worker, dispatcher, then the sink (flushes on SIGTERM)
+            child.stop()
+        print_summary(settings)
+        say(f"\nDemo finished in {time.monotonic() - started:.0f} s.")
+        return 0
+    except ChildFailed as exc:
+        say(f"nudge demo: {exc}")
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        await receivers.stop()
+        if not reuse:
+            stack.down()
+            say("Dev stack stopped.")
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(signal.SIGTERM)
+        sys.stdout.flush()
