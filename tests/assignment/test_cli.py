@@ -131,3 +131,11 @@ def test_leads_show_reads_clickhouse_in_its_own_process(env, tmp_path: Path):
     assert "Pricing Viewed" in out and "hot-lead" in out
     assert "not shown" not in out, out
     assert Settings.from_env(environ).clickhouse_dsn == env["NUDGE_CLICKHOUSE_DSN"]
+
+
+def test_unreachable_redis_is_reported_not_raised(env, monkeypatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("NUDGE_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    assert main(["reps", "list"]) == 1
+    assert "unreachable" in capsys.readouterr().err
+    assert main(["leads", "show", "ada", "--no-clickhouse"]) == 1
+    assert "(not shown: redis: redis://127.0.0.1:1/0" in capsys.readouterr().out
