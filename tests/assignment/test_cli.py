@@ -130,6 +130,10 @@ def test_leads_show_reads_clickhouse_in_its_own_process(env, tmp_path: Path):
     assert "stage: SQL" in out and "score: 81" in out
     assert "Pricing Viewed" in out and "hot-lead" in out
     assert "not shown" not in out, out
+    command = [sys.executable, "-m", "engine", "leads", "show", "ada", "--json"]
+    as_json = subprocess.run(command, cwd=REPO, env=environ, capture_output=True)
+    doc = orjson.loads(as_json.stdout)
+    assert (doc["stage"], doc["score"], doc["events"][0]["name"]) == ("SQL", 81, "Pricing Viewed")
     assert Settings.from_env(environ).clickhouse_dsn == env["NUDGE_CLICKHOUSE_DSN"]
 
 
