@@ -159,15 +159,19 @@ def rules_and_actions() -> db.Dashboard:
            [(ratio, "{{connector}}")], "percentunit", limits=thresholds((None, "green"), (0.05, "red"))),
         ts("Delivery delay by connector", "Action fired to the peer accepting it (p50, p95).",
            quantiles("nudge_delivery_delay_seconds", "connector", (0.5, 0.95), where=conn), "s"),
-        ts("Retries by connector", "Retried delivery attempts per second.",
-           [(rate("nudge_connector_retries_total", "connector", conn), "{{connector}}")], "ops"),
         state_timeline("Circuit breaker by connector",
                        "Closed: deliveries flow. Half-open: probing the peer. Open: the peer fails, "
                        "deliveries wait.",
                        f"max by (connector) (nudge_connector_circuit_state{{{conn}}})", "{{connector}}",
                        [("closed", "green"), ("half-open", "yellow"), ("open", "red")]),
+        ts("Retries by connector", "Retried delivery attempts per second.",
+           [(rate("nudge_connector_retries_total", "connector", conn), "{{connector}}")], "ops", w=8),
         ts("Deliveries in flight", "Concurrent deliveries per connector (bounded by its limit).",
-           [(f"sum by (connector) (nudge_connector_inflight{{{conn}}})", "{{connector}}")], "short"),
+           [(f"sum by (connector) (nudge_connector_inflight{{{conn}}})", "{{connector}}")], "short", w=8),
+        ts("Scheduled actions", "Actions waiting in the dispatcher's durable schedule (deferred by caps or "
+           "quiet hours, or waiting for a retry).",
+           [('sum by (instance) (nudge_dispatch_scheduled_actions{job="nudge-dispatcher"})', "{{instance}}")],
+           "short", w=8),
     ]
     assignment = [
         ts("Hot-lead assignments", "Assignment calls by outcome: assigned, existing, reassigned, unassigned "

@@ -90,15 +90,20 @@ def alert_rules() -> Iterator[dict]:
 def alert_queries() -> Iterator[Query]:
     for rule in alert_rules():
         expr = " ".join(rule["expr"].split())
-        yield Query(f"alerts.yml / {rule['alert']}", expr, must_return_data=False)
-        yield Query(f"alerts.yml / {rule['alert']} (signal)", signal(expr))
+        labels = {k: v for k, v in rule.get("labels", {}).items() if k != "severity"}
+        name = rule["alert"] + "".join(f" {{{k}={v}}}" for k, v in labels.items())
+        yield Query(f"alerts.yml / {name}", expr, must_return_data=False)
+        yield Query(f"alerts.yml / {name} (signal)", signal(expr))
 
 
 _COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)(\s*bool)?")
 
 
 def signal(expr: str) -> str:
-    """`expr` without its last comparison at nesting depth 0 (the threshold)."""
+    """`expr` without its last comparison at nesting depth 0 (the threshold); `absent(x)` → `x`."""
+    absent = re.fullmatch(r"absent\((.*)\)", expr.strip())
+    if absent:
+        return absent[1].strip()
     depth, last = 0, None
     i = 0
     quote = None
