@@ -2,7 +2,8 @@
 
 - The Grafana JSON is what dashboards/build.py generates, with the structure Grafana 11.6 loads (schemaVersion
   41, unique dashboard uids and panel ids, every panel with a datasource, targets with `expr` and refId, a
-  gridPos inside the 24-column grid, no overlapping panels).
+  gridPos inside the 24-column grid, no overlapping panels), and every field survives parsing into the typed
+  Grafana 11.6 model of grafana-foundation-sdk (an unknown or misspelt field would be dropped).
 - Every metric a dashboard or alert selects is exported by the engine (engine/metrics.py, prometheus-client's
   process metrics, or Prometheus's own `up`). test_live_promql.py checks they really carry data.
 - Provisioning files point at what compose mounts; `docker-compose config -q` accepts the compose file.
@@ -53,6 +54,30 @@ def test_json_is_what_build_py_generates() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "dashboards" / "build.py"), "--check"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def lost_fields(ours: object, parsed: object, path: str = "") -> list[str]:
+    """Paths present in `ours` but missing or different after parsing (defaults the model adds are fine)."""
+    if isinstance(ours, dict) and isinstance(parsed, dict):
+        return [p for k, v in ours.items() if v is not None
+                for p in (lost_fields(v, parsed[k], f"{path}/{k}") if k in parsed else [f"{path}/{k}"])]
+    if isinstance(ours, list) and isinstance(parsed, list) and len(ours) == len(parsed):
+        pairs = enumerate(zip(ours, parsed, strict=True))
+        return [p for i, (a, b) in pairs for p in lost_fields(a, b, f"{path}[{i}]")]
+    return [] if ours == parsed else [f"{path}: {ours!r} became {parsed!r}"]
+
+
+def test_every_field_is_known_to_the_grafana_11_6_schema(models: dict[str, dict]) -> None:
+    """Parse each dashboard with the SDK's typed Grafana 11.6 model: unknown fields would be lost."""
+    pytest.importorskip("grafana_foundation_sdk", reason="dev extra grafana-foundation-sdk not installed")
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    plugins.register_default_plugins()  # panel options and Prometheus queries parse into their own types
+    for name, model in models.items():
+        parsed = json.loads(json.dumps(Dashboard.from_json(model), cls=JSONEncoder))
+        assert not lost_fields(model, parsed), f"{name}: {lost_fields(model, parsed)[:5]}"
 
 
 def test_dashboard_structure(models: dict[str, dict]) -> None:
