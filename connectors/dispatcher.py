@@ -303,24 +303,21 @@ class Dispatcher:
                 )
                 return
 
-            async def step() -> None:
-                outcome = await self.deliverer.deliver(action)
-                await self.recorder.record(action, outcome, record.value)
-
-            await self._guarded(step)
+            # Two guarded steps: a failed record write must not run the delivery a second time.
+            outcome = await self._guarded(lambda: self.deliverer.deliver(action))
+            await self._guarded(lambda: self.recorder.record(action, outcome, record.value))
         finally:
             self.tracker.done(tp, record.offset)
 
     async def _handle_scheduled(self, entry: ScheduledDelivery) -> None:
         action = entry.action
 
-        async def step() -> None:
-            outcome = await self.deliverer.deliver(action, attempts=entry.attempts, from_schedule=True)
-            await self.recorder.record(action, outcome)
-            if outcome.final:
-                await self.schedule.remove(action.action_id)
-
         try:
-            await self._guarded(step)
+            outcome = await self._guarded(
+                lambda: self.deliverer.deliver(action, attempts=entry.attempts, from_schedule=True)
+            )
+            await self._guarded(lambda: self.recorder.record(action, outcome))
+            if outcome.final:
+                await self._guarded(lambda: self.schedule.remove(action.action_id))
         finally:
             self._leased.discard(action.action_id)

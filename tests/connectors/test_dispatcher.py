@@ -125,3 +125,32 @@ async def test_malformed_records_are_dead_lettered_and_unknown_connectors_fail(s
         await dispatcher.stop()
         await dead_letters.stop()
         await deliveries.stop()
+
+
+async def test_circuit_opens_on_a_failing_peer_and_metrics_follow(settings: Settings) -> None:
+    from prometheus_client import REGISTRY
+
+    name = f"cb{settings.topic_prefix.replace('-', '')}"  # metric labels are process-wide: a unique connector
+    dead = await Peer(default=(502, {}, "bad gateway")).start()
+    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+    extra = (
+        "    concurrency: 1\n"
+        "    circuit: {failure_threshold: 2, reset_after_s: 1}\n"
+        "    retry: {max_attempts: 3, base_delay_s: 0.05}\n"
+    )
+    dispatcher = build_dispatcher(settings, "connectors:" + webhook_yaml(dead, name, extra))
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [make_action(name) for _ in range(6)])
+        await wait_for(lambda: len(dead_letters.records) == 6, what="six dead letters")
+        # Two failures opened the circuit; later attempts failed fast without reaching the peer, but for one
+        # probe per reset period. Without the breaker the peer would have taken 6 x 3 = 18 requests.
+        assert 2 <= len(dead.requests) <= 8
+        assert REGISTRY.get_sample_value("nudge_connector_circuit_state", {"connector": name}) in (1, 2)
+        assert REGISTRY.get_sample_value("nudge_actions_total", {"connector": name, "outcome": "failed"}) == 6
+        assert REGISTRY.get_sample_value("nudge_connector_retries_total", {"connector": name}) == 12
+        assert sum("circuit_open" in r["detail"] for r in dead_letters.records) >= 4
+    finally:
+        await dispatcher.stop()
+        await dead_letters.stop()
+        await dead.stop()
