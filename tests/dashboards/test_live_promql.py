@@ -37,7 +37,7 @@ from engine.events import format_ts
 
 from .processes import NudgeProcess, declared_metrics
 from .prometheus import Prometheus, QueryError
-from .queries import Query, alert_queries, alert_rules, dashboard_queries, metric_names
+from .queries import ROOT, Query, alert_queries, alert_rules, dashboard_queries, metric_names
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ rules:
     match: {event: "Pricing Viewed"}
     within: 1h
     count: 2
-    action: {connector: slack}
+    action: {connector: slack, payload: {assign: true}}   # a hot lead: the dispatcher assigns a rep (issue 8)
 """
 
 
@@ -132,6 +132,7 @@ def process_env(settings: Settings, stack: StackInfo, tmp: Path) -> dict[str, st
         "NUDGE_PARTITIONS": str(settings.partitions),
         "NUDGE_RULES_PATH": str(tmp / "rules"),
         "NUDGE_CONNECTORS_PATH": str(tmp / "connectors.yaml"),
+        "NUDGE_REPS_PATH": str(ROOT / "reps.yaml"),
         "NUDGE_WRITE_KEYS": WRITE_KEY,
         "NUDGE_LOG_LEVEL": "info",
         "NUDGE_ALLOWED_LATENESS_S": "0.5",
