@@ -42,6 +42,8 @@ NUDGE_JOBS = 'job=~"nudge-.*"'
 # Every process registers every metric of engine/metrics.py, so unlabelled worker gauges also appear (as 0) on
 # the collector, dispatcher and sink: select the workers' own series.
 BEHIND = 'time() - (nudge_event_time_watermark_seconds{job="nudge-worker"} > 0)'
+# Lag per partition, counted once even if a worker that lost the partition in a rebalance still reports it.
+LAG = "max by (topic, partition) (nudge_consumer_lag_messages)"
 BLUE = thresholds((None, "blue"))
 
 
@@ -93,7 +95,7 @@ def overview() -> db.Dashboard:
                f'sum(rate(nudge_actions_total{{outcome="sent"}}[{RATE}])) / {final}', "percentunit",
                thresholds((None, "red"), (0.95, "yellow"), (0.99, "green"))),
         single("Consumer lag", "Messages the workers have not processed yet, all partitions.",
-               "sum(nudge_consumer_lag_messages)", "short",
+               f"sum({LAG})", "short",
                thresholds((None, "green"), (1000, "yellow"), (10000, "red"))),
         single("Detection delay p95", "Event time (or deadline) to action emitted.",
                quantiles("nudge_detection_delay_seconds", qs=(0.95,))[0][0], "s",
@@ -114,7 +116,7 @@ def overview() -> db.Dashboard:
     ]
     keeping_up = [
         ts("Consumer lag by topic", "Messages between the committed offset and the end of the log.",
-           [("sum by (topic) (nudge_consumer_lag_messages)", "{{topic}}")], "short", w=8),
+           [(f"sum by (topic) ({LAG})", "{{topic}}")], "short", w=8),
         ts("Event-time clock behind wall clock", "How far each worker's event-time clock trails the wall "
            "clock (includes the allowed lateness).",
            [(BEHIND, "{{instance}}")], "s", w=8),
@@ -202,7 +204,7 @@ def pipeline_health() -> db.Dashboard:
     ]
     workers = [
         ts("Consumer lag per partition", "Messages between the committed offset and the end of the log.",
-           [("sum by (topic, partition) (nudge_consumer_lag_messages)", "{{topic}}/{{partition}}")], "short",
+           [(LAG, "{{topic}}/{{partition}}")], "short",
            limits=thresholds((None, "green"), (10000, "red"))),
         ts("Event-time clock behind wall clock", "Per worker; grows when a worker falls behind or the "
            "clickstream goes quiet.", [(BEHIND, "{{instance}}")], "s"),
