@@ -291,17 +291,22 @@ class Sink:
 
     # --- main loop ----------------------------------------------------------------------------------------
 
-    async def _open(self, stop: asyncio.Event) -> None:
+    async def _open(self, stop: asyncio.Event) -> bool:
+        """Open ClickHouse (waiting for a server that is down) and the consumer; False if stopped first."""
         delay = self.backoff_initial_s
-        while not stop.is_set():
+        while True:
             try:
                 await asyncio.to_thread(self._open_client)
                 break
             except ClickHouseUnavailable as exc:
                 if is_embedded(self.settings.clickhouse_dsn):
-                    raise
+                    raise  # an embedded store is never "down": it is locked or misconfigured
+                metrics.CLICKHOUSE_ERRORS.labels("connect").inc()
                 log.warning("ClickHouse is not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return False
                 delay = min(delay * 2, self.backoff_max_s)
         await ensure_topics(self.settings)
         self._consumer = AIOKafkaConsumer(
@@ -315,6 +320,7 @@ class Sink:
         )
         self._consumer.subscribe(list(self._kinds), listener=self._listener(stop))
         await self._consumer.start()
+        return True
 
     def _group_timing(self) -> dict[str, int]:
         """Tansu (dev profile) completes a JoinGroup only after session_timeout/2: keep sessions short."""
@@ -326,7 +332,8 @@ class Sink:
         """Consume and write until `stop` is set; flushes the last batch on the way out."""
         stop = stop or asyncio.Event()
         try:
-            await self._open(stop)
+            if not await self._open(stop):
+                return
             assert self._consumer is not None
             while not stop.is_set():
                 room = self.max_rows - self._batch.records

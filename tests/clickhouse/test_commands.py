@@ -1,0 +1,79 @@
+"""`nudge report` / `nudge replay` arguments and rendering; the sink waiting for a server that is down."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from engine.cli import main
+from engine.clickhouse.kpis import parse_since
+from engine.commands.report import render, table
+from engine.config import Settings
+from engine.sink import Sink
+
+
+@pytest.mark.parametrize(("text", "ms"), [("30m", 1_800_000), ("24h", 86_400_000), ("7d", 604_800_000)])
+def test_since_durations(text: str, ms: int) -> None:
+    assert parse_since(text) == ms
+
+
+@pytest.mark.parametrize("command", ["report", "replay"])
+def test_a_bad_since_is_a_usage_error(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, "--since", "a week"]) == 2
+    assert "use e.g. 30m, 24h, 7d" in capsys.readouterr().err
+
+
+def test_replay_with_invalid_rules_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - id: x\n    kind: nope\n")
+    assert main(["replay", "--rules", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_table_aligns_numbers_and_shows_missing_values() -> None:
+    text = table("T", ["rule", "n", "p50"], [["a", 1, None], ["long-rule", 1234, 2.5]])
+    assert text.splitlines() == [
+        "T",
+        "rule          n   p50",
+        "---------  ----  ----",
+        "a             1     -",
+        "long-rule  1234  2.50",
+    ]
+
+
+def test_render_an_empty_report() -> None:
+    empty = {
+        "window": {"since_ms": 0, "until_ms": 1000},
+        "funnel": [{"step": "Product Viewed", "leads": 0, "from_previous": None}],
+        "abandonment": {"carts": 0, "abandoned": 0, "rate": None},
+        "nudges": [],
+        "recovered": {"orders": 0, "revenue": 0.0, "by_rule": []},
+        "detection_delay": {"overall": None, "by_rule": []},
+        "delivery_delay": [],
+        "hot_leads": [],
+    }
+    text = render(empty)
+    assert "Abandonment: 0 of 0 carts (-)" in text
+    assert text.count("(none)") == 5
+
+
+async def test_sink_waits_for_a_server_that_is_down_and_stops_on_request() -> None:
+    settings = Settings(
+        clickhouse_dsn="http://default:pw@127.0.0.1:9/nudge", broker_url="kafka://127.0.0.1:9"
+    )
+    before = REGISTRY.get_sample_value("nudge_clickhouse_insert_errors_total", {"table": "connect"}) or 0
+    stop = asyncio.Event()
+    task = asyncio.create_task(Sink(settings, backoff_initial_s=0.01, backoff_max_s=0.05).run(stop))
+    deadline = asyncio.get_running_loop().time() + 20
+    while (
+        REGISTRY.get_sample_value("nudge_clickhouse_insert_errors_total", {"table": "connect"}) or 0
+    ) < before + 2:
+        assert asyncio.get_running_loop().time() < deadline, "the sink did not retry"
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
