@@ -13,7 +13,7 @@ from datetime import time as dtime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class QuietHoursConfig(BaseModel):
@@ -25,6 +25,19 @@ class QuietHoursConfig(BaseModel):
         default_factory=lambda: ["*"], description='connector names, or "*" for all'
     )
     marketing_only: bool = Field(True, description="sales alerts to reps are not held back")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _wall_time(cls, value: object) -> object:
+        # YAML 1.1 reads an unquoted 21:00 as the sexagesimal number 1260 (minutes): take it as meant.
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+            return dtime(value // 60, value % 60)
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _naive(cls, value: dtime) -> dtime:
+        return value.replace(tzinfo=None)  # local wall time in the lead's timezone, never a fixed offset
 
 
 @lru_cache(maxsize=512)
