@@ -39,13 +39,13 @@ from connectors.idempotency import IdempotencyStore
 from connectors.kafka import bootstrap_of
 from connectors.offsets import OffsetTracker
 from connectors.outcomes import OutcomeRecorder
-from connectors.quiet_hours import QuietHours
+from connectors.quiet_hours import QuietHours, zone
 from connectors.registry import connector_class
 from connectors.rendering import Renderer
 from connectors.retry import RetryPolicy
 from connectors.schedule import Schedule, ScheduledDelivery
 from connectors.secrets import Redactor
-from engine.config import Settings
+from engine.config import ConfigError, Settings
 from engine.core.model import Action
 from engine.metrics import DISPATCH_SCHEDULED
 from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
@@ -118,6 +118,11 @@ class Dispatcher:
                 connector, RetryPolicy(options.retry), CircuitBreaker(name, options.circuit), obeys
             )
         timezone = config.policies.default_timezone or settings.default_timezone
+        if zone(timezone) is None:
+            raise ConfigError(
+                f"NUDGE_DEFAULT_TIMEZONE={timezone!r} is not a known timezone; "
+                "use an IANA name like Europe/Paris"
+            )
         quiet = config.policies.quiet_hours
         self.deliverer = Deliverer(
             self.runtimes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,24 @@ async def test_crm_upserts_the_contact_and_creates_a_task() -> None:
     body = task.json()
     assert body["contact_external_id"] == action.lead_id and body["owner"] == "bo@seller.test"
     assert body["title"] == "Follow up with Grace Hopper" and body["priority"] == "high"
+
+
+async def test_the_readme_verification_sample_accepts_our_requests() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Verifying a webhook") :]
+    code = section[
+        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)
+    ]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    verify = namespace["verify"]
+    peer = await Peer().start()
+    hook = webhook(peer.url, secret="whsec-readme-1")
+    try:
+        await hook.send(make_action("webhook"))
+    finally:
+        await hook.close()
+        await peer.stop()
+    request = peer.requests[0]
+    assert verify("whsec-readme-1", request.headers, request.body)  # type: ignore[operator]
+    assert not verify("whsec-other", request.headers, request.body)  # type: ignore[operator]

@@ -210,3 +210,9 @@ def test_config_error_never_echoes_a_secret() -> None:
     with pytest.raises(ConfigError) as raised:
         parse_connectors(text, env={"URL": "hooks-Sup3rSecret"})
     assert "Sup3rSecret" not in str(raised.value)
+
+
+def test_unquoted_yaml_times_are_read_as_wall_times() -> None:
+    loaded = parse_connectors("policies:\n  quiet_hours: {start: 21:30, end: 07:00}\n", env={})
+    assert loaded.policies.quiet_hours is not None
+    assert (loaded.policies.quiet_hours.start, loaded.policies.quiet_hours.end) == (dtime(21, 30), dtime(7))
