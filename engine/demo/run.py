@@ -21,11 +21,14 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
 
 from engine import topics
 from engine.config import Settings
@@ -90,22 +93,29 @@ async def create_topics(settings: Settings) -> None:
 async def wait_for_sink(
     settings: Settings, ends: dict[tuple[str, int], int], children: list[ChildProcess], timeout_s: float = 90
 ) -> None:
-    """Until the sink's consumer group has committed every offset in `ends` (what was produced and seen)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
-    await admin.start()
+    """Until the sink's consumer group has committed every offset in `ends` (what was produced and seen).
+
+    Reads the group's offsets with a consumer that never joins the group (Tansu closes the connection on the
+    admin client's OffsetFetch, but answers the consumer's)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(settings), group_id=f"{settings.app_id}-sink", enable_auto_commit=False
+    )
+    await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
+        waiting = dict(ends)
         while time.monotonic() < deadline:
-            committed = await admin.list_consumer_group_offsets(f"{settings.app_id}-sink")
-            done = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
-            if all(done.get(tp, -1) >= end for tp, end in ends.items()):
+            for (topic, partition), end in list(waiting.items()):
+                if (await consumer.committed(TopicPartition(topic, partition)) or 0) >= end:
+                    del waiting[(topic, partition)]
+            if not waiting:
                 return
             for child in children:
                 child.check_alive()
             await asyncio.sleep(0.5)
         raise ChildFailed(f"the sink did not catch up within {timeout_s:.0f} s (see its log)")
     finally:
-        await admin.close()
+        await consumer.stop()
 
 
 def longest_deadline_ms(rules_path: Path) -> int:
@@ -238,6 +248,10 @@ async def run_demo(options: DemoOptions) -> int:
         return 0
     except ChildFailed as exc:
         say(f"nudge demo: {exc}")
+        return 1
+    except Exception as exc:  # the user gets the cause and where the details are, not a bare traceback
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        say(f"nudge demo failed: {type(exc).__name__}: {exc}; details in {run_dir / 'error.log'}")
         return 1
     finally:
         for child in reversed(children):
