@@ -7,7 +7,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from engine.demo.run import DemoOptions
+from engine.demo.options import DemoOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:

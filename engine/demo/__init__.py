@@ -2,5 +2,6 @@
 
 Modules: `processes` (the `nudge` sub-processes it runs), `receivers` (loopback HTTP and SMTP peers the
 connectors deliver to), `replay` (the time-compressed clickstream replayer), `watch` (live action lines and
-progress from the output topics), `run` (the orchestration and the closing ClickHouse summary).
+progress from the output topics), `run` (the orchestration and the closing ClickHouse summary), `options`
+(paths and defaults).
 """

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiosmtpd.controller import Controller
 
 from engine.devstack import free_port
 
@@ -44,7 +43,7 @@ class Receivers:
         self.on_delivery = on_delivery
         self.counts: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
-        self._smtp: Controller | None = None
+        self._smtp: Any = None  # aiosmtpd Controller
         self.http_port = 0
         self.smtp_port = 0
 
@@ -78,6 +77,12 @@ class Receivers:
         await self._runner.setup()
         self.http_port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.http_port).start()
+        try:
+            from aiosmtpd.controller import Controller
+        except ImportError:
+            raise RuntimeError(
+                "the demo's SMTP receiver needs aiosmtpd, a development dependency: pip install -e '.[dev]'"
+            ) from None
         self.smtp_port = free_port()
         self._smtp = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=self.smtp_port)
         await asyncio.to_thread(self._smtp.start)

@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
@@ -32,26 +31,16 @@ from aiokafka.structs import TopicPartition
 
 from engine import topics
 from engine.config import Settings
+from engine.demo.options import DemoOptions
 from engine.demo.processes import ChildFailed, ChildProcess
 from engine.demo.receivers import Receivers
 from engine.demo.replay import Replayer, load_sample
 from engine.demo.watch import Watcher
 from engine.devstack import DevStack, DevStackError, free_port
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 WORKER_READY = "deadline index rebuilt"  # logged by engine.worker once its partitions are recovered
 PROGRESS_EVERY_S = 5.0
 QUIET_FOR_S = 2.0
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    root: Path = Path(".devstack")
-    sample: Path = EXAMPLES / "clickstream.jsonl.gz"
-    rules: Path = EXAMPLES / "rules"
-    connectors: Path = EXAMPLES / "connectors.yaml"
-    allowed_lateness_s: float = 0.5
-    partitions: int = 4
 
 
 def say(text: str) -> None:
