@@ -35,6 +35,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
+        self._probe_started = 0.0
         self._state = CircuitState.CLOSED
         CIRCUIT_STATE.labels(connector=name).set(0)
 
@@ -54,9 +55,13 @@ class CircuitBreaker:
         state = self.state
         if state is CircuitState.CLOSED:
             return True
-        if state is CircuitState.HALF_OPEN and not self._probe_in_flight:
-            self._probe_in_flight = True
-            return True
+        if state is CircuitState.HALF_OPEN:
+            # A probe that never reported back (its task died) must not block the circuit forever.
+            stale = self._clock() - self._probe_started >= max(self.config.reset_after_s, 1.0)
+            if not self._probe_in_flight or stale:
+                self._probe_in_flight = True
+                self._probe_started = self._clock()
+                return True
         return False
 
     def record_success(self) -> None:

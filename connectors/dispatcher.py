@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
@@ -211,9 +212,14 @@ class Dispatcher:
     async def _consume_loop(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=200, max_records=self.config.dispatcher.max_inflight
-            )
+            try:
+                batch = await self.consumer.getmany(
+                    timeout_ms=200, max_records=self.config.dispatcher.max_inflight
+                )
+            except KafkaError as exc:  # the client reconnects by itself; keep polling
+                logger.warning("fetching actions failed, retrying: %s", self.redactor.redact(exc))
+                await asyncio.sleep(1.0)
+                continue
             for tp, records in batch.items():
                 for record in records:
                     await self._slots.acquire()
