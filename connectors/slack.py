@@ -79,7 +79,14 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
             ],
         }
     )
-    return {"text": f"{headline} — {slack_escape(action.explanation)}"[:3000], "blocks": blocks}
+    message: dict[str, Any] = {
+        "text": f"{headline} — {slack_escape(action.explanation)}"[:3000],
+        "blocks": blocks,
+    }
+    channel = action.payload.get("channel")
+    if isinstance(channel, str) and channel:
+        message["channel"] = channel  # honoured by legacy webhooks; app webhooks post to their own channel
+    return message
 
 
 class SlackConnector(Connector):

@@ -216,3 +216,23 @@ def test_unquoted_yaml_times_are_read_as_wall_times() -> None:
     loaded = parse_connectors("policies:\n  quiet_hours: {start: 21:30, end: 07:00}\n", env={})
     assert loaded.policies.quiet_hours is not None
     assert (loaded.policies.quiet_hours.start, loaded.policies.quiet_hours.end) == (dtime(21, 30), dtime(7))
+
+
+def _connector_names(node: object) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["connector"]} if isinstance(node.get("connector"), str) else set()
+        return found.union(*(_connector_names(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_connector_names(v) for v in node))
+    return set()
+
+
+@pytest.mark.parametrize("connectors_file", ["connectors.yaml", "connectors/demo.yaml"])
+def test_every_connector_the_shipped_rules_use_is_configured(connectors_file: str) -> None:
+    import yaml
+
+    used = set().union(
+        *(_connector_names(yaml.safe_load(p.read_text())) for p in (REPO / "rules").glob("*.yaml"))
+    )
+    configured = set(load_connectors(REPO / connectors_file, env={}).connectors)
+    assert used and used <= configured, f"{connectors_file} lacks {used - configured}"
