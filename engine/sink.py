@@ -166,10 +166,9 @@ class Sink:
         metrics.CLICKHOUSE_ROWS.labels(table).inc(len(rows))
         self.rows_written += len(rows)
 
-    async def _insert_with_retry(
-        self, table: str, rows: list[list[Any]], token: str, stop: asyncio.Event
-    ) -> bool:
+    async def _insert_with_retry(self, batch: Batch, table: str, stop: asyncio.Event) -> bool:
         """Insert until accepted (True), or until stopping or a rebalance takes the batch away (False)."""
+        rows, token = batch.rows[table], batch.token(table)
         delay = self.backoff_initial_s
         while True:
             try:
@@ -185,7 +184,7 @@ class Sink:
             log.warning("ClickHouse insert into %s failed (%s); retrying in %.1fs", table, error, delay)
             self._drop_client()
             self._pause(True)
-            if stop.is_set() or self._reseek:
+            if stop.is_set() or self._reseek or self._batch is not batch:
                 return False
             await self._idle(delay)
             delay = min(delay * 2, self.backoff_max_s)
@@ -225,6 +224,13 @@ class Sink:
         for table in COLUMNS:
             metrics.SINK_BUFFERED_ROWS.labels(table).set(len(self._batch.rows.get(table, ())))
 
+    def _take(self, data: dict[TopicPartition, list[Any]]) -> None:
+        """Add records to the open batch, after any held back while a flush was retrying (offset order)."""
+        held, self._held = self._held, []
+        for earlier in held:
+            self._add(earlier)
+        self._add(data)
+
     def _due(self) -> bool:
         batch = self._batch
         return batch.records >= self.max_rows or (
@@ -240,7 +246,7 @@ class Sink:
             for table, rows in list(batch.rows.items()):
                 if table in batch.inserted or not rows:
                     continue
-                if not await self._insert_with_retry(table, rows, batch.token(table), stop):
+                if not await self._insert_with_retry(batch, table, stop):
                     return False
                 if self._batch is not batch:
                     return False  # a rebalance discarded it; its rows are re-read and deduplicated
@@ -251,9 +257,7 @@ class Sink:
             for table in COLUMNS:
                 metrics.SINK_BUFFERED_ROWS.labels(table).set(0)
             self._pause(False)
-            held, self._held = self._held, []
-            for data in held:
-                self._add(data)
+            self._take({})
             return True
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -278,6 +282,7 @@ class Sink:
                         return
                 if sink._batch.records:
                     # Not written: forget it and read it again from the committed offsets.
+                    log.warning("rebalance: giving up an unwritten batch of %d records", sink._batch.records)
                     sink._reseek = True
 
             async def on_partitions_assigned(self, assigned: Any) -> None:
@@ -336,12 +341,14 @@ class Sink:
                 return
             assert self._consumer is not None
             while not stop.is_set():
+                if paused := self._consumer.paused():
+                    self._consumer.resume(*paused)  # a flush given up on (rebalance) must not leave a pause
                 room = self.max_rows - self._batch.records
                 wait_s = self.max_wait_s
                 if self._batch.records:
                     wait_s = max(0.0, self._batch.opened_at + self.max_wait_s - time.monotonic())
                 data = await self._consumer.getmany(timeout_ms=int(wait_s * 1000), max_records=max(room, 1))
-                self._add(data)
+                self._take(data)
                 if self._due():
                     await self.flush(stop)
             await self.flush(stop)

@@ -64,3 +64,42 @@ async def test_a_second_sink_joining_mid_stream(settings: Settings) -> None:
             stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
         client.close()
+
+
+async def test_rebalance_while_clickhouse_refuses(settings: Settings) -> None:
+    """A sink holds a batch it cannot write when a second sink joins: the batch is given up uncommitted,
+    re-read by whoever owns the partitions now, and written once when ClickHouse is back."""
+    now = int(time.time() * 1000)
+    client = connect(settings.clickhouse_dsn)
+    migrate(client)
+    client.command("RENAME TABLE events TO events_offline")
+    stops = [asyncio.Event(), asyncio.Event()]
+    sinks = [
+        Sink(settings, max_rows=200, max_wait_s=0.2, backoff_initial_s=0.05, backoff_max_s=0.3) for _ in stops
+    ]
+    tasks = [asyncio.create_task(sinks[0].run(stops[0]))]
+    try:
+        await produce(settings, _events(0, 1500, now))
+        await wait_until(
+            lambda: sinks[0]._batch.records > 0 and bool(sinks[0]._consumer.paused()), 30, "a held batch"
+        )
+        tasks.append(asyncio.create_task(sinks[1].run(stops[1])))
+        await wait_until(
+            lambda: all(s._consumer and s._consumer.assignment() for s in sinks),
+            30,
+            "both sinks to own partitions",
+        )
+        client.command("RENAME TABLE events_offline TO events")
+
+        def stored() -> int:
+            return int(client.query("SELECT count() FROM events FINAL").result_rows[0][0])
+
+        await wait_until(lambda: stored() == 1500, timeout_s=60, what="all 1500 events")
+        assert int(client.query("SELECT uniqExact(message_id) FROM events").result_rows[0][0]) == 1500
+        await wait_until(lambda: all(s._batch.records == 0 for s in sinks), 30, "both sinks idle")
+        assert stored() == 1500
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        client.close()
