@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from engine.config import Settings
@@ -154,3 +156,38 @@ async def test_circuit_opens_on_a_failing_peer_and_metrics_follow(settings: Sett
         await dispatcher.stop()
         await dead_letters.stop()
         await dead.stop()
+
+
+async def test_concurrency_limit_per_connector_and_a_hung_peer_does_not_stall_others(
+    settings: Settings,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    name = f"slow{settings.topic_prefix.replace('-', '')}"
+    hung = await Peer(hold=asyncio.Event()).start()
+    alive = await Peer().start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    extra = "    concurrency: 2\n    timeout_s: 5\n"
+    dispatcher = build_dispatcher(
+        settings, "connectors:" + webhook_yaml(hung, name, extra) + webhook_yaml(alive)
+    )
+    slow = [make_action(name) for _ in range(5)]
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, slow + [make_action("webhook") for _ in range(10)])
+        await wait_for(lambda: len(alive.requests) == 10, what="the healthy connector to deliver everything")
+        await wait_for(lambda: len(hung.requests) == 2, what="two requests to the hung peer")
+        await asyncio.sleep(0.3)  # a third concurrent request, if the limit leaked, would have arrived by now
+        assert len(hung.requests) == 2
+        assert REGISTRY.get_sample_value("nudge_connector_inflight", {"connector": name}) == 2
+        assert hung.hold is not None
+        hung.hold.set()  # the peer recovers: the rest goes through, two at a time
+        await wait_for(
+            lambda: len(deliveries.where(connector=name, outcome="sent")) == 5, what="slow ones sent"
+        )
+        assert sorted(set(hung.ids())) == sorted(a.action_id for a in slow)
+    finally:
+        await dispatcher.stop()
+        await deliveries.stop()
+        await hung.stop()
+        await alive.stop()
