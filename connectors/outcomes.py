@@ -27,6 +27,15 @@ from engine.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
 from engine.topics import DELIVERIES, dead_letter_record, delivery_record
 
 logger = logging.getLogger("nudge.dispatcher")
+# Sends are the bulk and are counted in metrics and `deliveries`: debug. What needs a look: warning.
+_LOG_LEVELS = {
+    "sent": logging.DEBUG,
+    "duplicate": logging.DEBUG,
+    "deferred": logging.INFO,
+    "suppressed": logging.INFO,
+    "retried": logging.WARNING,
+    "failed": logging.WARNING,
+}
 
 
 class OutcomeRecorder:
@@ -85,7 +94,7 @@ class OutcomeRecorder:
             DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - action.fired_at_ms) / 1000))
         elif outcome.outcome == "retried":
             CONNECTOR_RETRIES.labels(connector=connector).inc()
-        level = logging.WARNING if outcome.outcome in ("failed", "retried") else logging.INFO
+        level = _LOG_LEVELS[outcome.outcome]
         if logger.isEnabledFor(level):
             logger.log(
                 level,
