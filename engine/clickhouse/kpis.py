@@ -16,9 +16,10 @@ Definitions (README, "ClickHouse" → KPIs):
   triggering event's time and the rule's fire time (a deadline for abandonment rules), per rule, p50/p95
   (`quantileExact`).
 - delivery delay: first `sent` outcome minus the fired action's emit time, per connector, p50/p95.
-- hot leads per rep: leads with a fired non-marketing action (a sales alert), by the rep in the action's
-  context (`owner`/`rep`; empty = unassigned); time to first touch = first lead update of a touch kind
-  (ack, contacted, ...) after the first alert.
+- hot leads per rep: leads with a fired non-marketing action (a sales alert), by the rep in the first
+  alert's context (`owner`/`rep`), else the lead's latest owner from `assigned`/`reassigned` lead
+  updates; time to first touch = the first lead update of a touch kind (ack, contacted, ...) or the
+  `acked_at_ms` of an assignment record, minus the first alert.
 """
 
 from __future__ import annotations
@@ -186,18 +187,24 @@ def delivery_delay(client: Client, since_ms: int, until_ms: int) -> list[dict[st
 
 def hot_leads(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
     kinds = ", ".join(f"'{k}'" for k in TOUCH_KINDS)
+    acked = "JSONExtractInt(payload, 'acked_at_ms')"
     sql = f"""
         SELECT rep, count() AS leads, countIf(touch >= alert) AS touched,
                quantileExactIf(0.5)(touch - alert, touch >= alert) AS p50
         FROM (
-            SELECT a.rep AS rep, a.lead_id AS lead_id, a.alert AS alert, ifNull(t.touch, -1) AS touch
+            SELECT a.lead_id AS lead_id, if(a.rep != '', a.rep, ifNull(o.owner, '')) AS rep, a.alert AS alert,
+                   ifNull(t.touch, -1) AS touch
             FROM (
-                SELECT rep, lead_id, min({_ms("at")}) AS alert FROM actions FINAL
-                WHERE step = 'fired' AND NOT marketing AND {_in_window("at")} GROUP BY rep, lead_id
+                SELECT lead_id, argMin(rep, at) AS rep, min({_ms("at")}) AS alert FROM actions FINAL
+                WHERE step = 'fired' AND NOT marketing AND {_in_window("at")} GROUP BY lead_id
             ) AS a
             LEFT JOIN (
-                SELECT lead_id, min({_ms("at")}) AS touch FROM lead_updates FINAL
-                WHERE kind IN ({kinds}) GROUP BY lead_id
+                SELECT lead_id, argMax(rep, at) AS owner FROM lead_updates FINAL
+                WHERE kind IN ('assigned', 'reassigned') AND rep != '' GROUP BY lead_id
+            ) AS o ON a.lead_id = o.lead_id
+            LEFT JOIN (
+                SELECT lead_id, min(if(kind IN ({kinds}), {_ms("at")}, {acked})) AS touch
+                FROM lead_updates FINAL WHERE kind IN ({kinds}) OR {acked} > 0 GROUP BY lead_id
             ) AS t ON a.lead_id = t.lead_id
         ) GROUP BY rep ORDER BY leads DESC, rep
         SETTINGS join_use_nulls = 1"""

@@ -83,16 +83,20 @@ def delivery_delays(stream: Stream) -> dict[str, list[int]]:
 
 
 def hot_leads(stream: Stream) -> dict[str, dict[str, Any]]:
-    acks = {}
+    acks: dict[str, int] = {}
+    owners: dict[str, tuple[int, str]] = {}
     for u in stream.lead_updates:
-        if u["kind"] == "ack":
-            acks[u["lead_id"]] = min(acks.get(u["lead_id"], u["at_ms"]), u["at_ms"])
+        touch = u["at_ms"] if u["kind"] == "ack" else u.get("acked_at_ms")
+        if touch:
+            acks[u["lead_id"]] = min(acks.get(u["lead_id"], touch), touch)
+        if u["kind"] in ("assigned", "reassigned"):
+            owners[u["lead_id"]] = max(owners.get(u["lead_id"], (0, "")), (u["at_ms"], u["rep"]["id"]))
     per_rep: dict[str, dict[str, Any]] = {}
     for action, _ in stream.actions:
         if action.marketing:
             continue
         owner = action.context.get("owner") or {}
-        rep = owner.get("id") or "(unassigned)"
+        rep = owner.get("id") or owners.get(action.lead_id, (0, ""))[1] or "(unassigned)"
         entry = per_rep.setdefault(rep, {"hot_leads": 0, "ttft": []})
         entry["hot_leads"] += 1
         touch = acks.get(action.lead_id)

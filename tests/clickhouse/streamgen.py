@@ -153,6 +153,13 @@ def generate(now_ms: int, leads: int = 300, seed: int = 7, days_back: int = 3) -
                 stream.lead_updates.append(
                     {"lead_id": lead, "kind": "ack", "rep": rep, "at_ms": t + rng.randrange(1, 60) * MIN}
                 )
+            elif not rep and rng.random() < 0.6:
+                # Assigned after the alert (the assignment service's record): owner from lead-updates.
+                acked = t + rng.randrange(2, 90) * MIN if rng.random() < 0.5 else None
+                card = {"id": "rep-cy", "name": "Cy", "email": "cy@example.com", "slack_id": "U1"}
+                stream.lead_updates.append(
+                    {"lead_id": lead, "kind": "assigned", "rep": card, "at_ms": t + MIN, "acked_at_ms": acked}
+                )
             stream.lead_updates.append({"lead_id": lead, "kind": "stage_changed", "stage": "SQL", "at_ms": t})
         stream.events.extend(lead_events)
     stream.invalid = [b"not json", b'{"type":"track","event":"x"}', b'{"type":"nope","userId":"u"}']
