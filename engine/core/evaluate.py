@@ -48,7 +48,7 @@ def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
     primary = None
     for rule in rules.score_rules:
         primary = primary or rule.id
-        slot = state.rules.get(rule.id)
+        slot = state.rules.get(rule.key)
         value = round(rule.logic.value_at(slot, now_ms), 2)  # type: ignore[attr-defined]
         scores[rule.id] = int(value) if value == int(value) else value  # the view shows 2 decimals
         stages[rule.id] = rule.logic.stage_of(slot)  # type: ignore[attr-defined]
@@ -85,16 +85,15 @@ class _EventContext:
 
 def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions: list[Action]) -> None:
     at = firing.at_ms
-    day = at // DAY_MS
-    gate = state.gates.get(rule.id)
-    if gate is not None:
-        if rule.cooldown_ms and at - gate[0] < rule.cooldown_ms:
-            return
-        if rule.max_per_lead is not None and gate[1] == day and gate[2] >= rule.max_per_lead:
-            return
+    gate = state.gates.get(rule.key)  # [last fired at, fires on that UTC day]
+    same_day = gate is not None and gate[0] // DAY_MS == at // DAY_MS
+    if gate is not None and rule.cooldown_ms and at - gate[0] < rule.cooldown_ms:
+        return
+    if same_day and rule.max_per_lead is not None and gate[1] >= rule.max_per_lead:
+        return
     if not rule.condition_holds(view):
         return
-    state.gates[rule.id] = [at, day, gate[2] + 1 if gate is not None and gate[1] == day else 1]
+    state.gates[rule.key] = [at, gate[1] + 1 if same_day else 1]
     spec = firing.action or rule.action
     context = dict(view)
     if firing.details:
@@ -122,16 +121,16 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions:
 
 def _store(state: LeadState, rule: Rule, slot: Any) -> None:
     if slot is None:
-        state.rules.pop(rule.id, None)
+        state.rules.pop(rule.key, None)
     else:
-        state.rules[rule.id] = slot
+        state.rules[rule.key] = slot
 
 
 def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions: list[Action]) -> None:
     while True:
         due: tuple[int, Rule] | None = None
         for rule in rules.active:
-            slot = state.rules.get(rule.id)
+            slot = state.rules.get(rule.key)
             if slot is None:
                 continue
             deadline = rule.logic.deadline(slot)
@@ -142,7 +141,7 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions
         if due is None:
             return
         deadline, rule = due
-        slot, firings = rule.logic.on_deadline(rule, state.rules[rule.id], deadline)
+        slot, firings = rule.logic.on_deadline(rule, state.rules[rule.key], deadline)
         _store(state, rule, slot)
         if firings:
             view = build_view(rules, state, deadline)
@@ -154,7 +153,7 @@ def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[A
     apply_event(state.facts, event)
     ctx = _EventContext(event, state, rules)
     for rule in rules.active:
-        slot = state.rules.get(rule.id)
+        slot = state.rules.get(rule.key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
         new_slot, firings = rule.logic.on_event(rule, slot, ctx)
@@ -168,7 +167,7 @@ def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[A
 def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
     deadlines = set()
     for rule in rules.active:
-        slot = state.rules.get(rule.id)
+        slot = state.rules.get(rule.key)
         if slot is not None:
             deadline = rule.logic.deadline(slot)
             if deadline is not None:
@@ -177,10 +176,19 @@ def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
 
 
 def _drop_stale_slots(rules: RuleSet, state: LeadState) -> None:
-    for key in [k for k in state.rules if (r := rules.by_id.get(k)) is None or not r.enabled]:
+    for key in [k for k in state.rules if (r := rules.by_key.get(k)) is None or not r.enabled]:
         del state.rules[key]
-    for key in [k for k in state.gates if k not in rules.by_id]:
-        del state.gates[key]
+
+
+def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
+    """A gate is kept only while it can still block a firing (cooldown running, or fires counted today)."""
+    for key in list(state.gates):
+        rule = rules.by_key.get(key)
+        last = state.gates[key][0]
+        cooling = rule is not None and rule.cooldown_ms and now_ms - last < rule.cooldown_ms
+        capped = rule is not None and rule.max_per_lead is not None and last // DAY_MS == now_ms // DAY_MS
+        if not (cooling or capped):
+            del state.gates[key]
 
 
 def evaluate(
@@ -191,6 +199,7 @@ def evaluate(
     actions: list[Action] = []
     if isinstance(item, Tick):
         _fire_due(rules, work, item.now_ms, True, actions)
+        _drop_spent_gates(rules, work, item.now_ms)
     else:
         if not work.lead_id:
             work.lead_id = item.lead_id
@@ -198,4 +207,5 @@ def evaluate(
         _apply_event(rules, work, item, actions)
         if now_ms is not None:
             _fire_due(rules, work, now_ms, True, actions)
+        _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
     return Evaluation(work, actions, pending_timers(rules, work))

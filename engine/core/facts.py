@@ -31,9 +31,10 @@ LeadView = dict[str, Any]
 SESSION_GAP_MS = 30 * 60 * 1000
 TIME_ON_PAGE_CAP_MS = 30 * 60 * 1000
 MAX_TRAITS = 30
-MAX_TEXT = 200
-MAX_CART_ITEMS = 25
+MAX_TEXT = 120
+MAX_CART_ITEMS = 10
 RECENT = 5
+MAX_LABEL = 40
 
 _CART_ADD = "Product Added"
 _CART_REMOVE = "Product Removed"
@@ -105,13 +106,11 @@ def _apply_cart(facts: dict[str, Any], event: Event) -> None:
 
 def _apply_session(facts: dict[str, Any], event: Event) -> None:
     ts = event.timestamp_ms
-    last = facts.get("sl")
+    last = facts.get("ls")  # the lead's latest event time before this one (apply_event updates it after)
     if last is None or ts - last > SESSION_GAP_MS:
         facts["ss"], facts["sp"] = ts, 0
         facts.pop("top", None)
         facts.pop("pt", None)
-    if last is None or ts > last:
-        facts["sl"] = ts
     if event.type != "page":
         return
     previous = facts.get("pt")
@@ -143,19 +142,19 @@ def _apply_source(facts: dict[str, Any], event: Event) -> None:
 
 def apply_event(facts: dict[str, Any], event: Event) -> None:
     ts = event.timestamp_ms
-    if facts.get("fs") is None or ts < facts["fs"]:
-        facts["fs"] = ts
-    if facts.get("ls") is None or ts > facts["ls"]:
-        facts["ls"] = ts
     if event.traits:
         _merge_traits(facts, event.traits)
     if event.type == "track" and event.name in (_CART_ADD, _CART_REMOVE, _ORDER_DONE):
         _apply_cart(facts, event)
     _apply_session(facts, event)
     _apply_source(facts, event)
+    if facts.get("fs") is None or ts < facts["fs"]:
+        facts["fs"] = ts
+    if facts.get("ls") is None or ts > facts["ls"]:
+        facts["ls"] = ts
     label = event.name or event.type
     recent = facts.setdefault("rc", [])
-    recent.append(label[:MAX_TEXT])
+    recent.append(label[:MAX_LABEL])
     del recent[:-RECENT]
 
 

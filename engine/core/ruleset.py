@@ -10,7 +10,7 @@ Contract:
   new rule.
 - `RuleSet.rules` keeps load order (files sorted, rules in file order); `RuleSet.active` the enabled ones;
   `RuleSet.version` is a hash of all rule ids and versions.
-- A kind's logic (`RuleLogic`) owns only its own slot of per-lead state (`LeadState.rules[rule.id]`), a small
+- A kind's logic (`RuleLogic`) owns only its own slot of per-lead state (`LeadState.rules[rule.key]`), a small
   JSON-able value; it never touches other rules' slots and never does I/O.
 """
 
@@ -82,6 +82,11 @@ class Rule:
     on_cap: str = "defer"
     description: str = ""
     source: str = ""  # "file:line" where the rule is defined
+    key: str = ""  # short, stable key of this rule's slots in LeadState (derived from the id; see state_key)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", state_key(self.id))
 
     @property
     def connector(self) -> str:
@@ -99,6 +104,7 @@ class RuleSet:
     version: str = ""
     active: tuple[Rule, ...] = ()
     by_id: Mapping[str, Rule] = field(default_factory=dict)
+    by_key: Mapping[str, Rule] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rules: list[Rule] | tuple[Rule, ...]) -> RuleSet:
@@ -111,6 +117,7 @@ class RuleSet:
             version=digest.hexdigest(),
             active=tuple(r for r in rules if r.enabled),
             by_id={r.id: r for r in rules},
+            by_key=_unique_keys(rules),
         )
 
     def __len__(self) -> int:
@@ -125,6 +132,24 @@ class RuleSet:
     @property
     def score_rules(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.active if r.kind == "score")
+
+
+def state_key(rule_id: str) -> str:
+    """8 hex chars standing for the rule id in per-lead state.
+
+    State stays small whatever the length of the id, and a rule keeps its pending state across edits (the key
+    depends on the id only, not on the version).
+    """
+    return hashlib.blake2b(rule_id.encode(), digest_size=4).hexdigest()
+
+
+def _unique_keys(rules: tuple[Rule, ...]) -> dict[str, Rule]:
+    by_key: dict[str, Rule] = {}
+    for rule in rules:
+        other = by_key.setdefault(rule.key, rule)
+        if other is not rule:
+            raise ValueError(f"rule ids {other.id!r} and {rule.id!r} share a state key; rename one of them")
+    return by_key
 
 
 def definition_hash(canonical: bytes) -> str:

@@ -3,8 +3,8 @@
 Contract:
 - `LeadState` holds the lead id, its derived facts (`facts`, see `engine.core.facts`), one slot per rule that
   has
-  something pending (`rules[rule_id]`, owned by that rule's kind) and the firing history used by cooldown and
-  `max_per_lead` (`gates[rule_id] = [last_fired_ms, utc_day, fires_that_day]`).
+  something pending (`rules[rule.key]`, owned by that rule's kind) and the firing history used by cooldown and
+  `max_per_lead` (`gates[rule.key] = [last_fired_ms, fires_on_that_utc_day]`).
 - Everything that can grow is bounded (windows pruned by time and capped by count; traits and cart capped),
   so one
   table entry per lead stays small (well under 1 KiB for the shipped pack) whatever the length of its history.
@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.core.facts import merge_facts
+
+DAY_MS = 86_400_000
 
 if TYPE_CHECKING:
     from engine.core.ruleset import RuleSet
@@ -91,7 +93,7 @@ class LeadState:
         mine, theirs = self.copy(), other.copy()
         merged_rules = dict(theirs.rules)
         for rule_id, slot in mine.rules.items():
-            rule = rules.get(rule_id) if rules is not None else None
+            rule = rules.by_key.get(rule_id) if rules is not None else None
             if rule is not None and rule_id in theirs.rules:
                 merged_rules[rule_id] = rule.logic.merge(slot, theirs.rules[rule_id])
             else:
@@ -101,12 +103,10 @@ class LeadState:
             other_gate = gates.get(rule_id)
             if other_gate is None:
                 gates[rule_id] = gate
+            elif other_gate[0] // DAY_MS == gate[0] // DAY_MS:
+                gates[rule_id] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
             else:
-                last = max(gate[0], other_gate[0])
-                if gate[1] == other_gate[1]:
-                    gates[rule_id] = [last, gate[1], max(gate[2], other_gate[2])]
-                else:
-                    gates[rule_id] = [last, *max((gate[1], gate[2]), (other_gate[1], other_gate[2]))]
+                gates[rule_id] = max(gate, other_gate)
         return LeadState(
             self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates
         )

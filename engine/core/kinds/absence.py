@@ -9,8 +9,9 @@ Semantics (pinned by tests and the brute-force reference in tests/core):
   product viewed twice); otherwise it closes silently at the deadline.
 - When event time passes the deadline the rule fires once, `fired_at` = deadline; the next `when` opens a new
   episode.
-Slot: `[start_ms, deadline_ms, opening_message_id, last_when_message_id, last_when_ms, when_matches]`
-or absent: one per rule and lead whatever the length of the history.
+Slot: `[start_ms, opening_message_id, last_when_ms - start_ms, last_when_message_id | null, when_matches]` or
+absent: one per rule and lead whatever the length of the history. The deadline is derived: the last `when`
+(or, with `restart: false`, the start) plus within.
 """
 
 from __future__ import annotations
@@ -37,22 +38,27 @@ class AbsenceLogic:
     def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]:
         event = ctx.event
         t = event.timestamp_ms
-        if slot is not None and self.unless is not None and slot[0] <= t <= slot[1] and self.unless(ctx):
+        closable = slot is not None and self.unless is not None and slot[0] <= t <= self.deadline(slot)
+        if closable and self.unless(ctx):  # type: ignore[misc]
             slot = None
         if self.when(ctx):
             if slot is None:
-                slot = [t, t + self.within_ms, event.message_id, event.message_id, t, 1]
-            elif self.restart and t >= slot[4]:
-                slot = [slot[0], max(slot[1], t + self.within_ms), slot[2], event.message_id, t, slot[5] + 1]
+                slot = [t, event.message_id, 0, None, 1]
+            elif self.restart and t >= slot[0] + slot[2]:
+                slot = [slot[0], slot[1], t - slot[0], event.message_id, slot[4] + 1]
             else:
-                slot = [*slot[:5], slot[5] + 1]
+                slot = [*slot[:4], slot[4] + 1]
         return slot, []
 
     def deadline(self, slot: Any) -> int | None:
-        return None if slot is None else slot[1]
+        if slot is None:
+            return None
+        return slot[0] + (slot[2] if self.restart else 0) + self.within_ms
 
     def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
-        start, deadline, opening, last, last_ms, matches = slot
+        start, opening, last_offset, last, matches = slot
+        last, last_ms = last or opening, start + last_offset
+        deadline = self.deadline(slot)
         if matches < self.min_matches:
             return None, []
         trigger = (opening,) if opening == last else (opening, last)
