@@ -14,9 +14,17 @@ BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
 
 TRACK_NAMES = (
-    "Product Viewed", "Product Added", "Product Removed", "Checkout Started", "Order Completed", "Order Refunded",
-    "Signed Up", "Email Opened", "Demo Requested", "Unsubscribed",
-)  # fmt: skip
+    "Product Viewed",
+    "Product Added",
+    "Product Removed",
+    "Checkout Started",
+    "Order Completed",
+    "Order Refunded",
+    "Signed Up",
+    "Email Opened",
+    "Demo Requested",
+    "Unsubscribed",
+)
 PAGES = ("/pricing", "/pricing/teams", "/docs/start", "/", "/blog/x")
 
 
@@ -47,14 +55,16 @@ def raw_event(draw: st.DrawFn, lead: str, index: int, ts: int) -> dict[str, Any]
 
 @st.composite
 def lead_stream(draw: st.DrawFn, lead: str, max_size: int = 25, max_gap_min: int = 40) -> list[Event]:
-    """Events of one lead in input order; timestamps mostly increase, sometimes tie, sometimes go back a little."""
+    """One lead's events in input order; timestamps mostly increase, sometimes tie, sometimes go back."""
     n = draw(st.integers(0, max_size))
     ts = BASE + draw(st.integers(0, 60)) * MINUTE
     events = []
     for i in range(n):
-        ts += draw(st.sampled_from((0, 1, 2, 5, 10, 30))) * MINUTE if draw(st.booleans()) else draw(
-            st.integers(-3, max_gap_min)
-        ) * MINUTE
+        ts += (
+            draw(st.sampled_from((0, 1, 2, 5, 10, 30))) * MINUTE
+            if draw(st.booleans())
+            else draw(st.integers(-3, max_gap_min)) * MINUTE
+        )
         events.append(parse_event(draw(raw_event(lead, i, ts))))
     return events
 

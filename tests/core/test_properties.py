@@ -31,14 +31,16 @@ def test_output_does_not_depend_on_how_leads_interleave(data: st.DataObject) -> 
 
 @FAST
 @given(multi_lead_streams(), st.booleans())
-def test_replaying_the_same_input_gives_identical_output(per_lead: dict[str, list[Event]], flush: bool) -> None:
+def test_replaying_the_same_input_gives_identical_output(
+    per_lead: dict[str, list[Event]], flush: bool
+) -> None:
     events = [e for stream in per_lead.values() for e in stream]
     reloaded = load_rules([Path(__file__).resolve().parents[2] / "rules"])
     assert _output(simulate(PACK, events, flush)) == _output(simulate(reloaded, events, flush))
 
 
 def _worker_like(rules: RuleSet, events: list[Event]) -> list:
-    """Evaluate as the live worker does: state stored as bytes between steps, timers fired by ticks at the end."""
+    """Evaluate like the live worker: state kept as bytes between steps, timers fired by ticks at the end."""
     stored: dict[str, bytes] = {}
     timers: dict[str, list[int]] = {}
     actions = []
@@ -63,7 +65,11 @@ def test_state_round_trip_through_bytes_changes_nothing(per_lead: dict[str, list
     assert [a.to_bytes() for a in _worker_like(PACK, events)] == [a.to_bytes() for a in expected]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example],
+)
 @given(lead_stream("endless", max_size=400, max_gap_min=90))
 def test_state_stays_bounded_on_an_endless_stream_of_one_lead(events: list[Event]) -> None:
     state = None
@@ -87,9 +93,14 @@ def test_state_stays_bounded_over_ten_thousand_events() -> None:
         if i % 3 == 0:
             doc = {"type": "page", "properties": {"path": PAGES[i % len(PAGES)]}}
         else:
-            doc = {"type": "track", "event": TRACK_NAMES[i % len(TRACK_NAMES)],
-                   "properties": {"product_id": f"p{i % 40}", "price": 10, "name": f"Product {i % 40}"}}  # fmt: skip
-        doc.update({"userId": "endless", "messageId": f"m{i}", "timestamp": ts, "traits": {"email": "e@x.io"}})
+            doc = {
+                "type": "track",
+                "event": TRACK_NAMES[i % len(TRACK_NAMES)],
+                "properties": {"product_id": f"p{i % 40}", "price": 10, "name": f"Product {i % 40}"},
+            }
+        doc.update(
+            {"userId": "endless", "messageId": f"m{i}", "timestamp": ts, "traits": {"email": "e@x.io"}}
+        )
         state = evaluate(PACK, state, parse_event(doc)).state
         sizes.append(state.size())
     assert max(sizes) <= 1024

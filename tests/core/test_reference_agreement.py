@@ -1,4 +1,4 @@
-"""The core agrees with the brute-force reference (tests/core/reference.py) on thousands of generated streams."""
+"""The core agrees with the brute-force reference (tests/core/reference.py) on thousands of streams."""
 
 from __future__ import annotations
 
@@ -34,7 +34,11 @@ def absence_yaml(spec: AbsenceSpec) -> str:
 
 
 def threshold_yaml(spec: ThresholdSpec) -> str:
-    measure = f"count: {spec.count}" if spec.count is not None else f"sum: {{field: properties.v, gte: {spec.sum_gte}}}"
+    measure = (
+        f"count: {spec.count}"
+        if spec.count is not None
+        else f"sum: {{field: properties.v, gte: {spec.sum_gte}}}"
+    )
     cooldown = "" if spec.cooldown is None else f"\n    cooldown: {format_duration(spec.cooldown) or '0s'}"
     return f"""
   - id: {spec.id}
@@ -62,8 +66,12 @@ def threshold_specs(draw: st.DrawFn, index: int) -> ThresholdSpec:
     match = draw(name_sets)
     cooldown = draw(st.sampled_from([None, None, 0, 5 * MINUTE, 30 * MINUTE]))
     if draw(st.booleans()):
-        return ThresholdSpec(f"threshold_{index}", match, draw(minutes), count=draw(st.integers(1, 4)), cooldown=cooldown)
-    return ThresholdSpec(f"threshold_{index}", match, draw(minutes), sum_gte=draw(st.integers(1, 12)), cooldown=cooldown)
+        return ThresholdSpec(
+            f"threshold_{index}", match, draw(minutes), count=draw(st.integers(1, 4)), cooldown=cooldown
+        )
+    return ThresholdSpec(
+        f"threshold_{index}", match, draw(minutes), sum_gte=draw(st.integers(1, 12)), cooldown=cooldown
+    )
 
 
 @st.composite
@@ -73,26 +81,39 @@ def streams(draw: st.DrawFn) -> list[RefEvent]:
     for i in range(n):
         lead = draw(st.sampled_from(("l1", "l2", "l3")))
         name = draw(st.sampled_from(NAMES))
-        ts = BASE + draw(st.integers(0, 120)) * MINUTE  # minute grid: ties and deadline-equal times are common
+        ts = (
+            BASE + draw(st.integers(0, 120)) * MINUTE
+        )  # minute grid: ties and deadline-equal times are common
         events.append((lead, name, ts, f"m{i}", draw(st.integers(0, 5))))
     return events
 
 
 def to_event(e: RefEvent) -> Event:
     lead, name, ts, message_id, value = e
-    return Event(message_id=message_id, lead_id=lead, type="track", timestamp_ms=ts, name=name, user_id=lead,
-                 properties={"v": value})  # fmt: skip
+    return Event(
+        message_id=message_id,
+        lead_id=lead,
+        type="track",
+        timestamp_ms=ts,
+        name=name,
+        user_id=lead,
+        properties={"v": value},
+    )
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.tuples(st.tuples(absence_specs(0), absence_specs(1)), st.tuples(threshold_specs(0), threshold_specs(1))),
+    st.tuples(
+        st.tuples(absence_specs(0), absence_specs(1)), st.tuples(threshold_specs(0), threshold_specs(1))
+    ),
     streams(),
     st.booleans(),
 )
 def test_core_agrees_with_brute_force_reference(specs, events: list[RefEvent], flush: bool) -> None:
     absences, thresholds = specs
-    text = "rules:" + "".join(absence_yaml(s) for s in absences) + "".join(threshold_yaml(s) for s in thresholds)
+    text = (
+        "rules:" + "".join(absence_yaml(s) for s in absences) + "".join(threshold_yaml(s) for s in thresholds)
+    )
     rules = parse_rules(text)
     actions = simulate(rules, [to_event(e) for e in events], flush=flush)
     got = sorted((a.rule, a.lead_id, a.fired_at_ms, a.trigger) for a in actions)
