@@ -17,7 +17,9 @@ Contract:
   (back-pressure; the backlog waits in Kafka, not in memory) while still polling so the group does not evict
   it.
 - Records it cannot store (invalid events — the worker dead-letters those —, malformed JSON) are skipped and
-  counted in `nudge_sink_skipped_records_total`; their offsets are committed with the batch.
+  counted in `nudge_sink_skipped_records_total`; their offsets are committed with the batch. A row the client
+  cannot encode for its column (say a priority beyond Int16) is found by bisecting the insert, skipped and
+  counted (`reason="rejected_row"`, `topic` = the table): one bad record never blocks the sink.
 - On stop (`stop` event set) the current batch is flushed when ClickHouse accepts it; if ClickHouse is down
   it is abandoned uncommitted (it will be read again on the next start).
 - Metrics: rows, insert latency and errors per table; buffered rows per table.
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -41,6 +44,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DataError
 
 from engine import metrics, topics
 from engine.clickhouse.client import ClickHouseUnavailable, connect, is_embedded
@@ -49,6 +53,9 @@ from engine.clickhouse.rows import COLUMNS, Record, UnstorableRecord, to_row
 from engine.config import Settings
 
 log = logging.getLogger(__name__)
+
+# Raised while encoding rows on the client: the data, not ClickHouse, is at fault, so retrying cannot help.
+BAD_DATA_ERRORS = (DataError, TypeError, ValueError, OverflowError, struct.error)
 
 SINK_TOPICS = (
     topics.CLICKSTREAM,
@@ -166,13 +173,30 @@ class Sink:
         metrics.CLICKHOUSE_ROWS.labels(table).inc(len(rows))
         self.rows_written += len(rows)
 
+    def _insert_isolating_bad_rows(self, table: str, rows: list[list[Any]], token: str) -> None:
+        """Insert; if the client cannot encode some rows (a value outside its column type), bisect to find
+        them, skip and count them, and insert the rest. Sub-inserts get derived tokens, so a retry stays
+        idempotent. Transport and server errors propagate (they are retried whole)."""
+        try:
+            self._insert(table, rows, token)
+        except BAD_DATA_ERRORS as exc:
+            if len(rows) == 1:
+                log.error(
+                    "skipping a row ClickHouse cannot take into %s: %s; row: %.500r", table, exc, rows[0]
+                )
+                metrics.SINK_SKIPPED.labels(table, "rejected_row").inc()
+                return
+            middle = len(rows) // 2
+            self._insert_isolating_bad_rows(table, rows[:middle], f"{token}:a")
+            self._insert_isolating_bad_rows(table, rows[middle:], f"{token}:b")
+
     async def _insert_with_retry(self, batch: Batch, table: str, stop: asyncio.Event) -> bool:
         """Insert until accepted (True), or until stopping or a rebalance takes the batch away (False)."""
         rows, token = batch.rows[table], batch.token(table)
         delay = self.backoff_initial_s
         while True:
             try:
-                await asyncio.to_thread(self._insert, table, rows, token)
+                await asyncio.to_thread(self._insert_isolating_bad_rows, table, rows, token)
                 return True
             except ClickHouseUnavailable as exc:
                 if is_embedded(self.settings.clickhouse_dsn) and "another process" in str(exc):
