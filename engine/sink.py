@@ -177,6 +177,7 @@ class Sink:
         """Insert; if the client cannot encode some rows (a value outside its column type), bisect to find
         them, skip and count them, and insert the rest. Sub-inserts get derived tokens, so a retry stays
         idempotent. Transport and server errors propagate (they are retried whole)."""
+        self._open_client()  # outside the try: a connection or migration error is never "bad data"
         try:
             self._insert(table, rows, token)
         except BAD_DATA_ERRORS as exc:
