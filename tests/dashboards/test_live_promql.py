@@ -276,6 +276,11 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
             count = prometheus.series_count(name)
             assert count == 0, f"{name} has data now: remove it from NOT_YET_DRIVEN ({why})"
 
+        # End to end: the garbage we sent (1 in 7 messages) trips the dead-letter alert; `for: 10m` keeps it
+        # pending, which shows the rule sees the engine's real series.
+        active = {a["labels"]["alertname"]: a["state"] for a in prometheus.api("alerts")["alerts"]}
+        assert active.get("NudgeDeadLetterRateHigh") in ("pending", "firing"), active
+
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
         unhealthy = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
