@@ -23,14 +23,17 @@ RATE = "$__rate_interval"
 Target = tuple[str, str]  # (PromQL expression, legend format)
 
 
-def query(expr: str, legend: str = "", *, instant: bool = False, fmt: pm.PromQueryFormat | None = None):
-    query = prometheus.Dataquery().expr(expr).datasource(DATASOURCE).editor_mode(pm.QueryEditorMode.CODE)
+def query(
+    expr: str, legend: str = "", *, instant: bool = False, fmt: pm.PromQueryFormat | None = None
+) -> prometheus.Dataquery:
+    """One Prometheus target in code mode: a range query unless `instant`."""
+    target = prometheus.Dataquery().expr(expr).datasource(DATASOURCE).editor_mode(pm.QueryEditorMode.CODE)
     if legend:
-        query = query.legend_format(legend)
-    query = query.instant() if instant else query.range()
+        target = target.legend_format(legend)
+    target = target.instant() if instant else target.range()
     if fmt is not None:
-        query = query.format(fmt)
-    return query
+        target = target.format(fmt)
+    return target
 
 
 def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
@@ -69,6 +72,7 @@ def ts(
     stack: bool = False,
     limits: db.ThresholdsConfig | None = None,
 ) -> timeseries.Panel:
+    """A time series of `targets` (expression, legend); `limits` draws threshold lines."""
     panel = (
         timeseries.Panel()
         .title(title)
