@@ -2,10 +2,11 @@
 baseline on one broker with one seeded workload; write bench/results/latest.json and print a table.
 
 What is measured, in this order (see bench/runs.py): (1) raw aiokafka consume + orjson decode, (2) the naive
-Faust agent, (3) the Nudge worker with the shipped rule pack (events/s, CPU-s per 1k events), then (5) its
-state per active lead and RSS, grown to `--leads + --grow-leads` leads, (3') the same worker with the `dev`
-broker profile (one record per producer batch, what CI runs), (6) two workers, (4) latency at
-`--load-fraction` of (3), and optionally a py-spy profile of the worker (`--profile-worker`).
+Faust agent with Faust's defaults, (2') the same with the worker's Faust settings, (3) the Nudge worker with
+the shipped rule pack (events/s, CPU-s per 1k events), then (5) its state per active lead and RSS, grown to
+`--leads + --grow-leads` leads, (3') the same worker with the `dev` broker profile (one record per producer
+batch, what CI runs), (6) two workers, (4) latency at `--load-fraction` of (3), and optionally a py-spy
+profile of the worker (`--profile-worker`).
 
 The run starts its own dev stack (Tansu + Redis) in a temporary directory and stops it at the end; the
 generated workload is cached in bench/results/cache/. A full run takes about 5-8 minutes on 2 cores;
@@ -36,7 +37,7 @@ from bench.processes import BenchError
 from engine.devstack import DevStack
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("naive", "grow", "dev-profile", "two-workers", "latency")
+STEPS = ("naive", "naive-tuned", "grow", "dev-profile", "two-workers", "latency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,6 +132,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if "naive" not in args.skip:
                 m["naive"] = await _step(results, "(2) naive Faust agent",
                                          lambda: runs.measure_naive(ctx, raw_settings, load, timeout))
+            if "naive-tuned" not in args.skip:
+                m["naive_tuned"] = await _step(
+                    results, "(2') naive Faust agent, worker's settings",
+                    lambda: runs.measure_naive(ctx, raw_settings, load, timeout, tuned=True))
         m["worker"] = await _step(results, "(3)+(5) nudge worker",
                                   lambda: runs.measure_worker(ctx, load, grow=grow, timeout_s=timeout))
         if "dev-profile" not in args.skip and args.broker_profile != "dev":

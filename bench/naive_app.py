@@ -1,8 +1,11 @@
 """`python -m bench.naive_app`: measurement (2), the Faust agent a Faust user would write first.
 
 One `async for` over the clickstream, the event decoded with `json`, one table write per event (a per-lead
-counter and last-seen record, JSON-encoded by Faust). Same broker profile and Faust settings as the Nudge
-worker (engine/faust_settings.py via `bench.profiles`), so the comparison isolates the processing design.
+counter and last-seen record, JSON-encoded by Faust), Faust's default settings. Only what the broker and the
+measurement need is set: memory store, reading from the earliest offset, log level info, and the Tansu
+group-session workaround (without it a join takes 30 s; it does not change processing). With
+BENCH_NAIVE_TUNED=1 it instead takes the Nudge worker's Faust settings and broker profile (producer batching,
+10k-record polls, ...), which shows how much of the worker's lead is configuration and how much design.
 
 Environment: the NUDGE_* variables of the run (broker, topic prefix, partitions, state dir, web port) plus
 BENCH_APP_ID (its own consumer group), BENCH_EXPECTED (records to process) and BENCH_STATUS (a file). The
@@ -32,9 +35,24 @@ def main() -> int:
     expected = int(os.environ["BENCH_EXPECTED"])
     status_path = Path(os.environ["BENCH_STATUS"])
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    options = faust_settings(settings)
-    options.pop("key_serializer")
-    options.pop("value_serializer")
+    if os.environ.get("BENCH_NAIVE_TUNED") == "1":
+        options = faust_settings(settings)
+        options.pop("key_serializer")
+        options.pop("value_serializer")
+    else:
+        options = {
+            "id": settings.app_id,
+            "broker": settings.broker_url,
+            "store": "memory://",
+            "datadir": str(settings.state_dir / settings.app_id),
+            "topic_partitions": settings.partitions,
+            "web_port": settings.web_port,
+            "consumer_auto_offset_reset": "earliest",
+            # Tansu's slow JoinGroup (dev-stack.md, bug 2): joins only, not processing.
+            "broker_session_timeout": 10.0,
+            "broker_heartbeat_interval": 1.0,
+            "broker_rebalance_timeout": 10.0,
+        }
     app = faust.App(**options)
     clickstream = app.topic(
         settings.topic("clickstream"), key_type=bytes, value_type=bytes, key_serializer="raw",

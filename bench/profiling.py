@@ -20,6 +20,7 @@ from typing import Any
 
 # (cost centre, substrings of a frame "function (file:line)"); first match wins, so specific ones go first.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("logging (records, tracebacks)", ("logging/", "colorlog/", "traceback.py", "linecache.py")),
     ("metrics page / stats scan", ("_metrics_page", "_refresh_stats", "prometheus_client")),
     ("rule evaluation (engine.core)", ("engine/core/", "engine/language/")),
     ("event parsing (parse_event)", ("engine/events.py",)),
@@ -31,8 +32,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("consumer fetch + decode (aiokafka)", ("aiokafka/consumer", "aiokafka/record", "aiokafka/conn")),
     ("Faust stream/consumer machinery", ("faust/streams", "faust/transport", "faust/channels",
                                          "faust/topics", "faust/agents", "mode/")),
-    ("logging", ("logging/",)),
-    ("event loop / other", ("",)),
+    ("event loop (uvloop, C) / other", ("",)),
 ]
 
 

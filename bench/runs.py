@@ -35,7 +35,8 @@ from engine.config import Settings
 from engine.devstack import StackInfo, free_port
 
 READY_MARK = "deadline index rebuilt"  # logged by engine/worker.py once its partitions are recovered
-POLL_S = 0.2
+POLL_S = 0.5  # scraping /metrics costs the worker CPU: every 0.2 s cost ~5% (py-spy)
+STALL_S = 45.0  # no progress for this long: the measurement fails instead of waiting for its timeout
 
 
 @dataclass
@@ -103,6 +104,18 @@ async def _scrape_all(ports: Sequence[int]) -> list[dict[str, float]]:
     return await asyncio.gather(*(asyncio.to_thread(scrape, port) for port in ports))
 
 
+async def create_inputs(ctx: RunContext, settings: Settings) -> str:
+    """Create the worker's input topics with the run's partition count; returns the clickstream topic.
+
+    `timers` is created here too: left to the worker, it can be auto-created by the broker with the broker's
+    default partition count (Tansu: 4) before Faust declares it, and ticks for higher partitions then fail
+    (see bench/FINDINGS.md).
+    """
+    for name in ("clickstream", "timers"):
+        await kafka_io.create_topic(ctx.stack.bootstrap, settings.topic(name), ctx.partitions)
+    return settings.topic("clickstream")
+
+
 def _total(samples: Sequence[dict[str, float]], name: str) -> float:
     return sum(s.get(name, 0.0) for s in samples)
 
@@ -120,15 +133,20 @@ async def measure_raw(ctx: RunContext, workload: Workload) -> tuple[dict[str, An
 
 
 # --- (2) naive Faust agent ------------------------------------------------------------
-async def measure_naive(ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float) -> dict:
-    status = ctx.workdir / f"{settings.topic_prefix}naive-status.json"
+async def measure_naive(
+    ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float, tuned: bool = False
+) -> dict:
+    """(2) on the topic loaded by `measure_raw`; `tuned` runs it with the worker's Faust settings."""
+    label = "naive-tuned" if tuned else "naive"
+    status = ctx.workdir / f"{settings.topic_prefix}{label}-status.json"
     env = ctx.env(
         settings.with_(web_port=free_port()),
-        BENCH_APP_ID=f"{settings.app_id}naive",
+        BENCH_APP_ID=f"{settings.app_id}{label}",
         BENCH_EXPECTED=str(len(workload.records)),
         BENCH_STATUS=str(status),
+        BENCH_NAIVE_TUNED="1" if tuned else "0",
     )
-    proc = Proc("naive Faust agent", [sys.executable, "-m", "bench.naive_app"], env, ctx.log("naive")).start()
+    proc = Proc(label, [sys.executable, "-m", "bench.naive_app"], env, ctx.log(label)).start()
     try:
         deadline = time.monotonic() + timeout_s
         done: dict[str, float] = {}
@@ -197,12 +215,20 @@ async def _consume_all(
     deadline = time.monotonic() + timeout_s
     start: tuple[float, float, list[float]] | None = None
     consumed = 0.0
+    progress = (time.monotonic(), consumed)
     while time.monotonic() < deadline:
+        if time.monotonic() - progress[0] > STALL_S:
+            raise BenchError(
+                f"workers stalled at {consumed:.0f} of {expected:.0f} events for {STALL_S:.0f} s; "
+                f"see {fleet.procs[0].log_path}"
+            )
         for proc in fleet.procs:
             proc.check_alive()
         samples = await _scrape_all(fleet.ports)
         now = time.perf_counter()
         consumed = _total(samples, "nudge_events_consumed_total")
+        if consumed != progress[1]:
+            progress = (time.monotonic(), consumed)
         if start is None and consumed > 0:
             start = (now, consumed, [p.cpu_s() or 0.0 for p in fleet.procs])
         if consumed >= expected and start is not None:
@@ -247,8 +273,7 @@ async def measure_worker(
     label: str = "worker",
 ) -> dict[str, Any]:
     settings = ctx.settings(label)
-    topic = settings.topic("clickstream")
-    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    topic = await create_inputs(ctx, settings)
     fleet = await start_workers(ctx, settings, workers, label, wrap)
     try:
         await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
@@ -284,8 +309,7 @@ async def measure_latency(
     windows = compressed_pack(SHIPPED, rules_dir, compress)
     kinds = _rule_kinds(rules_dir)
     settings = ctx.settings("latency", rules_path=rules_dir, allowed_lateness_s=allowed_lateness_s)
-    topic = settings.topic("clickstream")
-    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    topic = await create_inputs(ctx, settings)
     records = workload.records[: int(rate * duration_s)]
     fleet = await start_workers(ctx, settings, 1, "latency")
     try:
@@ -328,8 +352,7 @@ async def profile_worker(ctx: RunContext, workload: Workload, timeout_s: float) 
     from bench.profiling import Sampler, summarise
 
     settings = ctx.settings("profile")
-    topic = settings.topic("clickstream")
-    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
+    topic = await create_inputs(ctx, settings)
     fleet = await start_workers(ctx, settings, 1, "profile")
     out = ctx.workdir / "profile-worker.txt"
     try:
