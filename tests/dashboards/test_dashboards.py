@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -181,3 +182,16 @@ def test_compose_mounts_what_provisioning_expects() -> None:
         assert service["healthcheck"]["test"], name
         assert service["environment"]["NUDGE_BROKER_PROFILE"] == "kafka", name
         assert service["environment"]["NUDGE_CLICKHOUSE_DSN"].startswith("http://"), name
+
+
+def test_compose_and_image_set_only_variables_nudge_reads() -> None:
+    """A misspelt NUDGE_* variable in deployment files would be silently ignored: every one must be read by
+    engine/config.py or referenced as ${VAR} by connectors.yaml."""
+    known = set(re.findall(r"NUDGE_[A-Z_]+", (ROOT / "engine" / "config.py").read_text()))
+    known |= set(re.findall(r"\$\{(NUDGE_[A-Z_]+)", (ROOT / "connectors.yaml").read_text()))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    used = {name for service in compose["services"].values()
+            for name in (service.get("environment") or {}) if name.startswith("NUDGE_")}
+    used |= set(re.findall(r"\b(NUDGE_[A-Z_]+)=", (ROOT / "deploy" / "Dockerfile").read_text()))
+    assert used, "no NUDGE_* variables found in docker-compose.yml / deploy/Dockerfile"
+    assert used <= known, f"set but never read: {sorted(used - known)}"
