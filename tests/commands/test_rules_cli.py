@@ -1,0 +1,78 @@
+"""`nudge rules validate` and `nudge rules test`: exit codes and one line per problem / case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+RULE = "rules:\n  - {id: a, kind: absence, when: {event: A}, within: 10m, action: {connector: log}}\n"
+
+
+def test_validate_accepts_the_shipped_pack(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "validate", str(REPO / "rules")]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_validate_prints_one_line_per_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "rules:\n"
+        "  - id: a\n"
+        "    kind: absence\n"
+        "    when: {event: A, colour: red}\n"
+        "    within: 30x\n"
+        "    action: {connector: fax}\n"
+        "  - {id: a, kind: threshold, match: {type: page}, count: 2, within: 1m, action: {connector: log}}\n"
+    )
+    assert main(["rules", "validate", str(bad), str(tmp_path / "missing.yaml")]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path / 'missing.yaml'}:1:1: no such file or directory"
+    assert [line.split(": ", 1)[0] for line in lines[1:]] == [
+        f"{bad}:4:22",  # unknown key
+        f"{bad}:5:13",  # bad duration
+        f"{bad}:6:25",  # unknown connector
+        f"{bad}:7:10",  # duplicate id
+    ]
+
+
+def test_rules_test_runs_the_shipped_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "test", str(REPO / "rules")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok   ") >= 10 and "FAIL" not in out
+
+
+def test_rules_test_reports_a_failing_case_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.yaml").write_text(RULE)
+    (tmp_path / "a.test.yaml").write_text(
+        "cases:\n"
+        "  - name: fires after ten minutes\n"
+        "    events: [{type: track, event: A, userId: u, messageId: m, timestamp: '2026-01-05T10:00:00Z'}]\n"
+        "    expect: [{rule: a, fired_at: '2026-01-05T10:10:00Z', trigger: [m]}]\n"
+        "  - name: wrong expectation\n"
+        "    events: [{type: track, event: A, userId: u, timestamp: '2026-01-05T10:00:00Z'}]\n"
+        "    expect: [{rule: a, fired_at: '2026-01-05T10:11:00Z'}]\n"
+    )
+    assert main(["rules", "test", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"ok   {tmp_path / 'a.test.yaml'}:2: fires after ten minutes" in out
+    assert f"FAIL {tmp_path / 'a.test.yaml'}:5: wrong expectation" in out
+    assert "fired_at: expected 2026-01-05T10:11:00Z, got 2026-01-05T10:10:00.000Z" in out
+
+
+def test_rules_test_rejects_an_invalid_test_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.yaml").write_text(RULE)
+    (tmp_path / "a.test.yaml").write_text(
+        "rules: [nope]\ncases:\n  - {name: x, events: [], expect: [], colour: 1}\n"
+    )
+    assert main(["rules", "test", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'a.test.yaml'}:1:8: unknown rule 'nope'" in out
+    assert "unknown key 'colour' in a test case" in out
