@@ -58,6 +58,17 @@ class Outcome:
         return self.outcome in FINAL_OUTCOMES
 
 
+@dataclass(frozen=True)
+class Job:
+    """One delivery attempt's input: the action, sends tried so far, whether it came from the schedule (its
+    entry may then be replaced) or from Kafka, and when the worker emitted it (wall clock, for the delay)."""
+
+    action: Action
+    attempts: int = 0
+    from_schedule: bool = False
+    emitted_ms: int = 0
+
+
 @dataclass
 class ConnectorRuntime:
     """A started connector with its own slot limit, breaker and retry policy."""
@@ -108,40 +119,39 @@ class Deliverer:
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    async def deliver(self, action: Action, attempts: int = 0, from_schedule: bool = False) -> Outcome:
+    async def deliver(self, job: Job) -> Outcome:
+        action = job.action
         runtime = self.connectors.get(action.connector)
         if runtime is None:
             known = ", ".join(sorted(self.connectors)) or "none"
             detail = f"no connector named {action.connector!r} in the connectors file (configured: {known})"
-            return Outcome("failed", "unknown_connector", attempts, detail, dead_letter=True)
+            return Outcome("failed", "unknown_connector", job.attempts, detail, dead_letter=True)
         if runtime.breaker.state is CircuitState.OPEN:
             error = RetryableError(
                 "circuit_open", f"circuit of {runtime.name} is open after repeated failures"
             )
-            return await self._attempt_failed(runtime, action, attempts + 1, error, from_schedule)
+            return await self._attempt_failed(runtime, job, error)
         async with runtime.slots:
-            return await self._deliver_in_slot(runtime, action, attempts, from_schedule)
+            return await self._deliver_in_slot(runtime, job)
 
-    async def _deliver_in_slot(
-        self, runtime: ConnectorRuntime, action: Action, attempts: int, from_schedule: bool
-    ) -> Outcome:
+    async def _deliver_in_slot(self, runtime: ConnectorRuntime, job: Job) -> Outcome:
+        action, attempts = job.action, job.attempts
         claim = await self.idempotency.claim(action.action_id)
         if claim.status is ClaimStatus.DONE:
             return Outcome("duplicate", "already_sent", attempts)
         if claim.status is ClaimStatus.HELD:
-            due = self.now_ms() + claim.held_for_ms + 50
-            return await self._wait(action, attempts, due, "held", "claim_held", from_schedule)
+            return await self._wait(job, self.now_ms() + claim.held_for_ms + 50, "held", "claim_held")
         token = claim.token
         release_claim = True  # False once sent (the claim becomes `done`) or when cancelled like a crash
         try:
             if self.hooks.after_claim:
                 await self.hooks.after_claim(action)
-            held_back = await self._policies(runtime, action, attempts, from_schedule)
+            held_back = await self._policies(runtime, job)
             if held_back is not None:
                 return held_back
             if not runtime.breaker.allow():
                 error = RetryableError("circuit_open", f"circuit of {runtime.name} is open")
-                return await self._attempt_failed(runtime, action, attempts + 1, error, from_schedule)
+                return await self._attempt_failed(runtime, job, error)
             started = time.monotonic()
             CONNECTOR_INFLIGHT.labels(connector=runtime.name).inc()
             try:
@@ -169,59 +179,48 @@ class Deliverer:
             await self.caps.release(action, runtime.name)
             return Outcome("failed", exc.reason, attempts + 1, exc.detail, dead_letter=True)
         except DeliveryError as exc:
-            return await self._attempt_failed(runtime, action, attempts + 1, exc, from_schedule)
+            return await self._attempt_failed(runtime, job, exc)
         except TimeoutError:
             error = RetryableError("timeout", "the connector did not return in time")
-            return await self._attempt_failed(runtime, action, attempts + 1, error, from_schedule)
+            return await self._attempt_failed(runtime, job, error)
         except Exception as exc:  # a connector bug must not lose the action: retry it like a peer failure
             error = RetryableError("connector_error", f"{type(exc).__name__}: {exc}")
-            return await self._attempt_failed(runtime, action, attempts + 1, error, from_schedule)
+            return await self._attempt_failed(runtime, job, error)
         finally:
             if release_claim:
                 await self.idempotency.release(action.action_id, token)
 
-    async def _policies(
-        self, runtime: ConnectorRuntime, action: Action, attempts: int, from_schedule: bool
-    ) -> Outcome | None:
+    async def _policies(self, runtime: ConnectorRuntime, job: Job) -> Outcome | None:
         """Consent, quiet hours and caps: an outcome when the action must not go now, else None."""
+        action = job.action
         view = LeadView(action)
         if runtime.obeys_consent:
             reason = consent_block_reason(view, self.require_explicit_consent)
             if reason:
-                return Outcome("suppressed", reason, attempts, "marketing message without consent")
+                return Outcome("suppressed", reason, job.attempts, "marketing message without consent")
         now = self.now_ms()
         if self.quiet_hours is not None and self.quiet_hours.applies(runtime.name, action.marketing):
             allowed_at = self.quiet_hours.next_allowed_ms(now, view.timezone)
             if allowed_at is not None:
-                return await self._hold_back(action, attempts, allowed_at, "quiet_hours", from_schedule)
+                return await self._hold_back(job, allowed_at, "quiet_hours")
         free_at = await self.caps.reserve(action, runtime.name, now)
         if free_at is not None:
-            return await self._hold_back(action, attempts, free_at, "frequency_cap", from_schedule)
+            return await self._hold_back(job, free_at, "frequency_cap")
         return None
 
-    async def _hold_back(
-        self, action: Action, attempts: int, due_ms: int, reason: str, from_schedule: bool
-    ) -> Outcome:
-        if action.on_cap == "drop":
-            return Outcome("suppressed", f"{reason}_drop", attempts, "the rule says on_cap: drop")
-        return await self._wait(action, attempts, due_ms, "deferred", reason, from_schedule)
+    async def _hold_back(self, job: Job, due_ms: int, reason: str) -> Outcome:
+        if job.action.on_cap == "drop":
+            return Outcome("suppressed", f"{reason}_drop", job.attempts, "the rule says on_cap: drop")
+        return await self._wait(job, due_ms, "deferred", reason)
 
-    async def _wait(
-        self, action: Action, attempts: int, due_ms: int, why: str, reason: str, from_schedule: bool
-    ) -> Outcome:
-        entry = ScheduledDelivery(action, attempts, why, reason, due_ms, self.now_ms())
-        if not await self.schedule.put(entry, only_if_absent=not from_schedule):
-            return Outcome("duplicate", "already_scheduled", attempts)
-        return Outcome("deferred", reason, attempts, next_attempt_ms=due_ms)
+    async def _wait(self, job: Job, due_ms: int, why: str, reason: str) -> Outcome:
+        entry = ScheduledDelivery(job.action, job.attempts, why, reason, due_ms, job.emitted_ms)
+        if not await self.schedule.put(entry, only_if_absent=not job.from_schedule):
+            return Outcome("duplicate", "already_scheduled", job.attempts)
+        return Outcome("deferred", reason, job.attempts, next_attempt_ms=due_ms)
 
-    async def _attempt_failed(
-        self,
-        runtime: ConnectorRuntime,
-        action: Action,
-        attempt: int,
-        error: DeliveryError,
-        from_schedule: bool,
-    ) -> Outcome:
+    async def _attempt_failed(self, runtime: ConnectorRuntime, job: Job, error: DeliveryError) -> Outcome:
+        attempt = job.attempts + 1
         if error.reason != "circuit_open":
             runtime.breaker.record_failure()
         retry_after = error.retry_after_s if isinstance(error, RetryableError) else None
@@ -229,10 +228,11 @@ class Deliverer:
         if error.reason == "circuit_open" and delay_s is not None:
             delay_s = max(delay_s, runtime.breaker.retry_in_s())
         if delay_s is None:
-            await self.caps.release(action, runtime.name)
+            await self.caps.release(job.action, runtime.name)
             detail = f"gave up after {attempt} attempts; last error {error.reason}: {error.detail}"
             return Outcome("failed", "retries_exhausted", attempt, detail, dead_letter=True)
         due = self.now_ms() + int(delay_s * 1000)
-        entry = ScheduledDelivery(action, attempt, "retry", error.reason, due, self.now_ms())
-        await self.schedule.put(entry)
+        await self.schedule.put(
+            ScheduledDelivery(job.action, attempt, "retry", error.reason, due, job.emitted_ms)
+        )
         return Outcome("retried", error.reason, attempt, error.detail, next_attempt_ms=due)

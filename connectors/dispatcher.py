@@ -35,7 +35,7 @@ from connectors.base import ConnectorEnv
 from connectors.caps import FrequencyCaps
 from connectors.circuit import CircuitBreaker
 from connectors.config import ConnectorsFile
-from connectors.delivery import ConnectorRuntime, Deliverer, DeliveryHooks
+from connectors.delivery import ConnectorRuntime, Deliverer, DeliveryHooks, Job
 from connectors.idempotency import IdempotencyStore
 from connectors.kafka import bootstrap_of
 from connectors.offsets import OffsetTracker
@@ -315,8 +315,10 @@ class Dispatcher:
                 return
 
             # Two guarded steps: a failed record write must not run the delivery a second time.
-            outcome = await self._guarded(lambda: self.deliverer.deliver(action))
-            await self._guarded(lambda: self.recorder.record(action, outcome, record.value))
+            # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
+            job = Job(action, emitted_ms=record.timestamp if record.timestamp > 0 else action.fired_at_ms)
+            outcome = await self._guarded(lambda: self.deliverer.deliver(job))
+            await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
         finally:
             self.tracker.done(tp, record.offset)
 
@@ -324,10 +326,9 @@ class Dispatcher:
         action = entry.action
 
         try:
-            outcome = await self._guarded(
-                lambda: self.deliverer.deliver(action, attempts=entry.attempts, from_schedule=True)
-            )
-            await self._guarded(lambda: self.recorder.record(action, outcome))
+            job = Job(action, entry.attempts, from_schedule=True, emitted_ms=entry.emitted_ms)
+            outcome = await self._guarded(lambda: self.deliverer.deliver(job))
+            await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms))
             if outcome.final:
                 await self._guarded(lambda: self.schedule.remove(action.action_id))
         finally:

@@ -51,7 +51,10 @@ class OutcomeRecorder:
     def _label(self, connector: str) -> str:
         return connector if connector in self.connectors else "unknown"
 
-    async def record(self, action: Action, outcome: Outcome, raw: bytes | None = None) -> None:
+    async def record(
+        self, action: Action, outcome: Outcome, emitted_ms: int, raw: bytes | None = None
+    ) -> None:
+        """`emitted_ms`: when the worker emitted the action (wall clock): the delivery delay starts there."""
         now_ms = int(time.time() * 1000)
         connector = self._label(action.connector)
         reason = self.redactor.redact(outcome.reason)
@@ -91,7 +94,7 @@ class OutcomeRecorder:
         await asyncio.gather(*futures)
         ACTIONS.labels(connector=connector, outcome=outcome.outcome).inc()
         if outcome.outcome == "sent":
-            DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - action.fired_at_ms) / 1000))
+            DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - emitted_ms) / 1000))
         elif outcome.outcome == "retried":
             CONNECTOR_RETRIES.labels(connector=connector).inc()
         level = _LOG_LEVELS[outcome.outcome]

@@ -44,14 +44,15 @@ return 1
 
 @dataclass(frozen=True)
 class ScheduledDelivery:
-    """An action waiting for its next attempt. `attempts`: sends tried so far; `why`: deferred/retry/held."""
+    """An action waiting for its next attempt. `attempts`: sends tried so far; `why`: deferred/retry/held;
+    `emitted_ms`: when the worker emitted the action (wall clock), kept for the delivery-delay metric."""
 
     action: Action
     attempts: int
     why: str
     reason: str
     due_ms: int
-    first_seen_ms: int
+    emitted_ms: int
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -61,7 +62,7 @@ class ScheduledDelivery:
                 "why": self.why,
                 "reason": self.reason,
                 "due_ms": self.due_ms,
-                "first_seen_ms": self.first_seen_ms,
+                "emitted_ms": self.emitted_ms,
             }
         )
 
@@ -74,7 +75,7 @@ class ScheduledDelivery:
             why=doc["why"],
             reason=doc.get("reason", ""),
             due_ms=int(doc["due_ms"]),
-            first_seen_ms=int(doc.get("first_seen_ms") or doc["due_ms"]),
+            emitted_ms=int(doc.get("emitted_ms") or doc["due_ms"]),
         )
 
 

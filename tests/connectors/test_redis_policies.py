@@ -60,7 +60,7 @@ async def test_caps_rolling_window_and_reservations(redis: Redis) -> None:
 async def test_schedule_put_lease_remove(redis: Redis) -> None:
     schedule = Schedule(redis, "t:")
     action = make_action("webhook")
-    entry = ScheduledDelivery(action, 1, "retry", "http_500", due_ms=1_000, first_seen_ms=900)
+    entry = ScheduledDelivery(action, 1, "retry", "http_500", due_ms=1_000, emitted_ms=900)
     assert await schedule.put(entry)
     assert not await schedule.put(entry, only_if_absent=True)
     assert await schedule.lease_due(999, 10, 5_000) == []
