@@ -7,8 +7,12 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.config import Settings
+
+if TYPE_CHECKING:
+    from connectors.config import ConnectorsFile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _main(settings: Settings, config: object) -> None:
+async def _main(settings: Settings, config: ConnectorsFile) -> None:
     from connectors.dispatcher import Dispatcher
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Dispatcher(settings, config).run_until(stop)  # type: ignore[arg-type]
+    await Dispatcher(settings, config).run_until(stop)

@@ -29,15 +29,23 @@ def webhook_yaml(peer: Peer, name: str = "webhook", extra: str = "") -> str:
 {extra}"""
 
 
+def _delay_count(connector: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("nudge_delivery_delay_seconds_count", {"connector": connector}) or 0.0
+
+
 async def test_500_then_200_is_delivered_once_and_replay_is_a_duplicate(settings: Settings) -> None:
     peer = await Peer(script=[(500, {}, "boom")]).start()
     deliveries = await TopicReader(settings, DELIVERIES).start()
     dispatcher = build_dispatcher(settings, "connectors:" + webhook_yaml(peer))
     action = make_action("webhook")
+    delays_before = _delay_count("webhook")
     try:
         await dispatcher.start()
         await produce_actions(settings, [action])
         await wait_for(lambda: deliveries.where(outcome="sent"), what="sent record")
+        assert _delay_count("webhook") == delays_before + 1
         assert peer.ids() == [action.action_id, action.action_id]  # the 500, then the 200
         outcomes = [r["outcome"] for r in deliveries.where(action_id=action.action_id)]
         assert outcomes == ["retried", "sent"]
