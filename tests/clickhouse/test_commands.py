@@ -77,3 +77,81 @@ async def test_sink_waits_for_a_server_that_is_down_and_stops_on_request() -> No
         await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.mark.integration
+async def test_nudge_sink_process_writes_and_stops_cleanly_on_sigterm(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import orjson
+
+    from engine import topics
+    from engine.clickhouse.client import connect
+    from engine.events import format_ts
+    from tests.clickhouse.helpers import produce
+    from tests.clickhouse.streamgen import Message
+
+    now = int(time.time() * 1000)
+    docs = [
+        {"type": "track", "event": "Product Added", "userId": f"p{i}", "messageId": f"cli-{i}",
+         "timestamp": format_ts(now - 1000 + i)}
+        for i in range(50)
+    ]  # fmt: skip
+    await produce(
+        settings, [Message(topics.CLICKSTREAM, d["userId"].encode(), orjson.dumps(d)) for d in docs]
+    )
+    log = tmp_path / "sink.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("nudge")), "sink", "--max-wait", "0.2"],
+            env={**os.environ, **settings.env()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await wait_until_committed(settings, f"{settings.app_id}-sink", len(docs), proc, log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = connect(settings.clickhouse_dsn)
+    try:
+        assert client.query("SELECT count() FROM events FINAL").result_rows[0][0] == len(docs), (
+            log.read_text()
+        )
+    finally:
+        client.close()
+
+
+async def wait_until_committed(settings: Settings, group: str, total: int, proc, log: Path) -> None:  # type: ignore[no-untyped-def]
+    """Poll the group's committed clickstream offsets (bounded) until they cover `total` records. A consumer
+    that never joins the group reads them (Tansu drops the admin client's OffsetFetch)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from engine.sink import bootstrap_servers
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        topic = settings.topic("clickstream")
+        while True:
+            done = 0
+            for p in range(settings.partitions):
+                done += await consumer.committed(TopicPartition(topic, p)) or 0
+            if done >= total:
+                return
+            assert proc.poll() is None, log.read_text()
+            assert asyncio.get_running_loop().time() < deadline, f"sink committed {done}/{total}"
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
