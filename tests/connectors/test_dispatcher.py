@@ -199,3 +199,32 @@ async def test_concurrency_limit_per_connector_and_a_hung_peer_does_not_stall_ot
         await deliveries.stop()
         await hung.stop()
         await alive.stop()
+
+
+async def test_two_dispatchers_split_the_work_and_send_each_action_once(settings: Settings) -> None:
+    peer = await Peer().start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    first = build_dispatcher(settings, "connectors:" + webhook_yaml(peer))
+    second = build_dispatcher(settings, "connectors:" + webhook_yaml(peer))
+    actions = [make_action("webhook") for _ in range(40)]
+    try:
+        await first.start()
+        await produce_actions(settings, actions[:20])
+        await second.start()  # joins mid-stream: a rebalance while actions are in flight
+        await wait_for(
+            lambda: (
+                bool(first.consumer and first.consumer.assignment())
+                and bool(second.consumer and second.consumer.assignment())
+            ),
+            what="both dispatchers to own partitions",
+        )
+        await produce_actions(settings, actions[20:])
+        await wait_for(lambda: len(set(peer.ids())) == 40, timeout_s=30, what="all forty actions")
+        await asyncio.sleep(0.5)  # a late double send would land here
+        assert sorted(peer.ids()) == sorted(a.action_id for a in actions)
+        assert len(deliveries.where(outcome="sent")) == 40
+    finally:
+        await first.stop()
+        await second.stop()
+        await deliveries.stop()
+        await peer.stop()
