@@ -1,16 +1,17 @@
 """The worker shell: feeds clickstream events and deadline ticks through the pure core, keeps per-lead state
-in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module only
-moves bytes.
+in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module
+only moves bytes.
 
 Contract of `LeadWorker`:
-- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (ticks, see below),
-  consumed by one agent in batches (`stream.take_events(batch_size, within=batch_within_s)`).
+- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (control records:
+  deadline ticks and identity hand-overs, `engine/control.py`), consumed by one agent in batches
+  (`stream.take_events(batch_size, within=batch_within_s)`).
 - Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
   evaluated in order, and the new state is written once (one changelog record per lead per batch; none when
   unchanged). Offsets are committed by Faust after the batch is processed (at-least-once): a crash replays the
   batch, and the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
 - Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
-  ticks that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
+  control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
   `DEAD_LETTERS` is counted. A stored state that cannot be decoded is dead-lettered too and the lead starts
   afresh.
 - Backpressure: the agent holds at most one batch; Faust pauses fetching while it works.
@@ -24,6 +25,14 @@ write goes to the right changelog partition, and it is ordered with the lead's e
 harmless: the core fires only deadlines that are still pending in the state, and removes them as it fires.
 After a rebalance or restart the index is rebuilt from the recovered table for the partitions this worker
 owns, so each pending deadline fires once.
+
+Identity merges: an `identify` carrying both `userId` and `anonymousId`, or an `alias` (`previousId` →
+`userId`), is evaluated for the known lead as usual, and the worker sends a hand-over record to the anonymous
+lead's partition (default key partitioner, as clickstream producers use). There the anonymous lead's state is
+deleted and sent on in a merge record to the known lead's partition, which folds it in with `LeadState.merge`
+and re-indexes its deadlines: an anonymous cart's abandonment then fires once, for the identified lead. Events
+of the anonymous id still in flight when the hand-over arrives stay with the anonymous lead (the collector
+re-keys later ones to the known id). A crash between sending the merge and committing can merge twice.
 """
 
 from __future__ import annotations
@@ -35,13 +44,22 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import orjson
 from faust.streams import _current_event  # Faust's "current event" that routes table writes to a partition
 from faust.types import TP, EventT, StreamT
 
 from engine import metrics
 from engine.app import NudgeApp
 from engine.config import Settings
+from engine.control import (
+    BadControl,
+    Control,
+    Handover,
+    MergeIn,
+    handover_record,
+    merge_record,
+    parse_control,
+    tick_record,
+)
 from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
 from engine.timers import DeadlineIndex, EventClock, wall_ms
@@ -49,8 +67,9 @@ from engine.topics import dead_letter_record
 
 log = logging.getLogger(__name__)
 
-# One decoded input of a batch: the Faust event, the event or tick, and the deadline a tick was sent for.
-Input = tuple[EventT, Event | Tick, int | None]
+# One input of a batch: the Faust event, the event or control record, and the deadline a tick was sent for.
+Input = tuple[EventT, Event | Control, int | None]
+IDENTITY_EVENTS = ("identify", "alias")
 
 STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
@@ -73,19 +92,6 @@ def current_event(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
-
-
-def tick_record(lead_id: str, now_ms: int, deadline_ms: int) -> bytes:
-    return orjson.dumps({"lead_id": lead_id, "now_ms": now_ms, "deadline_ms": deadline_ms})
-
-
-def parse_tick(raw: bytes | None) -> tuple[str, Tick, int]:
-    """(lead id, tick, deadline it was sent for) from a `timers` record."""
-    try:
-        doc = orjson.loads(raw or b"")
-        return str(doc["lead_id"]), Tick(int(doc["now_ms"])), int(doc["deadline_ms"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BadInput("bad_tick", f"timers record is not a tick ({exc!r})") from None
 
 
 def _key_text(key: Any) -> str | None:
@@ -213,10 +219,13 @@ class LeadWorker:
         for lead_id, inputs in by_lead.items():
             await self._process_lead(lead_id, inputs)
 
-    def _decode(self, faust_event: EventT) -> tuple[str, Event | Tick, int | None]:
+    def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
         message = faust_event.message
         if message.topic == self._timers_topic:
-            return parse_tick(message.value)
+            try:
+                return parse_control(message.value)
+            except BadControl as exc:
+                raise BadInput("bad_control", str(exc)) from None
         try:
             event = parse_event(message.value)
         except InvalidEvent as exc:
@@ -241,7 +250,27 @@ class LeadWorker:
             await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
         timers: Sequence[int] | None = None
         actions: list[tuple[Action, str]] = []
+        handovers: list[tuple[str, str]] = []  # (anonymous id, known id) found in identify/alias events
+        merges_out: list[tuple[str, bytes]] = []  # (known id, this lead's state) to send away
         for faust_event, item, deadline_ms in inputs:
+            if isinstance(item, Handover):
+                if state is not None:
+                    merges_out.append((item.to_lead, state.to_bytes()))
+                    state, timers = None, []
+                continue
+            if isinstance(item, MergeIn):
+                try:
+                    state = self._merge(lead_id, state, item)
+                except Exception as exc:  # a state we cannot merge is kept in the dead letter, not lost
+                    log.exception("merge into lead %s failed", lead_id)
+                    await self._dead_letter(faust_event, "merge_error", f"{type(exc).__name__}: {exc}")
+                    continue
+                timers = self._pending_deadlines(state)
+                continue
+            if isinstance(item, Event) and item.type in IDENTITY_EVENTS:
+                other = item.previous_id if item.type == "alias" else item.anonymous_id
+                if other and other != lead_id:
+                    handovers.append((other, lead_id))
             # Events are evaluated at their own time (replays give the same actions); deadlines up to the
             # watermark are fired by ticks, so each firing has one deterministic place.
             now_ms = None if isinstance(item, Event) else item.now_ms
@@ -270,6 +299,19 @@ class LeadWorker:
             self.index.set(lead_id, partition, timers)
         for action, kind in actions:
             await self._emit(action, kind)
+        for known_id, state_bytes in merges_out:
+            await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
+        for anonymous_id, known_id in handovers:
+            await self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+
+    async def _send_control(self, lead_id: str, record: bytes) -> None:
+        """To the lead's partition by the default key partitioner, the one clickstream producers use."""
+        await self.nudge.timers.send(key=lead_id.encode(), value=record)
+
+    def _merge(self, lead_id: str, state: Any, item: MergeIn) -> Any:
+        other = self.state_type.from_bytes(item.state)
+        base = state if state is not None else self.state_type(lead_id)
+        return base.merge(other, self.rules)
 
     def _decode_state(self, lead_id: str, raw: bytes) -> Any:
         try:

@@ -16,6 +16,7 @@ import pytest
 
 from engine.config import Settings
 from engine.devstack import free_port
+from engine.events import format_ts
 from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics, send, track
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -71,6 +72,11 @@ async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_
     await create_topics(worker_settings, ["clickstream", "actions", "dead-letters"])
     worker.start()
     await worker.wait_ready()
+    anonymous_cart = {"type": "track", "event": "Product Added", "anonymousId": "anon-1", "messageId": "m-n1"}
+    identify = {
+        "type": "identify", "userId": "known-1", "anonymousId": "anon-1", "messageId": "m-n2",
+        "traits": {"email": "zoe@example.com"},
+    }
     async with TopicReader(worker_settings, "actions", "dead-letters") as reader:
         now = int(time.time() * 1000)
         await send(
@@ -83,6 +89,9 @@ async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_
                 (None, orjson.dumps({"type": "track", "event": "Product Added", "timestamp": NOW_ISO})),
                 (b"u", orjson.dumps({"type": "track", "event": "X", "userId": "u", "timestamp": "soon"})),
                 (b"someone-else", track("u-key", "Product Added", now, "m-k1")),
+                # An anonymous cart, then the visitor identifies: the cart moves to the known lead.
+                (b"anon-1", orjson.dumps({**anonymous_cart, "timestamp": format_ts(now)})),
+                (b"known-1", orjson.dumps({**identify, "timestamp": format_ts(now + 200)})),
                 # Sent after the bad input: its firing proves the worker kept running.
                 (b"late-shopper", track("late-shopper", "Product Added", now + 1000, "m-c1")),
             ],
@@ -104,6 +113,10 @@ async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_
     assert action["fired_at_ms"] == now + 2000, "a deadline action is stamped with its deadline (event time)"
     assert actions_for(reader, "buyer") == [], "a purchase inside the window cancels the abandonment"
     assert actions_for(reader, "u-key") == [], "a record with the wrong key is rejected, not evaluated"
+    (merged,) = actions_for(reader, "known-1")
+    assert merged["rule"] == "cart_abandoned" and merged["trigger"] == ["m-n1"]
+    assert merged["context"]["traits"]["email"] == "zoe@example.com"
+    assert actions_for(reader, "anon-1") == [], "the anonymous cart moved to the identified lead"
 
     letters = {r.json()["reason"]: r.json() for r in reader.of("dead-letters")}
     assert set(letters) == {"not_json", "missing_lead_id", "bad_timestamp", "wrong_key"}
@@ -115,7 +128,7 @@ async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_
 
     url = f"http://127.0.0.1:{worker_settings.web_port}/metrics"
     body = urllib.request.urlopen(url, timeout=5).read().decode()
-    assert 'nudge_rule_fires_total{kind="absence",rule="cart_abandoned"} 2.0' in body
+    assert 'nudge_rule_fires_total{kind="absence",rule="cart_abandoned"} 3.0' in body
     assert 'nudge_dead_letters_total{reason="not_json",source="worker"} 1.0' in body
     assert "nudge_deadline_lag_seconds_count" in body
 
