@@ -127,20 +127,19 @@ def _store(state: LeadState, rule: Rule, slot: Any) -> None:
 
 
 def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions: list[Action]) -> None:
-    while True:
-        due: tuple[int, Rule] | None = None
-        for rule in rules.active:
-            slot = state.rules.get(rule.key)
-            if slot is None:
-                continue
+    while state.rules:
+        due: tuple[int, int, Rule] | None = None
+        for key, slot in state.rules.items():
+            rule = rules.by_key[key]
             deadline = rule.logic.deadline(slot)
             if deadline is None or deadline > t or (deadline == t and not inclusive):
                 continue
-            if due is None or deadline < due[0]:
-                due = (deadline, rule)
+            candidate = (deadline, rules.order[key], rule)
+            if due is None or candidate[:2] < due[:2]:
+                due = candidate
         if due is None:
             return
-        deadline, rule = due
+        deadline, _, rule = due
         slot, firings = rule.logic.on_deadline(rule, state.rules[rule.key], deadline)
         _store(state, rule, slot)
         if firings:
@@ -152,7 +151,7 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions
 def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[Action]) -> None:
     apply_event(state.facts, event)
     ctx = _EventContext(event, state, rules)
-    for rule in rules.active:
+    for rule in rules.for_event(event.type, event.name):
         slot = state.rules.get(rule.key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
@@ -166,9 +165,9 @@ def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[A
 
 def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
     deadlines = set()
-    for rule in rules.active:
-        slot = state.rules.get(rule.key)
-        if slot is not None:
+    for key, slot in state.rules.items():
+        rule = rules.by_key.get(key)
+        if rule is not None and rule.enabled:
             deadline = rule.logic.deadline(slot)
             if deadline is not None:
                 deadlines.add(deadline)

@@ -64,6 +64,17 @@ class RuleLogic(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Interest:
+    """The events a rule's matchers can match at all: track names and whole event types (a pre-filter)."""
+
+    names: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+
+    def wants(self, event_type: str, name: str | None) -> bool:
+        return event_type in self.types or (event_type == "track" and name in self.names)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One compiled rule. Common options live here; kind semantics live in `logic`."""
 
@@ -82,6 +93,7 @@ class Rule:
     on_cap: str = "defer"
     description: str = ""
     source: str = ""  # "file:line" where the rule is defined
+    interest: Interest | None = None  # None: the rule may react to any event
     key: str = ""  # short, stable key of this rule's slots in LeadState (derived from the id; see state_key)
 
     def __post_init__(self) -> None:
@@ -98,13 +110,20 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """An immutable, ordered set of compiled rules."""
+    """An immutable, ordered set of compiled rules.
+
+    `for_event(type, name)` returns the enabled rules that can react to such an event, in rule-set order; the
+    answer is memoised per (type, name) up to `DISPATCH_CACHE` distinct pairs (then computed each time).
+    """
 
     rules: tuple[Rule, ...]
     version: str = ""
     active: tuple[Rule, ...] = ()
     by_id: Mapping[str, Rule] = field(default_factory=dict)
     by_key: Mapping[str, Rule] = field(default_factory=dict)
+    score_rules: tuple[Rule, ...] = ()
+    order: Mapping[str, int] = field(default_factory=dict)  # state key -> position among active rules
+    _dispatch: dict[tuple[str, str | None], tuple[Rule, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rules: list[Rule] | tuple[Rule, ...]) -> RuleSet:
@@ -112,12 +131,15 @@ class RuleSet:
         digest = hashlib.blake2b(digest_size=6)
         for rule in rules:
             digest.update(f"{rule.id}={rule.version};".encode())
+        active = tuple(r for r in rules if r.enabled)
         return cls(
             rules=rules,
             version=digest.hexdigest(),
-            active=tuple(r for r in rules if r.enabled),
+            active=active,
             by_id={r.id: r for r in rules},
             by_key=_unique_keys(rules),
+            score_rules=tuple(r for r in active if r.kind == "score"),
+            order={r.key: i for i, r in enumerate(active)},
         )
 
     def __len__(self) -> int:
@@ -129,9 +151,17 @@ class RuleSet:
     def get(self, rule_id: str) -> Rule | None:
         return self.by_id.get(rule_id)
 
-    @property
-    def score_rules(self) -> tuple[Rule, ...]:
-        return tuple(r for r in self.active if r.kind == "score")
+    def for_event(self, event_type: str, name: str | None) -> tuple[Rule, ...]:
+        key = (event_type, name)
+        found = self._dispatch.get(key)
+        if found is None:
+            found = tuple(r for r in self.active if r.interest is None or r.interest.wants(event_type, name))
+            if len(self._dispatch) < DISPATCH_CACHE:
+                self._dispatch[key] = found
+        return found
+
+
+DISPATCH_CACHE = 4096
 
 
 def state_key(rule_id: str) -> str:

@@ -22,7 +22,7 @@ from engine.core.predicates import (
     compile_path,
     describe_matcher,
 )
-from engine.core.ruleset import ActionSpec, Rule, RuleLogic, definition_hash
+from engine.core.ruleset import ActionSpec, Interest, Rule, RuleLogic, definition_hash
 from engine.language import schema
 
 NON_MARKETING_CONNECTORS = frozenset({"slack", "crm", "log"})
@@ -96,6 +96,27 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
     raise ValueError(f"unknown rule kind {model.kind!r}")
 
 
+def _interest(model: schema.RuleBase) -> Interest | None:
+    """Union of every matcher of the rule; None when one of them has neither `event` nor `type`."""
+    matchers: list[schema.Matcher] = []
+    for name in ("when", "unless", "match", "exit_on"):
+        matchers.extend(getattr(model, name, None) or ())
+    for step in getattr(model, "steps", None) or ():
+        matchers.extend(step)
+    for points in getattr(model, "points", None) or ():
+        matchers.extend(points.match)
+    names: set[str] = set()
+    types: set[str] = set()
+    for matcher in matchers:
+        if matcher.event:
+            names.update(matcher.event)
+        elif matcher.type:
+            types.update(matcher.type)
+        else:
+            return None
+    return Interest(frozenset(names), frozenset(types))
+
+
 def compile_rule(
     model: schema.RuleBase,
     condition: dict[str, Any] | None,
@@ -130,6 +151,7 @@ def compile_rule(
         condition=compile_condition(condition, compiled_segments) if condition else None,
         marketing=marketing,
         on_cap=model.on_cap,
+        interest=_interest(model),
         description=model.description,
         source=source,
     )
