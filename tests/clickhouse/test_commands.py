@@ -1,4 +1,4 @@
-"""`nudge report` / `nudge replay` arguments and rendering; the sink waiting for a server that is down."""
+"""CLI: report and replay arguments, rendering; `nudge sink` as a process (SIGKILL, restart, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -79,57 +79,6 @@ async def test_sink_waits_for_a_server_that_is_down_and_stops_on_request() -> No
     await asyncio.wait_for(task, timeout=10)
 
 
-@pytest.mark.integration
-async def test_nudge_sink_process_writes_and_stops_cleanly_on_sigterm(
-    settings: Settings, tmp_path: Path
-) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import orjson
-
-    from engine import topics
-    from engine.clickhouse.client import connect
-    from engine.events import format_ts
-    from tests.clickhouse.helpers import produce
-    from tests.clickhouse.streamgen import Message
-
-    now = int(time.time() * 1000)
-    docs = [
-        {"type": "track", "event": "Product Added", "userId": f"p{i}", "messageId": f"cli-{i}",
-         "timestamp": format_ts(now - 1000 + i)}
-        for i in range(50)
-    ]  # fmt: skip
-    await produce(
-        settings, [Message(topics.CLICKSTREAM, d["userId"].encode(), orjson.dumps(d)) for d in docs]
-    )
-    log = tmp_path / "sink.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("nudge")), "sink", "--max-wait", "0.2"],
-            env={**os.environ, **settings.env()},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        await wait_until_committed(settings, f"{settings.app_id}-sink", len(docs), proc, log)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    client = connect(settings.clickhouse_dsn)
-    try:
-        assert client.query("SELECT count() FROM events FINAL").result_rows[0][0] == len(docs), (
-            log.read_text()
-        )
-    finally:
-        client.close()
-
-
 async def wait_until_committed(settings: Settings, group: str, total: int, proc, log: Path) -> None:  # type: ignore[no-untyped-def]
     """Poll the group's committed clickstream offsets (bounded) until they cover `total` records. A consumer
     that never joins the group reads them (Tansu drops the admin client's OffsetFetch)."""
@@ -155,3 +104,62 @@ async def wait_until_committed(settings: Settings, group: str, total: int, proc,
             await asyncio.sleep(0.1)
     finally:
         await consumer.stop()
+
+
+@pytest.mark.integration
+async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import orjson
+
+    from engine import topics
+    from engine.clickhouse.client import connect
+    from engine.events import format_ts
+    from tests.clickhouse.helpers import produce
+    from tests.clickhouse.streamgen import Message
+
+    now = int(time.time() * 1000)
+    total = 6_000
+    messages = []
+    for i in range(total):
+        doc = {"type": "track", "event": "Product Viewed", "userId": f"k{i % 500}", "messageId": f"kill-{i}",
+               "timestamp": format_ts(now - total + i)}  # fmt: skip
+        messages.append(Message(topics.CLICKSTREAM, doc["userId"].encode(), orjson.dumps(doc)))
+    await produce(settings, messages)
+    nudge = str(Path(sys.executable).with_name("nudge"))
+    env = {**os.environ, **settings.env()}
+    group = f"{settings.app_id}-sink"
+    log = tmp_path / "sink.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as out:
+            return subprocess.Popen([nudge, "sink", "--max-rows", "500"], env=env, stdout=out, stderr=out)
+
+    first = start()
+    try:
+        await wait_until_committed(settings, group, 1, first, log)  # some batches in, most not
+        first.send_signal(signal.SIGKILL)  # no flush, no commit of the batch in hand
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = start()
+    try:
+        await wait_until_committed(settings, group, total, second, log)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if second.poll() is None:
+            second.kill()
+    client = connect(settings.clickhouse_dsn)
+    try:
+        assert client.query("SELECT count() FROM events FINAL").result_rows[0][0] == total
+        assert client.query("SELECT uniqExact(message_id) FROM events").result_rows[0][0] == total
+    finally:
+        client.close()
