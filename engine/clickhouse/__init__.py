@@ -1,0 +1,8 @@
+"""The ClickHouse side of Nudge: where everything seen and done is logged, and read back.
+
+- `client`: DSN → client, the same API for embedded chDB and a ClickHouse server.
+- `schema` + `migrations`: the tables, as versioned idempotent migrations applied at start-up.
+- `rows`: Kafka records → rows (pure); the sink itself is `engine.sink`.
+- `kpis`: KPI queries (`report()` for `nudge report`, `summary()` for the demo).
+- `history` + `replay`: stored events back out, and the dry run of a rule set over them (`nudge replay`).
+"""
