@@ -64,6 +64,8 @@ class SkipDelivery(DeliveryError):
 
 
 class RetryConfig(BaseModel):
+    """Retry budget and backoff of one connector (`retry:` in the connectors file); delays are >= 0."""
+
     model_config = ConfigDict(extra="forbid")
 
     max_attempts: int = Field(6, ge=1, description="attempts in total, the first one included")
@@ -74,6 +76,8 @@ class RetryConfig(BaseModel):
 
 
 class CircuitConfig(BaseModel):
+    """Circuit breaker thresholds of one connector (`circuit:`); see connectors/circuit.py."""
+
     model_config = ConfigDict(extra="forbid")
 
     failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the circuit")

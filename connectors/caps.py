@@ -35,6 +35,8 @@ def parse_duration_s(value: object) -> float:
 
 
 class CapRule(BaseModel):
+    """One cap: at most `max` actions per lead through `connector` (or `*`, all together) per `per`."""
+
     model_config = ConfigDict(extra="forbid")
 
     connector: str = Field("*", description='connector name, or "*" to count every connector together')
@@ -80,6 +82,8 @@ return 0
 
 
 class FrequencyCaps:
+    """Atomic check-and-reserve of cap slots in Redis (module docstring: the contract)."""
+
     def __init__(self, redis: Redis, prefix: str, rules: list[CapRule]) -> None:
         self.redis = redis
         self.prefix = prefix

@@ -22,12 +22,16 @@ from engine.metrics import CIRCUIT_STATE
 
 
 class CircuitState(IntEnum):
+    """Values of `nudge_connector_circuit_state`."""
+
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
 
 
 class CircuitBreaker:
+    """In-memory breaker of one connector; not thread-safe (one event loop); the module states its rules."""
+
     def __init__(self, name: str, config: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.config = config

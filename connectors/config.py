@@ -35,6 +35,8 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class PoliciesConfig(BaseModel):
+    """`policies:`: idempotency TTLs, caps, quiet hours, consent and the default timezone."""
+
     model_config = ConfigDict(extra="forbid")
 
     idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
@@ -45,6 +47,8 @@ class PoliciesConfig(BaseModel):
 
 
 class DispatcherConfig(BaseModel):
+    """`dispatcher:`: in-flight bound (backpressure), commit and schedule polling intervals."""
+
     model_config = ConfigDict(extra="forbid")
 
     max_inflight: int = Field(
@@ -60,6 +64,8 @@ class DispatcherConfig(BaseModel):
 
 @dataclass
 class ConnectorsFile:
+    """A validated connectors file; `secret_values()` lists every secret for the redactor."""
+
     path: Path | None
     connectors: dict[str, ConnectorConfig]
     policies: PoliciesConfig = field(default_factory=PoliciesConfig)

@@ -18,6 +18,8 @@ from connectors.context import LeadView
 
 
 class ConsentConfig(BaseModel):
+    """`policies.consent`: which connectors obey consent, and whether consent must be explicit."""
+
     model_config = ConfigDict(extra="forbid")
 
     connectors: list[str] | None = Field(

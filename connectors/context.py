@@ -57,6 +57,8 @@ def _falsy_flag(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class CartItem:
+    """One cart line; `price` None when the event had none (templates then print nothing)."""
+
     product_id: str | None
     name: str
     price: float | None
@@ -71,6 +73,8 @@ class CartItem:
 
 @dataclass(frozen=True)
 class Rep:
+    """The lead's owner as far as known; at least one field is set."""
+
     name: str | None
     email: str | None
     slack_id: str | None

@@ -26,6 +26,8 @@ from engine.events import format_ts
 
 
 class CrmConfig(ConnectorConfig):
+    """Options of a `crm` connector; `token` is a secret."""
+
     type: str = "crm"
     base_url: AnyHttpUrl
     token: SecretStr | None = None
@@ -67,6 +69,8 @@ def task_document(action: Action, due_in_h: float) -> dict[str, Any]:
 
 
 class CrmConnector(Connector):
+    """Upserts the contact, then creates the task (module docstring); both requests are idempotent by key."""
+
     kind = "crm"
     config_model = CrmConfig
     config: CrmConfig

@@ -96,6 +96,8 @@ class DeliveryHooks:
 
 
 class Deliverer:
+    """Runs one `Job` through the policies and its connector; the module docstring states the order."""
+
     def __init__(
         self,
         connectors: dict[str, ConnectorRuntime],

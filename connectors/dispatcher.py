@@ -64,6 +64,8 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> No
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Commits what is safe before partitions move to another dispatcher."""
+
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
@@ -76,6 +78,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Dispatcher:
+    """`start()`, then `run_until(stop)` or `stop()`; the module docstring states what it commits and when."""
+
     def __init__(
         self,
         settings: Settings,

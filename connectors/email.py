@@ -47,6 +47,8 @@ from engine.core.model import Action
 
 
 class EmailConfig(ConnectorConfig):
+    """Options of an `email` connector; `password` and `unsubscribe_secret` are secrets."""
+
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     type: str = "email"
@@ -70,6 +72,8 @@ class EmailConfig(ConnectorConfig):
 
 
 class EmailConnector(Connector):
+    """Renders and sends one message per action over a fresh SMTP connection (module docstring)."""
+
     kind = "email"
     config_model = EmailConfig
     consent_by_default = True

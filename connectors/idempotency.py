@@ -39,6 +39,8 @@ return 0
 
 
 class IdempotencyConfig(BaseModel):
+    """`policies.idempotency`: claim and done TTLs."""
+
     model_config = ConfigDict(extra="forbid")
 
     claim_ttl_s: float = Field(60.0, gt=0, description="how long a claim blocks others; > the longest send")
@@ -46,6 +48,8 @@ class IdempotencyConfig(BaseModel):
 
 
 class ClaimStatus(enum.Enum):
+    """Result of a claim: ours to send, already sent, or held by another attempt."""
+
     CLAIMED = 1
     DONE = 2
     HELD = 3
@@ -53,12 +57,16 @@ class ClaimStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim's status; `token` identifies our claim, `held_for_ms` how long another one still lives."""
+
     status: ClaimStatus
     token: str = ""
     held_for_ms: int = 0
 
 
 class IdempotencyStore:
+    """Claims, marks and releases action ids in Redis (module docstring: the contract)."""
+
     def __init__(self, redis: Redis, prefix: str, config: IdempotencyConfig) -> None:
         self.redis = redis
         self.prefix = prefix

@@ -19,6 +19,8 @@ from engine.core.model import Action
 
 
 class KafkaConfig(ConnectorConfig):
+    """Options of a `kafka` connector."""
+
     type: str = "kafka"
     topic: str = Field(min_length=1)
     bootstrap: str | None = Field(None, description="host:port[,host:port]; default: the engine's broker")
@@ -31,6 +33,8 @@ def bootstrap_of(broker_url: str) -> str:
 
 
 class KafkaConnector(Connector):
+    """One producer per connector, started with the dispatcher; acks=all."""
+
     kind = "kafka"
     config_model = KafkaConfig
     config: KafkaConfig

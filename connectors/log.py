@@ -20,6 +20,8 @@ logger = logging.getLogger("nudge.actions")
 
 
 class LogConfig(ConnectorConfig):
+    """Options of a `log` connector."""
+
     type: str = "log"
     stdout: bool = Field(True, description="also print the line to stdout")
 
@@ -40,6 +42,8 @@ def log_line(action: Action) -> str:
 
 
 class LogConnector(Connector):
+    """Logs (and prints) one line per action; never fails."""
+
     kind = "log"
     config_model = LogConfig
     config: LogConfig

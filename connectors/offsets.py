@@ -13,6 +13,8 @@ from aiokafka import TopicPartition
 
 
 class OffsetTracker:
+    """Per-partition in-flight offsets and the safe commit point (module docstring)."""
+
     def __init__(self) -> None:
         self._pending: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}

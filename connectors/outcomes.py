@@ -39,6 +39,8 @@ _LOG_LEVELS = {
 
 
 class OutcomeRecorder:
+    """Writes records, metrics and log lines of outcomes; returns once the broker acknowledged them."""
+
     def __init__(
         self, producer: AIOKafkaProducer, settings: Settings, redactor: Redactor, connectors: set[str]
     ) -> None:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class QuietHoursConfig(BaseModel):
+    """`policies.quiet_hours`: local wall-clock window, the connectors it applies to, marketing only?"""
+
     model_config = ConfigDict(extra="forbid")
 
     start: dtime = Field(dtime(21, 0), description="local time the quiet period starts (HH:MM)")
@@ -51,6 +53,8 @@ def zone(name: str | None) -> ZoneInfo | None:
 
 
 class QuietHours:
+    """Pure quiet-hours check; raises ValueError for an unknown default timezone."""
+
     def __init__(self, config: QuietHoursConfig, default_timezone: str) -> None:
         default = zone(default_timezone)
         if default is None:

@@ -21,6 +21,8 @@ from engine.core.model import Action
 
 
 class RedisStreamConfig(ConnectorConfig):
+    """Options of a `redis` connector; `url` is a secret (it can hold a password)."""
+
     type: str = "redis"
     stream: str = Field("nudge:actions", min_length=1)
     url: SecretStr | None = Field(None, description="default: NUDGE_REDIS_URL")
@@ -40,6 +42,8 @@ def stream_fields(action: Action) -> dict[str, str | bytes]:
 
 
 class RedisStreamConnector(Connector):
+    """XADDs one entry per action to the configured stream."""
+
     kind = "redis"
     config_model = RedisStreamConfig
     config: RedisStreamConfig

@@ -112,6 +112,8 @@ def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str,
 
 
 class Renderer:
+    """Two sandboxed Jinja environments (mail with HTML autoescape, Slack with mrkdwn escaping)."""
+
     def __init__(self, user_dir: Path | None = None) -> None:
         dirs = [str(p) for p in (user_dir, BUILTIN_TEMPLATES) if p is not None]
         loader = jinja2.FileSystemLoader(dirs)

@@ -80,6 +80,8 @@ class ScheduledDelivery:
 
 
 class Schedule:
+    """Durable schedule of waiting actions in Redis (module docstring: the contract)."""
+
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.zkey = f"{prefix}schedule"

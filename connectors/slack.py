@@ -27,6 +27,8 @@ from engine.events import format_ts
 
 
 class SlackConfig(ConnectorConfig):
+    """Options of a `slack` connector; `webhook_url` is a secret."""
+
     type: str = "slack"
     webhook_url: SecretStr
 
@@ -90,6 +92,8 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
 
 
 class SlackConnector(Connector):
+    """Posts one Block Kit message per action to the incoming webhook."""
+
     kind = "slack"
     config_model = SlackConfig
     config: SlackConfig

@@ -28,6 +28,8 @@ DEFAULT_TOLERANCE_S = 300
 
 
 class WebhookConfig(ConnectorConfig):
+    """Options of a `webhook` connector; `secret` and header values are secrets."""
+
     type: str = "webhook"
     url: AnyHttpUrl
     secret: SecretStr | None = Field(None, description="HMAC key; receivers verify X-Nudge-Signature with it")
@@ -59,6 +61,8 @@ def verify_signature(
 
 
 class WebhookConnector(Connector):
+    """POSTs the signed action (module docstring: headers and signature)."""
+
     kind = "webhook"
     config_model = WebhookConfig
     config: WebhookConfig
