@@ -175,7 +175,7 @@ class Deliverer:
         except SkipDelivery as exc:
             runtime.breaker.release()
             await self.caps.release(action, runtime.name)
-            return Outcome("suppressed", exc.reason, attempts + 1, exc.detail)
+            return Outcome("suppressed", exc.reason, attempts, exc.detail)  # nothing went to the peer
         except PermanentError as exc:
             runtime.breaker.release()
             await self.caps.release(action, runtime.name)
