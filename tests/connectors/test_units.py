@@ -138,6 +138,20 @@ def test_offsets_commit_only_below_the_oldest_unfinished() -> None:
     assert tracker.committable() == {tp: 8}
 
 
+@given(st.permutations(list(range(30))), st.integers(min_value=0, max_value=30))
+def test_offsets_never_commit_past_an_unfinished_action(order: list[int], finished: int) -> None:
+    tp = TopicPartition("actions", 1)
+    tracker = OffsetTracker()
+    for offset in range(100, 130):
+        tracker.start(tp, offset)
+    done = {100 + i for i in order[:finished]}
+    for offset in done:
+        tracker.done(tp, offset)
+    point = tracker.committable().get(tp, 100)
+    assert all(o in done for o in range(100, point))  # everything below the commit point is finished
+    assert point == 130 or point not in done  # and the point itself is the first unfinished one
+
+
 def test_redactor_masks_plain_and_url_encoded_secrets() -> None:
     redactor = Redactor(["s3cr3t/with space", "abc"])  # too short to redact safely: ignored
     text = "url=https://x/s3cr3t%2Fwith%20space body=s3cr3t/with space abc"
