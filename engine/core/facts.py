@@ -22,12 +22,14 @@ Contract:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from engine.events import Event
 
 LeadView = dict[str, Any]
 
+BIG_INT = 2**63  # orjson writes 64-bit integers only
 SESSION_GAP_MS = 30 * 60 * 1000
 TIME_ON_PAGE_CAP_MS = 30 * 60 * 1000
 MAX_TRAITS = 30
@@ -44,12 +46,15 @@ _ORDER_DONE = "Order Completed"
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return value
+    if isinstance(value, int):
+        return value if -BIG_INT < value < BIG_INT else float(value)  # state must stay orjson-serialisable
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None  # NaN would not survive a JSON round trip
 
 
 def _text(value: Any) -> str | None:
@@ -66,6 +71,8 @@ def _merge_traits(facts: dict[str, Any], traits: dict[str, Any]) -> None:
             continue  # nested traits (address, ...) are not kept: state stays small and flat
         if isinstance(value, str):
             value = value[:MAX_TEXT]
+        elif isinstance(value, int) and not isinstance(value, bool) and not -BIG_INT < value < BIG_INT:
+            value = float(value)
         if key in kept or len(kept) < MAX_TRAITS:
             kept[key] = value
 

@@ -105,3 +105,56 @@ def test_state_stays_bounded_over_ten_thousand_events() -> None:
         sizes.append(state.size())
     assert max(sizes) <= 1024
     assert max(sizes[5000:]) <= max(sizes[:5000]) + 64  # no slow growth
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.sampled_from(("track", "page", "identify", "screen", "group", "alias")),
+                "event": st.sampled_from(
+                    ("Product Added", "Product Removed", "Order Completed", "Demo Requested")
+                ),
+                "userId": st.just("fuzz"),
+                "timestamp": st.integers(BASE, BASE + 10**8),
+                "properties": st.dictionaries(
+                    st.sampled_from(("product_id", "sku", "name", "price", "quantity", "path", "total", "x")),
+                    json_values,
+                ),
+                "traits": st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+                "context": st.dictionaries(st.sampled_from(("campaign", "traits", "page")), json_values),
+            }
+        ),
+        max_size=15,
+    )
+)
+def test_arbitrary_event_contents_never_break_evaluation_or_the_state_round_trip(docs: list[dict]) -> None:
+    import json
+
+    from engine.events import InvalidEvent, parse_event
+
+    state = None
+    for doc in docs:
+        try:
+            event = parse_event(json.dumps(doc).encode())  # as on the wire
+        except InvalidEvent:
+            continue
+        result = evaluate(PACK, state, event)
+        state = result.state
+        assert LeadState.from_bytes(state.to_bytes()).to_bytes() == state.to_bytes()
+        for action in result.actions:
+            assert action.to_bytes()
