@@ -217,7 +217,12 @@ class LeadWorker:
                 continue
             by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
         for lead_id, inputs in by_lead.items():
-            await self._process_lead(lead_id, inputs)
+            try:
+                await self._process_lead(lead_id, inputs)
+            except Exception as exc:  # e.g. an action the core built from absurd input cannot be serialized
+                log.exception("processing lead %s failed", lead_id)
+                for faust_event, _, _ in inputs:
+                    await self._dead_letter(faust_event, "worker_error", f"{type(exc).__name__}: {exc}")
 
     def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
         message = faust_event.message
