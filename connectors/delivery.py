@@ -234,7 +234,7 @@ class Deliverer:
             detail = f"gave up after {attempt} attempts; last error {error.reason}: {error.detail}"
             return Outcome("failed", "retries_exhausted", attempt, detail, dead_letter=True)
         due = self.now_ms() + int(delay_s * 1000)
-        await self.schedule.put(
-            ScheduledDelivery(job.action, attempt, "retry", error.reason, due, job.emitted_ms)
-        )
+        # From Kafka (a redelivery after a crash), an existing entry keeps its own, higher attempt count.
+        entry = ScheduledDelivery(job.action, attempt, "retry", error.reason, due, job.emitted_ms)
+        await self.schedule.put(entry, only_if_absent=not job.from_schedule)
         return Outcome("retried", error.reason, attempt, error.detail, next_attempt_ms=due)
