@@ -83,16 +83,21 @@ policies:
         await ok.stop()
         await dead.stop()
     client = connect(settings.clickhouse_dsn)
-    rows = client.query("SELECT action_id, step, reason FROM actions FINAL WHERE step != 'fired'").result_rows
-    steps: dict[str, set[str]] = {}
-    for action_id, step, _reason in rows:
-        steps.setdefault(action_id, set()).add(step)
-    assert steps == expected
-    reasons = {(a, s): r for a, s, r in rows}
-    assert reasons[(unsubscribed.action_id, "suppressed")] == "unsubscribed"
-    assert reasons[(deferred.action_id, "deferred")] == "quiet_hours"
-    assert reasons[(doomed.action_id, "failed")] == "retries_exhausted"
-    letters = client.query("SELECT reason, detail, payload FROM dead_letters FINAL").result_rows
-    assert [r[0] for r in letters] == ["retries_exhausted"] and "***" in letters[0][1]
-    everything = repr(client.query("SELECT * FROM actions FINAL").result_rows) + repr(letters)
-    assert SECRET not in everything
+    try:  # chDB allows one path per process: close before the next test opens its own
+        rows = client.query(
+            "SELECT action_id, step, reason FROM actions FINAL WHERE step != 'fired'"
+        ).result_rows
+        steps: dict[str, set[str]] = {}
+        for action_id, step, _reason in rows:
+            steps.setdefault(action_id, set()).add(step)
+        assert steps == expected
+        reasons = {(a, s): r for a, s, r in rows}
+        assert reasons[(unsubscribed.action_id, "suppressed")] == "unsubscribed"
+        assert reasons[(deferred.action_id, "deferred")] == "quiet_hours"
+        assert reasons[(doomed.action_id, "failed")] == "retries_exhausted"
+        letters = client.query("SELECT reason, detail, payload FROM dead_letters FINAL").result_rows
+        assert [r[0] for r in letters] == ["retries_exhausted"] and "***" in letters[0][1]
+        everything = repr(client.query("SELECT * FROM actions FINAL").result_rows) + repr(letters)
+        assert SECRET not in everything
+    finally:
+        client.close()
