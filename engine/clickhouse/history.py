@@ -32,12 +32,24 @@ class EventReader:
         self.client = client
         self.skipped = 0
 
-    def events(self, since_ms: int, until_ms: int) -> Iterator[Event]:
+    def events(self, since_ms: int, until_ms: int, *, whole_lead_history: bool = True) -> Iterator[Event]:
+        """Events before `until_ms`, in event-time order. With `whole_lead_history` (the default): the full
+        stored history of every lead that had an event or a fired action in `[since_ms, until_ms)`, so lead
+        state (sequences, scores, cooldowns, pending deadlines) is rebuilt as the live worker had it; without
+        it, only the events inside the window."""
+        window = "toUnixTimestamp64Milli({col}) >= %(since)s AND toUnixTimestamp64Milli({col}) < %(until)s"
+        if whole_lead_history:
+            where = (
+                "toUnixTimestamp64Milli(timestamp) < %(until)s AND lead_id IN ("
+                f"SELECT lead_id FROM events WHERE {window.format(col='timestamp')} "
+                "UNION DISTINCT SELECT lead_id FROM actions "
+                f"WHERE step = 'fired' AND {window.format(col='at')})"
+            )
+        else:
+            where = window.format(col="timestamp")
         sql = (
             "SELECT raw, toUnixTimestamp64Milli(received_at) FROM events FINAL "
-            "WHERE toUnixTimestamp64Milli(timestamp) >= %(since)s "
-            "AND toUnixTimestamp64Milli(timestamp) < %(until)s "
-            "ORDER BY timestamp, lead_id, message_id"
+            f"WHERE {where} ORDER BY timestamp, lead_id, message_id"
         )
         with self.client.query_rows_stream(sql, parameters={"since": since_ms, "until": until_ms}) as rows:
             for raw, received_at_ms in rows:
