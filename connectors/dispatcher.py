@@ -48,7 +48,7 @@ from connectors.schedule import Schedule, ScheduledDelivery
 from connectors.secrets import Redactor
 from engine.config import ConfigError, Settings
 from engine.core.model import Action
-from engine.metrics import DISPATCH_SCHEDULED
+from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
 from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
 
 logger = logging.getLogger("nudge.dispatcher")
@@ -257,6 +257,18 @@ class Dispatcher:
                 await self.commit()
             except Exception as exc:  # the next round retries; uncommitted work is only redelivered
                 logger.warning("offset commit failed: %s", self.redactor.redact(exc))
+            self._export_lag()
+
+    def _export_lag(self) -> None:
+        """Backlog of `actions` per partition (a slow peer shows here first); best effort, no broker call."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        committed = self.tracker.committed_offsets()
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)  # from the last fetch: no broker round trip
+            if highwater is not None and tp in committed:
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed[tp]))
 
     async def commit(self) -> None:
         if self.consumer is None:

@@ -44,6 +44,9 @@ class OffsetTracker:
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
 
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        return dict(self._committed)
+
     def forget(self, partitions: set[TopicPartition] | list[TopicPartition]) -> None:
         """Partitions revoked: their in-flight records will be redelivered to the new owner."""
         for tp in partitions:

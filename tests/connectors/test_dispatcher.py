@@ -223,6 +223,17 @@ async def test_two_dispatchers_split_the_work_and_send_each_action_once(settings
         await asyncio.sleep(0.5)  # a late double send would land here
         assert sorted(peer.ids()) == sorted(a.action_id for a in actions)
         assert len(deliveries.where(outcome="sent")) == 40
+        from prometheus_client import REGISTRY
+
+        topic = settings.topic("actions")
+        await wait_for(
+            lambda: first.tracker.committed_offsets() or second.tracker.committed_offsets(), what="commits"
+        )
+        lags = [
+            REGISTRY.get_sample_value("nudge_consumer_lag_messages", {"topic": topic, "partition": str(p)})
+            for p in range(settings.partitions)
+        ]
+        assert any(lag is not None for lag in lags)
     finally:
         await first.stop()
         await second.stop()
