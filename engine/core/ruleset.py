@@ -62,6 +62,11 @@ class RuleLogic(Protocol):
 
     def merge(self, mine: Any, other: Any) -> Any: ...
 
+    @property
+    def shape(self) -> str:
+        """Names the layout of the slot; part of the rule's state key."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Interest:
@@ -98,7 +103,8 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not self.key:
-            object.__setattr__(self, "key", state_key(self.id))
+            shape = getattr(self.logic, "shape", self.kind)
+            object.__setattr__(self, "key", state_key(f"{self.id}|{shape}"))
 
     @property
     def connector(self) -> str:
@@ -164,13 +170,14 @@ class RuleSet:
 DISPATCH_CACHE = 4096
 
 
-def state_key(rule_id: str) -> str:
-    """8 hex chars standing for the rule id in per-lead state.
+def state_key(identity: str) -> str:
+    """8 hex chars standing for a rule in per-lead state: `rule id|slot shape`.
 
-    State stays small whatever the length of the id, and a rule keeps its pending state across edits (the key
-    depends on the id only, not on the version).
+    State stays small whatever the length of the id. An edit that keeps the slot's shape (a new window, other
+    matchers) keeps the pending state; one that changes it (another kind, count <-> sum, another number of
+    steps) gets a new key, so old slots are dropped instead of being misread.
     """
-    return hashlib.blake2b(rule_id.encode(), digest_size=4).hexdigest()
+    return hashlib.blake2b(identity.encode(), digest_size=4).hexdigest()
 
 
 def _unique_keys(rules: tuple[Rule, ...]) -> dict[str, Rule]:

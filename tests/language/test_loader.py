@@ -177,3 +177,13 @@ def test_disabled_rules_are_loaded_but_not_active() -> None:
         "     action: {connector: log}}"
     )
     assert [r.id for r in ruleset.rules] == ["a"] and ruleset.active == ()
+
+
+def test_an_edit_that_changes_the_slot_shape_gets_a_new_state_key() -> None:
+    def key(body: str) -> str:
+        return parse_rules(f"rules:\n  - {{id: a, {body}, action: {{connector: log}}}}").rules[0].key
+
+    count = key("kind: threshold, match: {event: A}, count: 2, within: 1m")
+    assert count == key("kind: threshold, match: {event: B}, count: 3, within: 5m")
+    assert count != key("kind: threshold, match: {event: A}, sum: {field: properties.v, gte: 2}, within: 1m")
+    assert count != key("kind: absence, when: {event: A}, within: 1m")

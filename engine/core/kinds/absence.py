@@ -82,6 +82,10 @@ class AbsenceLogic:
         )
         return None, [firing]
 
+    @property
+    def shape(self) -> str:
+        return "absence"
+
     def merge(self, mine: Any, other: Any) -> Any:
         if mine is None or other is None:
             return mine if other is None else other

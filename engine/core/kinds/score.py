@@ -138,6 +138,10 @@ class ScoreLogic:
     def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
         return slot, []
 
+    @property
+    def shape(self) -> str:
+        return "score"
+
     def merge(self, mine: Any, other: Any) -> Any:
         if not mine or not other:
             return mine or other

@@ -76,6 +76,10 @@ class SequenceLogic:
     def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
         return slot, []
 
+    @property
+    def shape(self) -> str:
+        return f"sequence:{len(self.steps)}"
+
     def merge(self, mine: Any, other: Any) -> Any:
         if mine is None or other is None:
             return mine if other is None else other

@@ -117,6 +117,10 @@ class ThresholdLogic:
     def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
         return slot, []
 
+    @property
+    def shape(self) -> str:
+        return "threshold:count" if self.count is not None else "threshold:sum"
+
     def merge(self, mine: Any, other: Any) -> Any:
         window = sorted([*(other or ()), *(mine or ())], key=lambda e: e[0])
         cap = self.count if self.count is not None else MAX_SUM_ENTRIES
