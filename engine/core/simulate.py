@@ -44,9 +44,11 @@ def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> lis
     if flush:
         for lead_id in sorted(states):
             while timers.get(lead_id):
-                result = evaluate(rules, states[lead_id], Tick(timers[lead_id][-1]))
+                now = timers[lead_id][-1]
+                result = evaluate(rules, states[lead_id], Tick(now))
                 states[lead_id] = result.state
-                timers[lead_id] = result.timers
                 record(lead_id, result.actions)
+                # a tick fires every deadline <= now: what is left lies later (never loop on one deadline)
+                timers[lead_id] = [t for t in result.timers if t > now]
     fired.sort(key=lambda item: item[:3])
     return [item[3] for item in fired]
