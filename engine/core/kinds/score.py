@@ -113,7 +113,8 @@ class ScoreLogic:
         event = ctx.event
         label = event.name or event.type
         text = (
-            f"score rose from {previous:g} to {value:g} on '{label}' (message {event.message_id}), "
+            f"score rose from {round(previous, 2):g} to {round(value, 2):g} on '{label}' "
+            f"(message {event.message_id}), "
             f"crossing {threshold.name} at {threshold.at:g}"
         )
         return Firing(
