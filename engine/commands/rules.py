@@ -1,12 +1,10 @@
 """`nudge rules validate PATH...` and `nudge rules test [PATH...]`: check rule files before shipping them.
 
 - validate: exit 0 when every file is valid (prints a one-line summary to stderr), else exit 2 with one line
-  per
-  problem on stdout: `file:line:col: message`.
+  per problem on stdout: `file:line:col: message`.
 - test: runs the `*.test.yaml` cases found in the given directories/files (default: the configured rules path)
   against the rules of their directory; prints one line per case (`ok` / `FAIL` + the differences); exit 0
-  when all
-  pass, 1 when a case fails, 2 when a rule or test file is invalid.
+  when all pass, 1 when a case fails, 2 when a rule or test file is invalid.
 """
 
 from __future__ import annotations

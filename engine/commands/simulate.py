@@ -1,12 +1,9 @@
 """`nudge simulate --rules PATH --events FILE.jsonl [--no-flush]`: run the rules offline over an event log.
 
 Contract: one Segment-spec event per input line (`-` reads stdin); the output is one action JSON object per
-line
-(`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the same
-input
-and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped; blank lines
-are
-ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
+line (`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the
+same input and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped;
+blank lines are ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
 Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
 """
 

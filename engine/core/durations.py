@@ -1,8 +1,7 @@
 """Durations as rule authors write them: an integer and a unit, `90s`, `30m`, `4h`, `7d` (also `500ms`, `2w`).
 
 Contract: `parse_duration(text)` returns milliseconds or raises `ValueError` with a message that says how to
-fix it;
-`format_duration(ms)` is its inverse for whole units (used in explanations).
+fix it; `format_duration(ms)` is its inverse for whole units (used in explanations).
 """
 
 from __future__ import annotations

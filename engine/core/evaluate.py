@@ -1,18 +1,14 @@
-"""`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics, shared by worker
-and simulator.
+"""`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics (worker + simulator).
 
 Contract:
 - Pure: no I/O, no clock, no randomness; the input state is never mutated; the same inputs give equal outputs.
 - On an `Event` at t: first fire the deadlines < t (the lead's own event proves event time passed them;
-  fired_at is
-  the deadline), then update the derived facts, then let every enabled rule see the event (in rule-set
-  order), then,
-  when `now_ms` is given, fire the deadlines <= now_ms.
+  fired_at is the deadline), then update the derived facts, then let every enabled rule see the event (in
+  rule-set order), then, when `now_ms` is given, fire the deadlines <= now_ms.
 - On a `Tick(now)`: fire the deadlines <= now, earliest first (ties: rule-set order).
 - Every firing passes the common gates, in this order: cooldown (since this rule last fired for this lead),
   `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated firing
-  is
-  dropped (and not remembered); the kind's own state moves on regardless (an absence episode still closes).
+  is dropped (and not remembered); the kind's own state moves on regardless (an absence episode still closes).
 - `Evaluation.timers` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
 - Slots of rules that are no longer in the rule set (or disabled) are dropped, so state cannot outlive its
   rules.
@@ -34,8 +30,7 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class Evaluation:
-    """The result of one step: the lead's new state, the actions fired (in firing order), all pending
-    deadlines."""
+    """One step's result: the lead's new state, the actions fired (in firing order), all pending deadlines."""
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)

@@ -3,20 +3,16 @@
 Contract:
 - `apply_event(facts, event)` updates the compact facts dict in place (short keys, bounded sizes: at most
   `MAX_TRAITS` scalar traits of at most `MAX_TEXT` characters, `MAX_CART_ITEMS` cart lines, `RECENT` recent
-  names).
-  It runs before rules see the event, so matchers and `if:` see the lead *including* this event.
+  names). It runs before rules see the event, so matchers and `if:` see the lead *including* this event.
 - `lead_view(...)` builds the readable dict that `if:` conditions, `lead.` paths and action `context` use:
   `lead_id, traits, cart{items[{product_id,name,price,quantity,url,image_url}], value, count, currency},
-  score, stage,
-  scores{rule: value}, stages{rule: stage}, pages_in_session, session{started_at, pages}, time_on_page_ms,
-  last_page{path,name,title,url}, first_seen, last_seen, source, campaign, recent[names]`.
+  score, stage, scores{rule: value}, stages{rule: stage}, pages_in_session, session{started_at, pages},
+  time_on_page_ms, last_page{path,name,title,url}, first_seen, last_seen, source, campaign, recent[names]`.
 - Cart: `Product Added` adds `quantity` (default 1) of `product_id` (else `sku`, else `name`); `Product
-  Removed`
-  subtracts its quantity (no quantity: removes the line); `Order Completed` empties the cart.
+  Removed` subtracts its quantity (no quantity: removes the line); `Order Completed` empties the cart.
 - Session: a gap of more than `SESSION_GAP_MS` of event time since the lead's last event starts a new session.
   Time on page is the gap between two page events in one session, capped at `TIME_ON_PAGE_CAP_MS`; the view
-  exposes
-  the time spent on the *previous* page (known only once the next page arrives).
+  exposes the time spent on the *previous* page (known only once the next page arrives).
 - Source/campaign are first touch: `context.campaign.source|name`, else `properties.utm_source|utm_campaign`.
 """
 
@@ -166,8 +162,7 @@ def apply_event(facts: dict[str, Any], event: Event) -> None:
 
 
 def merge_facts(mine: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """Identity merge: the known lead's facts win; the anonymous lead fills gaps (cart lines, traits, first
-    seen)."""
+    """Identity merge: the known lead's facts win; the anonymous one fills gaps (cart, traits, first seen)."""
     merged = dict(other)
     merged.update(mine)
     if "fs" in other and "fs" in mine:

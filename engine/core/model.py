@@ -1,16 +1,13 @@
 """Values that cross the boundary of the pure core: what goes in (an event or a timer tick), what comes out.
 
 Contract:
-- `Action` is what a fired rule asks the outbound side to do. It is a plain, JSON-serialisable value; the
-  wire form
-  on the `actions` topic is `Action.to_bytes()` and `Action.from_json()` reads it back unchanged.
-- `action_id` is deterministic: the same rule version, lead and trigger always give the same id, so a
-  replayed or
-  re-evaluated action is recognisable downstream (idempotency keys, ClickHouse dedup).
+- `Action` is what a fired rule asks the outbound side to do. It is a plain, JSON-serialisable value; the wire
+  form on the `actions` topic is `Action.to_bytes()` and `Action.from_json()` reads it back unchanged.
+- `action_id` is deterministic: the same rule version, lead and trigger always give the same id, so a replayed
+  or re-evaluated action is recognisable downstream (idempotency keys, ClickHouse dedup).
 - `Tick(now_ms)` asks the core to fire every deadline of a lead at or before `now_ms` (event time).
 - `Evaluation.timers` is the full set of pending deadlines of the lead after this step (not a delta), so the
-  shell can
-  replace its index entry for the lead instead of reconciling.
+  shell can replace its index entry for the lead instead of reconciling.
 """
 
 from __future__ import annotations

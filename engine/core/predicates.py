@@ -2,16 +2,13 @@
 
 Contract:
 - `compile_predicate(ops)` turns a validated predicate mapping (`{"gte": 3}`, `{"prefix": "/pricing"}`, ...)
-  into a
-  function `value -> bool`. Several operators in one mapping must all hold. Comparisons never raise: a value
-  of the
-  wrong type simply does not match (a numeric string compares as a number).
+  into a function `value -> bool`. Several operators in one mapping must all hold. Comparisons never raise: a
+  value of the wrong type simply does not match (a numeric string compares as a number).
 - `compile_path(path)` turns a dotted path into a getter over nested dicts/lists; a missing step yields
   `None`.
 - `compile_matcher(spec)` turns `{event, type, where}` (or a list of them: any-of) into `MatchContext ->
-  bool`.
-  `where` paths read the event document (`Event.document()`); paths starting with `lead.` read the lead view
-  (derived facts, traits, score, stage) as it is after this event was applied.
+  bool`. `where` paths read the event document (`Event.document()`); paths starting with `lead.` read the lead
+  view (derived facts, traits, score, stage) as it is after this event was applied.
 - `compile_condition(spec)` turns an `if:`/segment condition (paths over the lead view; `any`, `not`) into
   `lead_view -> bool`.
 Validation (unknown operators, wrong operand types) is the language layer's job; this module trusts its input.

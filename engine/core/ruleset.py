@@ -2,12 +2,10 @@
 
 Contract:
 - A `Rule` is immutable and holds everything needed on the hot path already compiled (matchers are closures,
-  durations
-  are milliseconds); no pydantic, YAML or regex is touched while evaluating.
+  durations are milliseconds); no pydantic, YAML or regex is touched while evaluating.
 - `Rule.version` is a short stable hash of the rule's canonical definition (with its segments inlined):
-  changing any
-  semantic field changes it, reformatting the YAML does not. Action ids include it, so an edited rule is a
-  new rule.
+  changing any semantic field changes it, reformatting the YAML does not. Action ids include it, so an edited
+  rule is a new rule.
 - `RuleSet.rules` keeps load order (files sorted, rules in file order); `RuleSet.active` the enabled ones;
   `RuleSet.version` is a hash of all rule ids and versions.
 - A kind's logic (`RuleLogic`) owns only its own slot of per-lead state (`LeadState.rules[rule.key]`), a small
@@ -38,8 +36,7 @@ class ActionSpec:
 
 @dataclass(slots=True)
 class Firing:
-    """A kind's decision that the rule fires now; common gates (cooldown, caps, `if:`) are applied
-    afterwards."""
+    """A kind's decision that the rule fires now; the common gates (cooldown, caps, `if:`) come after."""
 
     at_ms: int
     key: str  # unique per firing of this rule for this lead: feeds the deterministic action id
@@ -51,8 +48,7 @@ class Firing:
 
 
 class RuleLogic(Protocol):
-    """Kind-specific semantics over one rule's slot of lead state. Slots are plain JSON values, never
-    mutated."""
+    """Kind-specific semantics over one rule's slot of lead state; slots are plain JSON, never mutated."""
 
     def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]: ...
 

@@ -2,14 +2,12 @@
 tests).
 
 Contract:
-- Events are stably sorted by event time (equal timestamps keep input order), then evaluated lead by lead
-  with the
-  same `evaluate` the worker uses — there is no second implementation of any rule semantics.
+- Events are stably sorted by event time (equal timestamps keep input order), then evaluated lead by lead with
+  the same `evaluate` the worker uses — there is no second implementation of any rule semantics.
 - With `flush=True`, after the last event each lead's event time advances past its pending deadlines, so every
   absence that would fire, fires.
 - Output order: `(fired_at_ms, lead_id, order of firing within the lead)` — independent of how different
-  leads'
-  events interleave in the input, and identical on every run.
+  leads' events interleave in the input, and identical on every run.
 """
 
 from __future__ import annotations

@@ -2,18 +2,15 @@
 
 Contract:
 - `LeadState` holds the lead id, its derived facts (`facts`, see `engine.core.facts`), one slot per rule that
-  has
-  something pending (`rules[rule.key]`, owned by that rule's kind) and the firing history used by cooldown and
-  `max_per_lead` (`gates[rule.key] = [last_fired_ms, fires_on_that_utc_day]`).
-- Everything that can grow is bounded (windows pruned by time and capped by count; traits and cart capped),
-  so one
-  table entry per lead stays small (well under 1 KiB for the shipped pack) whatever the length of its history.
-- `to_bytes()` / `from_bytes()` round-trip exactly (orjson); `copy()` is a deep copy: the core never mutates
-  a state
-  it was given, so the shell may keep the old value until it commits the new one.
-- `merge(other)` folds an anonymous lead's state into the known lead's (identity merge): see `merge_facts`
-  and each
-  kind's `merge`.
+  has something pending (`rules[rule.key]`, owned by that rule's kind) and the firing history used by cooldown
+  and `max_per_lead` (`gates[rule.key] = [last_fired_ms, fires_on_that_utc_day]`).
+- Everything that can grow is bounded (windows pruned by time and capped by count; traits and cart capped), so
+  one table entry per lead stays small (well under 1 KiB for the shipped pack) whatever the length of its
+  history.
+- `to_bytes()` / `from_bytes()` round-trip exactly (orjson); `copy()` is a deep copy: the core never mutates a
+  state it was given, so the shell may keep the old value until it commits the new one.
+- `merge(other)` folds an anonymous lead's state into the known lead's (identity merge): see `merge_facts` and
+  each kind's `merge`.
 """
 
 from __future__ import annotations
@@ -83,11 +80,9 @@ class LeadState:
     def merge(self, other: LeadState, rules: RuleSet | None = None) -> LeadState:
         """Fold `other` (the anonymous lead) into this (known) lead; returns a new state keeping this lead id.
 
-        Facts: this lead's values win, the other fills gaps (first seen is the earliest, cart lines are
-        united).
+        Facts: this lead's values win, the other fills gaps (first seen is the earliest; carts are united).
         Rule slots: with `rules`, each kind merges its two slots (scores add up, windows unite, the earlier
-        absence
-        episode is kept); without `rules`, this lead's slot wins and the other's fills missing ones.
+        absence episode is kept); without `rules`, this lead's slot wins and the other's fills missing ones.
         Gates: the latest fire and the larger same-day count, so caps cannot be dodged by identifying.
         """
         mine, theirs = self.copy(), other.copy()

@@ -1,5 +1,4 @@
-"""The rule language: YAML files → validated, compiled, immutable `RuleSet` (see README, section "Rule
-language")."""
+"""The rule language: YAML files → a validated, compiled, immutable `RuleSet` (README: "Rule language")."""
 
 from engine.core.ruleset import Rule, RuleSet
 from engine.language.loader import DEFAULT_CONNECTORS, load_rules, parse_rules, rule_files

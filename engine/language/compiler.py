@@ -45,8 +45,7 @@ def action_spec(block: schema.ActionBlock) -> ActionSpec:
 
 
 def _inline_segments(condition: Any, segments: Mapping[str, dict[str, Any]]) -> Any:
-    """The canonical form of a condition: segment names replaced by their definitions (feeds the version
-    hash)."""
+    """A condition's canonical form: segment names replaced by their definitions (feeds the version)."""
     if isinstance(condition, dict):
         out = {}
         for key, value in condition.items():

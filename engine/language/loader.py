@@ -2,15 +2,12 @@
 
 Contract:
 - `paths` are files or directories. A directory contributes its `*.yaml` / `*.yml` files (not recursive),
-  sorted by
-  name; rule test files (`*.test.yaml`, `*.test.yml`) are skipped. Files load in the given order.
+  sorted by name; rule test files (`*.test.yaml`, `*.test.yml`) are skipped. Files load in the given order.
 - A rules file is a mapping with `rules:` (a list of rules) and/or `segments:` (name → condition). Segments
-  are
-  global across the loaded files.
+  are global across the loaded files.
 - All problems of all files are collected (unknown key, bad duration, unknown connector, duplicate id, bad
-  predicate,
-  unknown segment, YAML syntax...) and raised together as `RuleFileError`, each `file:line:col: message`.
-  Nothing is half-loaded.
+  predicate, unknown segment, YAML syntax...) and raised together as `RuleFileError`, each `file:line:col:
+  message`. Nothing is half-loaded.
 """
 
 from __future__ import annotations

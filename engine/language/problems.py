@@ -1,9 +1,8 @@
 """Validation problems with a position in a rule file.
 
 Contract: `str(Problem)` is `file:line:col: message` (1-based line and column), the format editors and CI
-understand;
-`RuleFileError.problems` lists every problem found in one load (not just the first), sorted by file then
-position.
+understand; `RuleFileError.problems` lists every problem found in one load (not just the first), sorted by
+file then position.
 """
 
 from __future__ import annotations

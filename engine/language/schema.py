@@ -1,9 +1,9 @@
 """The rule file schema (pydantic), used only at load time — never on the evaluation hot path.
 
 Contract: every model forbids unknown keys; durations are parsed to milliseconds; a single matcher may be
-written as a
-mapping or a list (any-of); predicates written as a scalar mean `eq`, as a list mean `in`. Conditions (`if:`,
-`segments:`) are validated by `engine.language.conditions` because their keys are free-form paths.
+written as a mapping or a list (any-of); predicates written as a scalar mean `eq`, as a list mean `in`.
+Conditions (`if:`, `segments:`) are validated by `engine.language.conditions` because their keys are free-form
+paths.
 """
 
 from __future__ import annotations

@@ -2,16 +2,12 @@
 
 Contract:
 - `load_yaml(text)` returns `(root_node, data)`; `data` is what `yaml.safe_load` would return, except that
-  unquoted
-  timestamps stay strings (event times in rule tests must not become naive datetimes). Duplicate keys in a
-  mapping
-  and YAML syntax errors raise `YamlProblem` with a 1-based position.
+  unquoted timestamps stay strings (event times in rule tests must not become naive datetimes). Duplicate keys
+  in a mapping and YAML syntax errors raise `YamlProblem` with a 1-based position.
 - `locate(node, loc, key=False)` walks a pydantic-style location (keys and list indexes) down the node tree
-  and
-  returns the 1-based `(line, col)` of the deepest node it can reach (the key itself when `key=True`); steps
-  that do
-  not exist in the YAML (pydantic's union tags, an index into a single matcher written as a mapping) are
-  skipped.
+  and returns the 1-based `(line, col)` of the deepest node it can reach (the key itself when `key=True`);
+  steps that do not exist in the YAML (pydantic's union tags, an index into a single matcher written as a
+  mapping) are skipped.
 """
 
 from __future__ import annotations
@@ -29,8 +25,7 @@ class YamlProblem(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without the implicit timestamp type: `2026-01-01T10:00:00Z` stays the string it looks
-    like."""
+    """SafeLoader without implicit timestamps: `2026-01-01T10:00:00Z` stays the string it looks like."""
 
 
 _Loader.yaml_implicit_resolvers = {

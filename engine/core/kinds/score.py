@@ -5,13 +5,11 @@ Semantics:
   `daily_cap`, the absolute points one entry can add per UTC day (event time) are capped.
 - With `half_life`, the score decays continuously: value(t) = value(t0) * 2^(-(t - t0) / half_life). Decay is
   computed on read, so it needs no timers.
-- A threshold fires when one event moves the score from below `at` to at least `at` (upward crossing). A
-  score that
-  decays below and climbs back crosses again (subject to the rule's cooldown).
-- `stages:` (name → minimum score, lowest first) give the lead a stage: the highest stage ever reached.
-  Stages never
-  go down on decay (a lifecycle does not regress because a lead went quiet); `stage` is visible in `if:`, in
-  `lead.stage` matcher paths and in the action context. Issue #8 may set stages from other signals.
+- A threshold fires when one event moves the score from below `at` to at least `at` (upward crossing). A score
+  that decays below and climbs back crosses again (subject to the rule's cooldown).
+- `stages:` (name → minimum score, lowest first) give the lead a stage: the highest stage ever reached. Stages
+  never go down on decay (a lifecycle does not regress because a lead went quiet); `stage` is visible in
+  `if:`, in `lead.stage` matcher paths and in the action context. Issue #8 may set stages from other signals.
 Slot: `{"v": value, "t": ms of value, "s": stage, "c": {entry index: [utc_day, points used]}}`.
 """
 

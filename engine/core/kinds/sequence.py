@@ -1,14 +1,11 @@
-"""`kind: sequence` — A then B [then C ...] within T, each step with its own matcher (e.g. pricing → demo
-request).
+"""`kind: sequence` — A then B [then C ...] within T, each step with its own matcher.
 
 Semantics:
 - The chain must complete within `within` of its first step: step k at t extends a partial chain that reached
-  step
-  k-1 and started at s when t - s <= within. The rule fires at the event completing the last step.
-- For each step only the partial chain with the latest start is kept (a later start leaves strictly more
-  time, so it
-  dominates); one event may advance several chains (steps are tried from last to first) but never two steps
-  of one.
+  step k-1 and started at s when t - s <= within. The rule fires at the event completing the last step.
+- For each step only the partial chain with the latest start is kept (a later start leaves strictly more time,
+  so it dominates); one event may advance several chains (steps are tried from last to first) but never two
+  steps of one.
 - After firing, all partial chains are cleared: the next chain starts from a fresh first step.
 Slot: a list with one entry per non-final step, `None` or `[start_ms, [message ids]]`; absent when all are
 `None`.

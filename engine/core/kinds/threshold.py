@@ -1,19 +1,15 @@
-"""`kind: threshold` — count (or sum of a property) of matching events in a sliding window (hot lead, big
-spender).
+"""`kind: threshold` — count or sum of matching events in a sliding window (hot lead, big spender).
 
 Semantics (pinned by tests and the brute-force reference in tests/core):
 - At each matching event at time t, consider the matching events in (t - within, t] (ties: input order, so
-  events
-  with equal timestamps already taken in count).
+  events with equal timestamps already taken in count).
 - count mode: fire at t when there are at least `count` of them; sum mode: when the sum of `sum.field` over
-  them is
-  at least `sum.gte` (events whose field is missing or not a number do not match).
+  them is at least `sum.gte` (events whose field is missing or not a number do not match).
 - Repeats are governed by the common gates: cooldown (default = within) measured from the last fire of this
-  rule
-  for this lead, then `max_per_lead`, then `if:`.
-Slot: the window, a list of `[t, message_id]` (count) or `[t, message_id, value]` (sum) sorted by t, pruned
-to the
-window and capped (count mode keeps only the newest `count` entries; sum mode the newest `MAX_SUM_ENTRIES`).
+  rule for this lead, then `max_per_lead`, then `if:`.
+Slot: the window, a list of `[t, message_id]` (count) or `[t, message_id, value]` (sum) sorted by t, pruned to
+the window and capped (count mode keeps only the newest `count` entries; sum mode the newest
+`MAX_SUM_ENTRIES`).
 """
 
 from __future__ import annotations
