@@ -1,15 +1,16 @@
 """Kafka records → ClickHouse rows, one pure function per topic. No I/O.
 
-Contract: `to_row(kind, record)` returns `(table, row)` with the row's values in `COLUMNS[table]` order, or
-raises `UnstorableRecord(reason)` for a record the sink cannot store (the reason is a stable code for a
-metric label). Invalid clickstream events are the worker's business (it dead-letters them); the sink only
-skips and counts them.
+Contract: `to_row(record)` returns `(table, values)` with the values in `COLUMNS[table]` order (each
+converter builds a column → value dict, so a row reads like the schema), or raises
+`UnstorableRecord(reason)` for a record the sink cannot store — never anything else, whatever the bytes
+(the reason is a stable code for a metric label). Invalid clickstream events are the worker's business
+(it dead-letters them); the sink only skips and counts them.
 
 Row mapping:
 - `clickstream` → `events`: normalised Segment fields + the raw JSON; `revenue` = properties.revenue, else
   .total.
 - `actions` → `actions` row with step `fired`: `at` = `fired_at` (event time), `emitted_at` = the Kafka
-  record timestamp (wall clock when the worker emitted it; detection delay = emitted_at - trigger_time).
+  record timestamp (wall clock when the worker emitted it; detection delay starts from trigger/fire time).
 - `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
   duplicate), `at` = when the dispatcher recorded it (wall clock).
 - `dead-letters` → `dead_letters`; `lead-updates` → `lead_updates` (stored generically: kind + JSON
@@ -163,125 +164,118 @@ def _load(record: Record) -> dict[str, Any]:
     return doc
 
 
-def event_row(record: Record) -> list[Any]:
+def event_row(record: Record) -> dict[str, Any]:
     if record.value is None:
         raise UnstorableRecord("empty")
     try:
         event = parse_event(record.value)
     except InvalidEvent as exc:
         raise UnstorableRecord(f"invalid_event_{exc.reason}") from None
-    return [
-        event.message_id,
-        event.lead_id,
-        event.type,
-        event.name or "",
-        event.timestamp_ms,
-        event.received_at_ms,
-        event.user_id or "",
-        event.anonymous_id or "",
-        event.previous_id or "",
-        revenue_of(event.properties),
-        _json(event.properties),
-        _json(event.traits),
-        _json(event.context),
-        record.value.decode("utf-8", "replace"),
-        record.partition,
-        record.offset,
-    ]
+    return {
+        "message_id": event.message_id,
+        "lead_id": event.lead_id,
+        "type": event.type,
+        "name": event.name or "",
+        "timestamp": event.timestamp_ms,
+        "received_at": event.received_at_ms,
+        "user_id": event.user_id or "",
+        "anonymous_id": event.anonymous_id or "",
+        "previous_id": event.previous_id or "",
+        "revenue": revenue_of(event.properties),
+        "properties": _json(event.properties),
+        "traits": _json(event.traits),
+        "context": _json(event.context),
+        "raw": record.value.decode("utf-8", "replace"),
+    }
 
 
-def fired_row(record: Record) -> list[Any]:
+def fired_row(record: Record) -> dict[str, Any]:
+    action = Action.from_json(_load(record))
+    return {
+        "action_id": action.action_id,
+        "step": "fired",
+        "attempt": 0,
+        "at": action.fired_at_ms,  # event time: the core's fire time
+        "rule": action.rule,
+        "rule_version": action.rule_version,
+        "lead_id": action.lead_id,
+        "connector": action.connector,
+        "trigger": list(action.trigger),
+        "trigger_time": action.trigger_time_ms,
+        "fired_at": action.fired_at_ms,
+        "emitted_at": record.timestamp_ms,  # wall clock: when the worker produced it
+        "explanation": action.explanation,
+        "reason": "",
+        "latency_ms": None,
+        "next_attempt_at": None,
+        "priority": action.priority,
+        "marketing": action.marketing,
+        "rep": rep_of(action.context),
+        "action": _json(action.to_json()),
+        "kafka_topic": topics.ACTIONS,
+    }
+
+
+def delivery_row(record: Record) -> dict[str, Any]:
     doc = _load(record)
-    try:
-        action = Action.from_json(doc)
-    except (KeyError, TypeError, ValueError):
-        raise UnstorableRecord("bad_action") from None
-    return [
-        action.action_id,
-        "fired",
-        0,
-        action.fired_at_ms,
-        action.rule,
-        action.rule_version,
-        action.lead_id,
-        action.connector,
-        list(action.trigger),
-        action.trigger_time_ms,
-        action.fired_at_ms,
-        record.timestamp_ms,
-        action.explanation,
-        "",
-        None,
-        None,
-        action.priority,
-        action.marketing,
-        rep_of(action.context),
-        _json(action.to_json()),
-        topics.ACTIONS,
-        record.partition,
-        record.offset,
-    ]
+    latency = doc.get("latency_ms")
+    return {
+        "action_id": str(doc["action_id"]),
+        "step": str(doc["outcome"]),
+        "attempt": int(doc.get("attempt") or 1),
+        "at": int(doc["at_ms"]),  # wall clock of the dispatcher
+        "rule": str(doc["rule"]),
+        "rule_version": str(doc.get("rule_version") or ""),
+        "lead_id": str(doc["lead_id"]),
+        "connector": str(doc["connector"]),
+        "trigger": [],
+        "trigger_time": None,
+        "fired_at": _int_or_none(doc.get("fired_at_ms")),
+        "emitted_at": None,
+        "explanation": "",
+        "reason": str(doc.get("reason") or ""),
+        "latency_ms": None if latency is None else max(0, int(latency)),
+        "next_attempt_at": _int_or_none(doc.get("next_attempt_ms")),
+        "priority": 0,
+        "marketing": False,
+        "rep": "",
+        "action": "",
+        "kafka_topic": topics.DELIVERIES,
+    }
 
 
-def delivery_row(record: Record) -> list[Any]:
+def dead_letter_row(record: Record) -> dict[str, Any]:
     doc = _load(record)
-    try:
-        latency = doc.get("latency_ms")
-        return [
-            str(doc["action_id"]),
-            str(doc["outcome"]),
-            int(doc.get("attempt") or 1),
-            int(doc["at_ms"]),
-            str(doc["rule"]),
-            str(doc.get("rule_version") or ""),
-            str(doc["lead_id"]),
-            str(doc["connector"]),
-            [],
-            None,
-            doc.get("fired_at_ms"),
-            None,
-            "",
-            str(doc.get("reason") or ""),
-            None if latency is None else max(0, int(latency)),
-            doc.get("next_attempt_ms"),
-            0,
-            False,
-            "",
-            "",
-            topics.DELIVERIES,
-            record.partition,
-            record.offset,
-        ]
-    except (KeyError, TypeError, ValueError):
-        raise UnstorableRecord("bad_delivery") from None
+    return {
+        "at": int(doc.get("at_ms") or record.timestamp_ms),
+        "source": str(doc.get("source") or ""),
+        "reason": str(doc.get("reason") or ""),
+        "detail": str(doc.get("detail") or ""),
+        "payload": str(doc.get("payload") or ""),
+        "payload_encoding": str(doc.get("payload_encoding") or ""),
+        "original_topic": str(doc.get("topic") or ""),
+        "original_partition": _int_or_none(doc.get("partition")),
+        "original_offset": _int_or_none(doc.get("offset")),
+        "original_key": str(doc.get("key") or ""),
+    }
 
 
-def dead_letter_row(record: Record) -> list[Any]:
-    doc = _load(record)
-    return [
-        int(doc.get("at_ms") or record.timestamp_ms),
-        str(doc.get("source") or ""),
-        str(doc.get("reason") or ""),
-        str(doc.get("detail") or ""),
-        str(doc.get("payload") or ""),
-        str(doc.get("payload_encoding") or ""),
-        str(doc.get("topic") or ""),
-        doc.get("partition"),
-        doc.get("offset"),
-        str(doc.get("key") or ""),
-        record.partition,
-        record.offset,
-    ]
-
-
-def lead_update_row(record: Record) -> list[Any]:
+def lead_update_row(record: Record) -> dict[str, Any]:
     doc = _load(record)
     lead_id = doc.get("lead_id") or (record.key.decode("utf-8", "replace") if record.key else "")
     if not lead_id:
         raise UnstorableRecord("missing_lead_id")
-    at_ms = doc.get("at_ms") or doc.get("timestamp_ms") or record.timestamp_ms
-    kind = doc.get("kind") or doc.get("type") or "update"
-    return [str(lead_id), int(at_ms), str(kind), rep_of(doc), _json(doc), record.partition, record.offset]
+    return {
+        "lead_id": str(lead_id),
+        "at": int(doc.get("at_ms") or doc.get("timestamp_ms") or record.timestamp_ms),
+        "kind": str(doc.get("kind") or doc.get("type") or "update"),
+        "rep": rep_of(doc),
+        "payload": _json(doc),
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 _CONVERTERS = {
@@ -294,7 +288,17 @@ _CONVERTERS = {
 
 
 def to_row(record: Record) -> tuple[str, list[Any]]:
+    """(table, values in `COLUMNS[table]` order); `UnstorableRecord` for anything that cannot become a row."""
     converter = _CONVERTERS.get(record.kind)
     if converter is None:
         raise UnstorableRecord("unknown_topic")
-    return TOPIC_TABLES[record.kind], converter(record)
+    try:
+        values = converter(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, UnstorableRecord):
+            raise
+        raise UnstorableRecord(f"bad_{record.kind.replace('-', '_')}") from None
+    values["kafka_partition"] = record.partition
+    values["kafka_offset"] = record.offset
+    table = TOPIC_TABLES[record.kind]
+    return table, [values[column] for column in COLUMNS[table]]

@@ -98,3 +98,20 @@ def test_helpers() -> None:
     assert revenue_of({"total": "x"}) is None
     assert rep_of({"owner": "rep-2"}) == "rep-2"
     assert rep_of({}) == ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (topics.DEAD_LETTERS, b'{"at_ms": "yesterday"}'),
+        (topics.LEAD_UPDATES, b'{"lead_id": "a", "at_ms": "soon"}'),
+        (topics.DELIVERIES, b'{"action_id": "a", "outcome": "sent"}'),
+        (topics.ACTIONS, b'{"action_id": "a", "rule": "r"}'),
+        (topics.ACTIONS, b'{"action_id": "a", "rule": "r", "rule_version": "1", "lead_id": "l", '
+                         b'"fired_at_ms": "x", "connector": "c"}'),
+    ],
+)  # fmt: skip
+def test_records_with_wrong_field_types_are_unstorable_not_fatal(kind: str, value: bytes) -> None:
+    with pytest.raises(UnstorableRecord) as info:
+        to_row(_rec(kind, value))
+    assert info.value.reason.startswith("bad_")
