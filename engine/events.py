@@ -118,7 +118,7 @@ def parse_ts(value: Any, field_name: str = "timestamp") -> int:
         raise InvalidEvent("bad_timestamp", f"{field_name} {value!r} is not ISO-8601") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(round(parsed.timestamp() * 1000))
+    return round(parsed.timestamp() * 1000)
 
 
 def _as_dict(value: Any, field_name: str) -> dict[str, Any]:
