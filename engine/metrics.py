@@ -25,7 +25,9 @@ DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 
 EVENTS_CONSUMED = Counter("nudge_events_consumed_total", "Clickstream events consumed by the worker", ["type"])
 DEAD_LETTERS = Counter("nudge_dead_letters_total", "Messages sent to the dead-letter topic", ["source", "reason"])
 CONSUMER_LAG = Gauge(
-    "nudge_consumer_lag_messages", "Messages between the committed offset and the end of the log", ["topic", "partition"]
+    "nudge_consumer_lag_messages",
+    "Messages between the committed offset and the end of the log",
+    ["topic", "partition"],
 )
 EVENT_TIME_WATERMARK = Gauge("nudge_event_time_watermark_seconds", "Worker's event-time clock (epoch seconds)")
 
