@@ -295,7 +295,7 @@ class Sink:
 
     # --- rebalances ---------------------------------------------------------------------------------------
 
-    def _listener(self, stop: asyncio.Event) -> ConsumerRebalanceListener:
+    def _listener(self) -> ConsumerRebalanceListener:
         sink = self
 
         class _Listener(ConsumerRebalanceListener):
@@ -348,7 +348,7 @@ class Sink:
             fetch_max_bytes=16 * 1024 * 1024,
             **self._group_timing(),
         )
-        self._consumer.subscribe(list(self._kinds), listener=self._listener(stop))
+        self._consumer.subscribe(list(self._kinds), listener=self._listener())
         await self._consumer.start()
         return True
 

@@ -98,6 +98,12 @@ async def test_worker_stream_lands_once_and_replay_reproduces_it(settings: Setti
             fired = count("SELECT count() FROM actions FINAL WHERE step = 'fired'")
             assert fired == count("SELECT uniqExact(action_id) FROM actions WHERE step = 'fired'")
             assert fired_ids() == set(expected)
+            # emitted_at is the worker's wall clock (Kafka record time), not the events' old event time.
+            stale = count(
+                f"SELECT countIf(toUnixTimestamp64Milli(emitted_at) < {now - 60_000}) FROM actions FINAL "
+                "WHERE step = 'fired'"
+            )
+            assert stale == 0
 
             result = replay(client, rules, now - 30 * 86_400_000, now + 1, now - 500)
             assert result.identical, result.to_json()
