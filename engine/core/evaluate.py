@@ -1,7 +1,8 @@
 """`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics (worker + simulator).
 
 Contract:
-- Pure: no I/O, no clock, no randomness; the input state is never mutated; the same inputs give equal outputs.
+- Pure: no I/O, no clock, no randomness; the same inputs give equal outputs; the input state is not mutated
+  (unless the caller hands it over with `reuse_state=True`).
 - On an `Event` at t: first fire the deadlines < t (the lead's own event proves event time passed them;
   fired_at is the deadline), then update the derived facts, then let every enabled rule see the event (in
   rule-set order), then, when `now_ms` is given, fire the deadlines <= now_ms.
@@ -186,9 +187,21 @@ def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
 
 
 def evaluate(
-    rules: RuleSet, state: LeadState | None, item: Event | Tick, now_ms: int | None = None
+    rules: RuleSet,
+    state: LeadState | None,
+    item: Event | Tick,
+    now_ms: int | None = None,
+    *,
+    reuse_state: bool = False,
 ) -> Evaluation:
-    work = state.copy() if state is not None else LeadState()
+    """One step for one lead. With `reuse_state=True` the caller hands `state` over: it is updated in place
+    and returned, saving a deep copy per step. By default `state` is left untouched."""
+    if state is None:
+        work = LeadState()
+    elif reuse_state:
+        work = state
+    else:
+        work = state.copy()
     _drop_stale_slots(rules, work)
     actions: list[Action] = []
     if isinstance(item, Tick):

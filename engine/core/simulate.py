@@ -35,7 +35,7 @@ def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> lis
             fired.append((action.fired_at_ms, lead_id, n, action))
 
     for _, event in ordered:
-        result = evaluate(rules, states.get(event.lead_id), event)
+        result = evaluate(rules, states.get(event.lead_id), event, reuse_state=True)
         states[event.lead_id] = result.state
         timers[event.lead_id] = result.timers
         record(event.lead_id, result.actions)
@@ -43,7 +43,7 @@ def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> lis
         for lead_id in sorted(states):
             while timers.get(lead_id):
                 now = timers[lead_id][-1]
-                result = evaluate(rules, states[lead_id], Tick(now))
+                result = evaluate(rules, states[lead_id], Tick(now), reuse_state=True)
                 states[lead_id] = result.state
                 record(lead_id, result.actions)
                 # a tick fires every deadline <= now: what is left lies later (never loop on one deadline)
