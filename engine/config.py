@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A setting has a value Nudge cannot use; the message names the variable and what it accepts."""
 
 
+# "dev" = Tansu workarounds, "kafka" = real Kafka, "dev-batched" = the worker on Tansu in runs that never
+# restart it (the demo; other processes treat it as unknown, give them "dev"); see engine/faust_settings.py.
+BROKER_PROFILES = ("dev", "dev-batched", "kafka")
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -78,7 +83,7 @@ class Settings:
         defaults = cls()
         return cls(
             broker_url=env.get("NUDGE_BROKER_URL") or defaults.broker_url,
-            broker_profile=_choice(env, "NUDGE_BROKER_PROFILE", defaults.broker_profile, ("dev", "kafka")),
+            broker_profile=_choice(env, "NUDGE_BROKER_PROFILE", defaults.broker_profile, BROKER_PROFILES),
             redis_url=env.get("NUDGE_REDIS_URL") or defaults.redis_url,
             clickhouse_dsn=env.get("NUDGE_CLICKHOUSE_DSN") or defaults.clickhouse_dsn,
             rules_path=Path(env.get("NUDGE_RULES_PATH") or defaults.rules_path),
