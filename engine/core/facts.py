@@ -209,7 +209,7 @@ def lead_view(
     page = facts.get("pg")
     return {
         "lead_id": lead_id,
-        "traits": facts.get("tr") or {},
+        "traits": dict(facts.get("tr") or {}),  # a copy: actions must not change when the state moves on
         "cart": cart_view(facts),
         "score": scores.get(primary) if primary else None,
         "stage": stages.get(primary) if primary else None,
