@@ -142,20 +142,29 @@ async def _replay_and_watch(settings: Settings, options: DemoOptions, children: 
     records = load_sample(options.sample)
     names = {role: settings.topic(role) for role in (topics.ACTIONS, topics.DELIVERIES, topics.DEAD_LETTERS)}
     watcher = Watcher(bootstrap(settings), names, out=say)
-    await watcher.start()
     replayer = Replayer(bootstrap(settings), settings.topic(topics.CLICKSTREAM), records)
-    say(f"Replaying {len(records):,} events of {options.sample.name} over {replayer.span_ms / 1000:.0f} s "
-        f"(rules: {options.rules}); fired actions:")
+    failures: list[ChildFailed] = []
+    main = asyncio.current_task()
 
     async def progress() -> None:
+        """Progress line every few seconds; a child that died aborts the run (cancels the main task)."""
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
-            for child in children:
-                child.check_alive()
+            try:
+                for child in children:
+                    child.check_alive()
+            except ChildFailed as exc:
+                failures.append(exc)
+                if main is not None:
+                    main.cancel()
+                return
             say(watcher.progress(replayer.sent, len(records)))
 
+    await watcher.start()
     ticker = asyncio.create_task(progress())
     try:
+        say(f"Replaying {len(records):,} events of {options.sample.name} over {replayer.span_ms / 1000:.0f} s "
+            f"(rules: {options.rules}); fired actions:")
         clickstream_ends = await replayer.run()
         last_due_ms = (
             replayer.first_ms + replayer.shift_ms + replayer.span_ms
@@ -165,25 +174,28 @@ async def _replay_and_watch(settings: Settings, options: DemoOptions, children: 
         say(f"All events sent; waiting for the last deadlines (until {until})...")
         limit = time.monotonic() + 120
         while time.monotonic() < limit:
-            quiet = time.monotonic() - max(watcher.last_action_at, 0) >= QUIET_FOR_S
+            quiet = time.monotonic() - watcher.last_action_at >= QUIET_FOR_S
             if time.time() * 1000 >= last_due_ms + 1000 and quiet:
                 break
             await asyncio.sleep(0.2)
+        # Let the dispatcher finish the last deliveries: every action has an outcome and none came lately.
+        deadline, seen = time.monotonic() + 30, -1
+        while time.monotonic() < deadline:
+            total = sum(watcher.outcomes.values())
+            if total == seen and total >= sum(watcher.actions.values()):
+                break
+            seen = total
+            await asyncio.sleep(1.0)
         say(watcher.progress(replayer.sent, len(records)))
+    except asyncio.CancelledError:
+        if failures:
+            raise failures[0] from None
+        raise
     finally:
         ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ChildFailed):
+        with contextlib.suppress(asyncio.CancelledError):
             await ticker
-    # Let the dispatcher finish the last deliveries, then wait for the sink to store everything.
-    deadline = time.monotonic() + 30
-    seen = -1
-    while time.monotonic() < deadline:
-        total = sum(watcher.outcomes.values())
-        if total == seen and total >= sum(watcher.actions.values()):
-            break
-        seen = total
-        await asyncio.sleep(1.0)
-    await watcher.stop()
+        await watcher.stop()
     ends = {(settings.topic(topics.CLICKSTREAM), p): end for p, end in clickstream_ends.items()}
     ends.update(watcher.ends)
     say("Waiting for the sink to write everything to ClickHouse...")
@@ -242,6 +254,9 @@ async def run_demo(options: DemoOptions) -> int:
     except ChildFailed as exc:
         say(f"nudge demo: {exc}")
         return 1
+    except asyncio.CancelledError:
+        say("\nInterrupted: stopping everything the demo started...")
+        raise
     except Exception as exc:  # the user gets the cause and where the details are, not a bare traceback
         (run_dir / "error.log").write_text(traceback.format_exc())
         say(f"nudge demo failed: {type(exc).__name__}: {exc}; details in {run_dir / 'error.log'}")
