@@ -13,7 +13,7 @@ from engine.language import load_rules
 from tests.core.strategies import BASE, MINUTE, interleavings, lead_stream, multi_lead_streams
 
 PACK: RuleSet = load_rules([Path(__file__).resolve().parents[2] / "rules"])
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _output(actions: list) -> bytes:
