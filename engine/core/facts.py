@@ -88,7 +88,10 @@ def _apply_cart(facts: dict[str, Any], event: Event) -> None:
     quantity = _number(props.get("quantity"))
     cart = facts.setdefault("ct", {})
     if event.name == _CART_ADD:
-        line = cart.pop(key, None) or [_text(props.get("name")), _number(props.get("price")), 0]
+        line = cart.pop(key, None) or [None, None, 0]
+        line[0] = _text(props.get("name")) or line[0]  # the latest name and price win (a price may change)
+        price = _number(props.get("price"))
+        line[1] = price if price is not None else line[1]
         line[2] = line[2] + (quantity if quantity is not None and quantity > 0 else 1)
         if props.get("url") or props.get("image_url"):
             line[3:] = [_text(props.get("url")), _text(props.get("image_url"))]
