@@ -355,7 +355,7 @@ class Sink:
     def _group_timing(self) -> dict[str, int]:
         """Tansu (dev profile) completes a JoinGroup only after session_timeout/2: keep sessions short."""
         if self.settings.broker_profile == "dev":
-            return {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 2000}
+            return {"session_timeout_ms": 3000, "heartbeat_interval_ms": 800, "rebalance_timeout_ms": 3000}
         return {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

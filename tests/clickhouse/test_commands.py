@@ -125,7 +125,7 @@ async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_not
     from tests.clickhouse.streamgen import Message
 
     now = int(time.time() * 1000)
-    total = 6_000
+    total = 3_000
     messages = []
     for i in range(total):
         doc = {"type": "track", "event": "Product Viewed", "userId": f"k{i % 500}", "messageId": f"kill-{i}",
