@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 
-from engine.clickhouse import kpis
-from engine.clickhouse.client import ClickHouseUnavailable, connect
-from engine.clickhouse.migrations import migrate
-from engine.clickhouse.replay import ReplayResult, replay
 from engine.commands.report import table
 from engine.config import Settings
-from engine.language import RuleFileError, load_rules
+
+if TYPE_CHECKING:
+    from engine.clickhouse.replay import ReplayResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def render(result: ReplayResult) -> str:
-    rows = [
-        [r.rule, r.would_fire, r.fired, r.matched, r.only_replay, r.only_live, r.pending]
-        for r in result.rules
-    ]
+    rows = [[r.rule, r.would_fire, r.fired, r.matched, r.only_replay, r.only_live, r.pending] for r in result.rules]
     headers = ["rule", "would fire", "fired", "matched", "only replay", "only live", "pending"]
     verdict = "identical to what fired" if result.identical else "DIFFERS from what fired"
     skipped = f", {result.skipped_events} unreadable skipped" if result.skipped_events else ""
@@ -43,6 +39,13 @@ def render(result: ReplayResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every `nudge` command builds the parser that imports this module.
+    from engine.clickhouse import kpis
+    from engine.clickhouse.client import ClickHouseUnavailable, connect
+    from engine.clickhouse.migrations import migrate
+    from engine.clickhouse.replay import replay
+    from engine.language import RuleFileError, load_rules
+
     settings = Settings.from_env()
     try:
         since_ms, until_ms = kpis.window(args.since)

@@ -14,9 +14,6 @@ from typing import Any
 
 import orjson
 
-from engine.clickhouse import kpis
-from engine.clickhouse.client import ClickHouseUnavailable, connect
-from engine.clickhouse.migrations import migrate
 from engine.config import Settings
 from engine.events import format_ts
 
@@ -30,13 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table; numbers right-aligned, None shown as '-'."""
-    cells = [
-        [("-" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v)) for v in row] for row in rows
-    ]
+    cells = [[("-" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [
-        all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(headers))
-    ]
+    numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
@@ -74,8 +67,7 @@ def render(report: dict[str, Any]) -> str:
     rec = report["recovered"]
     parts.append(
         table(
-            f"Recovered carts (order within 24 h of a nudge): {rec['orders']} orders, "
-            f"revenue {rec['revenue']:,.2f}",
+            f"Recovered carts (order within 24 h of a nudge): {rec['orders']} orders, revenue {rec['revenue']:,.2f}",
             ["rule", "orders", "revenue"],
             [[r["rule"], r["orders"], r["revenue"]] for r in rec["by_rule"]],
         )
@@ -102,9 +94,7 @@ def render(report: dict[str, Any]) -> str:
                     r["rep"],
                     r["hot_leads"],
                     r["touched"],
-                    None
-                    if r["time_to_first_touch_p50_ms"] is None
-                    else r["time_to_first_touch_p50_ms"] / 60000,
+                    None if r["time_to_first_touch_p50_ms"] is None else r["time_to_first_touch_p50_ms"] / 60000,
                 ]
                 for r in report["hot_leads"]
             ],
@@ -114,6 +104,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at module level: every `nudge` command builds the parser that imports this module.
+    from engine.clickhouse import kpis
+    from engine.clickhouse.client import ClickHouseUnavailable, connect
+    from engine.clickhouse.migrations import migrate
+
     settings = Settings.from_env()
     try:
         since_ms, until_ms = kpis.window(args.since)

@@ -12,21 +12,18 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from engine import metrics
-from engine.clickhouse.client import ClickHouseUnavailable, redact
 from engine.config import Settings
-from engine.sink import Sink
+
+if TYPE_CHECKING:
+    from engine.sink import Sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("sink", help="write events, actions, outcomes and dead letters to ClickHouse")
-    parser.add_argument(
-        "--max-rows", type=int, default=5000, help="close a batch at this many records (5000)"
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=1.0, help="close a batch this many seconds after it opened"
-    )
+    parser.add_argument("--max-rows", type=int, default=5000, help="close a batch at this many records (5000)")
+    parser.add_argument("--max-wait", type=float, default=1.0, help="close a batch this many seconds after it opened")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0 = off)")
     parser.set_defaults(func=run)
 
@@ -40,10 +37,13 @@ async def _run(sink: Sink) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every `nudge` command builds the parser that imports this module.
+    from engine import metrics
+    from engine.clickhouse.client import ClickHouseUnavailable, redact
+    from engine.sink import Sink
+
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.max_rows < 1 or args.max_wait <= 0:
         print("nudge sink: --max-rows must be >= 1 and --max-wait > 0", file=sys.stderr)
         return 2
