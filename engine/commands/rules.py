@@ -25,9 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     validate.add_argument("paths", nargs="+", help="rule files or directories")
     validate.set_defaults(func=run_validate)
     test = actions.add_parser("test", help="run the rule test cases (*.test.yaml) next to rule files")
-    test.add_argument(
-        "paths", nargs="*", help="directories or test files (default: NUDGE_RULES_PATH or rules/)"
-    )
+    test.add_argument("paths", nargs="*", help="directories or test files (default: NUDGE_RULES_PATH or rules/)")
     test.set_defaults(func=run_test)
 
 
@@ -59,6 +57,7 @@ def run_test(args: argparse.Namespace) -> int:
         return 2
     passed = failed = 0
     invalid = False
+    covered: dict[Path, set[str]] = {}
     for path in files:
         try:
             results = run_test_file(path)
@@ -71,6 +70,11 @@ def run_test(args: argparse.Namespace) -> int:
             print(result)
             passed += result.passed
             failed += not result.passed
+            covered.setdefault(path.parent, set()).update(result.covered)
+    for directory, rule_ids in covered.items():
+        untested = [r.id for r in load_rules([directory]).rules if r.id not in rule_ids]
+        if untested:
+            print(f"note: no test case in {directory} expects an action of: {', '.join(untested)}", file=sys.stderr)
     print(f"{passed} passed, {failed} failed", file=sys.stderr)
     if invalid:
         return 2

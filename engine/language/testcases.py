@@ -39,6 +39,7 @@ class CaseResult:
     name: str
     passed: bool
     failures: list[str] = field(default_factory=list)
+    covered: frozenset[str] = frozenset()  # rules this case expects an action from
 
     def __str__(self) -> str:
         head = f"{'ok  ' if self.passed else 'FAIL'} {self.file}:{self.line}: {self.name}"
@@ -149,5 +150,6 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
         only = case.get("rules", data.get("rules"))
         failures = run_case(rules, case, only)
         title = str(case.get("name") or f"case {i + 1}")
-        results.append(CaseResult(name, line, title, not failures, failures))
+        covered = frozenset(e.get("rule") for e in case.get("expect") or () if isinstance(e, dict))
+        results.append(CaseResult(name, line, title, not failures, failures, covered - {None}))
     return results

@@ -17,9 +17,7 @@ def test_validate_accepts_the_shipped_pack(capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().out == ""
 
 
-def test_validate_prints_one_line_per_problem_and_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_prints_one_line_per_problem_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "rules:\n"
@@ -47,10 +45,10 @@ def test_rules_test_runs_the_shipped_cases(capsys: pytest.CaptureFixture[str]) -
     assert out.count("ok   ") >= 10 and "FAIL" not in out
 
 
-def test_rules_test_reports_a_failing_case_and_exits_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (tmp_path / "a.yaml").write_text(RULE)
+def test_rules_test_reports_a_failing_case_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.yaml").write_text(
+        RULE + "  - {id: b, kind: absence, when: {event: B}, within: 1m, action: {connector: log}}\n"
+    )
     (tmp_path / "a.test.yaml").write_text(
         "cases:\n"
         "  - name: fires after ten minutes\n"
@@ -61,17 +59,16 @@ def test_rules_test_reports_a_failing_case_and_exits_1(
         "    expect: [{rule: a, fired_at: '2026-01-05T10:11:00Z'}]\n"
     )
     assert main(["rules", "test", str(tmp_path)]) == 1
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert f"ok   {tmp_path / 'a.test.yaml'}:2: fires after ten minutes" in out
     assert f"FAIL {tmp_path / 'a.test.yaml'}:5: wrong expectation" in out
     assert "fired_at: expected 2026-01-05T10:11:00Z, got 2026-01-05T10:10:00.000Z" in out
+    assert "no test case in" in err and "expects an action of: b" in err
 
 
 def test_rules_test_rejects_an_invalid_test_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a.yaml").write_text(RULE)
-    (tmp_path / "a.test.yaml").write_text(
-        "rules: [nope]\ncases:\n  - {name: x, events: [], expect: [], colour: 1}\n"
-    )
+    (tmp_path / "a.test.yaml").write_text("rules: [nope]\ncases:\n  - {name: x, events: [], expect: [], colour: 1}\n")
     assert main(["rules", "test", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert f"{tmp_path / 'a.test.yaml'}:1:8: unknown rule 'nope'" in out
