@@ -175,17 +175,22 @@ class LeadWorker:
         self.ready = False
         self.index.discard_partitions({tp.partition for tp in revoked})
 
-    async def _rebuild_index(self) -> None:
-        """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
+    def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
+        """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
+        keeps entries of revoked partitions it wrote itself, so they are filtered out here."""
         owned = {tp.partition for tp in self.nudge.app.assignor.assigned_actives()}
         # The memory store remembers the changelog partition of each key it recovered.
         recovered = getattr(self.nudge.leads.data, "_key_partition", {})
-        self.index.clear()
-        for key, raw in list(self.nudge.leads.data.items()):
+        for key, raw in list(self.nudge.leads.data.items()):  # the store: reading it writes no changelog
             partition = self.lead_partition.get(key, recovered.get(key))
-            if partition is None or partition not in owned or raw is None:
-                continue
-            self.lead_partition[key] = partition
+            if partition is not None and partition in owned and raw is not None:
+                self.lead_partition[key] = partition
+                yield key, raw, partition
+
+    async def _rebuild_index(self) -> None:
+        """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
+        self.index.clear()
+        for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
             state = self._decode_state(lead_id, raw)
             if state is not None:
@@ -374,10 +379,9 @@ class LeadWorker:
             self._refresh_stats()
 
     def _refresh_stats(self) -> None:
-        data = self.nudge.leads.data  # the store: iterating it writes no changelog
-        values = [v for v in data.values() if v is not None]
-        metrics.ACTIVE_LEADS.set(len(values))
-        metrics.STATE_BYTES.set(sum(len(v) for v in values))
+        sizes = [len(raw) for _, raw, _ in self._owned_entries()]
+        metrics.ACTIVE_LEADS.set(len(sizes))
+        metrics.STATE_BYTES.set(sum(sizes))
         consumer = self.nudge.app.consumer
         with contextlib.suppress(Exception):  # lag is best effort; Tansu's end offsets are off (dev-stack.md)
             for tp in self.nudge.app.assignor.assigned_actives():
