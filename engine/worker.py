@@ -333,9 +333,10 @@ class LeadWorker:
     async def _emit(self, action: Action, kind: str) -> None:
         await self.nudge.actions.send(key=action.lead_id.encode(), value=action.to_bytes())
         metrics.RULE_FIRES.labels(action.rule, self._rule_kinds.get(action.rule, kind)).inc()
-        started_ms = action.trigger_time_ms if kind == "event" else action.fired_at_ms
-        if started_ms is not None:
-            metrics.DETECTION_DELAY.labels(kind).observe(max(0.0, (wall_ms() - started_ms) / 1000))
+        # Due = the later of the triggering event's time and the fire time (a deadline for absence rules), the
+        # same definition as the detection-delay KPI in ClickHouse. `kind`: fired by an event or by a tick.
+        due_ms = max(action.fired_at_ms, action.trigger_time_ms or 0)
+        metrics.DETECTION_DELAY.labels(kind).observe(max(0.0, (wall_ms() - due_ms) / 1000))
 
     async def _dead_letter(
         self, faust_event: EventT, reason: str, detail: str, payload: bytes | None = None
