@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grow-leads", type=int, default=50_000, help="extra leads for the state/RSS figure")
     parser.add_argument("--grow-events", type=int, default=100_000, help="events of the extra leads")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dev-profile-events", type=int, default=50_000,
+                        help="(3') runs on the first N events only: one record per batch is slow")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--broker-profile", choices=profiles.PROFILES, default="batched",
                         help="profile of the measured runs (see bench/profiles.py); default batched")
@@ -54,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="duration of the offered load")
     parser.add_argument("--skip", default="", help=f"comma-separated steps to skip: {', '.join(STEPS)}")
     parser.add_argument("--profile-worker", action="store_true", help="also sample a worker run with py-spy")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="experiments: extra environment for the worker runs, e.g. NUDGE_BATCH_SIZE=10000")
+    parser.add_argument("--worker-patch", default="",
+                        help="experiments: comma-separated patches from bench/patches.py (not safe in general)")
     parser.add_argument("--quick", action="store_true", help="10x smaller workload and shorter load")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--keep-logs", action="store_true", help="keep the run's logs and state directory")
@@ -62,6 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.events, args.leads = args.events // 10, args.leads // 10
         args.grow_events, args.grow_leads = args.grow_events // 10, args.grow_leads // 10
         args.latency_seconds = min(args.latency_seconds, 8.0)
+        args.dev_profile_events //= 10
+    try:
+        args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    except ValueError:
+        parser.error("--worker-env takes NAME=VALUE")
+    if args.worker_patch:
+        args.worker_env["BENCH_PATCHES"] = args.worker_patch
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = args.skip - set(STEPS)
     if unknown:
@@ -116,6 +129,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "broker_profile": args.broker_profile,
         "broker_profile_note": profiles.DESCRIPTIONS[args.broker_profile],
         "partitions": args.partitions,
+        "worker_env": args.worker_env,
         "workload": load.describe(),
         "environment": _environment(),
         "measurements": {},
@@ -124,7 +138,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     m = results["measurements"]
     stack = DevStack(workdir / "devstack").up()
     try:
-        ctx = runs.RunContext(stack, workdir, args.broker_profile, args.partitions)
+        ctx = runs.RunContext(stack, workdir, args.broker_profile, args.partitions, args.worker_env)
         timeout = max(300.0, args.events / 500)
         raw = await _step(results, "(1) raw consume", lambda: runs.measure_raw(ctx, load))
         if raw is not None:
@@ -139,10 +153,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         m["worker"] = await _step(results, "(3)+(5) nudge worker",
                                   lambda: runs.measure_worker(ctx, load, grow=grow, timeout_s=timeout))
         if "dev-profile" not in args.skip and args.broker_profile != "dev":
-            dev_ctx = runs.RunContext(stack, workdir, "dev", args.partitions, run_id=ctx.run_id + "d")
+            dev_ctx = runs.RunContext(stack, workdir, "dev", args.partitions, args.worker_env,
+                                      run_id=ctx.run_id + "d")
             m["worker_dev_profile"] = await _step(
                 results, "(3') nudge worker, dev profile",
-                lambda: runs.measure_worker(dev_ctx, load, timeout_s=timeout, label="devprofile"))
+                lambda: runs.measure_worker(dev_ctx, load.head(args.dev_profile_events), timeout_s=timeout,
+                                            label="devprofile"))
         if "two-workers" not in args.skip:
             m["two_workers"] = await _step(
                 results, "(6) two nudge workers",

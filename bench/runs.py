@@ -47,6 +47,7 @@ class RunContext:
     workdir: Path
     broker_profile: str
     partitions: int
+    worker_env: dict[str, str] = field(default_factory=dict)  # experiments: extra NUDGE_*/BENCH_* variables
     run_id: str = field(default_factory=lambda: f"b{int(time.time())}")
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -174,7 +175,7 @@ async def measure_naive(
 # --- (3) (5) (6) the Nudge worker ------------------------------------------------------------
 def _worker(ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = ()) -> Proc:
     argv = [*wrap, sys.executable, "-m", "bench.run_worker"]
-    return Proc(name, argv, ctx.env(settings), ctx.log(name))
+    return Proc(name, argv, {**ctx.env(settings), **ctx.worker_env}, ctx.log(name))
 
 
 @dataclass

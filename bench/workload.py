@@ -56,6 +56,10 @@ class Workload:
         """Events a worker counts as consumed (malformed ones are dead-lettered instead)."""
         return sum(1 for r in self.records if r.valid)
 
+    def head(self, events: int) -> Workload:
+        """The first `events` records (by time): a shorter run over the same stream."""
+        return Workload(self.records[:events], self.leads, self.seed, self.mix)
+
     def describe(self) -> dict[str, object]:
         return {
             "events": len(self.records),
