@@ -51,9 +51,7 @@ def rules(body: str) -> RuleSet:
     return parse_rules(body)
 
 
-def run(
-    ruleset: RuleSet, items: list[Event | Tick], state: LeadState | None = None
-) -> tuple[LeadState, list[Action]]:
+def run(ruleset: RuleSet, items: list[Event | Tick], state: LeadState | None = None) -> tuple[LeadState, list[Action]]:
     actions: list[Action] = []
     for item in items:
         result = evaluate(ruleset, state, item)

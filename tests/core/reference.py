@@ -104,3 +104,39 @@ def threshold(spec: ThresholdSpec, events: list[RefEvent]) -> list[Fire]:
                 fires.append((spec.id, lead, e[2], tuple(x[3] for x in used)))
                 last_fire = e[2]
     return fires
+
+
+@dataclass(frozen=True)
+class SequenceSpec:
+    id: str
+    steps: tuple[frozenset[str], ...]
+    within: int
+
+
+def sequence(spec: SequenceSpec, events: list[RefEvent]) -> list[tuple[str, str, int, str]]:
+    """Fires at an event matching the last step when some chain of earlier, distinct events (after the previous
+    firing) matched the steps in order and started at most `within` before; output: (rule, lead, at, last id)."""
+    fires: list[tuple[str, str, int, str]] = []
+    last = len(spec.steps) - 1
+    for lead in _leads(events):
+        stream = [e for e in _sorted(events) if e[0] == lead]
+        after = -1  # chains may only use events after the previous firing
+        for i, e in enumerate(stream):
+            if e[1] not in spec.steps[last]:
+                continue
+            found = False
+            for j0 in range(after + 1, i):
+                if stream[j0][1] not in spec.steps[0] or e[2] - stream[j0][2] > spec.within:
+                    continue
+                k, j = 1, j0 + 1
+                while k < last and j < i:  # greedy: the earliest match of each step leaves the most room
+                    if stream[j][1] in spec.steps[k]:
+                        k += 1
+                    j += 1
+                if k == last:
+                    found = True
+                    break
+            if found:
+                fires.append((spec.id, lead, e[2], e[3]))
+                after = i
+    return fires

@@ -170,13 +170,9 @@ def test_score_points_caps_decay_crossings_and_monotone_stages() -> None:
     # a day later the score has halved; the stage stays; climbing back over 40 fires again
     state, actions = run(SCORE, [track("Unsubscribed", 24 * 60)], state)
     assert (
-        actions == []
-        and state.rules[SCORE.rules[0].key]["v"] == -30
-        and state.rules[SCORE.rules[0].key]["s"] == "mql"
+        actions == [] and state.rules[SCORE.rules[0].key]["v"] == -30 and state.rules[SCORE.rules[0].key]["s"] == "mql"
     )
-    state, actions = run(
-        SCORE, [track("Demo Requested", 24 * 60 + 1), track("Demo Requested", 24 * 60 + 2)], state
-    )
+    state, actions = run(SCORE, [track("Demo Requested", 24 * 60 + 1), track("Demo Requested", 24 * 60 + 2)], state)
     assert [a.template for a in actions] == []  # -30 + 60 = 30 (just under 40): no crossing yet
     state, actions = run(SCORE, [track("Demo Requested", 24 * 60 + 3)], state)
     assert [a.template for a in actions] == ["mql"]
@@ -210,9 +206,7 @@ rules:
     assert [a.rule for a in small] == []
     _, big = run(ruleset, [track("Product Added", 0, product_id="p", price=20, quantity=5), Tick(at(60))])
     assert [a.rule for a in big] == ["gated"]
-    _, vip = run(
-        ruleset, [identify(0, plan="enterprise"), track("Product Added", 1, product_id="p", price=500)]
-    )
+    _, vip = run(ruleset, [identify(0, plan="enterprise"), track("Product Added", 1, product_id="p", price=500)])
     assert vip == []
 
 
@@ -274,8 +268,6 @@ def test_identity_merge_folds_the_anonymous_lead_into_the_known_one() -> None:
 
 def test_slots_of_removed_rules_are_dropped() -> None:
     state, _ = run(CART, [track("Product Added", 0)])
-    other = rules(
-        "rules:\n  - {id: x, kind: absence, when: {event: A}, within: 1m, action: {connector: log}}"
-    )
+    other = rules("rules:\n  - {id: x, kind: absence, when: {event: A}, within: 1m, action: {connector: log}}")
     result = evaluate(other, state, Tick(at(1)))
     assert result.state.rules == {} and result.timers == []

@@ -31,9 +31,7 @@ def test_output_does_not_depend_on_how_leads_interleave(data: st.DataObject) -> 
 
 @FAST
 @given(multi_lead_streams(), st.booleans())
-def test_replaying_the_same_input_gives_identical_output(
-    per_lead: dict[str, list[Event]], flush: bool
-) -> None:
+def test_replaying_the_same_input_gives_identical_output(per_lead: dict[str, list[Event]], flush: bool) -> None:
     events = [e for stream in per_lead.values() for e in stream]
     reloaded = load_rules([Path(__file__).resolve().parents[2] / "rules"])
     assert _output(simulate(PACK, events, flush)) == _output(simulate(reloaded, events, flush))
@@ -98,9 +96,7 @@ def test_state_stays_bounded_over_ten_thousand_events() -> None:
                 "event": TRACK_NAMES[i % len(TRACK_NAMES)],
                 "properties": {"product_id": f"p{i % 40}", "price": 10, "name": f"Product {i % 40}"},
             }
-        doc.update(
-            {"userId": "endless", "messageId": f"m{i}", "timestamp": ts, "traits": {"email": "e@x.io"}}
-        )
+        doc.update({"userId": "endless", "messageId": f"m{i}", "timestamp": ts, "traits": {"email": "e@x.io"}})
         state = evaluate(PACK, state, parse_event(doc)).state
         sizes.append(state.size())
     assert max(sizes) <= 1024
@@ -108,14 +104,8 @@ def test_state_stays_bounded_over_ten_thousand_events() -> None:
 
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 
@@ -126,9 +116,7 @@ json_values = st.recursive(
         st.fixed_dictionaries(
             {
                 "type": st.sampled_from(("track", "page", "identify", "screen", "group", "alias")),
-                "event": st.sampled_from(
-                    ("Product Added", "Product Removed", "Order Completed", "Demo Requested")
-                ),
+                "event": st.sampled_from(("Product Added", "Product Removed", "Order Completed", "Demo Requested")),
                 "userId": st.just("fuzz"),
                 "timestamp": st.integers(BASE, BASE + 10**8),
                 "properties": st.dictionaries(

@@ -10,7 +10,7 @@ from engine.core.durations import format_duration
 from engine.events import Event
 from engine.language import parse_rules
 from tests.core import reference
-from tests.core.reference import AbsenceSpec, RefEvent, ThresholdSpec
+from tests.core.reference import AbsenceSpec, RefEvent, SequenceSpec, ThresholdSpec
 
 MINUTE = 60_000
 BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -34,11 +34,7 @@ def absence_yaml(spec: AbsenceSpec) -> str:
 
 
 def threshold_yaml(spec: ThresholdSpec) -> str:
-    measure = (
-        f"count: {spec.count}"
-        if spec.count is not None
-        else f"sum: {{field: properties.v, gte: {spec.sum_gte}}}"
-    )
+    measure = f"count: {spec.count}" if spec.count is not None else f"sum: {{field: properties.v, gte: {spec.sum_gte}}}"
     cooldown = "" if spec.cooldown is None else f"\n    cooldown: {format_duration(spec.cooldown) or '0s'}"
     return f"""
   - id: {spec.id}
@@ -46,6 +42,16 @@ def threshold_yaml(spec: ThresholdSpec) -> str:
     match: {{event: {_names(spec.match)}}}
     {measure}
     within: {format_duration(spec.within)}{cooldown}
+    action: {{connector: log}}"""
+
+
+def sequence_yaml(spec: SequenceSpec) -> str:
+    steps = "".join(f"\n      - {{event: {_names(step)}}}" for step in spec.steps)
+    return f"""
+  - id: {spec.id}
+    kind: sequence
+    steps:{steps}
+    within: {format_duration(spec.within)}
     action: {{connector: log}}"""
 
 
@@ -74,6 +80,14 @@ def threshold_specs(draw: st.DrawFn, index: int) -> ThresholdSpec:
     )
 
 
+sequence_specs = st.builds(
+    SequenceSpec,
+    st.just("sequence_0"),
+    st.lists(st.frozensets(st.sampled_from(NAMES), min_size=1, max_size=2), min_size=2, max_size=3).map(tuple),
+    minutes,
+)
+
+
 @st.composite
 def streams(draw: st.DrawFn) -> list[RefEvent]:
     n = draw(st.integers(0, 30))
@@ -81,9 +95,7 @@ def streams(draw: st.DrawFn) -> list[RefEvent]:
     for i in range(n):
         lead = draw(st.sampled_from(("l1", "l2", "l3")))
         name = draw(st.sampled_from(NAMES))
-        ts = (
-            BASE + draw(st.integers(0, 120)) * MINUTE
-        )  # minute grid: ties and deadline-equal times are common
+        ts = BASE + draw(st.integers(0, 120)) * MINUTE  # minute grid: ties and deadline-equal times are common
         events.append((lead, name, ts, f"m{i}", draw(st.integers(0, 5))))
     return events
 
@@ -103,20 +115,25 @@ def to_event(e: RefEvent) -> Event:
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.tuples(
-        st.tuples(absence_specs(0), absence_specs(1)), st.tuples(threshold_specs(0), threshold_specs(1))
-    ),
+    st.tuples(st.tuples(absence_specs(0), absence_specs(1)), st.tuples(threshold_specs(0), threshold_specs(1))),
+    sequence_specs,
     streams(),
     st.booleans(),
 )
-def test_core_agrees_with_brute_force_reference(specs, events: list[RefEvent], flush: bool) -> None:
+def test_core_agrees_with_brute_force_reference(
+    specs, sequence_spec: SequenceSpec, events: list[RefEvent], flush: bool
+) -> None:
     absences, thresholds = specs
-    text = (
-        "rules:" + "".join(absence_yaml(s) for s in absences) + "".join(threshold_yaml(s) for s in thresholds)
-    )
+    text = "rules:" + "".join(absence_yaml(s) for s in absences) + "".join(threshold_yaml(s) for s in thresholds)
+    text += sequence_yaml(sequence_spec)
     rules = parse_rules(text)
     actions = simulate(rules, [to_event(e) for e in events], flush=flush)
-    got = sorted((a.rule, a.lead_id, a.fired_at_ms, a.trigger) for a in actions)
+    got = sorted((a.rule, a.lead_id, a.fired_at_ms, a.trigger) for a in actions if a.rule != sequence_spec.id)
     expected = [fire for s in absences for fire in reference.absence(s, events, flush)]
     expected += [fire for s in thresholds for fire in reference.threshold(s, events)]
     assert got == sorted(expected), text
+    got_sequence = sorted(
+        (a.rule, a.lead_id, a.fired_at_ms, a.trigger[-1]) for a in actions if a.rule == sequence_spec.id
+    )
+    assert all(len(a.trigger) == len(sequence_spec.steps) for a in actions if a.rule == sequence_spec.id)
+    assert got_sequence == sorted(reference.sequence(sequence_spec, events)), text
