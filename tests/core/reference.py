@@ -1,6 +1,6 @@
-"""A deliberately simple, quadratic reference for absence and threshold semantics (issue 3).
+"""A deliberately simple, brute-force reference for absence, threshold and sequence semantics (issue 3).
 
-It shares nothing with `engine.core` except the event model: every firing is recomputed from the raw, sorted
+It shares nothing with `engine.core`: every firing is recomputed from the raw, sorted
 event list by brute force, so an agreement on thousands of generated streams means the incremental core is
 right. Events are `(lead, name, ts_ms, message_id, value)` tuples; output is `(rule, lead, fired_at_ms,
 trigger)` tuples.
