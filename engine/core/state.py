@@ -102,6 +102,4 @@ class LeadState:
                 gates[rule_id] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
             else:
                 gates[rule_id] = max(gate, other_gate)
-        return LeadState(
-            self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates
-        )
+        return LeadState(self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates)

@@ -63,9 +63,7 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
     if isinstance(model, schema.AbsenceRule):
         when, when_text = _matcher(model.when)
         unless, unless_text = _matcher(model.unless)
-        return AbsenceLogic(
-            when, unless, model.within, model.restart, model.min_matches, when_text, unless_text
-        )
+        return AbsenceLogic(when, unless, model.within, model.restart, model.min_matches, when_text, unless_text)
     if isinstance(model, schema.ThresholdRule):
         match, text = _matcher(model.match)
         if model.sum is not None:

@@ -54,9 +54,7 @@ OPERAND_HELP = {
 }
 
 
-def predicate_problems(
-    errors: list[dict[str, Any]], base: Sequence[Any]
-) -> list[tuple[tuple[Any, ...], str]]:
+def predicate_problems(errors: list[dict[str, Any]], base: Sequence[Any]) -> list[tuple[tuple[Any, ...], str]]:
     """pydantic errors of a `Predicate` → one readable problem per operator (union branches collapsed)."""
     out: list[tuple[tuple[Any, ...], str]] = []
     seen: set[Any] = set()

@@ -133,9 +133,7 @@ def _parse_sources(
             continue
         for key in data:
             if key not in ("rules", "segments"):
-                ctx.report(
-                    (key,), f"unknown top-level key {key!r}: a rules file has `rules:` and `segments:`", True
-                )
+                ctx.report((key,), f"unknown top-level key {key!r}: a rules file has `rules:` and `segments:`", True)
         parsed.append((ctx, data))
     return parsed
 
@@ -234,8 +232,7 @@ def _check_connectors(
             suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
             ctx.report(
                 (*where, "connector"),
-                f"{what}: unknown connector {connector!r}{suffix}; known connectors: "
-                f"{', '.join(sorted(known))}",
+                f"{what}: unknown connector {connector!r}{suffix}; known connectors: {', '.join(sorted(known))}",
             )
 
 

@@ -136,9 +136,7 @@ class ThresholdRule(RuleBase):
     @model_validator(mode="after")
     def _count_or_sum(self) -> ThresholdRule:
         if (self.count is None) == (self.sum is None):
-            raise ValueError(
-                "a threshold rule needs exactly one of `count: N` or `sum: {field: PATH, gte: X}`"
-            )
+            raise ValueError("a threshold rule needs exactly one of `count: N` or `sum: {field: PATH, gte: X}`")
         return self
 
 

@@ -77,16 +77,12 @@ def test_actions_are_printed_one_per_line_ordered_by_fired_at(
     ]
     assert actions[0]["trigger"] == ["p1", "p2", "p4"]
     for action in actions:
-        assert {"action_id", "rule", "lead_id", "fired_at", "trigger", "connector", "explanation"} <= set(
-            action
-        )
+        assert {"action_id", "rule", "lead_id", "fired_at", "trigger", "connector", "explanation"} <= set(action)
     assert f"{events_file}:3: not_json:" in err
     assert f"{events_file}:5: missing_event_name:" in err
 
 
-def test_no_flush_leaves_pending_deadlines_unfired(
-    events_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_no_flush_leaves_pending_deadlines_unfired(events_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--rules", str(REPO / "rules"), "--events", str(events_file), "--no-flush"]) == 0
     rules = [orjson.loads(line)["rule"] for line in capsys.readouterr().out.splitlines()]
     assert rules == ["pricing_hot_lead"]

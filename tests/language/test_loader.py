@@ -134,16 +134,12 @@ def test_score_rules_need_an_action_for_every_threshold_and_ordered_stages() -> 
 
 
 def test_version_ignores_formatting_and_description_but_not_semantics() -> None:
-    one = parse_rules(
-        "rules:\n  - {id: a, kind: absence, when: {event: A}, within: 60m, action: {connector: log}}"
-    )
+    one = parse_rules("rules:\n  - {id: a, kind: absence, when: {event: A}, within: 60m, action: {connector: log}}")
     two = parse_rules(
         "rules:\n  - id: a\n    description: reworded\n    kind: absence\n    when:\n      event: [A]\n"
         "    within: 1h\n    action: {connector: log}\n"
     )
-    three = parse_rules(
-        "rules:\n  - {id: a, kind: absence, when: {event: A}, within: 61m, action: {connector: log}}"
-    )
+    three = parse_rules("rules:\n  - {id: a, kind: absence, when: {event: A}, within: 61m, action: {connector: log}}")
     assert one.rules[0].version == two.rules[0].version != three.rules[0].version
     assert one.rules[0].key == three.rules[0].key  # state survives an edit of the rule
 
@@ -158,9 +154,7 @@ def test_segment_definitions_are_part_of_the_version() -> None:
     assert low.rules[0].version != high.rules[0].version
 
 
-@pytest.mark.parametrize(
-    ("text", "ms"), [("90s", 90_000), ("30m", 1_800_000), ("4h", 14_400_000), ("7d", 604_800_000)]
-)
+@pytest.mark.parametrize(("text", "ms"), [("90s", 90_000), ("30m", 1_800_000), ("4h", 14_400_000), ("7d", 604_800_000)])
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration(text) == ms and format_duration(ms) in (text, "1w")
 

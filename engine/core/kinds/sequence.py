@@ -80,7 +80,4 @@ class SequenceLogic:
     def merge(self, mine: Any, other: Any) -> Any:
         if mine is None or other is None:
             return mine if other is None else other
-        return [
-            a if b is None or (a is not None and a[0] >= b[0]) else b
-            for a, b in zip(mine, other, strict=True)
-        ]
+        return [a if b is None or (a is not None and a[0] >= b[0]) else b for a, b in zip(mine, other, strict=True)]

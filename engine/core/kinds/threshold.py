@@ -76,9 +76,7 @@ class ThresholdLogic:
         firings: list[Firing] = []
         if self.count is not None:
             if len(in_window) >= self.count:
-                firings.append(
-                    self._firing(event.message_id, t, in_window[-self.count :], len(in_window), None)
-                )
+                firings.append(self._firing(event.message_id, t, in_window[-self.count :], len(in_window), None))
         else:
             total = sum(e[2] for e in in_window)
             if total >= self.sum_gte:
