@@ -12,8 +12,10 @@ Profiles (`NUDGE_BROKER_PROFILE`):
      stops changelog recovery early and a restarted worker loses the tail of the last batch. Workaround: one
      record per producer batch (`producer_max_batch_size=1` byte). `tests/integration/test_tansu_quirks.py`
      fails when a fixed Tansu appears: then delete this workaround.
-  2. JoinGroup completes only after session_timeout / 2 (30 s with Faust defaults). Workaround: a 10 s session
-     with 1 s heartbeats, so a worker is ready about 6 s after start.
+  2. JoinGroup completes only after session_timeout / 2 (30 s with Faust defaults). Workaround: a 4 s session
+     with 1 s heartbeats (a join takes 2 s, a worker is ready 2-3 s after start, and a worker that vanished
+     without leaving is replaced after 4 s; the consumer heartbeats from its own thread, so a busy agent does
+     not miss them).
 - `dev-batched`: `dev` without workaround 1, for runs that never restart a worker or move partitions (the
   demo, throughput benchmarks): recovery is never needed there, and normal producer batching keeps latency
   low.
@@ -73,10 +75,10 @@ def _dev_profile() -> dict[str, Any]:
         # Tansu bug 1 (end offsets): one record per producer batch keeps changelog recovery complete.
         "producer_max_batch_size": 1,
         "producer_linger": 0.0,
-        # Tansu bug 2 (slow JoinGroup): short sessions and heartbeats make a join take ~6 s instead of 30 s.
-        "broker_session_timeout": 10.0,
+        # Tansu bug 2 (slow JoinGroup): short sessions and heartbeats make a join take 2 s instead of 30 s.
+        "broker_session_timeout": 4.0,
         "broker_heartbeat_interval": 1.0,
-        "broker_rebalance_timeout": 10.0,
+        "broker_rebalance_timeout": 4.0,
         "broker_max_poll_records": 10_000,
         "consumer_max_fetch_size": 8 * _MIB,
     }

@@ -33,7 +33,7 @@ rules:
   - id: wishlist_reminder
     kind: absence
     when: {event: Wishlist Added}
-    within: 14s
+    within: 8s  # due while the worker restarts (or just after): the recovered index must fire it once
     action: {connector: webhook}
   - id: pricing_interest
     kind: threshold
