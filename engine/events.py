@@ -16,6 +16,7 @@ Pure: no I/O, no Faust or Kafka imports.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,7 +158,12 @@ def _event_time(doc: dict[str, Any], received_at_ms: int | None) -> int:
 
 def synthetic_message_id(doc: dict[str, Any]) -> str:
     """A stable id for an event sent without `messageId`, so replays still dedupe and actions stay deterministic."""
-    return "nm-" + hashlib.sha1(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
+    try:
+        canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits (a decoded dict may hold them); the stdlib encoder does not.
+        canonical = json.dumps(doc, sort_keys=True, default=str).encode()
+    return "nm-" + hashlib.sha1(canonical).hexdigest()[:24]
 
 
 def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = None) -> Event:
