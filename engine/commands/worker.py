@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import socket
 import sys
 from pathlib import Path
 
@@ -30,6 +32,33 @@ def run(args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def preflight(settings: Settings) -> str | None:
+    """What would make the worker fail at start-up, as a message for the user, or None."""
+    hosts = [h for h in settings.broker_url.split("://", 1)[-1].split(",") if h]
+    reachable = False
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        with contextlib.suppress(OSError, ValueError), socket.create_connection((name, int(port)), timeout=3):
+            reachable = True
+            break
+    if not reachable:
+        return (
+            f"cannot reach the broker at {settings.broker_url} (NUDGE_BROKER_URL); start it "
+            "(`nudge dev-stack up` for the local one) or fix the URL"
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As aiohttp binds: reuse allowed over TIME_WAIT leftovers, refused while another process listens.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            return (
+                f"cannot serve /metrics on {settings.web_host}:{settings.web_port} ({exc.strerror}); "
+                "give each worker on this host its own NUDGE_WEB_PORT"
+            )
+    return None
+
+
 def run_worker(settings: Settings) -> int:
     from engine.language import RuleFileError, load_rules
 
@@ -41,6 +70,10 @@ def run_worker(settings: Settings) -> int:
     except FileNotFoundError as exc:
         print(f"nudge worker: rules not found: {exc}; set NUDGE_RULES_PATH", file=sys.stderr)
         return 2
+    problem = preflight(settings)
+    if problem is not None:
+        print(f"nudge worker: {problem}", file=sys.stderr)
+        return 1
 
     try:
         import uvloop
