@@ -68,7 +68,7 @@ class Settings:
     state_dir: Path = Path("var/state")
     app_id: str = "nudge"
     topic_prefix: str = ""
-    allowed_lateness_s: float = 5.0
+    allowed_lateness_s: float = 0.5
     timer_interval_s: float = 0.2
     batch_size: int = 2000
     batch_within_s: float = 0.05

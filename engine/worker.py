@@ -16,8 +16,11 @@ Contract of `LeadWorker`:
   afresh.
 - Backpressure: the agent holds at most one batch; Faust pauses fetching while it works.
 
-Deadline timers: a Faust timer runs every `timer_interval_s`, reads the event-time clock
-(`engine.timers.EventClock`) and pops the leads whose earliest deadline is due from the `DeadlineIndex`. For
+Deadline timers: a Faust timer runs every `timer_interval_s`. Each partition this worker owns has its own
+event-time clock (`engine.timers.EventClock`) and `DeadlineIndex`: a partition that lags behind (a backlog after
+a restart, a slow producer) must not see its deadlines fired by another partition's later event times, or an
+event that cancels a deadline would lose the race it wins in a replay. The timer pops, per partition, the leads
+whose earliest deadline is due on that partition's clock. For
 each it sends a tick `{"lead_id", "now_ms", "deadline_ms"}` to the `timers` topic, keyed by lead and sent to
 the partition that holds the lead's state. The agent consumes `timers` next to `clickstream` (co-partitioned),
 so the tick is evaluated as `Tick(now_ms)` inside stream iteration: Faust only allows table writes there, the
@@ -126,13 +129,29 @@ class LeadWorker:
         self.nudge = nudge
         self.settings = settings
         self.rules = rules
-        self.clock = EventClock(int(settings.allowed_lateness_s * 1000))
-        self.index = DeadlineIndex()
+        self.clocks: dict[int, EventClock] = {}  # per owned partition: see the module docstring
+        self.indexes: dict[int, DeadlineIndex] = {}
         self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
         self.ready = False  # False while a rebalance is in progress: the table may be partial
         self._rule_kinds = self._kinds(rules)
         self._last_stats = 0.0
         self._timers_topic = settings.topic("timers")
+
+    def clock(self, partition: int) -> EventClock:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = EventClock(int(self.settings.allowed_lateness_s * 1000))
+        return clock
+
+    def index(self, partition: int) -> DeadlineIndex:
+        index = self.indexes.get(partition)
+        if index is None:
+            index = self.indexes[partition] = DeadlineIndex()
+        return index
+
+    @property
+    def pending_deadlines(self) -> int:
+        return sum(index.pending_deadlines for index in self.indexes.values())
 
     @staticmethod
     def _kinds(rules: Any) -> dict[str, str]:
@@ -173,7 +192,9 @@ class LeadWorker:
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
         self.ready = False
-        self.index.discard_partitions({tp.partition for tp in revoked})
+        for partition in {tp.partition for tp in revoked}:
+            self.indexes.pop(partition, None)
+            self.clocks.pop(partition, None)
 
     def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
@@ -189,15 +210,17 @@ class LeadWorker:
 
     async def _rebuild_index(self) -> None:
         """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
-        self.index.clear()
+        self.indexes.clear()
         for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
             state = self._decode_state(lead_id, raw)
             if state is not None:
-                self.index.set(lead_id, partition, self._pending_deadlines(state))
+                self.index(partition).set(lead_id, partition, self._pending_deadlines(state))
         self.ready = True
         log.info(
-            "deadline index rebuilt: %d leads, %d deadlines", len(self.index), self.index.pending_deadlines
+            "deadline index rebuilt: %d leads, %d deadlines",
+            sum(len(index) for index in self.indexes.values()),
+            self.pending_deadlines,
         )
 
     def _pending_deadlines(self, state: Any) -> Sequence[int]:
@@ -248,7 +271,7 @@ class LeadWorker:
                 "must key records by userId (else anonymousId) so each lead's events share a partition",
             )
         metrics.EVENTS_CONSUMED.labels(event.type).inc()
-        self.clock.observe(event.timestamp_ms)
+        self.clock(message.partition).observe(event.timestamp_ms)
         return event.lead_id, event, None
 
     async def _process_lead(self, lead_id: str, inputs: list[Input]) -> None:
@@ -306,7 +329,7 @@ class LeadWorker:
                     table[key] = new_raw
         self.lead_partition[key] = partition
         if timers is not None:
-            self.index.set(lead_id, partition, timers)
+            self.index(partition).set(lead_id, partition, timers)
         for action, kind in actions:
             await self._emit(action, kind)
         for known_id, state_bytes in merges_out:
@@ -358,10 +381,16 @@ class LeadWorker:
 
     # --- the deadline timer ---------------------------------------------------------------------------------
     async def _fire_due_deadlines(self) -> None:
-        now_ms = self.clock.now_ms()
-        metrics.EVENT_TIME_WATERMARK.set(now_ms / 1000)
-        if self.ready:
-            due = self.index.pop_due(now_ms, limit=MAX_TICKS_PER_ROUND)
+        budget = MAX_TICKS_PER_ROUND
+        watermarks = []
+        for partition in sorted(self.indexes.keys() | self.clocks.keys()):
+            now_ms = self.clock(partition).now_ms()
+            watermarks.append(now_ms)
+            index = self.indexes.get(partition)
+            if index is None or not self.ready or budget <= 0:
+                continue
+            due = index.pop_due(now_ms, limit=budget)
+            budget -= len(due)
             for n, lead in enumerate(due):
                 try:
                     await self.nudge.timers.send(
@@ -372,9 +401,13 @@ class LeadWorker:
                 except Exception:
                     log.exception("could not send deadline ticks; retrying next round")
                     for rest in due[n:]:
-                        self.index.set(rest.lead_id, rest.partition, [rest.deadline_ms])
+                        index.set(rest.lead_id, rest.partition, [rest.deadline_ms])
+                    budget = 0
                     break
-        metrics.PENDING_DEADLINES.set(self.index.pending_deadlines)
+        if watermarks:
+            # The slowest partition's clock: what ops need to see when one partition falls behind.
+            metrics.EVENT_TIME_WATERMARK.set(min(watermarks) / 1000)
+        metrics.PENDING_DEADLINES.set(self.pending_deadlines)
         if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = time.monotonic()
             self._refresh_stats()

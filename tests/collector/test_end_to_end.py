@@ -53,11 +53,6 @@ def actions(reader: TopicReader, lead: str) -> list[dict]:
     return [a for a in (r.json() for r in reader.of("actions")) if a["lead_id"] == lead]
 
 
-@pytest.mark.xfail(
-    reason="needs the worker to merge the anonymous lead's state on identify/alias (engine/worker.py); the "
-    "collector's part (both ids on the identify, re-keying, profile) is tested in test_sdks.py",
-    strict=False,
-)
 async def test_anonymous_cart_then_identify_nudges_the_identified_email(
     e2e_settings: Settings, worker: WorkerProcess
 ) -> None:
