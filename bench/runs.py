@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,7 @@ async def measure_latency(
     duration_s: float,
     compress: int = 600,
     allowed_lateness_s: float = 1.0,
+    patches: str = "",
 ) -> dict[str, Any]:
     """Offer `rate` events/s for `duration_s`, stamped with the wall clock; see the module docstring."""
     rules_dir = ctx.workdir / "rules-compressed"
@@ -312,7 +313,10 @@ async def measure_latency(
     settings = ctx.settings("latency", rules_path=rules_dir, allowed_lateness_s=allowed_lateness_s)
     topic = await create_inputs(ctx, settings)
     records = workload.records[: int(rate * duration_s)]
-    fleet = await start_workers(ctx, settings, 1, "latency")
+    if patches:
+        joined = ",".join(filter(None, [ctx.worker_env.get("BENCH_PATCHES", ""), patches]))
+        ctx = replace(ctx, worker_env={**ctx.worker_env, "BENCH_PATCHES": joined})
+    fleet = await start_workers(ctx, settings, 1, "latency-patched" if patches else "latency")
     try:
         async with kafka_io.OutputWatcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
             paced = await kafka_io.produce_paced(ctx.stack.bootstrap, topic, records, rate)
@@ -341,6 +345,7 @@ async def measure_latency(
         "drain_seconds_after_load": drained["seconds"],
         "actions": len(arrivals),
         "allowed_lateness_s": allowed_lateness_s,
+        "worker_patches": ctx.worker_env.get("BENCH_PATCHES", ""),
         "compressed_absence_windows_ms": windows,
         "event_to_action_s": percentiles(event_latency),
         "deadline_lag_s": percentiles(deadline_lag),
