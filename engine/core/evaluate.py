@@ -13,6 +13,10 @@ Contract:
 - `Evaluation.timers` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
 - Slots of rules that are no longer in the rule set (or disabled) are dropped, so state cannot outlive its
   rules.
+- Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
+  `lead-updates` record) and, in the same step, the synthetic `track` event `Stage Changed` is shown to the
+  lead's other rules (not to the rule that made the change; facts are not updated by it). At most
+  `MAX_STAGE_EVENTS` synthetic events per step, so rules reacting to stage changes cannot loop.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from engine.core.facts import LeadView, apply_event, lead_view
 from engine.core.model import Action, Tick, make_action_id
 from engine.core.ruleset import Firing, Rule, RuleSet
+from engine.core.stages import MAX_STAGE_EVENTS, StageChange
 from engine.core.state import LeadState
 from engine.events import Event
 
@@ -31,24 +36,29 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class Evaluation:
-    """One step's result: the lead's new state, the actions fired (in firing order), all pending deadlines."""
+    """One step's result: the lead's new state, the actions fired (in firing order), all pending deadlines,
+    and the lead updates to publish on `lead-updates` (stage changes, in order)."""
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)
     timers: list[int] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
     scores: dict[str, float] = {}
     stages: dict[str, str | None] = {}
     primary = None
+    top: list[dict[str, Any]] = []
     for rule in rules.score_rules:
-        primary = primary or rule.id
         slot = state.rules.get(rule.key)
         value = round(rule.logic.value_at(slot, now_ms), 2)  # type: ignore[attr-defined]
         scores[rule.id] = int(value) if value == int(value) else value  # the view shows 2 decimals
         stages[rule.id] = rule.logic.stage_of(slot)  # type: ignore[attr-defined]
-    return lead_view(state.lead_id, state.facts, scores, stages, primary)
+        if primary is None:
+            primary = rule.id
+            top = rule.logic.top(slot, now_ms)  # type: ignore[attr-defined]
+    return lead_view(state.lead_id, state.facts, scores, stages, primary, top)
 
 
 class _EventContext:
@@ -144,19 +154,47 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions
                 _emit(rule, state, firing, view, actions)
 
 
-def _apply_event(rules: RuleSet, state: LeadState, event: Event, actions: list[Action]) -> None:
-    apply_event(state.facts, event)
+def _show_event(
+    rules: RuleSet,
+    state: LeadState,
+    event: Event,
+    actions: list[Action],
+    changes: list[tuple[Rule, StageChange]],
+    skip: Rule | None = None,
+) -> None:
     ctx = _EventContext(event, state, rules)
     for rule in rules.for_event(event.type, event.name):
+        if rule is skip:
+            continue
         slot = state.rules.get(rule.key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
-        new_slot, firings = rule.logic.on_event(rule, slot, ctx)
+        if rule.kind == "score":
+            new_slot, firings, change = rule.logic.step(rule, slot, ctx)  # type: ignore[attr-defined]
+            if change is not None:
+                changes.append((rule, change))
+        else:
+            new_slot, firings = rule.logic.on_event(rule, slot, ctx)
         _store(state, rule, new_slot)
         if rule.kind == "score" and new_slot is not slot:
             ctx.lead_changed()
         for firing in firings:
             _emit(rule, state, firing, ctx.lead, actions)
+
+
+def _apply_event(
+    rules: RuleSet, state: LeadState, event: Event, actions: list[Action], updates: list[dict[str, Any]]
+) -> None:
+    apply_event(state.facts, event)
+    changes: list[tuple[Rule, StageChange]] = []
+    _show_event(rules, state, event, actions, changes)
+    shown = 0
+    while changes:  # breadth first: stage changes in the order they happened
+        rule, change = changes.pop(0)
+        updates.append(change.update(state.lead_id))
+        if shown < MAX_STAGE_EVENTS:
+            shown += 1
+            _show_event(rules, state, change.event(state.lead_id), actions, changes, skip=rule)
 
 
 def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
@@ -204,6 +242,7 @@ def evaluate(
         work = state.copy()
     _drop_stale_slots(rules, work)
     actions: list[Action] = []
+    updates: list[dict[str, Any]] = []
     if isinstance(item, Tick):
         _fire_due(rules, work, item.now_ms, True, actions)
         _drop_spent_gates(rules, work, item.now_ms)
@@ -211,8 +250,8 @@ def evaluate(
         if not work.lead_id:
             work.lead_id = item.lead_id
         _fire_due(rules, work, item.timestamp_ms, False, actions)
-        _apply_event(rules, work, item, actions)
+        _apply_event(rules, work, item, actions, updates)
         if now_ms is not None:
             _fire_due(rules, work, now_ms, True, actions)
         _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
-    return Evaluation(work, actions, pending_timers(rules, work))
+    return Evaluation(work, actions, pending_timers(rules, work), updates)

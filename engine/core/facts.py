@@ -6,7 +6,8 @@ Contract:
   names). It runs before rules see the event, so matchers and `if:` see the lead *including* this event.
 - `lead_view(...)` builds the readable dict that `if:` conditions, `lead.` paths and action `context` use:
   `lead_id, traits, cart{items[{product_id,name,price,quantity,url,image_url}], value, count, currency},
-  score, stage, scores{rule: value}, stages{rule: stage}, pages_in_session, session{started_at, pages},
+  score, stage, scores{rule: value}, stages{rule: stage}, score_top[{message_id, matcher, points, now,
+  at_ms}] (the primary score's top contributions, largest first), pages_in_session, session{started_at, pages},
   time_on_page_ms, last_page{path,name,title,url}, first_seen, last_seen, source, campaign, recent[names]`.
 - Cart: `Product Added` adds `quantity` (default 1) of `product_id` (else `sku`, else `name`); `Product
   Removed` subtracts its quantity (no quantity: removes the line); `Order Completed` empties the cart.
@@ -208,6 +209,7 @@ def lead_view(
     scores: dict[str, float],
     stages: dict[str, str | None],
     primary: str | None,
+    score_top: list[dict[str, Any]] | None = None,
 ) -> LeadView:
     page = facts.get("pg")
     return {
@@ -218,6 +220,7 @@ def lead_view(
         "stage": stages.get(primary) if primary else None,
         "scores": scores,
         "stages": stages,
+        "score_top": score_top or [],
         "pages_in_session": facts.get("sp", 0),
         "session": {"started_at": facts.get("ss"), "pages": facts.get("sp", 0)},
         "time_on_page_ms": facts.get("top"),

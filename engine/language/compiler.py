@@ -83,13 +83,25 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
         return SequenceLogic(tuple(m for m, _ in steps), model.within, tuple(t for _, t in steps))
     if isinstance(model, schema.ScoreRule):
         from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
+        from engine.core.stages import StageOn
 
-        points = tuple(PointsRule(_matcher(p.match)[0], p.points, p.daily_cap) for p in model.points)
+        def points_rule(spec: schema.PointsSpec) -> PointsRule:
+            match, text = _matcher(spec.match)
+            return PointsRule(match, spec.points, spec.daily_cap, text)
+
+        def stage_move(spec: schema.StageOnSpec) -> StageOn:
+            match, text = _matcher(spec.match)
+            return StageOn(match, spec.stage, spec.allow_backward, text)
+
+        points = tuple(points_rule(p) for p in model.points)
         thresholds = tuple(
             ScoreThreshold(t.at, t.name or f"at_{t.at:g}", action_spec(t.action) if t.action else None)
             for t in model.thresholds
         )
-        return ScoreLogic(points, model.half_life, thresholds, tuple((model.stages or {}).items()))
+        stages = tuple((model.stages or {}).items())
+        stage_on = tuple(stage_move(s) for s in model.stage_on)
+        on_stage = tuple((name, action_spec(block)) for name, block in model.on_stage.items())
+        return ScoreLogic(points, model.half_life, thresholds, stages, stage_on, on_stage)
     raise ValueError(f"unknown rule kind {model.kind!r}")
 
 
@@ -102,6 +114,8 @@ def _interest(model: schema.RuleBase) -> Interest | None:
         matchers.extend(step)
     for points in getattr(model, "points", None) or ():
         matchers.extend(points.match)
+    for entry in getattr(model, "stage_on", None) or ():
+        matchers.extend(entry.match)
     names: set[str] = set()
     types: set[str] = set()
     for matcher in matchers:

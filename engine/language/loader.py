@@ -46,7 +46,7 @@ _ALL_KEYS = sorted(
         "points",
         "at",
     }
-    | {"daily_cap", "name", "match", "rules", "segments"}
+    | {"daily_cap", "name", "match", "rules", "segments", "stage", "allow_backward", "on_stage"}
     | set(schema.Predicate.model_fields) - {"in_", "if_"}
 )
 

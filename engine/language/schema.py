@@ -158,12 +158,22 @@ class ScoreThreshold(Strict):
     action: ActionBlock | None = None
 
 
+class StageOnSpec(Strict):
+    """`stage_on:` entry: an event matching `match` moves the lead to `stage` (forward only unless allowed)."""
+
+    match: Matchers
+    stage: Annotated[str, Field(pattern=ID_PATTERN)]
+    allow_backward: bool = False
+
+
 class ScoreRule(RuleBase):
     kind: Literal["score"]
     points: Annotated[list[PointsSpec], Field(min_length=1)]
     half_life: Duration | None = None
     thresholds: list[ScoreThreshold] = Field(default_factory=list)
-    stages: dict[Annotated[str, Field(pattern=ID_PATTERN)], float] | None = None
+    stages: dict[Annotated[str, Field(pattern=ID_PATTERN)], float | None] | None = None
+    stage_on: list[StageOnSpec] = Field(default_factory=list)
+    on_stage: dict[str, ActionBlock] = Field(default_factory=dict)
     action: ActionBlock | None = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
@@ -171,9 +181,19 @@ class ScoreRule(RuleBase):
         if self.action is None and (not self.thresholds or any(t.action is None for t in self.thresholds)):
             raise ValueError("give the score rule an `action:` or give every threshold its own `action:`")
         if self.stages is not None:
-            values = list(self.stages.values())
+            values = [v for v in self.stages.values() if v is not None]
             if values != sorted(values):
-                raise ValueError("`stages:` must be listed from the lowest score to the highest")
+                raise ValueError(
+                    "`stages:` must be listed from the lowest score to the highest "
+                    "(stages reached only by events have `null` and may sit anywhere)"
+                )
+        for where, stage in [("stage_on", e.stage) for e in self.stage_on] + [("on_stage", s) for s in self.on_stage]:
+            if stage not in (self.stages or {}):
+                known = ", ".join(self.stages or {}) or "none"
+                raise ValueError(
+                    f"`{where}:` names stage {stage!r}, which is not in `stages:` (known: {known}); "
+                    "add it to `stages:` (with `null` if only events reach it)"
+                )
         return self
 
 

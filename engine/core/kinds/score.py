@@ -1,4 +1,4 @@
-"""`kind: score` — lead scoring: points per matcher, daily caps, half-life decay, thresholds and stages.
+"""`kind: score` — lead scoring: points per matcher, daily caps, half-life decay, thresholds, stages, reasons.
 
 Semantics:
 - At each event, every `points` entry whose matcher matches adds its points (negative points subtract). With
@@ -7,21 +7,34 @@ Semantics:
   computed on read, so it needs no timers.
 - A threshold fires when one event moves the score from below `at` to at least `at` (upward crossing). A score
   that decays below and climbs back crosses again (subject to the rule's cooldown).
-- `stages:` (name → minimum score, lowest first) give the lead a stage: the highest stage ever reached. Stages
-  never go down on decay (a lifecycle does not regress because a lead went quiet); `stage` is visible in
-  `if:`, in `lead.stage` matcher paths and in the action context. Issue #8 may set stages from other signals.
-Slot: `{"v": value, "t": ms of value, "s": stage, "c": {entry index: [utc_day, points used]}}`.
+- `stages:` (name → minimum score or null, lowest first) and `stage_on:` (event → stage) give the lead a
+  lifecycle stage; see `engine.core.stages` for the forward-only rules and `allow_backward`. `stage` is
+  visible in `if:`, in `lead.stage` matcher paths and in the action context. `step()` also reports the
+  `StageChange` so `evaluate` can publish it and apply the `Stage Changed` event to the other rules.
+- Explanations: the slot keeps the `TOP` events that contributed most to the score *now* (decayed), each with
+  its message id, the points entry that matched, its points and event time. Ranking by log2|points| + t /
+  half_life orders contributions by their current decayed value whatever "now" is, so the kept set never has
+  to be recomputed as time passes.
+- The slot stays small (state must be under 1 KiB per lead): message ids longer than `MAX_ID` keep their last
+  `MAX_ID - 1` characters after a `~` (the tail is what differs between ids: UUIDs, counters, ULIDs), and
+  times are stored as seconds before the slot's `t`.
+Slot: `{"v": value, "t": ms of value, "s": stage, "c": {entry index: [utc_day, points used]},
+"x": [[message id, entry index, points, seconds before t], ...]}`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from engine.core.predicates import MatchContext, Matcher
 from engine.core.ruleset import ActionSpec, Firing, Rule
+from engine.core.stages import StageChange, StageLadder, StageOn
 
 DAY_MS = 86_400_000
+TOP = 3  # contributions kept per lead for explanations (state must stay under 1 KiB per lead)
+MAX_ID = 17  # characters of a message id kept in state
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +42,7 @@ class PointsRule:
     match: Matcher
     points: float
     daily_cap: float | None = None
+    text: str = ""  # the matcher described, for explanations
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +62,13 @@ class ScoreLogic:
     points: tuple[PointsRule, ...]
     half_life_ms: int | None = None
     thresholds: tuple[ScoreThreshold, ...] = ()
-    stages: tuple[tuple[str, float], ...] = ()
+    stages: tuple[tuple[str, float | None], ...] = ()
+    stage_on: tuple[StageOn, ...] = ()
+    on_stage: tuple[tuple[str, ActionSpec], ...] = ()  # stage entered -> action fired (hot lead at sql)
+
+    @property
+    def ladder(self) -> StageLadder:
+        return StageLadder(self.stages)
 
     def value_at(self, slot: Any, now_ms: int) -> float:
         if not slot:
@@ -61,20 +81,60 @@ class ScoreLogic:
     def stage_of(self, slot: Any) -> str | None:
         return slot.get("s") if slot else None
 
-    def _stage_for(self, value: float, current: str | None) -> str | None:
-        names = [name for name, _ in self.stages]
-        rank = names.index(current) if current in names else -1
-        for index, (name, at) in enumerate(self.stages):
-            if value >= at and index > rank:
-                current, rank = name, index
-        return current
+    def _decayed(self, points: float, t: int, now_ms: int) -> float:
+        if self.half_life_ms and now_ms > t:
+            return _clean(points * 2.0 ** (-(now_ms - t) / self.half_life_ms))
+        return points
+
+    def _weight(self, entry: list[Any]) -> tuple[float, float]:
+        points, t = entry[2], -entry[3]  # ranked within one slot: seconds before t, negated, order like times
+        if not points:
+            return (-math.inf, t)
+        if self.half_life_ms:
+            return (math.log2(abs(points)) + t * 1000 / self.half_life_ms, t)
+        return (abs(points), t)
+
+    def top(self, slot: Any, now_ms: int) -> list[dict[str, Any]]:
+        """The kept contributions, largest first, as the lead view and templates show them."""
+        out = []
+        for message_id, index, points, age_s in (slot or {}).get("x", ()):
+            t = slot["t"] - age_s * 1000
+            text = self.points[index].text if 0 <= index < len(self.points) else ""
+            out.append(
+                {
+                    "message_id": message_id,
+                    "matcher": text,
+                    "points": points,
+                    "now": self._decayed(points, t, now_ms),
+                    "at_ms": t,
+                }
+            )
+        return out
+
+    def _contributions(self, slot: Any, ctx: MatchContext, index: int, points: float, t: int) -> list[list[Any]]:
+        """The kept contributions plus this event's, re-based on the new slot time `t`."""
+        shift = (t - slot["t"]) // 1000 if slot else 0
+        kept = [[m, i, p, age + shift] for m, i, p, age in (slot or {}).get("x", ())]
+        if points:
+            event = ctx.event
+            message_id = event.message_id
+            if len(message_id) > MAX_ID:
+                message_id = "~" + message_id[1 - MAX_ID :]
+            kept.append([message_id, index, _clean(points), (t - event.timestamp_ms) // 1000])
+            kept.sort(key=self._weight, reverse=True)
+        return kept[:TOP]
 
     def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]:
+        new, firings, _ = self.step(rule, slot, ctx)
+        return new, firings
+
+    def step(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing], StageChange | None]:
         t = ctx.event.timestamp_ms
         day = t // DAY_MS
         caps = dict(slot.get("c", {})) if slot else {}
         total = 0.0
         matched = False
+        best, best_points = -1, 0.0
         for index, entry in enumerate(self.points):
             if not entry.match(ctx):
                 continue
@@ -87,26 +147,81 @@ class ScoreLogic:
                 points = min(points, room) if points >= 0 else max(points, -room)
                 caps[key] = [day, _clean(used + abs(points))]
             total += points
-        if not matched:
-            return slot, []
+            if best < 0 or abs(points) > abs(best_points):
+                best, best_points = index, points
+        moves = [entry for entry in self.stage_on if entry.match(ctx)]
+        if not matched and not moves:
+            return slot, [], None
+        old_stage = self.stage_of(slot)
         previous = self.value_at(slot, t)
-        value = _clean(previous + total)
-        stage = self._stage_for(value, self.stage_of(slot))
-        new: dict[str, Any] = {"v": value, "t": max(t, slot["t"]) if slot else t}
+        if matched:
+            value = _clean(previous + total)
+            new: dict[str, Any] = {"v": value, "t": max(t, slot["t"]) if slot else t}
+        else:
+            value = previous
+            new = {"v": slot["v"], "t": slot["t"]} if slot else {"v": 0, "t": t}
+        stage, reached = self.ladder.by_score(old_stage, previous, value)
+        reason = f"score {round(value, 2):g} reached {stage} at {reached:g}" if reached is not None else ""
+        stage, reason = self._event_moves(moves, ctx, stage, reason)
         if stage is not None:
             new["s"] = stage
         caps = {k: v for k, v in caps.items() if v[0] == day}
         if caps:
             new["c"] = caps
+        top = self._contributions(slot, ctx, best, total, new["t"]) if matched else (slot or {}).get("x")
+        if top:
+            new["x"] = top
         firings = [
-            self._firing(ctx, threshold, previous, value, stage)
+            self._firing(ctx, threshold, previous, value, stage, new)
             for threshold in self.thresholds
-            if previous < threshold.at <= value
+            if matched and previous < threshold.at <= value
         ]
-        return new, firings
+        change = None
+        if stage is not None and stage != old_stage:
+            change = StageChange(rule.id, old_stage, stage, reason, t, ctx.event.message_id, value)
+            firings.extend(self._stage_firing(change, spec, new) for name, spec in self.on_stage if name == stage)
+        return new, firings, change
+
+    def _stage_firing(self, change: StageChange, spec: ActionSpec, slot: Any) -> Firing:
+        return Firing(
+            at_ms=change.at_ms,
+            key=f"stage:{change.new}:{change.at_ms}:{change.message_id}",
+            trigger=(change.message_id,),
+            trigger_time_ms=change.at_ms,
+            explanation=f"lead moved from {change.old or 'no stage'} to {change.new}: {change.reason}"
+            + self.explain_top(slot, change.at_ms),
+            action=spec,
+            details={"stage_change": {"from": change.old, "to": change.new, "reason": change.reason}},
+        )
+
+    def _event_moves(
+        self, moves: list[StageOn], ctx: MatchContext, stage: str | None, reason: str
+    ) -> tuple[str | None, str]:
+        ladder = self.ladder
+        label = ctx.event.name or ctx.event.type
+        for entry in moves:
+            if entry.stage == stage:
+                continue
+            if entry.allow_backward or ladder.rank(entry.stage) > ladder.rank(stage):
+                stage = entry.stage
+                reason = f"event '{label}' (message {ctx.event.message_id}) moves the lead to {entry.stage}"
+        return stage, reason
+
+    def explain_top(self, slot: Any, now_ms: int, limit: int = 3) -> str:
+        parts = [
+            f"{item['matcher'] or 'an event'} {item['points']:+g} (message {item['message_id']})"
+            for item in self.top(slot, now_ms)[:limit]
+        ]
+        return "; top contributions: " + ", ".join(parts) if parts else ""
 
     def _firing(
-        self, ctx: MatchContext, threshold: ScoreThreshold, previous: float, value: float, stage: str | None
+        self,
+        ctx: MatchContext,
+        threshold: ScoreThreshold,
+        previous: float,
+        value: float,
+        stage: str | None,
+        slot: Any,
     ) -> Firing:
         event = ctx.event
         label = event.name or event.type
@@ -114,7 +229,7 @@ class ScoreLogic:
             f"score rose from {round(previous, 2):g} to {round(value, 2):g} on '{label}' "
             f"(message {event.message_id}), "
             f"crossing {threshold.name} at {threshold.at:g}"
-        )
+        ) + self.explain_top(slot, event.timestamp_ms)
         return Firing(
             at_ms=event.timestamp_ms,
             key=f"{threshold.name}:{event.timestamp_ms}:{event.message_id}",
@@ -146,10 +261,17 @@ class ScoreLogic:
             return mine or other
         t = max(mine["t"], other["t"])
         value = _clean(self.value_at(mine, t) + self.value_at(other, t))
-        names = [name for name, _ in self.stages]
-        stages = [s for s in (mine.get("s"), other.get("s")) if s in names]
         merged: dict[str, Any] = {"v": value, "t": t}
-        stage = self._stage_for(value, max(stages, key=names.index) if stages else None)
+        ladder = self.ladder
+        known = [s for s in (mine.get("s"), other.get("s")) if ladder.rank(s) >= 0]
+        current = max(known, key=ladder.rank) if known else None
+        stage, _ = ladder.by_score(current, -math.inf, value)
         if stage is not None:
             merged["s"] = stage
+        rebased = [
+            [m, i, p, age + (t - part["t"]) // 1000] for part in (mine, other) for m, i, p, age in part.get("x", ())
+        ]
+        top = sorted(rebased, key=self._weight, reverse=True)[:TOP]
+        if top:
+            merged["x"] = top
         return merged
