@@ -14,6 +14,9 @@ Contract:
 - Malformed records (not JSON, missing fields) go to `dead-letters` with the reason; the dispatcher never
   crashes on input. If Redis or the broker fails while handling an action, the action is retried in place with
   backoff (its offset stays uncommitted).
+- Hot leads (`connectors.hot_leads`): before delivery, an action asking for an owner gets one (roster at
+  `settings.reps_path` + Redis); the rep's notifications are delivered right there through the same policies;
+  `release_owner: true` frees the rep. Fresh assignments go to `lead-updates`.
 - `stop()` stops fetching, lets in-flight actions finish for up to `grace_s`, commits, closes clients.
   `kill()` is a crash for tests: tasks are cancelled, nothing is committed, claims are left to expire.
 """
@@ -36,6 +39,7 @@ from connectors.caps import FrequencyCaps
 from connectors.circuit import CircuitBreaker
 from connectors.config import ConnectorsFile
 from connectors.delivery import ConnectorRuntime, Deliverer, DeliveryHooks, Job
+from connectors.hot_leads import HotLeads, build_assigner
 from connectors.idempotency import IdempotencyStore
 from connectors.kafka import bootstrap_of
 from connectors.offsets import OffsetTracker
@@ -49,11 +53,11 @@ from connectors.secrets import Redactor
 from engine.config import ConfigError, Settings
 from engine.core.model import Action
 from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
-from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
+from engine.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
 
 logger = logging.getLogger("nudge.dispatcher")
 
-TOPICS = (ACTIONS, DELIVERIES, DEAD_LETTERS)
+TOPICS = (ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
@@ -116,17 +120,14 @@ class Dispatcher:
         for name, options in config.connectors.items():
             connector = connector_class(options.type)(name, options, env)
             await connector.start()
-            obeys = (
-                name in consent.connectors if consent.connectors is not None else connector.consent_by_default
-            )
+            obeys = name in consent.connectors if consent.connectors is not None else connector.consent_by_default
             self.runtimes[name] = ConnectorRuntime(
                 connector, RetryPolicy(options.retry), CircuitBreaker(name, options.circuit), obeys
             )
         timezone = config.policies.default_timezone or settings.default_timezone
         if zone(timezone) is None:
             raise ConfigError(
-                f"NUDGE_DEFAULT_TIMEZONE={timezone!r} is not a known timezone; "
-                "use an IANA name like Europe/Paris"
+                f"NUDGE_DEFAULT_TIMEZONE={timezone!r} is not a known timezone; use an IANA name like Europe/Paris"
             )
         quiet = config.policies.quiet_hours
         self.deliverer = Deliverer(
@@ -143,9 +144,10 @@ class Dispatcher:
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         await self.producer.start()
         self.recorder = OutcomeRecorder(self.producer, settings, self.redactor, set(self.runtimes))
-        session_ms = config.dispatcher.session_timeout_ms or (
-            6000 if settings.broker_profile == "dev" else 10000
+        self.hot_leads = HotLeads(
+            build_assigner(settings, self.redis), self._deliver_note, self._publish_update, set(self.runtimes)
         )
+        session_ms = config.dispatcher.session_timeout_ms or (6000 if settings.broker_profile == "dev" else 10000)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=f"{settings.app_id}-dispatcher",
@@ -217,9 +219,7 @@ class Dispatcher:
         assert self.consumer is not None
         while not self._stopping.is_set():
             try:
-                batch = await self.consumer.getmany(
-                    timeout_ms=200, max_records=self.config.dispatcher.max_inflight
-                )
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.config.dispatcher.max_inflight)
             except KafkaError as exc:  # the client reconnects by itself; keep polling
                 logger.warning("fetching actions failed, retrying: %s", self.redactor.redact(exc))
                 await asyncio.sleep(1.0)
@@ -298,9 +298,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.error(
-                    "dispatcher step failed, retrying in %.1f s: %s", delay, self.redactor.redact(exc)
-                )
+                logger.error("dispatcher step failed, retrying in %.1f s: %s", delay, self.redactor.redact(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -312,9 +310,7 @@ class Dispatcher:
                     raise ValueError("empty action_id or connector")
             except Exception as exc:
                 reason = (
-                    "not_json"
-                    if isinstance(exc, ValueError) and "JSON" in type(exc).__name__
-                    else "invalid_action"
+                    "not_json" if isinstance(exc, ValueError) and "JSON" in type(exc).__name__ else "invalid_action"
                 )
                 detail = f"{type(exc).__name__}: {exc}"[:300]
                 await self._guarded(
@@ -330,13 +326,25 @@ class Dispatcher:
                 )
                 return
 
-            # Two guarded steps: a failed record write must not run the delivery a second time.
+            # Guarded steps: a failed record write must not run the delivery a second time.
             # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
-            job = Job(action, emitted_ms=record.timestamp if record.timestamp > 0 else action.fired_at_ms)
+            emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
+            action = await self._guarded(lambda: self.hot_leads.prepare(action))
+            job = Job(action, emitted_ms=emitted_ms)
             outcome = await self._guarded(lambda: self.deliverer.deliver(job))
             await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
         finally:
             self.tracker.done(tp, record.offset)
+
+    async def _deliver_note(self, note: Action) -> None:
+        """A rep notification from the hot-lead flow: delivered and recorded like any action."""
+        emitted_ms = int(time.time() * 1000)
+        outcome = await self.deliverer.deliver(Job(note, emitted_ms=emitted_ms))
+        await self.recorder.record(note, outcome, emitted_ms)
+
+    async def _publish_update(self, lead_id: str, value: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.topic(LEAD_UPDATES), value, key=lead_id.encode())
 
     async def _handle_scheduled(self, entry: ScheduledDelivery) -> None:
         action = entry.action

@@ -1,0 +1,95 @@
+"""The hot-lead flow inside the dispatcher: give a hot lead an owner before its alert is delivered, tell the rep,
+and free the rep when the lead is won.
+
+Contract (run by the dispatcher on every action, before delivery; `prepare` returns the action to deliver):
+- An action that `engine.assignment.wants_owner` (payload `assign: true`, template `hot_lead`, or a lead at
+  stage sql) gets its owner: `with_owner` assigns the lead (idempotent across processes: the existing owner when
+  there is one) and the action is delivered with `context.owner` and `payload.mention`, so the Slack alert
+  mentions the rep. Then the rep's notifications (`assignment_actions`: an email to the rep, and a Slack
+  `lead_assigned` message when the alert itself is not a Slack message) are delivered through the same
+  policies, for the connectors that exist. Their action ids are deterministic per assignment, so a redelivered
+  alert, or a later hot-lead alert for the same owner, never mails the rep twice (idempotency claims).
+- A fresh assignment is published to `lead-updates` (`Assignment.lead_update()`, kind `assigned`).
+- An action whose payload says `release_owner: true` (rules/leads.yaml sends one when the lead becomes a
+  customer) is delivered with the current owner in `context.owner`, after the assignment is released (the
+  rep's capacity is free again; the SLA clock stops).
+- Notifications built by the assignment subsystem (rule `assignment`) pass through untouched: they are already
+  addressed, and re-assigning for them could loop.
+- No roster file at `settings.reps_path`: assignment is skipped (one warning; actions go out without an owner).
+  A roster file that is invalid is a `ConfigError` at start: an operator must fix it.
+- Redis errors propagate: the dispatcher retries the whole action (every step above is idempotent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Collection
+
+from redis.asyncio import Redis
+
+from engine.assignment import Assigner, RosterError, load_roster, wants_owner, with_owner
+from engine.assignment.notifications import RULE as NOTIFICATION_RULE
+from engine.assignment.notifications import assignment_actions
+from engine.config import ConfigError, Settings
+from engine.core.model import Action
+
+logger = logging.getLogger("nudge.dispatcher")
+
+Deliver = Callable[[Action], Awaitable[None]]
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+def build_assigner(settings: Settings, redis: Redis) -> Assigner | None:
+    """The assigner for `settings.reps_path`, or None (with a warning) when there is no roster file."""
+    path = settings.reps_path
+    if not path.exists():
+        logger.warning(
+            "no reps roster at %s (NUDGE_REPS_PATH): hot-lead alerts are delivered without assigning a rep", path
+        )
+        return None
+    try:
+        return Assigner(redis, load_roster(path))
+    except RosterError as exc:
+        raise ConfigError(f"{exc} (fix the roster file or point NUDGE_REPS_PATH at another one)") from exc
+
+
+class HotLeads:
+    """`prepare(action)` before delivery; the module docstring states what it stores, publishes and sends."""
+
+    def __init__(
+        self, assigner: Assigner | None, deliver: Deliver, publish: Publish, connectors: Collection[str]
+    ) -> None:
+        self.assigner = assigner
+        self.deliver = deliver
+        self.publish = publish
+        self.connectors = connectors
+
+    async def prepare(self, action: Action) -> Action:
+        if action.rule == NOTIFICATION_RULE or self.assigner is None:
+            return action
+        if action.payload.get("release_owner") is True:
+            return await self._release(self.assigner, action)
+        if not wants_owner(action):
+            return action
+        lead = dict(action.context)
+        action, assignment = await with_owner(self.assigner, action)
+        if assignment is None:
+            logger.warning("no rep is eligible for hot lead %s now; alert goes out without an owner", action.lead_id)
+            return action
+        if assignment.created:
+            await self.publish(action.lead_id, assignment.lead_update())
+        for note in assignment_actions(assignment, lead, action.fired_at_ms):
+            if note.connector not in self.connectors:
+                continue
+            if note.connector == action.connector == "slack":
+                continue  # the alert itself mentions the rep
+            await self.deliver(note)
+        return action
+
+    async def _release(self, assigner: Assigner, action: Action) -> Action:
+        owner = await assigner.owner(action.lead_id)
+        if owner is None:
+            return action
+        await assigner.release(action.lead_id)
+        return dataclasses.replace(action, context={**action.context, "owner": owner.rep_card()})
