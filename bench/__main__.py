@@ -33,7 +33,6 @@ from typing import Any
 import orjson
 
 from bench import profiles, report, runs, workload
-from bench.processes import BenchError
 from engine.devstack import DevStack
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +109,7 @@ async def _step(results: dict[str, Any], name: str, run: Callable[[], Awaitable[
     started = time.monotonic()
     try:
         value = await run()
-    except (BenchError, OSError, RuntimeError) as exc:
+    except Exception as exc:  # e.g. BenchError, a broker error, rules that do not load: record it, go on
         results["errors"][name] = f"{type(exc).__name__}: {exc}"[:4000]
         print(f"[bench] {name} failed: {exc}", file=sys.stderr, flush=True)
         return None
