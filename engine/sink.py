@@ -41,16 +41,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError
 
-from engine import metrics, topics
+from engine import kafka_admin, metrics, topics
 from engine.clickhouse.client import ClickHouseUnavailable, connect, is_embedded
 from engine.clickhouse.migrations import migrate
 from engine.clickhouse.rows import COLUMNS, Record, UnstorableRecord, to_row
 from engine.config import Settings
+from engine.kafka_admin import bootstrap_servers
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +66,9 @@ SINK_TOPICS = (
 )
 
 
-def bootstrap_servers(settings: Settings) -> str:
-    return settings.broker_url.removeprefix("kafka://")
-
-
 async def ensure_topics(settings: Settings, names: tuple[str, ...] = SINK_TOPICS) -> None:
     """Create the topics the sink reads if they do not exist yet (a fresh broker, a new topic prefix)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [settings.topic(n) for n in names if settings.topic(n) not in existing]
-        if wanted:
-            new = [
-                NewTopic(name, num_partitions=settings.partitions, replication_factor=1) for name in wanted
-            ]
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
+    await kafka_admin.ensure_topics(settings, names)
 
 
 @dataclass

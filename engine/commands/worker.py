@@ -59,6 +59,23 @@ def preflight(settings: Settings) -> str | None:
     return None
 
 
+def prepare_topics(settings: Settings) -> str | None:
+    """Create the co-partitioned inputs before Faust subscribes: a topic the broker auto-creates gets the
+    broker's default partition count, and a `timers` topic with fewer partitions than `clickstream` would
+    strand every deadline of the leads on the missing partitions."""
+    from engine import topics
+    from engine.kafka_admin import TopicLayoutError, check_copartitioned, ensure_topics
+
+    try:
+        counts = asyncio.run(ensure_topics(settings, (topics.CLICKSTREAM, topics.TIMERS)))
+        check_copartitioned(counts)
+    except TopicLayoutError as exc:
+        return str(exc)
+    except Exception as exc:  # the broker refused the admin calls: say so instead of a traceback
+        return f"cannot prepare topics on {settings.broker_url}: {type(exc).__name__}: {exc}"
+    return None
+
+
 def run_worker(settings: Settings) -> int:
     from engine.language import RuleFileError, load_rules
 
@@ -71,6 +88,10 @@ def run_worker(settings: Settings) -> int:
         print(f"nudge worker: rules not found: {exc}; set NUDGE_RULES_PATH", file=sys.stderr)
         return 2
     problem = preflight(settings)
+    if problem is not None:
+        print(f"nudge worker: {problem}", file=sys.stderr)
+        return 1
+    problem = prepare_topics(settings)
     if problem is not None:
         print(f"nudge worker: {problem}", file=sys.stderr)
         return 1

@@ -25,8 +25,6 @@ import traceback
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from engine import topics
@@ -37,6 +35,8 @@ from engine.demo.receivers import Receivers
 from engine.demo.replay import Replayer, load_sample
 from engine.demo.watch import Watcher
 from engine.devstack import DevStack, DevStackError, free_port
+from engine.kafka_admin import bootstrap_servers as bootstrap
+from engine.kafka_admin import ensure_topics
 
 WORKER_READY = "deadline index rebuilt"  # logged by engine.worker once its partitions are recovered
 PROGRESS_EVERY_S = 5.0
@@ -64,19 +64,8 @@ def demo_settings(options: DemoOptions, stack_env: dict[str, str], run_dir: Path
     )
 
 
-def bootstrap(settings: Settings) -> str:
-    return settings.broker_url.removeprefix("kafka://")
-
-
 async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings))
-    await admin.start()
-    try:
-        for name in (*topics.ALL_TOPICS, topics.TIMERS):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(settings.topic(name), settings.partitions, 1)])
-    finally:
-        await admin.close()
+    await ensure_topics(settings, (*topics.ALL_TOPICS, topics.TIMERS))
 
 
 async def wait_for_sink(
