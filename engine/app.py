@@ -43,6 +43,7 @@ class NudgeApp:
     actions: TopicT
     dead_letters: TopicT
     leads: Any  # faust.Table[bytes, bytes]; Faust's table types are not generic at runtime
+    lead_updates: TopicT | None = None  # stage changes from the core (Evaluation.updates)
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> TopicT:
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> NudgeApp:
     timers = _raw_topic(app, settings.topic(topics.TIMERS), settings.partitions)
     actions = _raw_topic(app, settings.topic(topics.ACTIONS), settings.partitions)
     dead_letters = _raw_topic(app, settings.topic(topics.DEAD_LETTERS), settings.partitions)
+    lead_updates = _raw_topic(app, settings.topic(topics.LEAD_UPDATES), settings.partitions)
     leads = app.Table(
         LEADS_TABLE,
         default=None,
@@ -70,4 +72,4 @@ def create_app(settings: Settings) -> NudgeApp:
         value_type=bytes,
         partitions=settings.partitions,
     )
-    return NudgeApp(app, clickstream, timers, actions, dead_letters, leads)
+    return NudgeApp(app, clickstream, timers, actions, dead_letters, leads, lead_updates)

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 from faust.streams import _current_event  # Faust's "current event" that routes table writes to a partition
 from faust.types import TP, EventT, StreamT
 
@@ -181,8 +182,9 @@ class LeadWorker:
         app.on_partitions_revoked.connect(self._on_revoked)
 
     async def _declare_outputs(self) -> None:
-        for topic in (self.nudge.actions, self.nudge.dead_letters):
-            await topic.maybe_declare()
+        for topic in (self.nudge.actions, self.nudge.dead_letters, self.nudge.lead_updates):
+            if topic is not None:
+                await topic.maybe_declare()
 
     @staticmethod
     async def _metrics_page(view: Any, request: Any) -> Any:
@@ -283,6 +285,7 @@ class LeadWorker:
             await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
         timers: Sequence[int] | None = None
         actions: list[tuple[Action, str]] = []
+        updates: list[dict[str, Any]] = []  # stage changes, for `lead-updates`
         handovers: list[tuple[str, str]] = []  # (anonymous id, known id) found in identify/alias events
         merges_out: list[tuple[str, bytes]] = []  # (known id, this lead's state) to send away
         for faust_event, item, deadline_ms in inputs:
@@ -318,6 +321,7 @@ class LeadWorker:
             if deadline_ms is not None:
                 metrics.DEADLINE_LAG.observe(max(0.0, (wall_ms() - deadline_ms) / 1000))
             actions.extend((action, kind) for action in result.actions)
+            updates.extend(getattr(result, "updates", ()))
         last_event = inputs[-1][0]
         partition = last_event.message.partition
         new_raw = state.to_bytes() if state is not None else None
@@ -332,6 +336,9 @@ class LeadWorker:
             self.index(partition).set(lead_id, partition, timers)
         for action, kind in actions:
             await self._emit(action, kind)
+        if self.nudge.lead_updates is not None:
+            for update in updates:
+                await self.nudge.lead_updates.send(key=lead_id.encode(), value=orjson.dumps(update))
         for known_id, state_bytes in merges_out:
             await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
         for anonymous_id, known_id in handovers:
