@@ -9,8 +9,12 @@ group joins are excluded); CPU is the measured process's own user+system time ov
 - `measure_worker`  (3) `nudge worker` process(es) with the shipped rule pack: events/s, CPU per 1k events,
                     then (5) state per lead and RSS, optionally after growing to more leads; and (6) with two
                     workers sharing the partitions.
-- `measure_latency` (4) one worker under a paced offered load: event -> action latency of the threshold rule
-                    and deadline lag of abandonment rules (time-compressed pack, see bench/rule_pack.py).
+- `measure_latency` (4) one worker under a paced offered load, events stamped with the wall clock as sent:
+                    event -> action latency of the threshold rule (action arrival on `actions` minus the
+                    triggering event's time) and deadline lag of abandonment rules (arrival minus the
+                    deadline, for deadlines that fell due, lateness included, while the load was on;
+                    time-compressed pack, see bench/rule_pack.py). Optionally with bench patches
+                    (`tansu_fetch_wait`: see bench/patches.py).
 """
 
 from __future__ import annotations
