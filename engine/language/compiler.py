@@ -101,7 +101,17 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
         stages = tuple((model.stages or {}).items())
         stage_on = tuple(stage_move(s) for s in model.stage_on)
         on_stage = tuple((name, action_spec(block)) for name, block in model.on_stage.items())
-        return ScoreLogic(points, model.half_life, thresholds, stages, stage_on, on_stage)
+        names = {name for entry in model.stage_on for m in entry.match for name in (m.event or ())}
+        by_name_only = all(m.event for entry in model.stage_on for m in entry.match)
+        return ScoreLogic(
+            points,
+            model.half_life,
+            thresholds,
+            stages,
+            stage_on,
+            on_stage,
+            stage_on_names=frozenset(names) if by_name_only else None,
+        )
     raise ValueError(f"unknown rule kind {model.kind!r}")
 
 

@@ -57,7 +57,11 @@ connectors:
 
 
 async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as_customer(
-    settings: Settings, tmp_path: Path, redis_url: str, slack_receiver, smtp_inbox  # noqa: F811
+    settings: Settings,
+    tmp_path: Path,
+    redis_url: str,
+    slack_receiver,  # noqa: F811
+    smtp_inbox,  # noqa: F811
 ) -> None:
     (tmp_path / "reps.yaml").write_text(ROSTER)
     settings = dataclasses.replace(settings, reps_path=tmp_path / "reps.yaml")

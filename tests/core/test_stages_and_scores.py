@@ -56,9 +56,7 @@ def closed_form(events: list[tuple[str, float]], now_min: float) -> float:
     ).map(lambda items: sorted(items, key=lambda item: item[1])),
     st.integers(0, 10 * DAY),
 )
-def test_score_equals_the_closed_form_with_caps_and_half_life_decay(
-    events: list[tuple[str, int]], later: int
-) -> None:
+def test_score_equals_the_closed_form_with_caps_and_half_life_decay(events: list[tuple[str, int]], later: int) -> None:
     stream = [track(name, minute, mid=f"m{i}") for i, (name, minute) in enumerate(events)]
     state, _ = run(SCORING, stream)
     now = events[-1][1] + later

@@ -25,7 +25,7 @@ Slot: `{"v": value, "t": ms of value, "s": stage, "c": {entry index: [utc_day, p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.predicates import MatchContext, Matcher
@@ -65,10 +65,19 @@ class ScoreLogic:
     stages: tuple[tuple[str, float | None], ...] = ()
     stage_on: tuple[StageOn, ...] = ()
     on_stage: tuple[tuple[str, ActionSpec], ...] = ()  # stage entered -> action fired (hot lead at sql)
+    stage_on_names: frozenset[str] | None = None  # track names `stage_on` can match (None: any event)
+    ladder: StageLadder = field(init=False)
 
-    @property
-    def ladder(self) -> StageLadder:
-        return StageLadder(self.stages)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ladder", StageLadder(self.stages))
+
+    def _stage_moves(self, ctx: MatchContext) -> list[StageOn]:
+        if not self.stage_on:
+            return []
+        names, event = self.stage_on_names, ctx.event
+        if names is not None and (event.type != "track" or event.name not in names):
+            return []  # cheap pre-filter: this runs on every event the score rule sees
+        return [entry for entry in self.stage_on if entry.match(ctx)]
 
     def value_at(self, slot: Any, now_ms: int) -> float:
         if not slot:
@@ -149,7 +158,7 @@ class ScoreLogic:
             total += points
             if best < 0 or abs(points) > abs(best_points):
                 best, best_points = index, points
-        moves = [entry for entry in self.stage_on if entry.match(ctx)]
+        moves = self._stage_moves(ctx)
         if not matched and not moves:
             return slot, [], None
         old_stage = self.stage_of(slot)
