@@ -21,12 +21,14 @@ from typing import Any
 # (cost centre, substrings of a frame "function (file:line)"); first match wins, so specific ones go first.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("logging (records, tracebacks)", ("logging/", "colorlog/", "traceback.py", "linecache.py")),
-    ("metrics page / stats scan", ("_metrics_page", "_refresh_stats", "prometheus_client")),
+    ("/metrics page (benchmark scrapes)", ("_metrics_page", "generate_latest")),
+    ("state gauges scan (_refresh_stats)", ("_refresh_stats",)),
     ("rule evaluation (engine.core)", ("engine/core/", "engine/language/")),
     ("event parsing (parse_event)", ("engine/events.py",)),
     ("state (de)serialisation", ("to_bytes (engine", "from_bytes (engine")),
     ("table write + changelog send", ("tables/", "send_changelog", "faust/tables")),
     ("action / dead-letter / tick sends", ("_emit (engine", "_dead_letter (engine", "_fire_due_deadlines")),
+    ("Prometheus metric updates", ("prometheus_client",)),
     ("worker shell (engine.worker)", ("engine/worker.py", "engine/timers.py")),
     ("producer (aiokafka send path)", ("aiokafka/producer",)),
     ("consumer fetch + decode (aiokafka)", ("aiokafka/consumer", "aiokafka/record", "aiokafka/conn")),

@@ -326,7 +326,12 @@ async def measure_latency(
     fleet = await start_workers(ctx, settings, 1, "latency-patched" if patches else "latency")
     try:
         async with kafka_io.OutputWatcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
+            worker_cpu, bench_cpu = fleet.procs[0].cpu_s() or 0.0, time.process_time()
             paced = await kafka_io.produce_paced(ctx.stack.bootstrap, topic, records, rate)
+            load_s = max(1e-9, (paced.ended_wall_ms - paced.started_wall_ms) / 1000)
+            # Busy share of one core while the load was on: near 1.0 means the worker was saturated.
+            worker_busy = ((fleet.procs[0].cpu_s() or 0.0) - worker_cpu) / load_s
+            bench_busy = (time.process_time() - bench_cpu) / load_s
             valid = sum(1 for r in records if r.valid)
             drained = await _consume_all(fleet, valid, timeout_s=120, measure_cpu=False)
             # Deadlines that fell due during the load may still be in flight: give them lateness + 2 s.
@@ -350,6 +355,8 @@ async def measure_latency(
         "events_sent": paced.sent,
         "load_seconds": round((paced.ended_wall_ms - paced.started_wall_ms) / 1000, 1),
         "drain_seconds_after_load": drained["seconds"],
+        "worker_cpu_busy_during_load": round(worker_busy, 3),
+        "load_generator_cpu_busy_during_load": round(bench_busy, 3),
         "actions": len(arrivals),
         "allowed_lateness_s": allowed_lateness_s,
         "worker_patches": ctx.worker_env.get("BENCH_PATCHES", ""),
