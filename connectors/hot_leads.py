@@ -17,7 +17,9 @@ Contract (run by the dispatcher on every action, before delivery; `prepare` retu
   addressed, and re-assigning for them could loop.
 - No roster file at `settings.reps_path`: assignment is skipped (one warning; actions go out without an owner).
   A roster file that is invalid is a `ConfigError` at start: an operator must fix it.
-- Redis errors propagate: the dispatcher retries the whole action (every step above is idempotent).
+- Redis errors (and `AssignmentContention`) propagate: the dispatcher retries the whole action (every step above
+  is idempotent). Any other error is a bug or a bad roster/action: it is logged and the action is delivered as
+  it came, so one broken hot lead never blocks the partition.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from engine.assignment import Assigner, RosterError, load_roster, wants_owner, with_owner
+from engine.assignment import Assigner, AssignmentContention, RosterError, load_roster, wants_owner, with_owner
 from engine.assignment.notifications import RULE as NOTIFICATION_RULE
 from engine.assignment.notifications import assignment_actions
 from engine.config import ConfigError, Settings
@@ -66,6 +69,15 @@ class HotLeads:
         self.connectors = connectors
 
     async def prepare(self, action: Action) -> Action:
+        try:
+            return await self._prepare(action)
+        except (RedisError, OSError, AssignmentContention):
+            raise
+        except Exception:
+            logger.exception("hot-lead flow failed for action %s; delivering it unchanged", action.action_id)
+            return action
+
+    async def _prepare(self, action: Action) -> Action:
         if action.rule == NOTIFICATION_RULE or self.assigner is None:
             return action
         if action.payload.get("release_owner") is True:

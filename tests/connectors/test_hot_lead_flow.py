@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from connectors.hot_leads import HotLeads, build_assigner
 from engine.assignment import Assigner, load_roster
-from engine.config import Settings
+from engine.config import ConfigError, Settings
 from engine.core import evaluate
 from engine.core.model import Action
 from engine.events import parse_event
@@ -112,3 +113,21 @@ async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as
         await deliveries.stop()
         await updates.stop()
         await redis.aclose()
+
+
+async def test_without_a_roster_file_alerts_go_out_unassigned_and_a_bad_roster_stops_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = Settings(reps_path=tmp_path / "missing.yaml")
+    assert build_assigner(missing, redis=None) is None  # type: ignore[arg-type]
+    assert "no reps roster at" in caplog.text and "NUDGE_REPS_PATH" in caplog.text
+
+    async def never(*args: object) -> None:
+        raise AssertionError("nothing may be delivered or published without an assigner")
+
+    hot = next(a for a in lead_actions("bo") if a.template == "hot_lead")
+    assert await HotLeads(None, never, never, {"slack", "email"}).prepare(hot) == hot
+
+    (tmp_path / "bad.yaml").write_text("reps:\n  - {id: x, capacity: -1}\n")
+    with pytest.raises(ConfigError, match="NUDGE_REPS_PATH"):
+        build_assigner(Settings(reps_path=tmp_path / "bad.yaml"), redis=None)  # type: ignore[arg-type]
