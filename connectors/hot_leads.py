@@ -6,9 +6,10 @@ Contract (run by the dispatcher on every action, before delivery; `prepare` retu
   stage sql) gets its owner: `with_owner` assigns the lead (idempotent across processes: the existing owner when
   there is one) and the action is delivered with `context.owner` and `payload.mention`, so the Slack alert
   mentions the rep. Then the rep's notifications (`assignment_actions`: an email to the rep, and a Slack
-  `lead_assigned` message when the alert itself is not a Slack message) are delivered through the same
-  policies, for the connectors that exist. Their action ids are deterministic per assignment, so a redelivered
-  alert, or a later hot-lead alert for the same owner, never mails the rep twice (idempotency claims).
+  `lead_assigned` message when the action that made the assignment is not a Slack message) are delivered
+  through the same policies, for the connectors that exist. Their action ids are deterministic per
+  assignment, so a redelivered alert, or a later hot-lead alert for the same owner, never mails the rep twice
+  (idempotency claims).
 - A fresh assignment is published to `lead-updates` (`Assignment.lead_update()`, kind `assigned`).
 - An action whose payload says `release_owner: true` (rules/leads.yaml sends one when the lead becomes a
   customer) is delivered with the current owner in `context.owner`, after the assignment is released (the
@@ -94,8 +95,8 @@ class HotLeads:
         for note in assignment_actions(assignment, lead, action.fired_at_ms):
             if note.connector not in self.connectors:
                 continue
-            if note.connector == action.connector == "slack":
-                continue  # the alert itself mentions the rep
+            if note.connector == "slack" and (action.connector == "slack" or not assignment.created):
+                continue  # the alert itself mentions the rep, or the action that made the assignment did
             await self.deliver(note)
         return action
 
