@@ -164,7 +164,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             m["two_workers"] = await _step(
                 results, "(6) two nudge workers",
                 lambda: runs.measure_worker(ctx, load, workers=2, timeout_s=timeout, label="two"))
-        rate = args.latency_rate or (m.get("worker") or {}).get("events_per_s", 0) * args.load_fraction
+        rate = args.latency_rate or ((m.get("worker") or {}).get("events_per_s") or 0) * args.load_fraction
         if "latency" not in args.skip and rate:
             # Twice: as shipped, and with Tansu's fetch wake-up worked around (bench/patches.py): on Tansu
             # each consumed hop waits for Faust's 1.5 s fetch timeout, which real Kafka does not.

@@ -213,10 +213,21 @@ async def start_workers(
     return fleet
 
 
+def _mark(fleet: WorkerFleet) -> tuple[float, float, list[float]]:
+    """(now, events consumed so far, CPU seconds per worker): where a measurement starts."""
+    return time.perf_counter(), 0.0, [p.cpu_s() or 0.0 for p in fleet.procs]
+
+
 async def _consume_all(
-    fleet: WorkerFleet, expected: float, timeout_s: float, measure_cpu: bool = True
+    fleet: WorkerFleet,
+    expected: float,
+    timeout_s: float,
+    measure_cpu: bool = True,
+    loaded_at: tuple[float, float, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Poll the workers' metrics until they consumed `expected` events; rate and CPU from first to last."""
+    """Poll the workers' metrics until they consumed `expected` events; rate and CPU from the first poll
+    that saw progress to the last. A workload so small that it is consumed before a second poll is timed
+    from `loaded_at` (when loading began) instead."""
     deadline = time.monotonic() + timeout_s
     start: tuple[float, float, list[float]] | None = None
     consumed = 0.0
@@ -237,6 +248,8 @@ async def _consume_all(
         if start is None and consumed > 0:
             start = (now, consumed, [p.cpu_s() or 0.0 for p in fleet.procs])
         if consumed >= expected and start is not None:
+            if start[1] >= consumed and loaded_at is not None:
+                start = loaded_at
             t0, c0, cpu0 = start
             cpu = sum((p.cpu_s() or 0.0) - c for p, c in zip(fleet.procs, cpu0, strict=True))
             events = consumed - c0
@@ -281,8 +294,9 @@ async def measure_worker(
     topic = await create_inputs(ctx, settings)
     fleet = await start_workers(ctx, settings, workers, label, wrap)
     try:
+        loaded_at = _mark(fleet)
         await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
-        result = await _consume_all(fleet, workload.valid, timeout_s, measure_cpu=not wrap)
+        result = await _consume_all(fleet, workload.valid, timeout_s, measure_cpu=not wrap, loaded_at=loaded_at)
         result["workers"] = workers
         result["state"] = await _state_figures(fleet)
         if grow is not None:
