@@ -18,9 +18,9 @@ from urllib.parse import quote
 import orjson
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from connectors.base import Connector, ConnectorConfig, ConnectorEnv
+from connectors.base import ConnectorConfig
 from connectors.context import LeadView
-from connectors.http import HttpClient
+from connectors.http import HttpConnector
 from engine.core.model import Action
 from engine.events import format_ts
 
@@ -68,22 +68,12 @@ def task_document(action: Action, due_in_h: float) -> dict[str, Any]:
     }
 
 
-class CrmConnector(Connector):
+class CrmConnector(HttpConnector):
     """Upserts the contact, then creates the task (module docstring); both requests are idempotent by key."""
 
     kind = "crm"
     config_model = CrmConfig
     config: CrmConfig
-
-    def __init__(self, name: str, config: CrmConfig, env: ConnectorEnv) -> None:
-        super().__init__(name, config, env)
-        self.http = HttpClient(config.timeout_s, config.concurrency)
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def close(self) -> None:
-        await self.http.close()
 
     def _headers(self, idempotency_key: str) -> dict[str, str]:
         headers = {"Idempotency-Key": idempotency_key, "X-Nudge-Action-Id": idempotency_key.split(":")[0]}

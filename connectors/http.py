@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from connectors.base import PermanentError, RetryableError
+from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError, RetryableError
 from connectors.retry import parse_retry_after
 
 RETRYABLE_STATUSES = {408, 425, 429}
@@ -57,6 +57,21 @@ class HttpClient:
     async def post_json(self, url: str, doc: Any, headers: dict[str, str]) -> str:
         body = doc if isinstance(doc, bytes) else orjson.dumps(doc)
         return await self.request("POST", url, body, {"Content-Type": "application/json", **headers})
+
+
+class HttpConnector(Connector):
+    """Base of the connectors that speak HTTP: one pooled `HttpClient` sized by the connector's concurrency and
+    timeout, opened by `start()` and closed by `close()`. Subclasses implement `send` with `self.http`."""
+
+    def __init__(self, name: str, config: ConnectorConfig, env: ConnectorEnv) -> None:
+        super().__init__(name, config, env)
+        self.http = HttpClient(config.timeout_s, config.concurrency)
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def close(self) -> None:
+        await self.http.close()
 
 
 def check_status(status: int, body: str, retry_after: str | None) -> None:

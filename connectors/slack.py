@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError
+from connectors.base import ConnectorConfig, PermanentError
 from connectors.context import LeadView
-from connectors.http import HttpClient
+from connectors.http import HttpConnector
 from connectors.rendering import TemplateProblem, slack_escape, template_vars
 from engine.core.model import Action
 from engine.events import format_ts
@@ -91,22 +91,12 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
     return message
 
 
-class SlackConnector(Connector):
+class SlackConnector(HttpConnector):
     """Posts one Block Kit message per action to the incoming webhook."""
 
     kind = "slack"
     config_model = SlackConfig
     config: SlackConfig
-
-    def __init__(self, name: str, config: SlackConfig, env: ConnectorEnv) -> None:
-        super().__init__(name, config, env)
-        self.http = HttpClient(config.timeout_s, config.concurrency)
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def close(self) -> None:
-        await self.http.close()
 
     def message(self, action: Action) -> dict[str, Any]:
         try:

@@ -18,8 +18,8 @@ import time
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from connectors.base import Connector, ConnectorConfig, ConnectorEnv
-from connectors.http import HttpClient
+from connectors.base import ConnectorConfig
+from connectors.http import HttpConnector
 from engine.core.model import Action
 
 SIGNATURE_HEADER = "X-Nudge-Signature"
@@ -60,22 +60,12 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-class WebhookConnector(Connector):
+class WebhookConnector(HttpConnector):
     """POSTs the signed action (module docstring: headers and signature)."""
 
     kind = "webhook"
     config_model = WebhookConfig
     config: WebhookConfig
-
-    def __init__(self, name: str, config: WebhookConfig, env: ConnectorEnv) -> None:
-        super().__init__(name, config, env)
-        self.http = HttpClient(config.timeout_s, config.concurrency)
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def close(self) -> None:
-        await self.http.close()
 
     def request(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:
         body = action.to_bytes()
