@@ -40,7 +40,8 @@ _CART_REMOVE = "Product Removed"
 _ORDER_DONE = "Order Completed"
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """A JSON-safe number from a property value (numeric strings too), or None."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -86,12 +87,12 @@ def _apply_cart(facts: dict[str, Any], event: Event) -> None:
     key = _cart_key(props)
     if key is None:
         return
-    quantity = _number(props.get("quantity"))
+    quantity = finite_number(props.get("quantity"))
     cart = facts.setdefault("ct", {})
     if event.name == _CART_ADD:
         line = cart.pop(key, None) or [None, None, 0]
         line[0] = _text(props.get("name")) or line[0]  # the latest name and price win (a price may change)
-        price = _number(props.get("price"))
+        price = finite_number(props.get("price"))
         line[1] = price if price is not None else line[1]
         line[2] = line[2] + (quantity if quantity is not None and quantity > 0 else 1)
         if props.get("url") or props.get("image_url"):

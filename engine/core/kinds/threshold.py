@@ -15,33 +15,16 @@ the window and capped (count mode keeps only the newest `count` entries; sum mod
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from engine.core.durations import format_duration
+from engine.core.facts import finite_number as _number
 from engine.core.predicates import Getter, MatchContext, Matcher
 from engine.core.ruleset import Firing, Rule
 from engine.events import format_ts
 
 MAX_SUM_ENTRIES = 100
-BIG_INT = 2**63  # orjson writes 64-bit integers only
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value if -BIG_INT < value < BIG_INT else float(value)  # state must stay orjson-serialisable
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None  # NaN would not survive a JSON round trip
-
-
 @dataclass(frozen=True, slots=True)
 class ThresholdLogic:
     match: Matcher
