@@ -15,11 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from engine.config import Settings
 from engine.devstack import DevStack, StackInfo
 
 _counter = itertools.count()
+
+# CI (CI=true) runs the property tests on a fixed seed with no example database: the same examples every run,
+# so a red CI is a regression, not luck. Locally they explore new examples each run and remember failures.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
