@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,15 @@ async def wait_until_committed(settings: Settings, group: str, total: int, proc,
         await consumer.stop()
 
 
+async def wait_for_log(log: Path, text: str, count: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """Until `text` appears `count` times in the shared log (each sink process writes its own line)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while log.read_text(errors="replace").count(text) < count:
+        assert proc.poll() is None, log.read_text()
+        assert asyncio.get_running_loop().time() < deadline, f"{text!r} not seen {count}x in {log}"
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.integration
 async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_nothing(
     settings: Settings, tmp_path: Path
@@ -152,6 +162,9 @@ async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_not
     second = start()
     try:
         await wait_until_committed(settings, group, total, second, log)
+        # The first sink may have committed everything before it was killed: then the wait above returns at
+        # once, and a SIGTERM during the second one's start-up (before its handler exists) would kill it.
+        await wait_for_log(log, "Successfully synced group", count=2, proc=second)
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=30) == 0, log.read_text()
     finally:
