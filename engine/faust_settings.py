@@ -16,6 +16,11 @@ Profiles (`NUDGE_BROKER_PROFILE`):
      with 1 s heartbeats (a join takes 2 s, a worker is ready 2-3 s after start, and a worker that vanished
      without leaving is replaced after 4 s; the consumer heartbeats from its own thread, so a busy agent does
      not miss them).
+  3. A waiting Fetch is answered only when the consumer's `fetch_max_wait_ms` expires, not when records
+     arrive, and Faust hard-codes 1.5 s for its consumers: every hop (event → worker, deadline tick →
+     worker) would wait up to 1.5 s. Workaround: `install_broker_workarounds()` caps the wait of the
+     consumers Faust creates at 20 ms (about 50 idle fetches a second per consumer; real Kafka answers as
+     soon as data arrives and needs nothing). Measured in bench/FINDINGS.md (1b).
 - `dev-batched`: `dev` without workaround 1, for runs that never restart a worker or move partitions (the
   demo, throughput benchmarks): recovery is never needed there, and normal producer batching keeps latency
   low.
@@ -92,6 +97,30 @@ def _dev_batched_profile() -> dict[str, Any]:
 
 
 PROFILES = {"kafka": _kafka_profile, "dev": _dev_profile, "dev-batched": _dev_batched_profile}
+TANSU_FETCH_WAIT_MS = 20
+
+
+def install_broker_workarounds(settings: Settings) -> None:
+    """Tansu bug 3 (module docstring), for the dev profiles only; call once before the Faust app starts.
+
+    Faust passes no fetch wait of its own choosing through its settings, so the aiokafka consumer class its
+    driver instantiates is replaced by one that caps the wait."""
+    if settings.broker_profile not in ("dev", "dev-batched"):
+        return
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    if getattr(driver.aiokafka.AIOKafkaConsumer, "nudge_fetch_wait_capped", False):
+        return
+
+    class ShortFetchWaitConsumer(aiokafka.AIOKafkaConsumer):
+        nudge_fetch_wait_capped = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = min(kwargs.get("fetch_max_wait_ms", 500), TANSU_FETCH_WAIT_MS)
+            super().__init__(*args, **kwargs)
+
+    driver.aiokafka.AIOKafkaConsumer = ShortFetchWaitConsumer  # type: ignore[misc]
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

@@ -107,7 +107,10 @@ def run_worker(settings: Settings) -> int:
     import faust
 
     from engine.app import create_app
+    from engine.faust_settings import install_broker_workarounds
     from engine.worker import LeadWorker
+
+    install_broker_workarounds(settings)
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level (its datadir)
     nudge = create_app(settings)
