@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.collector.identity import PROFILE_PREFIX, read_profile
 from engine.config import Settings
 
-PROFILE_PREFIX = "nudge:profile:"
 RECENT = 20
 
 
@@ -67,24 +67,12 @@ class LeadReport:
         ]
 
 
-def _decode_profile(raw: dict[Any, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        text = value.decode() if isinstance(value, bytes) else value
-        try:
-            out[name] = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            out[name] = text
-    return out
-
-
 async def _from_redis(settings: Settings, report: LeadReport) -> None:
     from engine.assignment.store import AssignmentStore
 
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        report.profile = _decode_profile(await client.hgetall(PROFILE_PREFIX + report.lead_id))
+        report.profile = read_profile(await client.hgetall(PROFILE_PREFIX + report.lead_id))
         store = AssignmentStore(client)
         owner = await store.owner(report.lead_id)
         if owner.get("rep"):
