@@ -41,7 +41,6 @@ from connectors.config import ConnectorsFile
 from connectors.delivery import ConnectorRuntime, Deliverer, DeliveryHooks, Job
 from connectors.hot_leads import HotLeads, build_assigner
 from connectors.idempotency import IdempotencyStore
-from connectors.kafka import bootstrap_of
 from connectors.offsets import OffsetTracker
 from connectors.outcomes import OutcomeRecorder
 from connectors.quiet_hours import QuietHours, zone
@@ -140,7 +139,7 @@ class Dispatcher:
             hooks=self.hooks,
         )
         self.schedule = self.deliverer.schedule
-        bootstrap = bootstrap_of(settings.broker_url)
+        bootstrap = settings.bootstrap_servers
         self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         await self.producer.start()
         self.recorder = OutcomeRecorder(self.producer, settings, self.redactor, set(self.runtimes))

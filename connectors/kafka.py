@@ -27,10 +27,6 @@ class KafkaConfig(ConnectorConfig):
     linger_ms: int = Field(5, ge=0)
 
 
-def bootstrap_of(broker_url: str) -> str:
-    """`kafka://h1:9092;h2:9092` (Faust style) → `h1:9092,h2:9092`."""
-    return ",".join(part.removeprefix("kafka://") for part in broker_url.replace(";", ",").split(",") if part)
-
 
 class KafkaConnector(Connector):
     """One producer per connector, started with the dispatcher; acks=all."""
@@ -44,7 +40,7 @@ class KafkaConnector(Connector):
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        bootstrap = self.config.bootstrap or bootstrap_of(self.env.settings.broker_url)
+        bootstrap = self.config.bootstrap or self.env.settings.bootstrap_servers
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             acks="all",

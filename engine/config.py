@@ -134,6 +134,13 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as aiokafka takes it: `kafka://h1:9092;h2:9092` (Faust style, `;` or `,` between
+        hosts) → `h1:9092,h2:9092`."""
+        hosts = self.broker_url.replace(";", ",").split(",")
+        return ",".join(host.strip().split("://", 1)[-1] for host in hosts if host.strip())
+
     def topic(self, name: str) -> str:
         """Full topic name: lets several test runs or tenants share one broker."""
         return f"{self.topic_prefix}{name}"

@@ -22,8 +22,8 @@ class TopicLayoutError(RuntimeError):
 
 
 def bootstrap_servers(settings: Settings) -> str:
-    """`kafka://host:port[,host:port]` → the `host:port[,...]` list aiokafka takes."""
-    return settings.broker_url.removeprefix("kafka://")
+    """The `host:port[,...]` list aiokafka takes (`Settings.bootstrap_servers`)."""
+    return settings.bootstrap_servers
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> dict[str, int]:

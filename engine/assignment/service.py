@@ -33,10 +33,6 @@ from engine.config import Settings
 log = logging.getLogger(__name__)
 
 
-def bootstrap_servers(broker_url: str) -> str:
-    """`kafka://host:port[,host:port]` → `host:port[,...]` for aiokafka."""
-    return ",".join(part.split("://", 1)[-1] for part in broker_url.split(","))
-
 
 class AssignmentService:
     """Owns one Redis client, one Kafka producer, the web app and the SLA loop; `start()` then `stop()`."""
@@ -105,7 +101,7 @@ class AssignmentService:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(self.settings.broker_url), acks="all", linger_ms=5
+            bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5
         )
         await self.producer.start()
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -38,10 +38,6 @@ class BrokerUnavailable(RuntimeError):
     """The broker cannot be reached now; the request should be retried later."""
 
 
-def bootstrap_servers(broker_url: str) -> str:
-    """`kafka://host:port[,host:port]` (Faust style) → `host:port[,...]` for aiokafka."""
-    return ",".join(part.split("://", 1)[-1] for part in broker_url.split(","))
-
 
 class ClickstreamProducer:
     """Lazily connected aiokafka producer for the clickstream topic; see the module docstring."""
@@ -66,7 +62,7 @@ class ClickstreamProducer:
 
     async def _connect(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(self.settings.broker_url),
+            bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
             linger_ms=self._linger_ms,
             request_timeout_ms=self._request_timeout_ms,
@@ -87,7 +83,7 @@ class ClickstreamProducer:
 
     async def _ensure_topic(self) -> None:
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap_servers(self.settings.broker_url),
+            bootstrap_servers=self.settings.bootstrap_servers,
             request_timeout_ms=self._request_timeout_ms,
         )
         await admin.start()

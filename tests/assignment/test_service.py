@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from engine import topics
-from engine.assignment.service import AssignmentService, bootstrap_servers
+from engine.assignment.service import AssignmentService
 from engine.config import Settings
 from engine.core.model import Action
 from engine.sink import ensure_topics
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 async def read_topic(settings: Settings, name: str, count: int, timeout_s: float = 20.0) -> list[bytes]:
     consumer = AIOKafkaConsumer(
         settings.topic(name),
-        bootstrap_servers=bootstrap_servers(settings.broker_url),
+        bootstrap_servers=settings.bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )

@@ -15,7 +15,6 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.collector.app import create_app
-from engine.collector.producer import bootstrap_servers
 from engine.config import Settings
 from engine.topics import CLICKSTREAM
 
@@ -83,7 +82,7 @@ class Record:
 async def _read(settings: Settings, expect: int, timeout_s: float, settle_s: float) -> list[Record]:
     topic = settings.topic(CLICKSTREAM)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings.broker_url), enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from connectors.config import parse_connectors
 from connectors.delivery import DeliveryHooks
 from connectors.dispatcher import Dispatcher
-from connectors.kafka import bootstrap_of
 from engine.config import Settings
 from engine.core.model import Action, make_action_id
 from engine.topics import ACTIONS
@@ -132,7 +131,7 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, what:
 
 
 async def produce_actions(settings: Settings, actions: list[Action], raw: list[bytes] | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_of(settings.broker_url))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await producer.start()
     try:
         for action in actions:
@@ -150,7 +149,7 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = settings.topic(topic)
         self.consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=bootstrap_of(settings.broker_url), auto_offset_reset="earliest"
+            self.topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
         )
         self.records: list[dict[str, Any]] = []
         self.raw: list[bytes] = []

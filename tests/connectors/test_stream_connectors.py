@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from connectors.base import ConnectorEnv
-from connectors.kafka import KafkaConfig, KafkaConnector, bootstrap_of
+from connectors.kafka import KafkaConfig, KafkaConnector
 from connectors.redis_stream import RedisStreamConfig, RedisStreamConnector
 from connectors.rendering import Renderer
 from engine.config import Settings
@@ -30,7 +30,7 @@ async def test_kafka_connector_produces_the_action(settings: Settings) -> None:
     finally:
         await connector.close()
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap_of(settings.broker_url), auto_offset_reset="earliest"
+        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:

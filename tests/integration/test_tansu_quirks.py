@@ -23,7 +23,7 @@ RECORDS = 5
 
 
 async def _end_offset_after_one_batch(settings: Settings, topic: str, max_batch_size: int) -> int:
-    bootstrap = settings.broker_url.removeprefix("kafka://")
+    bootstrap = settings.bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:

@@ -33,7 +33,7 @@ NUDGE = str(Path(sys.executable).with_name("nudge"))
 
 
 def bootstrap(settings: Settings) -> str:
-    return settings.broker_url.removeprefix("kafka://")
+    return settings.bootstrap_servers
 
 
 class WorkerProcess:
