@@ -1,7 +1,8 @@
 """The Faust app factory: topics and the per-lead state table, built from `Settings`. No behaviour lives here.
 
 Contract of `create_app(settings)`:
-- One `faust.App` with the broker profile from `engine/faust_settings.py` (dev = Tansu workarounds, kafka =
+- One `faust.App` (`NudgeFaustApp`: per-message delivery without Faust's per-message tasks, see
+  `engine/fast_delivery.py`) with the broker profile from `engine/faust_settings.py` (dev = Tansu workarounds, kafka =
   real Kafka), memory store rebuilt from the changelog on start, web server on `settings.web_port` (serves
   `/metrics`).
 - Topics (names from `engine/topics.py` + `settings.topic()`), all with raw key/value bytes (the worker
@@ -28,6 +29,7 @@ from faust.types import TopicT
 
 from engine import topics
 from engine.config import Settings
+from engine.fast_delivery import NudgeFaustApp
 from engine.faust_settings import faust_settings
 
 LEADS_TABLE = "leads"
@@ -59,7 +61,7 @@ def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Topi
 
 
 def create_app(settings: Settings) -> NudgeApp:
-    app = faust.App(**faust_settings(settings))
+    app = NudgeFaustApp(**faust_settings(settings))
     clickstream = _raw_topic(app, settings.topic(topics.CLICKSTREAM), settings.partitions)
     timers = _raw_topic(app, settings.topic(topics.TIMERS), settings.partitions)
     actions = _raw_topic(app, settings.topic(topics.ACTIONS), settings.partitions)

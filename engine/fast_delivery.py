@@ -1,0 +1,103 @@
+"""Hand each fetched message to its stream without Faust's four asyncio tasks per message, keeping the semantics.
+
+Faust's consumer drain loop (`faust.transport.consumer.Consumer._drain_messages`, faust-streaming 0.15) delivers
+every message with `await self.wait_first(callback(message), self.suspend_flow.wait())`: the callback (the
+conductor putting the event on its stream's queue) races the flow being suspended by a rebalance, so a callback
+blocked on a full stream buffer is abandoned when the flow stops. `wait_first` wraps both coroutines plus the
+service's stopped/crashed events in four tasks and cancels three, for every message. In the benchmark that was
+about a third of the worker's CPU per event (bench/FINDINGS.md).
+
+Contract of `FastDeliveryConsumer.wait_first` (the drain loop is its only caller in Faust):
+- Fast path, taken only when the flow is not suspended and the consumer neither stopped nor crashed: the
+  callback coroutine is stepped once in place. Almost always it completes without suspending (the stream queue
+  had room): the result is the same as `wait_first` reporting the callback as the first to finish, and the
+  unused `suspend_flow.wait()` coroutine is closed without running.
+- When the callback does suspend (full stream buffer, flow control, producer back-pressure), the rest of it runs
+  under Faust's own `wait_first` against the same suspension coroutine: abandoned on suspension exactly as before.
+- Exceptions from the callback propagate as they did.
+Any other call shape goes to Faust's `wait_first` unchanged.
+
+`NudgeFaustApp` is `faust.App` whose transport uses this consumer; nothing else differs. The naive baseline in
+the benchmark deliberately uses plain `faust.App`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+import faust
+from faust import transport
+from faust.types import TransportT
+from mode.services import WaitResults
+
+
+@types.coroutine
+def _continue(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Drive `coro`, already stepped once and suspended on `waiting_on`, to its end: `yield from` by hand (a
+    started coroutine cannot be handed to a new task directly)."""
+    try:
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation included: it must reach the callback as before
+                waiting_on = coro.throw(exc)
+            else:
+                waiting_on = coro.send(sent)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
+    return await _continue(coro, waiting_on)
+
+
+def _close(awaitable: Any) -> None:
+    if asyncio.iscoroutine(awaitable):
+        awaitable.close()
+
+
+def fast_delivery_consumer(base: type) -> type:
+    """A subclass of Faust's consumer class `base` with the fast path described in the module docstring."""
+
+    class FastDeliveryConsumer(base):  # type: ignore[misc, valid-type]
+        async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+            callback = coros[0] if len(coros) == 2 else None
+            if (
+                timeout is None
+                and asyncio.iscoroutine(callback)
+                and not self.suspend_flow.is_set()
+                and not self._stopped.is_set()
+                and not self._crashed.is_set()
+            ):
+                try:
+                    waiting_on = callback.send(None)
+                except StopIteration as stop:
+                    _close(coros[1])
+                    return WaitResults([callback], [stop.value], False)
+                except BaseException:
+                    _close(coros[1])
+                    raise
+                return await super().wait_first(_finish(callback, waiting_on), coros[1])
+            return await super().wait_first(*coros, timeout=timeout)
+
+    # Not renamed: mode registers a service's tasks under its qualified name at class creation.
+    return FastDeliveryConsumer
+
+
+def fast_delivery_transport(base: type[TransportT]) -> type[TransportT]:
+    consumer = fast_delivery_consumer(base.Consumer)  # type: ignore[attr-defined]
+    return type(f"FastDelivery{base.__name__}", (base,), {"Consumer": consumer})
+
+
+class NudgeFaustApp(faust.App):
+    """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer`."""
+
+    def _new_transport(self) -> TransportT:
+        base = transport.by_url(self.conf.broker_consumer[0])
+        return fast_delivery_transport(base)(self.conf.broker_consumer, self)  # type: ignore[call-arg]
