@@ -50,6 +50,9 @@ PENDING_DEADLINES = Gauge("nudge_pending_deadlines", "Deadlines waiting in this 
 BATCH_SIZE = Histogram(
     "nudge_worker_batch_events", "Events per processed batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000, 20000)
 )
+CHANGELOG_ERRORS = Counter(
+    "nudge_changelog_errors_total", "Batches of lead-state changelog records the broker did not accept"
+)
 
 # --- dispatcher and connectors --------------------------------------------------------------------------------------
 ACTIONS = Counter("nudge_actions_total", "Action delivery outcomes", ["connector", "outcome"])

@@ -8,7 +8,8 @@ Contract of `LeadWorker`:
   (`stream.take_events(batch_size, within=batch_within_s)`).
 - Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
   evaluated in order, and the new state is written once (one changelog record per lead per batch; none when
-  unchanged). Offsets are committed by Faust after the batch is processed (at-least-once): a crash replays the
+  unchanged), through `ChangelogWriter`: one produce batch per changelog partition, flushed before the batch
+  is acknowledged (engine/changelog.py). Offsets are committed by Faust after the batch is processed (at-least-once): a crash replays the
   batch, and the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
 - Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
   control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
@@ -43,16 +44,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
-from faust.streams import _current_event  # Faust's "current event" that routes table writes to a partition
 from faust.types import TP, EventT, StreamT
 
 from engine import metrics
 from engine.app import NudgeApp
+from engine.changelog import ChangelogWriter
 from engine.config import Settings
 from engine.control import (
     BadControl,
@@ -86,16 +86,6 @@ class BadInput(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@contextlib.contextmanager
-def current_event(event: EventT) -> Iterator[None]:
-    """Make `event` Faust's current event so a table write goes to the changelog partition of its message."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def _key_text(key: Any) -> str | None:
@@ -138,6 +128,7 @@ class LeadWorker:
         self._last_stats = 0.0
         self._timers_topic = settings.topic("timers")
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self.changelog = ChangelogWriter(nudge.leads, nudge.app.producer)
 
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
@@ -263,6 +254,7 @@ class LeadWorker:
                 log.exception("processing lead %s failed", lead_id)
                 for faust_event, _, _ in inputs:
                     await self._dead_letter(faust_event, "worker_error", f"{type(exc).__name__}: {exc}")
+        await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
 
     def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
         message = faust_event.message
@@ -287,9 +279,8 @@ class LeadWorker:
         return event.lead_id, event, None
 
     async def _process_lead(self, lead_id: str, inputs: list[Input]) -> None:
-        table = self.nudge.leads
         key = lead_id.encode()
-        raw = table.get(key)
+        raw = self.changelog.get(key)
         state = self._decode_state(lead_id, raw) if raw is not None else None
         if raw is not None and state is None:
             await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
@@ -336,11 +327,7 @@ class LeadWorker:
         partition = last_event.message.partition
         new_raw = state.to_bytes() if state is not None else None
         if new_raw != raw:
-            with current_event(last_event):
-                if new_raw is None:
-                    table.pop(key, None)
-                else:
-                    table[key] = new_raw
+            self.changelog.put(partition, key, new_raw)
         self.lead_partition[key] = partition
         if timers is not None:
             self.index(partition).set(lead_id, partition, timers)
