@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from engine.core.model import Tick
 
@@ -74,3 +75,9 @@ def parse_control(raw: bytes | None) -> tuple[str, Control, int | None]:
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise BadControl(f"timers record is not a control record ({exc!r})") from None
     raise BadControl(f"unknown control op {op!r}")
+
+
+def default_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka and the Java client) gives `key`: where
+    clickstream producers put the lead's events, and so where its state lives."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions

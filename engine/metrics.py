@@ -50,6 +50,12 @@ PENDING_DEADLINES = Gauge("nudge_pending_deadlines", "Deadlines waiting in this 
 BATCH_SIZE = Histogram(
     "nudge_worker_batch_events", "Events per processed batch", buckets=(1, 10, 100, 500, 1000, 2000, 5000, 20000)
 )
+HANDOVERS = Counter(
+    "nudge_identity_handovers_total",
+    "Identity hand-overs after identify/alias: sent to the anonymous lead's partition, or skipped because this "
+    "worker saw that the anonymous lead had no state",
+    ["outcome"],
+)
 CHANGELOG_ERRORS = Counter(
     "nudge_changelog_errors_total", "Batches of lead-state changelog records the broker did not accept"
 )

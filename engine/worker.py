@@ -3,32 +3,34 @@ in the Faust table, emits actions. Everything rule-related happens in `engine.co
 only moves bytes.
 
 Contract of `LeadWorker`:
-- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (control records:
-  deadline ticks and identity hand-overs, `engine/control.py`), consumed by one agent in batches
+- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (identity control
+  records, `engine/control.py`), consumed by one agent in batches
   (`stream.take_events(batch_size, within=batch_within_s)`).
 - Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
-  evaluated in order, and the new state is written once (one changelog record per lead per batch; none when
-  unchanged), through `ChangelogWriter`: one produce batch per changelog partition, flushed before the batch
-  is acknowledged (engine/changelog.py). Offsets are committed by Faust after the batch is processed (at-least-once): a crash replays the
-  batch, and the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
+  evaluated in order (on the freshly decoded state, in place), and the new state is written once (one
+  changelog record per lead per batch; none when unchanged) through `ChangelogWriter`: one produce batch per
+  changelog partition, flushed before the batch is acknowledged (engine/changelog.py). Offsets are committed
+  by Faust after the batch is processed (at-least-once): a crash replays the batch, and the re-fired actions
+  carry the same deterministic `action_id`, so delivery dedupes them.
 - Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
   control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
-  `DEAD_LETTERS` is counted. A stored state that cannot be decoded is dead-lettered too and the lead starts
-  afresh.
+  `DEAD_LETTERS` is counted (an input the core raises on is dropped alone: the lead is redone on copies). A
+  stored state that cannot be decoded is dead-lettered too and the lead starts afresh.
 - Backpressure: the agent holds at most one batch; Faust pauses fetching while it works.
+- One writer: the agent and the deadline timer change lead state under one lock, so neither can lose the
+  other's update while it awaits a send.
 
 Deadline timers: a Faust timer runs every `timer_interval_s`. Each partition this worker owns has its own
 event-time clock (`engine.timers.EventClock`) and `DeadlineIndex`: a partition that lags behind (a backlog after
 a restart, a slow producer) must not see its deadlines fired by another partition's later event times, or an
 event that cancels a deadline would lose the race it wins in a replay. The timer pops, per partition, the leads
-whose earliest deadline is due on that partition's clock. For
-each it sends a tick `{"lead_id", "now_ms", "deadline_ms"}` to the `timers` topic, keyed by lead and sent to
-the partition that holds the lead's state. The agent consumes `timers` next to `clickstream` (co-partitioned),
-so the tick is evaluated as `Tick(now_ms)` inside stream iteration: Faust only allows table writes there, the
-write goes to the right changelog partition, and it is ordered with the lead's events. A duplicated tick is
-harmless: the core fires only deadlines that are still pending in the state, and removes them as it fires.
-After a rebalance or restart the index is rebuilt from the recovered table for the partitions this worker
-owns, so each pending deadline fires once.
+whose earliest deadline is due on that partition's clock and evaluates `Tick(watermark)` for each right there:
+its state write goes to the partition that holds the lead (the changelog writer takes the partition, so no
+Faust "current event" is needed), ordered with the lead's events by the lock. Each firing therefore costs no
+Kafka round trip. A duplicated tick is harmless: the core fires only deadlines that are still pending in the
+state, and removes them as it fires. After a rebalance or restart the index is rebuilt from the recovered table
+for the partitions this worker owns, so each pending deadline fires once. (Tick records found on `timers`, as
+written by earlier versions, are still evaluated.)
 
 Identity merges: an `identify` carrying both `userId` and `anonymousId`, or an `alias` (`previousId` →
 `userId`), is evaluated for the known lead as usual, and the worker sends a hand-over record to the anonymous
@@ -37,14 +39,19 @@ deleted and sent on in a merge record to the known lead's partition, which folds
 and re-indexes its deadlines: an anonymous cart's abandonment then fires once, for the identified lead. Events
 of the anonymous id still in flight when the hand-over arrives stay with the anonymous lead (the collector
 re-keys later ones to the known id). A crash between sending the merge and committing can merge twice.
+The hand-over is skipped when this worker owns the anonymous lead's partition, holds no state for it, and that
+partition's event-time clock has passed the identifying event (`_nothing_to_hand_over`): most identifies
+(every page load of a logged-in visitor) then cost no round trip. Counted in `HANDOVERS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -59,10 +66,10 @@ from engine.control import (
     Control,
     Handover,
     MergeIn,
+    default_partition,
     handover_record,
     merge_record,
     parse_control,
-    tick_record,
 )
 from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
@@ -71,12 +78,30 @@ from engine.topics import dead_letter_record
 
 log = logging.getLogger(__name__)
 
-# One input of a batch: the Faust event, the event or control record, and the deadline a tick was sent for.
-Input = tuple[EventT, Event | Control, int | None]
+# One input: the consumed record (None for a tick the deadline timer evaluates), the event or control record, and
+# the deadline a tick is for.
+Input = tuple[EventT | None, Event | Control, int | None]
 IDENTITY_EVENTS = ("identify", "alias")
 
 STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
+
+
+class _InPlaceFailed(Exception):
+    """The core raised while updating a state in place: the lead is redone on copies."""
+
+
+@dataclass
+class _Outcome:
+    """What one lead's inputs produced."""
+
+    state: Any
+    timers: Sequence[int] | None = None
+    actions: list[tuple[Action, str]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # stage changes, for `lead-updates`
+    merges_out: list[tuple[str, bytes]] = field(default_factory=list)  # (known id, this lead's state)
+    handovers: list[tuple[str, str, int]] = field(default_factory=list)  # (anonymous id, known id, event time)
+    rejected: list[tuple[EventT | None, Any, str, str]] = field(default_factory=list)  # dead letters
 
 
 class BadInput(Exception):
@@ -109,6 +134,7 @@ class LeadWorker:
     ) -> None:
         """`evaluate`/`state_type` default to `engine.core.evaluate` / `engine.core.LeadState`."""
         self.pending_timers: Callable[[Any, Any], list[int]] | None = None
+        self._in_place = evaluate is None  # only the core's `evaluate` takes `reuse_state`
         if evaluate is None or state_type is None:
             from engine import core
 
@@ -129,6 +155,7 @@ class LeadWorker:
         self._timers_topic = settings.topic("timers")
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.changelog = ChangelogWriter(nudge.leads, nudge.app.producer)
+        self._state_lock = asyncio.Lock()
 
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
@@ -239,22 +266,21 @@ class LeadWorker:
             await self.process_batch(batch)
 
     async def process_batch(self, batch: Sequence[EventT]) -> None:
-        by_lead: dict[str, list[Input]] = {}
-        for faust_event in batch:
-            try:
-                lead_id, item, deadline_ms = self._decode(faust_event)
-            except BadInput as bad:
-                await self._dead_letter(faust_event, bad.reason, bad.detail)
-                continue
-            by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
-        for lead_id, inputs in by_lead.items():
-            try:
-                await self._process_lead(lead_id, inputs)
-            except Exception as exc:  # e.g. an action the core built from absurd input cannot be serialized
-                log.exception("processing lead %s failed", lead_id)
-                for faust_event, _, _ in inputs:
-                    await self._dead_letter(faust_event, "worker_error", f"{type(exc).__name__}: {exc}")
-        await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
+        async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
+            by_lead: dict[str, list[Input]] = {}
+            for faust_event in batch:
+                try:
+                    lead_id, item, deadline_ms = self._decode(faust_event)
+                except BadInput as bad:
+                    await self._dead_letter(faust_event, bad.reason, bad.detail)
+                    continue
+                by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
+            handovers: list[tuple[str, str, int]] = []
+            for lead_id, inputs in by_lead.items():
+                partition = inputs[-1][0].message.partition  # type: ignore[union-attr]
+                await self._process_lead_guarded(lead_id, inputs, partition, handovers)
+            await self._hand_over(handovers)
+            await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
 
     def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
         message = faust_event.message
@@ -278,68 +304,133 @@ class LeadWorker:
         self.clock(message.partition).observe(event.timestamp_ms)
         return event.lead_id, event, None
 
-    async def _process_lead(self, lead_id: str, inputs: list[Input]) -> None:
+    async def _process_lead_guarded(
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int]]
+    ) -> None:
+        try:
+            await self._process_lead(lead_id, inputs, partition, handovers)
+        except Exception as exc:  # e.g. an action the core built from absurd input cannot be serialized
+            log.exception("processing lead %s failed", lead_id)
+            for source, item, _ in inputs:
+                await self._dead_letter(
+                    source, "worker_error", f"{type(exc).__name__}: {exc}", lead_id=lead_id, item=item,
+                    partition=partition,
+                )
+
+    async def _process_lead(
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int]]
+    ) -> None:
+        """Evaluate one lead's inputs in order, write its state once, emit what the core produced."""
         key = lead_id.encode()
         raw = self.changelog.get(key)
         state = self._decode_state(lead_id, raw) if raw is not None else None
         if raw is not None and state is None:
-            await self._dead_letter(inputs[0][0], "bad_state", "stored lead state could not be decoded", raw)
-        timers: Sequence[int] | None = None
-        actions: list[tuple[Action, str]] = []
-        updates: list[dict[str, Any]] = []  # stage changes, for `lead-updates`
-        handovers: list[tuple[str, str]] = []  # (anonymous id, known id) found in identify/alias events
-        merges_out: list[tuple[str, bytes]] = []  # (known id, this lead's state) to send away
-        for faust_event, item, deadline_ms in inputs:
+            await self._dead_letter(
+                inputs[0][0], "bad_state", "stored lead state could not be decoded", raw, lead_id=lead_id,
+                partition=partition,
+            )
+        try:
+            # The decoded state is private to this call, so the core may update it in place.
+            outcome = self._evaluate_inputs(lead_id, state, inputs, in_place=self._in_place)
+        except _InPlaceFailed:
+            # An input the core raised on: redo the lead on copies, so that input alone is dropped.
+            state = self._decode_state(lead_id, raw) if raw is not None else None
+            outcome = self._evaluate_inputs(lead_id, state, inputs, in_place=False)
+        for source, item, reason, detail in outcome.rejected:
+            await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
+        new_raw = outcome.state.to_bytes() if outcome.state is not None else None
+        if new_raw != raw:
+            self.changelog.put(partition, key, new_raw)
+        self.lead_partition[key] = partition
+        if outcome.timers is not None:
+            self.index(partition).set(lead_id, partition, outcome.timers)
+        for action, kind in outcome.actions:
+            await self._emit(action, kind)
+        if self.nudge.lead_updates is not None:
+            for update in outcome.updates:
+                await self.nudge.lead_updates.send(key=key, value=orjson.dumps(update))
+        for known_id, state_bytes in outcome.merges_out:
+            await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
+        handovers.extend(outcome.handovers)
+
+    def _evaluate_inputs(self, lead_id: str, state: Any, inputs: list[Input], in_place: bool) -> _Outcome:
+        out = _Outcome(state)
+        for source, item, deadline_ms in inputs:
             if isinstance(item, Handover):
-                if state is not None:
-                    merges_out.append((item.to_lead, state.to_bytes()))
-                    state, timers = None, []
+                if out.state is not None:
+                    out.merges_out.append((item.to_lead, out.state.to_bytes()))
+                    out.state, out.timers = None, []
                 continue
             if isinstance(item, MergeIn):
                 try:
-                    state = self._merge(lead_id, state, item)
+                    out.state = self._merge(lead_id, out.state, item)
                 except Exception as exc:  # a state we cannot merge is kept in the dead letter, not lost
                     log.exception("merge into lead %s failed", lead_id)
-                    await self._dead_letter(faust_event, "merge_error", f"{type(exc).__name__}: {exc}")
+                    out.rejected.append((source, item, "merge_error", f"{type(exc).__name__}: {exc}"))
                     continue
-                timers = self._pending_deadlines(state)
+                out.timers = self._pending_deadlines(out.state)
                 continue
             if isinstance(item, Event) and item.type in IDENTITY_EVENTS:
                 other = item.previous_id if item.type == "alias" else item.anonymous_id
                 if other and other != lead_id:
-                    handovers.append((other, lead_id))
+                    out.handovers.append((other, lead_id, item.timestamp_ms))
             # Events are evaluated at their own time (replays give the same actions); deadlines up to the
             # watermark are fired by ticks, so each firing has one deterministic place.
             now_ms = None if isinstance(item, Event) else item.now_ms
             try:
-                result = self.evaluate(self.rules, state, item, now_ms)
+                if in_place:
+                    result = self.evaluate(self.rules, out.state, item, now_ms, reuse_state=True)
+                else:
+                    result = self.evaluate(self.rules, out.state, item, now_ms)
             except Exception as exc:  # a core bug must cost one input, never the worker
+                if in_place:
+                    raise _InPlaceFailed from exc
                 log.exception("evaluation failed for lead %s", lead_id)
-                await self._dead_letter(faust_event, "evaluation_error", f"{type(exc).__name__}: {exc}")
+                out.rejected.append((source, item, "evaluation_error", f"{type(exc).__name__}: {exc}"))
                 continue
-            state, timers = result.state, result.timers
+            out.state, out.timers = result.state, result.timers
             kind = "event" if isinstance(item, Event) else "deadline"
             if deadline_ms is not None:
                 metrics.DEADLINE_LAG.observe(max(0.0, (wall_ms() - deadline_ms) / 1000))
-            actions.extend((action, kind) for action in result.actions)
-            updates.extend(getattr(result, "updates", ()))
-        last_event = inputs[-1][0]
-        partition = last_event.message.partition
-        new_raw = state.to_bytes() if state is not None else None
-        if new_raw != raw:
-            self.changelog.put(partition, key, new_raw)
-        self.lead_partition[key] = partition
-        if timers is not None:
-            self.index(partition).set(lead_id, partition, timers)
-        for action, kind in actions:
-            await self._emit(action, kind)
-        if self.nudge.lead_updates is not None:
-            for update in updates:
-                await self.nudge.lead_updates.send(key=lead_id.encode(), value=orjson.dumps(update))
-        for known_id, state_bytes in merges_out:
-            await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
-        for anonymous_id, known_id in handovers:
+            out.actions.extend((action, kind) for action in result.actions)
+            out.updates.extend(getattr(result, "updates", ()))
+        return out
+
+    async def _hand_over(self, handovers: list[tuple[str, str, int]]) -> None:
+        """Send each identity hand-over to the anonymous lead's partition, unless this worker can tell it has
+        nothing to hand over (see `_nothing_to_hand_over`)."""
+        if not handovers:
+            return
+        owned = self._owned_partitions() if self.ready else set()
+        partitions = self._partition_count()
+        for anonymous_id, known_id, event_ms in handovers:
+            if self._nothing_to_hand_over(anonymous_id, event_ms, owned, partitions):
+                self._series(metrics.HANDOVERS, "skipped").inc()
+                continue
             await self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+            self._series(metrics.HANDOVERS, "sent").inc()
+
+    def _nothing_to_hand_over(self, anonymous_id: str, event_ms: int, owned: set[int], partitions: int) -> bool:
+        """True when the anonymous lead lives on a partition this worker owns, has no state there, and that
+        partition's event-time clock has passed the identifying event: every event of the anonymous id up to
+        that time, within the allowed lateness, was already consumed and none left state. Otherwise only the
+        hand-over record, queued behind the partition's unconsumed records, can tell."""
+        partition = default_partition(anonymous_id, partitions)
+        if partition not in owned or self.changelog.get(anonymous_id.encode()) is not None:
+            return False
+        clock = self.clocks.get(partition)
+        return clock is not None and clock.now_ms() >= event_ms
+
+    def _owned_partitions(self) -> set[int]:
+        topic = self.nudge.clickstream.get_topic_name()
+        return {tp.partition for tp in self.nudge.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def _partition_count(self) -> int:
+        with contextlib.suppress(Exception):  # the consumer's metadata; the setting is the fallback
+            count = self.nudge.app.consumer.topic_partitions(self.nudge.clickstream.get_topic_name())
+            if count:
+                return int(count)
+        return self.settings.partitions
 
     async def _send_control(self, lead_id: str, record: bytes) -> None:
         """To the lead's partition by the default key partitioner, the one clickstream producers use."""
@@ -366,48 +457,56 @@ class LeadWorker:
         self._series(metrics.DETECTION_DELAY, kind).observe(max(0.0, (wall_ms() - due_ms) / 1000))
 
     async def _dead_letter(
-        self, faust_event: EventT, reason: str, detail: str, payload: bytes | None = None
+        self,
+        source: EventT | None,
+        reason: str,
+        detail: str,
+        payload: bytes | None = None,
+        *,
+        lead_id: str | None = None,
+        item: Any = None,
+        partition: int | None = None,
     ) -> None:
-        message = faust_event.message
-        key = _key_text(message.key)
+        """Dead-letter an input: a consumed record (`source`), or a deadline tick the timer evaluated."""
+        if source is not None:
+            message = source.message
+            key, topic, offset = message.key, message.topic, message.offset
+            partition = message.partition
+            payload = message.value if payload is None else payload
+        else:
+            key, topic, offset = (lead_id or "").encode(), self._timers_topic, None
+            if payload is None and isinstance(item, Tick):
+                payload = orjson.dumps({"op": "tick", "lead_id": lead_id, "now_ms": item.now_ms})
         record = dead_letter_record(
             source="worker",
             reason=reason,
             detail=detail,
-            payload=message.value if payload is None else payload,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=key,
+            payload=payload,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=_key_text(key),
         )
-        await self.nudge.dead_letters.send(key=message.key, value=record)
+        await self.nudge.dead_letters.send(key=key, value=record)
         metrics.DEAD_LETTERS.labels("worker", reason).inc()
 
     # --- the deadline timer ---------------------------------------------------------------------------------
     async def _fire_due_deadlines(self) -> None:
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
-        for partition in sorted(self.indexes.keys() | self.clocks.keys()):
-            now_ms = self.clock(partition).now_ms()
-            watermarks.append(now_ms)
-            index = self.indexes.get(partition)
-            if index is None or not self.ready or budget <= 0:
-                continue
-            due = index.pop_due(now_ms, limit=budget)
-            budget -= len(due)
-            for n, lead in enumerate(due):
-                try:
-                    await self.nudge.timers.send(
-                        key=lead.lead_id.encode(),
-                        value=tick_record(lead.lead_id, now_ms, lead.deadline_ms),
-                        partition=lead.partition,
-                    )
-                except Exception:
-                    log.exception("could not send deadline ticks; retrying next round")
-                    for rest in due[n:]:
-                        index.set(rest.lead_id, rest.partition, [rest.deadline_ms])
-                    budget = 0
-                    break
+        async with self._state_lock:
+            for partition in sorted(self.indexes.keys() | self.clocks.keys()):
+                now_ms = self.clock(partition).now_ms()
+                watermarks.append(now_ms)
+                index = self.indexes.get(partition)
+                if index is None or not self.ready or budget <= 0:
+                    continue
+                due = index.pop_due(now_ms, limit=budget)
+                budget -= len(due)
+                for lead in due:
+                    tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
+                    await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
+            await self.changelog.flush()
         if watermarks:
             # The slowest partition's clock: what ops need to see when one partition falls behind.
             metrics.EVENT_TIME_WATERMARK.set(min(watermarks) / 1000)
