@@ -104,6 +104,11 @@ def format_ts(ms: int) -> str:
 
 def parse_ts(value: Any, field_name: str = "timestamp") -> int:
     """ISO-8601 string (or epoch milliseconds as a number) → UTC epoch milliseconds."""
+    if type(value) is str and value[-1:] == "Z":  # the common shape, parsed without the checks below
+        try:
+            return round(datetime.fromisoformat(value).timestamp() * 1000)
+        except ValueError:
+            pass  # the general path reports it
     if isinstance(value, bool):
         raise InvalidEvent("bad_timestamp", f"{field_name} must be an ISO-8601 string, got a boolean")
     if isinstance(value, int | float):
@@ -131,6 +136,8 @@ def _as_dict(value: Any, field_name: str) -> dict[str, Any]:
 
 
 def _as_id(value: Any, field_name: str) -> str | None:
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:  # the common case first: it is on the hot path
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -73,6 +73,7 @@ from engine.control import (
 )
 from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
+from engine.fast_delivery import RawBytesSchema
 from engine.timers import DeadlineIndex, EventClock, wall_ms
 from engine.topics import dead_letter_record
 
@@ -156,6 +157,7 @@ class LeadWorker:
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.changelog = ChangelogWriter(nudge.leads, nudge.app.producer)
         self._state_lock = asyncio.Lock()
+        self._consumed: dict[str, int] = {}  # events per type in the current batch
 
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
@@ -197,10 +199,7 @@ class LeadWorker:
         source = app.topic(
             self.nudge.clickstream.get_topic_name(),
             self._timers_topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+            schema=RawBytesSchema(),
         )
         app.agent(source, name="nudge.leads")(self._agent)
         app.timer(self.settings.timer_interval_s, name="nudge.deadlines")(self._fire_due_deadlines)
@@ -281,6 +280,9 @@ class LeadWorker:
                 await self._process_lead_guarded(lead_id, inputs, partition, handovers)
             await self._hand_over(handovers)
             await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
+        for event_type, count in self._consumed.items():
+            self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
+        self._consumed.clear()
 
     def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
         message = faust_event.message
@@ -300,7 +302,7 @@ class LeadWorker:
                 f"clickstream record key {key!r} is not the event's lead id {event.lead_id!r}; producers "
                 "must key records by userId (else anonymousId) so each lead's events share a partition",
             )
-        self._series(metrics.EVENTS_CONSUMED, event.type).inc()
+        self._consumed[event.type] = self._consumed.get(event.type, 0) + 1  # counted once per batch
         self.clock(message.partition).observe(event.timestamp_ms)
         return event.lead_id, event, None
 
