@@ -2,17 +2,11 @@
 what a change would gain before anyone makes it for real. Never used by `make bench`'s default run and never
 by the product: each one changes a library's behaviour in a way that is not safe in general (see its note).
 
-- `direct_deliver`: Faust's consumer drain loop (`faust.transport.consumer.Consumer._drain_messages`) hands
-  every message to the stream through `wait_first(callback(message), suspend_flow.wait())`, which creates
-  four asyncio tasks and cancels three per message. The patch awaits the callback directly while the flow
-  is not suspended. Unsafe in general: during a rebalance a callback blocked on a full stream buffer is no
-  longer abandoned when the flow is suspended. It quantifies the per-message cost the notes measured.
-- `tansu_fetch_wait`: Tansu 0.6.0 does not answer a waiting fetch when new records arrive; it answers when
-  `fetch_max_wait_ms` expires. Faust hard-codes 1,500 ms for its worker consumer, so every hop through a
-  topic on Tansu (clickstream -> worker, tick -> worker) adds 0-1.5 s. Real Kafka answers as soon as data
-  arrives. The patch caps the worker consumer's fetch wait at 20 ms, which makes Tansu behave like Kafka
-  for latency, at the cost of ~50 idle fetches per second. Measured with a raw consumer on the dev broker:
-  arrival 0.48-1.23 s after send with 1,500 ms, 0.1-0.23 s with 500 ms, 3-11 ms with 20 ms.
+- `direct_deliver` (superseded: the worker ships a safe version, engine/fast_delivery.py): Faust's consumer
+  drain loop (`faust.transport.consumer.Consumer._drain_messages`) hands every message to the stream through
+  `wait_first(callback(message), suspend_flow.wait())`, which creates four asyncio tasks and cancels three per
+  message. The patch awaits the callback directly while the flow is not suspended. Unsafe in general: during a
+  rebalance a callback blocked on a full stream buffer is no longer abandoned when the flow is suspended.
 """
 
 from __future__ import annotations
@@ -79,22 +73,6 @@ def _direct_deliver() -> None:
 
 
 PATCHES["direct_deliver"] = _direct_deliver
-TANSU_FETCH_WAIT_MS = 20
-
-
-def _tansu_fetch_wait() -> None:
-    import aiokafka
-    from faust.transport.drivers import aiokafka as driver
-
-    class ShortFetchWaitConsumer(aiokafka.AIOKafkaConsumer):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = min(kwargs.get("fetch_max_wait_ms", 500), TANSU_FETCH_WAIT_MS)
-            super().__init__(*args, **kwargs)
-
-    driver.aiokafka.AIOKafkaConsumer = ShortFetchWaitConsumer  # type: ignore[misc]
-
-
-PATCHES["tansu_fetch_wait"] = _tansu_fetch_wait
 
 
 def apply(names: str) -> None:

@@ -41,14 +41,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         ("worker >= 3x naive agent", ratios["worker_vs_naive (3/2)"], lambda v: v >= 3),
         ("stretch: worker >= 5x naive agent", ratios["worker_vs_naive (3/2)"], lambda v: v >= 5),
         ("stretch: worker >= 0.1x raw consume", ratios["worker_vs_raw (3/1)"], lambda v: v >= 0.1),
-        ("event -> action p99 < 1 s (Tansu fetch wait capped)", _get(m, "latency", "event_to_action_s", "p99"),
-         lambda v: v < 1),
-        ("deadline lag p99 < 1 s (Tansu fetch wait capped)", _get(m, "latency", "deadline_lag_s", "p99"),
-         lambda v: v < 1),
-        ("event -> action p99 < 1 s (as shipped on Tansu)",
-         _get(m, "latency_tansu_as_is", "event_to_action_s", "p99"), lambda v: v < 1),
-        ("deadline lag p99 < 1 s (as shipped on Tansu)",
-         _get(m, "latency_tansu_as_is", "deadline_lag_s", "p99"), lambda v: v < 1),
+        ("event -> action p99 < 1 s", _get(m, "latency", "event_to_action_s", "p99"), lambda v: v < 1),
+        ("deadline lag p99 < 1 s", _get(m, "latency", "deadline_lag_s", "p99"), lambda v: v < 1),
         ("state <= 1 KiB per active lead", per_lead, lambda v: v <= KIB),
     ]
     results["targets"] = [
@@ -82,8 +76,7 @@ def table(results: dict[str, Any]) -> str:
     rate_row(f"(3) nudge worker [{results['broker_profile']}]", "worker")
     rate_row("(3') nudge worker [dev: 1 record/batch]", "worker_dev_profile")
     rate_row("(6) two nudge workers", "two_workers")
-    for key, note in (("latency_tansu_as_is", "as shipped, Tansu fetch wait 1.5 s"),
-                      ("latency", "Tansu fetch wait capped at 20 ms")):
+    for key, note in (("latency", "as shipped: dev profile, Tansu fetch wait capped at 20 ms"),):
         lat = m.get(key)
         if not lat:
             continue

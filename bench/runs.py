@@ -14,7 +14,7 @@ group joins are excluded); CPU is the measured process's own user+system time ov
                     triggering event's time) and deadline lag of abandonment rules (arrival minus the
                     deadline, for deadlines that fell due, lateness included, while the load was on;
                     time-compressed pack, see bench/rule_pack.py). Optionally with bench patches
-                    (`tansu_fetch_wait`: see bench/patches.py).
+                    (bench/patches.py).
 """
 
 from __future__ import annotations

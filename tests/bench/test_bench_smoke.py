@@ -39,5 +39,4 @@ def test_bench_runs_end_to_end_on_a_tiny_workload(tmp_path: Path) -> None:
     assert "worker_vs_naive (3/2)" in results["ratios"]
     targets = {t["target"] for t in results["targets"]}
     assert {"worker >= 3x naive agent", "state <= 1 KiB per active lead"} <= targets
-    assert m["latency_tansu_as_is"]["events_sent"] > 0
     assert "Nudge benchmark" in done.stdout.decode()
