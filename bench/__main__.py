@@ -36,7 +36,7 @@ from bench import profiles, report, runs, workload
 from engine.devstack import DevStack
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("naive", "naive-tuned", "worker", "grow", "dev-profile", "two-workers", "latency")
+STEPS = ("naive", "naive-one-write", "naive-tuned", "worker", "grow", "dev-profile", "two-workers", "latency")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -146,6 +146,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if "naive" not in args.skip:
                 m["naive"] = await _step(results, "(2) naive Faust agent",
                                          lambda: runs.measure_naive(ctx, raw_settings, load, timeout))
+            if "naive-one-write" not in args.skip:
+                m["naive_one_write"] = await _step(
+                    results, "(2'') naive Faust agent, one table write per event",
+                    lambda: runs.measure_naive(ctx, raw_settings, load, timeout, writes=1))
             if "naive-tuned" not in args.skip:
                 m["naive_tuned"] = await _step(
                     results, "(2') naive Faust agent, worker's settings",

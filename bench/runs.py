@@ -139,10 +139,11 @@ async def measure_raw(ctx: RunContext, workload: Workload) -> tuple[dict[str, An
 
 # --- (2) naive Faust agent ------------------------------------------------------------
 async def measure_naive(
-    ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float, tuned: bool = False
+    ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float, tuned: bool = False, writes: int = 2
 ) -> dict:
-    """(2) on the topic loaded by `measure_raw`; `tuned` runs it with the worker's Faust settings."""
-    label = "naive-tuned" if tuned else "naive"
+    """(2) on the topic loaded by `measure_raw`; `tuned` runs it with the worker's Faust settings, `writes=1`
+    with one table write per event instead of two."""
+    label = ("naive-tuned" if tuned else "naive") + ("-1w" if writes == 1 else "")
     status = ctx.workdir / f"{settings.topic_prefix}{label}-status.json"
     env = ctx.env(
         settings.with_(web_port=free_port()),
@@ -150,6 +151,7 @@ async def measure_naive(
         BENCH_EXPECTED=str(len(workload.records)),
         BENCH_STATUS=str(status),
         BENCH_NAIVE_TUNED="1" if tuned else "0",
+        BENCH_NAIVE_WRITES=str(writes),
     )
     proc = Proc(label, [sys.executable, "-m", "bench.naive_app"], env, ctx.log(label)).start()
     try:
