@@ -69,8 +69,8 @@ class Settings:
     app_id: str = "nudge"
     topic_prefix: str = ""
     allowed_lateness_s: float = 0.5
-    timer_interval_s: float = 0.2
-    batch_size: int = 2000
+    timer_interval_s: float = 0.1
+    batch_size: int = 10_000
     batch_within_s: float = 0.05
     log_level: str = "info"
     default_timezone: str = "UTC"

@@ -52,8 +52,8 @@ BATCH_SIZE = Histogram(
 )
 HANDOVERS = Counter(
     "nudge_identity_handovers_total",
-    "Identity hand-overs after identify/alias: sent to the anonymous lead's partition, or skipped because this "
-    "worker saw that the anonymous lead had no state",
+    "Identity hand-overs after identify/alias: sent to the anonymous lead's partition, merged here by the worker "
+    "that owns it, or nothing to move (the anonymous id had no state)",
     ["outcome"],
 )
 CHANGELOG_ERRORS = Counter(

@@ -121,10 +121,13 @@ class DeadlineIndex:
 
     def set(self, lead_id: str, partition: int, deadlines: Sequence[int]) -> None:
         """Replace a lead's pending deadlines (all of them, any order; empty = none left)."""
-        self.discard(lead_id)
         if not deadlines:
+            self.discard(lead_id)
             return
         earliest = min(deadlines)
+        if self._entries.get(lead_id) == (earliest, partition, len(deadlines)):
+            return  # unchanged (most events of a lead with a pending deadline): its heap entry stands
+        self.discard(lead_id)
         self._entries[lead_id] = (earliest, partition, len(deadlines))
         self._pending += len(deadlines)
         heapq.heappush(self._heap, (earliest, lead_id))

@@ -39,9 +39,10 @@ deleted and sent on in a merge record to the known lead's partition, which folds
 and re-indexes its deadlines: an anonymous cart's abandonment then fires once, for the identified lead. Events
 of the anonymous id still in flight when the hand-over arrives stay with the anonymous lead (the collector
 re-keys later ones to the known id). A crash between sending the merge and committing can merge twice.
-The hand-over is skipped when this worker owns the anonymous lead's partition, holds no state for it, and that
-partition's event-time clock has passed the identifying event (`_nothing_to_hand_over`): most identifies
-(every page load of a logged-in visitor) then cost no round trip. Counted in `HANDOVERS`.
+When this worker owns the anonymous lead's partition and that partition's event-time clock has passed the
+identifying event, the hand-over is done in place at the end of the batch instead (`_hand_over`): nothing to
+do for an anonymous id without state (most identifies: every page load of a logged-in visitor), else the state
+moves to the known lead at once, before any of its deadlines can fire. Counted in `HANDOVERS`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ IDENTITY_EVENTS = ("identify", "alias")
 
 STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
+TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 
 
 class _InPlaceFailed(Exception):
@@ -274,7 +276,7 @@ class LeadWorker:
                     await self._dead_letter(faust_event, bad.reason, bad.detail)
                     continue
                 by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
-            handovers: list[tuple[str, str, int]] = []
+            handovers: list[tuple[str, str, int, int]] = []
             for lead_id, inputs in by_lead.items():
                 partition = inputs[-1][0].message.partition  # type: ignore[union-attr]
                 await self._process_lead_guarded(lead_id, inputs, partition, handovers)
@@ -307,7 +309,7 @@ class LeadWorker:
         return event.lead_id, event, None
 
     async def _process_lead_guarded(
-        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int]]
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
     ) -> None:
         try:
             await self._process_lead(lead_id, inputs, partition, handovers)
@@ -320,7 +322,7 @@ class LeadWorker:
                 )
 
     async def _process_lead(
-        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int]]
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
     ) -> None:
         """Evaluate one lead's inputs in order, write its state once, emit what the core produced."""
         key = lead_id.encode()
@@ -353,17 +355,23 @@ class LeadWorker:
                 await self.nudge.lead_updates.send(key=key, value=orjson.dumps(update))
         for known_id, state_bytes in outcome.merges_out:
             await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
-        handovers.extend(outcome.handovers)
+        handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
 
     def _evaluate_inputs(self, lead_id: str, state: Any, inputs: list[Input], in_place: bool) -> _Outcome:
         out = _Outcome(state)
         for source, item, deadline_ms in inputs:
-            if isinstance(item, Handover):
+            is_event = isinstance(item, Event)
+            if is_event:
+                if item.type in IDENTITY_EVENTS:
+                    other = item.previous_id if item.type == "alias" else item.anonymous_id
+                    if other and other != lead_id:
+                        out.handovers.append((other, lead_id, item.timestamp_ms))
+            elif isinstance(item, Handover):
                 if out.state is not None:
                     out.merges_out.append((item.to_lead, out.state.to_bytes()))
                     out.state, out.timers = None, []
                 continue
-            if isinstance(item, MergeIn):
+            elif isinstance(item, MergeIn):
                 try:
                     out.state = self._merge(lead_id, out.state, item)
                 except Exception as exc:  # a state we cannot merge is kept in the dead letter, not lost
@@ -372,13 +380,9 @@ class LeadWorker:
                     continue
                 out.timers = self._pending_deadlines(out.state)
                 continue
-            if isinstance(item, Event) and item.type in IDENTITY_EVENTS:
-                other = item.previous_id if item.type == "alias" else item.anonymous_id
-                if other and other != lead_id:
-                    out.handovers.append((other, lead_id, item.timestamp_ms))
             # Events are evaluated at their own time (replays give the same actions); deadlines up to the
             # watermark are fired by ticks, so each firing has one deterministic place.
-            now_ms = None if isinstance(item, Event) else item.now_ms
+            now_ms = None if is_event else item.now_ms
             try:
                 if in_place:
                     result = self.evaluate(self.rules, out.state, item, now_ms, reuse_state=True)
@@ -391,37 +395,46 @@ class LeadWorker:
                 out.rejected.append((source, item, "evaluation_error", f"{type(exc).__name__}: {exc}"))
                 continue
             out.state, out.timers = result.state, result.timers
-            kind = "event" if isinstance(item, Event) else "deadline"
             if deadline_ms is not None:
                 metrics.DEADLINE_LAG.observe(max(0.0, (wall_ms() - deadline_ms) / 1000))
-            out.actions.extend((action, kind) for action in result.actions)
-            out.updates.extend(getattr(result, "updates", ()))
+            if result.actions:
+                kind = "event" if is_event else "deadline"
+                out.actions.extend((action, kind) for action in result.actions)
+            updates = getattr(result, "updates", None)
+            if updates:
+                out.updates.extend(updates)
         return out
 
-    async def _hand_over(self, handovers: list[tuple[str, str, int]]) -> None:
-        """Send each identity hand-over to the anonymous lead's partition, unless this worker can tell it has
-        nothing to hand over (see `_nothing_to_hand_over`)."""
+    async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
+        """Identity hand-overs found in this batch: (anonymous id, known id, identify time, known partition).
+
+        When this worker owns the anonymous lead's partition and that partition's event-time clock has passed
+        the identifying event, every event of the anonymous id up to then (within the allowed lateness) has
+        been consumed, so the hand-over is done here and now: nothing to do when the anonymous lead has no
+        state, else its state is deleted and merged into the known lead (whose partition is also ours: we
+        just evaluated its identify). Otherwise only a hand-over record queued behind the partition's
+        unconsumed records can do it right, and one is sent."""
         if not handovers:
             return
         owned = self._owned_partitions() if self.ready else set()
         partitions = self._partition_count()
-        for anonymous_id, known_id, event_ms in handovers:
-            if self._nothing_to_hand_over(anonymous_id, event_ms, owned, partitions):
-                self._series(metrics.HANDOVERS, "skipped").inc()
+        for anonymous_id, known_id, event_ms, known_partition in handovers:
+            partition = default_partition(anonymous_id, partitions)
+            clock = self.clocks.get(partition)
+            if partition not in owned or clock is None or clock.now_ms() < event_ms:
+                await self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+                self._series(metrics.HANDOVERS, "sent").inc()
                 continue
-            await self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
-            self._series(metrics.HANDOVERS, "sent").inc()
-
-    def _nothing_to_hand_over(self, anonymous_id: str, event_ms: int, owned: set[int], partitions: int) -> bool:
-        """True when the anonymous lead lives on a partition this worker owns, has no state there, and that
-        partition's event-time clock has passed the identifying event: every event of the anonymous id up to
-        that time, within the allowed lateness, was already consumed and none left state. Otherwise only the
-        hand-over record, queued behind the partition's unconsumed records, can tell."""
-        partition = default_partition(anonymous_id, partitions)
-        if partition not in owned or self.changelog.get(anonymous_id.encode()) is not None:
-            return False
-        clock = self.clocks.get(partition)
-        return clock is not None and clock.now_ms() >= event_ms
+            anonymous_key = anonymous_id.encode()
+            raw = self.changelog.get(anonymous_key)
+            if raw is None:
+                self._series(metrics.HANDOVERS, "nothing_to_move").inc()
+                continue
+            self.changelog.put(partition, anonymous_key, None)
+            self.index(partition).discard(anonymous_id)
+            merge: list[Input] = [(None, MergeIn(anonymous_id, raw), None)]
+            await self._process_lead_guarded(known_id, merge, known_partition, [])
+            self._series(metrics.HANDOVERS, "merged_here").inc()
 
     def _owned_partitions(self) -> set[int]:
         topic = self.nudge.clickstream.get_topic_name()
@@ -479,6 +492,8 @@ class LeadWorker:
             key, topic, offset = (lead_id or "").encode(), self._timers_topic, None
             if payload is None and isinstance(item, Tick):
                 payload = orjson.dumps({"op": "tick", "lead_id": lead_id, "now_ms": item.now_ms})
+            elif payload is None and isinstance(item, MergeIn):  # an anonymous state merged here: keep it
+                payload = merge_record(lead_id or "", item.from_lead, item.state)
         record = dead_letter_record(
             source="worker",
             reason=reason,
@@ -496,19 +511,22 @@ class LeadWorker:
     async def _fire_due_deadlines(self) -> None:
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
-        async with self._state_lock:
-            for partition in sorted(self.indexes.keys() | self.clocks.keys()):
-                now_ms = self.clock(partition).now_ms()
-                watermarks.append(now_ms)
-                index = self.indexes.get(partition)
-                if index is None or not self.ready or budget <= 0:
-                    continue
-                due = index.pop_due(now_ms, limit=budget)
-                budget -= len(due)
-                for lead in due:
-                    tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
-                    await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
-            await self.changelog.flush()
+        for partition in sorted(self.indexes.keys() | self.clocks.keys()):
+            now_ms = self.clock(partition).now_ms()
+            watermarks.append(now_ms)
+            while budget > 0 and self.ready and partition in self.indexes:
+                # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
+                async with self._state_lock:
+                    index = self.indexes.get(partition)
+                    due = index.pop_due(now_ms, limit=min(budget, TICKS_PER_CHUNK)) if index else []
+                    budget -= len(due)
+                    for lead in due:
+                        tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
+                        await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
+                    await self.changelog.flush()
+                if len(due) < TICKS_PER_CHUNK:
+                    break
+                await asyncio.sleep(0)
         if watermarks:
             # The slowest partition's clock: what ops need to see when one partition falls behind.
             metrics.EVENT_TIME_WATERMARK.set(min(watermarks) / 1000)
