@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, Message
 
 from engine import metrics
 from engine.app import NudgeApp
@@ -74,20 +74,21 @@ from engine.control import (
 )
 from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
-from engine.fast_delivery import RawBytesSchema
 from engine.timers import DeadlineIndex, EventClock, wall_ms
 from engine.topics import dead_letter_record
+from engine.worker_input import WorkerInput
 
 log = logging.getLogger(__name__)
 
 # One input: the consumed record (None for a tick the deadline timer evaluates), the event or control record, and
 # the deadline a tick is for.
-Input = tuple[EventT | None, Event | Control, int | None]
+Input = tuple[Message | None, Event | Control, int | None]
 IDENTITY_EVENTS = ("identify", "alias")
 
 STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
+YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
 
 
 class _InPlaceFailed(Exception):
@@ -104,7 +105,7 @@ class _Outcome:
     updates: list[dict[str, Any]] = field(default_factory=list)  # stage changes, for `lead-updates`
     merges_out: list[tuple[str, bytes]] = field(default_factory=list)  # (known id, this lead's state)
     handovers: list[tuple[str, str, int]] = field(default_factory=list)  # (anonymous id, known id, event time)
-    rejected: list[tuple[EventT | None, Any, str, str]] = field(default_factory=list)  # dead letters
+    rejected: list[tuple[Message | None, Any, str, str]] = field(default_factory=list)  # dead letters
 
 
 class BadInput(Exception):
@@ -158,8 +159,12 @@ class LeadWorker:
         self._timers_topic = settings.topic("timers")
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.changelog = ChangelogWriter(nudge.leads, nudge.app.producer)
+        self.input = WorkerInput(
+            nudge.app, [nudge.clickstream.get_topic_name(), self._timers_topic], maxsize=max(4096, settings.batch_size)
+        )
         self._state_lock = asyncio.Lock()
         self._consumed: dict[str, int] = {}  # events per type in the current batch
+        self._latest_event_ms: dict[int, int] = {}  # latest event time per partition in the current batch
 
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
@@ -198,12 +203,8 @@ class LeadWorker:
     # --- wiring ---------------------------------------------------------------------------------------------
     def attach(self) -> None:
         app = self.nudge.app
-        source = app.topic(
-            self.nudge.clickstream.get_topic_name(),
-            self._timers_topic,
-            schema=RawBytesSchema(),
-        )
-        app.agent(source, name="nudge.leads")(self._agent)
+        self.input.register()
+        app.task(self._consume)
         app.timer(self.settings.timer_interval_s, name="nudge.deadlines")(self._fire_due_deadlines)
         app.task(self._declare_outputs)
         app.page("/metrics")(self._metrics_page)
@@ -261,33 +262,48 @@ class LeadWorker:
         return list(self.evaluate(self.rules, state, Tick(0), 0).timers)
 
     # --- the agent ------------------------------------------------------------------------------------------
-    async def _agent(self, stream: StreamT) -> None:
-        async for batch in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
-            metrics.BATCH_SIZE.observe(len(batch))
-            await self.process_batch(batch)
+    async def _consume(self) -> None:
+        try:
+            async for batch in self.input.batches(self.settings.batch_size, self.settings.batch_within_s):
+                metrics.BATCH_SIZE.observe(len(batch))
+                await self.process_batch(batch)
+                self.input.ack(batch)  # after the changelog flush in process_batch: offsets may be committed
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # every input is guarded, so this is a bug: stop rather than skip input
+            log.critical("the worker's input loop failed; stopping the worker", exc_info=True)
+            await self.nudge.app.crash(exc)
+            raise
 
-    async def process_batch(self, batch: Sequence[EventT]) -> None:
+    async def process_batch(self, batch: Sequence[Message]) -> None:
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
             by_lead: dict[str, list[Input]] = {}
-            for faust_event in batch:
+            for message in batch:
                 try:
-                    lead_id, item, deadline_ms = self._decode(faust_event)
+                    lead_id, item, deadline_ms = self._decode(message)
                 except BadInput as bad:
-                    await self._dead_letter(faust_event, bad.reason, bad.detail)
+                    await self._dead_letter(message, bad.reason, bad.detail)
                     continue
-                by_lead.setdefault(lead_id, []).append((faust_event, item, deadline_ms))
+                by_lead.setdefault(lead_id, []).append((message, item, deadline_ms))
+            for partition, event_ms in self._latest_event_ms.items():
+                self.clock(partition).observe(event_ms)
+            self._latest_event_ms.clear()
             handovers: list[tuple[str, str, int, int]] = []
-            for lead_id, inputs in by_lead.items():
-                partition = inputs[-1][0].message.partition  # type: ignore[union-attr]
+            for n, (lead_id, inputs) in enumerate(by_lead.items(), 1):
+                partition = inputs[-1][0].partition  # type: ignore[union-attr]
                 await self._process_lead_guarded(lead_id, inputs, partition, handovers)
+                if n % YIELD_EVERY_LEADS == 0:
+                    await asyncio.sleep(0)  # let the consumer keep fetching while a large batch is evaluated
             await self._hand_over(handovers)
+            # Deadlines due on the clocks this batch moved fire now, not only on the timer's next turn.
+            for partition in list(self.indexes):
+                await self._fire_due_locked(partition, self.clock(partition).now_ms(), TICKS_PER_CHUNK)
             await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
 
-    def _decode(self, faust_event: EventT) -> tuple[str, Event | Control, int | None]:
-        message = faust_event.message
+    def _decode(self, message: Message) -> tuple[str, Event | Control, int | None]:
         if message.topic == self._timers_topic:
             try:
                 return parse_control(message.value)
@@ -305,7 +321,9 @@ class LeadWorker:
                 "must key records by userId (else anonymousId) so each lead's events share a partition",
             )
         self._consumed[event.type] = self._consumed.get(event.type, 0) + 1  # counted once per batch
-        self.clock(message.partition).observe(event.timestamp_ms)
+        latest = self._latest_event_ms
+        if event.timestamp_ms > latest.get(message.partition, -1):
+            latest[message.partition] = event.timestamp_ms  # the clocks see each partition's maximum once
         return event.lead_id, event, None
 
     async def _process_lead_guarded(
@@ -473,7 +491,7 @@ class LeadWorker:
 
     async def _dead_letter(
         self,
-        source: EventT | None,
+        source: Message | None,
         reason: str,
         detail: str,
         payload: bytes | None = None,
@@ -484,10 +502,9 @@ class LeadWorker:
     ) -> None:
         """Dead-letter an input: a consumed record (`source`), or a deadline tick the timer evaluated."""
         if source is not None:
-            message = source.message
-            key, topic, offset = message.key, message.topic, message.offset
-            partition = message.partition
-            payload = message.value if payload is None else payload
+            key, topic, offset = source.key, source.topic, source.offset
+            partition = source.partition
+            payload = source.value if payload is None else payload
         else:
             key, topic, offset = (lead_id or "").encode(), self._timers_topic, None
             if payload is None and isinstance(item, Tick):
@@ -508,6 +525,16 @@ class LeadWorker:
         metrics.DEAD_LETTERS.labels("worker", reason).inc()
 
     # --- the deadline timer ---------------------------------------------------------------------------------
+    async def _fire_due_locked(self, partition: int, now_ms: int, limit: int) -> int:
+        """Evaluate `Tick(now_ms)` for up to `limit` leads of `partition` whose deadline is due; the caller
+        holds the state lock and flushes the changelog. Returns how many leads were due."""
+        index = self.indexes.get(partition)
+        due = index.pop_due(now_ms, limit=limit) if index is not None and self.ready else []
+        for lead in due:
+            tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
+            await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
+        return len(due)
+
     async def _fire_due_deadlines(self) -> None:
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
@@ -517,14 +544,10 @@ class LeadWorker:
             while budget > 0 and self.ready and partition in self.indexes:
                 # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
                 async with self._state_lock:
-                    index = self.indexes.get(partition)
-                    due = index.pop_due(now_ms, limit=min(budget, TICKS_PER_CHUNK)) if index else []
-                    budget -= len(due)
-                    for lead in due:
-                        tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
-                        await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
+                    fired = await self._fire_due_locked(partition, now_ms, min(budget, TICKS_PER_CHUNK))
                     await self.changelog.flush()
-                if len(due) < TICKS_PER_CHUNK:
+                budget -= fired
+                if fired < TICKS_PER_CHUNK:
                     break
                 await asyncio.sleep(0)
         if watermarks:

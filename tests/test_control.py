@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.control import (
     BadControl,
     Handover,
     MergeIn,
+    default_partition,
     handover_record,
     merge_record,
+    murmur2,
     parse_control,
     tick_record,
 )
@@ -39,3 +43,14 @@ def test_a_record_without_op_is_a_tick() -> None:
 def test_anything_else_is_rejected(raw: bytes | None) -> None:
     with pytest.raises(BadControl):
         parse_control(raw)
+
+
+@given(st.binary(max_size=80), st.integers(min_value=1, max_value=64))
+def test_default_partition_agrees_with_aiokafkas_partitioner(key: bytes, partitions: int) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+    from aiokafka.partitioner import murmur2 as reference
+
+    assert murmur2(key) & 0x7FFFFFFF == reference(key) & 0x7FFFFFFF
+    text = key.decode("utf-8", errors="replace")
+    expected = DefaultPartitioner()(text.encode(), list(range(partitions)), None)
+    assert default_partition(text, partitions) == expected

@@ -1,0 +1,85 @@
+"""The worker's input: records from Faust's consumer in batches, without a Faust stream per record.
+
+Why: a Faust agent hands each record through its stream machinery (an event object, sensor calls, the current-event
+context variable, a take buffer, per-event acks); for the worker, which only ever wants batches of raw records, that
+was the largest share of the remaining per-record cost (bench/FINDINGS.md). Faust still does everything else: group
+membership and partition assignment, fetching, flow control and pausing during rebalances, back-pressure, offset
+commits, and table recovery.
+
+Contract of `WorkerInput`:
+- `register()` subscribes one Faust channel to the input topics; Faust's conductor puts each record (the Faust
+  `Message` itself, no decoding) on the channel's flow-controlled queue, exactly where it would put a stream's events:
+  the same queue type, the same back-pressure (a full queue pauses fetching of that partition), and the queue is
+  cleared by Faust when partitions are revoked.
+- `batches(size, within_s)` yields lists of at most `size` records, in arrival order: it waits for a first record,
+  takes what is queued, and waits at most `within_s` for more. Records from an earlier consumer generation (fetched
+  before a rebalance) or delivered while the flow is stopped are left out and acknowledged, as Faust's streams do.
+- `ack(batch)` acknowledges the records once the caller has processed them (and flushed what they produced): only
+  then may Faust commit their offsets (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import faust
+from faust.types import Message
+
+
+class MessageSchema(faust.Schema):
+    """Hands the conductor the `Message` itself: the worker decodes values itself, so there is nothing to decode."""
+
+    def compile(self, app: Any, **_: Any) -> Any:
+        async def decode(message: Message, *, propagate: bool = False) -> Message:
+            return message
+
+        return decode
+
+
+class WorkerInput:
+    def __init__(self, app: faust.App, topics: Sequence[str], maxsize: int) -> None:
+        self.app = app
+        topic = app.topic(*topics, schema=MessageSchema(), maxsize=maxsize, acks=True)
+        # The iterating clone, as a stream would make: Faust delivers to a full queue through the topic's
+        # subscribers, and only clones subscribe.
+        self.channel = topic.clone(is_iterator=True)
+
+    def register(self) -> None:
+        self.app.topics.add(self.channel)
+
+    async def batches(self, size: int, within_s: float) -> AsyncIterator[list[Message]]:
+        queue = self.channel.queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + within_s
+            while len(batch) < size:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            current = self._current(batch)
+            if current:
+                yield current
+
+    def _current(self, batch: list[Message]) -> list[Message]:
+        """Drop (and acknowledge) records of an earlier generation or delivered while the flow is stopped."""
+        generation = self.app.consumer_generation_id
+        if self.app.flow_control.is_active() and all(m.generation_id == generation for m in batch):
+            return batch
+        stale = [m for m in batch if m.generation_id != generation or not self.app.flow_control.is_active()]
+        self.ack(stale)
+        return [m for m in batch if m.generation_id == generation and self.app.flow_control.is_active()]
+
+    def ack(self, batch: Sequence[Message]) -> None:
+        consumer = self.app.consumer
+        for message in batch:
+            message.ack(consumer)
