@@ -1,23 +1,28 @@
-"""Batched writes to a Faust table: the store is updated at once, the changelog goes out in one produce batch per
-partition per input batch.
+"""Batched output of the worker: records produced while one input batch is processed go out as one produce batch per
+(topic, partition), and table writes update the store at once with their changelog record in the same output.
 
-Why not `table[key] = value`: Faust sends every table write through its per-record send path (a future message,
-the producer buffer queue, a sensor call and an aiokafka future per record). With many distinct leads per batch
-that path was the largest single cost after message delivery (bench/FINDINGS.md). aiokafka's batch API appends
-records to one buffer per partition instead.
+Why not Faust's send path (`topic.send`, `table[key] = value`): it costs a future message, the producer buffer
+queue, a sensor call and an aiokafka future per record. With many distinct leads per batch that path was the largest
+single cost after message delivery (bench/FINDINGS.md). aiokafka's batch API appends records to one buffer per
+partition instead.
 
-Contract of `ChangelogWriter`:
-- `put(partition, key, value)`: the table's store holds `value` for `key` immediately (later reads in the same
-  batch see it); `value=None` deletes the key and queues a tombstone. `partition` is the partition of the input
-  that changed the key: the table is co-partitioned with its source topics, as Faust's own write path assumes.
-- `flush()`: hands the queued records to the app's producer, grouped by partition, in input order within a
-  partition, and must be awaited before the input batch is acknowledged. Faust flushes its producer before it
-  commits consumer offsets, so a committed input offset implies its changelog records were delivered
-  (at-least-once, as with Faust's own writes). The producer's `max_batch_size` is honoured (the Tansu dev profile
-  needs one record per batch, see engine/faust_settings.py).
-- Recovery is Faust's own: it reads this changelog into the store on start and rebalance, unchanged.
-- A batch the broker finally rejects is logged and counted in `CHANGELOG_ERRORS`; the input offsets may still be
+Contract of `OutputBatch`:
+- `send(topic, key, value, partition=None)` queues a record; without `partition` the key picks it with Kafka's
+  default partitioner (murmur2), as Faust's and aiokafka's producers do, so keyed records land where producers of
+  the same keys put theirs.
+- `flush()` hands the queued records to the app's producer, grouped by (topic, partition), in the order they were
+  queued within a partition, and must be awaited before the input batch is acknowledged. Faust flushes its producer
+  before it commits consumer offsets, so a committed input offset implies its outputs were delivered (at-least-once,
+  as with Faust's own send path). The producer's `max_batch_size` is honoured (the Tansu dev profile needs one
+  record per batch, see engine/faust_settings.py).
+- A batch the broker finally rejects is logged and counted in `OUTPUT_ERRORS`; the input offsets may still be
   committed, as with Faust's own send path.
+
+Contract of `TableWriter`:
+- `put(partition, key, value)`: the table's store holds `value` for `key` immediately (later reads in the same batch
+  see it); `value=None` deletes the key and queues a tombstone. `partition` is the partition of the input that
+  changed the key: the table is co-partitioned with its source topics, as Faust's own write path assumes.
+- Recovery is Faust's own: it reads the changelog into the store on start and rebalance, unchanged.
 """
 
 from __future__ import annotations
@@ -27,29 +32,23 @@ import logging
 from typing import Any
 
 from engine import metrics
+from engine.control import default_partition
 
 log = logging.getLogger(__name__)
 
+Record = tuple[bytes | None, bytes | None]
 
-class ChangelogWriter:
-    def __init__(self, table: Any, producer: Any) -> None:
-        """`table`: a Faust table (its store and changelog topic); `producer`: the app's Faust producer."""
-        self._table = table
+
+class OutputBatch:
+    def __init__(self, producer: Any) -> None:
+        """`producer`: the app's Faust producer (its aiokafka producer is what Faust flushes before commits)."""
         self._producer = producer
-        self._pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._pending: dict[tuple[str, int | None], list[Record]] = {}
 
-    def get(self, key: bytes) -> Any:
-        return self._table.data.get(key)
-
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        store = self._table.data
-        if value is None:
-            store.pop(key, None)
-        else:
-            store[key] = value
-        records = self._pending.get(partition)
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        records = self._pending.get((topic, partition))
         if records is None:
-            records = self._pending[partition] = []
+            records = self._pending[(topic, partition)] = []
         records.append((key, value))
 
     @property
@@ -60,9 +59,18 @@ class ChangelogWriter:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        producer = self._producer._ensure_producer()  # the aiokafka producer Faust flushes before commits
-        topic = self._table.changelog_topic.get_topic_name()
-        for partition, records in pending.items():
+        producer = self._producer._ensure_producer()
+        by_partition: dict[tuple[str, int], list[Record]] = {}
+        for (topic, partition), records in pending.items():
+            if partition is not None:
+                by_partition.setdefault((topic, partition), []).extend(records)
+                continue
+            await producer.client._wait_on_metadata(topic)
+            count = len(producer.client.cluster.partitions_for_topic(topic) or ()) or 1
+            for key, value in records:
+                chosen = default_partition(key, count) if key is not None else 0
+                by_partition.setdefault((topic, chosen), []).append((key, value))
+        for (topic, partition), records in by_partition.items():
             batch = producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:
@@ -77,10 +85,27 @@ class ChangelogWriter:
         delivery.add_done_callback(lambda done: _report(done, topic, partition))
 
 
+class TableWriter:
+    def __init__(self, table: Any, output: OutputBatch) -> None:
+        self._table = table
+        self._output = output
+
+    def get(self, key: bytes) -> Any:
+        return self._table.data.get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        store = self._table.data
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+        self._output.send(self._table.changelog_topic.get_topic_name(), key, value, partition)
+
+
 def _report(delivery: asyncio.Future[Any], topic: str, partition: int) -> None:
     if delivery.cancelled():
         return
     exc = delivery.exception()
     if exc is not None:
-        metrics.CHANGELOG_ERRORS.inc()
-        log.error("changelog batch for %s[%d] was not delivered: %r", topic, partition, exc)
+        metrics.OUTPUT_ERRORS.labels(topic).inc()
+        log.error("a batch for %s[%d] was not delivered: %r", topic, partition, exc)

@@ -101,7 +101,8 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
-def default_partition(key: str, partitions: int) -> int:
+def default_partition(key: str | bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as aiokafka and the Java client) gives `key`: where
     clickstream producers put the lead's events, and so where its state lives."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    data = key.encode() if isinstance(key, str) else key
+    return (murmur2(data) & 0x7FFFFFFF) % partitions

@@ -56,8 +56,10 @@ HANDOVERS = Counter(
     "that owns it, or nothing to move (the anonymous id had no state)",
     ["outcome"],
 )
-CHANGELOG_ERRORS = Counter(
-    "nudge_changelog_errors_total", "Batches of lead-state changelog records the broker did not accept"
+OUTPUT_ERRORS = Counter(
+    "nudge_worker_output_errors_total",
+    "Batches of worker output (lead-state changelog, actions, control records) the broker did not accept",
+    ["topic"],
 )
 
 # --- dispatcher and connectors --------------------------------------------------------------------------------------

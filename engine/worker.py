@@ -4,19 +4,20 @@ only moves bytes.
 
 Contract of `LeadWorker`:
 - Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (identity control
-  records, `engine/control.py`), consumed by one agent in batches
-  (`stream.take_events(batch_size, within=batch_within_s)`).
+  records, `engine/control.py`), taken in batches of up to `batch_size` from Faust's consumer by `WorkerInput`
+  (engine/worker_input.py: no Faust stream per record).
 - Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
   evaluated in order (on the freshly decoded state, in place), and the new state is written once (one
-  changelog record per lead per batch; none when unchanged) through `ChangelogWriter`: one produce batch per
-  changelog partition, flushed before the batch is acknowledged (engine/changelog.py). Offsets are committed
-  by Faust after the batch is processed (at-least-once): a crash replays the batch, and the re-fired actions
-  carry the same deterministic `action_id`, so delivery dedupes them.
+  changelog record per lead per batch; none when unchanged) through `TableWriter`. Everything the batch produces
+  (changelog, actions, stage updates, control records, dead letters) goes out through one `OutputBatch`: one
+  produce batch per topic partition, flushed before the batch's records are acknowledged (engine/changelog.py).
+  Faust commits acknowledged offsets after flushing its producer (at-least-once): a crash replays the batch, and
+  the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
 - Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
   control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
   `DEAD_LETTERS` is counted (an input the core raises on is dropped alone: the lead is redone on copies). A
   stored state that cannot be decoded is dead-lettered too and the lead starts afresh.
-- Backpressure: the agent holds at most one batch; Faust pauses fetching while it works.
+- Backpressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
 - One writer: the agent and the deadline timer change lead state under one lock, so neither can lose the
   other's update while it awaits a send.
 
@@ -60,7 +61,7 @@ from faust.types import TP, Message
 
 from engine import metrics
 from engine.app import NudgeApp
-from engine.changelog import ChangelogWriter
+from engine.changelog import OutputBatch, TableWriter
 from engine.config import Settings
 from engine.control import (
     BadControl,
@@ -85,7 +86,7 @@ log = logging.getLogger(__name__)
 Input = tuple[Message | None, Event | Control, int | None]
 IDENTITY_EVENTS = ("identify", "alias")
 
-STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
+STATS_INTERVAL_S = 15.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
@@ -157,8 +158,11 @@ class LeadWorker:
         self._rule_kinds = self._kinds(rules)
         self._last_stats = 0.0
         self._timers_topic = settings.topic("timers")
+        self._actions_topic = nudge.actions.get_topic_name()
+        self._dead_letters_topic = nudge.dead_letters.get_topic_name()
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self.changelog = ChangelogWriter(nudge.leads, nudge.app.producer)
+        self.output = OutputBatch(nudge.app.producer)
+        self.changelog = TableWriter(nudge.leads, self.output)
         self.input = WorkerInput(
             nudge.app, [nudge.clickstream.get_topic_name(), self._timers_topic], maxsize=max(4096, settings.batch_size)
         )
@@ -267,7 +271,7 @@ class LeadWorker:
             async for batch in self.input.batches(self.settings.batch_size, self.settings.batch_within_s):
                 metrics.BATCH_SIZE.observe(len(batch))
                 await self.process_batch(batch)
-                self.input.ack(batch)  # after the changelog flush in process_batch: offsets may be committed
+                self.input.ack(batch)  # after process_batch flushed its output: the offsets may be committed
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # every input is guarded, so this is a bug: stop rather than skip input
@@ -298,7 +302,7 @@ class LeadWorker:
             # Deadlines due on the clocks this batch moved fire now, not only on the timer's next turn.
             for partition in list(self.indexes):
                 await self._fire_due_locked(partition, self.clock(partition).now_ms(), TICKS_PER_CHUNK)
-            await self.changelog.flush()  # before the batch is acknowledged: see engine/changelog.py
+            await self.output.flush()  # before the batch is acknowledged: see engine/changelog.py
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
@@ -367,12 +371,12 @@ class LeadWorker:
         if outcome.timers is not None:
             self.index(partition).set(lead_id, partition, outcome.timers)
         for action, kind in outcome.actions:
-            await self._emit(action, kind)
+            self._emit(action, kind)
         if self.nudge.lead_updates is not None:
             for update in outcome.updates:
-                await self.nudge.lead_updates.send(key=key, value=orjson.dumps(update))
+                self.output.send(self.nudge.lead_updates.get_topic_name(), key, orjson.dumps(update))
         for known_id, state_bytes in outcome.merges_out:
-            await self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
+            self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
         handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
 
     def _evaluate_inputs(self, lead_id: str, state: Any, inputs: list[Input], in_place: bool) -> _Outcome:
@@ -440,7 +444,7 @@ class LeadWorker:
             partition = default_partition(anonymous_id, partitions)
             clock = self.clocks.get(partition)
             if partition not in owned or clock is None or clock.now_ms() < event_ms:
-                await self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+                self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
                 self._series(metrics.HANDOVERS, "sent").inc()
                 continue
             anonymous_key = anonymous_id.encode()
@@ -465,9 +469,9 @@ class LeadWorker:
                 return int(count)
         return self.settings.partitions
 
-    async def _send_control(self, lead_id: str, record: bytes) -> None:
+    def _send_control(self, lead_id: str, record: bytes) -> None:
         """To the lead's partition by the default key partitioner, the one clickstream producers use."""
-        await self.nudge.timers.send(key=lead_id.encode(), value=record)
+        self.output.send(self._timers_topic, lead_id.encode(), record)
 
     def _merge(self, lead_id: str, state: Any, item: MergeIn) -> Any:
         other = self.state_type.from_bytes(item.state)
@@ -481,8 +485,8 @@ class LeadWorker:
             log.exception("cannot decode state of lead %s", lead_id)
             return None
 
-    async def _emit(self, action: Action, kind: str) -> None:
-        await self.nudge.actions.send(key=action.lead_id.encode(), value=action.to_bytes())
+    def _emit(self, action: Action, kind: str) -> None:
+        self.output.send(self._actions_topic, action.lead_id.encode(), action.to_bytes())
         self._series(metrics.RULE_FIRES, action.rule, self._rule_kinds.get(action.rule, kind)).inc()
         # Due = the later of the triggering event's time and the fire time (a deadline for absence rules), the
         # same definition as the detection-delay KPI in ClickHouse. `kind`: fired by an event or by a tick.
@@ -521,7 +525,7 @@ class LeadWorker:
             offset=offset,
             key=_key_text(key),
         )
-        await self.nudge.dead_letters.send(key=key, value=record)
+        self.output.send(self._dead_letters_topic, key, record)
         metrics.DEAD_LETTERS.labels("worker", reason).inc()
 
     # --- the deadline timer ---------------------------------------------------------------------------------
@@ -545,7 +549,7 @@ class LeadWorker:
                 # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
                 async with self._state_lock:
                     fired = await self._fire_due_locked(partition, now_ms, min(budget, TICKS_PER_CHUNK))
-                    await self.changelog.flush()
+                    await self.output.flush()
                 budget -= fired
                 if fired < TICKS_PER_CHUNK:
                     break

@@ -12,8 +12,9 @@ Contract of `WorkerInput`:
   the same queue type, the same back-pressure (a full queue pauses fetching of that partition), and the queue is
   cleared by Faust when partitions are revoked.
 - `batches(size, within_s)` yields lists of at most `size` records, in arrival order: it waits for a first record,
-  takes what is queued, and waits at most `within_s` for more. Records from an earlier consumer generation (fetched
-  before a rebalance) or delivered while the flow is stopped are left out and acknowledged, as Faust's streams do.
+  takes what is queued and, when that is less than `size`, waits `within_s` once and takes what came meanwhile.
+  Records from an earlier consumer generation (fetched before a rebalance) or delivered while the flow is stopped
+  are left out and acknowledged, as Faust's streams do.
 - `ack(batch)` acknowledges the records once the caller has processed them (and flushed what they produced): only
   then may Faust commit their offsets (at-least-once).
 """
@@ -51,24 +52,22 @@ class WorkerInput:
 
     async def batches(self, size: int, within_s: float) -> AsyncIterator[list[Message]]:
         queue = self.channel.queue
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await queue.get()]
-            deadline = loop.time() + within_s
-            while len(batch) < size:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
+            self._drain(queue, batch, size)
+            if len(batch) < size and within_s > 0:
+                # One nap for the rest of the window rather than a wake-up per record: under light load the
+                # batch costs one timer, under heavy load the queue has filled the batch already.
+                await asyncio.sleep(within_s)
+                self._drain(queue, batch, size)
             current = self._current(batch)
             if current:
                 yield current
+
+    @staticmethod
+    def _drain(queue: Any, batch: list[Message], size: int) -> None:
+        while len(batch) < size and not queue.empty():
+            batch.append(queue.get_nowait())
 
     def _current(self, batch: list[Message]) -> list[Message]:
         """Drop (and acknowledge) records of an earlier generation or delivered while the flow is stopped."""
