@@ -81,6 +81,7 @@ class OutputBatch:
 
     @staticmethod
     async def _send(producer: Any, batch: Any, topic: str, partition: int) -> None:
+        batch.close()  # complete: send at once, not after the producer's linger (nothing more will be added)
         delivery = await producer.send_batch(batch, topic, partition=partition)
         delivery.add_done_callback(lambda done: _report(done, topic, partition))
 
