@@ -70,8 +70,8 @@ class Settings:
     topic_prefix: str = ""
     allowed_lateness_s: float = 0.5
     timer_interval_s: float = 0.1
-    batch_size: int = 10_000
-    batch_within_s: float = 0.05
+    batch_size: int = 2000
+    batch_within_s: float = 0.02
     log_level: str = "info"
     default_timezone: str = "UTC"
     write_keys: tuple[str, ...] = ()
