@@ -214,6 +214,12 @@ def pipeline_health() -> db.Dashboard:
            [('sum by (instance) (nudge_active_leads{job="nudge-worker"})', "{{instance}}")], "short", w=8),
         ts("State size", "Serialized per-lead state held, per worker.",
            [('sum by (instance) (nudge_state_bytes{job="nudge-worker"})', "{{instance}}")], "bytes", w=8),
+        ts("Identity hand-overs", "After identify/alias: merged in place by the partition's owner, nothing to "
+           "move (the anonymous id had no state), or sent to the anonymous lead's partition.",
+           [(rate("nudge_identity_handovers_total", "outcome"), "{{outcome}}")], "ops", w=12),
+        ts("Worker output errors", "Batches of worker output (lead-state changelog, actions, control records) "
+           "the broker did not accept.",
+           [(rate("nudge_worker_output_errors_total", "topic"), "{{topic}}")], "ops", w=12),
         ts("Dead letters by source and reason", "Messages rejected to the dead-letter topic.",
            [(rate("nudge_dead_letters_total", "source, reason"), "{{source}}: {{reason}}")], "ops", w=24),
     ]
