@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -97,9 +97,17 @@ class Event:
         return orjson.dumps(self.to_json())
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def format_ts(ms: int) -> str:
     """UTC ISO-8601 with milliseconds and a `Z`, the one timestamp format Nudge writes."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # Exact integer arithmetic and the C isoformat: faster than strftime on the action path.
+    try:
+        moment = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        raise ValueError(f"timestamp {ms} ms is out of range") from None  # what datetime raised before
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_ts(value: Any, field_name: str = "timestamp") -> int:
