@@ -53,7 +53,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -66,7 +65,6 @@ from engine.config import Settings
 from engine.control import (
     BadControl,
     Control,
-    Handover,
     MergeIn,
     default_partition,
     handover_record,
@@ -75,38 +73,18 @@ from engine.control import (
 )
 from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
+from engine.lead_inputs import InPlaceFailed, Input, LeadEvaluator
 from engine.timers import DeadlineIndex, EventClock, wall_ms
 from engine.topics import dead_letter_record
 from engine.worker_input import WorkerInput
 
 log = logging.getLogger(__name__)
 
-# One input: the consumed record (None for a tick the deadline timer evaluates), the event or control record, and
-# the deadline a tick is for.
-Input = tuple[Message | None, Event | Control, int | None]
-IDENTITY_EVENTS = ("identify", "alias")
 
 STATS_INTERVAL_S = 15.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
-
-
-class _InPlaceFailed(Exception):
-    """The core raised while updating a state in place: the lead is redone on copies."""
-
-
-@dataclass
-class _Outcome:
-    """What one lead's inputs produced."""
-
-    state: Any
-    timers: Sequence[int] | None = None
-    actions: list[tuple[Action, str]] = field(default_factory=list)
-    updates: list[dict[str, Any]] = field(default_factory=list)  # stage changes, for `lead-updates`
-    merges_out: list[tuple[str, bytes]] = field(default_factory=list)  # (known id, this lead's state)
-    handovers: list[tuple[str, str, int]] = field(default_factory=list)  # (anonymous id, known id, event time)
-    rejected: list[tuple[Message | None, Any, str, str]] = field(default_factory=list)  # dead letters
 
 
 class BadInput(Exception):
@@ -167,6 +145,7 @@ class LeadWorker:
             nudge.app, [nudge.clickstream.get_topic_name(), self._timers_topic], maxsize=max(4096, settings.batch_size)
         )
         self._state_lock = asyncio.Lock()
+        self._lead_evaluator = LeadEvaluator(evaluate, rules, state_type, self._pending_deadlines)
         self._consumed: dict[str, int] = {}  # events per type in the current batch
         self._latest_event_ms: dict[int, int] = {}  # latest event time per partition in the current batch
 
@@ -357,11 +336,14 @@ class LeadWorker:
             )
         try:
             # The decoded state is private to this call, so the core may update it in place.
-            outcome = self._evaluate_inputs(lead_id, state, inputs, in_place=self._in_place)
-        except _InPlaceFailed:
+            outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=self._in_place)
+        except InPlaceFailed:
             # An input the core raised on: redo the lead on copies, so that input alone is dropped.
             state = self._decode_state(lead_id, raw) if raw is not None else None
-            outcome = self._evaluate_inputs(lead_id, state, inputs, in_place=False)
+            outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=False)
+        now_ms = wall_ms()
+        for deadline_ms in outcome.fired_deadlines:
+            metrics.DEADLINE_LAG.observe(max(0.0, (now_ms - deadline_ms) / 1000))
         for source, item, reason, detail in outcome.rejected:
             await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
         new_raw = outcome.state.to_bytes() if outcome.state is not None else None
@@ -378,54 +360,6 @@ class LeadWorker:
         for known_id, state_bytes in outcome.merges_out:
             self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
         handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
-
-    def _evaluate_inputs(self, lead_id: str, state: Any, inputs: list[Input], in_place: bool) -> _Outcome:
-        out = _Outcome(state)
-        for source, item, deadline_ms in inputs:
-            is_event = isinstance(item, Event)
-            if is_event:
-                if item.type in IDENTITY_EVENTS:
-                    other = item.previous_id if item.type == "alias" else item.anonymous_id
-                    if other and other != lead_id:
-                        out.handovers.append((other, lead_id, item.timestamp_ms))
-            elif isinstance(item, Handover):
-                if out.state is not None:
-                    out.merges_out.append((item.to_lead, out.state.to_bytes()))
-                    out.state, out.timers = None, []
-                continue
-            elif isinstance(item, MergeIn):
-                try:
-                    out.state = self._merge(lead_id, out.state, item)
-                except Exception as exc:  # a state we cannot merge is kept in the dead letter, not lost
-                    log.exception("merge into lead %s failed", lead_id)
-                    out.rejected.append((source, item, "merge_error", f"{type(exc).__name__}: {exc}"))
-                    continue
-                out.timers = self._pending_deadlines(out.state)
-                continue
-            # Events are evaluated at their own time (replays give the same actions); deadlines up to the
-            # watermark are fired by ticks, so each firing has one deterministic place.
-            now_ms = None if is_event else item.now_ms
-            try:
-                if in_place:
-                    result = self.evaluate(self.rules, out.state, item, now_ms, reuse_state=True)
-                else:
-                    result = self.evaluate(self.rules, out.state, item, now_ms)
-            except Exception as exc:  # a core bug must cost one input, never the worker
-                if in_place:
-                    raise _InPlaceFailed from exc
-                log.exception("evaluation failed for lead %s", lead_id)
-                out.rejected.append((source, item, "evaluation_error", f"{type(exc).__name__}: {exc}"))
-                continue
-            out.state, out.timers = result.state, result.timers
-            if deadline_ms is not None:
-                metrics.DEADLINE_LAG.observe(max(0.0, (wall_ms() - deadline_ms) / 1000))
-            if result.actions:
-                kind = "event" if is_event else "deadline"
-                out.actions.extend((action, kind) for action in result.actions)
-            updates = getattr(result, "updates", None)
-            if updates:
-                out.updates.extend(updates)
-        return out
 
     async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
         """Identity hand-overs found in this batch: (anonymous id, known id, identify time, known partition).
@@ -472,11 +406,6 @@ class LeadWorker:
     def _send_control(self, lead_id: str, record: bytes) -> None:
         """To the lead's partition by the default key partitioner, the one clickstream producers use."""
         self.output.send(self._timers_topic, lead_id.encode(), record)
-
-    def _merge(self, lead_id: str, state: Any, item: MergeIn) -> Any:
-        other = self.state_type.from_bytes(item.state)
-        base = state if state is not None else self.state_type(lead_id)
-        return base.merge(other, self.rules)
 
     def _decode_state(self, lead_id: str, raw: bytes) -> Any:
         try:
