@@ -102,18 +102,3 @@ class NudgeFaustApp(faust.App):
         base = transport.by_url(self.conf.broker_consumer[0])
         return fast_delivery_transport(base)(self.conf.broker_consumer, self)  # type: ignore[call-arg]
 
-
-class RawBytesSchema(faust.Schema):
-    """Key and value stay the record's raw bytes (None stays None), with none of Faust's codec look-ups per
-    message: the worker decodes values itself with orjson. Decoding cannot fail, so no error callbacks."""
-
-    def __init__(self) -> None:
-        super().__init__(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-    def compile(self, app: Any, **_: Any) -> Any:
-        create_event = app.create_event
-
-        async def decode(message: Any, *, propagate: bool = False) -> Any:
-            return create_event(message.key, message.value, message.headers, message)
-
-        return decode
