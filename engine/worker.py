@@ -81,7 +81,7 @@ from engine.worker_input import WorkerInput
 log = logging.getLogger(__name__)
 
 
-STATS_INTERVAL_S = 15.0  # how often gauges that need a scan of the table are refreshed
+STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
