@@ -146,6 +146,15 @@ class LeadWorker:
         )
         self._state_lock = asyncio.Lock()
         self._lead_evaluator = LeadEvaluator(evaluate, rules, state_type, self._pending_deadlines)
+        # Series that exist from the start read 0 instead of "no data" on dashboards and in alerts.
+        for outcome in ("sent", "merged_here", "nothing_to_move"):
+            self._series(metrics.HANDOVERS, outcome)
+        outputs = [self._actions_topic, self._dead_letters_topic, self._timers_topic]
+        outputs.append(nudge.leads.changelog_topic.get_topic_name())
+        if nudge.lead_updates is not None:
+            outputs.append(nudge.lead_updates.get_topic_name())
+        for topic in outputs:
+            metrics.OUTPUT_ERRORS.labels(topic)
         self._consumed: dict[str, int] = {}  # events per type in the current batch
         self._latest_event_ms: dict[int, int] = {}  # latest event time per partition in the current batch
 
