@@ -78,6 +78,12 @@ def table(results: dict[str, Any]) -> str:
     rate_row(f"(3) nudge worker [{results['broker_profile']}]", "worker")
     rate_row("(3') nudge worker [dev: 1 record/batch]", "worker_dev_profile")
     rate_row("(6) two nudge workers", "two_workers")
+    for key in ("worker", "two_workers"):
+        got = m.get(key) or {}
+        extra = (got.get("group_joins") or 0) - (got.get("workers") or 0)
+        if extra > 0:
+            rows.append((f"    {key}: {extra} rebalance(s) during the run", "state figures may undercount",
+                         "(Tansu end-offset bug on recovery)"))
     for key, note in (("latency", "as shipped: dev profile, Tansu fetch wait capped at 20 ms"),):
         lat = m.get(key)
         if not lat:

@@ -20,6 +20,7 @@ group joins are excluded); CPU is the measured process's own user+system time ov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sys
@@ -305,9 +306,21 @@ async def measure_worker(
             await kafka_io.produce(ctx.stack.bootstrap, topic, grow.records)
             await _consume_all(fleet, workload.valid + grow.valid, timeout_s)
             result["grown"] = {"leads": workload.leads + grow.leads, **await _state_figures(fleet)}
+        result["group_joins"] = _group_joins(fleet)
     finally:
         fleet.stop()
     return result
+
+
+def _group_joins(fleet: WorkerFleet) -> int:
+    """Consumer-group joins seen in the workers' logs: one per worker when no rebalance disturbed the run. With
+    the `batched` profile a rebalance recovers state through Tansu's end-offset bug (dev-stack.md), which drops
+    the tail of each changelog partition's last batch; then the state figures count fewer leads."""
+    joins = 0
+    for proc in fleet.procs:
+        with contextlib.suppress(OSError):
+            joins += proc.log_path.read_text(errors="replace").count("Joined group")
+    return joins
 
 
 # --- (4) latency under load ------------------------------------------------------------
