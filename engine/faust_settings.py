@@ -17,7 +17,7 @@ Profiles (`NUDGE_BROKER_PROFILE`):
      without leaving is replaced after 4 s; the consumer heartbeats from its own thread, so a busy agent does
      not miss them).
   3. A waiting Fetch is answered only when the consumer's `fetch_max_wait_ms` expires, not when records
-     arrive, and Faust hard-codes 1.5 s for its consumers: every hop (event → worker, deadline tick →
+     arrive, and Faust hard-codes 1.5 s for its consumers: every hop (event → worker, hand-over →
      worker) would wait up to 1.5 s. Workaround: `install_broker_workarounds()` caps the wait of the
      consumers Faust creates at 20 ms (about 50 idle fetches a second per consumer; real Kafka answers as
      soon as data arrives and needs nothing). Measured in bench/FINDINGS.md (1b).

@@ -6,7 +6,8 @@ Topics (all prefixed with `Settings.topic_prefix`):
 - `deliveries`: one record per delivery outcome from the dispatcher (`delivery_record`), key = action id.
 - `dead-letters`: anything that could not be processed (`dead_letter_record`), key = original key or none.
 - `lead-updates`: lead lifecycle changes (stage changes, merges, assignments), key = lead id.
-- `timers`: worker-internal deadline ticks (engine/worker.py), key = lead id, co-partitioned with clickstream.
+- `timers`: worker-internal control records (identity hand-overs and merges, engine/control.py), key = lead id,
+  co-partitioned with clickstream.
 
 Contract of the records: plain JSON objects with the fields below; consumers ignore fields they do not know, so
 producers may add fields but never rename or drop one.
