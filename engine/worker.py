@@ -1,6 +1,8 @@
 """The worker shell: feeds clickstream events and deadline ticks through the pure core, keeps per-lead state
 in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module
-only moves bytes.
+only moves bytes. (It is longer than most modules because the batch path, the deadline timer and the identity
+hand-overs share one lock and one output; the parts that need neither live in engine/lead_inputs.py,
+engine/worker_input.py and engine/changelog.py.)
 
 Contract of `LeadWorker`:
 - Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (identity control
