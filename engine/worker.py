@@ -217,10 +217,13 @@ class LeadWorker:
         return view.bytes(body, headers={"Content-Type": content_type})
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
-        self.ready = False
-        for partition in {tp.partition for tp in revoked}:
-            self.indexes.pop(partition, None)
-            self.clocks.pop(partition, None)
+        # Under the state lock: a batch in progress finishes and flushes its output (changelog included) before
+        # Faust hands the partitions on, so the next owner's recovery reads every write of this one.
+        async with self._state_lock:
+            self.ready = False
+            for partition in {tp.partition for tp in revoked}:
+                self.indexes.pop(partition, None)
+                self.clocks.pop(partition, None)
 
     def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
