@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from bench.workload import Record, restamp
+from engine.changelog import send_in_batches
 from engine.control import default_partition
 
 MIB = 1024 * 1024
@@ -96,15 +97,7 @@ async def produce_paced(
                 partition = default_partition(record.key, partitions) if record.key is not None else 0
                 by_partition.setdefault(partition, []).append((record.key, value))
             for partition, batch_records in by_partition.items():
-                batch = producer.create_batch()
-                for key, value in batch_records:
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        batch.close()
-                        pending.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                        batch.append(key=key, value=value, timestamp=None)
-                batch.close()
-                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                pending.extend(await send_in_batches(producer, topic, partition, batch_records))
             sent = due
             if len(pending) > 500:
                 await asyncio.gather(*pending)

@@ -28,7 +28,9 @@ Contract of `TableWriter`:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from engine import metrics
@@ -51,10 +53,6 @@ class OutputBatch:
             records = self._pending[(topic, partition)] = []
         records.append((key, value))
 
-    @property
-    def pending(self) -> int:
-        return sum(len(records) for records in self._pending.values())
-
     async def flush(self) -> None:
         if not self._pending:
             return
@@ -71,25 +69,34 @@ class OutputBatch:
                 chosen = default_partition(key, count) if key is not None else 0
                 by_partition.setdefault((topic, chosen), []).append((key, value))
         for (topic, partition), records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    await self._send(producer, batch, topic, partition)
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
-            await self._send(producer, batch, topic, partition)
+            for delivery in await send_in_batches(producer, topic, partition, records):
+                delivery.add_done_callback(functools.partial(_report, topic=topic, partition=partition))
 
-    @staticmethod
-    async def _send(producer: Any, batch: Any, topic: str, partition: int) -> None:
-        batch.close()  # complete: send at once, not after the producer's linger (nothing more will be added)
-        delivery = await producer.send_batch(batch, topic, partition=partition)
-        delivery.add_done_callback(lambda done: _report(done, topic, partition))
+
+async def send_in_batches(
+    producer: Any, topic: str, partition: int, records: Sequence[Record]
+) -> list[asyncio.Future[Any]]:
+    """Hand `records` to an aiokafka producer as closed produce batches for one partition, as few as the
+    producer's `max_batch_size` allows; returns their delivery futures. Closed: a complete batch is sent at
+    once, not after the producer's linger (which would also hold up the next batch for the partition)."""
+    deliveries = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            batch.close()
+            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
+    batch.close()
+    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+    return deliveries
 
 
 class TableWriter:
     def __init__(self, table: Any, output: OutputBatch) -> None:
         self._table = table
         self._output = output
+        self._changelog_topic = table.changelog_topic.get_topic_name()
 
     def get(self, key: bytes) -> Any:
         return self._table.data.get(key)
@@ -100,7 +107,7 @@ class TableWriter:
             store.pop(key, None)
         else:
             store[key] = value
-        self._output.send(self._table.changelog_topic.get_topic_name(), key, value, partition)
+        self._output.send(self._changelog_topic, key, value, partition)
 
 
 def _report(delivery: asyncio.Future[Any], topic: str, partition: int) -> None:

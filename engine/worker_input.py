@@ -72,11 +72,12 @@ class WorkerInput:
     def _current(self, batch: list[Message]) -> list[Message]:
         """Drop (and acknowledge) records of an earlier generation or delivered while the flow is stopped."""
         generation = self.app.consumer_generation_id
-        if self.app.flow_control.is_active() and all(m.generation_id == generation for m in batch):
+        active = self.app.flow_control.is_active()
+        if active and all(m.generation_id == generation for m in batch):
             return batch
-        stale = [m for m in batch if m.generation_id != generation or not self.app.flow_control.is_active()]
-        self.ack(stale)
-        return [m for m in batch if m.generation_id == generation and self.app.flow_control.is_active()]
+        current = [m for m in batch if active and m.generation_id == generation]
+        self.ack([m for m in batch if not (active and m.generation_id == generation)])
+        return current
 
     def ack(self, batch: Sequence[Message]) -> None:
         consumer = self.app.consumer
