@@ -9,19 +9,7 @@ import pytest
 from engine.control import Handover, MergeIn
 from engine.core import LeadState, Tick, evaluate, pending_timers
 from engine.lead_inputs import InPlaceFailed, LeadEvaluator
-from tests.core.helpers import at, identify, rules, track
-
-CART = rules(
-    """
-rules:
-  - id: cart
-    kind: absence
-    when: {event: Product Added}
-    unless: {event: Order Completed}
-    within: 30m
-    action: {connector: email, template: cart_reminder, payload: {subject: Hi}}
-"""
-)
+from tests.core.helpers import CART, at, identify, track
 
 
 def evaluator(evaluate_fn: Any = evaluate) -> LeadEvaluator:

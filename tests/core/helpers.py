@@ -51,6 +51,21 @@ def rules(body: str) -> RuleSet:
     return parse_rules(body)
 
 
+CART = parse_rules(
+    """
+rules:
+  - id: cart
+    kind: absence
+    when: {event: Product Added}
+    unless: {event: Order Completed}
+    within: 30m
+    action: {connector: email, template: cart_reminder, payload: {subject: Hi}}
+    priority: 4
+    on_cap: drop
+"""
+)
+
+
 def run(ruleset: RuleSet, items: list[Event | Tick], state: LeadState | None = None) -> tuple[LeadState, list[Action]]:
     actions: list[Action] = []
     for item in items:

@@ -3,21 +3,7 @@
 from __future__ import annotations
 
 from engine.core import LeadState, Tick, evaluate, make_action_id
-from tests.core.helpers import MIN, at, identify, page, rules, run, track
-
-CART = rules(
-    """
-rules:
-  - id: cart
-    kind: absence
-    when: {event: Product Added}
-    unless: {event: Order Completed}
-    within: 30m
-    action: {connector: email, template: cart_reminder, payload: {subject: Hi}}
-    priority: 4
-    on_cap: drop
-"""
-)
+from tests.core.helpers import CART, MIN, at, identify, page, rules, run, track
 
 
 def test_a_deadline_before_the_next_event_fires_first_with_fired_at_the_deadline() -> None:
