@@ -58,8 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-worker", action="store_true", help="also sample a worker run with py-spy")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="experiments: extra environment for the worker runs, e.g. NUDGE_BATCH_SIZE=10000")
-    parser.add_argument("--worker-patch", default="",
-                        help="experiments: comma-separated patches from bench/patches.py (not safe in general)")
     parser.add_argument("--quick", action="store_true", help="10x smaller workload and shorter load")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     parser.add_argument("--keep-logs", action="store_true", help="keep the run's logs and state directory")
@@ -73,8 +71,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
     except ValueError:
         parser.error("--worker-env takes NAME=VALUE")
-    if args.worker_patch:
-        args.worker_env["BENCH_PATCHES"] = args.worker_patch
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = args.skip - set(STEPS)
     if unknown:
@@ -170,8 +166,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 lambda: runs.measure_worker(ctx, load, workers=2, timeout_s=timeout, label="two"))
         rate = args.latency_rate or ((m.get("worker") or {}).get("events_per_s") or 0) * args.load_fraction
         if "latency" not in args.skip and rate:
-            # The shipped dev profile caps Tansu's fetch wait itself (engine/faust_settings.py, bug 3), so the
-            # worker runs as shipped.
+            # The shipped dev profile caps Tansu's fetch wait itself (engine/worker/faust_ext/broker_profiles.py,
+            # bug 3), so the worker runs as shipped.
             m["latency"] = await _step(
                 results, "(4) latency under load",
                 lambda: runs.measure_latency(ctx, load, rate, args.latency_seconds))

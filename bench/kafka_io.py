@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from bench.workload import Record, restamp
-from engine.changelog import send_in_batches
-from engine.control import default_partition
+from engine.kafka.partitioner import default_partition
+from engine.worker.faust_ext.batched_output import send_in_batches
 
 MIB = 1024 * 1024
 

@@ -31,7 +31,7 @@ def main() -> int:
     import faust
 
     from engine.config import Settings
-    from engine.faust_settings import faust_settings
+    from engine.worker.faust_ext.broker_profiles import faust_settings
 
     settings = Settings.from_env().with_(app_id=os.environ["BENCH_APP_ID"])
     expected = int(os.environ["BENCH_EXPECTED"])

@@ -1,7 +1,7 @@
 """Broker profiles the benchmark can run the worker (and the naive agent) with, on the Tansu dev broker.
 
-- `dev`: exactly the shipped `dev` profile (engine/faust_settings.py): one record per producer batch, which
-  keeps changelog recovery correct on Tansu (bug 1) at a cost in throughput. What CI and the demo run.
+- `dev`: exactly the shipped `dev` profile (engine/worker/faust_ext/broker_profiles.py): one record per producer
+  batch, which keeps changelog recovery correct on Tansu (bug 1) at a cost in throughput. What CI and the demo run.
 - `batched`: normal producer batching (the `kafka` profile's linger and batch size) plus the dev profile's
   short group sessions (Tansu bug 2 only slows joins, not processing). Valid for a benchmark that never
   restarts a worker; it is what a deployment on real Kafka gets.
@@ -32,7 +32,7 @@ def apply(name: str) -> None:
     if name not in PROFILES:
         raise ValueError(f"BENCH_BROKER_PROFILE={name!r} is not one of {', '.join(PROFILES)}")
     if name == "batched":
-        from engine import faust_settings
+        from engine.worker.faust_ext import broker_profiles as faust_settings
 
         dev = faust_settings.PROFILES["dev"]
         faust_settings.PROFILES["dev"] = lambda: {**dev(), **batched_overrides()}

@@ -29,7 +29,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("table write + changelog send", ("tables/", "send_changelog", "faust/tables")),
     ("action / dead-letter / tick sends", ("_emit (engine", "_dead_letter (engine", "_fire_due_deadlines")),
     ("Prometheus metric updates", ("prometheus_client",)),
-    ("worker shell (engine.worker)", ("engine/worker.py", "engine/timers.py")),
+    ("worker shell (engine.worker.lead_worker)", ("engine/worker/lead_worker.py", "engine/worker/deadlines.py")),
     ("producer (aiokafka send path)", ("aiokafka/producer",)),
     ("consumer fetch + decode (aiokafka)", ("aiokafka/consumer", "aiokafka/record", "aiokafka/conn")),
     ("Faust stream/consumer machinery", ("faust/streams", "faust/transport", "faust/channels",

@@ -13,8 +13,7 @@ group joins are excluded); CPU is the measured process's own user+system time ov
                     event -> action latency of the threshold rule (action arrival on `actions` minus the
                     triggering event's time) and deadline lag of abandonment rules (arrival minus the
                     deadline, for deadlines that fell due, lateness included, while the load was on;
-                    time-compressed pack, see bench/rule_pack.py). Optionally with bench patches
-                    (bench/patches.py).
+                    time-compressed pack, see bench/rule_pack.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from bench.workload import Workload
 from engine.config import Settings
 from engine.devstack import StackInfo, free_port
 
-READY_MARK = "deadline index rebuilt"  # logged by engine/worker.py once its partitions are recovered
+READY_MARK = "deadline index rebuilt"  # logged by engine/worker/lead_worker.py once its partitions are recovered
 POLL_S = 0.5  # scraping /metrics costs the worker CPU: every 0.2 s cost ~5% (py-spy)
 STALL_S = 45.0  # no progress for this long: the measurement fails instead of waiting for its timeout
 
@@ -113,11 +112,11 @@ async def _scrape_all(ports: Sequence[int]) -> list[dict[str, float]]:
 async def create_inputs(ctx: RunContext, settings: Settings) -> str:
     """Create the worker's input topics with the run's partition count; returns the clickstream topic.
 
-    `timers` is created here too: left to the worker, it can be auto-created by the broker with the broker's
+    `identity-handovers` is created here too: left to the worker, it can be auto-created by the broker with the broker's
     default partition count (Tansu: 4) before Faust declares it, and ticks for higher partitions then fail
     (see bench/FINDINGS.md).
     """
-    for name in ("clickstream", "timers"):
+    for name in ("clickstream", "identity-handovers"):
         await kafka_io.create_topic(ctx.stack.bootstrap, settings.topic(name), ctx.partitions)
     return settings.topic("clickstream")
 
@@ -337,7 +336,6 @@ async def measure_latency(
     duration_s: float,
     compress: int = 600,
     allowed_lateness_s: float | None = None,
-    patches: str = "",
 ) -> dict[str, Any]:
     """Offer `rate` events/s for `duration_s`, stamped with the wall clock; see the module docstring."""
     rules_dir = ctx.workdir / "rules-compressed"
@@ -349,10 +347,7 @@ async def measure_latency(
     allowed_lateness_s = settings.allowed_lateness_s  # the shipped default unless overridden
     topic = await create_inputs(ctx, settings)
     records = workload.records[: int(rate * duration_s)]
-    if patches:
-        joined = ",".join(filter(None, [ctx.worker_env.get("BENCH_PATCHES", ""), patches]))
-        ctx = replace(ctx, worker_env={**ctx.worker_env, "BENCH_PATCHES": joined})
-    fleet = await start_workers(ctx, settings, 1, "latency-patched" if patches else "latency")
+    fleet = await start_workers(ctx, settings, 1, "latency")
     try:
         async with kafka_io.OutputWatcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
             worker_cpu, bench_cpu = fleet.procs[0].cpu_s() or 0.0, time.process_time()
@@ -388,7 +383,6 @@ async def measure_latency(
         "load_generator_cpu_busy_during_load": round(bench_busy, 3),
         "actions": len(arrivals),
         "allowed_lateness_s": allowed_lateness_s,
-        "worker_patches": ctx.worker_env.get("BENCH_PATCHES", ""),
         "compressed_absence_windows_ms": windows,
         "event_to_action_s": percentiles(event_latency),
         "deadline_lag_s": percentiles(deadline_lag),

@@ -4,7 +4,7 @@ A connector delivers one `Action` to one kind of peer (HTTP endpoint, Slack, SMT
 stream, CRM). Contract:
 - `send(action)` returns when the peer has ACCEPTED the action (HTTP 2xx, SMTP 250 after DATA, broker ack,
   XADD reply). It never retries by itself: retries, backoff, idempotency, caps and circuit breaking are the
-  dispatcher's.
+  dispatcher's (engine/dispatch), configured beside the connector's own options in the connectors file.
 - It passes `action.action_id` to the peer (HTTP `Idempotency-Key` / `X-Nudge-Action-Id`, email `Message-ID`,
   Kafka header, stream field) so a peer can drop a second copy after a crash between send and mark.
 - Failures are raised as `RetryableError` (may work later: timeouts, 5xx, 429 with optional `retry_after_s`,
@@ -63,27 +63,6 @@ class SkipDelivery(DeliveryError):
     retryable = False
 
 
-class RetryConfig(BaseModel):
-    """Retry budget and backoff of one connector (`retry:` in the connectors file); delays are >= 0."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_attempts: int = Field(6, ge=1, description="attempts in total, the first one included")
-    base_delay_s: float = Field(1.0, ge=0)
-    max_delay_s: float = Field(300.0, ge=0)
-    multiplier: float = Field(2.0, ge=1)
-    max_retry_after_s: float = Field(3600.0, ge=0, description="cap on a peer's Retry-After hint")
-
-
-class CircuitConfig(BaseModel):
-    """Circuit breaker thresholds of one connector (`circuit:`); see connectors/circuit.py."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the circuit")
-    reset_after_s: float = Field(30.0, ge=0, description="how long the circuit stays open before one probe")
-
-
 class ConnectorConfig(BaseModel):
     """Options every connector has; each connector module extends it with its own fields."""
 
@@ -92,8 +71,6 @@ class ConnectorConfig(BaseModel):
     type: str
     concurrency: int = Field(8, ge=1, description="sends in flight at once to this peer")
     timeout_s: float = Field(10.0, gt=0)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -10,13 +10,14 @@ Error details carry the status and at most 200 characters of the body, never the
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import orjson
 
 from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError, RetryableError
-from connectors.retry import parse_retry_after
 
 RETRYABLE_STATUSES = {408, 425, 429}
 
@@ -83,3 +84,22 @@ def check_status(status: int, body: str, retry_after: str | None) -> None:
     if status in RETRYABLE_STATUSES or status >= 500:
         raise RetryableError(f"http_{status}", detail, retry_after_s=parse_retry_after(retry_after))
     raise PermanentError(f"http_{status}", detail)
+
+
+def parse_retry_after(value: str | None, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (`120` or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now_s is None else now_s
+    return max(0.0, when.timestamp() - now)

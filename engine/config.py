@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 
 
 # "dev" = Tansu workarounds, "kafka" = real Kafka, "dev-batched" = the worker on Tansu in runs that never
-# restart it (the demo; other processes treat it as unknown, give them "dev"); see engine/faust_settings.py.
+# restart it (the demo; other processes treat it as unknown, give them "dev"); see
+# engine/worker/faust_ext/broker_profiles.py.
 BROKER_PROFILES = ("dev", "dev-batched", "kafka")
 
 

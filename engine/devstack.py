@@ -10,7 +10,7 @@ Contract:
   sink) owns it.
 
 The broker is Tansu with memory storage: nothing survives a broker restart. Its quirks are handled by the `dev`
-broker profile (engine/faust_settings.py), not here.
+broker profile (engine/worker/faust_ext/broker_profiles.py), not here.
 """
 
 from __future__ import annotations

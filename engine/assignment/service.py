@@ -22,13 +22,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from engine import metrics, topics
+from engine import metrics
 from engine.assignment.api import add_routes
 from engine.assignment.assigner import Assigner
 from engine.assignment.model import Reassignment
 from engine.assignment.roster import Roster
 from engine.assignment.sla import SlaMonitor
 from engine.config import Settings
+from engine.kafka import topics
 
 log = logging.getLogger(__name__)
 

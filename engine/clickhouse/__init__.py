@@ -2,7 +2,7 @@
 
 - `client`: DSN → client, the same API for embedded chDB and a ClickHouse server.
 - `schema` + `migrations`: the tables, as versioned idempotent migrations applied at start-up.
-- `rows`: Kafka records → rows (pure); the sink itself is `engine.sink`.
+- `rows`: Kafka records → rows (pure); the sink itself is `engine.clickhouse.sink`.
 - `kpis`: KPI queries (`report()` for `nudge report`, `summary()` for the demo).
 - `history` + `replay`: stored events back out, and the dry run of a rule set over them (`nudge replay`).
 """

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from engine import topics
 from engine.core.model import Action
 from engine.events import InvalidEvent, parse_event
+from engine.kafka import topics
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "events": (
@@ -110,7 +110,7 @@ class UnstorableRecord(ValueError):
 class Record:
     """What the sink needs of one Kafka record: which logical topic, where it came from, and its bytes."""
 
-    kind: str  # one of engine.topics.ALL_TOPICS (without the prefix)
+    kind: str  # one of engine.kafka.topics.ALL_TOPICS (without the prefix)
     partition: int
     offset: int
     timestamp_ms: int  # Kafka record timestamp (producer wall clock)

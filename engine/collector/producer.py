@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from engine.config import Settings
 from engine.events import Event
-from engine.topics import CLICKSTREAM
+from engine.kafka.topics import CLICKSTREAM
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from engine.config import Settings
 
 if TYPE_CHECKING:
-    from connectors.config import ConnectorsFile
+    from engine.dispatch.config import ConnectorsFile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from connectors.config import load_connectors
+    from engine.dispatch.config import load_connectors
 
     settings = Settings.from_env()
     path = args.connectors or settings.connectors_path
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(settings: Settings, config: ConnectorsFile) -> None:
-    from connectors.dispatcher import Dispatcher
+    from engine.dispatch.dispatcher import Dispatcher
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

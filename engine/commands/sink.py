@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from engine.config import Settings
 
 if TYPE_CHECKING:
-    from engine.sink import Sink
+    from engine.clickhouse.sink import Sink
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: every `nudge` command builds the parser that imports this module.
     from engine import metrics
     from engine.clickhouse.client import ClickHouseUnavailable, redact
-    from engine.sink import Sink
+    from engine.clickhouse.sink import Sink
 
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -61,13 +61,13 @@ def preflight(settings: Settings) -> str | None:
 
 def prepare_topics(settings: Settings) -> str | None:
     """Create the co-partitioned inputs before Faust subscribes: a topic the broker auto-creates gets the
-    broker's default partition count, and a `timers` topic with fewer partitions than `clickstream` would
-    strand every deadline of the leads on the missing partitions."""
-    from engine import topics
-    from engine.kafka_admin import TopicLayoutError, check_copartitioned, ensure_topics
+    broker's default partition count, and an `identity-handovers` topic with fewer partitions than `clickstream` would
+    send hand-overs to partitions that do not hold the anonymous lead's state."""
+    from engine.kafka import topics
+    from engine.kafka.admin import TopicLayoutError, check_copartitioned, ensure_topics
 
     try:
-        counts = asyncio.run(ensure_topics(settings, (topics.CLICKSTREAM, topics.TIMERS)))
+        counts = asyncio.run(ensure_topics(settings, (topics.CLICKSTREAM, topics.IDENTITY_HANDOVERS)))
         check_copartitioned(counts)
     except TopicLayoutError as exc:
         return str(exc)
@@ -106,9 +106,9 @@ def run_worker(settings: Settings) -> int:
 
     import faust
 
-    from engine.app import create_app
-    from engine.faust_settings import install_broker_workarounds
-    from engine.worker import LeadWorker
+    from engine.worker.app import create_app
+    from engine.worker.faust_ext.broker_profiles import install_broker_workarounds
+    from engine.worker.lead_worker import LeadWorker
 
     install_broker_workarounds(settings)
 

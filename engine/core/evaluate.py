@@ -10,7 +10,7 @@ Contract:
 - Every firing passes the common gates, in this order: cooldown (since this rule last fired for this lead),
   `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated firing
   is dropped (and not remembered); the kind's own state moves on regardless (an absence episode still closes).
-- `Evaluation.timers` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
+- `Evaluation.deadlines` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
 - Slots of rules that are no longer in the rule set (or disabled) are dropped, so state cannot outlive its
   rules.
 - Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
@@ -41,7 +41,7 @@ class Evaluation:
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)
-    timers: list[int] = field(default_factory=list)
+    deadlines: list[int] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -197,7 +197,7 @@ def _apply_event(
             _show_event(rules, state, change.event(state.lead_id), actions, changes, skip=rule)
 
 
-def pending_timers(rules: RuleSet, state: LeadState) -> list[int]:
+def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
     deadlines = set()
     for key, slot in state.rules.items():
         rule = rules.by_key.get(key)
@@ -254,4 +254,4 @@ def evaluate(
         if now_ms is not None:
             _fire_due(rules, work, now_ms, True, actions)
         _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
-    return Evaluation(work, actions, pending_timers(rules, work), updates)
+    return Evaluation(work, actions, pending_deadlines(rules, work), updates)

@@ -6,7 +6,7 @@ Contract:
 - `action_id` is deterministic: the same rule version, lead and trigger always give the same id, so a replayed
   or re-evaluated action is recognisable downstream (idempotency keys, ClickHouse dedup).
 - `Tick(now_ms)` asks the core to fire every deadline of a lead at or before `now_ms` (event time).
-- `Evaluation.timers` is the full set of pending deadlines of the lead after this step (not a delta), so the
+- `Evaluation.deadlines` is the full set of pending deadlines of the lead after this step (not a delta), so the
   shell can replace its index entry for the lead instead of reconciling.
 """
 

@@ -24,7 +24,7 @@ from engine.events import Event
 def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> list[Action]:
     ordered = sorted(enumerate(events), key=lambda pair: (pair[1].timestamp_ms, pair[0]))
     states: dict[str, LeadState] = {}
-    timers: dict[str, list[int]] = {}
+    deadlines: dict[str, list[int]] = {}
     fired: list[tuple[int, str, int, Action]] = []
     sequence: dict[str, int] = {}
 
@@ -37,16 +37,16 @@ def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> lis
     for _, event in ordered:
         result = evaluate(rules, states.get(event.lead_id), event, reuse_state=True)
         states[event.lead_id] = result.state
-        timers[event.lead_id] = result.timers
+        deadlines[event.lead_id] = result.deadlines
         record(event.lead_id, result.actions)
     if flush:
         for lead_id in sorted(states):
-            while timers.get(lead_id):
-                now = timers[lead_id][-1]
+            while deadlines.get(lead_id):
+                now = deadlines[lead_id][-1]
                 result = evaluate(rules, states[lead_id], Tick(now), reuse_state=True)
                 states[lead_id] = result.state
                 record(lead_id, result.actions)
                 # a tick fires every deadline <= now: what is left lies later (never loop on one deadline)
-                timers[lead_id] = [t for t in result.timers if t > now]
+                deadlines[lead_id] = [t for t in result.deadlines if t > now]
     fired.sort(key=lambda item: item[:3])
     return [item[3] for item in fired]

@@ -27,7 +27,6 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from engine import topics
 from engine.config import Settings
 from engine.demo.options import DemoOptions
 from engine.demo.processes import ChildFailed, ChildProcess
@@ -35,10 +34,11 @@ from engine.demo.receivers import Receivers
 from engine.demo.replay import Replayer, load_sample
 from engine.demo.watch import Watcher
 from engine.devstack import DevStack, DevStackError, free_port
-from engine.kafka_admin import bootstrap_servers as bootstrap
-from engine.kafka_admin import ensure_topics
+from engine.kafka import topics
+from engine.kafka.admin import bootstrap_servers as bootstrap
+from engine.kafka.admin import ensure_topics
 
-WORKER_READY = "deadline index rebuilt"  # logged by engine.worker once its partitions are recovered
+WORKER_READY = "deadline index rebuilt"  # logged by engine.worker.lead_worker once its partitions are recovered
 PROGRESS_EVERY_S = 5.0
 QUIET_FOR_S = 2.0
 
@@ -65,7 +65,7 @@ def demo_settings(options: DemoOptions, stack_env: dict[str, str], run_dir: Path
 
 
 async def create_topics(settings: Settings) -> None:
-    await ensure_topics(settings, (*topics.ALL_TOPICS, topics.TIMERS))
+    await ensure_topics(settings, (*topics.ALL_TOPICS, topics.IDENTITY_HANDOVERS))
 
 
 async def wait_for_sink(
@@ -223,7 +223,7 @@ async def run_demo(options: DemoOptions) -> int:
                 run_dir / "dispatcher.log",
             ),
             # The worker never restarts during the demo, so it can skip the one-record-per-batch recovery
-            # workaround (engine/faust_settings.py), which costs seconds of latency on a busy machine.
+            # workaround (engine/worker/faust_ext/broker_profiles.py), which costs seconds of latency on a busy machine.
             ChildProcess(
                 "worker", ["worker"], {**env, "NUDGE_BROKER_PROFILE": "dev-batched"}, run_dir / "worker.log"
             ),

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from engine import topics
 from engine.assignment.service import AssignmentService
+from engine.clickhouse.sink import ensure_topics
 from engine.config import Settings
 from engine.core.model import Action
-from engine.sink import ensure_topics
+from engine.kafka import topics
 from tests.assignment.conftest import ManualClock, rep, roster
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
+from engine.clickhouse.sink import Sink, bootstrap_servers, ensure_topics
 from engine.config import Settings
-from engine.sink import Sink, bootstrap_servers, ensure_topics
 from tests.clickhouse.streamgen import Message
 
 

@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import topics
 from engine.core.model import Action, make_action_id
 from engine.events import format_ts
+from engine.kafka import topics
 
 VIEW, ADD, CHECKOUT, ORDER = "Product Viewed", "Product Added", "Checkout Started", "Order Completed"
 MIN = 60_000
@@ -22,7 +22,7 @@ HOUR = 60 * MIN
 
 @dataclass
 class Message:
-    topic: str  # logical topic (engine.topics.X)
+    topic: str  # logical topic (engine.kafka.topics.X)
     key: bytes | None
     value: bytes
     timestamp_ms: int | None = None

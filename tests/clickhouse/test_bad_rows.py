@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from engine import topics
 from engine.clickhouse.rows import Record, to_row
+from engine.clickhouse.sink import Sink
 from engine.config import Settings
 from engine.core.model import Action
-from engine.sink import Sink
+from engine.kafka import topics
 
 
 def test_a_row_outside_its_column_type_is_skipped_and_the_rest_written(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from prometheus_client import REGISTRY
 
 from engine.cli import main
 from engine.clickhouse.kpis import parse_since
+from engine.clickhouse.sink import Sink
 from engine.commands.report import render, table
 from engine.config import Settings
-from engine.sink import Sink
 
 
 @pytest.mark.parametrize(("text", "ms"), [("30m", 1_800_000), ("24h", 86_400_000), ("7d", 604_800_000)])
@@ -85,7 +85,7 @@ async def wait_until_committed(settings: Settings, group: str, total: int, proc,
     that never joins the group reads them (Tansu drops the admin client's OffsetFetch)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from engine.sink import bootstrap_servers
+    from engine.clickhouse.sink import bootstrap_servers
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers(settings), group_id=group, enable_auto_commit=False
@@ -128,9 +128,9 @@ async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_not
 
     import orjson
 
-    from engine import topics
     from engine.clickhouse.client import connect
     from engine.events import format_ts
+    from engine.kafka import topics
     from tests.clickhouse.helpers import produce
     from tests.clickhouse.streamgen import Message
 

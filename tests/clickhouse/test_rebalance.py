@@ -9,12 +9,12 @@ import time
 import orjson
 import pytest
 
-from engine import topics
 from engine.clickhouse.client import connect
 from engine.clickhouse.migrations import migrate
+from engine.clickhouse.sink import Sink
 from engine.config import Settings
 from engine.events import format_ts
-from engine.sink import Sink
+from engine.kafka import topics
 from tests.clickhouse.helpers import produce, wait_until
 from tests.clickhouse.streamgen import Message
 

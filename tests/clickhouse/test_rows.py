@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine import topics
 from engine.clickhouse.rows import COLUMNS, Record, UnstorableRecord, rep_of, revenue_of, to_row
 from engine.core.model import Action
+from engine.kafka import topics
 
 
 def _rec(kind: str, value: bytes | None, key: bytes | None = None) -> Record:

@@ -19,9 +19,9 @@ from prometheus_client import REGISTRY
 
 from engine.clickhouse import kpis
 from engine.clickhouse.client import connect
+from engine.clickhouse.sink import Sink
 from engine.config import Settings
 from engine.devstack import StackInfo
-from engine.sink import Sink
 from tests.clickhouse import expected
 from tests.clickhouse.helpers import CrashBeforeCommit, SimulatedCrash, produce, wait_until
 from tests.clickhouse.streamgen import Stream, generate

@@ -17,15 +17,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from engine import topics
 from engine.clickhouse.client import connect
 from engine.clickhouse.replay import replay
+from engine.clickhouse.sink import SINK_TOPICS, Sink, ensure_topics
 from engine.config import Settings
 from engine.core import simulate
 from engine.devstack import free_port
 from engine.events import format_ts, parse_event
+from engine.kafka import topics
 from engine.language import load_rules
-from engine.sink import SINK_TOPICS, Sink, ensure_topics
 from tests.clickhouse.helpers import CrashBeforeCommit, SimulatedCrash, produce, wait_until
 from tests.clickhouse.streamgen import Message, generate
 from tests.integration.worker_process import WorkerProcess
@@ -45,8 +45,8 @@ async def test_worker_stream_lands_once_and_replay_reproduces_it(settings: Setti
     expected = {a.action_id: a for a in simulate(rules, events, flush=True) if a.fired_at_ms <= now - 60_000}
     assert len(expected) > 20, "the generated stream should make the shipped rules fire"
 
-    # The worker's own `timers` topic too: created up front so it gets the one partition of this test.
-    await ensure_topics(live, (*SINK_TOPICS, "timers"))
+    # The worker's own `identity-handovers` topic too: created up front so it gets the one partition of this test.
+    await ensure_topics(live, (*SINK_TOPICS, "identity-handovers"))
     worker = WorkerProcess(live, tmp_path / "worker.log")
     worker.start()
     try:

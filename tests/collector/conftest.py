@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.collector.app import create_app
 from engine.config import Settings
-from engine.topics import CLICKSTREAM
+from engine.kafka.topics import CLICKSTREAM
 
 WRITE_KEY = "wk-test-1"
 

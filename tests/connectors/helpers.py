@@ -13,12 +13,12 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from connectors.config import parse_connectors
-from connectors.delivery import DeliveryHooks
-from connectors.dispatcher import Dispatcher
 from engine.config import Settings
 from engine.core.model import Action, make_action_id
-from engine.topics import ACTIONS
+from engine.dispatch.config import parse_connectors
+from engine.dispatch.delivery import DeliveryHooks
+from engine.dispatch.dispatcher import Dispatcher
+from engine.kafka.topics import ACTIONS
 
 _ids = itertools.count()
 

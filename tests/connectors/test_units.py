@@ -12,17 +12,17 @@ from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.base import CircuitConfig, RetryConfig
-from connectors.circuit import CircuitBreaker, CircuitState
-from connectors.config import load_connectors, parse_connectors
-from connectors.consent import consent_block_reason
 from connectors.context import LeadView
-from connectors.offsets import OffsetTracker
-from connectors.quiet_hours import QuietHours, QuietHoursConfig
+from connectors.http import parse_retry_after
 from connectors.rendering import Renderer, template_vars
-from connectors.retry import RetryPolicy, parse_retry_after
-from connectors.secrets import Redactor
 from engine.config import ConfigError
+from engine.dispatch.config import load_connectors, parse_connectors
+from engine.dispatch.offsets import OffsetTracker
+from engine.dispatch.policies.circuit import CircuitBreaker, CircuitConfig, CircuitState
+from engine.dispatch.policies.consent import consent_block_reason
+from engine.dispatch.policies.quiet_hours import QuietHours, QuietHoursConfig
+from engine.dispatch.policies.retry import RetryConfig, RetryPolicy
+from engine.dispatch.redaction import Redactor
 from tests.connectors.helpers import make_action
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,15 +19,15 @@ def test_a_deadline_before_the_next_event_fires_first_with_fired_at_the_deadline
     assert action.context["cart"]["value"] == 5
 
 
-def test_timers_list_every_pending_deadline_and_ticks_fire_at_or_after_them() -> None:
+def test_deadlines_list_every_pending_deadline_and_ticks_fire_at_or_after_them() -> None:
     first = evaluate(CART, None, track("Product Added", 0))
-    assert first.timers == [at(30)] and first.actions == []
+    assert first.deadlines == [at(30)] and first.actions == []
     moved = evaluate(CART, first.state, track("Product Added", 10))
-    assert moved.timers == [at(40)]
+    assert moved.deadlines == [at(40)]
     early = evaluate(CART, moved.state, Tick(at(39)))
-    assert early.actions == [] and early.timers == [at(40)]
+    assert early.actions == [] and early.deadlines == [at(40)]
     due = evaluate(CART, moved.state, Tick(at(40)))
-    assert [a.fired_at_ms for a in due.actions] == [at(40)] and due.timers == []
+    assert [a.fired_at_ms for a in due.actions] == [at(40)] and due.deadlines == []
 
 
 def test_an_event_exactly_at_the_deadline_is_applied_before_the_deadline_fires() -> None:
@@ -37,7 +37,7 @@ def test_an_event_exactly_at_the_deadline_is_applied_before_the_deadline_fires()
 
 def test_now_ms_fires_deadlines_after_applying_the_event() -> None:
     result = evaluate(CART, None, track("Product Added", 0), now_ms=at(31))
-    assert [a.fired_at_ms for a in result.actions] == [at(30)] and result.timers == []
+    assert [a.fired_at_ms for a in result.actions] == [at(30)] and result.deadlines == []
 
 
 def test_evaluate_never_mutates_the_state_it_was_given() -> None:
@@ -209,9 +209,9 @@ rules:
 """
     )
     state, _ = run(ruleset, [track("Product Added", 0, product_id="a")])
-    assert evaluate(ruleset, state, Tick(at(60))).timers == []  # one item: not matched
+    assert evaluate(ruleset, state, Tick(at(60))).deadlines == []  # one item: not matched
     state, _ = run(ruleset, [track("Product Added", 1, product_id="b")], state)
-    assert evaluate(ruleset, state, Tick(at(5))).timers == [at(11)]
+    assert evaluate(ruleset, state, Tick(at(5))).deadlines == [at(11)]
     state, _ = run(ruleset, [track("Unsubscribed", 2)], state)
     assert evaluate(ruleset, state, Tick(at(60))).actions == []
 
@@ -256,4 +256,4 @@ def test_slots_of_removed_rules_are_dropped() -> None:
     state, _ = run(CART, [track("Product Added", 0)])
     other = rules("rules:\n  - {id: x, kind: absence, when: {event: A}, within: 1m, action: {connector: log}}")
     result = evaluate(other, state, Tick(at(1)))
-    assert result.state.rules == {} and result.timers == []
+    assert result.state.rules == {} and result.deadlines == []

@@ -46,7 +46,7 @@ def _worker_like(rules: RuleSet, events: list[Event]) -> list:
         state = LeadState.from_bytes(stored[event.lead_id]) if event.lead_id in stored else None
         result = evaluate(rules, state, event)
         stored[event.lead_id] = result.state.to_bytes()
-        timers[event.lead_id] = result.timers
+        timers[event.lead_id] = result.deadlines
         actions.extend(result.actions)
     for lead, pending in sorted(timers.items()):
         if pending:

@@ -1,4 +1,4 @@
-"""Detect the Tansu broker bug that the `dev` broker profile works around (engine/faust_settings.py).
+"""Detect the Tansu broker bug that the `dev` broker profile works around (engine/worker/faust_ext/broker_profiles.py).
 
 Tansu 0.6.0 answers ListOffsets(latest) with "first offset of the last record batch + 1" instead of "last
 offset + 1". When a fixed Tansu ships, `test_end_offset_bug_still_present` fails: then drop
@@ -52,7 +52,8 @@ async def test_end_offset_bug_still_present(settings: Settings) -> None:
     end = await _end_offset_after_one_batch(settings, settings.topic("quirk-batched"), max_batch_size=16384)
     assert end != RECORDS, (
         "Tansu now reports the correct end offset for a multi-record batch: the ListOffsets bug is fixed. "
-        "Remove the producer_max_batch_size=1 workaround from the dev profile in engine/faust_settings.py "
+        "Remove the producer_max_batch_size=1 workaround from the dev profile in "
+        "engine/worker/faust_ext/broker_profiles.py "
         "and delete this test."
     )
     assert end == 1, f"unexpected end offset {end} for one batch of {RECORDS} records (bug gives 1)"

@@ -1,0 +1,259 @@
+"""The connectors file (`connectors.yaml`): which connectors exist, their options, and the delivery policies.
+
+Contract:
+- `load_connectors(path, env)` reads the YAML, substitutes `${VAR}` / `${VAR:-default}` from the environment
+  in every string value (secrets stay out of the file), validates each connector against its own model (`type`
+  picks the connector module) and returns a `ConnectorsFile`. Nothing is connected here.
+- Every problem raises `ConfigError` naming the file, the line, the dotted path of the value, what is wrong
+  and how to fix it; an unset variable without a default is named. Secret values never appear in these
+  messages.
+- Shape: `templates_dir` (optional), `defaults` (options merged into every connector), `connectors` (name →
+  options with `type`), `policies` (`idempotency`, `caps`, `quiet_hours`, `consent`) and `dispatcher`
+  (tuning). A connector's `retry` and `circuit` options are delivery policy: they are split off into
+  `ConnectorsFile.delivery` and never reach the connector.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from connectors.base import ConnectorConfig
+from connectors.registry import connector_class, known_types
+from engine.config import ConfigError
+from engine.dispatch.policies.caps import CapRule
+from engine.dispatch.policies.circuit import CircuitConfig
+from engine.dispatch.policies.consent import ConsentConfig
+from engine.dispatch.policies.idempotency import IdempotencyConfig
+from engine.dispatch.policies.quiet_hours import QuietHoursConfig, zone
+from engine.dispatch.policies.retry import RetryConfig
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class PoliciesConfig(BaseModel):
+    """`policies:`: idempotency TTLs, caps, quiet hours, consent and the default timezone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency: IdempotencyConfig = Field(default_factory=IdempotencyConfig)
+    caps: list[CapRule] = Field(default_factory=list)
+    quiet_hours: QuietHoursConfig | None = None
+    consent: ConsentConfig = Field(default_factory=ConsentConfig)
+    default_timezone: str | None = Field(None, description="overrides NUDGE_DEFAULT_TIMEZONE for quiet hours")
+
+
+class DispatcherConfig(BaseModel):
+    """`dispatcher:`: in-flight bound (backpressure), commit and schedule polling intervals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_inflight: int = Field(
+        500, ge=1, description="actions being handled at once (backpressure on the consumer)"
+    )
+    commit_interval_s: float = Field(1.0, gt=0)
+    schedule_poll_s: float = Field(
+        0.25, gt=0, description="how often due deferred/retry entries are picked up"
+    )
+    schedule_batch: int = Field(200, ge=1)
+    session_timeout_ms: int | None = Field(None, ge=1000, description="consumer group session timeout")
+
+
+class DeliveryOptions(BaseModel):
+    """A connector's delivery policy (its `retry:` and `circuit:` options), applied by the dispatcher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+
+
+DELIVERY_KEYS = tuple(DeliveryOptions.model_fields)
+
+
+@dataclass
+class ConnectorsFile:
+    """A validated connectors file; `secret_values()` lists every secret for the redactor."""
+
+    path: Path | None
+    connectors: dict[str, ConnectorConfig]
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    templates_dir: Path | None = None
+    delivery: dict[str, DeliveryOptions] = field(default_factory=dict)  # by connector name; default when absent
+
+    def delivery_for(self, name: str) -> DeliveryOptions:
+        return self.delivery.get(name) or DeliveryOptions()
+
+    def secret_values(self) -> list[str]:
+        return [s for config in self.connectors.values() for s in config.secret_values()]
+
+
+class _Located:
+    """Line numbers of the YAML nodes, by dotted path, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[Any, ...], int] = {}
+        try:
+            root = yaml.compose(text)
+        except yaml.YAMLError:
+            return
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self.lines[(*path, key.value)] = key.start_mark.line + 1
+                self._walk(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, value in enumerate(node.value):
+                self._walk(value, (*path, index))
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def _where(source: str, located: _Located, path: tuple[Any, ...]) -> str:
+    line = located.line(path)
+    dotted = ".".join(str(p) for p in path) or "(top level)"
+    return f"{source}{f':{line}' if line else ''}: {dotted}"
+
+
+def _substitute(value: Any, env: dict[str, str], path: tuple[Any, ...], fail: Any, seen: set[Any]) -> Any:
+    """Replace `${VAR}`s; `seen` collects the paths whose value came from the environment (never echoed)."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, env, (*path, k), fail, seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, env, (*path, i), fail, seen) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+    if _VAR.search(value):
+        seen.add(path)
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        fail(
+            path,
+            f"environment variable {name} is not set; export it, or write ${{{name}:-default}} in the file",
+        )
+        return ""
+
+    return _VAR.sub(replace, value)
+
+
+def parse_connectors(
+    text: str,
+    env: dict[str, str] | None = None,
+    source: str = "connectors.yaml",
+    base_dir: Path | None = None,
+) -> ConnectorsFile:
+    env = dict(os.environ if env is None else env)
+    located = _Located(text)
+
+    def fail(path: tuple[Any, ...], message: str) -> None:
+        raise ConfigError(f"{_where(source, located, path)}: {message}")
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        fail((), "the file must be a mapping with a `connectors` key")
+    unknown = set(raw) - {"templates_dir", "defaults", "connectors", "policies", "dispatcher"}
+    if unknown:
+        fail(
+            (sorted(unknown)[0],),
+            "unknown key; allowed: templates_dir, defaults, connectors, policies, dispatcher",
+        )
+    from_env: set[Any] = set()
+    raw = _substitute(raw, env, (), fail, from_env)
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        fail(("defaults",), "must be a mapping of options applied to every connector")
+    entries = raw.get("connectors") or {}
+    if not isinstance(entries, dict):
+        fail(("connectors",), "must be a mapping: connector name → options with a `type`")
+
+    connectors: dict[str, ConnectorConfig] = {}
+    delivery: dict[str, DeliveryOptions] = {}
+    for name, options in entries.items():
+        path = ("connectors", name)
+        if not isinstance(options, dict):
+            fail(path, "must be a mapping of options with a `type`")
+        kind = options.get("type")
+        if kind not in known_types():
+            fail((*path, "type"), f"unknown connector type {kind!r}; use one of {', '.join(known_types())}")
+        merged = {**defaults, **options}
+        policy = {key: merged.pop(key) for key in DELIVERY_KEYS if key in merged}
+        connectors[str(name)] = _validate(connector_class(kind).config_model, merged, path, fail, from_env)
+        delivery[str(name)] = _validate(DeliveryOptions, policy, path, fail, from_env)
+
+    policies = _validate(PoliciesConfig, raw.get("policies") or {}, ("policies",), fail, from_env)
+    dispatcher = _validate(DispatcherConfig, raw.get("dispatcher") or {}, ("dispatcher",), fail, from_env)
+    if policies.default_timezone and zone(policies.default_timezone) is None:
+        fail(("policies", "default_timezone"), "unknown timezone; use an IANA name like Europe/Paris")
+    claim_ttl = policies.idempotency.claim_ttl_s
+    for name, config in connectors.items():
+        if config.timeout_s >= claim_ttl:
+            fail(
+                ("connectors", name, "timeout_s"),
+                f"must be shorter than policies.idempotency.claim_ttl_s ({claim_ttl:g} s), or a slow send "
+                "could be claimed and sent a second time while the first is still in flight",
+            )
+    templates_dir = raw.get("templates_dir")
+    if templates_dir:
+        templates_dir = Path(templates_dir)
+        if not templates_dir.is_absolute() and base_dir is not None:
+            templates_dir = base_dir / templates_dir
+        if not templates_dir.is_dir():
+            fail(("templates_dir",), f"{templates_dir} is not a directory")
+    return ConnectorsFile(None, connectors, policies, dispatcher, templates_dir, delivery)
+
+
+def _validate(model: type[BaseModel], data: Any, path: tuple[Any, ...], fail: Any, from_env: set[Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = (*path, *error["loc"])
+        message = error["msg"]
+        # Echo the rejected value only when it is short, written in the file (not taken from the environment;
+        # `defaults` are validated under each connector, hence the match by key name) and not secret-looking.
+        env_keys = {p[-1] for p in from_env if p}
+        secretish = loc[-1] in env_keys or any(
+            s in str(p).lower() for p in loc for s in ("password", "token", "secret", "url", "header")
+        )
+        given = error.get("input")
+        if not secretish and isinstance(given, str | int | float) and len(str(given)) < 60:
+            message += f" (got {given!r})"
+        fail(loc, message)
+
+
+def load_connectors(path: Path | str, env: dict[str, str] | None = None) -> ConnectorsFile:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the connectors file {path}: {exc.strerror}; "
+            "set NUDGE_CONNECTORS_PATH to its location"
+        ) from None
+    loaded = parse_connectors(text, env, source=str(path), base_dir=path.parent)
+    loaded.path = path
+    return loaded

@@ -1,0 +1,359 @@
+"""The dispatcher: consumes `actions`, delivers each through its connector, records every outcome.
+
+Contract:
+- Runs in its own process (`nudge dispatch`), apart from rule evaluation: a slow or dead peer never stalls the
+  workers, only this consumer.
+- Consumes `actions` with aiokafka in a consumer group (`<app_id>-dispatcher`): several dispatchers split the
+  partitions. Auto-commit is off: an offset is committed only when every action before it has a final outcome
+  or is durably scheduled in Redis (`OffsetTracker`), so a crash loses nothing; redelivered actions are
+  recognised by their idempotency claims.
+- Backpressure: at most `dispatcher.max_inflight` actions are handled at once (records and due schedule
+  entries together); the consumer stops fetching while all slots are taken. Each connector has its own
+  `concurrency` and circuit breaker, and a failed attempt waits in the Redis schedule, not in memory, so one
+  dead peer holds at most its own slots (and none once its circuit opens).
+- Malformed records (not JSON, missing fields) go to `dead-letters` with the reason; the dispatcher never
+  crashes on input. If Redis or the broker fails while handling an action, the action is retried in place with
+  backoff (its offset stays uncommitted).
+- Hot leads (`engine.dispatch.hot_leads`): before delivery, an action asking for an owner gets one (roster at
+  `settings.reps_path` + Redis); the rep's notifications are delivered right there through the same policies;
+  `release_owner: true` frees the rep. Fresh assignments go to `lead-updates`.
+- `stop()` stops fetching, lets in-flight actions finish for up to `grace_s`, commits, closes clients.
+  `kill()` is a crash for tests: tasks are cancelled, nothing is committed, claims are left to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from redis.asyncio import Redis
+
+from connectors.base import ConnectorEnv
+from connectors.registry import connector_class
+from connectors.rendering import Renderer
+from engine.config import ConfigError, Settings
+from engine.core.model import Action
+from engine.dispatch.config import ConnectorsFile
+from engine.dispatch.delivery import ConnectorRuntime, Deliverer, DeliveryHooks, Job
+from engine.dispatch.hot_leads import HotLeads, build_assigner
+from engine.dispatch.offsets import OffsetTracker
+from engine.dispatch.outcomes import OutcomeRecorder
+from engine.dispatch.policies.caps import FrequencyCaps
+from engine.dispatch.policies.circuit import CircuitBreaker
+from engine.dispatch.policies.idempotency import IdempotencyStore
+from engine.dispatch.policies.quiet_hours import QuietHours, zone
+from engine.dispatch.policies.retry import RetryPolicy
+from engine.dispatch.redaction import Redactor
+from engine.dispatch.schedule import Schedule, ScheduledDelivery
+from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
+from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
+
+logger = logging.getLogger("nudge.dispatcher")
+
+TOPICS = (ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
+    """Create the dispatcher's topics on a fresh broker (same helper as the sink's)."""
+    from engine.clickhouse.sink import ensure_topics as create
+
+    await create(settings, tuple(names))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Commits what is safe before partitions move to another dispatcher."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.dispatcher.commit()
+        self.dispatcher.tracker.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("dispatcher assigned %d partitions", len(assigned))
+
+
+class Dispatcher:
+    """`start()`, then `run_until(stop)` or `stop()`; the module docstring states what it commits and when."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: ConnectorsFile,
+        *,
+        hooks: DeliveryHooks | None = None,
+        grace_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.hooks = hooks
+        self.grace_s = grace_s
+        self.redactor = Redactor(config.secret_values())
+        self.tracker = OffsetTracker()
+        self.prefix = f"nudge:{settings.app_id}:"
+        self._slots = asyncio.Semaphore(config.dispatcher.max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._leased: set[str] = set()  # schedule entries this process is handling
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self.redis: Redis | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.runtimes: dict[str, ConnectorRuntime] = {}
+
+    # --- life cycle
+    async def start(self) -> None:
+        settings, config = self.settings, self.config
+        await ensure_topics(settings)
+        self.redis = Redis.from_url(settings.redis_url)
+        renderer = Renderer(config.templates_dir)
+        env = ConnectorEnv(settings, renderer)
+        consent = config.policies.consent
+        for name, options in config.connectors.items():
+            connector = connector_class(options.type)(name, options, env)
+            await connector.start()
+            obeys = name in consent.connectors if consent.connectors is not None else connector.consent_by_default
+            delivery = config.delivery_for(name)
+            self.runtimes[name] = ConnectorRuntime(
+                connector, RetryPolicy(delivery.retry), CircuitBreaker(name, delivery.circuit), obeys
+            )
+        timezone = config.policies.default_timezone or settings.default_timezone
+        if zone(timezone) is None:
+            raise ConfigError(
+                f"NUDGE_DEFAULT_TIMEZONE={timezone!r} is not a known timezone; use an IANA name like Europe/Paris"
+            )
+        quiet = config.policies.quiet_hours
+        self.deliverer = Deliverer(
+            self.runtimes,
+            IdempotencyStore(self.redis, self.prefix, config.policies.idempotency),
+            FrequencyCaps(self.redis, self.prefix, config.policies.caps),
+            QuietHours(quiet, timezone) if quiet is not None else None,
+            Schedule(self.redis, self.prefix),
+            require_explicit_consent=consent.require_explicit,
+            hooks=self.hooks,
+        )
+        self.schedule = self.deliverer.schedule
+        bootstrap = settings.bootstrap_servers
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        await self.producer.start()
+        self.recorder = OutcomeRecorder(self.producer, settings, self.redactor, set(self.runtimes))
+        self.hot_leads = HotLeads(
+            build_assigner(settings, self.redis), self._deliver_note, self._publish_update, set(self.runtimes)
+        )
+        session_ms = config.dispatcher.session_timeout_ms or (6000 if settings.broker_profile == "dev" else 10000)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{settings.app_id}-dispatcher",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 6),
+            max_poll_interval_ms=300_000,
+        )
+        self.consumer.subscribe([settings.topic(ACTIONS)], listener=_Rebalance(self))
+        await self.consumer.start()
+        self._loops = [
+            asyncio.create_task(self._consume_loop(), name="dispatch-consume"),
+            asyncio.create_task(self._schedule_loop(), name="dispatch-schedule"),
+            asyncio.create_task(self._commit_loop(), name="dispatch-commit"),
+        ]
+        logger.info("dispatcher started: connectors %s", ", ".join(sorted(self.runtimes)))
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, *self._loops], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for loop in self._loops:  # a loop that ended by itself crashed: surface its error
+                if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                    raise loop.exception()  # type: ignore[misc]
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for loop in self._loops:
+            if loop.get_name() != "dispatch-commit":
+                loop.cancel()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.grace_s)
+            for task in pending:
+                task.cancel()
+        for loop in self._loops:
+            loop.cancel()
+        with contextlib.suppress(Exception):
+            await self.commit()
+        await self._close()
+
+    async def kill(self) -> None:
+        """Crash on purpose (tests): cancel everything, commit nothing, release nothing."""
+        self._stopping.set()
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        for runtime in self.runtimes.values():
+            with contextlib.suppress(Exception):
+                await runtime.connector.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # --- loops
+    async def _consume_loop(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.config.dispatcher.max_inflight)
+            except KafkaError as exc:  # the client reconnects by itself; keep polling
+                logger.warning("fetching actions failed, retrying: %s", self.redactor.redact(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batch.items():
+                for record in records:
+                    await self._slots.acquire()
+                    self.tracker.start(tp, record.offset)
+                    self._spawn(self._handle_record(tp, record))
+
+    async def _schedule_loop(self) -> None:
+        options = self.config.dispatcher
+        lease_ms = int(self.config.policies.idempotency.claim_ttl_s * 1000) * 2
+        last_gauge = 0.0
+        while not self._stopping.is_set():
+            entries = await self._guarded(
+                lambda: self.schedule.lease_due(int(time.time() * 1000), options.schedule_batch, lease_ms)
+            )
+            fresh = [e for e in entries if e.action.action_id not in self._leased]
+            for entry in fresh:
+                await self._slots.acquire()
+                self._leased.add(entry.action.action_id)
+                self._spawn(self._handle_scheduled(entry))
+            if time.monotonic() - last_gauge >= 1.0:
+                DISPATCH_SCHEDULED.set(await self._guarded(self.schedule.size))
+                last_gauge = time.monotonic()
+            if len(entries) < options.schedule_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), options.schedule_poll_s)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.dispatcher.commit_interval_s)
+            try:
+                await self.commit()
+            except Exception as exc:  # the next round retries; uncommitted work is only redelivered
+                logger.warning("offset commit failed: %s", self.redactor.redact(exc))
+            self._export_lag()
+
+    def _export_lag(self) -> None:
+        """Backlog of `actions` per partition (a slow peer shows here first); best effort, no broker call."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        committed = self.tracker.committed_offsets()
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)  # from the last fetch: no broker round trip
+            if highwater is not None and tp in committed:
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed[tp]))
+
+    async def commit(self) -> None:
+        if self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: offset for tp, offset in self.tracker.committable().items() if tp in assigned}
+        if offsets:
+            await self.consumer.commit(offsets)
+            self.tracker.committed(offsets)
+
+    # --- handling
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _guarded(self, step):  # type: ignore[no-untyped-def]
+        """Run `step` until it succeeds: Redis or the broker being down delays an action, never loses it."""
+        delay = 0.2
+        while True:
+            try:
+                return await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.error("dispatcher step failed, retrying in %.1f s: %s", delay, self.redactor.redact(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _handle_record(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        try:
+            try:
+                action = Action.from_json(record.value)
+                if not action.action_id or not action.connector:
+                    raise ValueError("empty action_id or connector")
+            except Exception as exc:
+                reason = (
+                    "not_json" if isinstance(exc, ValueError) and "JSON" in type(exc).__name__ else "invalid_action"
+                )
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                await self._guarded(
+                    lambda: self.recorder.malformed(
+                        record.value,
+                        record.key,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        reason,
+                        detail,
+                    )
+                )
+                return
+
+            # Guarded steps: a failed record write must not run the delivery a second time.
+            # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
+            emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
+            action = await self._guarded(lambda: self.hot_leads.prepare(action))
+            job = Job(action, emitted_ms=emitted_ms)
+            outcome = await self._guarded(lambda: self.deliverer.deliver(job))
+            await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
+        finally:
+            self.tracker.done(tp, record.offset)
+
+    async def _deliver_note(self, note: Action) -> None:
+        """A rep notification from the hot-lead flow: delivered and recorded like any action."""
+        emitted_ms = int(time.time() * 1000)
+        outcome = await self.deliverer.deliver(Job(note, emitted_ms=emitted_ms))
+        await self.recorder.record(note, outcome, emitted_ms)
+
+    async def _publish_update(self, lead_id: str, value: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.topic(LEAD_UPDATES), value, key=lead_id.encode())
+
+    async def _handle_scheduled(self, entry: ScheduledDelivery) -> None:
+        action = entry.action
+
+        try:
+            job = Job(action, entry.attempts, from_schedule=True, emitted_ms=entry.emitted_ms)
+            outcome = await self._guarded(lambda: self.deliverer.deliver(job))
+            await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms))
+            if outcome.final:
+                await self._guarded(lambda: self.schedule.remove(action.action_id))
+        finally:
+            self._leased.discard(action.action_id)

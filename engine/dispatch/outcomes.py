@@ -1,0 +1,141 @@
+"""Recording outcomes: the `deliveries` record, the dead letter, the metrics and the log line of each outcome.
+
+Contract:
+- `record(action, outcome)` sends one `delivery_record` to `deliveries` (key = action id) and, for outcomes
+  that end in a dead letter, one `dead_letter_record` (source `dispatcher`, key = lead id, payload = the
+  action) to `dead-letters`; it returns once the broker acknowledged both, so the caller can commit the
+  action's offset.
+- `malformed(...)` dead-letters an `actions` record that is not a valid action, with the reason.
+- Every reason/detail goes through the `Redactor`: no secret reaches a record, a log line or a metric label.
+- Metric labels stay bounded: a connector name not in the connectors file is counted as `unknown`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+
+from engine.config import Settings
+from engine.core.model import Action
+from engine.dispatch.delivery import Outcome
+from engine.dispatch.redaction import Redactor
+from engine.kafka.topics import DEAD_LETTERS as DEAD_LETTERS_TOPIC
+from engine.kafka.topics import DELIVERIES, dead_letter_record, delivery_record
+from engine.metrics import ACTIONS, CONNECTOR_RETRIES, DEAD_LETTERS, DELIVERY_DELAY
+
+logger = logging.getLogger("nudge.dispatcher")
+# Sends are the bulk and are counted in metrics and `deliveries`: debug. What needs a look: warning.
+_LOG_LEVELS = {
+    "sent": logging.DEBUG,
+    "duplicate": logging.DEBUG,
+    "deferred": logging.INFO,
+    "suppressed": logging.INFO,
+    "retried": logging.WARNING,
+    "failed": logging.WARNING,
+}
+
+
+class OutcomeRecorder:
+    """Writes records, metrics and log lines of outcomes; returns once the broker acknowledged them."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, settings: Settings, redactor: Redactor, connectors: set[str]
+    ) -> None:
+        self.producer = producer
+        self.deliveries = settings.topic(DELIVERIES)
+        self.dead_letters = settings.topic(DEAD_LETTERS_TOPIC)
+        self.redactor = redactor
+        self.connectors = connectors
+
+    def _label(self, connector: str) -> str:
+        return connector if connector in self.connectors else "unknown"
+
+    async def record(
+        self, action: Action, outcome: Outcome, emitted_ms: int, raw: bytes | None = None
+    ) -> None:
+        """`emitted_ms`: when the worker emitted the action (wall clock): the delivery delay starts there."""
+        now_ms = int(time.time() * 1000)
+        connector = self._label(action.connector)
+        reason = self.redactor.redact(outcome.reason)
+        doc = action.to_json()
+        futures = [
+            await self.producer.send(
+                self.deliveries,
+                delivery_record(
+                    action=doc,
+                    outcome=outcome.outcome,
+                    attempt=outcome.attempt,
+                    reason=reason,
+                    latency_ms=outcome.latency_ms,
+                    next_attempt_ms=outcome.next_attempt_ms,
+                    at_ms=now_ms,
+                ),
+                key=action.action_id.encode(),
+            )
+        ]
+        detail = self.redactor.redact(outcome.detail)
+        if outcome.dead_letter:
+            futures.append(
+                await self.producer.send(
+                    self.dead_letters,
+                    dead_letter_record(
+                        source="dispatcher",
+                        reason=reason,
+                        detail=f"{action.connector}: {detail}",
+                        payload=raw if raw is not None else action.to_bytes(),
+                        key=action.lead_id,
+                        at_ms=now_ms,
+                    ),
+                    key=action.lead_id.encode(),
+                )
+            )
+            DEAD_LETTERS.labels(source="dispatcher", reason=reason).inc()
+        await asyncio.gather(*futures)
+        ACTIONS.labels(connector=connector, outcome=outcome.outcome).inc()
+        if outcome.outcome == "sent":
+            DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - emitted_ms) / 1000))
+        elif outcome.outcome == "retried":
+            CONNECTOR_RETRIES.labels(connector=connector).inc()
+        level = _LOG_LEVELS[outcome.outcome]
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "%s %s via %s (rule %s, attempt %d)%s",
+                outcome.outcome,
+                action.action_id,
+                action.connector,
+                action.rule,
+                outcome.attempt,
+                f": {reason} {detail}".rstrip() if reason else "",
+            )
+
+    async def malformed(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        reason: str,
+        detail: str,
+    ) -> None:
+        future = await self.producer.send(
+            self.dead_letters,
+            dead_letter_record(
+                source="dispatcher",
+                reason=reason,
+                detail=self.redactor.redact(detail),
+                payload=value,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=key.decode("utf-8", "replace") if key else None,
+            ),
+            key=key,
+        )
+        await future
+        DEAD_LETTERS.labels(source="dispatcher", reason=reason).inc()
+        logger.warning("dead-lettered %s[%d]@%d: %s", topic, partition, offset, reason)

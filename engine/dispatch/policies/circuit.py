@@ -1,0 +1,101 @@
+"""Circuit breaker per connector: stop hammering a peer that keeps failing, probe it now and then.
+
+Contract (classic three states, exported as `nudge_connector_circuit_state`: 0 closed, 1 half-open, 2 open):
+- closed: every send goes through; `failure_threshold` consecutive failures open the circuit.
+- open: `allow()` is False (the dispatcher reschedules the action durably instead of calling the peer) until
+  `reset_after_s` have passed; then the circuit becomes half-open.
+- half-open: exactly one probe is allowed at a time; its success closes the circuit, its failure opens it
+  again.
+Only failures that say something about the peer's health count (retryable ones); a permanent 4xx for one
+action does not open the circuit. The breaker is in memory, per dispatcher process: a restarted dispatcher
+starts closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import IntEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.metrics import CIRCUIT_STATE
+
+
+class CircuitState(IntEnum):
+    """Values of `nudge_connector_circuit_state`."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitConfig(BaseModel):
+    """Circuit breaker thresholds of one connector (`circuit:`); see engine/dispatch/policies/circuit.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the circuit")
+    reset_after_s: float = Field(30.0, ge=0, description="how long the circuit stays open before one probe")
+
+
+class CircuitBreaker:
+    """In-memory breaker of one connector; not thread-safe (one event loop); the module states its rules."""
+
+    def __init__(self, name: str, config: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.config = config
+        self._clock = clock
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+        self._probe_started = 0.0
+        self._state = CircuitState.CLOSED
+        CIRCUIT_STATE.labels(connector=name).set(0)
+
+    @property
+    def state(self) -> CircuitState:
+        if self._state is CircuitState.OPEN and self._clock() - self._opened_at >= self.config.reset_after_s:
+            self._set(CircuitState.HALF_OPEN)
+        return self._state
+
+    def retry_in_s(self) -> float:
+        """Seconds until the circuit lets a probe through (0 when it already does)."""
+        if self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self.config.reset_after_s - (self._clock() - self._opened_at))
+
+    def allow(self) -> bool:
+        state = self.state
+        if state is CircuitState.CLOSED:
+            return True
+        if state is CircuitState.HALF_OPEN:
+            # A probe that never reported back (its task died) must not block the circuit forever.
+            stale = self._clock() - self._probe_started >= max(self.config.reset_after_s, 1.0)
+            if not self._probe_in_flight or stale:
+                self._probe_in_flight = True
+                self._probe_started = self._clock()
+                return True
+        return False
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._probe_in_flight = False
+        if self._state is not CircuitState.CLOSED:
+            self._set(CircuitState.CLOSED)
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        was_probe = self._probe_in_flight
+        self._probe_in_flight = False
+        if was_probe or self._failures >= self.config.failure_threshold:
+            self._opened_at = self._clock()
+            self._set(CircuitState.OPEN)
+
+    def release(self) -> None:
+        """The allowed call ended without saying anything about the peer (e.g. a permanent 4xx)."""
+        self._probe_in_flight = False
+
+    def _set(self, state: CircuitState) -> None:
+        self._state = state
+        CIRCUIT_STATE.labels(connector=self.name).set(int(state))

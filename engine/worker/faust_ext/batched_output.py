@@ -1,0 +1,119 @@
+"""Batched output of the worker: records produced while one input batch is processed go out as one produce batch per
+(topic, partition), and table writes update the store at once with their changelog record in the same output.
+
+Why not Faust's send path (`topic.send`, `table[key] = value`): it costs a future message, the producer buffer
+queue, a sensor call and an aiokafka future per record. With many distinct leads per batch that path was the largest
+single cost after message delivery (bench/FINDINGS.md). aiokafka's batch API appends records to one buffer per
+partition instead.
+
+Contract of `OutputBatch`:
+- `send(topic, key, value, partition=None)` queues a record; without `partition` the key picks it with Kafka's
+  default partitioner (murmur2), as Faust's and aiokafka's producers do, so keyed records land where producers of
+  the same keys put theirs.
+- `flush()` hands the queued records to the app's producer, grouped by (topic, partition), in the order they were
+  queued within a partition, and must be awaited before the input batch is acknowledged. Faust flushes its producer
+  before it commits consumer offsets, so a committed input offset implies its outputs were delivered (at-least-once,
+  as with Faust's own send path). The producer's `max_batch_size` is honoured (the Tansu dev profile needs one
+  record per batch, see engine/worker/faust_ext/broker_profiles.py).
+- A batch the broker finally rejects is logged and counted in `OUTPUT_ERRORS`; the input offsets may still be
+  committed, as with Faust's own send path.
+
+Contract of `TableWriter`:
+- `put(partition, key, value)`: the table's store holds `value` for `key` immediately (later reads in the same batch
+  see it); `value=None` deletes the key and queues a tombstone. `partition` is the partition of the input that
+  changed the key: the table is co-partitioned with its source topics, as Faust's own write path assumes.
+- Recovery is Faust's own: it reads the changelog into the store on start and rebalance, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from engine import metrics
+from engine.kafka.partitioner import default_partition
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes | None]
+
+
+class OutputBatch:
+    def __init__(self, producer: Any) -> None:
+        """`producer`: the app's Faust producer (its aiokafka producer is what Faust flushes before commits)."""
+        self._producer = producer
+        self._pending: dict[tuple[str, int | None], list[Record]] = {}
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        records = self._pending.get((topic, partition))
+        if records is None:
+            records = self._pending[(topic, partition)] = []
+        records.append((key, value))
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        producer = self._producer._ensure_producer()
+        by_partition: dict[tuple[str, int], list[Record]] = {}
+        for (topic, partition), records in pending.items():
+            if partition is not None:
+                by_partition.setdefault((topic, partition), []).extend(records)
+                continue
+            await producer.client._wait_on_metadata(topic)
+            count = len(producer.client.cluster.partitions_for_topic(topic) or ()) or 1
+            for key, value in records:
+                chosen = default_partition(key, count) if key is not None else 0
+                by_partition.setdefault((topic, chosen), []).append((key, value))
+        for (topic, partition), records in by_partition.items():
+            for delivery in await send_in_batches(producer, topic, partition, records):
+                delivery.add_done_callback(functools.partial(_report, topic=topic, partition=partition))
+
+
+async def send_in_batches(
+    producer: Any, topic: str, partition: int, records: Sequence[Record]
+) -> list[asyncio.Future[Any]]:
+    """Hand `records` to an aiokafka producer as closed produce batches for one partition, as few as the
+    producer's `max_batch_size` allows; returns their delivery futures. Closed: a complete batch is sent at
+    once, not after the producer's linger (which would also hold up the next batch for the partition)."""
+    deliveries = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            batch.close()
+            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any one record
+    batch.close()
+    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+    return deliveries
+
+
+class TableWriter:
+    def __init__(self, table: Any, output: OutputBatch) -> None:
+        self._table = table
+        self._output = output
+        self._changelog_topic = table.changelog_topic.get_topic_name()
+
+    def get(self, key: bytes) -> Any:
+        return self._table.data.get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        store = self._table.data
+        if value is None:
+            store.pop(key, None)
+        else:
+            store[key] = value
+        self._output.send(self._changelog_topic, key, value, partition)
+
+
+def _report(delivery: asyncio.Future[Any], topic: str, partition: int) -> None:
+    if delivery.cancelled():
+        return
+    exc = delivery.exception()
+    if exc is not None:
+        metrics.OUTPUT_ERRORS.labels(topic).inc()
+        log.error("a batch for %s[%d] was not delivered: %r", topic, partition, exc)

@@ -1,0 +1,491 @@
+"""The worker shell: feeds clickstream events and deadline ticks through the pure core, keeps per-lead state
+in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module
+only moves bytes. (It is longer than most modules because the batch path, the deadline timer and the identity
+hand-overs share one lock and one output; the parts that need neither live in engine/worker/lead_inputs.py,
+engine/worker/faust_ext/batched_input.py and engine/worker/faust_ext/batched_output.py.)
+
+Contract of `LeadWorker`:
+- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (identity control
+  records, `engine/worker/handovers.py`), taken in batches of up to `batch_size` from Faust's consumer by `WorkerInput`
+  (engine/worker/faust_ext/batched_input.py: no Faust stream per record).
+- Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
+  evaluated in order (on the freshly decoded state, in place), and the new state is written once (one
+  changelog record per lead per batch; none when unchanged) through `TableWriter`. Everything the batch produces
+  (changelog, actions, stage updates, control records, dead letters) goes out through one `OutputBatch`: one
+  produce batch per topic partition, flushed before the batch's records are acknowledged (faust_ext/batched_output.py).
+  Faust commits acknowledged offsets after flushing its producer (at-least-once): a crash replays the batch, and
+  the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
+- Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
+  control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
+  `DEAD_LETTERS` is counted (an input the core raises on is dropped alone: the lead is redone on copies). A
+  stored state that cannot be decoded is dead-lettered too and the lead starts afresh.
+- Backpressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
+- One writer: the agent and the deadline timer change lead state under one lock, so neither can lose the
+  other's update while it awaits a send.
+
+Deadline timers: a Faust timer runs every `timer_interval_s`. Each partition this worker owns has its own
+event-time clock (`deadlines.EventClock`) and `DeadlineIndex`: a partition that lags behind (a backlog after
+a restart, a slow producer) must not see its deadlines fired by another partition's later event times, or an
+event that cancels a deadline would lose the race it wins in a replay. The timer pops, per partition, the leads
+whose earliest deadline is due on that partition's clock and evaluates `Tick(watermark)` for each right there:
+its state write goes to the partition that holds the lead (the changelog writer takes the partition, so no
+Faust "current event" is needed), ordered with the lead's events by the lock. Each firing therefore costs no
+Kafka round trip. A duplicated tick is harmless: the core fires only deadlines that are still pending in the
+state, and removes them as it fires. After a rebalance or restart the index is rebuilt from the recovered table
+for the partitions this worker owns, so each pending deadline fires once. (Tick records found on `timers`, as
+written by earlier versions, are still evaluated.)
+
+Identity merges: an `identify` carrying both `userId` and `anonymousId`, or an `alias` (`previousId` →
+`userId`), is evaluated for the known lead as usual, and the worker sends a hand-over record to the anonymous
+lead's partition (default key partitioner, as clickstream producers use). There the anonymous lead's state is
+deleted and sent on in a merge record to the known lead's partition, which folds it in with `LeadState.merge`
+and re-indexes its deadlines: an anonymous cart's abandonment then fires once, for the identified lead. Events
+of the anonymous id still in flight when the hand-over arrives stay with the anonymous lead (the collector
+re-keys later ones to the known id). A crash between sending the merge and committing can merge twice.
+When this worker owns the anonymous lead's partition and that partition's event-time clock has passed the
+identifying event, the hand-over is done in place at the end of the batch instead (`_hand_over`): nothing to
+do for an anonymous id without state (most identifies: every page load of a logged-in visitor), else the state
+moves to the known lead at once, before any of its deadlines can fire. Counted in `HANDOVERS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+from faust.types import TP, Message
+
+from engine import metrics
+from engine.config import Settings
+from engine.core import LeadState, RuleSet, pending_deadlines
+from engine.core.model import Action, Tick
+from engine.events import Event, InvalidEvent, parse_event
+from engine.kafka.partitioner import default_partition
+from engine.kafka.topics import dead_letter_record
+from engine.worker.app import NudgeApp
+from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
+from engine.worker.faust_ext.batched_input import WorkerInput
+from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
+from engine.worker.handovers import (
+    BadControl,
+    Control,
+    MergeIn,
+    handover_record,
+    merge_record,
+    parse_control,
+)
+from engine.worker.lead_inputs import InPlaceFailed, Input, LeadEvaluator
+
+log = logging.getLogger(__name__)
+
+
+STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
+MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
+TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
+YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
+
+
+class BadInput(Exception):
+    """One input record the worker rejects; becomes a dead letter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _key_text(key: Any) -> str | None:
+    if key is None:
+        return None
+    if isinstance(key, bytes):
+        return key.decode("utf-8", errors="replace")
+    return str(key)
+
+
+class LeadWorker:
+    """Attaches the clickstream agent, deadline timer, `/metrics` and recovery hook to a `NudgeApp`."""
+
+    def __init__(self, nudge: NudgeApp, settings: Settings, rules: RuleSet) -> None:
+        self.nudge = nudge
+        self.settings = settings
+        self.rules = rules
+        self.clocks: dict[int, EventClock] = {}  # per owned partition: see the module docstring
+        self.indexes: dict[int, DeadlineIndex] = {}
+        self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
+        self.ready = False  # False while a rebalance is in progress: the table may be partial
+        self._rule_kinds = {rule.id: rule.kind for rule in rules.rules}
+        self._last_stats = 0.0
+        self._handovers_topic = nudge.identity_handovers.get_topic_name()
+        self._actions_topic = nudge.actions.get_topic_name()
+        self._dead_letters_topic = nudge.dead_letters.get_topic_name()
+        self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self.output = OutputBatch(nudge.app.producer)
+        self.changelog = TableWriter(nudge.leads, self.output)
+        self.input = WorkerInput(
+            nudge.app,
+            [nudge.clickstream.get_topic_name(), self._handovers_topic],
+            maxsize=max(4096, settings.batch_size),
+        )
+        self._state_lock = asyncio.Lock()
+        self._lead_evaluator = LeadEvaluator(rules)
+        # Series that exist from the start read 0 instead of "no data" on dashboards and in alerts.
+        for outcome in ("sent", "merged_here", "nothing_to_move"):
+            self._series(metrics.HANDOVERS, outcome)
+        outputs = [self._actions_topic, self._dead_letters_topic, self._handovers_topic]
+        outputs.append(nudge.leads.changelog_topic.get_topic_name())
+        if nudge.lead_updates is not None:
+            outputs.append(nudge.lead_updates.get_topic_name())
+        for topic in outputs:
+            metrics.OUTPUT_ERRORS.labels(topic)
+        self._consumed: dict[str, int] = {}  # events per type in the current batch
+        self._latest_event_ms: dict[int, int] = {}  # latest event time per partition in the current batch
+
+    def clock(self, partition: int) -> EventClock:
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = EventClock(int(self.settings.allowed_lateness_s * 1000))
+        return clock
+
+    def index(self, partition: int) -> DeadlineIndex:
+        index = self.indexes.get(partition)
+        if index is None:
+            index = self.indexes[partition] = DeadlineIndex()
+        return index
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: `labels()` costs ~2 µs a call on the per-event path
+        (bench/FINDINGS.md); label values are bounded sets, so the cache is too."""
+        key = (metric, labels)
+        series = self._series_cache.get(key)
+        if series is None:
+            series = self._series_cache[key] = metric.labels(*labels)
+        return series
+
+    @property
+    def pending_deadlines(self) -> int:
+        return sum(index.pending_deadlines for index in self.indexes.values())
+
+    # --- wiring ---------------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        app = self.nudge.app
+        self.input.register()
+        app.task(self._consume)
+        app.timer(self.settings.timer_interval_s, name="nudge.deadlines")(self._fire_due_deadlines)
+        app.task(self._declare_outputs)
+        app.page("/metrics")(self._metrics_page)
+        self.nudge.leads.on_recover(self._rebuild_index)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def _declare_outputs(self) -> None:
+        for topic in (self.nudge.actions, self.nudge.dead_letters, self.nudge.lead_updates):
+            if topic is not None:
+                await topic.maybe_declare()
+
+    @staticmethod
+    async def _metrics_page(view: Any, request: Any) -> Any:
+        body, content_type = metrics.render_latest()
+        # aiohttp refuses a charset inside `content_type`, so the full header goes in as a header.
+        return view.bytes(body, headers={"Content-Type": content_type})
+
+    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        # Under the state lock: a batch in progress finishes and flushes its output (changelog included) before
+        # Faust hands the partitions on, so the next owner's recovery reads every write of this one.
+        async with self._state_lock:
+            self.ready = False
+            for partition in {tp.partition for tp in revoked}:
+                self.indexes.pop(partition, None)
+                self.clocks.pop(partition, None)
+
+    def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
+        """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
+        keeps entries of revoked partitions it wrote itself, so they are filtered out here."""
+        owned = {tp.partition for tp in self.nudge.app.assignor.assigned_actives()}
+        # The memory store remembers the changelog partition of each key it recovered.
+        recovered = getattr(self.nudge.leads.data, "_key_partition", {})
+        for key, raw in list(self.nudge.leads.data.items()):  # the store: reading it writes no changelog
+            partition = self.lead_partition.get(key, recovered.get(key))
+            if partition is not None and partition in owned and raw is not None:
+                self.lead_partition[key] = partition
+                yield key, raw, partition
+
+    async def _rebuild_index(self) -> None:
+        """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
+        self.indexes.clear()
+        for key, raw, partition in self._owned_entries():
+            lead_id = key.decode()
+            state = self._decode_state(lead_id, raw)
+            if state is not None:
+                self.index(partition).set(lead_id, partition, pending_deadlines(self.rules, state))
+        self.ready = True
+        log.info(
+            "deadline index rebuilt: %d leads, %d deadlines",
+            sum(len(index) for index in self.indexes.values()),
+            self.pending_deadlines,
+        )
+
+    # --- the agent ------------------------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        try:
+            async for batch in self.input.batches(self.settings.batch_size, self.settings.batch_within_s):
+                metrics.BATCH_SIZE.observe(len(batch))
+                await self.process_batch(batch)
+                self.input.ack(batch)  # after process_batch flushed its output: the offsets may be committed
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # every input is guarded, so this is a bug: stop rather than skip input
+            log.critical("the worker's input loop failed; stopping the worker", exc_info=True)
+            await self.nudge.app.crash(exc)
+            raise
+
+    async def process_batch(self, batch: Sequence[Message]) -> None:
+        async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
+            by_lead: dict[str, list[Input]] = {}
+            for message in batch:
+                try:
+                    lead_id, item = self._decode(message)
+                except BadInput as bad:
+                    await self._dead_letter(message, bad.reason, bad.detail)
+                    continue
+                by_lead.setdefault(lead_id, []).append((message, item, None))
+            for partition, event_ms in self._latest_event_ms.items():
+                self.clock(partition).observe(event_ms)
+            self._latest_event_ms.clear()
+            handovers: list[tuple[str, str, int, int]] = []
+            for n, (lead_id, inputs) in enumerate(by_lead.items(), 1):
+                partition = inputs[-1][0].partition  # type: ignore[union-attr]
+                await self._process_lead_guarded(lead_id, inputs, partition, handovers)
+                if n % YIELD_EVERY_LEADS == 0:
+                    await asyncio.sleep(0)  # let the consumer keep fetching while a large batch is evaluated
+            await self._hand_over(handovers)
+            # Deadlines due on the clocks this batch moved fire now, not only on the timer's next turn.
+            for partition in list(self.indexes):
+                await self._fire_due_locked(partition, self.clock(partition).now_ms(), TICKS_PER_CHUNK)
+            await self.output.flush()  # before the batch is acknowledged: see engine/worker/faust_ext/batched_output.py
+        for event_type, count in self._consumed.items():
+            self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
+        self._consumed.clear()
+
+    def _decode(self, message: Message) -> tuple[str, Event | Control]:
+        if message.topic == self._handovers_topic:
+            try:
+                return parse_control(message.value)
+            except BadControl as exc:
+                raise BadInput("bad_control", str(exc)) from None
+        try:
+            event = parse_event(message.value)
+        except InvalidEvent as exc:
+            raise BadInput(exc.reason, exc.detail) from None
+        key = _key_text(message.key)
+        if key != event.lead_id:
+            raise BadInput(
+                "wrong_key",
+                f"clickstream record key {key!r} is not the event's lead id {event.lead_id!r}; producers "
+                "must key records by userId (else anonymousId) so each lead's events share a partition",
+            )
+        self._consumed[event.type] = self._consumed.get(event.type, 0) + 1  # counted once per batch
+        latest = self._latest_event_ms
+        if event.timestamp_ms > latest.get(message.partition, -1):
+            latest[message.partition] = event.timestamp_ms  # the clocks see each partition's maximum once
+        return event.lead_id, event
+
+    async def _process_lead_guarded(
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
+    ) -> None:
+        try:
+            await self._process_lead(lead_id, inputs, partition, handovers)
+        except Exception as exc:  # e.g. an action the core built from absurd input cannot be serialized
+            log.exception("processing lead %s failed", lead_id)
+            for source, item, _ in inputs:
+                await self._dead_letter(
+                    source, "worker_error", f"{type(exc).__name__}: {exc}", lead_id=lead_id, item=item,
+                    partition=partition,
+                )
+
+    async def _process_lead(
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
+    ) -> None:
+        """Evaluate one lead's inputs in order, write its state once, emit what the core produced."""
+        key = lead_id.encode()
+        raw = self.changelog.get(key)
+        state = self._decode_state(lead_id, raw) if raw is not None else None
+        if raw is not None and state is None:
+            await self._dead_letter(
+                inputs[0][0], "bad_state", "stored lead state could not be decoded", raw, lead_id=lead_id,
+                partition=partition,
+            )
+        try:
+            # The decoded state is private to this call, so the core may update it in place.
+            outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=True)
+        except InPlaceFailed:
+            # An input the core raised on: redo the lead on copies, so that input alone is dropped.
+            state = self._decode_state(lead_id, raw) if raw is not None else None
+            outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=False)
+        now_ms = wall_ms()
+        for deadline_ms in outcome.fired_deadlines:
+            metrics.DEADLINE_LAG.observe(max(0.0, (now_ms - deadline_ms) / 1000))
+        for source, item, reason, detail in outcome.rejected:
+            await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
+        new_raw = outcome.state.to_bytes() if outcome.state is not None else None
+        if new_raw != raw:
+            self.changelog.put(partition, key, new_raw)
+        self.lead_partition[key] = partition
+        if outcome.deadlines is not None:
+            self.index(partition).set(lead_id, partition, outcome.deadlines)
+        for action, kind in outcome.actions:
+            self._emit(action, kind)
+        if self.nudge.lead_updates is not None:
+            for update in outcome.updates:
+                self.output.send(self.nudge.lead_updates.get_topic_name(), key, orjson.dumps(update))
+        for known_id, state_bytes in outcome.merges_out:
+            self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
+        handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
+
+    async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
+        """Identity hand-overs found in this batch: (anonymous id, known id, identify time, known partition).
+
+        When this worker owns the anonymous lead's partition and that partition's event-time clock has passed
+        the identifying event, every event of the anonymous id up to then (within the allowed lateness) has
+        been consumed, so the hand-over is done here and now: nothing to do when the anonymous lead has no
+        state, else its state is deleted and merged into the known lead (whose partition is also ours: we
+        just evaluated its identify). Otherwise only a hand-over record queued behind the partition's
+        unconsumed records can do it right, and one is sent."""
+        if not handovers:
+            return
+        owned = self._owned_partitions() if self.ready else set()
+        partitions = self._partition_count()
+        for anonymous_id, known_id, event_ms, known_partition in handovers:
+            partition = default_partition(anonymous_id, partitions)
+            clock = self.clocks.get(partition)
+            if partition not in owned or clock is None or clock.now_ms() < event_ms:
+                self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+                self._series(metrics.HANDOVERS, "sent").inc()
+                continue
+            anonymous_key = anonymous_id.encode()
+            raw = self.changelog.get(anonymous_key)
+            if raw is None:
+                self._series(metrics.HANDOVERS, "nothing_to_move").inc()
+                continue
+            self.changelog.put(partition, anonymous_key, None)
+            self.index(partition).discard(anonymous_id)
+            merge: list[Input] = [(None, MergeIn(anonymous_id, raw), None)]
+            await self._process_lead_guarded(known_id, merge, known_partition, [])
+            self._series(metrics.HANDOVERS, "merged_here").inc()
+
+    def _owned_partitions(self) -> set[int]:
+        topic = self.nudge.clickstream.get_topic_name()
+        return {tp.partition for tp in self.nudge.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def _partition_count(self) -> int:
+        with contextlib.suppress(Exception):  # the consumer's metadata; the setting is the fallback
+            count = self.nudge.app.consumer.topic_partitions(self.nudge.clickstream.get_topic_name())
+            if count:
+                return int(count)
+        return self.settings.partitions
+
+    def _send_control(self, lead_id: str, record: bytes) -> None:
+        """To the lead's partition by the default key partitioner, the one clickstream producers use."""
+        self.output.send(self._handovers_topic, lead_id.encode(), record)
+
+    def _decode_state(self, lead_id: str, raw: bytes) -> LeadState | None:
+        try:
+            return LeadState.from_bytes(raw)
+        except Exception:
+            log.exception("cannot decode state of lead %s", lead_id)
+            return None
+
+    def _emit(self, action: Action, kind: str) -> None:
+        self.output.send(self._actions_topic, action.lead_id.encode(), action.to_bytes())
+        self._series(metrics.RULE_FIRES, action.rule, self._rule_kinds.get(action.rule, kind)).inc()
+        # Due = the later of the triggering event's time and the fire time (a deadline for absence rules), the
+        # same definition as the detection-delay KPI in ClickHouse. `kind`: fired by an event or by a tick.
+        due_ms = max(action.fired_at_ms, action.trigger_time_ms or 0)
+        self._series(metrics.DETECTION_DELAY, kind).observe(max(0.0, (wall_ms() - due_ms) / 1000))
+
+    async def _dead_letter(
+        self,
+        source: Message | None,
+        reason: str,
+        detail: str,
+        payload: bytes | None = None,
+        *,
+        lead_id: str | None = None,
+        item: Any = None,
+        partition: int | None = None,
+    ) -> None:
+        """Dead-letter an input: a consumed record (`source`), or a deadline tick the timer evaluated."""
+        if source is not None:
+            key, topic, offset = source.key, source.topic, source.offset
+            partition = source.partition
+            payload = source.value if payload is None else payload
+        else:
+            key, topic, offset = (lead_id or "").encode(), self._handovers_topic, None
+            if payload is None and isinstance(item, Tick):
+                payload = orjson.dumps({"op": "tick", "lead_id": lead_id, "now_ms": item.now_ms})
+            elif payload is None and isinstance(item, MergeIn):  # an anonymous state merged here: keep it
+                payload = merge_record(lead_id or "", item.from_lead, item.state)
+        record = dead_letter_record(
+            source="worker",
+            reason=reason,
+            detail=detail,
+            payload=payload,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=_key_text(key),
+        )
+        self.output.send(self._dead_letters_topic, key, record)
+        metrics.DEAD_LETTERS.labels("worker", reason).inc()
+
+    # --- the deadline timer ---------------------------------------------------------------------------------
+    async def _fire_due_locked(self, partition: int, now_ms: int, limit: int) -> int:
+        """Evaluate `Tick(now_ms)` for up to `limit` leads of `partition` whose deadline is due; the caller
+        holds the state lock and flushes the changelog. Returns how many leads were due."""
+        index = self.indexes.get(partition)
+        due = index.pop_due(now_ms, limit=limit) if index is not None and self.ready else []
+        for lead in due:
+            tick: list[Input] = [(None, Tick(now_ms), lead.deadline_ms)]
+            await self._process_lead_guarded(lead.lead_id, tick, lead.partition, [])
+        return len(due)
+
+    async def _fire_due_deadlines(self) -> None:
+        budget = MAX_TICKS_PER_ROUND
+        watermarks = []
+        for partition in sorted(self.indexes.keys() | self.clocks.keys()):
+            now_ms = self.clock(partition).now_ms()
+            watermarks.append(now_ms)
+            while budget > 0 and self.ready and partition in self.indexes:
+                # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
+                async with self._state_lock:
+                    fired = await self._fire_due_locked(partition, now_ms, min(budget, TICKS_PER_CHUNK))
+                    await self.output.flush()
+                budget -= fired
+                if fired < TICKS_PER_CHUNK:
+                    break
+                await asyncio.sleep(0)
+        if watermarks:
+            # The slowest partition's clock: what ops need to see when one partition falls behind.
+            metrics.EVENT_TIME_WATERMARK.set(min(watermarks) / 1000)
+        metrics.PENDING_DEADLINES.set(self.pending_deadlines)
+        if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
+            self._last_stats = time.monotonic()
+            self._refresh_stats()
+
+    def _refresh_stats(self) -> None:
+        sizes = [len(raw) for _, raw, _ in self._owned_entries()]
+        metrics.ACTIVE_LEADS.set(len(sizes))
+        metrics.STATE_BYTES.set(sum(sizes))
+        consumer = self.nudge.app.consumer
+        with contextlib.suppress(Exception):  # lag is best effort; Tansu's end offsets are off (dev-stack.md)
+            for tp in self.nudge.app.assignor.assigned_actives():
+                if tp.topic != self.nudge.clickstream.get_topic_name():
+                    continue
+                highwater = consumer.highwater(tp)
+                committed = consumer._committed_offset.get(tp) or 0
+                if highwater is not None:
+                    lag = max(0, highwater - committed)
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)

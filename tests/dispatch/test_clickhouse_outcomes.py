@@ -1,0 +1,103 @@
+"""Every delivery outcome reaches ClickHouse with its action id (through the real sink); no secret does."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiohttp import web
+
+from engine.clickhouse.client import connect
+from engine.clickhouse.sink import Sink
+from engine.config import Settings
+from engine.kafka.topics import DEAD_LETTERS, DELIVERIES
+from tests.connectors.helpers import (
+    Peer,
+    TopicReader,
+    build_dispatcher,
+    make_action,
+    produce_actions,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET = "tok-Sup3rSecret-ch-0001"
+
+
+class EchoingDeadPeer(Peer):
+    async def _handle(self, request: web.Request) -> web.Response:
+        await super()._handle(request)
+        return web.Response(status=503, text=f"unavailable for {request.headers.get('Authorization')}")
+
+
+async def test_outcomes_are_stored_with_action_ids_and_without_secrets(settings: Settings) -> None:
+    ok = await Peer(script=[(500, {}, "once")]).start()
+    dead = await EchoingDeadPeer().start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+    now = datetime.now(UTC)
+    start, end = f"{now - timedelta(hours=1):%H:%M}", f"{now + timedelta(hours=1):%H:%M}"
+    dispatcher = build_dispatcher(
+        settings,
+        f"""
+connectors:
+  ok: {{type: webhook, url: "{ok.url}/in"}}
+  crm:
+    type: crm
+    base_url: "{dead.url}/crm"
+    token: "${{CRM_TOKEN}}"
+    retry: {{max_attempts: 2, base_delay_s: 0}}
+  night: {{type: webhook, url: "{ok.url}/night"}}
+policies:
+  consent: {{connectors: [ok]}}
+  quiet_hours: {{start: {start}, end: {end}, connectors: [night]}}  # unquoted on purpose: YAML 1.1 times
+""",
+        env={"CRM_TOKEN": SECRET},
+    )
+    flaky = make_action("ok")
+    doomed = make_action("crm", marketing=False)
+    unsubscribed = make_action("ok", context={"traits": {"email": "u@example.com", "unsubscribed": True}})
+    deferred = make_action("night", context={"traits": {"timezone": "UTC"}})
+    expected = {
+        flaky.action_id: {"retried", "sent"},
+        doomed.action_id: {"retried", "failed"},
+        unsubscribed.action_id: {"suppressed"},
+        deferred.action_id: {"deferred"},
+    }
+    stop = asyncio.Event()
+    sink = Sink(settings, max_wait_s=0.2)
+    sink_task = asyncio.create_task(sink.run(stop))
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [flaky, doomed, unsubscribed, deferred])
+        await wait_for(lambda: len(deliveries.records) == 6 and dead_letters.records, what="all outcomes")
+        await wait_for(lambda: sink.rows_written >= 4 + 6 + 1, timeout_s=30, what="the sink to store them")
+    finally:
+        stop.set()
+        await asyncio.wait_for(sink_task, 30)
+        await dispatcher.stop()
+        await deliveries.stop()
+        await dead_letters.stop()
+        await ok.stop()
+        await dead.stop()
+    client = connect(settings.clickhouse_dsn)
+    try:  # chDB allows one path per process: close before the next test opens its own
+        rows = client.query(
+            "SELECT action_id, step, reason FROM actions FINAL WHERE step != 'fired'"
+        ).result_rows
+        steps: dict[str, set[str]] = {}
+        for action_id, step, _reason in rows:
+            steps.setdefault(action_id, set()).add(step)
+        assert steps == expected
+        reasons = {(a, s): r for a, s, r in rows}
+        assert reasons[(unsubscribed.action_id, "suppressed")] == "unsubscribed"
+        assert reasons[(deferred.action_id, "deferred")] == "quiet_hours"
+        assert reasons[(doomed.action_id, "failed")] == "retries_exhausted"
+        letters = client.query("SELECT reason, detail, payload FROM dead_letters FINAL").result_rows
+        assert [r[0] for r in letters] == ["retries_exhausted"] and "***" in letters[0][1]
+        everything = repr(client.query("SELECT * FROM actions FINAL").result_rows) + repr(letters)
+        assert SECRET not in everything
+    finally:
+        client.close()

@@ -1,0 +1,80 @@
+"""Crash consistency: the dispatcher dies between claim and send, or between send and mark, and is restarted.
+
+The crash is a `kill()`: tasks cancelled mid-flight, no offset committed, the Redis claim left to expire, like
+a SIGKILL (tests/dispatch/test_dispatch_process.py does it with a real SIGKILL). The restarted dispatcher
+gets the uncommitted action again from Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from engine.config import Settings
+from engine.core.model import Action
+from engine.dispatch.delivery import DeliveryHooks
+from engine.kafka.topics import DELIVERIES
+from tests.connectors.helpers import (
+    Peer,
+    TopicReader,
+    build_dispatcher,
+    make_action,
+    produce_actions,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+CLAIM_TTL_S = 7
+CLAIM_TTL = f"policies:\n  idempotency: {{claim_ttl_s: {CLAIM_TTL_S}}}\n"
+
+
+def config(peer: Peer) -> str:
+    return f"connectors:\n  webhook:\n    type: webhook\n    url: {peer.url}/hook\n{CLAIM_TTL}"
+
+
+def crash_at(point: str, reached: asyncio.Event) -> DeliveryHooks:
+    async def hang(_action: Action) -> None:
+        reached.set()
+        await asyncio.Event().wait()  # frozen until killed
+
+    return DeliveryHooks(**{point: hang})
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_send"])
+async def test_killed_dispatcher_restarts_and_delivers_once_per_id(settings: Settings, point: str) -> None:
+    peer = await Peer().start()
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    reached = asyncio.Event()
+    first = build_dispatcher(settings, config(peer), hooks=crash_at(point, reached))
+    action = make_action("webhook")
+    second = None
+    try:
+        await first.start()
+        await produce_actions(settings, [action])
+        await asyncio.wait_for(reached.wait(), 15)
+        killed_at = time.monotonic()
+        await first.kill()
+        second = build_dispatcher(settings, config(peer))
+        await second.start()
+        restart_s = time.monotonic() - killed_at
+        await wait_for(lambda: deliveries.where(outcome="sent"), what="delivery after restart")
+        if restart_s < CLAIM_TTL_S - 1:
+            # The restarted dispatcher found the dead claim, waited for it to expire, then claimed and sent.
+            assert [r["reason"] for r in deliveries.where(outcome="deferred")] == ["claim_held"]
+        if point == "after_claim":
+            assert peer.ids() == [action.action_id]  # exactly once, even to a peer that does not dedupe
+        else:
+            # Sent before the crash and again after: a deduping peer sees it once; never more than twice.
+            assert peer.ids() == [action.action_id, action.action_id]
+            assert len(set(peer.ids())) == 1
+        assert len(deliveries.where(outcome="sent")) == 1
+        await asyncio.sleep(0.5)  # a late duplicate would show up here
+        assert len(peer.requests) <= 2
+    finally:
+        if second is not None:
+            await second.stop()
+        await deliveries.stop()
+        await peer.stop()

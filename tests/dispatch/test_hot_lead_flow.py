@@ -1,0 +1,133 @@
+"""The hot-lead flow end to end: the shipped rules make a lead SQL, the real dispatcher assigns a rep (real Redis),
+the Slack alert mentions the rep (aiohttp receiver), the rep gets an email (aiosmtpd), the assignment is published
+to `lead-updates`, and the `customer` stage frees the rep. (The SLA path is tested in tests/assignment.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from engine.assignment import Assigner, load_roster
+from engine.config import ConfigError, Settings
+from engine.core import evaluate
+from engine.core.model import Action
+from engine.dispatch.hot_leads import HotLeads, build_assigner
+from engine.events import parse_event
+from engine.kafka.topics import DELIVERIES, LEAD_UPDATES
+from engine.language import load_rules
+from tests.assignment.test_notifications_delivery import Inbox, slack_receiver, smtp_inbox  # noqa: F401
+from tests.connectors.helpers import TopicReader, build_dispatcher, produce_actions, wait_for
+
+pytestmark = pytest.mark.integration
+
+RULES = load_rules([Path(__file__).resolve().parents[2] / "rules"])
+ROSTER = """
+strategy: round_robin
+sla: {ack_within: 15m}
+reps:
+  - {id: dana, name: Dana Smith, email: dana@sales.example, slack_id: U0DANA, capacity: 5}
+"""
+
+
+def lead_actions(lead_id: str) -> list[Action]:
+    """The shipped lead rules on a short journey: sign up, demo request (→ sql), order (→ customer)."""
+    docs = [
+        {"type": "identify", "traits": {"name": "Ada Lovelace", "email": "ada@engines.example", "company": "Engines"}},
+        {"type": "track", "event": "Signed Up", "messageId": "m1"},
+        {"type": "track", "event": "Demo Requested", "messageId": "m2"},
+        {"type": "track", "event": "Order Completed", "messageId": "m3"},
+    ]
+    state, actions = None, []
+    for n, doc in enumerate(docs):
+        doc.update({"userId": lead_id, "timestamp": 1_767_607_200_000 + n * 60_000})
+        result = evaluate(RULES, state, parse_event(doc))
+        state, actions = result.state, actions + result.actions
+    return actions
+
+
+def connectors_yaml(slack_url: str, smtp_port: int) -> str:
+    return f"""
+connectors:
+  slack: {{type: slack, webhook_url: "{slack_url}"}}
+  email: {{type: email, port: {smtp_port}, security: none}}
+"""
+
+
+async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as_customer(
+    settings: Settings,
+    tmp_path: Path,
+    redis_url: str,
+    slack_receiver,  # noqa: F811
+    smtp_inbox,  # noqa: F811
+) -> None:
+    (tmp_path / "reps.yaml").write_text(ROSTER)
+    settings = dataclasses.replace(settings, reps_path=tmp_path / "reps.yaml")
+    slack_url, slack_messages = slack_receiver
+    smtp_port, inbox = smtp_inbox
+    actions = lead_actions("ada")
+    by_template = {a.template: a for a in actions}
+    hot, won = by_template["hot_lead"], by_template["lead_won"]
+    assert hot.payload["assign"] is True and hot.context["stage"] == "sql"
+    assert won.payload["release_owner"] is True and won.context["stage"] == "customer"
+
+    deliveries = await TopicReader(settings, DELIVERIES).start()
+    updates = await TopicReader(settings, LEAD_UPDATES).start()
+    dispatcher = build_dispatcher(settings, connectors_yaml(slack_url, smtp_port))
+    redis = aioredis.Redis.from_url(redis_url)
+    assigner = Assigner(redis, load_roster(settings.reps_path))
+    try:
+        await dispatcher.start()
+        await produce_actions(settings, [hot])
+        await wait_for(lambda: deliveries.where(action_id=hot.action_id, outcome="sent"), what="hot-lead alert sent")
+        await wait_for(lambda: inbox.messages, what="email to the rep")
+
+        [alert] = [m for m in slack_messages if "Hot lead" in m["blocks"][0]["text"]["text"]]
+        assert "<@U0DANA>, this one is yours" in alert["blocks"][0]["text"]["text"]
+        [mail] = inbox.messages
+        assert mail["To"].addresses[0].addr_spec == "dana@sales.example"  # the rep, not the lead
+        assert "Ada Lovelace" in mail["Subject"]
+        body = mail.get_body(("plain",)).get_content()
+        assert "Stage: sql" in body and "/v1/leads/ada/ack" in body
+        owner = await assigner.owner("ada")
+        assert owner is not None and owner.rep_id == "dana"
+        await wait_for(lambda: updates.where(lead_id="ada", kind="assigned"), what="assignment on lead-updates")
+
+        # Replaying the alert assigns nobody new and mails nobody again.
+        await produce_actions(settings, [hot])
+        await wait_for(lambda: deliveries.where(action_id=hot.action_id, outcome="duplicate"), what="duplicate")
+        assert len(inbox.messages) == 1 and len(updates.where(kind="assigned")) == 1
+
+        # The order makes the lead a customer: the won message thanks the rep, and the rep's capacity is free.
+        await produce_actions(settings, [won])
+        await wait_for(lambda: deliveries.where(action_id=won.action_id, outcome="sent"), what="won message sent")
+        assert any("<@U0DANA>" in m["blocks"][0]["text"]["text"] for m in slack_messages if m is not alert)
+        assert await assigner.owner("ada") is None
+        [status] = await assigner.rep_statuses()
+        assert status.open_leads == 0
+    finally:
+        await dispatcher.stop()
+        await deliveries.stop()
+        await updates.stop()
+        await redis.aclose()
+
+
+async def test_without_a_roster_file_alerts_go_out_unassigned_and_a_bad_roster_stops_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = Settings(reps_path=tmp_path / "missing.yaml")
+    assert build_assigner(missing, redis=None) is None  # type: ignore[arg-type]
+    assert "no reps roster at" in caplog.text and "NUDGE_REPS_PATH" in caplog.text
+
+    async def never(*args: object) -> None:
+        raise AssertionError("nothing may be delivered or published without an assigner")
+
+    hot = next(a for a in lead_actions("bo") if a.template == "hot_lead")
+    assert await HotLeads(None, never, never, {"slack", "email"}).prepare(hot) == hot
+
+    (tmp_path / "bad.yaml").write_text("reps:\n  - {id: x, capacity: -1}\n")
+    with pytest.raises(ConfigError, match="NUDGE_REPS_PATH"):
+        build_assigner(Settings(reps_path=tmp_path / "bad.yaml"), redis=None)  # type: ignore[arg-type]

@@ -1,0 +1,123 @@
+"""The worker's event-time clock and deadline index (engine/worker/deadlines.py): pure, driven by a fake wall clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.worker.deadlines import DeadlineIndex, EventClock
+
+
+class FakeWall:
+    def __init__(self, now_ms: int = 1_000_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def test_clock_follows_event_time_minus_lateness() -> None:
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=500, wall=wall)
+    clock.observe(wall.now_ms - 10_000)  # a replay of older events: event time, not wall time, counts
+    assert clock.now_ms() == wall.now_ms - 10_500
+    clock.observe(wall.now_ms - 9_000)
+    assert clock.now_ms() == wall.now_ms - 9_500
+
+
+def test_clock_advances_with_wall_time_when_idle() -> None:
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=500, wall=wall)
+    clock.observe(wall.now_ms)
+    wall.now_ms += 3_000
+    assert clock.now_ms() == wall.now_ms - 500
+
+
+def test_clock_without_events_runs_on_wall_time() -> None:
+    wall = FakeWall()
+    assert EventClock(allowed_lateness_ms=2_000, wall=wall).now_ms() == wall.now_ms - 2_000
+
+
+def test_late_event_does_not_move_the_clock_back() -> None:
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=0, wall=wall)
+    clock.observe(wall.now_ms)
+    wall.now_ms += 1_000
+    before = clock.now_ms()
+    clock.observe(wall.now_ms - 5_000)
+    assert clock.now_ms() >= before
+
+
+def test_event_far_in_the_future_moves_the_clock_only_to_the_skew_bound() -> None:
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=0, max_future_skew_ms=60_000, wall=wall)
+    clock.observe(wall.now_ms + 86_400_000)
+    assert clock.now_ms() == wall.now_ms + 60_000
+
+
+def test_negative_lateness_is_refused() -> None:
+    with pytest.raises(ValueError, match="lateness"):
+        EventClock(allowed_lateness_ms=-1)
+
+
+def test_index_pops_due_leads_once_earliest_first() -> None:
+    index = DeadlineIndex()
+    index.set("a", 0, [300, 100])
+    index.set("b", 1, [200])
+    index.set("c", 2, [900])
+    assert index.pending_deadlines == 4
+    due = index.pop_due(250)
+    assert [(d.lead_id, d.partition, d.deadline_ms) for d in due] == [("a", 0, 100), ("b", 1, 200)]
+    assert index.pop_due(250) == [], "a lead handed out is not handed out again while its tick is in flight"
+    assert index.pending_deadlines == 1 and len(index) == 1
+    index.set("a", 0, [300])  # the agent evaluated the tick: the lead's remaining deadline comes back
+    assert [d.lead_id for d in index.pop_due(1_000)] == ["a", "c"]
+
+
+def test_set_replaces_a_leads_deadlines() -> None:
+    index = DeadlineIndex()
+    index.set("a", 0, [100])
+    index.set("a", 0, [500])  # e.g. another item added to the cart: the abandonment deadline moved
+    assert index.pop_due(400) == []
+    index.set("a", 0, [])  # e.g. a purchase: nothing pending
+    assert index.pop_due(10_000) == [] and index.pending_deadlines == 0
+
+
+def test_discard_partitions_forgets_revoked_leads() -> None:
+    index = DeadlineIndex()
+    index.set("a", 0, [100])
+    index.set("b", 1, [100])
+    index.discard_partitions({1})
+    assert [d.lead_id for d in index.pop_due(100)] == ["a"]
+
+
+def test_limit_bounds_one_round() -> None:
+    index = DeadlineIndex()
+    for n in range(10):
+        index.set(f"l{n}", 0, [n])
+    assert len(index.pop_due(100, limit=3)) == 3
+    assert len(index.pop_due(100)) == 7
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.lists(st.integers(0, 1_000), max_size=3)), max_size=200))
+def test_index_agrees_with_a_plain_dict(ops: list[tuple[int, list[int]]]) -> None:
+    """Whatever the sequence of replacements (and heap compactions), the due set is the dict's due set."""
+    index = DeadlineIndex()
+    model: dict[str, list[int]] = {}
+    for lead_no, deadlines in ops:
+        lead = f"lead{lead_no}"
+        index.set(lead, 0, deadlines)
+        model[lead] = deadlines
+    expected = sorted((min(d), lead) for lead, d in model.items() if d and min(d) <= 500)
+    got = [(d.deadline_ms, d.lead_id) for d in index.pop_due(500)]
+    assert got == expected
+    assert index.pending_deadlines == sum(len(d) for d in model.values() if d and min(d) > 500)
+
+
+def test_superseded_entries_do_not_pile_up() -> None:
+    index = DeadlineIndex()
+    for n in range(5_000):  # a busy shopper: every event moves the deadline
+        index.set("busy", 0, [10_000 + n])
+    assert len(index._heap) <= 2 * len(index) + 1025
+    assert [(d.lead_id, d.deadline_ms) for d in index.pop_due(20_000)] == [("busy", 14_999)]
