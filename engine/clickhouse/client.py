@@ -1,20 +1,5 @@
-"""One place that turns a DSN into a ClickHouse client, the same API for chDB (embedded) and a ClickHouse
-server.
-
-Accepted DSNs:
-- `chdb:///abs/path` — embedded chDB with its data in that directory (persistent). One process owns a path;
-  a second process opening it fails with "Cannot lock file", which `connect` turns into a
-  `ClickHouseUnavailable` that says so.
-- `chdb://memory` — embedded, in memory (tests, throw-away runs).
-- `http(s)://user:pass@host:8123/db` — a ClickHouse server over HTTP(S) (production).
-
-Contract: `connect(dsn)` returns a connected synchronous `clickhouse_connect` client or raises
-`ClickHouseUnavailable` (server unreachable, path locked) / `ConfigError` (a DSN Nudge does not understand).
-The client is synchronous: async callers go through `asyncio.to_thread` (chDB has no async client).
-
-chDB allows one engine path per *process* as well: opening a second path while a client on the first is open
-raises. Close clients (`client.close()`) before switching paths.
-"""
+"""One place that turns a DSN into a ClickHouse client, the same synchronous API for chDB (embedded) and a
+ClickHouse server. Async callers go through `asyncio.to_thread` (chDB has no async client)."""
 
 from __future__ import annotations
 
@@ -47,6 +32,7 @@ def redact(dsn: str) -> str:
 
 
 def validate_dsn(dsn: str) -> None:
+    """Raise `ConfigError` (with the fix) for a DSN `connect` does not accept; no I/O."""
     parsed = urlparse(dsn)
     if parsed.scheme not in SCHEMES:
         raise ConfigError(
@@ -64,7 +50,15 @@ def validate_dsn(dsn: str) -> None:
 
 
 def connect(dsn: str, **settings: object) -> Client:
-    """A connected client for `dsn`; ClickHouse settings (e.g. `max_execution_time`) as keywords."""
+    """A connected synchronous `clickhouse_connect` client for `dsn`; ClickHouse settings (e.g.
+    `max_execution_time`) as keywords.
+
+    DSNs: `chdb:///abs/path` (embedded chDB, persistent in that directory), `chdb://memory` (embedded, in memory:
+    tests, throw-away runs), `http(s)://user:pass@host:8123/db` (a ClickHouse server). Raises `ConfigError` for a
+    DSN Nudge does not understand and `ClickHouseUnavailable` when the server is unreachable or the store cannot
+    be opened: one process owns a chDB path (a second one fails with "Cannot lock file"), and chDB allows one
+    engine path per process as well, so close a client (`client.close()`) before switching paths.
+    """
     validate_dsn(dsn)
     try:
         return clickhouse_connect.get_client(dsn=dsn, settings=dict(settings) or None)

@@ -1,10 +1,5 @@
-"""Read history back out of the store: stored events as `Event`s (for replay) and the actions that fired.
-
-Contract: read-only, `FINAL` (each event and action once). Events come back as the worker saw them: the
-raw JSON re-parsed with the stored receive time, so the event time and message id are the ones the live
-rules used. Rows whose raw JSON no longer parses (an older parser accepted them) are skipped and counted
-in `skipped`.
-"""
+"""Read history back out of the store (read-only, `FINAL`: each event and action once): stored events as `Event`s
+for replay, and the actions that fired."""
 
 from __future__ import annotations
 
@@ -26,7 +21,9 @@ class FiredAction:
 
 
 class EventReader:
-    """Streams stored events in event-time order; `skipped` counts rows that no longer parse."""
+    """Streams stored events in event-time order, as the worker saw them: the raw JSON re-parsed with the stored
+    receive time, so the event time and message id are the ones the live rules used. Rows whose raw JSON no
+    longer parses (an older parser accepted them) are skipped and counted in `skipped`."""
 
     def __init__(self, client: Client) -> None:
         self.client = client

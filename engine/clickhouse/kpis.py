@@ -1,26 +1,6 @@
-"""KPI queries over the Nudge store. Each function takes a client and a time window, returns plain Python
-values.
-
-Contract: read-only; every query reads `FINAL` so rows the sink wrote twice (crash between insert and
-commit) are counted once. Windows are half-open `[since_ms, until_ms)` in UTC epoch milliseconds.
-Definitions (README, "ClickHouse" → KPIs):
-- funnel: distinct leads that did Product Viewed → Product Added → Checkout Started → Order Completed in
-  that order (ClickHouse `windowFunnel`, default window 7 days), by event time inside the window.
-- abandonment: of the leads with a Product Added in the window, those with no Order Completed at or after
-  their last Product Added.
-- nudges per rule: distinct action ids per rule and lifecycle step (fired, sent, failed, suppressed, ...).
-- recovered carts: orders (Order Completed) placed within 24 h after a fired *marketing* action to the
-  same lead; each order is attributed once, to the latest such nudge (last touch). Revenue =
-  properties.revenue, else total.
-- detection delay: wall clock the worker emitted the action (Kafka record time) minus the later of the
-  triggering event's time and the rule's fire time (a deadline for abandonment rules), per rule, p50/p95
-  (`quantileExact`).
-- delivery delay: first `sent` outcome minus the fired action's emit time, per connector, p50/p95.
-- hot leads per rep: leads with a fired non-marketing action (a sales alert), by the rep in the first
-  alert's context (`owner`/`rep`), else the lead's latest owner from `assigned`/`reassigned` lead
-  updates; time to first touch = the first lead update of a touch kind (ack, contacted, ...) or the
-  `acked_at_ms` of an assignment record, minus the first alert.
-"""
+"""KPI queries over the Nudge store. Each function takes a client and a half-open window `[since_ms, until_ms)` in
+UTC epoch milliseconds and returns plain Python values. Read-only; every query reads `FINAL`, so rows the sink
+wrote twice (a crash between insert and commit) are counted once."""
 
 from __future__ import annotations
 
@@ -47,6 +27,7 @@ def parse_since(text: str) -> int:
 
 
 def window(since: str, now_ms: int | None = None) -> tuple[int, int]:
+    """`(since_ms, until_ms)` of the window of length `since` (e.g. "7d") ending at `now_ms` (default now)."""
     until_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     return until_ms - parse_since(since), until_ms
 
@@ -70,6 +51,8 @@ def _ratio(part: float, whole: float) -> float | None:
 def funnel(
     client: Client, since_ms: int, until_ms: int, window_ms: int = FUNNEL_WINDOW_MS
 ) -> list[dict[str, Any]]:
+    """Distinct leads that did Product Viewed → Product Added → Checkout Started → Order Completed in that order
+    (ClickHouse `windowFunnel`, default window 7 days), by event time inside the window."""
     conditions = ", ".join(f"name = '{step}'" for step in FUNNEL_STEPS)
     sql = f"""
         SELECT level, count() FROM (
@@ -95,6 +78,8 @@ def funnel(
 
 
 def abandonment(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Of the leads with a Product Added in the window, those with no Order Completed at or after their last
+    Product Added."""
     sql = f"""
         SELECT countIf(last_add > 0), countIf(last_add > 0 AND last_order < last_add) FROM (
             SELECT lead_id,
@@ -109,6 +94,7 @@ def abandonment(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
 
 
 def nudges_per_rule(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    """Distinct action ids per rule and lifecycle step (fired, sent, failed, suppressed, ...)."""
     sql = f"""
         SELECT rule, step, uniqExact(action_id) FROM actions FINAL
         WHERE {_in_window("at")} GROUP BY rule, step ORDER BY rule, step"""
@@ -119,6 +105,9 @@ def nudges_per_rule(client: Client, since_ms: int, until_ms: int) -> list[dict[s
 
 
 def recovered(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Recovered carts: orders (Order Completed) placed within 24 h after a fired *marketing* action to the same
+    lead; each order is attributed once, to the latest such nudge (last touch). Revenue = properties.revenue,
+    else total."""
     sql = f"""
         SELECT rule, count(), sum(revenue) FROM (
             SELECT o.message_id, any(o.revenue) AS revenue, argMax(n.rule, n.t) AS rule
@@ -148,6 +137,8 @@ def _quantiles(rows: list[tuple[Any, ...]], key: str) -> list[dict[str, Any]]:
 
 
 def detection_delay(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Wall clock the worker emitted the action (Kafka record time) minus the later of the triggering event's
+    time and the rule's fire time (a deadline for abandonment rules), per rule, p50/p95 (`quantileExact`)."""
     inner = f"""
         SELECT rule, {_ms("emitted_at")} - greatest({_ms("fired_at")}, ifNull({_ms("trigger_time")}, 0)) AS d
         FROM actions FINAL
@@ -170,6 +161,7 @@ def detection_delay(client: Client, since_ms: int, until_ms: int) -> dict[str, A
 
 
 def delivery_delay(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    """First `sent` outcome minus the fired action's emit time, per connector, p50/p95."""
     sql = f"""
         SELECT connector, count(), quantileExact(0.5)(d), quantileExact(0.95)(d) FROM (
             SELECT s.connector AS connector, s.t - f.t AS d
@@ -186,6 +178,10 @@ def delivery_delay(client: Client, since_ms: int, until_ms: int) -> list[dict[st
 
 
 def hot_leads(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    """Leads with a fired non-marketing action (a sales alert), by the rep in the first alert's context
+    (`owner`/`rep`), else the lead's latest owner from `assigned`/`reassigned` lead updates; time to first touch
+    = the first lead update of a touch kind (ack, contacted, ...) or the `acked_at_ms` of an assignment record,
+    minus the first alert."""
     kinds = ", ".join(f"'{k}'" for k in TOUCH_KINDS)
     acked = "JSONExtractInt(payload, 'acked_at_ms')"
     sql = f"""

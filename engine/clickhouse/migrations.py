@@ -1,12 +1,4 @@
-"""Apply the schema migrations (engine/clickhouse/schema.py) at start-up; idempotent, safe to run
-concurrently.
-
-Contract: `migrate(client)` creates the bookkeeping table if needed, applies every migration whose version
-is not recorded yet, in version order, and records it afterwards. Each statement is idempotent, so a process
-that dies between a statement and the record simply reapplies it next time; two processes migrating at once
-end in the same schema (the bookkeeping table is a ReplacingMergeTree keyed by version). Returns the
-versions it applied.
-"""
+"""Apply the schema migrations (engine/clickhouse/schema.py) at start-up; idempotent, safe to run concurrently."""
 
 from __future__ import annotations
 
@@ -28,11 +20,16 @@ def _ensure_bookkeeping(client: Client) -> None:
 
 
 def applied_versions(client: Client) -> set[int]:
+    """Versions recorded as applied (creates the bookkeeping table when missing)."""
     _ensure_bookkeeping(client)
     return {int(row[0]) for row in client.query(f"SELECT version FROM {MIGRATIONS_TABLE} FINAL").result_rows}
 
 
 def migrate(client: Client, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply every migration whose version is not recorded yet, in version order, record each afterwards and
+    return the versions applied. Each statement is idempotent, so a process that dies between a statement and the
+    record reapplies it next time; two processes migrating at once end in the same schema (the bookkeeping table
+    is a ReplacingMergeTree keyed by version). Raises the client's errors."""
     done = applied_versions(client)
     applied: list[int] = []
     for migration in sorted(migrations, key=lambda m: m.version):

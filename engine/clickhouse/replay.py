@@ -1,18 +1,4 @@
-"""Dry run of a rule set over stored history, compared with what actually fired. Nothing is sent.
-
-Contract: `replay(client, rules, since_ms, until_ms, horizon_ms)` takes every lead that had an event or a
-fired action in the window, reads its whole stored history up to `until_ms` (so lead state — sequences,
-scores, cooldowns, pending deadlines — is rebuilt as the live worker had it), runs the same pure core the
-live worker runs (`engine.core.simulate`, deadlines flushed) and compares, per rule, the actions it would
-fire inside the window with the actions stored as fired inside the window, by action id (deterministic:
-rule, rule version, lead, trigger). Actions the replay fires after `horizon_ms` (deadlines the live
-watermark cannot have reached yet: now minus the allowed lateness) are reported as `pending`, not as
-differences.
-
-Known limits: history older than the events table's TTL is gone; a lead with neither events nor live
-actions in the window is not replayed (a new rule's long deadline for it would be missed); and a changed
-rule has a new version, so its action ids differ from the live ones by design (compare the counts then).
-"""
+"""Dry run of a rule set over stored history, compared with what actually fired. Nothing is sent."""
 
 from __future__ import annotations
 
@@ -58,6 +44,19 @@ class ReplayResult:
 
 
 def replay(client: Client, rules: RuleSet, since_ms: int, until_ms: int, horizon_ms: int) -> ReplayResult:
+    """Per rule, the actions `rules` would fire inside the window next to the actions stored as fired there.
+
+    Takes every lead that had an event or a fired action in the window and reads its whole stored history up to
+    `until_ms` (so lead state, i.e. sequences, scores, cooldowns and pending deadlines, is rebuilt as the live
+    worker had it), runs the live worker's pure core (`engine.core.simulate`, deadlines flushed) and matches by
+    action id (deterministic: rule, rule version, lead, trigger). Actions the replay fires after `horizon_ms`
+    (deadlines the live watermark cannot have reached yet: now minus the allowed lateness) count as `pending`,
+    not as differences. Read-only; nothing is sent.
+
+    Known limits: history older than the events table's TTL is gone; a lead with neither events nor live actions
+    in the window is not replayed (a new rule's long deadline for it would be missed); and a changed rule has a
+    new version, so its action ids differ from the live ones by design (compare the counts then).
+    """
     reader = EventReader(client)
     events = list(reader.events(since_ms, until_ms))
     # Whole histories rebuild each lead's state; only what fires inside the window is compared.

@@ -1,21 +1,5 @@
-"""Kafka records → ClickHouse rows, one pure function per topic. No I/O.
-
-Contract: `to_row(record)` returns `(table, values)` with the values in `COLUMNS[table]` order (each
-converter builds a column → value dict, so a row reads like the schema), or raises
-`UnstorableRecord(reason)` for a record the sink cannot store — never anything else, whatever the bytes
-(the reason is a stable code for a metric label). Invalid clickstream events are the worker's business
-(it dead-letters them); the sink only skips and counts them.
-
-Row mapping:
-- `clickstream` → `events`: normalised Segment fields + the raw JSON; `revenue` = properties.revenue, else
-  .total.
-- `actions` → `actions` row with step `fired`: `at` = `fired_at` (event time), `emitted_at` = the Kafka
-  record timestamp (wall clock when the worker emitted it; detection delay starts from trigger/fire time).
-- `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
-  duplicate), `at` = when the dispatcher recorded it (wall clock).
-- `dead-letters` → `dead_letters`; `lead-updates` → `lead_updates` (stored generically: kind + JSON
-  payload).
-"""
+"""Kafka records → ClickHouse rows, one pure function per topic (each builds a column → value dict, so a row reads
+like the schema). No I/O."""
 
 from __future__ import annotations
 
@@ -288,7 +272,18 @@ _CONVERTERS = {
 
 
 def to_row(record: Record) -> tuple[str, list[Any]]:
-    """(table, values in `COLUMNS[table]` order); `UnstorableRecord` for anything that cannot become a row."""
+    """(table, values in `COLUMNS[table]` order), or `UnstorableRecord(reason)` for a record the sink cannot
+    store, never anything else, whatever the bytes (the reason is a stable code for a metric label). Invalid
+    clickstream events are the worker's business (it dead-letters them); the sink only skips and counts them.
+
+    - `clickstream` → `events`: normalised Segment fields + the raw JSON; `revenue` = properties.revenue, else
+      .total.
+    - `actions` → `actions` row with step `fired`: `at` = `fired_at` (event time), `emitted_at` = the Kafka
+      record timestamp (wall clock when the worker emitted it).
+    - `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
+      duplicate), `at` = when the dispatcher recorded it (wall clock).
+    - `dead-letters` → `dead_letters`; `lead-updates` → `lead_updates` (stored generically: kind + JSON payload).
+    """
     converter = _CONVERTERS.get(record.kind)
     if converter is None:
         raise UnstorableRecord("unknown_topic")

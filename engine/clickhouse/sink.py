@@ -1,31 +1,5 @@
-"""The ClickHouse sink: Kafka topics → batched, deduplicated inserts, offsets committed only after
-ClickHouse accepted.
-
-Contract:
-- Consumes `clickstream`, `actions`, `deliveries`, `dead-letters` and `lead-updates` (consumer group
-  `<app_id>-sink`, from the earliest offset when the group is new) and writes `events`, `actions`,
-  `dead_letters` and `lead_updates` rows (engine/clickhouse/rows.py).
-- A batch closes at `max_rows` records or `max_wait_s` after its first record, whichever comes first. Each
-  table's rows are inserted with an `insert_deduplication_token` derived from the batch's offset ranges, so
-  an insert retried after an ambiguous failure (timeout after the server wrote it) is dropped by ClickHouse.
-  Offsets are committed only after every table of the batch was accepted: a crash before the commit re-reads
-  the batch, and the re-inserted rows (possibly cut differently, so with another token) collapse with the
-  first copy because every table is a ReplacingMergeTree keyed by a natural id and queries read `FINAL`.
-  At-least-once delivery into an idempotent store: nothing lost, nothing counted twice.
-- ClickHouse down or refusing: the insert is retried with exponential backoff (`backoff_initial_s` doubling
-  up to `backoff_max_s`) forever; meanwhile every assigned partition is paused, so the sink stops consuming
-  (back-pressure; the backlog waits in Kafka, not in memory) while still polling so the group does not evict
-  it.
-- Records it cannot store (invalid events — the worker dead-letters those —, malformed JSON) are skipped and
-  counted in `nudge_sink_skipped_records_total`; their offsets are committed with the batch. A row the client
-  cannot encode for its column (say a priority beyond Int16) is found by bisecting the insert, skipped and
-  counted (`reason="rejected_row"`, `topic` = the table): one bad record never blocks the sink.
-- On stop (`stop` event set) the current batch is flushed when ClickHouse accepts it; if ClickHouse is down
-  it is abandoned uncommitted (it will be read again on the next start).
-- Metrics: rows, insert latency and errors per table; buffered rows per table.
-
-The sink is the one process that owns an embedded chDB store (chDB allows one process per path).
-"""
+"""The ClickHouse sink of `nudge sink`: Kafka topics → batched, deduplicated inserts, offsets committed only after
+ClickHouse accepted them."""
 
 from __future__ import annotations
 
@@ -102,7 +76,34 @@ class Batch:
 
 
 class Sink:
-    """Kafka → ClickHouse writer; the module docstring states its guarantees. `await Sink(...).run(stop)`."""
+    """Kafka → ClickHouse writer: `await Sink(settings).run(stop)`. The one process that owns an embedded chDB
+    store (chDB allows one process per path).
+
+    Consumes `clickstream`, `actions`, `deliveries`, `dead-letters` and `lead-updates` (consumer group
+    `<app_id>-sink`, from the earliest offset when the group is new) and writes `events`, `actions`,
+    `dead_letters` and `lead_updates` rows (`engine.clickhouse.rows`).
+
+    Batching: a batch closes at `max_rows` records or `max_wait_s` after its first record, whichever comes first.
+
+    Commit and idempotency: each table's rows are inserted with an `insert_deduplication_token` derived from the
+    batch's offset ranges, so an insert retried after an ambiguous failure (a timeout after the server wrote it)
+    is dropped by ClickHouse. Offsets are committed only after every table of the batch was accepted: a crash
+    before the commit re-reads the batch, and the re-inserted rows (possibly cut differently, so with another
+    token) collapse with the first copy because every table is a ReplacingMergeTree keyed by a natural id and
+    queries read `FINAL`. At-least-once into an idempotent store: nothing lost, nothing counted twice.
+
+    Back-pressure: ClickHouse down or refusing → the insert is retried with exponential backoff
+    (`backoff_initial_s` doubling up to `backoff_max_s`) forever; meanwhile every assigned partition is paused, so
+    the sink stops consuming (the backlog waits in Kafka, not in memory) while still polling so the group does not
+    evict it. A rebalance during an outage gives up the unwritten batch; it is read again from the committed
+    offsets.
+
+    Errors: records it cannot store (invalid events, which the worker dead-letters; malformed JSON) are skipped
+    and counted in `nudge_sink_skipped_records_total`, their offsets committed with the batch. A row the client
+    cannot encode for its column (say a priority beyond Int16) is found by bisecting the insert, skipped and
+    counted (`reason="rejected_row"`, `topic` = the table): one bad record never blocks the sink. A locked
+    embedded store raises `ClickHouseUnavailable` (waiting would not heal it).
+    """
 
     def __init__(
         self,
@@ -249,7 +250,8 @@ class Sink:
         )
 
     async def flush(self, stop: asyncio.Event) -> bool:
-        """Insert each table of the batch, then commit its offsets. False: the batch was not written."""
+        """Insert each table of the open batch (retrying while ClickHouse is down, see the class), then commit its
+        offsets. False: the batch was not written (stopping, or a rebalance took it away)."""
         async with self._lock:
             batch = self._batch
             if not batch.records:
@@ -345,7 +347,9 @@ class Sink:
         return {}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Consume and write until `stop` is set; flushes the last batch on the way out."""
+        """Consume and write until `stop` is set. On the way out the current batch is flushed when ClickHouse
+        accepts it; if ClickHouse is down it is abandoned uncommitted (read again on the next start). Closes the
+        consumer and the client in any case."""
         stop = stop or asyncio.Event()
         try:
             if not await self._open(stop):

@@ -1,17 +1,5 @@
 """The connectors file (`connectors.yaml`): which connectors exist, their options, and the delivery policies.
-
-Contract:
-- `load_connectors(path, env)` reads the YAML, substitutes `${VAR}` / `${VAR:-default}` from the environment
-  in every string value (secrets stay out of the file), validates each connector against its own model (`type`
-  picks the connector module) and returns a `ConnectorsFile`. Nothing is connected here.
-- Every problem raises `ConfigError` naming the file, the line, the dotted path of the value, what is wrong
-  and how to fix it; an unset variable without a default is named. Secret values never appear in these
-  messages.
-- Shape: `templates_dir` (optional), `defaults` (options merged into every connector), `connectors` (name →
-  options with `type`), `policies` (`idempotency`, `caps`, `quiet_hours`, `consent`) and `dispatcher`
-  (tuning). A connector's `retry` and `circuit` options are delivery policy: they are split off into
-  `ConnectorsFile.delivery` and never reach the connector.
-"""
+Loading only: nothing is connected here."""
 
 from __future__ import annotations
 
@@ -163,6 +151,20 @@ def parse_connectors(
     source: str = "connectors.yaml",
     base_dir: Path | None = None,
 ) -> ConnectorsFile:
+    """Validate the text of a connectors file (`source` names it in messages; `base_dir` resolves a relative
+    `templates_dir`).
+
+    Shape: `templates_dir` (optional), `defaults` (options merged into every connector), `connectors` (name →
+    options with `type`, which picks the connector module and its config model), `policies` (`idempotency`,
+    `caps`, `quiet_hours`, `consent`, `default_timezone`) and `dispatcher` (tuning). A connector's `retry` and
+    `circuit` options are delivery policy: they go to `ConnectorsFile.delivery` and never reach the connector.
+    `${VAR}` / `${VAR:-default}` in any string value is taken from `env` (default: the process environment), so
+    secrets stay out of the file.
+
+    Raises `ConfigError` for every problem, naming the file, the line, the dotted path of the value, what is
+    wrong and how to fix it; an unset variable without a default is named. Secret values never appear in these
+    messages.
+    """
     env = dict(os.environ if env is None else env)
     located = _Located(text)
 
@@ -246,6 +248,7 @@ def _validate(model: type[BaseModel], data: Any, path: tuple[Any, ...], fail: An
 
 
 def load_connectors(path: Path | str, env: dict[str, str] | None = None) -> ConnectorsFile:
+    """`parse_connectors` of the file at `path`; an unreadable file is a `ConfigError` too."""
     path = Path(path)
     try:
         text = path.read_text()

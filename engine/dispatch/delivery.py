@@ -1,22 +1,4 @@
-"""One action's way through the delivery policies to its connector, ending in exactly one `Outcome`.
-
-Order, and why:
-1. Unknown connector name → `failed` (dead letter): the connectors file and the rules disagree.
-2. Circuit open → the attempt fails fast (`circuit_open`, counts against the retry budget) and is rescheduled:
-   a dead peer costs no timeouts and cannot hold slots other connectors need.
-3. Inside the connector's concurrency slot (so a claim never ages while it waits for a slot): claim the action
-   id in Redis. `done` → `duplicate`; held by someone else (in flight elsewhere, or a crashed attempt) →
-   recheck when the claim expires (`deferred`, reason `claim_held`).
-4. Consent (marketing actions on connectors that obey it) → `suppressed` with the reason.
-5. Quiet hours in the lead's timezone, then frequency caps → `deferred` to the next allowed time, or
-   `suppressed` (`quiet_hours_drop` / `frequency_cap_drop`) when the rule says `on_cap: drop`.
-6. Send. Accepted → mark done → `sent`. Retryable failure → `retried` with the next attempt time (backoff,
-   jitter, Retry-After), or `failed` + dead letter once `retry.max_attempts` is spent. Permanent failure →
-   `failed` + dead letter. `SkipDelivery` → `suppressed`.
-Everything that waits (deferred, retried, held) is written to the durable `Schedule` before the outcome is
-returned, so the caller may commit the Kafka offset. Contract: `deliver()` never raises for a problem with the
-action or the peer; it raises only when Redis itself fails (the caller then retries the whole action later).
-"""
+"""One action's way through the delivery policies to its connector, ending in exactly one `Outcome`."""
 
 from __future__ import annotations
 
@@ -96,7 +78,26 @@ class DeliveryHooks:
 
 
 class Deliverer:
-    """Runs one `Job` through the policies and its connector; the module docstring states the order."""
+    """Runs one `Job` through the delivery policies and its connector (`deliver`). Safe to call concurrently.
+
+    Order, and why:
+    1. Unknown connector name → `failed` (dead letter): the connectors file and the rules disagree.
+    2. Circuit open → the attempt fails fast (`circuit_open`, counts against the retry budget) and is
+       rescheduled: a dead peer costs no timeouts and cannot hold slots other connectors need.
+    3. Inside the connector's concurrency slot (so a claim never ages while it waits for a slot): claim the action
+       id in Redis. `done` → `duplicate`; held by someone else (in flight elsewhere, or a crashed attempt) →
+       recheck when the claim expires (`deferred`, reason `claim_held`).
+    4. Consent (marketing actions on connectors that obey it) → `suppressed` with the reason.
+    5. Quiet hours in the lead's timezone, then frequency caps → `deferred` to the next allowed time, or
+       `suppressed` (`quiet_hours_drop` / `frequency_cap_drop`) when the rule says `on_cap: drop`.
+    6. Send. Accepted → mark done → `sent`. Retryable failure → `retried` with the next attempt time (backoff,
+       jitter, Retry-After), or `failed` + dead letter once `retry.max_attempts` is spent. Permanent failure →
+       `failed` + dead letter. `SkipDelivery` → `suppressed`.
+
+    Idempotent per action id: a redelivered or replayed action is sent at most once while its `done` mark lives
+    (and at-least-once to the peer after a crash between send and mark). A cap slot is given back when the
+    action ends unsent.
+    """
 
     def __init__(
         self,
@@ -122,6 +123,12 @@ class Deliverer:
         return int(self.clock() * 1000)
 
     async def deliver(self, job: Job) -> Outcome:
+        """The outcome of this attempt. Everything that waits (deferred, retried, held) is written to the durable
+        `Schedule` before the outcome is returned, so the caller may then commit the Kafka offset. Blocks while
+        the connector's slots are taken and for the send (bounded by the connector's `timeout_s` + 5 s). Never
+        raises for a problem with the action or the peer (a connector bug counts as a retryable failure); raises
+        when Redis itself fails, and the caller retries the whole action later. Cancellation leaves the claim to
+        expire, as a crash would."""
         action = job.action
         runtime = self.connectors.get(action.connector)
         if runtime is None:

@@ -1,25 +1,6 @@
-"""The dispatcher: consumes `actions`, delivers each through its connector, records every outcome.
-
-Contract:
-- Runs in its own process (`nudge dispatch`), apart from rule evaluation: a slow or dead peer never stalls the
-  workers, only this consumer.
-- Consumes `actions` with aiokafka in a consumer group (`<app_id>-dispatcher`): several dispatchers split the
-  partitions. Auto-commit is off: an offset is committed only when every action before it has a final outcome
-  or is durably scheduled in Redis (`OffsetTracker`), so a crash loses nothing; redelivered actions are
-  recognised by their idempotency claims.
-- Backpressure: at most `dispatcher.max_inflight` actions are handled at once (records and due schedule
-  entries together); the consumer stops fetching while all slots are taken. Each connector has its own
-  `concurrency` and circuit breaker, and a failed attempt waits in the Redis schedule, not in memory, so one
-  dead peer holds at most its own slots (and none once its circuit opens).
-- Malformed records (not JSON, missing fields) go to `dead-letters` with the reason; the dispatcher never
-  crashes on input. If Redis or the broker fails while handling an action, the action is retried in place with
-  backoff (its offset stays uncommitted).
-- Hot leads (`engine.dispatch.hot_leads`): before delivery, an action asking for an owner gets one (roster at
-  `settings.reps_path` + Redis); the rep's notifications are delivered right there through the same policies;
-  `release_owner: true` frees the rep. Fresh assignments go to `lead-updates`.
-- `stop()` stops fetching, lets in-flight actions finish for up to `grace_s`, commits, closes clients.
-  `kill()` is a crash for tests: tasks are cancelled, nothing is committed, claims are left to expire.
-"""
+"""The dispatcher of `nudge dispatch`: consumes `actions`, delivers each through its connector and the delivery
+policies, records every outcome. Runs in its own process, apart from rule evaluation: a slow or dead peer never
+stalls the workers, only this consumer."""
 
 from __future__ import annotations
 
@@ -27,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -51,19 +31,13 @@ from engine.dispatch.policies.quiet_hours import QuietHours, zone
 from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.redaction import Redactor
 from engine.dispatch.schedule import Schedule, ScheduledDelivery
+from engine.kafka.admin import ensure_topics
 from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
 from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
 
 logger = logging.getLogger("nudge.dispatcher")
 
 TOPICS = (ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
-
-
-async def ensure_topics(settings: Settings, names: Iterable[str] = TOPICS) -> None:
-    """Create the dispatcher's topics on a fresh broker (same helper as the sink's)."""
-    from engine.clickhouse.sink import ensure_topics as create
-
-    await create(settings, tuple(names))
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -81,7 +55,29 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Dispatcher:
-    """`start()`, then `run_until(stop)` or `stop()`; the module docstring states what it commits and when."""
+    """Delivers the actions of the `actions` partitions it is assigned. Use: `start()`, then `stop()`; or
+    `run_until(stop_event)`.
+
+    Consumes with aiokafka in the consumer group `<app_id>-dispatcher`: several dispatchers split the partitions.
+
+    Commit: auto-commit is off. An offset is committed (every `dispatcher.commit_interval_s`, on a revoke and on
+    `stop()`) only when every action before it has a final outcome recorded in `deliveries` or is durably
+    scheduled in Redis (`OffsetTracker`), so a crash loses nothing; redelivered actions are recognised by their
+    idempotency claims. Actions finish out of order; a slow one holds back the commit of later ones.
+
+    Back-pressure: at most `dispatcher.max_inflight` actions are handled at once (records and due schedule
+    entries together); the consumer stops fetching while all slots are taken. Each connector has its own
+    `concurrency` and circuit breaker, and a failed attempt waits in the Redis schedule, not in memory, so one
+    dead peer holds at most its own slots (and none once its circuit opens).
+
+    Errors: malformed records (not JSON, missing fields) go to `dead-letters` with the reason; the dispatcher never
+    crashes on input. If Redis or the broker fails while an action is handled, the step is retried in place with
+    backoff (`_guarded`; the action's offset stays uncommitted), never skipped.
+
+    Hot leads (`HotLeads`): before delivery, an action asking for an owner gets one (roster at
+    `settings.reps_path` + Redis), the rep's notifications are delivered right there through the same policies,
+    and `release_owner: true` frees the rep. Fresh assignments go to `lead-updates`.
+    """
 
     def __init__(
         self,
@@ -110,8 +106,11 @@ class Dispatcher:
 
     # --- life cycle
     async def start(self) -> None:
+        """Create missing topics, start every connector, the producer and the consumer, and the consume,
+        schedule and commit loops; returns once they run. Raises `ConfigError` for an unknown default timezone or
+        an invalid reps roster, and whatever a connector's `start()` raises."""
         settings, config = self.settings, self.config
-        await ensure_topics(settings)
+        await ensure_topics(settings, TOPICS)
         self.redis = Redis.from_url(settings.redis_url)
         renderer = Renderer(config.templates_dir)
         env = ConnectorEnv(settings, renderer)
@@ -167,6 +166,8 @@ class Dispatcher:
         logger.info("dispatcher started: connectors %s", ", ".join(sorted(self.runtimes)))
 
     async def run_until(self, stop: asyncio.Event) -> None:
+        """`start()`, run until `stop` is set, then `stop()`. A loop that ends by itself crashed: its exception is
+        raised here (after `stop()`)."""
         await self.start()
         try:
             waiter = asyncio.create_task(stop.wait())
@@ -179,6 +180,8 @@ class Dispatcher:
             await self.stop()
 
     async def stop(self) -> None:
+        """Stop fetching, let in-flight actions finish for up to `grace_s` (the rest are cancelled: their claims
+        expire and they are redelivered), commit what is safe, close clients and connectors."""
         self._stopping.set()
         for loop in self._loops:
             if loop.get_name() != "dispatch-commit":
@@ -271,6 +274,8 @@ class Dispatcher:
                 CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - committed[tp]))
 
     async def commit(self) -> None:
+        """Commit the safe offsets (`OffsetTracker.committable`) of the partitions still assigned; raises the
+        consumer's error when the broker refuses (the commit loop retries next round)."""
         if self.consumer is None:
             return
         assigned = self.consumer.assignment()

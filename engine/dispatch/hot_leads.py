@@ -1,27 +1,5 @@
 """The hot-lead flow inside the dispatcher: give a hot lead an owner before its alert is delivered, tell the rep,
-and free the rep when the lead is won.
-
-Contract (run by the dispatcher on every action, before delivery; `prepare` returns the action to deliver):
-- An action that `engine.assignment.wants_owner` (payload `assign: true`, template `hot_lead`, or a lead at
-  stage sql) gets its owner: `with_owner` assigns the lead (idempotent across processes: the existing owner when
-  there is one) and the action is delivered with `context.owner` and `payload.mention`, so the Slack alert
-  mentions the rep. Then the rep's notifications (`assignment_actions`: an email to the rep, and a Slack
-  `lead_assigned` message when the action that made the assignment is not a Slack message) are delivered
-  through the same policies, for the connectors that exist. Their action ids are deterministic per
-  assignment, so a redelivered alert, or a later hot-lead alert for the same owner, never mails the rep twice
-  (idempotency claims).
-- A fresh assignment is published to `lead-updates` (`Assignment.lead_update()`, kind `assigned`).
-- An action whose payload says `release_owner: true` (rules/leads.yaml sends one when the lead becomes a
-  customer) is delivered with the current owner in `context.owner`, after the assignment is released (the
-  rep's capacity is free again; the SLA clock stops).
-- Notifications built by the assignment subsystem (rule `assignment`) pass through untouched: they are already
-  addressed, and re-assigning for them could loop.
-- No roster file at `settings.reps_path`: assignment is skipped (one warning; actions go out without an owner).
-  A roster file that is invalid is a `ConfigError` at start: an operator must fix it.
-- Redis errors (and `AssignmentContention`) propagate: the dispatcher retries the whole action (every step above
-  is idempotent). Any other error is a bug or a bad roster/action: it is logged and the action is delivered as
-  it came, so one broken hot lead never blocks the partition.
-"""
+and free the rep when the lead is won."""
 
 from __future__ import annotations
 
@@ -45,7 +23,8 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 def build_assigner(settings: Settings, redis: Redis) -> Assigner | None:
-    """The assigner for `settings.reps_path`, or None (with a warning) when there is no roster file."""
+    """The assigner for `settings.reps_path`, or None (with a warning: actions then go out without an owner) when
+    there is no roster file. An invalid roster raises `ConfigError` at start: an operator must fix it."""
     path = settings.reps_path
     if not path.exists():
         logger.warning(
@@ -59,7 +38,8 @@ def build_assigner(settings: Settings, redis: Redis) -> Assigner | None:
 
 
 class HotLeads:
-    """`prepare(action)` before delivery; the module docstring states what it stores, publishes and sends."""
+    """Run by the dispatcher on every action, before delivery (`prepare`). Every step is idempotent, so the
+    dispatcher may retry a whole action."""
 
     def __init__(
         self, assigner: Assigner | None, deliver: Deliver, publish: Publish, connectors: Collection[str]
@@ -70,6 +50,26 @@ class HotLeads:
         self.connectors = connectors
 
     async def prepare(self, action: Action) -> Action:
+        """The action to deliver, after the hot-lead steps it asks for.
+
+        - An action that `engine.assignment.wants_owner` (payload `assign: true`, template `hot_lead`, or a lead
+          at stage sql) gets its owner: `with_owner` assigns the lead (idempotent across processes: the existing
+          owner when there is one) and the action comes back with `context.owner` and `payload.mention`, so the
+          Slack alert mentions the rep. The rep's notifications (`assignment_actions`: an email to the rep, and a
+          Slack `lead_assigned` message when the action that made the assignment is not a Slack message) are
+          delivered right here, for the connectors that exist. Their action ids are deterministic per assignment,
+          so a redelivered alert, or a later alert for the same owner, never mails the rep twice. A fresh
+          assignment is published to `lead-updates` (`Assignment.lead_update()`, kind `assigned`).
+        - `release_owner: true` in the payload (rules/leads.yaml sends one when the lead becomes a customer): the
+          assignment is released (the rep's capacity is free again; the SLA clock stops) and the action comes
+          back with the former owner in `context.owner`.
+        - Notifications built by the assignment subsystem (rule `assignment`) pass through untouched: they are
+          already addressed, and re-assigning for them could loop. Without a roster nothing happens.
+
+        Raises Redis errors and `AssignmentContention` (the dispatcher retries the whole action). Any other error
+        is a bug or a bad roster/action: it is logged and the action is returned as it came, so one broken hot
+        lead never blocks the partition.
+        """
         try:
             return await self._prepare(action)
         except (RedisError, OSError, AssignmentContention):

@@ -1,11 +1,4 @@
-"""Which Kafka offsets are safe to commit while actions finish out of order.
-
-Contract: per partition, `start(tp, offset)` when a record is handed out and `done(tp, offset)` when its
-outcome is final or durably scheduled. `committable()` returns, for each partition that moved since the last
-call, the next offset to commit: the lowest offset still in flight, or one past the highest offset seen when
-none is. So a slow action holds back the commit of later ones (they are redelivered after a crash and
-recognised by their idempotency claims) but never lets an unfinished action be skipped.
-"""
+"""Which Kafka offsets are safe to commit while actions finish out of order."""
 
 from __future__ import annotations
 
@@ -13,7 +6,11 @@ from aiokafka import TopicPartition
 
 
 class OffsetTracker:
-    """Per-partition in-flight offsets and the safe commit point (module docstring)."""
+    """Per-partition in-flight offsets and the safe commit point. In memory, one event loop.
+
+    A slow action holds back the commit of later ones (they are redelivered after a crash and recognised by
+    their idempotency claims), but an unfinished action is never skipped.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[TopicPartition, set[int]] = {}
@@ -21,18 +18,19 @@ class OffsetTracker:
         self._committed: dict[TopicPartition, int] = {}
 
     def start(self, tp: TopicPartition, offset: int) -> None:
+        """A record was handed out for handling."""
         self._pending.setdefault(tp, set()).add(offset)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
+        """The record's outcome is final or durably scheduled; unknown offsets are ignored."""
         pending = self._pending.get(tp)
         if pending is not None:
             pending.discard(offset)
 
-    def in_flight(self) -> int:
-        return sum(len(p) for p in self._pending.values())
-
     def committable(self) -> dict[TopicPartition, int]:
+        """For each partition whose commit point moved since the last `committed()`: the next offset to commit,
+        i.e. the lowest offset still in flight, or one past the highest offset seen when none is."""
         out: dict[TopicPartition, int] = {}
         for tp, upper in self._next.items():
             pending = self._pending.get(tp)
@@ -42,6 +40,7 @@ class OffsetTracker:
         return out
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """The broker accepted these commits."""
         self._committed.update(offsets)
 
     def committed_offsets(self) -> dict[TopicPartition, int]:

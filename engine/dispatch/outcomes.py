@@ -1,14 +1,4 @@
-"""Recording outcomes: the `deliveries` record, the dead letter, the metrics and the log line of each outcome.
-
-Contract:
-- `record(action, outcome)` sends one `delivery_record` to `deliveries` (key = action id) and, for outcomes
-  that end in a dead letter, one `dead_letter_record` (source `dispatcher`, key = lead id, payload = the
-  action) to `dead-letters`; it returns once the broker acknowledged both, so the caller can commit the
-  action's offset.
-- `malformed(...)` dead-letters an `actions` record that is not a valid action, with the reason.
-- Every reason/detail goes through the `Redactor`: no secret reaches a record, a log line or a metric label.
-- Metric labels stay bounded: a connector name not in the connectors file is counted as `unknown`.
-"""
+"""Recording outcomes: the `deliveries` record, the dead letter, the metrics and the log line of each outcome."""
 
 from __future__ import annotations
 
@@ -39,7 +29,13 @@ _LOG_LEVELS = {
 
 
 class OutcomeRecorder:
-    """Writes records, metrics and log lines of outcomes; returns once the broker acknowledged them."""
+    """Writes the records, metrics and log line of each outcome; every method returns once the broker
+    acknowledged what it sent, so the caller may then commit the action's offset, and raises the producer's
+    error otherwise (the caller retries the whole call, so a record may be sent twice: at-least-once).
+
+    Every reason and detail goes through the `Redactor`: no secret reaches a record, a log line or a metric
+    label. Metric labels stay bounded: a connector name not in the connectors file is counted as `unknown`.
+    """
 
     def __init__(
         self, producer: AIOKafkaProducer, settings: Settings, redactor: Redactor, connectors: set[str]
@@ -56,7 +52,10 @@ class OutcomeRecorder:
     async def record(
         self, action: Action, outcome: Outcome, emitted_ms: int, raw: bytes | None = None
     ) -> None:
-        """`emitted_ms`: when the worker emitted the action (wall clock): the delivery delay starts there."""
+        """One `delivery_record` to `deliveries` (key = action id) and, for an outcome that ends in a dead letter,
+        one `dead_letter_record` (source `dispatcher`, key = lead id, payload = `raw` or the action) to
+        `dead-letters`. `emitted_ms`: when the worker emitted the action (wall clock): the delivery delay starts
+        there."""
         now_ms = int(time.time() * 1000)
         connector = self._label(action.connector)
         reason = self.redactor.redact(outcome.reason)
@@ -122,6 +121,7 @@ class OutcomeRecorder:
         reason: str,
         detail: str,
     ) -> None:
+        """Dead-letter an `actions` record that is not a valid action, with the reason."""
         future = await self.producer.send(
             self.dead_letters,
             dead_letter_record(

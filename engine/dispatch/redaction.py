@@ -1,14 +1,4 @@
-"""Keeping secrets out of logs, delivery records, dead letters and exception messages.
-
-Contract:
-- `Redactor` knows every secret value of the loaded connectors file (passwords, tokens, signing keys, Slack
-  webhook URLs, header values) and replaces each occurrence in a text with `***`.
-- Every text that leaves the dispatcher (log line, `reason`/`detail` of a record) goes through
-  `Redactor.redact()`; connectors also avoid putting secrets into their messages in the first place (defence
-  in depth).
-- Values shorter than `MIN_SECRET_LEN` are not redacted (an empty or one-letter "secret" would redact
-  everything); the config loader rejects such secrets where they matter.
-"""
+"""Keeping secrets out of logs, delivery records, dead letters and exception messages."""
 
 from __future__ import annotations
 
@@ -21,7 +11,14 @@ MASK = "***"
 
 
 class Redactor:
-    """Replaces known secret values (and their URL-encoded forms) with `***`."""
+    """Replaces every known secret value (and its URL-encoded form) in a text with `***`.
+
+    It knows every secret of the loaded connectors file (passwords, tokens, signing keys, Slack webhook URLs,
+    header values). Every text that leaves the dispatcher (log line, `reason`/`detail` of a record) goes through
+    `redact()`; connectors also keep secrets out of their messages in the first place (defence in depth).
+    Values shorter than `MIN_SECRET_LEN` are not redacted (an empty or one-letter "secret" would redact
+    everything).
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()

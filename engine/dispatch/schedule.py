@@ -1,18 +1,5 @@
-"""The durable schedule: actions waiting for a later attempt (deferred by caps or quiet hours, or a retry).
-
-Contract:
-- Entries live in Redis: a sorted set `<prefix>schedule` (member action id, score due time in epoch ms) and a
-  hash `<prefix>schedule:items` (action id → entry JSON: the action, attempts made so far, why it waits). One
-  entry per action id: scheduling an action again replaces its entry (a retry after a deferral keeps one
-  entry).
-- The dispatcher commits an action's Kafka offset once its entry is written, so nothing waits in memory only.
-  (Durable as the Redis behind it: run it with AOF, `appendonly yes`; the dev stack's Redis keeps nothing on
-  disk.)
-- `lease_due(now, limit, lease_ms)` takes due entries and pushes their due time `lease_ms` ahead in the same
-  Lua call: if the dispatcher dies while handling them they come due again; several dispatchers never take the
-  same one.
-- `remove(action_id)` once an entry's outcome is final (sent, failed, suppressed, duplicate).
-"""
+"""The durable schedule in Redis: actions waiting for a later attempt (deferred by caps or quiet hours, held by
+another claim, or a retry)."""
 
 from __future__ import annotations
 
@@ -80,7 +67,13 @@ class ScheduledDelivery:
 
 
 class Schedule:
-    """Durable schedule of waiting actions in Redis (module docstring: the contract)."""
+    """Waiting actions in Redis: a sorted set `<prefix>schedule` (member action id, score due time in epoch ms) and
+    a hash `<prefix>schedule:items` (action id → `ScheduledDelivery` JSON). One entry per action id.
+
+    Durability: the dispatcher commits an action's Kafka offset once its entry is written, so nothing waits in
+    memory only; durable as the Redis behind it (run it with AOF, `appendonly yes`; the dev stack's Redis keeps
+    nothing on disk). Every method is one round trip (or one pipeline) and raises Redis errors to the caller.
+    """
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
@@ -90,7 +83,8 @@ class Schedule:
         self._put = redis.register_script(_PUT)
 
     async def put(self, entry: ScheduledDelivery, *, only_if_absent: bool = False) -> bool:
-        """Write the entry; with `only_if_absent`, keep an existing entry and return False."""
+        """Write the entry, replacing the action's existing one (a retry after a deferral keeps one entry); with
+        `only_if_absent`, keep an existing entry and return False. Atomic (one Lua call)."""
         added = await self._put(
             keys=[self.zkey, self.hkey],
             args=[entry.action.action_id, entry.to_bytes(), entry.due_ms, "1" if only_if_absent else "0"],
@@ -98,10 +92,14 @@ class Schedule:
         return bool(added)
 
     async def lease_due(self, now_ms: int, limit: int, lease_ms: int) -> list[ScheduledDelivery]:
+        """Take up to `limit` due entries, earliest first, pushing their due time `lease_ms` ahead in the same Lua
+        call: if the dispatcher dies while handling them they come due again, and several dispatchers never take
+        the same one at once."""
         raw = await self._lease(keys=[self.zkey, self.hkey], args=[now_ms, limit, lease_ms])
         return [ScheduledDelivery.from_bytes(item) for item in raw]
 
     async def remove(self, action_id: str) -> None:
+        """Drop an entry once its outcome is final (sent, failed, suppressed, duplicate); idempotent."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.zkey, action_id)
             pipe.hdel(self.hkey, action_id)
@@ -111,5 +109,6 @@ class Schedule:
         return int(await self.redis.zcard(self.zkey))
 
     async def next_due_ms(self) -> int | None:
+        """Due time of the earliest entry, or None when the schedule is empty."""
         first = await self.redis.zrange(self.zkey, 0, 0, withscores=True)
         return int(first[0][1]) if first else None

@@ -1,10 +1,4 @@
-"""Topic administration shared by every process that must find its topics in place before it starts.
-
-Contract of `ensure_topics(settings, names)`: creates each missing topic with `settings.partitions` partitions
-(replication factor 1 on the dev broker; a real cluster's operators pre-create topics with their own
-replication), tolerates another process winning the race, and returns the partition count of every named
-topic as the broker reports it. It never changes an existing topic.
-"""
+"""Topic administration shared by every process that must find its topics in place before it starts."""
 
 from __future__ import annotations
 
@@ -27,7 +21,12 @@ def bootstrap_servers(settings: Settings) -> str:
 
 
 async def ensure_topics(settings: Settings, names: Iterable[str]) -> dict[str, int]:
-    """Create missing topics (names without the prefix); return {full name: partition count}."""
+    """Create each missing topic (names without the prefix) with `settings.partitions` partitions and return
+    {full name: partition count} of every named topic as the broker reports it.
+
+    Replication factor 1 (the dev broker; a real cluster's operators pre-create topics with their own
+    replication). Tolerates another process creating a topic meanwhile; never changes an existing topic.
+    Raises the admin client's errors when the broker is unreachable or refuses."""
     full_names = [settings.topic(name) for name in names]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
     await admin.start()
@@ -51,6 +50,6 @@ def check_copartitioned(counts: dict[str, int]) -> None:
         layout = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
         raise TopicLayoutError(
             f"these topics must have the same number of partitions, but have {layout}; a lead's events, "
-            "deadline ticks and state must share a partition. Recreate the smaller topic with the same count "
+            "identity hand-overs and state must share a partition. Recreate the smaller topic with the same count "
             "(or set NUDGE_PARTITIONS to the existing count before the first start)"
         )

@@ -1,17 +1,5 @@
-"""Topic names and the records that several processes exchange through Kafka, in one place.
-
-Topics (all prefixed with `Settings.topic_prefix`):
-- `clickstream`: Segment-spec events, key = lead id (UTF-8), value = JSON (`Event.to_bytes()` or raw SDK JSON).
-- `actions`: fired actions, key = lead id, value = `Action.to_bytes()`.
-- `deliveries`: one record per delivery outcome from the dispatcher (`delivery_record`), key = action id.
-- `dead-letters`: anything that could not be processed (`dead_letter_record`), key = original key or none.
-- `lead-updates`: lead lifecycle changes (stage changes, merges, assignments), key = lead id.
-- `identity-handovers`: worker-internal records that move an anonymous lead's state to the known lead it turned
-  out to be (engine/worker/handovers.py), key = lead id, co-partitioned with clickstream.
-
-Contract of the records: plain JSON objects with the fields below; consumers ignore fields they do not know, so
-producers may add fields but never rename or drop one.
-"""
+"""Topic names and the records several processes exchange through Kafka, in one place. Records are plain JSON
+objects; consumers ignore fields they do not know, so producers may add fields but never rename or drop one."""
 
 from __future__ import annotations
 
@@ -21,22 +9,19 @@ from typing import Any
 
 import orjson
 
-from engine.config import Settings
-
-CLICKSTREAM = "clickstream"
-ACTIONS = "actions"
-DELIVERIES = "deliveries"
-DEAD_LETTERS = "dead-letters"
-LEAD_UPDATES = "lead-updates"
-IDENTITY_HANDOVERS = "identity-handovers"  # worker-internal, not in ALL_TOPICS: only the worker reads or writes it
+# Names without `Settings.topic_prefix` (`settings.topic(name)` adds it).
+CLICKSTREAM = "clickstream"  # Segment-spec events; key = lead id (UTF-8), value = JSON (`Event.to_bytes()` or SDK JSON)
+ACTIONS = "actions"  # fired actions; key = lead id, value = `Action.to_bytes()`
+DELIVERIES = "deliveries"  # one `delivery_record` per delivery outcome from the dispatcher; key = action id
+DEAD_LETTERS = "dead-letters"  # `dead_letter_record`s: what could not be processed; key = the original key or none
+LEAD_UPDATES = "lead-updates"  # lead lifecycle changes (stage changes, merges, assignments); key = lead id
+# Worker-internal, co-partitioned with clickstream (engine.worker.handovers); not in ALL_TOPICS: only the worker
+# reads or writes it. Key = the lead the record is addressed to.
+IDENTITY_HANDOVERS = "identity-handovers"
 
 ALL_TOPICS = (CLICKSTREAM, ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
 
 DELIVERY_OUTCOMES = ("sent", "retried", "failed", "suppressed", "deferred", "duplicate")
-
-
-def topic_name(settings: Settings, name: str) -> str:
-    return settings.topic(name)
 
 
 def _payload_text(payload: bytes | str | None) -> tuple[str, str]:

@@ -1,23 +1,5 @@
-"""The Faust app factory: topics and the per-lead state table, built from `Settings`. No behaviour lives here.
-
-Contract of `create_app(settings)`:
-- One `faust.App` (`NudgeFaustApp`: per-message delivery without Faust's per-message tasks, see
-  `faust_ext/fast_delivery.py`) with the broker profile from `faust_ext/broker_profiles.py` (dev = Tansu
-  workarounds, kafka = real Kafka), memory store rebuilt from the changelog on start, web server on
-  `settings.web_port` (serves `/metrics`).
-- Topics (names from `engine/kafka/topics.py` + `settings.topic()`), all with raw key/value bytes (the worker
-  decodes with orjson, several times faster than Faust's codecs):
-  `clickstream` (key = lead id) and the worker-internal `identity-handovers` (same partition count: they are consumed by
-  one agent and must be co-partitioned), `actions` and `dead-letters` (output only).
-- Table `leads`: lead id (UTF-8 bytes, as the record key) -> `LeadState.to_bytes()`, changelog-backed,
-  partitioned like `clickstream`.
-  Why one plain table entry per lead instead of Faust windowed tables: a lead's rules need several windows of
-  different lengths at once (abandonment episodes, counting windows, sequences, a decaying score), which the
-  pure core keeps inside `LeadState`; one entry means one changelog record per lead per batch, and evaluation
-  stays a pure function of (state, input) that `nudge simulate` can replay without Faust.
-
-The agent and the timer that use these objects are attached by `engine.worker.lead_worker.LeadWorker`.
-"""
+"""The worker's Faust app: topics and the per-lead state table, built from `Settings`. No behaviour lives here: the
+input loop and the timer that use these objects are attached by `engine.worker.lead_worker.LeadWorker`."""
 
 from __future__ import annotations
 
@@ -61,6 +43,21 @@ def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> Topi
 
 
 def create_app(settings: Settings) -> NudgeApp:
+    """One `NudgeFaustApp` (Faust with fast delivery) and its channels; nothing is connected or started.
+
+    - Broker profile from `faust_ext.broker_profiles` (dev = Tansu workarounds, kafka = real Kafka), memory store
+      rebuilt from the changelog on start, web server on `settings.web_port` (serves `/metrics`).
+    - Topics (names from `engine.kafka.topics` + `settings.topic()`), all with raw key/value bytes (the worker
+      decodes with orjson, several times faster than Faust's codecs): `clickstream` (key = lead id) and the
+      worker-internal `identity-handovers` (same partition count: one input reads both and they must be
+      co-partitioned); `actions`, `dead-letters` and `lead-updates` are output only.
+    - Table `leads`: lead id (UTF-8 bytes, the record key) → `LeadState.to_bytes()`, changelog-backed,
+      partitioned like `clickstream`. One plain entry per lead instead of Faust windowed tables: a lead's rules
+      need several windows of different lengths at once (abandonment episodes, counting windows, sequences, a
+      decaying score), which the pure core keeps inside `LeadState`; one entry means one changelog record per lead
+      per batch, and evaluation stays a pure function of (state, input) that `nudge simulate` replays without
+      Faust.
+    """
     app = NudgeFaustApp(**faust_settings(settings))
     clickstream = _raw_topic(app, settings.topic(topics.CLICKSTREAM), settings.partitions)
     identity_handovers = _raw_topic(app, settings.topic(topics.IDENTITY_HANDOVERS), settings.partitions)

@@ -1,16 +1,6 @@
-"""Identity hand-over records on the worker-internal `identity-handovers` topic (co-partitioned with `clickstream`
+"""Identity hand-over records on the worker-internal `identity-handovers` topic: co-partitioned with `clickstream`
 and read by the same worker input, so each is handled in order with the events of the partition that holds the
-lead's state).
-
-Records are JSON objects keyed by the lead they are addressed to:
-- hand-over `{"op": "handover", "lead_id": <anonymous id>, "to": <known id>}`: an `identify` or `alias` showed
-  that the anonymous lead is the known one; the anonymous lead's state leaves its partition (deleted there)
-  and travels to the known lead in a merge record. Sent with the key's default partitioner, like clickstream.
-- merge `{"op": "merge", "lead_id": <known id>, "from": <anonymous id>, "state": <LeadState JSON>}`: fold this
-  state into the known lead's (`LeadState.merge`: carts unite, scores add, the earlier absence episode stays).
-
-Anything else raises `BadControl` (dead-lettered).
-"""
+addressed lead's state. JSON objects keyed by the lead they are addressed to."""
 
 from __future__ import annotations
 
@@ -43,17 +33,23 @@ Control = Handover | MergeIn
 
 
 def handover_record(anonymous_id: str, known_id: str) -> bytes:
+    """`{"op": "handover", "lead_id": <anonymous id>, "to": <known id>}`: an `identify` or `alias` showed that the
+    anonymous lead is the known one; its state leaves its partition (deleted there) and travels to the known lead
+    in a merge record. Sent with the key's default partitioner, like clickstream."""
     return orjson.dumps({"op": "handover", "lead_id": anonymous_id, "to": known_id})
 
 
 def merge_record(known_id: str, anonymous_id: str, state: bytes) -> bytes:
+    """`{"op": "merge", "lead_id": <known id>, "from": <anonymous id>, "state": <LeadState JSON>}`: fold this state
+    into the known lead's (`LeadState.merge`: carts unite, scores add, the earlier absence episode stays)."""
     return orjson.dumps(
         {"op": "merge", "lead_id": known_id, "from": anonymous_id, "state": orjson.Fragment(state)}
     )
 
 
 def parse_control(raw: bytes | None) -> tuple[str, Control]:
-    """(addressed lead, what to do) from an `identity-handovers` record."""
+    """(addressed lead, what to do) from an `identity-handovers` record; anything but the two records above
+    (including tick records of earlier versions) raises `BadControl`, which the worker dead-letters."""
     try:
         doc: Any = orjson.loads(raw or b"")
         op = doc.get("op")

@@ -1,16 +1,5 @@
-"""One lead's inputs of a batch, evaluated in order: what the worker shell then writes and sends. No I/O.
-
-Contract of `LeadEvaluator.run(lead_id, state, inputs, in_place)`:
-- `inputs` are the lead's events, deadline ticks and identity control records of one batch, in arrival order;
-  `state` is the lead's decoded state (None for a new lead).
-- With `in_place=True` the core updates `state` itself (one deep copy per lead per batch saved); the first input the
-  core raises on aborts with `InPlaceFailed`, and the caller runs the lead again from a fresh decode with
-  `in_place=False`, where each failing input is rejected alone and evaluation goes on.
-- The outcome holds the final state (None: the lead's state was handed over), its pending deadlines when they
-  changed, the actions with what fired them ("event" or "deadline"), stage updates, merge records to send, identity
-  hand-overs found in identify/alias events, the deadlines that ticks fired (for the lag metric) and the rejected
-  inputs with a reason code and detail (for dead letters).
-"""
+"""One lead's inputs of a batch, evaluated in order through the pure core: what the worker shell then writes and
+sends. No I/O."""
 
 from __future__ import annotations
 
@@ -26,8 +15,8 @@ from engine.worker.handovers import Control, Handover, MergeIn
 
 log = logging.getLogger(__name__)
 
-# One input: the consumed record (None for a tick the deadline timer evaluates), the event or control record, and
-# the deadline a tick is for.
+# One input: the consumed record (None for a tick or a hand-over the worker made itself), the event, tick or
+# hand-over record, and the deadline a tick is for.
 Input = tuple[Any, Event | Tick | Control, int | None]
 IDENTITY_EVENTS = ("identify", "alias")
 
@@ -38,9 +27,11 @@ class InPlaceFailed(Exception):
 
 @dataclass
 class LeadOutcome:
-    state: LeadState | None
-    deadlines: Sequence[int] | None = None  # None: unchanged
-    actions: list[tuple[Action, str]] = field(default_factory=list)
+    """What one `LeadEvaluator.run` produced, for the shell to write and send."""
+
+    state: LeadState | None  # None: nothing to store (e.g. the state was handed over)
+    deadlines: Sequence[int] | None = None  # all pending deadlines when they changed; None: unchanged
+    actions: list[tuple[Action, str]] = field(default_factory=list)  # with what fired it: "event" or "deadline"
     updates: list[dict[str, Any]] = field(default_factory=list)  # stage changes, for `lead-updates`
     merges_out: list[tuple[str, bytes]] = field(default_factory=list)  # (known id, this lead's state)
     handovers: list[tuple[str, str, int]] = field(default_factory=list)  # (anonymous id, known id, event time)
@@ -50,9 +41,23 @@ class LeadOutcome:
 
 @dataclass(frozen=True)
 class LeadEvaluator:
+    """Evaluates one lead's inputs against `rules`; pure apart from logging, safe to share."""
+
     rules: RuleSet
 
     def run(self, lead_id: str, state: LeadState | None, inputs: list[Input], in_place: bool) -> LeadOutcome:
+        """Evaluate `inputs` (the lead's events, deadline ticks and hand-over records of one batch, in arrival
+        order) from `state` (the decoded state; None for a new lead).
+
+        With `in_place=True` the core updates `state` itself (saving one deep copy per lead per batch), and the
+        first input the core raises on aborts the run with `InPlaceFailed`: `state` may then be half-updated, so
+        the caller decodes it afresh and runs again with `in_place=False`, where each failing input is rejected
+        alone (reason `evaluation_error`, or `merge_error` for a state that cannot be merged) and evaluation goes
+        on. Raises nothing else for bad input.
+
+        Events are evaluated at their own time (replays give the same actions); deadlines fire only on ticks, so
+        each firing has one deterministic place. A hand-over empties the state (the outcome's state is None).
+        """
         out = LeadOutcome(state)
         for source, item, deadline_ms in inputs:
             is_event = isinstance(item, Event)
@@ -75,8 +80,6 @@ class LeadEvaluator:
                     continue
                 out.deadlines = pending_deadlines(self.rules, out.state)
                 continue
-            # Events are evaluated at their own time (replays give the same actions); deadlines up to the
-            # watermark are fired by ticks, so each firing has one deterministic place.
             now_ms = item.now_ms if isinstance(item, Tick) else None
             try:
                 result = evaluate(self.rules, out.state, item, now_ms, reuse_state=in_place)

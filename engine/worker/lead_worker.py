@@ -1,52 +1,6 @@
-"""The worker shell: feeds clickstream events and deadline ticks through the pure core, keeps per-lead state
-in the Faust table, emits actions. Everything rule-related happens in `engine.core.evaluate`; this module
-only moves bytes. (It is longer than most modules because the batch path, the deadline timer and the identity
-hand-overs share one lock and one output; the parts that need neither live in engine/worker/lead_inputs.py,
-engine/worker/faust_ext/batched_input.py and engine/worker/faust_ext/batched_output.py.)
-
-Contract of `LeadWorker`:
-- Input: `clickstream` records (key = lead id, value = Segment JSON) and `timers` records (identity control
-  records, `engine/worker/handovers.py`), taken in batches of up to `batch_size` from Faust's consumer by `WorkerInput`
-  (engine/worker/faust_ext/batched_input.py: no Faust stream per record).
-- Per batch, inputs are grouped by lead in arrival order; each lead's state is read once, every input is
-  evaluated in order (on the freshly decoded state, in place), and the new state is written once (one
-  changelog record per lead per batch; none when unchanged) through `TableWriter`. Everything the batch produces
-  (changelog, actions, stage updates, control records, dead letters) goes out through one `OutputBatch`: one
-  produce batch per topic partition, flushed before the batch's records are acknowledged (faust_ext/batched_output.py).
-  Faust commits acknowledged offsets after flushing its producer (at-least-once): a crash replays the batch, and
-  the re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
-- Invalid input never stops the worker: unparseable events, records whose key is not the event's lead id,
-  control records that are not ours and inputs the core raises on go to `dead-letters` with a reason code and
-  `DEAD_LETTERS` is counted (an input the core raises on is dropped alone: the lead is redone on copies). A
-  stored state that cannot be decoded is dead-lettered too and the lead starts afresh.
-- Backpressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
-- One writer: the agent and the deadline timer change lead state under one lock, so neither can lose the
-  other's update while it awaits a send.
-
-Deadline timers: a Faust timer runs every `timer_interval_s`. Each partition this worker owns has its own
-event-time clock (`deadlines.EventClock`) and `DeadlineIndex`: a partition that lags behind (a backlog after
-a restart, a slow producer) must not see its deadlines fired by another partition's later event times, or an
-event that cancels a deadline would lose the race it wins in a replay. The timer pops, per partition, the leads
-whose earliest deadline is due on that partition's clock and evaluates `Tick(watermark)` for each right there:
-its state write goes to the partition that holds the lead (the changelog writer takes the partition, so no
-Faust "current event" is needed), ordered with the lead's events by the lock. Each firing therefore costs no
-Kafka round trip. A duplicated tick is harmless: the core fires only deadlines that are still pending in the
-state, and removes them as it fires. After a rebalance or restart the index is rebuilt from the recovered table
-for the partitions this worker owns, so each pending deadline fires once. (Tick records found on `timers`, as
-written by earlier versions, are still evaluated.)
-
-Identity merges: an `identify` carrying both `userId` and `anonymousId`, or an `alias` (`previousId` →
-`userId`), is evaluated for the known lead as usual, and the worker sends a hand-over record to the anonymous
-lead's partition (default key partitioner, as clickstream producers use). There the anonymous lead's state is
-deleted and sent on in a merge record to the known lead's partition, which folds it in with `LeadState.merge`
-and re-indexes its deadlines: an anonymous cart's abandonment then fires once, for the identified lead. Events
-of the anonymous id still in flight when the hand-over arrives stay with the anonymous lead (the collector
-re-keys later ones to the known id). A crash between sending the merge and committing can merge twice.
-When this worker owns the anonymous lead's partition and that partition's event-time clock has passed the
-identifying event, the hand-over is done in place at the end of the batch instead (`_hand_over`): nothing to
-do for an anonymous id without state (most identifies: every page load of a logged-in visitor), else the state
-moves to the known lead at once, before any of its deadlines can fire. Counted in `HANDOVERS`.
-"""
+"""`LeadWorker`: the Faust shell of `nudge worker`. It feeds clickstream events, identity hand-overs and deadline
+ticks through the pure core (`engine.core.evaluate`) and writes what the core returns; it only moves bytes. One
+module because the batch path, the deadline timer and the hand-overs share one lock and one output."""
 
 from __future__ import annotations
 
@@ -71,6 +25,7 @@ from engine.worker.app import NudgeApp
 from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
 from engine.worker.faust_ext.batched_input import WorkerInput
 from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
+from engine.worker.faust_ext.private_state import committed_offset, recovered_partitions
 from engine.worker.handovers import (
     BadControl,
     Control,
@@ -108,13 +63,57 @@ def _key_text(key: Any) -> str | None:
 
 
 class LeadWorker:
-    """Attaches the clickstream agent, deadline timer, `/metrics` and recovery hook to a `NudgeApp`."""
+    """Attaches the input loop, the deadline timer, `/metrics` and the recovery hook to a `NudgeApp` (`attach()`).
+
+    Input: `clickstream` records (key = lead id, value = Segment JSON) and `identity-handovers` records
+    (`engine.worker.handovers`), taken from Faust's consumer in batches of up to `settings.batch_size` by
+    `WorkerInput` (no Faust stream per record).
+
+    Ordering: within a batch, inputs are grouped by lead, each lead's in arrival order; each lead's state is
+    read once, its inputs are evaluated in order and its new state is written once (one changelog record per
+    lead per batch, none when unchanged). The state lock orders the batch path, the deadline timer and the
+    hand-overs: only one of them changes lead state at a time, so none loses another's update while it awaits a
+    send.
+
+    Commit: everything a batch produces (changelog, actions, lead updates, hand-over records, dead letters) goes
+    out through one `OutputBatch`, flushed before the batch is acknowledged to Faust (`WorkerInput.ack`). Faust
+    commits acknowledged offsets after flushing its producer: at-least-once. A crash replays the batch, and the
+    re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
+
+    Back-pressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
+    The loop yields to the event loop every `YIELD_EVERY_LEADS` leads so fetching and heartbeats go on.
+
+    Errors: invalid input never stops the worker. Unparseable events, records whose key is not the event's lead
+    id, hand-over records that are not ours and inputs the core raises on go to `dead-letters` with a reason
+    code and are counted in `DEAD_LETTERS` (an input the core raises on is dropped alone: the lead is redone on
+    copies). A stored state that cannot be decoded is dead-lettered too and the lead starts afresh. Anything
+    else escaping the input loop is a bug: the app crashes rather than skip input.
+
+    Deadlines: every `settings.timer_interval_s`, and after each batch for the clocks it moved. Each partition
+    this worker owns has its own event-time clock (`EventClock`) and `DeadlineIndex`: a partition that lags (a
+    backlog after a restart, a slow producer) must not see its deadlines fired by another partition's later event
+    times, or an event that cancels a deadline would lose the race it wins in a replay. Due leads are evaluated
+    with `Tick(watermark)` right here, under the lock, and their state written to the partition that holds them:
+    no Kafka round trip per firing. A repeated tick is harmless (the core fires only deadlines still pending in
+    the state, and removes them as it fires). After a rebalance or restart the indexes are rebuilt from the
+    recovered table for the owned partitions, so each pending deadline fires once.
+
+    Identity hand-overs: an `identify` with both `userId` and `anonymousId`, or an `alias` (`previousId` →
+    `userId`), is evaluated for the known lead as usual; then the anonymous lead's state must move to the known
+    lead. When this worker owns the anonymous lead's partition and that partition's clock has passed the
+    identifying event, it is done in place at the end of the batch (`_hand_over`). Otherwise a hand-over record
+    goes to the anonymous lead's partition; there the state is deleted and sent on in a merge record to the known
+    lead's partition, which folds it in (`LeadState.merge`) and re-indexes its deadlines: an anonymous cart's
+    abandonment then fires once, for the identified lead. Events of the anonymous id still in flight stay with
+    the anonymous lead (the collector re-keys later ones). A crash between sending a merge and committing can
+    merge twice. Counted in `HANDOVERS`.
+    """
 
     def __init__(self, nudge: NudgeApp, settings: Settings, rules: RuleSet) -> None:
         self.nudge = nudge
         self.settings = settings
         self.rules = rules
-        self.clocks: dict[int, EventClock] = {}  # per owned partition: see the module docstring
+        self.clocks: dict[int, EventClock] = {}  # per owned partition: see "Deadlines" above
         self.indexes: dict[int, DeadlineIndex] = {}
         self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
         self.ready = False  # False while a rebalance is in progress: the table may be partial
@@ -172,6 +171,8 @@ class LeadWorker:
 
     # --- wiring ---------------------------------------------------------------------------------------------
     def attach(self) -> None:
+        """Register the input, the input loop, the deadline timer, `/metrics`, the recovery hook and the revoke
+        handler with the Faust app; call once, before the app starts. Nothing runs until Faust starts it."""
         app = self.nudge.app
         self.input.register()
         app.task(self._consume)
@@ -193,8 +194,9 @@ class LeadWorker:
         return view.bytes(body, headers={"Content-Type": content_type})
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
-        # Under the state lock: a batch in progress finishes and flushes its output (changelog included) before
-        # Faust hands the partitions on, so the next owner's recovery reads every write of this one.
+        """Blocks the rebalance until a batch or timer round in progress has flushed its output (changelog
+        included), so the next owner's recovery reads every write of this one; then forgets the revoked
+        partitions' clocks and indexes. Deadlines stop firing (`ready` is False) until the index is rebuilt."""
         async with self._state_lock:
             self.ready = False
             for partition in {tp.partition for tp in revoked}:
@@ -205,8 +207,7 @@ class LeadWorker:
         """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
         keeps entries of revoked partitions it wrote itself, so they are filtered out here."""
         owned = {tp.partition for tp in self.nudge.app.assignor.assigned_actives()}
-        # The memory store remembers the changelog partition of each key it recovered.
-        recovered = getattr(self.nudge.leads.data, "_key_partition", {})
+        recovered = recovered_partitions(self.nudge.leads)
         for key, raw in list(self.nudge.leads.data.items()):  # the store: reading it writes no changelog
             partition = self.lead_partition.get(key, recovered.get(key))
             if partition is not None and partition in owned and raw is not None:
@@ -214,7 +215,9 @@ class LeadWorker:
                 yield key, raw, partition
 
     async def _rebuild_index(self) -> None:
-        """After recovery: index the pending deadlines of every lead in a partition this worker owns."""
+        """After Faust's table recovery: index the pending deadlines of every lead in a partition this worker
+        owns, then let deadlines fire again (`ready`). A state that cannot be decoded is logged and skipped here
+        (the next input for its lead dead-letters it)."""
         self.indexes.clear()
         for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
@@ -243,6 +246,9 @@ class LeadWorker:
             raise
 
     async def process_batch(self, batch: Sequence[Message]) -> None:
+        """Evaluate one batch under the state lock and flush everything it produced; returns once the producer
+        has taken the output, so the caller may acknowledge the batch. Raises only on a bug: a bad record
+        becomes a dead letter. Also fires the deadlines that came due on the clocks the batch moved."""
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
             by_lead: dict[str, list[Input]] = {}
             for message in batch:
@@ -265,7 +271,7 @@ class LeadWorker:
             # Deadlines due on the clocks this batch moved fire now, not only on the timer's next turn.
             for partition in list(self.indexes):
                 await self._fire_due_locked(partition, self.clock(partition).now_ms(), TICKS_PER_CHUNK)
-            await self.output.flush()  # before the batch is acknowledged: see engine/worker/faust_ext/batched_output.py
+            await self.output.flush()  # before the batch is acknowledged (see "Commit" on the class)
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
@@ -417,13 +423,14 @@ class LeadWorker:
         item: Any = None,
         partition: int | None = None,
     ) -> None:
-        """Dead-letter an input: a consumed record (`source`), or a deadline tick the timer evaluated."""
+        """Dead-letter an input: a consumed record (`source`), or one the worker made itself (a deadline tick, a
+        hand-over merged in place), which came from no topic."""
         if source is not None:
             key, topic, offset = source.key, source.topic, source.offset
             partition = source.partition
             payload = source.value if payload is None else payload
         else:
-            key, topic, offset = (lead_id or "").encode(), self._handovers_topic, None
+            key, topic, offset = (lead_id or "").encode(), None, None
             if payload is None and isinstance(item, Tick):
                 payload = orjson.dumps({"op": "tick", "lead_id": lead_id, "now_ms": item.now_ms})
             elif payload is None and isinstance(item, MergeIn):  # an anonymous state merged here: keep it
@@ -453,6 +460,9 @@ class LeadWorker:
         return len(due)
 
     async def _fire_due_deadlines(self) -> None:
+        """The timer's round: fire what is due on each owned partition's clock, in chunks of
+        `TICKS_PER_CHUNK` leads per hold of the state lock (each chunk flushed), at most `MAX_TICKS_PER_ROUND`
+        per round so a backlog cannot stall the event loop; the rest fires on the next round."""
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
         for partition in sorted(self.indexes.keys() | self.clocks.keys()):
@@ -480,12 +490,13 @@ class LeadWorker:
         metrics.ACTIVE_LEADS.set(len(sizes))
         metrics.STATE_BYTES.set(sum(sizes))
         consumer = self.nudge.app.consumer
-        with contextlib.suppress(Exception):  # lag is best effort; Tansu's end offsets are off (dev-stack.md)
+        # Best effort: the dev broker (Tansu 0.6) reports end offsets one batch short, see faust_ext/broker_profiles.
+        with contextlib.suppress(Exception):
             for tp in self.nudge.app.assignor.assigned_actives():
                 if tp.topic != self.nudge.clickstream.get_topic_name():
                     continue
                 highwater = consumer.highwater(tp)
-                committed = consumer._committed_offset.get(tp) or 0
+                committed = committed_offset(consumer, tp) or 0
                 if highwater is not None:
                     lag = max(0, highwater - committed)
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)

@@ -1,15 +1,4 @@
-"""Frequency caps across rules: at most `max` messages to one lead through one connector (or all) per period.
-
-Contract:
-- Caps count per lead in Redis sorted sets (one per lead and cap; members are action ids, scores the
-  reservation time in wall-clock ms); a rolling window, not calendar buckets.
-- `reserve(action, connector, now_ms)` checks every applicable cap and reserves a slot in all of them
-  atomically (one Lua script), so two dispatchers cannot both take the last slot. It returns None when the
-  action may go now, or the epoch ms when the first slot frees (the dispatcher defers the action to then, or
-  drops it if the rule says `on_cap: drop`). Reserving again for the same action id is a no-op that succeeds,
-  so retries and replays never count twice.
-- `release(...)` gives the slot back when the action ends without being sent (failed, suppressed).
-"""
+"""Frequency caps across rules: at most `max` messages to one lead through one connector (or all) per period."""
 
 from __future__ import annotations
 
@@ -82,7 +71,11 @@ return 0
 
 
 class FrequencyCaps:
-    """Atomic check-and-reserve of cap slots in Redis (module docstring: the contract)."""
+    """Check-and-reserve of cap slots in Redis, shared by every dispatcher.
+
+    Caps count per lead in Redis sorted sets (one per lead and cap; members are action ids, scores the
+    reservation time in wall-clock ms): a rolling window, not calendar buckets. Redis errors propagate.
+    """
 
     def __init__(self, redis: Redis, prefix: str, rules: list[CapRule]) -> None:
         self.redis = redis
@@ -102,6 +95,11 @@ class FrequencyCaps:
         return out
 
     async def reserve(self, action: Action, connector: str, now_ms: int) -> int | None:
+        """Check every applicable cap and reserve a slot in all of them atomically (one Lua script), so two
+        dispatchers cannot both take the last slot. None: the action may go now; else the epoch ms when the first
+        slot frees (the dispatcher defers the action to then, or drops it when the rule says `on_cap: drop`), and
+        nothing is reserved. Idempotent per action id: reserving again succeeds without counting twice, so
+        retries and replays never count twice."""
         caps = self._applicable(action, connector)
         if not caps:
             return None
@@ -112,6 +110,7 @@ class FrequencyCaps:
         return blocked_until or None
 
     async def release(self, action: Action, connector: str) -> None:
+        """Give the action's slots back when it ends without being sent (failed, suppressed); idempotent."""
         caps = self._applicable(action, connector)
         if caps:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -1,15 +1,4 @@
-"""Circuit breaker per connector: stop hammering a peer that keeps failing, probe it now and then.
-
-Contract (classic three states, exported as `nudge_connector_circuit_state`: 0 closed, 1 half-open, 2 open):
-- closed: every send goes through; `failure_threshold` consecutive failures open the circuit.
-- open: `allow()` is False (the dispatcher reschedules the action durably instead of calling the peer) until
-  `reset_after_s` have passed; then the circuit becomes half-open.
-- half-open: exactly one probe is allowed at a time; its success closes the circuit, its failure opens it
-  again.
-Only failures that say something about the peer's health count (retryable ones); a permanent 4xx for one
-action does not open the circuit. The breaker is in memory, per dispatcher process: a restarted dispatcher
-starts closed.
-"""
+"""Circuit breaker per connector: stop hammering a peer that keeps failing, probe it now and then."""
 
 from __future__ import annotations
 
@@ -31,7 +20,7 @@ class CircuitState(IntEnum):
 
 
 class CircuitConfig(BaseModel):
-    """Circuit breaker thresholds of one connector (`circuit:`); see engine/dispatch/policies/circuit.py."""
+    """Circuit breaker thresholds of one connector (`circuit:` in the connectors file)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,7 +29,17 @@ class CircuitConfig(BaseModel):
 
 
 class CircuitBreaker:
-    """In-memory breaker of one connector; not thread-safe (one event loop); the module states its rules."""
+    """The breaker of one connector, in memory, per dispatcher process (a restarted dispatcher starts closed);
+    one event loop, not thread-safe. Its state is exported as `nudge_connector_circuit_state`.
+
+    - closed (0): every send goes through; `failure_threshold` consecutive failures open the circuit.
+    - open (2): `allow()` is False (the dispatcher reschedules the action durably instead of calling the peer)
+      until `reset_after_s` have passed; then the circuit becomes half-open.
+    - half-open (1): one probe at a time is allowed; its success closes the circuit, its failure opens it again.
+      A probe that never reports back stops blocking after `max(reset_after_s, 1 s)`.
+    Only failures that say something about the peer's health are recorded (retryable ones); a permanent 4xx for
+    one action calls `release()` and does not open the circuit.
+    """
 
     def __init__(self, name: str, config: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
@@ -66,6 +65,8 @@ class CircuitBreaker:
         return max(0.0, self.config.reset_after_s - (self._clock() - self._opened_at))
 
     def allow(self) -> bool:
+        """May a send go to the peer now? In half-open state, True takes the one probe slot: report back with
+        `record_success`, `record_failure` or `release`."""
         state = self.state
         if state is CircuitState.CLOSED:
             return True

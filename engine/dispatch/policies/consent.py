@@ -1,14 +1,4 @@
-"""Consent: a lead who unsubscribed or withdrew marketing consent gets no marketing message.
-
-Contract: `consent_block_reason(view, require_explicit)` is pure and returns the suppression reason or None.
-- Only marketing actions are checked (`Action.marketing`; a sales alert to a rep is not a message to the
-  lead); the dispatcher decides which connectors obey consent (by default the `email` kind, see the connectors
-  file).
-- `traits.unsubscribed` truthy → `unsubscribed`.
-- `traits.marketing_consent` / `traits.consent` explicitly false ("no", 0, "revoked", ...) →
-  `consent_withdrawn`.
-- No consent trait at all → allowed, unless `require_explicit` (opt-in regimes) → `no_consent_recorded`.
-"""
+"""Consent: a lead who unsubscribed or withdrew marketing consent gets no marketing message."""
 
 from __future__ import annotations
 
@@ -32,6 +22,14 @@ class ConsentConfig(BaseModel):
 
 
 def consent_block_reason(view: LeadView, require_explicit: bool = False) -> str | None:
+    """The suppression reason for this action, or None when it may go; pure.
+
+    Only marketing actions are checked (`Action.marketing`; a sales alert to a rep is not a message to the lead);
+    the dispatcher decides which connectors obey consent (by default the `email` kind, see `ConsentConfig`).
+    `traits.unsubscribed` truthy → `unsubscribed`; `traits.marketing_consent` / `traits.consent` explicitly false
+    ("no", 0, "revoked", ...) → `consent_withdrawn`; no consent trait at all → allowed, unless `require_explicit`
+    (opt-in regimes) → `no_consent_recorded`.
+    """
     if not view.action.marketing:
         return None
     if view.unsubscribed:

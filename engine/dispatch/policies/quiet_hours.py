@@ -1,10 +1,4 @@
-"""Quiet hours: no marketing message to a lead during the night of the lead's own timezone.
-
-Contract: `QuietHours.next_allowed_ms(now_ms, tz_name)` is pure: None when sending is allowed at `now_ms`,
-else the epoch ms when the quiet period ends in that timezone (the action is deferred to then). A window whose
-start is after its end spans midnight (21:00-08:00). An unknown or missing timezone falls back to the default
-timezone, which is validated when the connectors file is loaded. Start == end means no quiet hours.
-"""
+"""Quiet hours: no marketing message to a lead during the night of the lead's own timezone."""
 
 from __future__ import annotations
 
@@ -44,6 +38,7 @@ class QuietHoursConfig(BaseModel):
 
 @lru_cache(maxsize=512)
 def zone(name: str | None) -> ZoneInfo | None:
+    """The IANA timezone `name`, or None when empty or unknown (cached)."""
     if not name:
         return None
     try:
@@ -53,7 +48,8 @@ def zone(name: str | None) -> ZoneInfo | None:
 
 
 class QuietHours:
-    """Pure quiet-hours check; raises ValueError for an unknown default timezone."""
+    """Pure quiet-hours check. The constructor raises ValueError for an unknown default timezone (the
+    connectors file loader validates it first)."""
 
     def __init__(self, config: QuietHoursConfig, default_timezone: str) -> None:
         default = zone(default_timezone)
@@ -65,11 +61,15 @@ class QuietHours:
         self.default = default
 
     def applies(self, connector: str, marketing: bool) -> bool:
+        """Do quiet hours hold back this connector's actions of this kind?"""
         if self.config.marketing_only and not marketing:
             return False
         return "*" in self.config.connectors or connector in self.config.connectors
 
     def next_allowed_ms(self, now_ms: int, tz_name: str | None) -> int | None:
+        """None when sending is allowed at `now_ms`, else the epoch ms when the quiet period ends in the lead's
+        timezone `tz_name` (an unknown or missing one falls back to the default). A window whose start is after
+        its end spans midnight (21:00-08:00); start == end means no quiet hours."""
         start, end = self.config.start, self.config.end
         if start == end:
             return None

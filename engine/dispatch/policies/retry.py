@@ -1,11 +1,4 @@
-"""Retry policy: exponential backoff with jitter, honouring a peer's Retry-After.
-
-Contract: `RetryPolicy.next_delay_s(attempt, retry_after_s)` gives the wait before attempt `attempt + 1` after
-attempt `attempt` (1-based) failed, or `None` when the budget (`max_attempts`) is spent. The delay is
-`min(max_delay, base * multiplier**(attempt-1))` scaled by a random factor in [0.5, 1.0] ("equal jitter":
-spreads retries of many actions without ever retrying sooner than half the backoff), and never less than the
-peer's Retry-After (capped at `max_retry_after_s`).
-"""
+"""Retry policy: exponential backoff with jitter, honouring a peer's Retry-After."""
 
 from __future__ import annotations
 
@@ -34,11 +27,16 @@ class RetryPolicy:
         self._rng = rng or random.Random()
 
     def backoff_s(self, attempt: int) -> float:
+        """The jittered backoff after attempt `attempt`, without budget or Retry-After."""
         raw = self.config.base_delay_s * self.config.multiplier ** max(0, attempt - 1)
         capped = min(self.config.max_delay_s, raw)
         return capped * self._rng.uniform(0.5, 1.0)
 
     def next_delay_s(self, attempt: int, retry_after_s: float | None = None) -> float | None:
+        """The wait before attempt `attempt + 1` after attempt `attempt` (1-based) failed, or None when the budget
+        (`max_attempts`) is spent. The delay is `min(max_delay, base * multiplier**(attempt-1))` scaled by a random
+        factor in [0.5, 1.0] ("equal jitter": spreads retries of many actions without ever retrying sooner than
+        half the backoff), and never less than the peer's Retry-After (capped at `max_retry_after_s`)."""
         if attempt >= self.config.max_attempts:
             return None
         delay = self.backoff_s(attempt)

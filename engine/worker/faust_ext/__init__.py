@@ -1,0 +1,26 @@
+"""Extensions of Faust and aiokafka that reach into their internals: the one fenced place for them.
+
+Why it exists: the worker's throughput comes from bypassing Faust's per-record machinery (a stream and its
+tasks per record, the per-record send path) and from broker workarounds Faust has no setting for. That needs
+private API, which a library may change in any release. Keeping every such use here, behind small public
+functions and classes, makes the price visible and checkable: faust-streaming and aiokafka are pinned exactly
+in pyproject.toml, and tests/worker/test_faust_ext_tripwire.py fails on an upgrade that changes anything listed
+below. Nothing outside this package may touch a private attribute of Faust, mode or aiokafka (ruff's SLF001 is
+ignored only here), nor rely on their undocumented behaviour.
+
+Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), and where:
+- `fast_delivery`: overrides `mode.Service.wait_first` for the call shape of the private drain loop
+  `faust.transport.consumer.Consumer._drain_messages` (`wait_first(callback(message), self.suspend_flow.wait())`);
+  reads `mode.Service._stopped` and `mode.Service._crashed`; overrides `faust.App._new_transport` (and sets the
+  transport class's `Consumer` attribute) so the app's consumer is the fast-delivery one.
+- `batched_output`: `faust.transport.drivers.aiokafka.Producer._ensure_producer()` (the app's aiokafka producer)
+  and `aiokafka.client.AIOKafkaClient._wait_on_metadata(topic)` (partition count of an output topic).
+- `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private
+  `faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer` building its consumer through
+  that module attribute with `fetch_max_wait_ms=1500`.
+- `private_state`: `faust.transport.consumer.Consumer._committed_offset` (the last committed offset per
+  partition) and `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
+- `batched_input`: no underscore names, but undocumented behaviour: a `faust.Schema` whose `compile()` returns
+  the `Message` itself, `Topic.clone(is_iterator=True)` subscribing a channel the conductor fills directly
+  (`queue.put_nowait_enhanced` with flow control), `Message.generation_id` and `Message.ack(consumer)`.
+"""

@@ -1,23 +1,6 @@
-"""The worker's input: records from Faust's consumer in batches, without a Faust stream per record.
-
-Why: a Faust agent hands each record through its stream machinery (an event object, sensor calls, the current-event
-context variable, a take buffer, per-event acks); for the worker, which only ever wants batches of raw records, that
-was the largest share of the remaining per-record cost (bench/FINDINGS.md). Faust still does everything else: group
-membership and partition assignment, fetching, flow control and pausing during rebalances, back-pressure, offset
-commits, and table recovery.
-
-Contract of `WorkerInput`:
-- `register()` subscribes one Faust channel to the input topics; Faust's conductor puts each record (the Faust
-  `Message` itself, no decoding) on the channel's flow-controlled queue, exactly where it would put a stream's events:
-  the same queue type, the same back-pressure (a full queue pauses fetching of that partition), and the queue is
-  cleared by Faust when partitions are revoked.
-- `batches(size, within_s)` yields lists of at most `size` records, in arrival order: it waits for a first record,
-  takes what is queued and, when that is less than `size`, waits `within_s` once and takes what came meanwhile.
-  Records from an earlier consumer generation (fetched before a rebalance) or delivered while the flow is stopped
-  are left out and acknowledged, as Faust's streams do.
-- `ack(batch)` acknowledges the records once the caller has processed them (and flushed what they produced): only
-  then may Faust commit their offsets (at-least-once).
-"""
+"""The worker's input: records from Faust's consumer in batches, without a Faust stream per record. Why: a Faust
+agent hands each record through its stream machinery (an event object, sensor calls, the current-event context
+variable, a take buffer, per-record acks), the largest per-record cost left in the worker (bench/FINDINGS.md)."""
 
 from __future__ import annotations
 
@@ -40,6 +23,19 @@ class MessageSchema(faust.Schema):
 
 
 class WorkerInput:
+    """Batches of raw Faust `Message`s from `topics`, in arrival order, with Faust's own flow control.
+
+    Faust still does everything else: group membership and partition assignment, fetching, pausing during
+    rebalances, offset commits and table recovery. The records are not decoded: the worker decodes values itself.
+
+    Back-pressure: the conductor puts each record on the channel's flow-controlled queue (`maxsize` records),
+    exactly where it would put a stream's events; a full queue pauses fetching of that partition. Faust clears
+    the queue when partitions are revoked.
+
+    Commit: a record's offset may be committed by Faust only once it is acknowledged (`ack`), which the caller
+    does after it processed the batch and flushed what the batch produced: at-least-once.
+    """
+
     def __init__(self, app: faust.App, topics: Sequence[str], maxsize: int) -> None:
         self.app = app
         topic = app.topic(*topics, schema=MessageSchema(), maxsize=maxsize, acks=True)
@@ -48,9 +44,17 @@ class WorkerInput:
         self.channel = topic.clone(is_iterator=True)
 
     def register(self) -> None:
+        """Subscribe the input to its topics through Faust's conductor; call once, before the app starts."""
         self.app.topics.add(self.channel)
 
     async def batches(self, size: int, within_s: float) -> AsyncIterator[list[Message]]:
+        """Yield lists of at most `size` records, in arrival order, forever.
+
+        Blocks until a first record is queued, takes what else is queued and, when that is less than `size`,
+        sleeps `within_s` once and takes what came meanwhile. Records of an earlier consumer generation (fetched
+        before a rebalance) or delivered while the flow is stopped are left out and acknowledged at once, as
+        Faust's streams do; an empty remainder yields nothing. Never raises for a record.
+        """
         queue = self.channel.queue
         while True:
             batch = [await queue.get()]
@@ -80,6 +84,7 @@ class WorkerInput:
         return current
 
     def ack(self, batch: Sequence[Message]) -> None:
+        """Acknowledge processed records: from now on Faust may commit their offsets. Does not block."""
         consumer = self.app.consumer
         for message in batch:
             message.ack(consumer)

@@ -1,29 +1,6 @@
-"""Batched output of the worker: records produced while one input batch is processed go out as one produce batch per
-(topic, partition), and table writes update the store at once with their changelog record in the same output.
-
-Why not Faust's send path (`topic.send`, `table[key] = value`): it costs a future message, the producer buffer
-queue, a sensor call and an aiokafka future per record. With many distinct leads per batch that path was the largest
-single cost after message delivery (bench/FINDINGS.md). aiokafka's batch API appends records to one buffer per
-partition instead.
-
-Contract of `OutputBatch`:
-- `send(topic, key, value, partition=None)` queues a record; without `partition` the key picks it with Kafka's
-  default partitioner (murmur2), as Faust's and aiokafka's producers do, so keyed records land where producers of
-  the same keys put theirs.
-- `flush()` hands the queued records to the app's producer, grouped by (topic, partition), in the order they were
-  queued within a partition, and must be awaited before the input batch is acknowledged. Faust flushes its producer
-  before it commits consumer offsets, so a committed input offset implies its outputs were delivered (at-least-once,
-  as with Faust's own send path). The producer's `max_batch_size` is honoured (the Tansu dev profile needs one
-  record per batch, see engine/worker/faust_ext/broker_profiles.py).
-- A batch the broker finally rejects is logged and counted in `OUTPUT_ERRORS`; the input offsets may still be
-  committed, as with Faust's own send path.
-
-Contract of `TableWriter`:
-- `put(partition, key, value)`: the table's store holds `value` for `key` immediately (later reads in the same batch
-  see it); `value=None` deletes the key and queues a tombstone. `partition` is the partition of the input that
-  changed the key: the table is co-partitioned with its source topics, as Faust's own write path assumes.
-- Recovery is Faust's own: it reads the changelog into the store on start and rebalance, unchanged.
-"""
+"""The worker's output: one produce batch per (topic, partition) per input batch, and table writes that go out in
+it. Why not Faust's send path (`topic.send`, `table[key] = value`): a future message, the producer buffer queue, a
+sensor call and an aiokafka future per record were the largest cost after message delivery (bench/FINDINGS.md)."""
 
 from __future__ import annotations
 
@@ -42,18 +19,38 @@ Record = tuple[bytes | None, bytes | None]
 
 
 class OutputBatch:
+    """Records queued while one input batch is processed, handed to the app's aiokafka producer in one go.
+
+    Ordering: records of one (topic, partition) are produced in the order they were queued. Without an explicit
+    partition the key picks it with Kafka's default partitioner (murmur2), as Faust's and aiokafka's producers
+    do, so keyed records land where other producers of the same keys put theirs.
+
+    Commit: `flush()` must be awaited before the input batch is acknowledged. Faust flushes its producer before
+    it commits consumer offsets, so a committed input offset implies its outputs were delivered (at-least-once,
+    as with Faust's own send path).
+
+    Errors: a batch the broker finally rejects is logged and counted in `OUTPUT_ERRORS`; the input offsets may
+    still be committed, as with Faust's own send path. Not thread-safe; one event loop.
+    """
+
     def __init__(self, producer: Any) -> None:
         """`producer`: the app's Faust producer (its aiokafka producer is what Faust flushes before commits)."""
         self._producer = producer
         self._pending: dict[tuple[str, int | None], list[Record]] = {}
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        """Queue a record (`value=None`: a tombstone); nothing is sent before `flush()`. Does not block."""
         records = self._pending.get((topic, partition))
         if records is None:
             records = self._pending[(topic, partition)] = []
         records.append((key, value))
 
     async def flush(self) -> None:
+        """Hand every queued record to the producer, grouped by (topic, partition), as few produce batches as the
+        producer's `max_batch_size` allows (the Tansu dev profile needs one record per batch, see
+        `broker_profiles`). Returns once the producer has taken them, not once the broker acknowledged them;
+        blocks while the producer's buffer is full (back-pressure) and, for a topic first written, while its
+        metadata is fetched."""
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
@@ -93,15 +90,26 @@ async def send_in_batches(
 
 
 class TableWriter:
+    """Writes to a Faust table's store and queues each write's changelog record in an `OutputBatch`.
+
+    The changelog record is produced when the output batch is flushed, with the rest of the batch's output
+    (see `OutputBatch` for commit semantics). Recovery is Faust's own: it reads the changelog into the store on
+    start and after a rebalance, unchanged.
+    """
+
     def __init__(self, table: Any, output: OutputBatch) -> None:
         self._table = table
         self._output = output
         self._changelog_topic = table.changelog_topic.get_topic_name()
 
     def get(self, key: bytes) -> Any:
+        """The stored value of `key` (None when absent), including writes not flushed yet."""
         return self._table.data.get(key)
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """The store holds `value` for `key` at once (later reads in the same batch see it); `value=None` deletes
+        the key and queues a tombstone. `partition` is the partition of the input that changed the key: the
+        table is co-partitioned with its source topics, as Faust's own write path assumes."""
         store = self._table.data
         if value is None:
             store.pop(key, None)

@@ -1,32 +1,6 @@
-"""Faust/aiokafka settings per broker profile: the one place where broker quirks are worked around.
-
-Contract: `faust_settings(settings)` returns the keyword arguments for `faust.App(...)` from a `Settings`.
-Profiles (`NUDGE_BROKER_PROFILE`):
-
-- `kafka` (default): a real Kafka cluster. Throughput-oriented producer/consumer batching (see
-  /work/shared/notes/performance.md): linger 50 ms, 1 MiB producer batches, 10k records per poll, 8 MiB
-  fetches.
-- `dev`: the Tansu broker used by the dev stack, the demo and CI. Tansu 0.6.0 has two bugs, worked around here
-  and nowhere else:
-  1. ListOffsets(latest) answers "first offset of the last batch + 1" instead of "last offset + 1", so Faust
-     stops changelog recovery early and a restarted worker loses the tail of the last batch. Workaround: one
-     record per producer batch (`producer_max_batch_size=1` byte). `tests/integration/test_tansu_quirks.py`
-     fails when a fixed Tansu appears: then delete this workaround.
-  2. JoinGroup completes only after session_timeout / 2 (30 s with Faust defaults). Workaround: a 4 s session
-     with 1 s heartbeats (a join takes 2 s, a worker is ready 2-3 s after start, and a worker that vanished
-     without leaving is replaced after 4 s; the consumer heartbeats from its own thread, so a busy agent does
-     not miss them).
-  3. A waiting Fetch is answered only when the consumer's `fetch_max_wait_ms` expires, not when records
-     arrive, and Faust hard-codes 1.5 s for its consumers: every hop (event → worker, hand-over →
-     worker) would wait up to 1.5 s. Workaround: `install_broker_workarounds()` caps the wait of the
-     consumers Faust creates at 20 ms (about 50 idle fetches a second per consumer; real Kafka answers as
-     soon as data arrives and needs nothing). Measured in bench/FINDINGS.md (1b).
-- `dev-batched`: `dev` without workaround 1, for runs that never restart a worker or move partitions (the
-  demo, throughput benchmarks): recovery is never needed there, and normal producer batching keeps latency
-  low.
-  Tansu also has no idempotent/transactional producer, so both profiles use at-least-once processing; actions
-  carry deterministic ids so a redelivered action is recognised downstream.
-"""
+"""Faust/aiokafka settings per broker profile (`NUDGE_BROKER_PROFILE`): the one place where broker quirks are
+worked around. Tansu also has no idempotent/transactional producer, so every profile processes at-least-once;
+actions carry deterministic ids so a redelivered action is recognised downstream."""
 
 from __future__ import annotations
 
@@ -67,6 +41,8 @@ def _common(settings: Settings) -> dict[str, Any]:
 
 
 def _kafka_profile() -> dict[str, Any]:
+    """A real Kafka cluster: throughput-oriented batching (linger 50 ms, 1 MiB producer batches, 10k records per
+    poll, 8 MiB fetches; measured in bench/FINDINGS.md)."""
     return {
         "producer_linger": 0.05,
         "producer_max_batch_size": _MIB,
@@ -76,6 +52,20 @@ def _kafka_profile() -> dict[str, Any]:
 
 
 def _dev_profile() -> dict[str, Any]:
+    """The Tansu 0.6.0 broker of the dev stack, the demo and CI. Its bugs, worked around here and nowhere else:
+
+    1. ListOffsets(latest) answers "first offset of the last batch + 1" instead of "last offset + 1", so Faust
+       stops changelog recovery early and a restarted worker loses the tail of the last batch. Workaround: one
+       record per producer batch (`producer_max_batch_size=1` byte). tests/integration/test_tansu_quirks.py fails
+       when a fixed Tansu appears: then delete this workaround.
+    2. JoinGroup completes only after session_timeout / 2 (30 s with Faust defaults). Workaround: a 4 s session
+       with 1 s heartbeats (a join takes 2 s, a worker is ready 2-3 s after start, and a worker that vanished
+       without leaving is replaced after 4 s; the consumer heartbeats from its own thread, so a busy agent does
+       not miss them).
+    3. A waiting Fetch is answered only when `fetch_max_wait_ms` expires, not when records arrive, and Faust
+       hard-codes 1.5 s for its consumers: every hop (event → worker, hand-over → worker) would wait up to 1.5 s.
+       Workaround: `install_broker_workarounds()` (no Faust setting exists for it).
+    """
     return {
         # Tansu bug 1 (end offsets): one record per producer batch keeps changelog recovery complete.
         "producer_max_batch_size": 1,
@@ -90,9 +80,9 @@ def _dev_profile() -> dict[str, Any]:
 
 
 def _dev_batched_profile() -> dict[str, Any]:
-    # Fast joins, but normal producer batching: under load one record per batch queues changelog writes,
-    # actions and deadline ticks behind each other (seconds of latency on a busy 2-core machine). Safe only
-    # when no worker restarts or takes over partitions during the run, since recovery would stop early.
+    """`dev` without workaround 1, for runs that never restart a worker or move partitions (the demo, throughput
+    benchmarks): there recovery is never needed, and one record per batch would queue changelog writes and
+    actions behind each other (seconds of latency on a busy 2-core machine). Recovery would stop early."""
     return {**_dev_profile(), **_kafka_profile(), "producer_linger": 0.005}
 
 
@@ -101,10 +91,12 @@ TANSU_FETCH_WAIT_MS = 20
 
 
 def install_broker_workarounds(settings: Settings) -> None:
-    """Tansu bug 3 (module docstring), for the dev profiles only; call once before the Faust app starts.
+    """Tansu bug 3 (see `_dev_profile`), for the dev profiles only; call once before the Faust app starts.
 
-    Faust passes no fetch wait of its own choosing through its settings, so the aiokafka consumer class its
-    driver instantiates is replaced by one that caps the wait."""
+    Faust passes no fetch wait of its own choosing through its settings, so `aiokafka.AIOKafkaConsumer`, which
+    Faust's driver looks up when it creates a consumer, is replaced process-wide by a subclass that caps the wait
+    at `TANSU_FETCH_WAIT_MS` (about 50 idle fetches a second per consumer; real Kafka answers as soon as data
+    arrives and needs nothing; measured in bench/FINDINGS.md). Idempotent; a no-op for the `kafka` profile."""
     if settings.broker_profile not in ("dev", "dev-batched"):
         return
     import aiokafka
@@ -124,5 +116,7 @@ def install_broker_workarounds(settings: Settings) -> None:
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `faust.App` for this deployment (profile from `settings.broker_profile`)."""
+    """Keyword arguments for `faust.App` for this deployment: the common settings (memory store rebuilt from the
+    changelog, raw serializers, at-least-once) plus the profile named by `settings.broker_profile`: `kafka`
+    (default), `dev` or `dev-batched`. Raises KeyError for another name (`Settings` validates it first)."""
     return {**_common(settings), **PROFILES[settings.broker_profile]()}

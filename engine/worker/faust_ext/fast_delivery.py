@@ -1,25 +1,6 @@
-"""Hand each fetched message to its stream without Faust's four asyncio tasks per message, keeping the semantics.
-
-Faust's consumer drain loop (`faust.transport.consumer.Consumer._drain_messages`, faust-streaming 0.15) delivers
-every message with `await self.wait_first(callback(message), self.suspend_flow.wait())`: the callback (the
-conductor putting the event on its stream's queue) races the flow being suspended by a rebalance, so a callback
-blocked on a full stream buffer is abandoned when the flow stops. `wait_first` wraps both coroutines plus the
-service's stopped/crashed events in four tasks and cancels three, for every message. In the benchmark that was
-about a third of the worker's CPU per event (bench/FINDINGS.md).
-
-Contract of `FastDeliveryConsumer.wait_first` (the drain loop is its only caller in Faust):
-- Fast path, taken only when the flow is not suspended and the consumer neither stopped nor crashed: the
-  callback coroutine is stepped once in place. Almost always it completes without suspending (the stream queue
-  had room): the result is the same as `wait_first` reporting the callback as the first to finish, and the
-  unused `suspend_flow.wait()` coroutine is closed without running.
-- When the callback does suspend (full stream buffer, flow control, producer back-pressure), the rest of it runs
-  under Faust's own `wait_first` against the same suspension coroutine: abandoned on suspension exactly as before.
-- Exceptions from the callback propagate as they did.
-Any other call shape goes to Faust's `wait_first` unchanged.
-
-`NudgeFaustApp` is `faust.App` whose transport uses this consumer; nothing else differs. The naive baseline in
-the benchmark deliberately uses plain `faust.App`.
-"""
+"""Hand each fetched message to its stream without Faust's four asyncio tasks per message, keeping the semantics:
+`wait_first` wraps its coroutines and the service's stopped/crashed events in four tasks and cancels three, for
+every message, about a third of the worker's CPU per event in the benchmark (bench/FINDINGS.md)."""
 
 from __future__ import annotations
 
@@ -63,10 +44,30 @@ def _close(awaitable: Any) -> None:
 
 
 def fast_delivery_consumer(base: type) -> type:
-    """A subclass of Faust's consumer class `base` with the fast path described in the module docstring."""
+    """A subclass of Faust's consumer class `base` whose `wait_first` takes the fast path below."""
 
     class FastDeliveryConsumer(base):  # type: ignore[misc, valid-type]
+        """Faust's consumer, delivering each message without a task per message; nothing else differs.
+
+        Faust's drain loop (`Consumer._drain_messages`, its only caller of `wait_first`) delivers every message
+        with `await self.wait_first(callback(message), self.suspend_flow.wait())`: the callback (the conductor
+        putting the record on its channel's queue) races the flow being suspended by a rebalance, so a callback
+        blocked on a full queue is abandoned when the flow stops. Ordering, back-pressure and what is abandoned
+        on a rebalance stay exactly Faust's.
+        """
+
         async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+            """Same results and exceptions as `mode.Service.wait_first`.
+
+            Fast path, taken only for the drain loop's call shape (two coroutines, no timeout) while the flow is
+            not suspended and the consumer neither stopped nor crashed: the callback is stepped once in place.
+            Almost always it completes without suspending (the queue had room): the result is what `wait_first`
+            reports for a callback that finished first, and the unused `suspend_flow.wait()` coroutine is closed
+            without running. When the callback does suspend (full queue, flow control, producer back-pressure),
+            the rest of it runs under Faust's own `wait_first` against the same suspension coroutine: abandoned
+            on suspension exactly as before. Exceptions from the callback propagate as they did. Any other call
+            goes to Faust's `wait_first` unchanged.
+            """
             callback = coros[0] if len(coros) == 2 else None
             if (
                 timeout is None
@@ -91,12 +92,14 @@ def fast_delivery_consumer(base: type) -> type:
 
 
 def fast_delivery_transport(base: type[TransportT]) -> type[TransportT]:
+    """Faust's transport class `base`, with `FastDeliveryConsumer` as its consumer class."""
     consumer = fast_delivery_consumer(base.Consumer)  # type: ignore[attr-defined]
     return type(f"FastDelivery{base.__name__}", (base,), {"Consumer": consumer})
 
 
 class NudgeFaustApp(faust.App):
-    """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer`."""
+    """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer`; nothing else differs. (The
+    benchmark's naive baseline deliberately uses plain `faust.App`.)"""
 
     def _new_transport(self) -> TransportT:
         base = transport.by_url(self.conf.broker_consumer[0])

@@ -1,0 +1,182 @@
+"""Tripwire for engine/worker/faust_ext: the exact faust-streaming and aiokafka versions it was written against,
+and every private attribute or undocumented behaviour of Faust, mode and aiokafka it relies on, checked for shape.
+
+An upgrade that changes any of them fails here, in one place, before it can fail in production. When it does:
+read the new library code, adapt the faust_ext module named in the failing test, then update the pins in
+pyproject.toml and the expectations here (and the list in engine/worker/faust_ext/__init__.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiokafka
+import aiokafka.client
+import faust
+import faust.channels
+import faust.streams
+import faust.topics
+import faust.transport.conductor
+import faust.transport.consumer
+import mode
+import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from faust.stores import memory
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import Message
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _pins() -> dict[str, str]:
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    pins = {}
+    for requirement in dependencies:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^;\s]+)", requirement.strip())
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def _source(function: Callable[..., Any]) -> str:
+    """The function's source with whitespace runs collapsed, so reformatting upstream does not trip the wire."""
+    return re.sub(r"\s+", " ", inspect.getsource(function))
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+# --- the pins ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["faust-streaming", "aiokafka"])
+def test_installed_version_is_the_exact_pin(distribution: str) -> None:
+    pins = _pins()
+    assert distribution in pins, f"pin {distribution} exactly (==) in pyproject.toml: faust_ext uses its internals"
+    assert version(distribution) == pins[distribution], (
+        f"{distribution} {version(distribution)} is installed, faust_ext was checked against {pins[distribution]}"
+    )
+
+
+# --- fast_delivery ----------------------------------------------------------------------------------------------
+
+
+def test_drain_loop_delivers_through_wait_first_with_the_suspension_coroutine() -> None:
+    """`FastDeliveryConsumer.wait_first` takes its fast path for exactly this call of the private drain loop."""
+    drain = _source(faust.transport.consumer.Consumer._drain_messages)
+    assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in drain
+
+
+def test_mode_wait_first_signature_and_results() -> None:
+    assert _parameters(mode.Service.wait_first) == ["self", "coros", "timeout"]
+    assert mode.services.WaitResults._fields == ("done", "results", "stopped")
+
+
+def test_mode_service_keeps_stopped_and_crashed_events() -> None:
+    service = mode.Service()
+    for name in ("_stopped", "_crashed"):
+        event = getattr(service, name)
+        assert callable(event.is_set) and callable(event.wait) and not event.is_set()
+
+
+def test_app_builds_its_transport_through_new_transport() -> None:
+    assert _parameters(faust.App._new_transport) == ["self"]
+    assert "self._transport = self._new_transport()" in _source(faust.App.transport.fget)
+    assert "transport.by_url(self.conf.broker_consumer[0])" in _source(faust.App._new_transport)
+    assert isinstance(faust_aiokafka.Transport.Consumer, type)  # the class attribute fast_delivery_transport swaps
+
+
+# --- batched_output ---------------------------------------------------------------------------------------------
+
+
+def test_faust_producer_exposes_its_aiokafka_producer() -> None:
+    ensure = faust_aiokafka.Producer._ensure_producer
+    assert _parameters(ensure) == ["self"]
+    assert "return self._producer" in _source(ensure)
+
+
+def test_aiokafka_client_waits_on_metadata_per_topic() -> None:
+    wait = aiokafka.client.AIOKafkaClient._wait_on_metadata
+    assert inspect.iscoroutinefunction(wait)
+    assert _parameters(wait) == ["self", "topic"]
+
+
+def test_aiokafka_batch_api_shape() -> None:
+    assert _parameters(aiokafka.AIOKafkaProducer.create_batch) == ["self"]
+    assert _parameters(aiokafka.AIOKafkaProducer.send_batch)[:4] == ["self", "batch", "topic", "partition"]
+    builder = BatchBuilder(batch_size=64, compression_type=0)
+    assert builder.append(key=b"k", value=b"v" * 10, timestamp=None) is not None
+    assert builder.append(key=b"k", value=b"v" * 100, timestamp=None) is None  # full: OutputBatch starts a new one
+
+
+# --- broker_profiles --------------------------------------------------------------------------------------------
+
+
+def test_faust_creates_its_consumer_through_the_aiokafka_module_attribute() -> None:
+    """`install_broker_workarounds` replaces `aiokafka.AIOKafkaConsumer`; Faust must look it up at call time and
+    pass the fetch wait the replacement caps."""
+    assert faust_aiokafka.aiokafka is aiokafka
+    create = _source(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
+    assert "return aiokafka.AIOKafkaConsumer(" in create
+    assert "fetch_max_wait_ms=1500" in create
+    assert "fetch_max_wait_ms" in inspect.signature(aiokafka.AIOKafkaConsumer.__init__).parameters
+
+
+# --- private_state ----------------------------------------------------------------------------------------------
+
+
+def test_consumer_keeps_committed_offsets_per_partition() -> None:
+    init = _source(faust.transport.consumer.Consumer.__init__)
+    assert "self._committed_offset = defaultdict(lambda: None)" in init
+    assert "self._committed_offset.update(" in _source(faust.transport.consumer.Consumer._commit_offsets)
+
+
+def test_memory_store_remembers_the_partition_of_recovered_keys() -> None:
+    store = memory.Store.__new__(memory.Store)  # no app needed for the part the worker reads
+    store.__post_init__()
+    event = SimpleNamespace(key=b"lead", value=b"{}", message=SimpleNamespace(value=b"{}", partition=3))
+    store.apply_changelog_batch([event], to_key=lambda key: key, to_value=lambda value: value)
+    assert store._key_partition == {b"lead": 3}
+    assert store.data == {b"lead": b"{}"}
+
+
+# --- batched_input ----------------------------------------------------------------------------------------------
+
+
+def test_topic_decodes_with_the_compiled_schema() -> None:
+    """`MessageSchema.compile` returns a decoder that hands back the `Message`; Faust must call it so."""
+    assert "self._compile_decode()" in _source(faust.topics.Topic.__init__)
+    assert "self.decode = self.schema.compile(" in _source(faust.topics.Topic._compile_decode)
+    assert _parameters(faust.Schema.compile) == [
+        "self",
+        "app",
+        "on_key_decode_error",
+        "on_value_decode_error",
+        "default_propagate",
+    ]
+
+
+def test_conductor_puts_the_decoded_value_on_the_channel_queue() -> None:
+    handler = _source(faust.transport.conductor.ConductorCompiler.build)
+    assert "event = await chan.decode(message, propagate=True)" in handler
+    assert "queue.put_nowait_enhanced(" in handler
+    assert "is_iterator" in _parameters(faust.channels.Channel.clone)
+
+
+def test_stale_records_are_recognised_as_faust_streams_recognise_them() -> None:
+    """`WorkerInput` drops (and acks) what Faust's own streams skip: records of an earlier consumer generation, or
+    delivered while the flow is stopped."""
+    stream = _source(faust.streams.Stream._py_aiter)
+    assert "not self.app.flow_control.is_active() or message.generation_id != self.app.consumer_generation_id" in (
+        stream
+    )
+    assert "generation_id" in Message.__slots__
+    assert _parameters(Message.ack)[:2] == ["self", "consumer"]
