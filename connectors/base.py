@@ -1,21 +1,5 @@
-"""The connector contract: what the dispatcher asks of every connector, and how a connector reports a failure.
-
-A connector delivers one `Action` to one kind of peer (HTTP endpoint, Slack, SMTP server, Kafka topic, Redis
-stream, CRM). Contract:
-- `send(action)` returns when the peer has ACCEPTED the action (HTTP 2xx, SMTP 250 after DATA, broker ack,
-  XADD reply). It never retries by itself: retries, backoff, idempotency, caps and circuit breaking are the
-  dispatcher's (engine/dispatch), configured beside the connector's own options in the connectors file.
-- It passes `action.action_id` to the peer (HTTP `Idempotency-Key` / `X-Nudge-Action-Id`, email `Message-ID`,
-  Kafka header, stream field) so a peer can drop a second copy after a crash between send and mark.
-- Failures are raised as `RetryableError` (may work later: timeouts, 5xx, 429 with optional `retry_after_s`,
-  SMTP 4xx), `PermanentError` (will never work: 4xx, bad address, SMTP 5xx), or `SkipDelivery` (nothing to
-  send for this lead, e.g. no email address: recorded as suppressed). Any other exception is treated as
-  retryable.
-- `reason` is a short code from a bounded set (used as a metric label); `detail` is for humans. Neither may
-  contain a secret; the dispatcher redacts them again anyway.
-- `send` may be called concurrently up to the connector's `concurrency`; `start()` opens pooled clients,
-  `close()` releases them. A connector holds no per-lead state.
-"""
+"""The connector contract: what the dispatcher asks of every connector (`Connector`), and how a connector reports
+a failure (`DeliveryError` and its kinds)."""
 
 from __future__ import annotations
 
@@ -106,7 +90,22 @@ class ConnectorEnv:
 
 
 class Connector(ABC):
-    """Base class: subclasses set `kind` and `config_model` and implement `send`."""
+    """Delivers one `Action` to one kind of peer (HTTP endpoint, Slack, SMTP server, Kafka topic, Redis
+    stream, CRM). Subclasses set `kind` and `config_model` and implement `send`.
+
+    - `send(action)` returns when the peer has ACCEPTED the action (HTTP 2xx, SMTP 250 after DATA, broker ack, XADD
+      reply). It never retries by itself: retries, backoff, idempotency, caps and circuit breaking are the
+      dispatcher's (`engine.dispatch`), configured beside the connector's own options in the connectors file.
+    - It passes `action.action_id` to the peer (HTTP `Idempotency-Key` / `X-Nudge-Action-Id`, email `Message-ID`,
+      Kafka header, stream field) so a peer can drop a second copy after a crash between send and mark.
+    - Failures are raised as `RetryableError` (may work later: timeouts, 5xx, 429 with optional `retry_after_s`,
+      SMTP 4xx), `PermanentError` (will never work: 4xx, bad address, SMTP 5xx), or `SkipDelivery` (nothing to send
+      for this lead, e.g. no email address: recorded as suppressed). Any other exception is treated as retryable.
+    - `reason` is a short code from a bounded set (used as a metric label); `detail` is for humans. Neither may
+      contain a secret; the dispatcher redacts them again anyway.
+    - `send` may be called concurrently up to the connector's `concurrency`; `start()` opens pooled clients,
+      `close()` releases them. A connector holds no per-lead state.
+    """
 
     kind: ClassVar[str]
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig

@@ -1,14 +1,5 @@
-"""`crm`: put a qualified lead into the seller's pipeline over a CRM's HTTP API.
-
-Contract (request shapes modelled on common CRM contact APIs, e.g. HubSpot/Pipedrive style): 1. `PUT
-{base_url}/contacts/{external_id}` with `{"external_id", "email", "name", "company", "properties":
-{"lead_score", "lifecycle_stage", "owner", "nudge_rule", "nudge_explanation", "last_page"}}`: an upsert keyed
-by our lead id, so repeating it is harmless. 2. When `create_task` is on (default) or the action's payload has
-a `task`: `POST {base_url}/tasks` with `{"contact_external_id", "title", "body", "owner", "due_at",
-"priority"}`. Both carry `Authorization: Bearer <token>` (a secret) and `Idempotency-Key` (`<action_id>` for
-the upsert, `<action_id>:task` for the task) so a retried action does not create a second task on a CRM that
-honours the header. Errors follow `connectors.http`.
-"""
+"""`crm`: put a qualified lead into the seller's pipeline over a CRM's HTTP API (request shapes modelled on common
+CRM contact APIs, HubSpot/Pipedrive style)."""
 
 from __future__ import annotations
 
@@ -69,7 +60,17 @@ def task_document(action: Action, due_in_h: float) -> dict[str, Any]:
 
 
 class CrmConnector(HttpConnector):
-    """Upserts the contact, then creates the task (module docstring); both requests are idempotent by key."""
+    """Upserts the contact, then creates the task; both requests are idempotent by key.
+
+    1. `PUT {base_url}/contacts/{external_id}` with `{"external_id", "email", "name", "company", "properties":
+       {"lead_score", "lifecycle_stage", "owner", "nudge_rule", "nudge_explanation", "last_page"}}`: an upsert keyed
+       by our lead id, so repeating it is harmless.
+    2. When `create_task` is on (default) or the action's payload has a `task`: `POST {base_url}/tasks` with
+       `{"contact_external_id", "title", "body", "owner", "due_at", "priority"}`.
+    Both carry `Authorization: Bearer <token>` (a secret) and `Idempotency-Key` (`<action_id>` for the upsert,
+    `<action_id>:task` for the task) so a retried action does not create a second task on a CRM that honours the
+    header. Errors follow `HttpClient.request`.
+    """
 
     kind = "crm"
     config_model = CrmConfig

@@ -1,22 +1,5 @@
-"""`email`: an HTML + text email over SMTP (STARTTLS or implicit TLS, AUTH), rendered from sandboxed
-templates.
-
-Contract:
-- Recipient: the lead's `traits.email`; a lead without one is `SkipDelivery("no_email_address")` (suppressed).
-- Body: `multipart/alternative` with a text part and an HTML part from
-  `email/<template>.{subject,txt,html}.j2` (fallback `default`); abandonment templates list the cart (product
-  names, quantities, prices, total) and a return link. Variables: `rendering.template_vars` plus `brand`, and
-  `links` {site_url, return_url, unsubscribe_url}.
-- Headers: `Message-ID: <action_id@sender-domain>` (a second copy after a crash carries the same id, so mail
-  systems and people can tell), `X-Nudge-Action-Id`, `List-Unsubscribe` (URL and optional mailto) and, for
-  https URLs, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
-- The unsubscribe URL is signed (`{signature}` = HMAC-SHA256(unsubscribe_secret, lead id), hex, first 32
-  chars) so a link cannot be forged for another lead.
-- SMTP 4xx and connection problems are retryable; 5xx (unknown mailbox, rejected content, failed AUTH)
-  permanent. One connection per message (simple, and loopback/relay latency makes it cheap); the password
-  never appears in errors.
-- Sent through aiosmtplib (asyncio-native: STARTTLS, implicit TLS and AUTH without a thread per send).
-"""
+"""`email`: an HTML + text email over SMTP (STARTTLS or implicit TLS, AUTH), rendered from sandboxed templates,
+sent through aiosmtplib (asyncio-native: STARTTLS, implicit TLS and AUTH without a thread per send)."""
 
 from __future__ import annotations
 
@@ -72,7 +55,22 @@ class EmailConfig(ConnectorConfig):
 
 
 class EmailConnector(Connector):
-    """Renders and sends one message per action over a fresh SMTP connection (module docstring)."""
+    """Renders and sends one message per action over a fresh SMTP connection (simple, and loopback/relay
+    latency makes it cheap).
+
+    - Recipient: the lead's `traits.email`; a lead without one is `SkipDelivery("no_email_address")` (suppressed).
+    - Body: `multipart/alternative` with a text part and an HTML part from `email/<template>.{subject,txt,html}.j2`
+      (fallback `default`); abandonment templates list the cart (product names, quantities, prices, total) and a
+      return link. Variables: `rendering.template_vars` plus `brand`, and `links` {site_url, return_url,
+      unsubscribe_url}.
+    - Headers: `Message-ID: <action_id@sender-domain>` (a second copy after a crash carries the same id, so mail
+      systems and people can tell), `X-Nudge-Action-Id`, `List-Unsubscribe` (URL and optional mailto) and, for
+      https URLs, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    - The unsubscribe URL is signed (`{signature}` = HMAC-SHA256(unsubscribe_secret, lead id), hex, first 32
+      chars) so a link cannot be forged for another lead.
+    - SMTP 4xx and connection problems are retryable; 5xx (unknown mailbox, rejected content, failed AUTH)
+      permanent. The password never appears in errors.
+    """
 
     kind = "email"
     config_model = EmailConfig

@@ -1,12 +1,4 @@
-"""Shared HTTP plumbing for the HTTP connectors (webhook, Slack, CRM): one pooled session, one error mapping.
-
-Contract of `post_json` / `request_json`: returns the response body (text) on 2xx; raises
-- `RetryableError("http_429", retry_after_s=...)` on 429, honouring `Retry-After` (seconds or HTTP date);
-- `RetryableError("http_<code>")` on 408, 425 and 5xx (the peer may recover);
-- `PermanentError("http_<code>")` on other 4xx (the request itself is wrong; retrying cannot help);
-- `RetryableError("timeout" | "connection_error")` when no response came.
-Error details carry the status and at most 200 characters of the body, never the URL (which may hold a token).
-"""
+"""Shared HTTP plumbing for the HTTP connectors (webhook, Slack, CRM): one pooled session, one error mapping."""
 
 from __future__ import annotations
 
@@ -41,6 +33,13 @@ class HttpClient:
             self._session = None
 
     async def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> str:
+        """The response body (text) on 2xx; otherwise raises
+        - `RetryableError("http_429", retry_after_s=...)` on 429, honouring `Retry-After` (seconds or HTTP date);
+        - `RetryableError("http_<code>")` on 408, 425 and 5xx (the peer may recover);
+        - `PermanentError("http_<code>")` on other 4xx (the request itself is wrong; retrying cannot help);
+        - `RetryableError("timeout" | "connection_error")` when no response came.
+        Error details carry the status and at most 200 characters of the body, never the URL (which may hold a token).
+        """
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -56,6 +55,7 @@ class HttpClient:
             raise RetryableError("connection_error", type(exc).__name__) from None
 
     async def post_json(self, url: str, doc: Any, headers: dict[str, str]) -> str:
+        """`request("POST", ...)` with `doc` as JSON (bytes are sent as they are)."""
         body = doc if isinstance(doc, bytes) else orjson.dumps(doc)
         return await self.request("POST", url, body, {"Content-Type": "application/json", **headers})
 

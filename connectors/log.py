@@ -1,8 +1,5 @@
-"""`log`: write each action as one JSON line to a logger (and optionally stdout) — for the demo and debugging.
-
-Contract: never fails; the line holds id, rule, lead, connector, explanation, template and payload, not the
-whole context (which can hold personal data). Logger name `nudge.actions`.
-"""
+"""`log`: write each action as one JSON line to the logger `nudge.actions` (and optionally stdout), for the demo
+and debugging."""
 
 from __future__ import annotations
 
@@ -42,7 +39,9 @@ def log_line(action: Action) -> str:
 
 
 class LogConnector(Connector):
-    """Logs (and prints) one line per action; never fails."""
+    """Logs (and prints) one line per action; never fails. The line holds id, rule, lead, connector,
+    explanation, template and payload, not the whole context (which can hold personal data).
+    """
 
     kind = "log"
     config_model = LogConfig

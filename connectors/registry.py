@@ -1,7 +1,5 @@
 """Connector types by name: `type: webhook` in the connectors file → `connectors.webhook.WebhookConnector`.
-
-Imports are lazy so loading the file does not import every client library.
-"""
+Imports are lazy so loading the file does not import every client library."""
 
 from __future__ import annotations
 

@@ -1,15 +1,4 @@
-"""Message templates: Jinja2 in its sandboxed environment, so a template can format facts but never run code.
-
-Contract:
-- Templates are looked up by name in the user's templates directory first (connectors file `templates_dir`),
-  then in the built-in `connectors/templates/`. Email: `email/<name>.subject.j2`, `.txt.j2`, `.html.j2`;
-  Slack: `slack/<name>.md.j2`. A missing name falls back to `default`.
-- HTML templates autoescape; Slack templates escape `&`, `<`, `>` in every `{{ }}` value (Slack mrkdwn), so
-  lead data cannot inject markup or links. Undefined values render empty instead of failing.
-- `template_vars(action, extra)` is the one variable set all templates see (documented in the README).
-- A broken template raises `TemplateProblem` (the connector turns it into a permanent failure naming the
-  template).
-"""
+"""Message templates: Jinja2 in its sandboxed environment, so a template can format facts but never run code."""
 
 from __future__ import annotations
 
@@ -74,6 +63,8 @@ def mentions(text: Any) -> Markup | str:
 
 
 def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one variable set all templates see (listed in docs/connectors.md): `lead`, `traits`, `cart`, `score`,
+    `stage`, `rep`, `last_page`, `recent`, `action`, `payload`, `context`, plus `extra` (e.g. email's `brand`)."""
     view = LeadView(action)
     rep = view.rep
     items = view.cart_items
@@ -112,7 +103,16 @@ def template_vars(action: Any, extra: dict[str, Any] | None = None) -> dict[str,
 
 
 class Renderer:
-    """Two sandboxed Jinja environments (mail with HTML autoescape, Slack with mrkdwn escaping)."""
+    """Two sandboxed Jinja environments: mail with HTML autoescape, Slack with mrkdwn escaping.
+
+    - Templates are looked up by name in the user's templates directory first (connectors file `templates_dir`),
+      then in the built-in `connectors/templates/`. Email: `email/<name>.subject.j2`, `.txt.j2`, `.html.j2`; Slack:
+      `slack/<name>.md.j2`. A missing name falls back to `default`.
+    - HTML templates autoescape; Slack templates escape `&`, `<`, `>` in every `{{ }}` value (Slack mrkdwn), so
+      lead data cannot inject markup or links. Undefined values render empty instead of failing.
+    - A broken template raises `TemplateProblem` (the connector turns it into a permanent failure naming the
+      template).
+    """
 
     def __init__(self, user_dir: Path | None = None) -> None:
         dirs = [str(p) for p in (user_dir, BUILTIN_TEMPLATES) if p is not None]

@@ -1,16 +1,4 @@
-"""`slack`: post to a Slack incoming webhook with Block Kit.
-
-Contract:
-- Payload: `{"text": <fallback>, "blocks": [...]}` as Slack's incoming webhooks accept. The first section is
-  the rendered `slack/<template>.md.j2` (escaped mrkdwn); then fields for who the lead is (name, email,
-  company), score, stage and the assigned rep (`<@U123>` mention when the rep has a `slack_id`); what they did
-  (recent activity, last page); why the rule fired (the action's explanation); and a context line with rule
-  and action id.
-- The webhook URL contains Slack's secret token: it is a secret (never logged; errors carry no URL).
-- Slack answers 200 `ok`; 429 with Retry-After is honoured; 4xx (`invalid_payload`, `channel_not_found`, ...)
-  is permanent; 5xx retried. Slack has no idempotency header: the action id is in the context block and in
-  `X-Nudge-Action-Id` for a proxy that dedupes.
-"""
+"""`slack`: post to a Slack incoming webhook with Block Kit."""
 
 from __future__ import annotations
 
@@ -92,7 +80,18 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
 
 
 class SlackConnector(HttpConnector):
-    """Posts one Block Kit message per action to the incoming webhook."""
+    """Posts one Block Kit message per action to the incoming webhook.
+
+    - Payload: `{"text": <fallback>, "blocks": [...]}` as Slack's incoming webhooks accept. The first section is the
+      rendered `slack/<template>.md.j2` (escaped mrkdwn); then fields for who the lead is (name, email, company),
+      score, stage and the assigned rep (`<@U123>` mention when the rep has a `slack_id`); what they did (recent
+      activity, last page); why the rule fired (the action's explanation); and a context line with rule and action
+      id.
+    - The webhook URL contains Slack's secret token: it is a secret (never logged; errors carry no URL).
+    - Slack answers 200 `ok`; 429 with Retry-After is honoured; 4xx (`invalid_payload`, `channel_not_found`, ...)
+      is permanent; 5xx retried. Slack has no idempotency header: the action id is in the context block and in
+      `X-Nudge-Action-Id` for a proxy that dedupes.
+    """
 
     kind = "slack"
     config_model = SlackConfig

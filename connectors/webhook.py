@@ -1,14 +1,4 @@
-"""`webhook`: POST the action as JSON to a URL, signed with HMAC-SHA256.
-
-Contract:
-- Body: `Action.to_json()` (sorted keys), `Content-Type: application/json`.
-- Headers: `Idempotency-Key` and `X-Nudge-Action-Id` (the action id: dedupe on it), `X-Nudge-Timestamp` (Unix
-  seconds), and when a `secret` is set `X-Nudge-Signature: v1=<hex HMAC-SHA256(secret,
-  "<timestamp>.<body>")>`; plus the configured `headers` (values are treated as secrets: never logged).
-- A receiver verifies with `verify_signature()` (same code as in the README) and rejects timestamps older than
-  its replay window (default 300 s).
-- Success: any 2xx. Errors follow `connectors.http` (429/5xx retry, other 4xx permanent).
-"""
+"""`webhook`: POST the action as JSON to a URL, signed with HMAC-SHA256; `verify_signature` for receivers."""
 
 from __future__ import annotations
 
@@ -61,7 +51,16 @@ def verify_signature(
 
 
 class WebhookConnector(HttpConnector):
-    """POSTs the signed action (module docstring: headers and signature)."""
+    """POSTs the signed action; success is any 2xx, errors follow `HttpClient.request` (429/5xx retry,
+    other 4xx permanent).
+
+    - Body: `Action.to_json()` (sorted keys), `Content-Type: application/json`.
+    - Headers: `Idempotency-Key` and `X-Nudge-Action-Id` (the action id: dedupe on it), `X-Nudge-Timestamp` (Unix
+      seconds), and when a `secret` is set `X-Nudge-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`;
+      plus the configured `headers` (values are treated as secrets: never logged).
+    - A receiver verifies with `verify_signature()` and rejects timestamps older than its replay window (default
+      300 s).
+    """
 
     kind = "webhook"
     config_model = WebhookConfig

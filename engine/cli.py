@@ -1,9 +1,5 @@
-"""The `nudge` command line.
-
-Each sub-command lives in its own module under `engine/commands/` and exposes
-`register(subparsers) -> None`; the parser it adds sets `func(args) -> int` as its default. Discovery is by module,
-so a new command is one new file. Exit codes: 0 success, 1 runtime failure, 2 bad input (usage, invalid rules).
-"""
+"""The `nudge` command line: one sub-command per module under `engine/commands/`, discovered by module, so a new
+command is one new file."""
 
 from __future__ import annotations
 
@@ -26,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `nudge` with `argv` (default `sys.argv[1:]`) and return the exit code: 0 success, 1 runtime failure,
+    2 bad input (usage, invalid rules). Each `engine.commands` module exposes `register(subparsers) -> None`; the
+    parser it adds sets `func(args) -> int` as its default.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

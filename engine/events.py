@@ -1,17 +1,5 @@
-"""The Segment-spec event model, shared by the collector, the worker, the sink and `nudge simulate`.
-
-Contract:
-- `parse_event(raw)` accepts one Segment-spec message (bytes / str of JSON, or an already decoded dict) and returns
-  an immutable `Event`, or raises `InvalidEvent` whose `reason` is a short, stable, machine-readable code
-  (used as a Prometheus label and in the dead-letter record) and whose `detail` says what was wrong, for a human.
-- Event time is `timestamp` (ISO-8601, any offset; normalised to UTC milliseconds). When it is missing,
-  `originalTimestamp` corrected by the clock skew `receivedAt - sentAt` is used, then `receivedAt`. An event with none
-  of them is invalid: Nudge never silently substitutes processing time for event time.
-- The lead id is `userId`, else `anonymousId`. Nothing else is required of an event except `type` and, for `track`,
-  `event`.
-
-Pure: no I/O, no Faust or Kafka imports.
-"""
+"""The Segment-spec event model, shared by the collector, the worker, the sink and `nudge simulate`. Pure: no I/O,
+no Faust or Kafka imports."""
 
 from __future__ import annotations
 
@@ -182,7 +170,18 @@ def synthetic_message_id(doc: dict[str, Any]) -> str:
 
 
 def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = None) -> Event:
-    """Validate and normalise one Segment-spec message. Raises `InvalidEvent`; never anything else for bad input."""
+    """Validate and normalise one Segment-spec message: bytes / str of JSON, or an already decoded dict.
+
+    Returns an immutable `Event`, or raises `InvalidEvent` whose `reason` is a short, stable, machine-readable code
+    (used as a Prometheus label and in the dead-letter record) and whose `detail` says what was wrong, for a human;
+    never anything else for bad input.
+    - Event time is `timestamp` (ISO-8601, any offset; normalised to UTC milliseconds). When it is missing,
+      `originalTimestamp` corrected by the clock skew `receivedAt - sentAt` is used, then `receivedAt`
+      (`received_at_ms` when given). An event with none of them is invalid: Nudge never silently substitutes
+      processing time for event time.
+    - The lead id is `userId`, else `anonymousId`. Nothing else is required of an event except `type` and, for
+      `track`, `event`. Without a `messageId`, a deterministic synthetic one is derived from the content.
+    """
     if isinstance(raw, dict):
         doc = raw
     else:

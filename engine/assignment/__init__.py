@@ -14,6 +14,10 @@ Use from the dispatcher (or any process with Redis):
 Modules: `roster` (YAML → `Roster`), `strategies` (pure choice), `store` (Redis + Lua), `assigner`
 (`Assigner`), `sla` (`SlaMonitor`), `notifications` (the `Action`s to reps), `flow` (the dispatcher hook),
 `api` (aiohttp routes), `service` (the process), `model` (value types).
+
+May import `engine.core` (the `Action` it builds), `engine.events`, `engine.kafka`, `engine.config`,
+`engine.metrics`, Redis, aiohttp, pydantic and PyYAML; nothing of the worker, the dispatcher, the sink, the
+collector or connectors (the dispatcher calls in, via `flow`).
 """
 
 from engine.assignment.assigner import AckResult, Assigner, AssignmentContention, RepStatus, UnknownRep

@@ -1,16 +1,4 @@
-"""HTTP endpoints of the assignment subsystem (aiohttp), to mount in any Nudge web server.
-
-Routes (JSON in and out; errors are `{"error": "<code>", "detail": "<what to fix>"}`):
-- `POST /v1/leads/{id}/ack` body `{"rep_id": "alice"}` (optional; also `?rep_id=`): the owner acknowledges
-  the lead, which stops its SLA clock. 200 `{"lead_id", "rep_id", "acked": true, "already": bool}`; 404 the
-  lead has no owner; 409 `rep_id` is not the current owner (e.g. the lead was reassigned); 400 malformed body.
-- `PUT|POST /v1/reps/{id}/availability` body `{"status": "away"|"available"}` or `{"available": bool}`:
-  200 `{"rep_id", "available"}`; 404 unknown rep; 400 malformed body.
-- `GET /v1/leads/{id}`: owner (`Assignment.to_json()` or null), assignment history and the collector's
-  profile hash `nudge:profile:{id}`; 404 when Nudge knows nothing about the lead.
-No authentication here: mount behind the same auth as the rest of the internal API (the routes change
-ownership).
-"""
+"""HTTP endpoints of the assignment subsystem (aiohttp), to mount in any Nudge web server."""
 
 from __future__ import annotations
 
@@ -132,7 +120,18 @@ async def show_lead(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application, assigner: Assigner) -> None:
-    """Mount the assignment routes on an existing application."""
+    """Mount the assignment routes on an existing application. JSON in and out; errors are `{"error":
+    "<code>", "detail": "<what to fix>"}`:
+    - `POST /v1/leads/{id}/ack` body `{"rep_id": "alice"}` (optional; also `?rep_id=`): the owner acknowledges the
+      lead, which stops its SLA clock. 200 `{"lead_id", "rep_id", "acked": true, "already": bool}`; 404 the lead has
+      no owner; 409 `rep_id` is not the current owner (e.g. the lead was reassigned); 400 malformed body.
+    - `PUT|POST /v1/reps/{id}/availability` body `{"status": "away"|"available"}` or `{"available": bool}`: 200
+      `{"rep_id", "available"}`; 404 unknown rep; 400 malformed body.
+    - `GET /v1/leads/{id}`: owner (`Assignment.to_json()` or null), assignment history and the collector's profile
+      hash `nudge:profile:{id}`; 404 when Nudge knows nothing about the lead.
+    No authentication here: mount behind the same auth as the rest of the internal API (the routes change
+    ownership).
+    """
     app[ASSIGNER_KEY] = assigner
     app.router.add_post("/v1/leads/{lead_id}/ack", ack_lead)
     app.router.add_put("/v1/reps/{rep_id}/availability", set_availability)
@@ -141,6 +140,7 @@ def add_routes(app: web.Application, assigner: Assigner) -> None:
 
 
 def create_app(assigner: Assigner) -> web.Application:
+    """A standalone application with only the assignment routes (`add_routes`)."""
     app = web.Application()
     add_routes(app, assigner)
     return app

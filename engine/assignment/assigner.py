@@ -1,23 +1,5 @@
 """`Assigner`: the API the dispatcher, the HTTP endpoints and the CLI use to own, acknowledge and move hot
-leads.
-
-Contract:
-- `assign(lead_id, lead)` is idempotent per lead: the first call anywhere (any process) picks a rep and
-  stores it, every later call returns that owner with `created=False`. None means no rep is eligible right
-  now (everybody away, off hours or full); nothing is stored then and the caller may retry later.
-- `lead` is the lead as the action context carries it (traits: email, name, company, country/territory,
-  segment; score; stage). It is stored with the owner so a reassignment can use the same traits.
-- Each choice is made by the pure `strategies.choose` on a snapshot and committed by a Lua script that
-  rejects stale snapshots (see `store`); on rejection the assigner re-reads and chooses again, at most
-  `max_attempts` times, then raises `AssignmentContention`. Calls within one `Assigner` are serialised (one
-  lock) so a process does not compete with itself; throughput is a few thousand assignments per second, far
-  above any hot-lead rate.
-- `clock()` returns epoch seconds (default `time.time`): working hours, assignment times and SLA deadlines
-  all use it, so tests control time by passing their own clock.
-- The SLA deadline is `assigned_at + roster.sla.ack_within_s`; `ack` stops it; `due_sla_breaches` lists leads
-  past it; `reassign` moves a lead to another rep (previous owners are tried last). Notifications are built by
-  `engine.assignment.sla.SlaMonitor` / `notifications`, never sent from here.
-"""
+leads."""
 
 from __future__ import annotations
 
@@ -71,6 +53,24 @@ class RepStatus:
 
 
 class Assigner:
+    """Owns, acknowledges, moves and releases hot leads for the dispatcher, the HTTP endpoints and the CLI.
+
+    Idempotency: `assign(lead_id, lead)` is idempotent per lead: the first call anywhere (any process) picks a rep
+    and stores it; every later call returns that owner with `created=False`. `release` and `ack` may be repeated.
+
+    Concurrency: each choice is made by the pure `strategies.choose` on a snapshot and committed by a Lua script
+    that rejects stale snapshots (`AssignmentStore.commit`); on rejection the assigner re-reads and chooses again,
+    at most `max_attempts` times, then raises `AssignmentContention`. Calls within one `Assigner` are serialised
+    (one lock) so a process does not compete with itself; throughput is a few thousand assignments per second, far
+    above any hot-lead rate. Redis errors propagate.
+
+    Time: `clock()` returns epoch seconds (default `time.time`): working hours, assignment times and SLA deadlines
+    all use it, so tests control time by passing their own clock.
+
+    SLA: the deadline is `assigned_at + roster.sla.ack_within_s`; `ack` stops it; `due_sla_breaches` lists leads
+    past it; `reassign` moves a lead to another rep (previous owners are tried last). Notifications are built by
+    `SlaMonitor` / `notifications`, never sent from here.
+    """
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -188,6 +188,11 @@ class Assigner:
         raise AssignmentContention(f"could not assign lead {lead_id!r} in {self.max_attempts} attempts")
 
     async def assign(self, lead_id: str, lead: Mapping[str, Any] | None = None) -> Assignment | None:
+        """The lead's owner, assigning one when it has none; None when no rep is eligible right now (everybody
+        away, off hours or full): nothing is stored then and the caller may retry later. `lead` is the lead as
+        the action context carries it (traits: email, name, company, country/territory, segment; score; stage);
+        it is stored with the owner so a reassignment can use the same traits.
+        """
         async with self._lock:
             return await self._place(lead_id, lead or {}, previous=None, reason="")
 

@@ -1,17 +1,4 @@
-"""The hot-lead flow as the dispatcher uses it: give an action's lead an owner before it is delivered.
-
-Contract:
-- `wants_owner(action)` says whether an action is a hot-lead alert that needs a rep: its payload says
-  `"assign": true`, or its template is one of `HOT_LEAD_TEMPLATES`, or the lead's stage in the context is
-  one of `ASSIGN_STAGES` (a lead reaching SQL). Marketing actions to the lead never need one.
-- `with_owner(assigner, action)` assigns the lead (idempotent: the existing owner when there is one) and
-  returns the action with `context.owner` = the rep card, `payload.mention` = the Slack mention and
-  `payload.ack_path`, plus the `Assignment` (None: nobody eligible now; the action is returned unchanged
-  and is delivered without an owner, e.g. to the team channel). The action id is unchanged, so
-  idempotency downstream still holds.
-- `assignment.created` tells the caller whether this call made the assignment (then it may also publish
-  `assignment.lead_update()` to `lead-updates`).
-"""
+"""The hot-lead flow as the dispatcher uses it: give an action's lead an owner before it is delivered."""
 
 from __future__ import annotations
 
@@ -27,6 +14,10 @@ ASSIGN_STAGES = frozenset({"SQL", "sql"})
 
 
 def wants_owner(action: Action) -> bool:
+    """Is this a hot-lead alert that needs a rep? Its payload says `"assign": true`, or its template is one
+    of `HOT_LEAD_TEMPLATES`, or the lead's stage in the context is one of `ASSIGN_STAGES` (a lead reaching SQL).
+    Marketing actions to the lead never need one.
+    """
     if action.marketing:
         return False
     if action.payload.get("assign") is True or action.template in HOT_LEAD_TEMPLATES:
@@ -35,6 +26,13 @@ def wants_owner(action: Action) -> bool:
 
 
 async def with_owner(assigner: Assigner, action: Action) -> tuple[Action, Assignment | None]:
+    """Assign the action's lead (idempotent: the existing owner when there is one) and return the action with
+    `context.owner` = the rep card, `payload.mention` = the Slack mention and `payload.ack_path`, plus the
+    `Assignment`. None: nobody eligible now; the action is returned unchanged and is delivered without an owner
+    (e.g. to the team channel). The action id is unchanged, so idempotency downstream still holds.
+    `assignment.created` tells the caller whether this call made the assignment (then it may also publish
+    `assignment.lead_update()` to `lead-updates`). Redis errors and `AssignmentContention` propagate.
+    """
     assignment = await assigner.assign(action.lead_id, action.context)
     if assignment is None:
         return action, None

@@ -1,22 +1,6 @@
-"""Actions that tell reps about assignments. Pure: builds `Action` values, delivers nothing.
-
-The dispatcher delivers these like any other action (they can be produced to the `actions` topic as they are).
-Shapes, for the connector templates (the built-in `default` templates already render them: Slack shows
-`payload.mention` then `payload.text`; email goes to `payload.to` with `payload.subject`):
-- connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text": plain
-  text without Slack markup, "ack_path": "/v1/leads/{id}/ack"}`.
-- connector "email", template "lead_assigned": payload as above plus `{"to": rep email, "subject": ...}`.
-- connector "slack", template "lead_reassigned": payload `{"mention": "<@NEW> <@OLD>", "rep": new card,
-  "previous_rep": old card, "reason": "sla", "text", "ack_path"}` — one message that tells both reps.
-- connector "email", template "lead_assigned" to the new owner (same keys, plus `to`, `subject`) and
-  template "lead_reassigned_away" to the previous owner (`rep` = the previous owner, `new_rep` = new card).
-- connector "slack", template "lead_sla_missed": to the current owner when nobody else can take the lead.
-A rep card is `{"id", "name", "email", "slack_id"}`. `context` is the lead as given to `Assigner.assign`
-(traits, score, stage) plus `owner` (card) and `assignment` (`Assignment.to_json()`).
-All are sales alerts: `marketing=False` (consent rules for marketing do not apply), `priority=10`.
-`action_id` is deterministic in (lead, template, recipient, assignment time), so a repeated SLA pass never
-doubles a message.
-"""
+"""Actions that tell reps about assignments. Pure: builds `Action` values, delivers nothing; the dispatcher delivers
+them like any other action. All are sales alerts (`marketing=False`, `priority=10`) with an `action_id`
+deterministic in (lead, template, recipient, assignment time), so a repeated SLA pass never doubles a message."""
 
 from __future__ import annotations
 
@@ -93,7 +77,16 @@ def ack_path(lead_id: str) -> str:
 def assignment_actions(
     assignment: Assignment, lead: Mapping[str, Any], fired_at_ms: int
 ) -> tuple[Action, ...]:
-    """Slack alert mentioning the new owner + email to the owner, for a fresh assignment of a hot lead."""
+    """Slack alert mentioning the new owner + email to the owner, for a fresh assignment of a hot lead.
+
+    - connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text": plain
+      text without Slack markup, "ack_path": "/v1/leads/{id}/ack"}`.
+    - connector "email", template "lead_assigned": payload as above plus `{"to": rep email, "subject": ...}`.
+    A rep card is `{"id", "name", "email", "slack_id"}`. `context` is the lead as given to `Assigner.assign`
+    (traits, score, stage) plus `owner` (card) and `assignment` (`Assignment.to_json()`). The built-in `default`
+    templates render these: Slack shows `payload.mention` then `payload.text`; email goes to `payload.to` with
+    `payload.subject`.
+    """
     card = assignment.rep_card()
     label = lead_label(assignment.lead_id, lead)
     text = f"hot lead {label} is yours: please acknowledge it"
@@ -126,7 +119,13 @@ def reassignment_actions(
     fired_at_ms: int,
     reason: str = "sla",
 ) -> tuple[Action, ...]:
-    """Slack message to both reps + email to the new owner + email to the previous owner."""
+    """Slack message to both reps + email to the new owner + email to the previous owner.
+
+    - connector "slack", template "lead_reassigned": payload `{"mention": "<@NEW> <@OLD>", "rep": new card,
+      "previous_rep": old card, "reason": "sla", "text", "ack_path"}`: one message that tells both reps.
+    - connector "email", template "lead_assigned" to the new owner (keys as in `assignment_actions`) and template
+      "lead_reassigned_away" to the previous owner (`rep` = the previous owner, `new_rep` = new card).
+    """
     card, old = assignment.rep_card(), dict(previous)
     label = lead_label(assignment.lead_id, lead)
     because = "was not acknowledged in time" if reason == "sla" else f"was moved ({reason})"
@@ -167,7 +166,9 @@ def reassignment_actions(
 def sla_missed_actions(
     breach: SlaBreach, owner: Mapping[str, Any], lead: Mapping[str, Any], fired_at_ms: int, why: str
 ) -> tuple[Action, ...]:
-    """Reminder to the current owner when the lead cannot move (nobody else eligible, or too many moves)."""
+    """Reminder to the current owner when the lead cannot move (nobody else eligible, or too many moves):
+    connector "slack", template "lead_sla_missed".
+    """
     card = dict(owner)
     text = f"hot lead {lead_label(breach.lead_id, lead)} is still waiting for you to acknowledge it ({why})"
     return (

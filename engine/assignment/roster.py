@@ -1,14 +1,6 @@
-"""The sales reps roster: who can receive hot leads, where, when and how many.
-
-Contract:
-- `load_roster(path)` reads a YAML file (see `reps.yaml` at the repo root) and returns an immutable `Roster`,
-  or raises `RosterError` whose message names the file, the line and the field, says what is wrong and how to
-  fix it.
-- A `Roster` is static configuration. Run-time availability changes (CLI, HTTP) live in Redis
-  (`AssignmentStore`) and override `Rep.available`; the roster file is never rewritten.
-- Invalid: duplicate rep ids, unknown time zones, unknown strategies, capacity < 0, weight <= 0, a malformed
-  "HH:MM" time or day name, an `ack_within` that is not a positive duration.
-"""
+"""The sales reps roster: who can receive hot leads, where, when and how many. Static configuration: run-time
+availability changes (CLI, HTTP) live in Redis (`AssignmentStore`) and override `Rep.available`; the roster file
+is never rewritten."""
 
 from __future__ import annotations
 
@@ -228,7 +220,12 @@ def parse_roster(text: str, source: str = "<reps>") -> Roster:
 
 
 def load_roster(path: Path | str) -> Roster:
-    """Read and validate the roster file; a missing file is a `RosterError` naming the setting to change."""
+    """Read and validate the roster file (see `reps.yaml` at the repo root) into an immutable `Roster`.
+
+    Raises `RosterError` whose message names the file, the line and the field, says what is wrong and how to fix
+    it: duplicate rep ids, unknown time zones, unknown strategies, capacity < 0, weight <= 0, a malformed "HH:MM"
+    time or day name, an `ack_within` that is not a positive duration; a missing file names the setting to change.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,19 +1,4 @@
-"""SLA enforcement: a hot lead not acknowledged in time moves to another rep, and both reps hear about it.
-
-Contract:
-- `SlaMonitor.run_once()` handles every lead whose ack deadline has passed (per the assigner's clock) and
-  returns one `Reassignment` per breach, carrying the `Action`s to deliver (see `notifications` for their
-  shapes). It delivers nothing itself: the caller hands the actions to the dispatcher (or produces them to
-  the `actions` topic).
-- Breach with another eligible rep and fewer than `sla.max_reassignments` moves → reassigned (new SLA clock),
-  actions: Slack to both, email to the new owner, email to the previous owner.
-- Breach with nobody else eligible → the owner keeps the lead, its clock restarts (`ack_within` again), and
-  the owner gets a `lead_sla_missed` reminder. Breach after `max_reassignments` moves → the clock stops, same
-  reminder.
-- Several monitors may run at once (one per dispatcher): the reassignment is conditional on the owner being
-  the one that breached (Lua, see `store`), so a breach is acted upon once; the loser gets None and emits
-  nothing.
-"""
+"""SLA enforcement: a hot lead not acknowledged in time moves to another rep, and both reps hear about it."""
 
 from __future__ import annotations
 
@@ -31,7 +16,18 @@ log = logging.getLogger(__name__)
 
 
 class SlaMonitor:
-    """Turns due SLA breaches into reassignments plus the notifications for both reps."""
+    """Turns due SLA breaches into reassignments plus the notifications for both reps; delivers nothing itself
+    (the caller hands the actions to the dispatcher, or produces them to `actions`).
+
+    - Breach with another eligible rep and fewer than `sla.max_reassignments` moves → reassigned (new SLA clock);
+      actions: Slack to both, email to the new owner, email to the previous owner.
+    - Breach with nobody else eligible → the owner keeps the lead, its clock restarts (`ack_within` again), and the
+      owner gets a `lead_sla_missed` reminder. Breach after `max_reassignments` moves → the clock stops, same
+      reminder.
+    - Several monitors may run at once (one per dispatcher): the reassignment is conditional on the owner being the
+      one that breached (Lua, see `AssignmentStore`), so a breach is acted upon once; the loser gets None and emits
+      nothing.
+    """
 
     def __init__(self, assigner: Assigner) -> None:
         self.assigner = assigner
@@ -65,6 +61,9 @@ class SlaMonitor:
         return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
 
     async def run_once(self) -> list[Reassignment]:
+        """Handle every lead whose ack deadline has passed (per the assigner's clock); one `Reassignment` per
+        breach acted upon here, carrying the `Action`s to deliver. Redis errors propagate.
+        """
         done = []
         for breach in await self.assigner.due_sla_breaches():
             outcome = await self.handle(breach)

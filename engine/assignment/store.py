@@ -1,27 +1,4 @@
-"""Assignment state in Redis, changed only by Lua scripts so that concurrent workers stay consistent.
-
-Keys (all under one hash tag, `nudge:{assign}:`, so a Redis Cluster keeps them in one slot and the scripts
-may touch several of them):
-- `owner:<lead>` hash: rep, strategy, assigned_at_ms, sla_deadline_ms, acked_at_ms, reassignments, tried,
-  lead (JSON)
-- `history:<lead>` list of JSON entries (assigned, reassigned, acked, released, sla_extended), newest last,
-  capped
-- `loads` hash rep -> open leads; `totals` hash rep -> leads ever assigned; `cursors` hash pool -> last rep
-- `availability` hash rep -> "away" | "available" (run-time override of the roster)
-- `sla` sorted set lead -> ack deadline (epoch ms); `version` counter bumped by every change of loads or
-  availability
-
-Contract:
-- `commit` applies a `Choice` made from a `PoolSnapshot` only if that snapshot still holds for what the
-  choice used: the lead has no owner (or, for a reassignment, still the expected one), the rotation cursor is
-  unchanged, the rep is not marked away and below capacity, and for load-based choices the version is
-  unchanged. Otherwise it changes nothing and says why (`owned` with the owner, `moved`, or `conflict`); the
-  caller re-reads and chooses again. Hence one lead never gets two owners and the rotation is never skewed,
-  whatever the number of processes.
-- Load counts only change together with an owner change, in the same script: they cannot drift from the
-  owners.
-- Values come back decoded (str) whether or not the client uses `decode_responses`.
-"""
+"""Assignment state in Redis, changed only by Lua scripts so that concurrent processes stay consistent."""
 
 from __future__ import annotations
 
@@ -145,7 +122,27 @@ class CommitResult:
 
 
 class AssignmentStore:
-    """Redis access for the assignment subsystem (see module docstring for keys and guarantees)."""
+    """Redis access for the assignment subsystem. Values come back decoded (str) whether or not the client
+    uses `decode_responses`; Redis errors propagate.
+
+    Keys (all under one hash tag, `nudge:{assign}:`, so a Redis Cluster keeps them in one slot and the scripts may
+    touch several of them):
+    - `owner:<lead>` hash: rep, strategy, assigned_at_ms, sla_deadline_ms, acked_at_ms, reassignments, tried,
+      lead (JSON)
+    - `history:<lead>` list of JSON entries (assigned, reassigned, acked, released, sla_extended), newest last,
+      capped at `HISTORY_CAP`
+    - `loads` hash rep -> open leads; `totals` hash rep -> leads ever assigned; `cursors` hash pool -> last rep
+    - `availability` hash rep -> "away" | "available" (run-time override of the roster)
+    - `sla` sorted set lead -> ack deadline (epoch ms); `version` counter bumped by every change of loads or
+      availability
+
+    `commit` applies a `Choice` made from a `PoolSnapshot` only if that snapshot still holds for what the choice
+    used: the lead has no owner (or, for a reassignment, still the expected one), the rotation cursor is unchanged,
+    the rep is not marked away and below capacity, and for load-based choices the version is unchanged. Otherwise it
+    changes nothing and says why (`owned` with the owner, `moved`, or `conflict`); the caller re-reads and chooses
+    again. Hence one lead never gets two owners and the rotation is never skewed, whatever the number of processes.
+    Load counts only change together with an owner change, in the same script: they cannot drift from the owners.
+    """
 
     def __init__(self, redis: aioredis.Redis, prefix: str = PREFIX) -> None:
         self.redis = redis

@@ -1,23 +1,5 @@
-"""Pure choice of a rep for a lead: no I/O, no clock, no randomness beyond a hash of the lead id.
-
-Contract:
-- `choose(strategy, roster, snapshot, lead_id, lead)` returns a `Choice` (the rep, the strategy that actually
-  decided, and the rotation cursor to advance) or `None` when no rep is eligible.
-- Eligible = available (roster default, overridden at run time by `PoolSnapshot.availability`), on duty in
-  the rep's own time zone at `PoolSnapshot.now_s`, and below capacity (`PoolSnapshot.loads` = open leads).
-  Ineligible reps are never chosen, whatever the strategy.
-- Strategies:
-  - `round_robin`: the next eligible rep after the pool's cursor, in roster order. With a steady set of
-    eligible reps the counts differ by at most one.
-  - `least_loaded`: fewest open leads; ties go to the rep next in rotation.
-  - `weighted`: rendezvous hashing of (lead id, rep id) scaled by weight: share of leads proportional to
-    weight, the same lead always prefers the same rep (replays agree), and a full or away rep only moves its
-    own leads.
-  - `territory`: best fit on lead traits (territory/country match 2 points, segment match 1); ties rotate
-    inside the matching group; no eligible match → the roster's `fallback` strategy over all eligible reps.
-- The store applies the choice atomically and re-checks it (`AssignmentStore.commit`); a stale snapshot is
-  retried, so the pure code never has to reason about concurrency.
-"""
+"""Pure choice of a rep for a lead: no I/O, no clock, no randomness beyond a hash of the lead id. The store applies
+the choice atomically and re-checks it (`AssignmentStore.commit`), so this code never reasons about concurrency."""
 
 from __future__ import annotations
 
@@ -145,7 +127,20 @@ def choose(
     lead: Mapping[str, Any],
     exclude: Iterable[str] = (),
 ) -> Choice | None:
-    """The rep for this lead under `strategy`, or None when nobody eligible is left (see module docstring)."""
+    """The rep for this lead under `strategy`: a `Choice` (the rep, the strategy that actually decided, and the
+    rotation cursor to advance), or None when no rep is eligible.
+
+    Eligible = available (roster default, overridden at run time by `PoolSnapshot.availability`), on duty in the
+    rep's own time zone at `PoolSnapshot.now_s`, below capacity (`PoolSnapshot.loads` = open leads) and not in
+    `exclude`. Ineligible reps are never chosen, whatever the strategy:
+    - `round_robin`: the next eligible rep after the pool's cursor, in roster order. With a steady set of eligible
+      reps the counts differ by at most one.
+    - `least_loaded`: fewest open leads; ties go to the rep next in rotation.
+    - `weighted`: rendezvous hashing of (lead id, rep id) scaled by weight: share of leads proportional to weight,
+      the same lead always prefers the same rep (replays agree), and a full or away rep only moves its own leads.
+    - `territory`: best fit on lead traits (territory/country match 2 points, segment match 1); ties rotate inside
+      the matching group; no eligible match → the roster's `fallback` strategy over all eligible reps.
+    """
     candidates = eligible(roster, snapshot, exclude)
     if not candidates:
         return None

@@ -5,4 +5,8 @@
 - `rows`: Kafka records → rows (pure); the sink itself is `engine.clickhouse.sink`.
 - `kpis`: KPI queries (`report()` for `nudge report`, `summary()` for the demo).
 - `history` + `replay`: stored events back out, and the dry run of a rule set over them (`nudge replay`).
+
+May import `engine.core` (replay runs the core), `engine.events`, `engine.kafka`, `engine.config`,
+`engine.metrics`, clickhouse-connect and aiokafka; nothing of the worker, the dispatcher, the collector,
+assignment or connectors.
 """

@@ -4,6 +4,9 @@ Modules, one concept each: `auth` (write keys), `decoding` (limits, gzip, JSON),
 validated events), `identity` (profiles, anonymous → known id merges, re-keying), `dedupe` (messageId claims
 in Redis), `producer` (the Kafka shell), `app` (the aiohttp routes tying them together; run it with
 `nudge collector`).
+
+May import `engine.events`, `engine.kafka`, `engine.config`, `engine.metrics`, aiohttp, aiokafka and Redis;
+nothing of the core's evaluation, the worker, the dispatcher, the sink or assignment.
 """
 
 from engine.collector.app import create_app

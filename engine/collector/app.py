@@ -1,24 +1,6 @@
-"""The collector's aiohttp application: Segment's HTTP tracking API in front of the `clickstream` topic.
-
-Why aiohttp and not Faust web views: the collector faces SDKs, so it must answer fast and scale with HTTP
-traffic, independently of the workers; a Faust app would join the consumer group (and trigger rebalances)
-every time a collector instance starts or stops, and would share its event loop with stream processing. The
-collector only produces, so it needs no Faust at all.
-
-Routes: `POST /v1/{batch,track,page,screen,identify,alias,group}` and analytics.js's one-letter aliases
-(`/v1/b`, `/v1/t`, ...; with CORS headers and `OPTIONS` preflight), `GET /healthz`, `GET /metrics`.
-One request, in order (`Collector.ingest`); any refusal answers with the documented status and writes nothing:
-1. write key (Basic auth header, else `writeKey` in the body) → 401 `unauthorized`
-2. body within limits, gzip and JSON decoded → 400 `too_large` / `bad_gzip` / `bad_encoding` / `bad_json`
-3. every event valid (`engine.events.parse_event`, event time normalised) → 400 `invalid_events` with indexes
-4. lead ids re-keyed through recorded merges (`identity.IdentityStore`)
-5. messageIds claimed in Redis (`dedupe.MessageDeduper`): already produced → skipped; in flight → 503
-6. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
-7. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
-Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After; more than `max_inflight` requests at
-once → 503 `overloaded`. The SDKs retry 5xx (and honour
-Retry-After) and drop 4xx, so only a retry can ever fix a 503 and nothing a retry cannot fix gets one.
-"""
+"""The collector's aiohttp application: Segment's HTTP tracking API in front of the `clickstream` topic. aiohttp,
+not Faust web views: the collector faces SDKs and scales with HTTP traffic, independently of the workers; a Faust
+app would join the consumer group (and trigger rebalances) whenever a collector starts or stops."""
 
 from __future__ import annotations
 
@@ -59,12 +41,25 @@ COLLECTOR_KEY = web.AppKey("collector", "Collector")
 
 
 class Collector:
-    """Turns one authenticated Segment request into acknowledged clickstream records, or a refusal.
+    """Turns one authenticated Segment request into acknowledged clickstream records, or a refusal (`ingest`).
 
-    Commits: a 200 means every event of the request is in Kafka (acknowledged) or was produced by an earlier
-    request with the same messageId. Invalid: see the module docstring; a refused request leaves Kafka
-    untouched except for the 503-after-partial-produce case, whose acknowledged events are confirmed so the
-    retry skips them. Backpressure: at most `max_inflight` requests are processed at once; more get 503.
+    One request, in order; any refusal answers with its status and writes nothing:
+    1. write key (Basic auth header, else `writeKey` in the body) → 401 `unauthorized`
+    2. body within limits, gzip and JSON decoded → 400 `too_large` / `bad_gzip` / `bad_encoding` / `bad_json`
+    3. every event valid (`engine.events.parse_event`, event time normalised) → 400 `invalid_events` with indexes
+    4. lead ids re-keyed through recorded merges (`IdentityStore`)
+    5. messageIds claimed in Redis (`MessageDeduper`): already produced → skipped; in flight elsewhere → 503
+    6. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
+    7. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
+    Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After. The SDKs retry 5xx (honouring
+    Retry-After) and drop 4xx, so only a retry can ever fix a 503 and nothing a retry cannot fix gets one.
+
+    Acknowledged: a 200 means every event of the request is in Kafka (acknowledged by the broker) or was produced
+    by an earlier request with the same messageId. A refused request leaves Kafka untouched, except a 503 after a
+    partial produce: its acknowledged events are confirmed, so the retry skips them (no doubles).
+
+    Back-pressure: at most `max_inflight` requests are processed at once; more get 503 `overloaded` rather than
+    queueing without bound while the broker or Redis is slow.
     """
 
     def __init__(
@@ -85,8 +80,9 @@ class Collector:
         self.identity = IdentityStore(redis)
 
     async def ingest(self, request: web.Request, endpoint: str) -> web.Response:
-        # Backpressure: past `max_inflight` concurrent requests, shed load with a 503 the SDKs retry later,
-        # rather than queueing without bound in memory while the broker or Redis is slow.
+        """The response to one tracking request on `endpoint` (`batch`, `track`, ...); raises `RequestRejected`
+        for every refusal (the middleware turns it into the JSON error body). Blocks for the broker's acks, at
+        most the producer's request timeout."""
         if self.inflight >= self.max_inflight:
             raise unavailable("overloaded", "the collector is at capacity; retry later", retry_after_s=1)
         self.inflight += 1
@@ -162,6 +158,7 @@ class Collector:
             log.warning("could not release dedupe claims: %s", exc)
 
     async def health(self) -> dict[str, str]:
+        """`{"broker": "ok" | "unreachable", "redis": ...}`; never raises."""
         broker = "ok" if await self.producer.healthy() else "unreachable"
         try:
             await self.redis.ping()
@@ -220,7 +217,9 @@ async def metrics_view(request: web.Request) -> web.Response:
 def create_app(
     settings: Settings, *, produce_timeout_ms: int = 5000, max_inflight: int = MAX_INFLIGHT_REQUESTS
 ) -> web.Application:
-    """The collector application for `settings`; connections open lazily and close on cleanup.
+    """The collector application for `settings`: `POST /v1/{batch,track,page,screen,identify,alias,group}` and
+    analytics.js's one-letter aliases (`/v1/b`, `/v1/t`, ...; CORS headers and `OPTIONS` preflight), `GET /healthz`,
+    `GET /metrics`. Connections open lazily and close on cleanup.
     `produce_timeout_ms` bounds how long a request waits for the broker before answering 503;
     `max_inflight` is how many tracking requests are processed at once before new ones get 503."""
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)

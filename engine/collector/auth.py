@@ -1,10 +1,4 @@
-"""Write-key authentication, as the Segment and RudderStack SDKs send it.
-
-Contract: a request is authenticated when its `Authorization: Basic base64(<writeKey>:)` header (the write key
-as user, empty password) names a configured key, or, when it has no Authorization header, when its JSON body
-carries a configured `writeKey` (Segment's HTTP API accepts both). Anything else is `401 unauthorized`. Keys
-are compared in constant time. An empty key set is a configuration error: the collector never runs open.
-"""
+"""Write-key authentication, as the Segment and RudderStack SDKs send it."""
 
 from __future__ import annotations
 
@@ -24,7 +18,12 @@ NO_KEY_MESSAGE = (
 
 
 class WriteKeys:
-    """The configured write keys; `check_header` / `check_body` raise `RequestRejected(401)` on a bad key."""
+    """The configured write keys. A request is authenticated when its `Authorization: Basic base64(<writeKey>:)`
+    header (the write key as user, empty password) names a configured key or, when it has no Authorization header,
+    when its JSON body carries a configured `writeKey` (Segment's HTTP API accepts both). `check_header` /
+    `check_body` raise `RequestRejected(401, "unauthorized")` otherwise. Keys are compared in constant time. An
+    empty key set raises `ConfigError`: the collector never runs open.
+    """
 
     def __init__(self, keys: Iterable[str]) -> None:
         self._keys = tuple(k.encode() for k in keys if k)
@@ -67,6 +66,7 @@ class WriteKeys:
         return True
 
     def check_body(self, body: dict[str, Any]) -> None:
+        """Raise `RequestRejected(401)` unless the body's `writeKey` is a configured key."""
         key = body.get("writeKey")
         if not isinstance(key, str) or not self._known(key):
             raise RequestRejected(401, "unauthorized", NO_KEY_MESSAGE)

@@ -1,15 +1,5 @@
-"""Request body limits and decoding: bytes on the wire → one JSON object, or a 400 that says why.
-
-Contract (Segment's documented limits):
-- a batch body (`/v1/batch`) may hold at most `MAX_BATCH_BYTES` (500 KB) of JSON after decompression; a single
-  event (a `/v1/track`-style body, or each element of a batch) at most `MAX_EVENT_BYTES` (32 KB) →
-  `400 too_large`.
-- `Content-Encoding: gzip` bodies are decompressed with the same cap, so a small "zip bomb" cannot exhaust
-  memory; a truncated or corrupt stream is `400 bad_gzip`; other encodings are `400 bad_encoding`.
-- the body must be a UTF-8 JSON object → else `400 bad_json`.
-The body is read incrementally and reading stops as soon as the limit is passed: an oversized upload costs at
-most `limit` bytes of memory, never the declared length.
-"""
+"""Request body limits and decoding: bytes on the wire → one JSON object, or a 400 that says why (Segment's
+documented limits)."""
 
 from __future__ import annotations
 
@@ -86,6 +76,14 @@ def parse_object(data: bytes) -> dict[str, Any]:
 
 
 async def decode_request(request: web.Request, limit: int) -> dict[str, Any]:
-    """Read, decompress and parse the request body into a JSON object within `limit` decoded bytes."""
+    """Read, decompress and parse the request body into a JSON object within `limit` decoded bytes.
+
+    Limits: a batch body (`/v1/batch`) `MAX_BATCH_BYTES` (500 KB) of JSON after decompression, a single event (a
+    `/v1/track`-style body, or each element of a batch) `MAX_EVENT_BYTES` (32 KB) → `400 too_large`. The body is
+    read incrementally and reading stops as soon as the limit is passed, so an oversized upload costs at most
+    `limit` bytes of memory, never the declared length; `Content-Encoding: gzip` bodies are inflated with the same
+    cap (no "zip bomb"). A truncated or corrupt gzip stream is `400 bad_gzip`, another encoding `400
+    bad_encoding`, anything but a UTF-8 JSON object `400 bad_json` (all `RequestRejected`).
+    """
     raw = await read_body(request, limit)
     return parse_object(decompress(raw, request.headers.get("Content-Encoding"), limit))

@@ -1,11 +1,4 @@
-"""The one error type a collector step raises for a request it refuses, and how it becomes an HTTP response.
-
-Contract: `RequestRejected(status, code, message, errors=...)` is raised by any step (auth, decoding,
-normalising, producing) that refuses a request. `code` is a short stable word (also the Segment SDKs' `code`
-field, which they log), `message` says what is wrong and how to fix it, `errors` optionally lists per-event
-problems by batch index. The body is JSON `{"success": false, "code", "message", "errors"?}` so the unmodified
-SDKs can parse and log it. Nothing has been written to Kafka when it is raised.
-"""
+"""The one error type a collector step raises for a request it refuses, and how it becomes an HTTP response."""
 
 from __future__ import annotations
 
@@ -13,7 +6,14 @@ from typing import Any
 
 
 class RequestRejected(Exception):
-    """A refused request: HTTP `status`, stable `code`, human `message`; `retry_after_s` only for 503s."""
+    """A refused request, raised by any collector step (auth, decoding, normalising, producing); nothing has been
+    written to Kafka when it is raised.
+
+    `status` is the HTTP status; `code` a short stable word (also the Segment SDKs' `code` field, which they log);
+    `message` says what is wrong and how to fix it; `errors` optionally lists per-event problems by batch index;
+    `retry_after_s` only for 503s. The body is JSON `{"success": false, "code", "message", "errors"?}` so the
+    unmodified SDKs can parse and log it.
+    """
 
     def __init__(
         self,
@@ -32,12 +32,14 @@ class RequestRejected(Exception):
         self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
+        """The JSON response body."""
         out: dict[str, Any] = {"success": False, "code": self.code, "message": self.message}
         if self.errors:
             out["errors"] = self.errors
         return out
 
     def headers(self) -> dict[str, str]:
+        """`Retry-After` when the refusal is temporary."""
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
 
 

@@ -1,24 +1,5 @@
-"""Identity at the collector: lead profiles (traits) and the anonymousId → userId mapping, in Redis.
-
-Contract:
-- Profile: `identify` traits go to the hash `nudge:profile:{lead}` (`profile_key`): string traits as-is, other
-  values as JSON text, plus `_updated_at_ms` (event time of the newest identify applied). An identify older
-  than the stored one only fills fields that are missing, so replays and late retries never overwrite newer
-  traits. The fields connectors rely on: `email`, `name`, `firstName`, `lastName`, `phone`, `timezone`,
-  `company`, `consent`.
-- Merges: an `alias` (`previousId` → `userId`) or an `identify` carrying both `anonymousId` and `userId`
-  records `nudge:alias:{fromId}` = `toId` (`alias_key`; the latest merge wins, e.g. a shared device) and
-  copies the old profile's fields the new one lacks.
-- Re-keying: every later event whose lead id (userId, else anonymousId) has a recorded mapping is re-keyed to
-  the mapped id (followed through at most `MAX_ALIAS_HOPS` hops): `userId` (and so the lead id and the Kafka
-  key) is set to it, `anonymousId` is kept. Mappings from the same request apply to all its events, also those
-  before the identify, because they are the same person and the worker may process partitions in any order.
-  `alias` events are never re-keyed: they are the merge instruction itself.
-- The identify/alias event itself is produced unchanged apart from re-keying, so the worker sees both ids
-  (`anonymousId`/`previousId` and `userId`) and merges the old lead's state into the new one.
-Lua scripts are used for atomic read-modify-write; all keys of one script are on one Redis (not cluster-slot
-safe).
-"""
+"""Identity at the collector: lead profiles (traits) and the anonymousId → userId mapping, in Redis. Lua scripts
+make each read-modify-write atomic; all keys of one script are on one Redis (not cluster-slot safe)."""
 
 from __future__ import annotations
 
@@ -34,7 +15,6 @@ PROFILE_PREFIX = "nudge:profile:"
 ALIAS_PREFIX = "nudge:alias:"
 ALIAS_TTL_S = 400 * 24 * 3600  # longer than analytics.js keeps its anonymous-id cookie (one year)
 MAX_ALIAS_HOPS = 5
-PROFILE_FIELDS = ("email", "name", "firstName", "lastName", "phone", "timezone", "company", "consent")
 
 _APPLY_TRAITS = """
 local stored = tonumber(redis.call('HGET', KEYS[1], '_updated_at_ms') or '-1')
@@ -99,7 +79,20 @@ def read_profile(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
 
 
 class IdentityStore:
-    """Resolves lead ids through recorded merges, records merges and applies identify traits to profiles."""
+    """Resolves lead ids through recorded merges, records merges and applies identify traits to profiles.
+
+    Profile: `identify` traits go to the hash `nudge:profile:{lead}` (`profile_key`): string traits as-is, other
+    values as JSON text, plus `_updated_at_ms` (event time of the newest identify applied). An identify older than
+    the stored one only fills fields that are missing, so replays and late retries never overwrite newer traits.
+    The fields connectors rely on: `email`, `name`, `firstName`, `lastName`, `phone`, `timezone`, `company`,
+    `consent`.
+
+    Merges: an `alias` (`previousId` → `userId`) or an `identify` carrying both `anonymousId` and `userId` records
+    `nudge:alias:{fromId}` = `toId` (`alias_key`; the latest merge wins, e.g. a shared device) and copies the old
+    profile's fields the new one lacks.
+
+    Redis errors propagate to the caller.
+    """
 
     def __init__(self, redis: Redis, *, alias_ttl_s: int = ALIAS_TTL_S) -> None:
         self._redis = redis
@@ -138,7 +131,12 @@ class IdentityStore:
         return canonical
 
     async def rekey(self, events: list[Event]) -> list[Event]:
-        """Events with their lead ids replaced by the canonical ids (see the module docstring)."""
+        """Events with their lead ids replaced by the canonical ids: every event whose lead id (userId, else
+        anonymousId) has a recorded mapping gets `userId` (and so the lead id and the Kafka key) set to the mapped
+        id; `anonymousId` is kept. Mappings from the same request apply to all its events, also those before the
+        identify, because they are the same person and the worker may process partitions in any order. `alias`
+        events are never re-keyed: they are the merge instruction itself. The identify/alias event itself is
+        produced unchanged apart from re-keying, so the worker sees both ids and merges the old lead's state."""
         pending = dict(m for m in map(merge_of, events) if m)
         leads = {e.lead_id for e in events if e.type != "alias"}
         canonical = await self.resolve(leads, pending)

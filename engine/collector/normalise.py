@@ -1,19 +1,4 @@
-"""Request body → validated, normalised `Event`s, all or nothing.
-
-Contract:
-- `/v1/batch` bodies carry `batch: [...]`; the batch's own `context` is merged under each event's `context`
-  (the event's keys win) and its `sentAt` applies to events without one, as in Segment's API. Single-event
-  endpoints take the body as the event; the endpoint decides `type` (a body `type` that disagrees is
-  overwritten).
-- Every event must be at most `MAX_EVENT_BYTES` of JSON and pass `engine.events.parse_event` with the receive
-  time, which normalises event time (`timestamp`, else `originalTimestamp` shifted by `receivedAt - sentAt`).
-- One bad event rejects the whole request with `400 invalid_events` listing each bad index, reason and detail,
-  and nothing is written. Why not accept the good ones: the SDKs drop a batch on any 4xx without telling the
-  caller which events failed, while a partial 200 would hide the loss completely; all-or-nothing keeps the
-  failure loud and the batch re-sendable once fixed. (The SDKs already refuse events without ids client-side,
-  so this only triggers for hand-made or broken clients.)
-- Repeated `messageId`s inside one request keep the first occurrence.
-"""
+"""Request body → validated, normalised `Event`s, all or nothing."""
 
 from __future__ import annotations
 
@@ -30,7 +15,10 @@ MAX_LISTED_ERRORS = 50
 
 
 def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
-    """The Segment messages of one request, with batch-level `context` and `sentAt` applied."""
+    """The Segment messages of one request. `/v1/batch` bodies carry `batch: [...]`; the batch's own `context` is
+    merged under each event's `context` (the event's keys win) and its `sentAt` applies to events without one, as
+    in Segment's API. Single-event endpoints take the body as the event; the endpoint decides `type` (a body
+    `type` that disagrees is overwritten). Raises `400 bad_batch` for a batch body without a `batch` array."""
     if endpoint != "batch":
         return [{**body, "type": endpoint}]
     batch = body.get("batch")
@@ -55,7 +43,15 @@ def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
 
 
 def normalise(messages: list[Any], received_at_ms: int) -> list[Event]:
-    """Parse every message or raise `400 invalid_events` naming each bad one; drops repeated messageIds."""
+    """Every message parsed with `engine.events.parse_event` at the receive time (which normalises event time),
+    each at most `MAX_EVENT_BYTES` of JSON; repeated `messageId`s inside the request keep the first occurrence.
+
+    All or nothing: one bad event raises `400 invalid_events` listing each bad index, reason and detail, and
+    nothing is written. Why not accept the good ones: the SDKs drop a batch on any 4xx without telling the caller
+    which events failed, while a partial 200 would hide the loss completely; all-or-nothing keeps the failure loud
+    and the batch re-sendable once fixed. (The SDKs already refuse events without ids client-side, so this only
+    triggers for hand-made or broken clients.)
+    """
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
     for index, message in enumerate(messages):

@@ -1,19 +1,4 @@
-"""The collector's Kafka shell: produce normalised events to `clickstream` keyed by lead id; wait for acks.
-
-Contract:
-- `send(events)` produces every event (`key` = lead id UTF-8, `value` = `Event.to_bytes()`, acks=all) and
-  returns `(acknowledged, failed)` message ids once the broker answered for each; it never raises for broker
-  trouble, so the caller can confirm what was written and let the SDK retry the rest. Order within one lead is
-  kept (one key → one partition, one in-flight batch per partition in aiokafka).
-- The connection is lazy: when the broker is down at start-up, connecting is retried on a later call, at most
-  once per `reconnect_interval_s`; meanwhile requests fail at once instead of each waiting for a timeout.
-  Once connected, aiokafka reconnects by itself after a broker outage; sends during it fail after
-  `request_timeout_ms`.
-- On first connection the `clickstream` topic is created with `settings.partitions` partitions when missing
-  (the worker's tables are co-partitioned with it; an auto-created topic would have one partition).
-- Backpressure: `send` waits while aiokafka's buffer is full. aiokafka fails records the broker did not
-  acknowledge within `request_timeout_ms`; they count as failed (the request answers 503).
-"""
+"""The collector's Kafka shell: produce normalised events to `clickstream` keyed by lead id; wait for acks."""
 
 from __future__ import annotations
 
@@ -40,7 +25,16 @@ class BrokerUnavailable(RuntimeError):
 
 
 class ClickstreamProducer:
-    """Lazily connected aiokafka producer for the clickstream topic; see the module docstring."""
+    """Lazily connected aiokafka producer for `clickstream` (acks=all).
+
+    Connection: lazy. When the broker is down at start-up, connecting is retried on a later call, at most once per
+    `reconnect_interval_s`; meanwhile calls fail at once instead of each waiting for a timeout. Once connected,
+    aiokafka reconnects by itself after a broker outage; sends during it fail after `request_timeout_ms`. On first
+    connection the `clickstream` topic is created with `settings.partitions` partitions when missing (the
+    worker's table is co-partitioned with it; an auto-created topic would have one partition).
+
+    Ordering: kept within one lead (one key → one partition, one in-flight batch per partition in aiokafka).
+    """
 
     def __init__(
         self,
@@ -113,7 +107,10 @@ class ClickstreamProducer:
             return self._producer
 
     async def send(self, events: list[Event]) -> tuple[list[str], list[str]]:
-        """Produce `events`; returns (acknowledged message ids, failed message ids)."""
+        """Produce every event (`key` = lead id UTF-8, `value` = `Event.to_bytes()`) and return `(acknowledged,
+        failed)` message ids once the broker answered for each. Never raises for broker trouble, so the caller can
+        confirm what was written and let the SDK retry the rest. Back-pressure: waits while aiokafka's buffer is
+        full; records the broker did not acknowledge within `request_timeout_ms` count as failed."""
         if not events:
             return [], []
         try:

@@ -1,14 +1,4 @@
-"""`nudge leads show LEAD_ID`: everything Nudge knows about one lead, from every store that is reachable.
-
-Sources, each optional (a missing or unreachable one is reported as such, never fatal):
-- Redis: the collector's profile hash `nudge:profile:{lead}` (traits) and the assignment state (owner, SLA,
-  assignment history) from `engine.assignment`.
-- ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), actions sent (`actions`), stage and score
-  changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a running `nudge sink`
-  cannot be opened by a second process; the command says so and shows the rest.
-Score and stage are the newest values found in the lead updates (then the profile). Exit codes: 0 shown,
-1 the lead is unknown everywhere that could be read.
-"""
+"""`nudge leads show LEAD_ID`: everything Nudge knows about one lead, from every store that is reachable."""
 
 from __future__ import annotations
 
@@ -210,6 +200,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Sources, each optional (a missing or unreachable one is reported as such, never fatal):
+    - Redis: the collector's profile hash `nudge:profile:{lead}` (traits) and the assignment state (owner, SLA,
+      assignment history) from `engine.assignment`.
+    - ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), actions sent (`actions`), stage and score
+      changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a running `nudge sink`
+      cannot be opened by a second process; the command says so and shows the rest.
+    Score and stage are the newest values found in the lead updates (then the profile). Exit codes: 0 shown, 1 the
+    lead is unknown everywhere that could be read.
+    """
     report = gather(Settings.from_env(), args.lead_id, clickhouse=not args.no_clickhouse)
     if args.json:
         doc = {**report.__dict__, "stage": report.latest("stage"), "score": report.latest("score")}

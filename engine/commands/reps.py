@@ -1,10 +1,4 @@
-"""`nudge reps list|set-availability|check|serve`: the reps roster and who can take hot leads now.
-
-Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis
-(`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as
-`PUT /v1/reps/{id}/availability`); the file stays as it is. `serve` runs `AssignmentService`.
-Exit codes: 0 done, 1 Redis unreachable, 2 bad roster or unknown rep.
-"""
+"""`nudge reps list|set-availability|check|serve`: the reps roster and who can take hot leads now."""
 
 from __future__ import annotations
 
@@ -100,6 +94,11 @@ async def _serve(settings: Settings, roster_path: Path, args: argparse.Namespace
 
 
 def run(args: argparse.Namespace) -> int:
+    """Reads the roster from `NUDGE_REPS_PATH` (default `reps.yaml`) and run-time state from Redis
+    (`NUDGE_REDIS_URL`). `set-availability` changes the run-time override only (the same as
+    `PUT /v1/reps/{id}/availability`); the file stays as it is. `serve` runs `AssignmentService`.
+    Exit codes: 0 done, 1 Redis unreachable, 2 bad roster or unknown rep.
+    """
     settings = Settings.from_env()
     roster_path = args.roster or settings.reps_path
     try:

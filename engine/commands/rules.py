@@ -1,11 +1,4 @@
-"""`nudge rules validate PATH...` and `nudge rules test [PATH...]`: check rule files before shipping them.
-
-- validate: exit 0 when every file is valid (prints a one-line summary to stderr), else exit 2 with one line
-  per problem on stdout: `file:line:col: message`.
-- test: runs the `*.test.yaml` cases found in the given directories/files (default: the configured rules path)
-  against the rules of their directory; prints one line per case (`ok` / `FAIL` + the differences); exit 0
-  when all pass, 1 when a case fails, 2 when a rule or test file is invalid.
-"""
+"""`nudge rules validate PATH...` and `nudge rules test [PATH...]`: check rule files before shipping them."""
 
 from __future__ import annotations
 
@@ -30,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is valid (prints a one-line summary to stderr), else exit 2 with one line per
+    problem on stdout: `file:line:col: message`.
+    """
     missing = [p for p in args.paths if not Path(p).exists()]
     for path in missing:
         print(f"{path}:1:1: no such file or directory", flush=True)
@@ -50,6 +46,10 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_test(args: argparse.Namespace) -> int:
+    """Run the `*.test.yaml` cases found in the given directories/files (default: the configured rules path)
+    against the rules of their directory; print one line per case (`ok` / `FAIL` + the differences). Exit 0 when all
+    pass, 1 when a case fails, 2 when a rule or test file is invalid.
+    """
     paths = args.paths or [str(Settings.from_env().rules_path)]
     files = find_test_files(paths)
     if not files:

@@ -1,11 +1,4 @@
-"""`nudge simulate --rules PATH --events FILE.jsonl [--no-flush]`: run the rules offline over an event log.
-
-Contract: one Segment-spec event per input line (`-` reads stdin); the output is one action JSON object per
-line (`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the
-same input and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped;
-blank lines are ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
-Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
-"""
+"""`nudge simulate --rules PATH --events FILE.jsonl [--no-flush]`: run the rules offline over an event log."""
 
 from __future__ import annotations
 
@@ -42,6 +35,12 @@ def read_events(stream: IO[bytes], name: str) -> Iterator[Event]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One Segment-spec event per input line (`-` reads stdin); the output is one action JSON object per line
+    (`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the same input
+    and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped; blank lines
+    are ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
+    Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
+    """
     rule_paths = args.rules or [str(Settings.from_env().rules_path)]
     try:
         rules = load_rules(rule_paths)

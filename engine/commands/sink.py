@@ -1,9 +1,5 @@
 """`nudge sink`: consume the Nudge topics and write them to ClickHouse (the one process owning an embedded
-store).
-
-Runs until SIGINT/SIGTERM, then flushes the batch in hand (if ClickHouse accepts it) and exits 0. Exit 1
-when the store cannot be opened (e.g. an embedded chDB path owned by another process).
-"""
+store)."""
 
 from __future__ import annotations
 
@@ -38,6 +34,9 @@ async def _run(sink: Sink) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every `nudge` command builds the parser that imports this module.
+    """Runs until SIGINT/SIGTERM, then flushes the batch in hand (if ClickHouse accepts it) and exits 0. Exit 1
+    when the store cannot be opened (e.g. an embedded chDB path owned by another process).
+    """
     from engine import metrics
     from engine.clickhouse.client import ClickHouseUnavailable, redact
     from engine.clickhouse.sink import Sink

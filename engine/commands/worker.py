@@ -1,8 +1,4 @@
-"""`nudge worker`: run one rule-evaluation worker (Faust) on the clickstream, configured by NUDGE_* vars.
-
-Start as many as there are partitions to share the load; they split partitions through the consumer group
-`NUDGE_APP_ID`. Stops cleanly on SIGINT/SIGTERM (offsets committed, producer flushed).
-"""
+"""`nudge worker`: run one rule-evaluation worker (Faust) on the clickstream, configured by NUDGE_* vars."""
 
 from __future__ import annotations
 
@@ -24,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start as many workers as there are partitions to share the load; they split partitions through the
+    consumer group `NUDGE_APP_ID`. Stops cleanly on SIGINT/SIGTERM (offsets committed, producer flushed). Exit codes:
+    0 stopped, 1 broker unreachable, port taken or topics not co-partitioned, 2 invalid or missing rules.
+    """
     settings = Settings.from_env()
     if args.rules is not None:
         settings = settings.with_(rules_path=args.rules)
@@ -118,7 +118,7 @@ def run_worker(settings: Settings) -> int:
     worker = faust.Worker(
         nudge.app,
         loglevel=settings.log_level.upper(),
-        quiet=True,  # no start-up spinner: it leaves the root logger at DEBUG (costly, see performance notes)
+        quiet=True,  # no start-up spinner: it leaves the root logger at DEBUG, which formats every log call
         redirect_stdouts=False,
     )
     worker.execute_from_commandline()
