@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 
-class BadControl(ValueError):
+class BadHandoverRecord(ValueError):
     """An `identity-handovers` record that is not one of ours."""
 
 
@@ -29,7 +29,7 @@ class MergeIn:
     state: bytes
 
 
-Control = Handover | MergeIn
+HandoverRecord = Handover | MergeIn
 
 
 def handover_record(anonymous_id: str, known_id: str) -> bytes:
@@ -47,9 +47,9 @@ def merge_record(known_id: str, anonymous_id: str, state: bytes) -> bytes:
     )
 
 
-def parse_control(raw: bytes | None) -> tuple[str, Control]:
+def parse_handover_record(raw: bytes | None) -> tuple[str, HandoverRecord]:
     """(addressed lead, what to do) from an `identity-handovers` record; anything but the two records above
-    (including tick records of earlier versions) raises `BadControl`, which the worker dead-letters."""
+    (including tick records of earlier versions) raises `BadHandoverRecord`, which the worker dead-letters."""
     try:
         doc: Any = orjson.loads(raw or b"")
         op = doc.get("op")
@@ -59,5 +59,5 @@ def parse_control(raw: bytes | None) -> tuple[str, Control]:
         if op == "merge":
             return lead_id, MergeIn(str(doc["from"]), orjson.dumps(doc["state"]))
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise BadControl(f"not an identity hand-over record ({exc!r})") from None
-    raise BadControl(f"unknown control op {op!r}")
+        raise BadHandoverRecord(f"not an identity hand-over record ({exc!r})") from None
+    raise BadHandoverRecord(f"unknown hand-over op {op!r}")

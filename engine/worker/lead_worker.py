@@ -27,12 +27,12 @@ from engine.worker.faust_ext.batched_input import WorkerInput
 from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
 from engine.worker.faust_ext.private_state import committed_offset, recovered_partitions
 from engine.worker.handovers import (
-    BadControl,
-    Control,
+    BadHandoverRecord,
+    HandoverRecord,
     MergeIn,
     handover_record,
     merge_record,
-    parse_control,
+    parse_handover_record,
 )
 from engine.worker.lead_inputs import InPlaceFailed, Input, LeadEvaluator
 
@@ -276,12 +276,12 @@ class LeadWorker:
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
 
-    def _decode(self, message: Message) -> tuple[str, Event | Control]:
+    def _decode(self, message: Message) -> tuple[str, Event | HandoverRecord]:
         if message.topic == self._handovers_topic:
             try:
-                return parse_control(message.value)
-            except BadControl as exc:
-                raise BadInput("bad_control", str(exc)) from None
+                return parse_handover_record(message.value)
+            except BadHandoverRecord as exc:
+                raise BadInput("bad_control", str(exc)) from None  # reason code kept from the old "control" name
         try:
             event = parse_event(message.value)
         except InvalidEvent as exc:
@@ -348,7 +348,7 @@ class LeadWorker:
             for update in outcome.updates:
                 self.output.send(self.nudge.lead_updates.get_topic_name(), key, orjson.dumps(update))
         for known_id, state_bytes in outcome.merges_out:
-            self._send_control(known_id, merge_record(known_id, lead_id, state_bytes))
+            self._send_handover_record(known_id, merge_record(known_id, lead_id, state_bytes))
         handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
 
     async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
@@ -368,7 +368,7 @@ class LeadWorker:
             partition = default_partition(anonymous_id, partitions)
             clock = self.clocks.get(partition)
             if partition not in owned or clock is None or clock.now_ms() < event_ms:
-                self._send_control(anonymous_id, handover_record(anonymous_id, known_id))
+                self._send_handover_record(anonymous_id, handover_record(anonymous_id, known_id))
                 self._series(metrics.HANDOVERS, "sent").inc()
                 continue
             anonymous_key = anonymous_id.encode()
@@ -393,7 +393,7 @@ class LeadWorker:
                 return int(count)
         return self.settings.partitions
 
-    def _send_control(self, lead_id: str, record: bytes) -> None:
+    def _send_handover_record(self, lead_id: str, record: bytes) -> None:
         """To the lead's partition by the default key partitioner, the one clickstream producers use."""
         self.output.send(self._handovers_topic, lead_id.encode(), record)
 

@@ -6,19 +6,19 @@ import orjson
 import pytest
 
 from engine.worker.handovers import (
-    BadControl,
+    BadHandoverRecord,
     Handover,
     MergeIn,
     handover_record,
     merge_record,
-    parse_control,
+    parse_handover_record,
 )
 
 
 def test_round_trips() -> None:
-    assert parse_control(handover_record("anon", "known")) == ("anon", Handover("known"))
+    assert parse_handover_record(handover_record("anon", "known")) == ("anon", Handover("known"))
     state = orjson.dumps({"id": "anon", "f": {"ct": {"sku-1": [1, 25.0]}}})
-    lead, merge = parse_control(merge_record("known", "anon", state))
+    lead, merge = parse_handover_record(merge_record("known", "anon", state))
     assert lead == "known"
     assert isinstance(merge, MergeIn) and merge.from_lead == "anon"
     assert orjson.loads(merge.state) == orjson.loads(state)
@@ -37,5 +37,5 @@ def test_round_trips() -> None:
     ],
 )
 def test_anything_else_is_rejected(raw: bytes | None) -> None:
-    with pytest.raises(BadControl):
-        parse_control(raw)
+    with pytest.raises(BadHandoverRecord):
+        parse_handover_record(raw)
