@@ -7,8 +7,8 @@ Contract:
   in large batches: the producer is not what is measured.
 - `produce_paced` sends at a fixed offered rate, stamping each event with the wall clock as it is sent.
 - `raw_consume` is measurement (1): a plain aiokafka consumer reading and orjson-decoding the topic.
-- `OutputWatcher` consumes output topics from the beginning in the background and records the wall-clock
-  arrival time of every record, for latency figures.
+- `output_watcher` reads output topics from the beginning in the background (`engine.testing.TopicReader`) and
+  records the wall-clock arrival time of every record, for latency figures.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from bench.workload import Record, restamp
 from engine.kafka.partitioner import default_partition
+from engine.testing import TopicReader
 from engine.worker.faust_ext.batched_output import send_in_batches
 
 MIB = 1024 * 1024
@@ -152,43 +153,6 @@ async def raw_consume(
     }
 
 
-@dataclass(frozen=True)
-class Arrival:
-    topic: str
-    value: bytes
-    wall_ms: int
-
-
-class OutputWatcher:
-    """Background consumer of output topics; `arrivals` grows as records come in (see module docstring)."""
-
-    def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
-        self.arrivals: list[Arrival] = []
-        self._consumer = AIOKafkaConsumer(
-            *topics,
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=500,
-            fetch_max_wait_ms=20,  # latency matters here, not throughput
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> OutputWatcher:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
-
-    async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100)
-            now_ms = int(time.time() * 1000)
-            for tp, messages in batches.items():
-                self.arrivals.extend(Arrival(tp.topic, m.value, now_ms) for m in messages)
+def output_watcher(bootstrap: str, topics: Sequence[str]) -> TopicReader:
+    """A reader of `topics` whose records carry their wall-clock arrival (`arrived_ms`); use as `async with`."""
+    return TopicReader(bootstrap, topics, poll_ms=100, fetch_max_wait_ms=20)  # latency matters, not throughput

@@ -19,28 +19,33 @@ group joins are excluded); CPU is the measured process's own user+system time ov
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import kafka_io
-from bench.processes import BenchError, Proc, scrape
 from bench.rule_pack import SHIPPED, compressed_pack
 from bench.workload import Workload
 from engine.config import Settings
 from engine.devstack import StackInfo, free_port
+from engine.testing import ChildProcess, wait_until
 
 READY_MARK = "deadline index rebuilt"  # logged by engine/worker/lead_worker.py once its partitions are recovered
 POLL_S = 0.5  # scraping /metrics costs the worker CPU: every 0.2 s cost ~5% (py-spy)
 STALL_S = 45.0  # no progress for this long: the measurement fails instead of waiting for its timeout
+
+
+class BenchError(RuntimeError):
+    """A benchmark step could not run; the message says which and where its log is."""
 
 
 @dataclass
@@ -91,18 +96,36 @@ def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
             "max": round(ordered[-1], 3)}
 
 
-async def _wait_for_log(procs: Sequence[Proc], mark: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+async def _wait_for_log(procs: Sequence[ChildProcess], mark: str, timeout_s: float) -> None:
+    """Until every process logged `mark`; `ChildFailed` as soon as one of them exits."""
     pending = list(procs)
-    while pending:
+
+    def all_logged() -> bool:
         for proc in list(pending):
             proc.check_alive()
-            if proc.log_path.exists() and mark in proc.log_path.read_text(errors="replace"):
+            if mark in proc.log_text():
                 pending.remove(proc)
-        if time.monotonic() > deadline:
-            names = ", ".join(p.name for p in pending)
-            raise BenchError(f"{names} not ready after {timeout_s} s (no {mark!r} in {pending[0].log_path})")
-        await asyncio.sleep(POLL_S)
+        return not pending
+
+    try:
+        await wait_until(all_logged, timeout_s, f"{mark!r}", poll_s=POLL_S)
+    except TimeoutError:
+        names = ", ".join(p.name for p in pending)
+        raise BenchError(f"{names} not ready after {timeout_s} s (no {mark!r} in {pending[0].log_path})") from None
+
+
+def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
+    """Samples of a worker's /metrics, summed over labels ({} when it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
+    return samples
 
 
 async def _scrape_all(ports: Sequence[int]) -> list[dict[str, float]]:
@@ -153,7 +176,7 @@ async def measure_naive(
         BENCH_NAIVE_TUNED="1" if tuned else "0",
         BENCH_NAIVE_WRITES=str(writes),
     )
-    proc = Proc(label, [sys.executable, "-m", "bench.naive_app"], env, ctx.log(label)).start()
+    proc = ChildProcess(label, [sys.executable, "-m", "bench.naive_app"], env, ctx.log(label)).start()
     try:
         deadline = time.monotonic() + timeout_s
         done: dict[str, float] = {}
@@ -179,16 +202,16 @@ async def measure_naive(
 
 
 # --- (3) (5) (6) the Nudge worker ------------------------------------------------------------
-def _worker(ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = ()) -> Proc:
+def _worker(ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = ()) -> ChildProcess:
     argv = [*wrap, sys.executable, "-m", "bench.run_worker"]
-    return Proc(name, argv, {**ctx.env(settings), **ctx.worker_env}, ctx.log(name))
+    return ChildProcess(name, argv, {**ctx.env(settings), **ctx.worker_env}, ctx.log(name))
 
 
 @dataclass
 class WorkerFleet:
     """Worker processes of one measurement, with their metrics ports."""
 
-    procs: list[Proc]
+    procs: list[ChildProcess]
     ports: list[int]
 
     def stop(self) -> None:
@@ -315,11 +338,7 @@ def _group_joins(fleet: WorkerFleet) -> int:
     """Consumer-group joins seen in the workers' logs: one per worker when no rebalance disturbed the run. With
     the `batched` profile a rebalance recovers state through Tansu's end-offset bug (dev-stack.md), which drops
     the tail of each changelog partition's last batch; then the state figures count fewer leads."""
-    joins = 0
-    for proc in fleet.procs:
-        with contextlib.suppress(OSError):
-            joins += proc.log_path.read_text(errors="replace").count("Joined group")
-    return joins
+    return sum(proc.log_text().count("Joined group") for proc in fleet.procs)
 
 
 # --- (4) latency under load ------------------------------------------------------------
@@ -349,7 +368,7 @@ async def measure_latency(
     records = workload.records[: int(rate * duration_s)]
     fleet = await start_workers(ctx, settings, 1, "latency")
     try:
-        async with kafka_io.OutputWatcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
+        async with kafka_io.output_watcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
             worker_cpu, bench_cpu = fleet.procs[0].cpu_s() or 0.0, time.process_time()
             paced = await kafka_io.produce_paced(ctx.stack.bootstrap, topic, records, rate)
             load_s = max(1e-9, (paced.ended_wall_ms - paced.started_wall_ms) / 1000)
@@ -360,7 +379,7 @@ async def measure_latency(
             drained = await _consume_all(fleet, valid, timeout_s=120, measure_cpu=False)
             # Deadlines that fell due during the load may still be in flight: give them lateness + 2 s.
             await asyncio.sleep(allowed_lateness_s + 2.0)
-            arrivals = list(watcher.arrivals)
+            arrivals = list(watcher.records)
     finally:
         fleet.stop()
     lateness_ms = int(allowed_lateness_s * 1000)
@@ -370,9 +389,9 @@ async def measure_latency(
         action = orjson.loads(arrival.value)
         kind = kinds.get(action["rule"])
         if kind == "threshold" and action.get("trigger_time_ms"):
-            event_latency.append((arrival.wall_ms - action["trigger_time_ms"]) / 1000)
+            event_latency.append((arrival.arrived_ms - action["trigger_time_ms"]) / 1000)
         elif kind == "absence" and action["fired_at_ms"] + lateness_ms <= paced.ended_wall_ms:
-            deadline_lag.append((arrival.wall_ms - action["fired_at_ms"]) / 1000)
+            deadline_lag.append((arrival.arrived_ms - action["fired_at_ms"]) / 1000)
     return {
         "offered_events_per_s": round(rate),
         "achieved_events_per_s": round(paced.achieved_rate),

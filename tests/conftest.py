@@ -5,20 +5,27 @@
 - `settings`: `Settings` pointing at the stack, with a unique topic prefix and app id per test so tests sharing the
   broker never see each other's topics, and a private chDB path.
 - `redis_url`: a Redis database on the stack's server, flushed before the test.
+- `http_peer`: an `engine.testing.RecordingPeer` on loopback answering 200; `smtp_inbox`: a plain SMTP server on
+  loopback keeping every message (`.port`, `.messages`).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
 
 from engine.config import Settings
 from engine.devstack import DevStack, StackInfo
+from engine.testing import RecordingPeer
+
+if TYPE_CHECKING:
+    from tests.connectors.smtp_peer import SmtpPeer
 
 _counter = itertools.count()
 
@@ -64,3 +71,20 @@ def settings(stack: StackInfo, tmp_path: Path, redis_url: str) -> Settings:
         topic_prefix=prefix,
         partitions=4,
     )
+
+
+@pytest.fixture
+async def http_peer() -> AsyncIterator[RecordingPeer]:
+    async with RecordingPeer() as peer:
+        yield peer
+
+
+@pytest.fixture
+def smtp_inbox() -> Iterator[SmtpPeer]:
+    from tests.connectors.smtp_peer import SmtpPeer  # aiosmtpd and cryptography: only for the tests that mail
+
+    inbox = SmtpPeer().start_plain()
+    try:
+        yield inbox
+    finally:
+        inbox.stop()

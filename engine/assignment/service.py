@@ -107,9 +107,8 @@ class AssignmentService:
         await self.producer.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = int(self._runner.addresses[0][1])
         self._loop_task = asyncio.create_task(self._loop(), name="sla-monitor")
 
     async def stop(self) -> None:

@@ -3,8 +3,8 @@ incoming-webhook format at `/slack`, a CRM API under `/crm/`) and a real SMTP se
 
 Contract: `Receivers.start()` binds free ports and returns the NUDGE_* variables that point
 `examples/connectors.yaml` at them; every accepted delivery is counted per channel and passed to `on_delivery`
-(channel, short description) for the live output. HTTP answers 200 with a small JSON body (Slack: `ok`, as
-Slack does); SMTP accepts every message. `stop()` closes both servers. Nothing is stored beyond counters.
+(channel, short description) for the live output. HTTP (an `engine.testing.RecordingPeer`) answers 200 with a
+small JSON body (Slack: `ok`, as Slack does); SMTP accepts every message. `stop()` closes both servers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from engine.devstack import free_port
+from engine.testing import PeerRequest, RecordingPeer
 
 OnDelivery = Callable[[str, str], None]
 
@@ -42,22 +43,24 @@ class Receivers:
     def __init__(self, on_delivery: OnDelivery | None = None) -> None:
         self.on_delivery = on_delivery
         self.counts: Counter[str] = Counter()
-        self._runner: web.AppRunner | None = None
+        self._http = RecordingPeer(respond=self._answer)
         self._smtp: Any = None  # aiosmtpd Controller
-        self.http_port = 0
         self.smtp_port = 0
+
+    @property
+    def http_port(self) -> int:
+        return self._http.port
 
     def record(self, channel: str, what: str) -> None:
         self.counts[channel] += 1
         if self.on_delivery is not None:
             self.on_delivery(channel, what)
 
-    async def _http(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+    def _answer(self, request: web.Request, recorded: PeerRequest) -> web.StreamResponse:
         doc: Any = None
         with contextlib.suppress(orjson.JSONDecodeError):
-            doc = orjson.loads(body) if body else None
-        path = request.path
+            doc = recorded.json() if recorded.body else None
+        path = recorded.path
         if path.startswith("/slack"):
             text = doc.get("text", "") if isinstance(doc, dict) else ""
             self.record("slack", text[:100])
@@ -71,12 +74,7 @@ class Receivers:
         return web.json_response({"ok": True})
 
     async def start(self) -> dict[str, str]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._http)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.http_port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.http_port).start()
+        await self._http.start()
         try:
             from aiosmtpd.controller import Controller
         except ImportError:
@@ -86,7 +84,7 @@ class Receivers:
         self.smtp_port = free_port()
         self._smtp = Controller(_SmtpHandler(self), hostname="127.0.0.1", port=self.smtp_port)
         await asyncio.to_thread(self._smtp.start)
-        base = f"http://127.0.0.1:{self.http_port}"
+        base = self._http.url
         return {
             "NUDGE_WEBHOOK_URL": f"{base}/nudge",
             "NUDGE_SLACK_WEBHOOK_URL": f"{base}/slack",
@@ -100,6 +98,4 @@ class Receivers:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._smtp.stop)
             self._smtp = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._http.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -24,12 +25,8 @@ import time
 import traceback
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
-
 from engine.config import Settings
 from engine.demo.options import DemoOptions
-from engine.demo.processes import ChildFailed, ChildProcess
 from engine.demo.receivers import Receivers
 from engine.demo.replay import Replayer, load_sample
 from engine.demo.watch import Watcher
@@ -37,6 +34,7 @@ from engine.devstack import DevStack, DevStackError, free_port
 from engine.kafka import topics
 from engine.kafka.admin import bootstrap_servers as bootstrap
 from engine.kafka.admin import ensure_topics
+from engine.testing import ChildFailed, ChildProcess, CommittedOffsets
 
 WORKER_READY = "deadline index rebuilt"  # logged by engine.worker.lead_worker once its partitions are recovered
 PROGRESS_EVERY_S = 5.0
@@ -75,25 +73,18 @@ async def wait_for_sink(
 
     Reads the group's offsets with a consumer that never joins the group (Tansu closes the connection on the
     admin client's OffsetFetch, but answers the consumer's)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap(settings), group_id=f"{settings.app_id}-sink", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
+    async with CommittedOffsets(bootstrap(settings), f"{settings.app_id}-sink") as offsets:
         deadline = time.monotonic() + timeout_s
         waiting = dict(ends)
         while time.monotonic() < deadline:
-            for (topic, partition), end in list(waiting.items()):
-                if (await consumer.committed(TopicPartition(topic, partition)) or 0) >= end:
-                    del waiting[(topic, partition)]
+            committed = await offsets.of(waiting)
+            waiting = {tp: end for tp, end in waiting.items() if committed[tp] < end}
             if not waiting:
                 return
             for child in children:
                 child.check_alive()
             await asyncio.sleep(0.5)
         raise ChildFailed(f"the sink did not catch up within {timeout_s:.0f} s (see its log)")
-    finally:
-        await consumer.stop()
 
 
 def longest_deadline_ms(rules_path: Path) -> int:
@@ -212,11 +203,11 @@ async def run_demo(options: DemoOptions) -> int:
     if task is not None:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        env = {**settings.env(), **(await receivers.start())}
+        env = {**os.environ, **settings.env(), **(await receivers.start())}
         await create_topics(settings)
         children = [
-            ChildProcess("sink", ["sink"], env, run_dir / "sink.log"),
-            ChildProcess(
+            ChildProcess.nudge("sink", ["sink"], env, run_dir / "sink.log"),
+            ChildProcess.nudge(
                 "dispatcher",
                 ["dispatch", "--connectors", str(settings.connectors_path), "--metrics-port", "0"],
                 env,
@@ -224,7 +215,7 @@ async def run_demo(options: DemoOptions) -> int:
             ),
             # The worker never restarts during the demo, so it can skip the one-record-per-batch recovery
             # workaround (engine/worker/faust_ext/broker_profiles.py), which costs seconds of latency on a busy machine.
-            ChildProcess(
+            ChildProcess.nudge(
                 "worker", ["worker"], {**env, "NUDGE_BROKER_PROFILE": "dev-batched"}, run_dir / "worker.log"
             ),
         ]

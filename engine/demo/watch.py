@@ -1,25 +1,23 @@
 """Live view of the demo: reads `actions`, `deliveries` and `dead-letters` and prints what happens.
 
-Contract: `Watcher` consumes the three topics from the beginning (no consumer group), keeps counters (actions
-per rule, delivery outcomes, dead letters by reason, detection delays) and the next offset per partition it
-has read (so the demo can tell when the sink has caught up with everything that was produced). It prints one
-line per fired action, at most `max_lines_per_s` a second (the rest are only counted, and the periodic
-progress line shows the totals). `print` is injectable for tests.
+Contract: `Watcher` reads the three topics from the beginning with an `engine.testing.TopicReader` (no consumer
+group, records not kept), keeps counters (actions per rule, delivery outcomes, dead letters by reason, detection
+delays) and the next offset per partition it has read (`ends`: so the demo can tell when the sink has caught up
+with everything that was produced). It prints one line per fired action, at most `max_lines_per_s` a second (the
+rest are only counted, and the periodic progress line shows the totals). `print` is injectable for tests.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from engine.events import format_ts
+from engine.testing import TopicReader, TopicRecord
 
 
 class Watcher:
@@ -40,42 +38,29 @@ class Watcher:
         self.outcomes: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.delays_ms: list[int] = []
-        self.ends: dict[tuple[str, int], int] = {}
         self.last_action_at = 0.0
         self.started = time.monotonic()
         self._printed: list[float] = []
         self._unprinted = 0
-        self._consumer = AIOKafkaConsumer(
-            *topics.values(),
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=1000,
+        self._reader = TopicReader(
+            bootstrap, topics.values(), on_record=self._handle, keep=False, max_records=2000, metadata_max_age_ms=1000
         )
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ends(self) -> dict[tuple[str, int], int]:
+        """The offset after the last record read, per (topic, partition)."""
+        return self._reader.ends
 
     async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
+        await self._reader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._consumer.stop()
+        await self._reader.stop()
 
-    async def _run(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, messages in batches.items():
-                role = self.roles.get(tp.topic, "")
-                for message in messages:
-                    self.ends[(tp.topic, tp.partition)] = message.offset + 1
-                    self._handle(role, message.value)
-
-    def _handle(self, role: str, value: bytes | None) -> None:
+    def _handle(self, record: TopicRecord) -> None:
+        role = self.roles.get(record.topic, "")
         try:
-            doc = orjson.loads(value or b"")
+            doc = orjson.loads(record.value)
         except orjson.JSONDecodeError:
             return
         if role == "actions":

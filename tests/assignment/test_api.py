@@ -20,11 +20,9 @@ async def served(redis_client, clock: ManualClock) -> AsyncIterator[tuple[str, A
     assigner = Assigner(redis_client, roster(rep("a"), rep("b"), ack_within_s=60), clock=clock)
     runner = web.AppRunner(create_app(assigner))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{port}", assigner
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", assigner
     finally:
         await runner.cleanup()
 

@@ -12,41 +12,25 @@ from segment.analytics import Client as SegmentClient
 
 from engine.collector.app import create_app
 from engine.config import Settings
-from engine.devstack import free_port
-from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics
+from engine.testing import TopicReader
+from tests.integration.worker_process import WorkerProcess, cart_abandoned, with_rules
 
 from .conftest import WRITE_KEY, ServerThread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-RULES = """
-rules:
-  - id: cart_abandoned
-    kind: absence
-    when: {event: Product Added}
-    unless: {event: Order Completed}
-    within: 2s
-    action: {connector: email, template: cart_reminder}
-"""
+RULES = "rules:\n" + cart_abandoned("{connector: email, template: cart_reminder}")
 
 
 @pytest.fixture
 def e2e_settings(settings: Settings, tmp_path: Path) -> Settings:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "test.yaml").write_text(RULES)
-    return settings.with_(
-        rules_path=rules, allowed_lateness_s=0.5, web_port=free_port(), write_keys=(WRITE_KEY,)
-    )
+    return with_rules(settings, tmp_path, RULES, write_keys=(WRITE_KEY,))
 
 
 @pytest.fixture
 def worker(e2e_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(e2e_settings, tmp_path / "worker.log")
-    try:
+    with WorkerProcess(e2e_settings, tmp_path / "worker.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def actions(reader: TopicReader, lead: str) -> list[dict]:
@@ -56,12 +40,10 @@ def actions(reader: TopicReader, lead: str) -> list[dict]:
 async def test_anonymous_cart_then_identify_nudges_the_identified_email(
     e2e_settings: Settings, worker: WorkerProcess
 ) -> None:
-    await create_topics(e2e_settings, ["clickstream", "actions", "dead-letters"])
-    worker.start()
-    await worker.wait_ready()
+    await worker.start_ready()
     server = ServerThread(lambda: create_app(e2e_settings)).start()
     try:
-        async with TopicReader(e2e_settings, "actions") as reader:
+        async with TopicReader.from_settings(e2e_settings, "actions") as reader:
             client = SegmentClient(WRITE_KEY, host=server.url, sync_mode=True)
             client.track(
                 anonymous_id="anon-e2e",

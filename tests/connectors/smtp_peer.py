@@ -1,4 +1,4 @@
-"""A real SMTP server on loopback (aiosmtpd) with STARTTLS or implicit TLS and AUTH."""
+"""A real SMTP server on loopback (aiosmtpd): plain (`start_plain`), or with STARTTLS or implicit TLS and AUTH."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 class SmtpPeer:
     """Records every accepted message; refuses AUTH unless the credentials match."""
 
-    username: str
-    password: str
+    username: str = ""
+    password: str = ""
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[Any] = field(default_factory=list)
     auth_attempts: int = 0
@@ -95,6 +95,13 @@ class SmtpPeer:
             # aiosmtpd only counts STARTTLS as TLS for AUTH; with implicit TLS the whole session is encrypted.
             kwargs.update(ssl_context=context, auth_require_tls=False)
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **kwargs)
+        self.controller.start()
+        return self
+
+    def start_plain(self) -> SmtpPeer:
+        """No TLS, no AUTH: accepts every message (a local relay)."""
+        self.port = free_port()  # Controller checks its port by connecting, so it needs a real number
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self.controller.start()
         return self
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorEnv, PermanentError, RetryableError
+from connectors.base import Connector, ConnectorEnv, PermanentError, RetryableError
 from connectors.crm import CrmConfig, CrmConnector
 from connectors.rendering import Renderer
 from connectors.slack import SlackConfig, SlackConnector
@@ -19,8 +20,10 @@ from connectors.webhook import (
     verify_signature,
 )
 from engine.config import Settings
+from engine.core.model import Action
 from engine.devstack import free_port
-from tests.connectors.helpers import Peer, make_action
+from engine.testing import RecordingPeer
+from tests.connectors.helpers import make_action
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +43,19 @@ def webhook(url: str, **options: object) -> WebhookConnector:
     return WebhookConnector("webhook", config, ENV)
 
 
-async def test_webhook_is_signed_and_carries_the_idempotency_key() -> None:
-    peer = await Peer().start()
-    hook = webhook(f"{peer.url}/in", secret="whsec-abc123", headers={"X-Api-Key": "key-987654"})
-    action = make_action("webhook")
+async def send_once(connector: Connector, action: Action) -> None:
+    """Send one action, then close the connector (and its HTTP session) whatever happened."""
     try:
-        await hook.send(action)
+        await connector.send(action)
     finally:
-        await hook.close()
-        await peer.stop()
-    request = peer.requests[0]
+        await connector.close()
+
+
+async def test_webhook_is_signed_and_carries_the_idempotency_key(http_peer: RecordingPeer) -> None:
+    hook = webhook(f"{http_peer.url}/in", secret="whsec-abc123", headers={"X-Api-Key": "key-987654"})
+    action = make_action("webhook")
+    await send_once(hook, action)
+    request = http_peer.requests[0]
     assert request.method == "POST" and request.path == "/in"
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["Idempotency-Key"] == action.action_id == request.headers["X-Nudge-Action-Id"]
@@ -78,33 +84,23 @@ async def test_webhook_is_signed_and_carries_the_idempotency_key() -> None:
 async def test_http_status_mapping(
     status: int, headers: dict, error: type, reason: str, retry_after: float
 ) -> None:
-    peer = await Peer(default=(status, headers, "nope")).start()
-    hook = webhook(peer.url)
-    try:
+    async with RecordingPeer(default=(status, headers, "nope")) as peer:
         with pytest.raises(error) as raised:
-            await hook.send(make_action("webhook"))
-    finally:
-        await hook.close()
-        await peer.stop()
+            await send_once(webhook(peer.url), make_action("webhook"))
     assert raised.value.reason == reason
     assert getattr(raised.value, "retry_after_s", None) == retry_after
 
 
 async def test_unreachable_peer_is_retryable() -> None:
-    hook = webhook(f"http://127.0.0.1:{free_port()}/x")
-    try:
-        with pytest.raises(RetryableError) as raised:
-            await hook.send(make_action("webhook"))
-    finally:
-        await hook.close()
+    with pytest.raises(RetryableError) as raised:
+        await send_once(webhook(f"http://127.0.0.1:{free_port()}/x"), make_action("webhook"))
     assert raised.value.reason == "connection_error"
 
 
-async def test_slack_hot_lead_block_kit() -> None:
-    peer = await Peer().start()
+async def test_slack_hot_lead_block_kit(http_peer: RecordingPeer) -> None:
     token_path = "/services/T000/B000/slackTOKEN123"
     slack = SlackConnector(
-        "slack", SlackConfig.model_validate({"type": "slack", "webhook_url": peer.url + token_path}), ENV
+        "slack", SlackConfig.model_validate({"type": "slack", "webhook_url": http_peer.url + token_path}), ENV
     )
     action = make_action(
         "slack",
@@ -114,12 +110,8 @@ async def test_slack_hot_lead_block_kit() -> None:
         explanation="score 87 ≥ 80: pricing page 3x & demo request <today>",
         context=HOT_LEAD_CONTEXT,
     )
-    try:
-        await slack.send(action)
-    finally:
-        await slack.close()
-        await peer.stop()
-    request = peer.requests[0]
+    await send_once(slack, action)
+    request = http_peer.requests[0]
     assert request.path == token_path
     message = request.json()
     blocks = message["blocks"]
@@ -137,35 +129,23 @@ async def test_slack_hot_lead_block_kit() -> None:
     assert message["text"]
 
 
-async def test_slack_lead_without_rep_or_score() -> None:
-    peer = await Peer().start()
-    slack = SlackConnector("slack", SlackConfig(type="slack", webhook_url=f"{peer.url}/s"), ENV)
-    try:
-        await slack.send(
-            make_action("slack", template="hot_lead", context={"traits": "garbage", "score": "n/a"})
-        )
-    finally:
-        await slack.close()
-        await peer.stop()
-    fields = [f["text"] for f in peer.requests[0].json()["blocks"][1]["fields"]]
+async def test_slack_lead_without_rep_or_score(http_peer: RecordingPeer) -> None:
+    slack = SlackConnector("slack", SlackConfig(type="slack", webhook_url=f"{http_peer.url}/s"), ENV)
+    await send_once(slack, make_action("slack", template="hot_lead", context={"traits": "garbage", "score": "n/a"}))
+    fields = [f["text"] for f in http_peer.requests[0].json()["blocks"][1]["fields"]]
     assert "*Rep*\nunassigned" in fields
     assert not any(f.startswith("*Score*") for f in fields)
 
 
-async def test_crm_upserts_the_contact_and_creates_a_task() -> None:
-    peer = await Peer().start()
+async def test_crm_upserts_the_contact_and_creates_a_task(http_peer: RecordingPeer) -> None:
     crm = CrmConnector(
         "crm",
-        CrmConfig.model_validate({"type": "crm", "base_url": f"{peer.url}/api/", "token": "crm-token-555"}),
+        CrmConfig.model_validate({"type": "crm", "base_url": f"{http_peer.url}/api/", "token": "crm-token-555"}),
         ENV,
     )
     action = make_action("crm", rule="hot_lead", marketing=False, priority=10, context=HOT_LEAD_CONTEXT)
-    try:
-        await crm.send(action)
-    finally:
-        await crm.close()
-        await peer.stop()
-    upsert, task = peer.requests
+    await send_once(crm, action)
+    upsert, task = http_peer.requests
     assert (upsert.method, upsert.path) == ("PUT", f"/api/contacts/{action.lead_id}")
     assert upsert.headers["Authorization"] == "Bearer crm-token-555"
     assert upsert.headers["Idempotency-Key"] == action.action_id
@@ -180,22 +160,24 @@ async def test_crm_upserts_the_contact_and_creates_a_task() -> None:
     assert body["title"] == "Follow up with Grace Hopper" and body["priority"] == "high"
 
 
-async def test_the_readme_verification_sample_accepts_our_requests() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("### Verifying a webhook") :]
-    code = section[
-        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)
-    ]
+def verification_sample() -> str:
+    """The Python code under the heading "Verifying a webhook" in the user docs (docs/*.md, or README.md)."""
+    root = Path(__file__).resolve().parents[2]
+    for page in [*sorted((root / "docs").glob("*.md")), root / "README.md"]:
+        heading = re.search(r"^#+ Verifying a webhook$", page.read_text(), re.MULTILINE)
+        if heading is not None:
+            section = heading.string[heading.end() :]
+            start = section.index("```python") + len("```python")
+            return section[start : section.index("```", start)]
+    raise AssertionError("no 'Verifying a webhook' section in docs/ or README.md")
+
+
+async def test_the_documented_verification_sample_accepts_our_requests(http_peer: RecordingPeer) -> None:
+    code = verification_sample()
     namespace: dict[str, object] = {}
     exec(code, namespace)
     verify = namespace["verify"]
-    peer = await Peer().start()
-    hook = webhook(peer.url, secret="whsec-readme-1")
-    try:
-        await hook.send(make_action("webhook"))
-    finally:
-        await hook.close()
-        await peer.stop()
-    request = peer.requests[0]
+    await send_once(webhook(http_peer.url, secret="whsec-readme-1"), make_action("webhook"))
+    request = http_peer.requests[0]
     assert verify("whsec-readme-1", request.headers, request.body)  # type: ignore[operator]
     assert not verify("whsec-other", request.headers, request.body)  # type: ignore[operator]

@@ -4,7 +4,8 @@ Contract:
 - `Prometheus(root, targets).start()` writes a config derived from deploy/prometheus.yml — the same job names
   and rule file (dashboards/alerts.yml) — with each job's service discovery replaced by static loopback
   `targets[job]`, a 1 s scrape and evaluation interval, and storage under `root`. It listens on a free
-  loopback port; `start()` returns once `/-/ready` answers, or raises with Prometheus's log.
+  loopback port (an `engine.testing.ChildProcess`); `start()` returns once `/-/ready` answers, or raises with
+  Prometheus's log.
 - `query(expr)` runs an instant query through the HTTP API and returns the `data` object; a query Prometheus
   rejects (parse error, bad type) raises `QueryError` with Prometheus's message.
 - `stop()` terminates the process (SIGTERM, then SIGKILL after 5 s). Use it as a context manager.
@@ -12,10 +13,9 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from engine.devstack import free_port
+from engine.testing import ChildFailed, ChildProcess
 
 from .queries import ALERTS, ROOT
 
@@ -41,7 +42,7 @@ class Prometheus:
         self.targets = targets
         self.interval = interval
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ChildProcess | None = None
         self.log = root / "prometheus.log"
 
     @property
@@ -75,31 +76,25 @@ class Prometheus:
         cmd = [binary, f"--config.file={config_path}", f"--storage.tsdb.path={self.root / 'data'}",
                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
                "--storage.tsdb.retention.time=1h"]
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"prometheus did not become ready; log:\n{self.log.read_text()[-3000:]}")
+        self.proc = ChildProcess("prometheus", cmd, None, self.log).start()
+        try:
+            asyncio.run(self.proc.wait_until(self.ready, timeout_s, "/-/ready"))
+        except ChildFailed as exc:
+            self.stop()
+            raise RuntimeError(f"prometheus did not become ready: {exc}") from None
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.proc = None
+        if self.proc is not None:
+            self.proc.stop(grace_s=5)
+            self.proc = None
 
     def __enter__(self) -> Prometheus:
         return self.start()

@@ -2,11 +2,12 @@
 Prometheus scraping the real Nudge processes while events flow, parses and returns data.
 
 Set-up (all real, on loopback): the dev stack (Tansu + Redis), `nudge collector`, `nudge worker`,
-`nudge dispatch` and `nudge sink` as subprocesses, a webhook peer and a Slack-format peer (stdlib HTTP
-servers), and Debian's `prometheus` configured from deploy/prometheus.yml (same jobs, same alert rules)
-scraping them every second. Traffic: Segment batches through the collector (abandoned carts → deadline timers
-fire, repeated pricing views → threshold fires, bad requests → collector 4xx), garbage straight onto the
-clickstream topic (→ dead letters), and a peer that fails first (→ retries).
+`nudge dispatch` and `nudge sink` as subprocesses, a webhook peer and a Slack-format peer
+(`engine.testing.RecordingPeer`s in a thread), and Debian's `prometheus` configured from
+deploy/prometheus.yml (same jobs, same alert rules) scraping them every second. Traffic: Segment batches
+through the collector (abandoned carts → deadline timers fire, repeated pricing views → threshold fires, bad
+requests → collector 4xx), garbage straight onto the clickstream topic (→ dead letters), and a peer that fails
+first (→ retries).
 
 Checks:
 - every dashboard panel query and variable query, and every alert's signal, returns at least one sample that
@@ -21,12 +22,10 @@ import base64
 import importlib.util
 import json
 import math
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ import pytest
 from engine.config import Settings
 from engine.devstack import StackInfo, free_port
 from engine.events import format_ts
+from engine.testing import RecordingPeer
 
 from .processes import NudgeProcess, declared_metrics
 from .prometheus import Prometheus, QueryError
@@ -62,54 +62,11 @@ rules:
 """
 
 
-class Peer:
-    """A loopback HTTP peer that accepts every POST, except that it fails the first `fail_first` of them."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.fail_first = fail_first
-        self.failures = 0
-        self.received: list[bytes] = []
-        self.lock = threading.Lock()
-        peer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with peer.lock:
-                    fail = peer.failures < peer.fail_first
-                    if fail:
-                        peer.failures += 1
-                    else:
-                        peer.received.append(body)
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Type", "text/plain")
-                self.end_headers()
-                self.wfile.write(b"fail" if fail else b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self) -> Peer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def connectors_yaml(webhook: Peer, slack: Peer) -> str:
+def connectors_yaml(webhook: RecordingPeer, slack: RecordingPeer) -> str:
     return f"""
 connectors:
-  webhook: {{type: webhook, url: "{webhook.url}"}}
-  slack: {{type: slack, webhook_url: "{slack.url}"}}
+  webhook: {{type: webhook, url: "{webhook.url}/hook"}}
+  slack: {{type: slack, webhook_url: "{slack.url}/hook"}}
   log: {{type: log}}
 """
 
@@ -149,15 +106,16 @@ def process_env(settings: Settings, stack: StackInfo, tmp: Path) -> dict[str, st
 
 
 @pytest.fixture
-def peers() -> Iterator[dict[str, Peer]]:
+def peers() -> Iterator[dict[str, RecordingPeer]]:
     """The webhook peer fails its first 3 requests (→ retries); the Slack-format peer accepts everything."""
-    with Peer(fail_first=3) as webhook, Peer() as slack:
+    failing_first = RecordingPeer(script=[(500, {}, "fail")] * 3)
+    with failing_first.serve_in_thread() as webhook, RecordingPeer().serve_in_thread() as slack:
         yield {"webhook": webhook, "slack": slack}
 
 
 @pytest.fixture
 def engine(
-    settings: Settings, stack: StackInfo, tmp_path: Path, peers: dict[str, Peer]
+    settings: Settings, stack: StackInfo, tmp_path: Path, peers: dict[str, RecordingPeer]
 ) -> Iterator[dict[str, NudgeProcess]]:
     (tmp_path / "rules").mkdir()
     (tmp_path / "state").mkdir()
@@ -257,7 +215,7 @@ def evaluate(prometheus: Prometheus, queries: list[Query]) -> dict[str, str]:
 
 
 def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
-    engine: dict[str, NudgeProcess], peers: dict[str, Peer], settings: Settings, stack: StackInfo,
+    engine: dict[str, NudgeProcess], peers: dict[str, RecordingPeer], settings: Settings, stack: StackInfo,
     tmp_path: Path,
 ) -> None:
     missing = {"nudge-collector", "nudge-worker", "nudge-dispatcher", "nudge-sink", "nudge-reps"} - engine.keys()
@@ -278,8 +236,8 @@ def test_every_dashboard_and_alert_query_returns_data_from_the_live_engine(
         logs = "\n".join(f"--- {job} ---\n{proc.log_tail(1500)}" for job, proc in engine.items())
         assert not problems, f"{len(problems)} of {len(queries)} queries fail:\n{report}\n{logs}"
         # The traffic went all the way: both peers got deliveries, and the webhook's failures were retried.
-        assert peers["webhook"].received and peers["slack"].received, logs
-        assert peers["webhook"].failures == 3, "the webhook peer never failed: no retries were exercised"
+        assert 200 in peers["webhook"].statuses and 200 in peers["slack"].statuses, logs
+        assert peers["webhook"].statuses.count(500) == 3, "the webhook peer never failed: no retries were exercised"
 
         for name, why in NOT_YET_DRIVEN.items():
             count = prometheus.series_count(name)

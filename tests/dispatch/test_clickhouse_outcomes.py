@@ -11,36 +11,25 @@ from aiohttp import web
 from engine.clickhouse.client import connect
 from engine.clickhouse.sink import Sink
 from engine.config import Settings
-from engine.kafka.topics import DEAD_LETTERS, DELIVERIES
-from tests.connectors.helpers import (
-    Peer,
-    TopicReader,
-    build_dispatcher,
-    make_action,
-    produce_actions,
-    wait_for,
-)
+from engine.testing import Answer, PeerRequest, wait_until
+from tests.connectors.helpers import make_action
+from tests.dispatch.rig import DispatchRig
 
 pytestmark = pytest.mark.integration
 
 SECRET = "tok-Sup3rSecret-ch-0001"
 
 
-class EchoingDeadPeer(Peer):
-    async def _handle(self, request: web.Request) -> web.Response:
-        await super()._handle(request)
-        return web.Response(status=503, text=f"unavailable for {request.headers.get('Authorization')}")
+def unavailable_echoing_auth(request: web.Request, _: PeerRequest) -> Answer:
+    return 503, {}, f"unavailable for {request.headers.get('Authorization')}"
 
 
-async def test_outcomes_are_stored_with_action_ids_and_without_secrets(settings: Settings) -> None:
-    ok = await Peer(script=[(500, {}, "once")]).start()
-    dead = await EchoingDeadPeer().start()
-    deliveries = await TopicReader(settings, DELIVERIES).start()
-    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+async def test_outcomes_are_stored_with_action_ids_and_without_secrets(settings: Settings, rig: DispatchRig) -> None:
+    ok = await rig.peer(script=[(500, {}, "once")])
+    dead = await rig.peer(respond=unavailable_echoing_auth)
     now = datetime.now(UTC)
     start, end = f"{now - timedelta(hours=1):%H:%M}", f"{now + timedelta(hours=1):%H:%M}"
-    dispatcher = build_dispatcher(
-        settings,
+    dispatcher = rig.dispatcher(
         f"""
 connectors:
   ok: {{type: webhook, url: "{ok.url}/in"}}
@@ -71,17 +60,12 @@ policies:
     sink_task = asyncio.create_task(sink.run(stop))
     try:
         await dispatcher.start()
-        await produce_actions(settings, [flaky, doomed, unsubscribed, deferred])
-        await wait_for(lambda: len(deliveries.records) == 6 and dead_letters.records, what="all outcomes")
-        await wait_for(lambda: sink.rows_written >= 4 + 6 + 1, timeout_s=30, what="the sink to store them")
+        await rig.produce([flaky, doomed, unsubscribed, deferred])
+        await wait_until(lambda: len(rig.deliveries.records) == 6 and rig.dead_letters.records, what="all outcomes")
+        await wait_until(lambda: sink.rows_written >= 4 + 6 + 1, timeout_s=30, what="the sink to store them")
     finally:
         stop.set()
         await asyncio.wait_for(sink_task, 30)
-        await dispatcher.stop()
-        await deliveries.stop()
-        await dead_letters.stop()
-        await ok.stop()
-        await dead.stop()
     client = connect(settings.clickhouse_dsn)
     try:  # chDB allows one path per process: close before the next test opens its own
         rows = client.query(

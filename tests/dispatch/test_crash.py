@@ -12,18 +12,11 @@ import time
 
 import pytest
 
-from engine.config import Settings
 from engine.core.model import Action
 from engine.dispatch.delivery import DeliveryHooks
-from engine.kafka.topics import DELIVERIES
-from tests.connectors.helpers import (
-    Peer,
-    TopicReader,
-    build_dispatcher,
-    make_action,
-    produce_actions,
-    wait_for,
-)
+from engine.testing import RecordingPeer, wait_until
+from tests.connectors.helpers import make_action
+from tests.dispatch.rig import DispatchRig
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +24,7 @@ CLAIM_TTL_S = 7
 CLAIM_TTL = f"policies:\n  idempotency: {{claim_ttl_s: {CLAIM_TTL_S}}}\n"
 
 
-def config(peer: Peer) -> str:
+def config(peer: RecordingPeer) -> str:
     return f"connectors:\n  webhook:\n    type: webhook\n    url: {peer.url}/hook\n{CLAIM_TTL}"
 
 
@@ -44,37 +37,28 @@ def crash_at(point: str, reached: asyncio.Event) -> DeliveryHooks:
 
 
 @pytest.mark.parametrize("point", ["after_claim", "after_send"])
-async def test_killed_dispatcher_restarts_and_delivers_once_per_id(settings: Settings, point: str) -> None:
-    peer = await Peer().start()
-    deliveries = await TopicReader(settings, DELIVERIES).start()
+async def test_killed_dispatcher_restarts_and_delivers_once_per_id(rig: DispatchRig, point: str) -> None:
+    peer = await rig.peer()
     reached = asyncio.Event()
-    first = build_dispatcher(settings, config(peer), hooks=crash_at(point, reached))
+    first = await rig.start_dispatcher(config(peer), hooks=crash_at(point, reached))
     action = make_action("webhook")
-    second = None
-    try:
-        await first.start()
-        await produce_actions(settings, [action])
-        await asyncio.wait_for(reached.wait(), 15)
-        killed_at = time.monotonic()
-        await first.kill()
-        second = build_dispatcher(settings, config(peer))
-        await second.start()
-        restart_s = time.monotonic() - killed_at
-        await wait_for(lambda: deliveries.where(outcome="sent"), what="delivery after restart")
-        if restart_s < CLAIM_TTL_S - 1:
-            # The restarted dispatcher found the dead claim, waited for it to expire, then claimed and sent.
-            assert [r["reason"] for r in deliveries.where(outcome="deferred")] == ["claim_held"]
-        if point == "after_claim":
-            assert peer.ids() == [action.action_id]  # exactly once, even to a peer that does not dedupe
-        else:
-            # Sent before the crash and again after: a deduping peer sees it once; never more than twice.
-            assert peer.ids() == [action.action_id, action.action_id]
-            assert len(set(peer.ids())) == 1
-        assert len(deliveries.where(outcome="sent")) == 1
-        await asyncio.sleep(0.5)  # a late duplicate would show up here
-        assert len(peer.requests) <= 2
-    finally:
-        if second is not None:
-            await second.stop()
-        await deliveries.stop()
-        await peer.stop()
+    await rig.produce([action])
+    await asyncio.wait_for(reached.wait(), 15)
+    killed_at = time.monotonic()
+    await first.kill()
+    await rig.start_dispatcher(config(peer))
+    restart_s = time.monotonic() - killed_at
+    deliveries = rig.deliveries
+    await wait_until(lambda: deliveries.where(outcome="sent"), what="delivery after restart")
+    if restart_s < CLAIM_TTL_S - 1:
+        # The restarted dispatcher found the dead claim, waited for it to expire, then claimed and sent.
+        assert [r["reason"] for r in deliveries.where(outcome="deferred")] == ["claim_held"]
+    if point == "after_claim":
+        assert peer.ids() == [action.action_id]  # exactly once, even to a peer that does not dedupe
+    else:
+        # Sent before the crash and again after: a deduping peer sees it once; never more than twice.
+        assert peer.ids() == [action.action_id, action.action_id]
+        assert len(set(peer.ids())) == 1
+    assert len(deliveries.where(outcome="sent")) == 1
+    await asyncio.sleep(0.5)  # a late duplicate would show up here
+    assert len(peer.requests) <= 2

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from engine.config import Settings
-from engine.kafka.topics import DELIVERIES
-from tests.connectors.helpers import Peer, TopicReader, make_action, produce_actions, wait_for
+from engine.testing import ChildProcess, wait_until
+from tests.connectors.helpers import make_action
+from tests.dispatch.rig import DispatchRig
 
 pytestmark = pytest.mark.integration
 
 
-def start_dispatcher(settings: Settings, connectors: Path, log: Path) -> subprocess.Popen[bytes]:
+def dispatch_process(settings: Settings, connectors: Path, log: Path) -> ChildProcess:
     env = {
         **os.environ,
         "NUDGE_BROKER_URL": settings.broker_url,
@@ -34,18 +32,11 @@ def start_dispatcher(settings: Settings, connectors: Path, log: Path) -> subproc
         "NUDGE_CONNECTORS_PATH": str(connectors),
         "NUDGE_LOG_LEVEL": "info",
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "engine", "dispatch", "--metrics-port", "0"],
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
+    return ChildProcess.nudge("nudge dispatch", ["dispatch", "--metrics-port", "0"], env, log)
 
 
-async def test_sigkill_mid_send_then_restart(settings: Settings, tmp_path: Path) -> None:
-    peer = await Peer(hold=asyncio.Event()).start()
-    deliveries = await TopicReader(settings, DELIVERIES).start()
+async def test_sigkill_mid_send_then_restart(settings: Settings, rig: DispatchRig, tmp_path: Path) -> None:
+    peer = await rig.peer(hold=asyncio.Event())
     connectors = tmp_path / "connectors.yaml"
     connectors.write_text(
         f"""
@@ -56,29 +47,18 @@ policies:
 dispatcher: {{session_timeout_ms: 2000, schedule_poll_s: 0.05}}
 """
     )
-    log = tmp_path / "dispatch.log"
     action = make_action("webhook")
-    first = start_dispatcher(settings, connectors, log)
-    second = None
-    try:
-        await produce_actions(settings, [action])
+    with dispatch_process(settings, connectors, tmp_path / "dispatch.log") as dispatcher:
+        dispatcher.start()
+        await rig.produce([action])
         await asyncio.wait_for(peer.arrived.wait(), 30)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        dispatcher.kill()
         assert peer.hold is not None
         peer.hold.set()  # the held request now answers into a dead socket
         peer.hold = None
-        second = start_dispatcher(settings, connectors, log)
-        await wait_for(lambda: deliveries.where(outcome="sent"), timeout_s=30, what="delivery after restart")
+        dispatcher.start()
+        await wait_until(lambda: rig.deliveries.where(outcome="sent"), timeout_s=30, what="delivery after restart")
         assert peer.ids() == [action.action_id, action.action_id]
         assert len(set(peer.ids())) == 1
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(15) == 0, log.read_text()[-2000:]
-        assert len(deliveries.where(outcome="sent")) == 1
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(10)
-        await deliveries.stop()
-        await peer.stop()
+        assert dispatcher.stop() == 0, dispatcher.log_tail(2000)
+        assert len(rig.deliveries.where(outcome="sent")) == 1

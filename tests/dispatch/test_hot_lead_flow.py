@@ -17,10 +17,11 @@ from engine.core import evaluate
 from engine.core.model import Action
 from engine.dispatch.hot_leads import HotLeads, build_assigner
 from engine.events import parse_event
-from engine.kafka.topics import DELIVERIES, LEAD_UPDATES
+from engine.kafka.topics import LEAD_UPDATES
 from engine.language import load_rules
-from tests.assignment.test_notifications_delivery import Inbox, slack_receiver, smtp_inbox  # noqa: F401
-from tests.connectors.helpers import TopicReader, build_dispatcher, produce_actions, wait_for
+from engine.testing import RecordingPeer, TopicReader, wait_until
+from tests.connectors.smtp_peer import SmtpPeer
+from tests.dispatch.rig import DispatchRig
 
 pytestmark = pytest.mark.integration
 
@@ -58,33 +59,29 @@ connectors:
 
 
 async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as_customer(
-    settings: Settings,
-    tmp_path: Path,
-    redis_url: str,
-    slack_receiver,  # noqa: F811
-    smtp_inbox,  # noqa: F811
+    settings: Settings, tmp_path: Path, redis_url: str, http_peer: RecordingPeer, smtp_inbox: SmtpPeer
 ) -> None:
     (tmp_path / "reps.yaml").write_text(ROSTER)
     settings = dataclasses.replace(settings, reps_path=tmp_path / "reps.yaml")
-    slack_url, slack_messages = slack_receiver
-    smtp_port, inbox = smtp_inbox
+    inbox = smtp_inbox
     actions = lead_actions("ada")
     by_template = {a.template: a for a in actions}
     hot, won = by_template["hot_lead"], by_template["lead_won"]
     assert hot.payload["assign"] is True and hot.context["stage"] == "sql"
     assert won.payload["release_owner"] is True and won.context["stage"] == "customer"
 
-    deliveries = await TopicReader(settings, DELIVERIES).start()
-    updates = await TopicReader(settings, LEAD_UPDATES).start()
-    dispatcher = build_dispatcher(settings, connectors_yaml(slack_url, smtp_port))
+    rig = await DispatchRig(settings).start()  # the settings with the roster, not the `rig` fixture's
+    deliveries = rig.deliveries
+    updates = await TopicReader.from_settings(settings, LEAD_UPDATES).start()
     redis = aioredis.Redis.from_url(redis_url)
     assigner = Assigner(redis, load_roster(settings.reps_path))
     try:
-        await dispatcher.start()
-        await produce_actions(settings, [hot])
-        await wait_for(lambda: deliveries.where(action_id=hot.action_id, outcome="sent"), what="hot-lead alert sent")
-        await wait_for(lambda: inbox.messages, what="email to the rep")
+        await rig.start_dispatcher(connectors_yaml(f"{http_peer.url}/services/hook", inbox.port))
+        await rig.produce([hot])
+        await wait_until(lambda: deliveries.where(action_id=hot.action_id, outcome="sent"), what="hot-lead alert sent")
+        await wait_until(lambda: inbox.messages, what="email to the rep")
 
+        slack_messages = [r.json() for r in http_peer.requests]
         [alert] = [m for m in slack_messages if "Hot lead" in m["blocks"][0]["text"]["text"]]
         assert "<@U0DANA>, this one is yours" in alert["blocks"][0]["text"]["text"]
         [mail] = inbox.messages
@@ -94,23 +91,23 @@ async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as
         assert "Stage: sql" in body and "/v1/leads/ada/ack" in body
         owner = await assigner.owner("ada")
         assert owner is not None and owner.rep_id == "dana"
-        await wait_for(lambda: updates.where(lead_id="ada", kind="assigned"), what="assignment on lead-updates")
+        await wait_until(lambda: updates.where(lead_id="ada", kind="assigned"), what="assignment on lead-updates")
 
         # Replaying the alert assigns nobody new and mails nobody again.
-        await produce_actions(settings, [hot])
-        await wait_for(lambda: deliveries.where(action_id=hot.action_id, outcome="duplicate"), what="duplicate")
+        await rig.produce([hot])
+        await wait_until(lambda: deliveries.where(action_id=hot.action_id, outcome="duplicate"), what="duplicate")
         assert len(inbox.messages) == 1 and len(updates.where(kind="assigned")) == 1
 
         # The order makes the lead a customer: the won message thanks the rep, and the rep's capacity is free.
-        await produce_actions(settings, [won])
-        await wait_for(lambda: deliveries.where(action_id=won.action_id, outcome="sent"), what="won message sent")
-        assert any("<@U0DANA>" in m["blocks"][0]["text"]["text"] for m in slack_messages if m is not alert)
+        await rig.produce([won])
+        await wait_until(lambda: deliveries.where(action_id=won.action_id, outcome="sent"), what="won message sent")
+        later = [r.json() for r in http_peer.requests[len(slack_messages) :]]
+        assert any("<@U0DANA>" in m["blocks"][0]["text"]["text"] for m in later)
         assert await assigner.owner("ada") is None
         [status] = await assigner.rep_statuses()
         assert status.open_leads == 0
     finally:
-        await dispatcher.stop()
-        await deliveries.stop()
+        await rig.close()
         await updates.stop()
         await redis.aclose()
 

@@ -7,16 +7,9 @@ import logging
 import pytest
 from aiohttp import web
 
-from engine.config import Settings
-from engine.kafka.topics import DEAD_LETTERS, DELIVERIES
-from tests.connectors.helpers import (
-    Peer,
-    TopicReader,
-    build_dispatcher,
-    make_action,
-    produce_actions,
-    wait_for,
-)
+from engine.testing import Answer, PeerRequest, wait_until
+from tests.connectors.helpers import make_action
+from tests.dispatch.rig import DispatchRig
 
 pytestmark = pytest.mark.integration
 
@@ -28,22 +21,17 @@ SECRETS = {
 }
 
 
-class EchoPeer(Peer):
+def echo_credentials(request: web.Request, _: PeerRequest) -> Answer:
     """A badly behaved peer: its error body repeats the request's credentials and URL."""
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        await super()._handle(request)
-        echoed = f"denied {request.url} auth={request.headers.get('Authorization')} key={request.headers}"
-        return web.Response(status=401 if "crm" in request.path else 500, text=echoed)
+    echoed = f"denied {request.url} auth={request.headers.get('Authorization')} key={request.headers}"
+    return 401 if "crm" in request.path else 500, {}, echoed
 
 
 async def test_secrets_stay_out_of_logs_records_and_dead_letters(
-    settings: Settings, caplog: pytest.LogCaptureFixture
+    rig: DispatchRig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    peer = await EchoPeer().start()
-    deliveries = await TopicReader(settings, DELIVERIES).start()
-    dead_letters = await TopicReader(settings, DEAD_LETTERS).start()
+    peer = await rig.peer(respond=echo_credentials)
     yaml_text = f"""
 connectors:
   webhook:
@@ -61,21 +49,15 @@ connectors:
     base_url: {peer.url}/crm
     token: ${{NUDGE_CRM_TOKEN}}
 """
-    dispatcher = build_dispatcher(settings, yaml_text, env=SECRETS)
-    try:
-        await dispatcher.start()
-        await produce_actions(settings, [make_action(c) for c in ("webhook", "slack", "crm")])
-        await wait_for(lambda: len(dead_letters.records) == 3, what="three dead letters")
-    finally:
-        await dispatcher.stop()
-        await deliveries.stop()
-        await dead_letters.stop()
-        await peer.stop()
+    dispatcher = await rig.start_dispatcher(yaml_text, env=SECRETS)
+    await rig.produce([make_action(c) for c in ("webhook", "slack", "crm")])
+    await wait_until(lambda: len(rig.dead_letters.records) == 3, what="three dead letters")
+    await dispatcher.stop()  # its shutdown logs are checked too
     # The peer really got (and echoed) the secrets, so redaction is what kept them out.
     assert any(SECRETS["NUDGE_CRM_TOKEN"] in r.headers.get("Authorization", "") for r in peer.requests)
-    letters = b"\n".join(dead_letters.raw)
+    letters = b"\n".join(r.value for r in rig.dead_letters.records)
     assert b"***" in letters
     for secret in SECRETS.values():
         assert secret not in caplog.text
-        assert secret.encode() not in b"\n".join(deliveries.raw)
+        assert secret.encode() not in b"\n".join(r.value for r in rig.deliveries.records)
         assert secret.encode() not in letters

@@ -15,21 +15,14 @@ import orjson
 import pytest
 
 from engine.config import Settings
-from engine.devstack import free_port
 from engine.events import format_ts
-from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics, send, track
+from engine.testing import TopicReader
+from tests.integration.worker_process import WorkerProcess, cart_abandoned, send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 NOW_ISO = "2026-01-01T00:00:00Z"
 
-RULES = """
-rules:
-  - id: cart_abandoned
-    kind: absence
-    when: {event: Product Added}
-    unless: {event: Order Completed}
-    within: 2s
-    action: {connector: webhook}
+RULES = "rules:\n" + cart_abandoned() + """\
   - id: wishlist_reminder
     kind: absence
     when: {event: Wishlist Added}
@@ -46,19 +39,13 @@ rules:
 
 @pytest.fixture
 def worker_settings(settings: Settings, tmp_path: Path) -> Settings:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "test.yaml").write_text(RULES)
-    return settings.with_(rules_path=rules, allowed_lateness_s=0.5, web_port=free_port())
+    return with_rules(settings, tmp_path, RULES)
 
 
 @pytest.fixture
 def worker(worker_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(worker_settings, tmp_path / "worker.log")
-    try:
+    with WorkerProcess(worker_settings, tmp_path / "worker.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def actions_for(reader: TopicReader, lead: str, rule: str | None = None) -> list[dict]:
@@ -69,16 +56,14 @@ def actions_for(reader: TopicReader, lead: str, rule: str | None = None) -> list
 async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_lettered(
     worker_settings: Settings, worker: WorkerProcess
 ) -> None:
-    await create_topics(worker_settings, ["clickstream", "actions", "dead-letters"])
-    worker.start()
-    await worker.wait_ready()
+    await worker.start_ready()
     anonymous_cart = {"type": "track", "event": "Product Added", "anonymousId": "anon-1", "messageId": "m-n1"}
     identify = {
         "type": "identify", "userId": "known-1", "anonymousId": "anon-1", "messageId": "m-n2",
         "traits": {"email": "zoe@example.com"},
     }
     far_future = {"type": "track", "event": "Pricing Viewed", "userId": "future", "timestamp": 10**15}
-    async with TopicReader(worker_settings, "actions", "dead-letters") as reader:
+    async with TopicReader.from_settings(worker_settings, "actions", "dead-letters") as reader:
         now = int(time.time() * 1000)
         await send(
             worker_settings,
@@ -143,10 +128,8 @@ async def test_abandoned_cart_fires_once_purchase_cancels_and_bad_input_is_dead_
 async def test_restarted_worker_keeps_state_and_fires_each_pending_deadline_once(
     worker_settings: Settings, worker: WorkerProcess
 ) -> None:
-    await create_topics(worker_settings, ["clickstream", "actions", "dead-letters"])
-    worker.start()
-    await worker.wait_ready()
-    async with TopicReader(worker_settings, "actions") as reader:
+    await worker.start_ready()
+    async with TopicReader.from_settings(worker_settings, "actions") as reader:
         now = int(time.time() * 1000)
         await send(
             worker_settings,

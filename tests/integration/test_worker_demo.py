@@ -19,19 +19,12 @@ import pytest
 
 from engine.devstack import DevStack, StackInfo
 from engine.events import format_ts
-from tests.integration.worker_process import NUDGE
+from engine.testing import nudge_command
+from tests.integration.worker_process import cart_abandoned
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
-RULES = """
-rules:
-  - id: cart_abandoned
-    kind: absence
-    when: {event: Product Added}
-    unless: {event: Order Completed}
-    within: 2s
-    action: {connector: webhook}
-"""
+RULES = "rules:\n" + cart_abandoned()
 
 
 def _event(lead: str, name: str, at_ms: int) -> bytes:
@@ -57,7 +50,7 @@ def test_demo_replays_fires_delivers_and_summarises(stack: StackInfo, tmp_path: 
 
     started = time.monotonic()
     result = subprocess.run(
-        [NUDGE, "demo", "--root", str(stack.root), "--sample", str(sample), "--rules", str(rules)],
+        [*nudge_command(), "demo", "--root", str(stack.root), "--sample", str(sample), "--rules", str(rules)],
         capture_output=True, text=True, timeout=140, env=dict(os.environ),
     )
     out = result.stdout + result.stderr

@@ -13,29 +13,20 @@ from pathlib import Path
 import pytest
 
 from engine.config import Settings
-from engine.devstack import free_port
-from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics, send, track
+from engine.kafka.admin import ensure_topics
+from engine.testing import TopicReader
+from tests.integration.worker_process import WORKER_TOPICS, WorkerProcess, cart_abandoned, send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-RULES = """
-rules:
-  - id: cart_abandoned
-    kind: absence
-    when: {event: Product Added}
-    within: 2s
-    action: {connector: webhook}
-"""
+RULES = "rules:\n" + cart_abandoned(unless=False)
 LEADS = [f"shopper-{n}" for n in range(12)]
 
 
 @pytest.fixture
 def workers(settings: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "test.yaml").write_text(RULES)
-    base = settings.with_(rules_path=tmp_path / "rules", allowed_lateness_s=0.5)
     processes = [
-        WorkerProcess(base.with_(web_port=free_port(), state_dir=tmp_path / f"state{n}"), tmp_path / f"w{n}.log")
+        WorkerProcess(with_rules(settings, tmp_path, RULES, state_dir=tmp_path / f"state{n}"), tmp_path / f"w{n}.log")
         for n in range(2)
     ]
     try:
@@ -48,12 +39,12 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]
 async def test_two_workers_split_partitions_and_fire_each_deadline_once(
     settings: Settings, workers: list[WorkerProcess]
 ) -> None:
-    await create_topics(settings, ["clickstream", "actions", "dead-letters"])
+    await ensure_topics(settings, WORKER_TOPICS)
     for worker in workers:
         worker.start()
     for worker in workers:  # started together, they join the group in one generation
         await worker.wait_ready()
-    async with TopicReader(settings, "actions") as reader:
+    async with TopicReader.from_settings(settings, "actions") as reader:
         now = int(time.time() * 1000)
         await send(settings, [(lead.encode(), track(lead, "Product Added", now, f"m-{lead}")) for lead in LEADS])
         await reader.wait_for(lambda: len(reader.of("actions")) >= len(LEADS), timeout_s=40, what="all actions")

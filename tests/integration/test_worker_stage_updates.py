@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import Settings
-from engine.devstack import free_port
-from tests.integration.worker_process import TopicReader, WorkerProcess, create_topics, send, track
+from engine.testing import TopicReader
+from tests.integration.worker_process import WORKER_TOPICS, WorkerProcess, send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -28,27 +28,17 @@ rules:
 
 @pytest.fixture
 def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "lifecycle.yaml").write_text(RULES)
-    process = WorkerProcess(
-        settings.with_(rules_path=rules, allowed_lateness_s=0.5, web_port=free_port()), tmp_path / "worker.log"
-    )
-    try:
+    with WorkerProcess(with_rules(settings, tmp_path, RULES), tmp_path / "worker.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def test_stage_changes_reach_lead_updates_and_the_stage_action_reaches_actions(
     worker: WorkerProcess,
 ) -> None:
     settings = worker.settings
-    await create_topics(settings, ["clickstream", "actions", "dead-letters", "lead-updates"])
-    worker.start()
-    await worker.wait_ready()
+    await worker.start_ready((*WORKER_TOPICS, "lead-updates"))
     now = int(time.time() * 1000)
-    async with TopicReader(settings, "actions", "lead-updates") as reader:
+    async with TopicReader.from_settings(settings, "actions", "lead-updates") as reader:
         await send(
             settings,
             [

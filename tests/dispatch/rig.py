@@ -1,0 +1,106 @@
+"""`DispatchRig`: the world of one dispatcher test on the real broker and Redis (the `rig` fixture).
+
+Contract:
+- `rig.deliveries` and `rig.dead_letters` are `engine.testing.TopicReader`s of the test's `deliveries` and
+  `dead-letters` topics, reading from before anything is produced; `.where(outcome="sent")` filters their JSON.
+- `await rig.peer(...)` starts an `engine.testing.RecordingPeer` (same options); `rig.dispatcher(yaml)` builds a
+  `Dispatcher` (not started) from connector YAML on top of `FAST_DEFAULTS` (short timeouts, backoffs and polls);
+  `await rig.start_dispatcher(yaml)` also starts it. `await rig.produce(actions, raw)` writes to `actions`.
+- `close()` (the fixture's teardown) stops every dispatcher the rig built, then the readers, then the peers; a
+  test may stop or kill a dispatcher itself before that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from engine.config import Settings
+from engine.core.model import Action
+from engine.dispatch.config import parse_connectors
+from engine.dispatch.delivery import DeliveryHooks
+from engine.dispatch.dispatcher import Dispatcher
+from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
+from engine.testing import RecordingPeer, TopicReader
+
+FAST_DEFAULTS = """
+defaults:
+  timeout_s: 2
+  concurrency: 4
+  retry: {max_attempts: 4, base_delay_s: 0.05, max_delay_s: 0.2}
+  circuit: {failure_threshold: 50, reset_after_s: 0.5}
+dispatcher:
+  session_timeout_ms: 2000
+  schedule_poll_s: 0.05
+  commit_interval_s: 0.2
+"""
+
+
+def build_dispatcher(
+    settings: Settings, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+) -> Dispatcher:
+    config = parse_connectors(FAST_DEFAULTS + yaml_text, env=env or {})
+    return Dispatcher(settings, config, hooks=hooks, grace_s=2.0)
+
+
+async def produce_actions(settings: Settings, actions: list[Action], raw: list[bytes] | None = None) -> None:
+    """Each action keyed by its lead (as the worker does), then each `raw` value as it is (key `bad`)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for action in actions:
+            await producer.send(settings.topic(ACTIONS), action.to_bytes(), key=action.lead_id.encode())
+        for value in raw or []:
+            await producer.send(settings.topic(ACTIONS), value, key=b"bad")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class DispatchRig:
+    """Peers, output readers and dispatchers of one test; see the module docstring."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.deliveries = TopicReader.from_settings(settings, DELIVERIES)
+        self.dead_letters = TopicReader.from_settings(settings, DEAD_LETTERS)
+        self._peers: list[RecordingPeer] = []
+        self._dispatchers: list[Dispatcher] = []
+
+    async def start(self) -> DispatchRig:
+        await self.deliveries.start()
+        await self.dead_letters.start()
+        return self
+
+    async def peer(self, **options: Any) -> RecordingPeer:
+        peer = await RecordingPeer(**options).start()
+        self._peers.append(peer)
+        return peer
+
+    def dispatcher(
+        self, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+    ) -> Dispatcher:
+        dispatcher = build_dispatcher(self.settings, yaml_text, hooks, env)
+        self._dispatchers.append(dispatcher)
+        return dispatcher
+
+    async def start_dispatcher(
+        self, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+    ) -> Dispatcher:
+        dispatcher = self.dispatcher(yaml_text, hooks, env)
+        await dispatcher.start()
+        return dispatcher
+
+    async def produce(self, actions: list[Action], raw: list[bytes] | None = None) -> None:
+        await produce_actions(self.settings, actions, raw)
+
+    async def close(self) -> None:
+        try:
+            for dispatcher in reversed(self._dispatchers):
+                await dispatcher.stop()
+        finally:
+            await self.deliveries.stop()
+            await self.dead_letters.stop()
+            for peer in self._peers:
+                await peer.stop()
