@@ -1,6 +1,6 @@
 """Idempotency claims in Redis: an action id is sent at most once, even when redelivered or replayed.
 
-Contract (key `<prefix>idem:<action_id>`):
+Contract (a two-phase claim, `engine.redis_claims`; key `<prefix>idem:<action_id>`):
 - `claim(action_id)` does `SET key <token> NX PX claim_ttl`: `CLAIMED` (we may send), `DONE` (already sent:
   the action is a duplicate), or `HELD` with the milliseconds the other claim still lives (another dispatcher
   is sending it right now, or one crashed mid-send: check again when the claim expires).
@@ -16,26 +16,15 @@ Contract (key `<prefix>idem:<action_id>`):
 
 from __future__ import annotations
 
-import enum
 import uuid
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-DONE = b"done"
+from engine.redis_claims import ClaimStatus, TwoPhaseClaims
 
-_CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
-local value = redis.call('GET', KEYS[1])
-if value == 'done' then return {2, 0} end
-return {3, redis.call('PTTL', KEYS[1])}
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+__all__ = ["Claim", "ClaimStatus", "IdempotencyConfig", "IdempotencyStore"]
 
 
 class IdempotencyConfig(BaseModel):
@@ -45,14 +34,6 @@ class IdempotencyConfig(BaseModel):
 
     claim_ttl_s: float = Field(60.0, gt=0, description="how long a claim blocks others; > the longest send")
     done_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long a sent action id is remembered")
-
-
-class ClaimStatus(enum.Enum):
-    """Result of a claim: ours to send, already sent, or held by another attempt."""
-
-    CLAIMED = 1
-    DONE = 2
-    HELD = 3
 
 
 @dataclass(frozen=True)
@@ -71,30 +52,26 @@ class IdempotencyStore:
         self.redis = redis
         self.prefix = prefix
         self.config = config
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
+        self._claims = TwoPhaseClaims(
+            redis, pending_ttl_ms=int(config.claim_ttl_s * 1000), done_ttl_ms=int(config.done_ttl_s * 1000)
+        )
 
     def key(self, action_id: str) -> str:
         return f"{self.prefix}idem:{action_id}"
 
     async def claim(self, action_id: str) -> Claim:
         token = uuid.uuid4().hex
-        status, ttl = await self._claim(
-            keys=[self.key(action_id)], args=[token, int(self.config.claim_ttl_s * 1000)]
-        )
-        status = ClaimStatus(int(status))
-        if status is ClaimStatus.CLAIMED:
-            return Claim(status, token)
-        # PTTL -1 (no expiry) cannot happen for our keys; treat it like a fresh claim's TTL.
-        held = int(ttl) if int(ttl) > 0 else int(self.config.claim_ttl_s * 1000)
-        return Claim(status, held_for_ms=held if status is ClaimStatus.HELD else 0)
+        [found] = await self._claims.claim([self.key(action_id)], token)
+        if found.status is ClaimStatus.CLAIMED:
+            return Claim(found.status, token)
+        return Claim(found.status, held_for_ms=found.held_for_ms)
 
     async def mark_done(self, action_id: str) -> None:
-        await self.redis.set(self.key(action_id), DONE, px=int(self.config.done_ttl_s * 1000))
+        await self._claims.confirm([self.key(action_id)])
 
     async def release(self, action_id: str, token: str) -> None:
         if token:
-            await self._release(keys=[self.key(action_id)], args=[token])
+            await self._claims.release([self.key(action_id)], token)
 
     async def is_done(self, action_id: str) -> bool:
-        return await self.redis.get(self.key(action_id)) == DONE
+        return await self._claims.is_done(self.key(action_id))
