@@ -5,8 +5,8 @@ validated events), `identity` (profiles, anonymous → known id merges, re-keyin
 in Redis), `producer` (the Kafka shell), `app` (the aiohttp routes tying them together; run it with
 `nudge collector`).
 
-May import `engine.events`, `engine.kafka`, `engine.config`, `engine.metrics`, aiohttp, aiokafka and Redis;
-nothing of the core's evaluation, the worker, the dispatcher, the sink or assignment.
+May import `engine.events`, `engine.kafka`, `engine.redis_claims`, `engine.config`, `engine.metrics`, aiohttp,
+aiokafka and Redis; nothing of the core's evaluation, the worker, the dispatcher, the sink or assignment.
 """
 
 from engine.collector.app import create_app

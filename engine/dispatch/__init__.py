@@ -3,6 +3,6 @@
 hot-lead flow (`hot_leads`), the connectors file (`config`) and secret redaction (`redaction`); the delivery
 policies live in `policies/`.
 
-May import `connectors`, `engine.assignment`, `engine.kafka`, `engine.core`, `engine.config`, `engine.metrics`,
-aiokafka and Redis; never the worker, the sink or the collector.
+May import `connectors`, `engine.assignment`, `engine.kafka`, `engine.redis_claims`, `engine.core`, `engine.config`,
+`engine.metrics`, aiokafka and Redis; never the worker, the sink or the collector.
 """

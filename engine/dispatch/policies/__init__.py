@@ -2,6 +2,6 @@
 caps, quiet hours, consent, retry backoff, circuit breaker; each with the config model of its `connectors.yaml`
 section.
 
-May import `connectors` (the lead view), `engine.core`, `engine.config`, `engine.metrics`, Redis and pydantic;
-nothing else of `engine.dispatch`, so every policy stays usable and testable on its own.
+May import `connectors` (the lead view), `engine.redis_claims`, `engine.core`, `engine.config`, `engine.metrics`,
+Redis and pydantic; nothing else of `engine.dispatch`, so every policy stays usable and testable on its own.
 """
