@@ -1,7 +1,11 @@
 """The pure evaluation core: `(lead state, event or tick, now) -> (new state, actions, deadlines)`.
 
-Imports nothing from Faust, Kafka, Redis or ClickHouse; the live worker and `nudge simulate` both call
-`evaluate`.
+Compiled matchers, lead state and derived facts, one module per rule kind (`kinds/`), `evaluate()` and
+`simulate()`. The live worker, `nudge simulate` and `nudge replay` all run this same code.
+
+May import: the standard library, orjson and `engine.events`; nothing else of Nudge, and nothing of Faust,
+Kafka, Redis, ClickHouse, pydantic, YAML or the shell (tests/test_architecture.py checks the imports,
+tests/core/test_purity.py what importing the core loads).
 """
 
 from engine.core.evaluate import Evaluation, build_view, evaluate, pending_deadlines

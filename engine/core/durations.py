@@ -1,8 +1,4 @@
-"""Durations as rule authors write them: an integer and a unit, `90s`, `30m`, `4h`, `7d` (also `500ms`, `2w`).
-
-Contract: `parse_duration(text)` returns milliseconds or raises `ValueError` with a message that says how to
-fix it; `format_duration(ms)` is its inverse for whole units (used in explanations).
-"""
+"""Durations as rule authors write them: an integer and a unit, `90s`, `30m`, `4h`, `7d` (also `500ms`, `2w`)."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ _PATTERN = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 
 
 def parse_duration(text: object) -> int:
+    """Milliseconds, or `ValueError` with a message that says how to fix the text."""
     if isinstance(text, str):
         found = _PATTERN.match(text)
         if found:
@@ -23,6 +20,7 @@ def parse_duration(text: object) -> int:
 
 
 def format_duration(ms: int) -> str:
+    """The inverse of `parse_duration` in the largest whole unit (used in explanations)."""
     for unit in ("w", "d", "h", "m", "s"):
         size = UNITS_MS[unit]
         if ms >= size and ms % size == 0:

@@ -1,23 +1,5 @@
-"""`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics (worker + simulator).
-
-Contract:
-- Pure: no I/O, no clock, no randomness; the same inputs give equal outputs; the input state is not mutated
-  (unless the caller hands it over with `reuse_state=True`).
-- On an `Event` at t: first fire the deadlines < t (the lead's own event proves event time passed them;
-  fired_at is the deadline), then update the derived facts, then let every enabled rule see the event (in
-  rule-set order), then, when `now_ms` is given, fire the deadlines <= now_ms.
-- On a `Tick(now)`: fire the deadlines <= now, earliest first (ties: rule-set order).
-- Every firing passes the common gates, in this order: cooldown (since this rule last fired for this lead),
-  `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated firing
-  is dropped (and not remembered); the kind's own state moves on regardless (an absence episode still closes).
-- `Evaluation.deadlines` lists ALL pending deadlines of the lead after this step, sorted, deduplicated.
-- Slots of rules that are no longer in the rule set (or disabled) are dropped, so state cannot outlive its
-  rules.
-- Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
-  `lead-updates` record) and, in the same step, the synthetic `track` event `Stage Changed` is shown to the
-  lead's other rules (not to the rule that made the change; facts are not updated by it). At most
-  `MAX_STAGE_EVENTS` synthetic events per step, so rules reacting to stage changes cannot loop.
-"""
+"""`evaluate(rules, state, event | tick, now)`: the one implementation of rule semantics, used by the worker,
+`nudge simulate` and `nudge replay`."""
 
 from __future__ import annotations
 
@@ -25,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.facts import LeadView, apply_event, lead_view
+from engine.core.kinds.score import ScoreLogic
 from engine.core.model import Action, Tick, make_action_id
-from engine.core.ruleset import Firing, Rule, RuleSet
+from engine.core.ruleset import Firing, Rule, RuleSet, Slot
 from engine.core.stages import MAX_STAGE_EVENTS, StageChange
 from engine.core.state import LeadState
 from engine.events import Event
@@ -36,8 +19,9 @@ DAY_MS = 86_400_000
 
 @dataclass(slots=True)
 class Evaluation:
-    """One step's result: the lead's new state, the actions fired (in firing order), all pending deadlines,
-    and the lead updates to publish on `lead-updates` (stage changes, in order)."""
+    """One step's result: the lead's new state, the actions fired (in firing order), the lead updates to publish
+    on `lead-updates` (stage changes, in order), and `deadlines`: ALL pending deadlines of the lead after this
+    step, sorted and deduplicated (not a delta, so the shell replaces its index entry for the lead)."""
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)
@@ -46,18 +30,23 @@ class Evaluation:
 
 
 def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
+    """The lead as `if:` conditions, `lead.` paths and action contexts see it at `now_ms` (scores decayed to it);
+    the first score rule of the set is the lead's primary `score`/`stage`."""
     scores: dict[str, float] = {}
     stages: dict[str, str | None] = {}
     primary = None
     top: list[dict[str, Any]] = []
     for rule in rules.score_rules:
-        slot = state.rules.get(rule.key)
-        value = round(rule.logic.value_at(slot, now_ms), 2)  # type: ignore[attr-defined]
+        logic = rule.logic
+        if not isinstance(logic, ScoreLogic):
+            continue
+        slot = logic.load(state.rules.get(rule.key))
+        value = round(logic.value_at(slot, now_ms), 2)
         scores[rule.id] = int(value) if value == int(value) else value  # the view shows 2 decimals
-        stages[rule.id] = rule.logic.stage_of(slot)  # type: ignore[attr-defined]
+        stages[rule.id] = logic.stage_of(slot)
         if primary is None:
             primary = rule.id
-            top = rule.logic.top(slot, now_ms)  # type: ignore[attr-defined]
+            top = logic.top(slot, now_ms)
     return lead_view(state.lead_id, state.facts, scores, stages, primary, top)
 
 
@@ -91,15 +80,19 @@ class _EventContext:
 
 def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions: list[Action]) -> None:
     at = firing.at_ms
+    fires_today = 0
     gate = state.gates.get(rule.key)  # [last fired at, fires on that UTC day]
-    same_day = gate is not None and gate[0] // DAY_MS == at // DAY_MS
-    if gate is not None and rule.cooldown_ms and at - gate[0] < rule.cooldown_ms:
-        return
-    if same_day and rule.max_per_lead is not None and gate[1] >= rule.max_per_lead:
+    if gate is not None:
+        last_ms, fires = gate
+        if rule.cooldown_ms and at - last_ms < rule.cooldown_ms:
+            return
+        if last_ms // DAY_MS == at // DAY_MS:
+            fires_today = fires
+    if rule.max_per_lead is not None and fires_today >= rule.max_per_lead:
         return
     if not rule.condition_holds(view):
         return
-    state.gates[rule.key] = [at, gate[1] + 1 if same_day else 1]
+    state.gates[rule.key] = [at, fires_today + 1]
     spec = firing.action or rule.action
     context = dict(view)
     if firing.details:
@@ -125,7 +118,7 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions:
     )
 
 
-def _store(state: LeadState, rule: Rule, slot: Any) -> None:
+def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
     if slot is None:
         state.rules.pop(rule.key, None)
     else:
@@ -146,8 +139,8 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions
         if due is None:
             return
         deadline, _, rule = due
-        slot, firings = rule.logic.on_deadline(rule, state.rules[rule.key], deadline)
-        _store(state, rule, slot)
+        new_slot, firings = rule.logic.on_deadline(rule, state.rules[rule.key], deadline)
+        _store(state, rule, new_slot)
         if firings:
             view = build_view(rules, state, deadline)
             for firing in firings:
@@ -169,15 +162,17 @@ def _show_event(
         slot = state.rules.get(rule.key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
-        if rule.kind == "score":
-            new_slot, firings, change = rule.logic.step(rule, slot, ctx)  # type: ignore[attr-defined]
+        logic = rule.logic
+        new_slot: Slot | None
+        if isinstance(logic, ScoreLogic):
+            new_slot, firings, change = logic.step(rule, slot, ctx)
             if change is not None:
                 changes.append((rule, change))
+            if new_slot is not slot:
+                ctx.lead_changed()  # the view shows scores and stages
         else:
-            new_slot, firings = rule.logic.on_event(rule, slot, ctx)
+            new_slot, firings = logic.on_event(rule, slot, ctx)
         _store(state, rule, new_slot)
-        if rule.kind == "score" and new_slot is not slot:
-            ctx.lead_changed()
         for firing in firings:
             _emit(rule, state, firing, ctx.lead, actions)
 
@@ -198,6 +193,8 @@ def _apply_event(
 
 
 def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
+    """The lead's pending deadlines, sorted, deduplicated (what `Evaluation.deadlines` holds); the worker calls
+    it on stored states to rebuild its deadline index. Does not change `state`."""
     deadlines = set()
     for key, slot in state.rules.items():
         rule = rules.by_key.get(key)
@@ -208,9 +205,21 @@ def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
     return sorted(deadlines)
 
 
-def _drop_stale_slots(rules: RuleSet, state: LeadState) -> None:
-    for key in [k for k in state.rules if (r := rules.by_key.get(k)) is None or not r.enabled]:
-        del state.rules[key]
+def _own_slots(rules: RuleSet, state: LeadState) -> None:
+    """Drop the slots of rules that are gone or disabled (state cannot outlive its rules), and have each kind
+    read its slots still in stored JSON form (a state fresh from `from_bytes`) once, not on every access."""
+    stale: list[str] | None = None
+    slots = state.rules
+    for key, slot in slots.items():
+        rule = rules.by_key.get(key)
+        if rule is None or not rule.enabled:
+            stale = [key] if stale is None else [*stale, key]
+        elif type(slot) is list or type(slot) is dict:
+            typed = rule.logic.load(slot)
+            if typed is not None:
+                slots[key] = typed  # replaces a value: the dict's size does not change
+    for key in stale or ():
+        del slots[key]
 
 
 def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
@@ -232,15 +241,33 @@ def evaluate(
     *,
     reuse_state: bool = False,
 ) -> Evaluation:
-    """One step for one lead. With `reuse_state=True` the caller hands `state` over: it is updated in place
-    and returned, saving a deep copy per step. By default `state` is left untouched."""
+    """One step for one lead: `item` is the lead's next event, or a `Tick` when event time passed with no event.
+
+    - Pure: no I/O, no clock, no randomness; the same inputs give equal outputs. `state` is left untouched,
+      unless the caller hands it over with `reuse_state=True`: then it is updated in place and returned (one
+      copy per step saved). `state=None` is a new lead.
+    - On an `Event` at t: first fire the deadlines < t (the lead's own event proves event time passed them;
+      fired_at is the deadline), then update the derived facts, then let every enabled rule that may care see
+      the event (in rule-set order), then, when `now_ms` is given, fire the deadlines <= now_ms.
+    - On a `Tick(now)`: fire the deadlines <= now, earliest first (ties: rule-set order).
+    - Every firing passes the common gates, in this order: cooldown (since this rule last fired for this lead),
+      `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated
+      firing is dropped (and not remembered); the kind's own state moves on regardless (an absence episode
+      still closes).
+    - Slots of rules that are no longer in the rule set (or disabled) are dropped.
+    - Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
+      `lead-updates` record) and, in the same step, the synthetic `track` event `Stage Changed` is shown to the
+      lead's other rules (not to the rule that made the change; facts are not updated by it). At most
+      `MAX_STAGE_EVENTS` synthetic events per step, so rules reacting to stage changes cannot loop.
+    - Raises what a kind raises on a slot it cannot read (`ValueError`); the worker then rejects the input.
+    """
     if state is None:
         work = LeadState()
     elif reuse_state:
         work = state
     else:
         work = state.copy()
-    _drop_stale_slots(rules, work)
+    _own_slots(rules, work)
     actions: list[Action] = []
     updates: list[dict[str, Any]] = []
     if isinstance(item, Tick):

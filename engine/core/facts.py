@@ -1,21 +1,5 @@
-"""Derived per-lead facts: cart, session/pages, time on page, first/last seen, source/campaign, traits.
-
-Contract:
-- `apply_event(facts, event)` updates the compact facts dict in place (short keys, bounded sizes: at most
-  `MAX_TRAITS` scalar traits of at most `MAX_TEXT` characters, `MAX_CART_ITEMS` cart lines, `RECENT` recent
-  names). It runs before rules see the event, so matchers and `if:` see the lead *including* this event.
-- `lead_view(...)` builds the readable dict that `if:` conditions, `lead.` paths and action `context` use:
-  `lead_id, traits, cart{items[{product_id,name,price,quantity,url,image_url}], value, count, currency},
-  score, stage, scores{rule: value}, stages{rule: stage}, score_top[{message_id, matcher, points, now,
-  at_ms}] (the primary score's top contributions, largest first), pages_in_session, session{started_at, pages},
-  time_on_page_ms, last_page{path,name,title,url}, first_seen, last_seen, source, campaign, recent[names]`.
-- Cart: `Product Added` adds `quantity` (default 1) of `product_id` (else `sku`, else `name`); `Product
-  Removed` subtracts its quantity (no quantity: removes the line); `Order Completed` empties the cart.
-- Session: a gap of more than `SESSION_GAP_MS` of event time since the lead's last event starts a new session.
-  Time on page is the gap between two page events in one session, capped at `TIME_ON_PAGE_CAP_MS`; the view
-  exposes the time spent on the *previous* page (known only once the next page arrives).
-- Source/campaign are first touch: `context.campaign.source|name`, else `properties.utm_source|utm_campaign`.
-"""
+"""Derived per-lead facts (cart, session/pages, time on page, first/last seen, source/campaign, traits) and the
+lead view that conditions, `lead.` paths and action contexts read."""
 
 from __future__ import annotations
 
@@ -149,6 +133,17 @@ def _apply_source(facts: dict[str, Any], event: Event) -> None:
 
 
 def apply_event(facts: dict[str, Any], event: Event) -> None:
+    """Update the compact facts dict in place with `event`. Runs before rules see the event, so matchers and
+    `if:` see the lead *including* this event.
+
+    - Bounded: at most `MAX_TRAITS` scalar traits of at most `MAX_TEXT` characters, `MAX_CART_ITEMS` cart lines,
+      `RECENT` recent names.
+    - Cart: `Product Added` adds `quantity` (default 1) of `product_id` (else `sku`, else `name`); `Product
+      Removed` subtracts its quantity (no quantity: removes the line); `Order Completed` empties the cart.
+    - Session: a gap of more than `SESSION_GAP_MS` of event time since the lead's last event starts a new
+      session. Time on page is the gap between two page events in one session, capped at `TIME_ON_PAGE_CAP_MS`.
+    - Source/campaign are first touch: `context.campaign.source|name`, else `properties.utm_source|utm_campaign`.
+    """
     ts = event.timestamp_ms
     if event.traits:
         _merge_traits(facts, event.traits)
@@ -212,6 +207,12 @@ def lead_view(
     primary: str | None,
     score_top: list[dict[str, Any]] | None = None,
 ) -> LeadView:
+    """The readable lead: `lead_id, traits, cart{items[{product_id,name,price,quantity,url,image_url}], value,
+    count, currency}, score, stage, scores{rule: value}, stages{rule: stage}, score_top[{message_id, matcher,
+    points, now, at_ms}] (the primary score's top contributions, largest first), pages_in_session,
+    session{started_at, pages}, time_on_page_ms (spent on the *previous* page: known only once the next page
+    arrives), last_page{path,name,title,url}, first_seen, last_seen, source, campaign, recent[names]`. Shares no
+    mutable part with `facts`: actions must not change when the state moves on."""
     page = facts.get("pg")
     return {
         "lead_id": lead_id,

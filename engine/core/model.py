@@ -1,14 +1,4 @@
-"""Values that cross the boundary of the pure core: what goes in (an event or a timer tick), what comes out.
-
-Contract:
-- `Action` is what a fired rule asks the outbound side to do. It is a plain, JSON-serialisable value; the wire
-  form on the `actions` topic is `Action.to_bytes()` and `Action.from_json()` reads it back unchanged.
-- `action_id` is deterministic: the same rule version, lead and trigger always give the same id, so a replayed
-  or re-evaluated action is recognisable downstream (idempotency keys, ClickHouse dedup).
-- `Tick(now_ms)` asks the core to fire every deadline of a lead at or before `now_ms` (event time).
-- `Evaluation.deadlines` is the full set of pending deadlines of the lead after this step (not a delta), so the
-  shell can replace its index entry for the lead instead of reconciling.
-"""
+"""Values that cross the boundary of the pure core besides events: `Tick` goes in, `Action` comes out."""
 
 from __future__ import annotations
 
@@ -23,14 +13,21 @@ from engine.events import format_ts
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Event time has reached `now_ms` for this lead with no new event: fire what is due."""
+    """Event time has reached `now_ms` for this lead with no new event: fire every deadline of the lead at or
+    before `now_ms`."""
 
     now_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """A fired rule. `context` carries the lead facts a template needs (traits, cart, score, stage, owner)."""
+    """What a fired rule asks the outbound side to do; `context` carries the lead facts a template needs (traits,
+    cart, score, stage, owner).
+
+    A plain, immutable, JSON-serialisable value: the wire form on the `actions` topic is `to_bytes()` (sorted
+    keys) and `from_json()` reads it back equal. `action_id` comes from `make_action_id`, so a replayed or
+    re-evaluated action carries the same id (idempotency keys, ClickHouse dedup).
+    """
 
     action_id: str
     rule: str
@@ -72,9 +69,9 @@ class Action:
         return orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any] | bytes | str) -> Action:
-        if not isinstance(doc, dict):
-            doc = orjson.loads(doc)
+    def from_json(cls, value: dict[str, Any] | bytes | str) -> Action:
+        """Reads `to_json()` (or its bytes); raises KeyError/ValueError/TypeError on a malformed action."""
+        doc: dict[str, Any] = value if isinstance(value, dict) else orjson.loads(value)
         return cls(
             action_id=doc["action_id"],
             rule=doc["rule"],
@@ -95,7 +92,8 @@ class Action:
 
 
 def make_action_id(rule: str, rule_version: str, lead_id: str, trigger_key: str) -> str:
-    """Deterministic id: hash of rule id, rule version, lead id and what triggered it (episode/window key)."""
+    """Deterministic id: hash of rule id, rule version, lead id and what triggered it (episode/window key); the same
+    rule version, lead and trigger always give the same id, and an edited rule (a new version) gives new ids."""
     digest = hashlib.blake2b(
         f"{rule}\x1f{rule_version}\x1f{lead_id}\x1f{trigger_key}".encode(), digest_size=16
     ).hexdigest()

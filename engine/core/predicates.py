@@ -1,16 +1,5 @@
 """Compiled predicates and matchers: plain rule specs turned into closures once, at load time.
 
-Contract:
-- `compile_predicate(ops)` turns a validated predicate mapping (`{"gte": 3}`, `{"prefix": "/pricing"}`, ...)
-  into a function `value -> bool`. Several operators in one mapping must all hold. Comparisons never raise: a
-  value of the wrong type simply does not match (a numeric string compares as a number).
-- `compile_path(path)` turns a dotted path into a getter over nested dicts/lists; a missing step yields
-  `None`.
-- `compile_matcher(spec)` turns `{event, type, where}` (or a list of them: any-of) into `MatchContext ->
-  bool`. `where` paths read the event document (`Event.document()`); paths starting with `lead.` read the lead
-  view (derived facts, traits, score, stage) as it is after this event was applied.
-- `compile_condition(spec)` turns an `if:`/segment condition (paths over the lead view; `any`, `not`) into
-  `lead_view -> bool`.
 Validation (unknown operators, wrong operand types) is the language layer's job; this module trusts its input.
 """
 
@@ -47,6 +36,7 @@ Matcher = Callable[[MatchContext], bool]
 
 
 def compile_path(path: str) -> Getter:
+    """A getter for a dotted path over nested dicts/lists (`properties.items.0.sku`); a missing step yields None."""
     parts = tuple(path.split("."))
 
     def get(root: Any) -> Any:
@@ -141,10 +131,21 @@ def _single(op: str, operand: Any) -> ValueTest:
 
 
 def compile_predicate(ops: Mapping[str, Any]) -> ValueTest:
+    """A validated predicate mapping (`{"gte": 3}`, `{"prefix": "/pricing"}`, ...) as `value -> bool`. Several
+    operators in one mapping must all hold. Never raises: a value of the wrong type simply does not match (a
+    numeric string compares as a number)."""
     tests = [_single(op, operand) for op, operand in ops.items()]
     if len(tests) == 1:
         return tests[0]
     return lambda v: all(t(v) for t in tests)
+
+
+def _on_lead(get: Getter, test: ValueTest) -> Matcher:
+    return lambda ctx: test(get(ctx.lead))
+
+
+def _on_event(get: Getter, test: ValueTest) -> Matcher:
+    return lambda ctx: test(get(ctx.doc))
 
 
 def _compile_where(where: Mapping[str, Mapping[str, Any]]) -> list[Matcher]:
@@ -152,16 +153,16 @@ def _compile_where(where: Mapping[str, Mapping[str, Any]]) -> list[Matcher]:
     for path, ops in where.items():
         test = compile_predicate(ops)
         if path.startswith("lead."):
-            get = compile_path(path[len("lead.") :])
-            checks.append(lambda ctx, get=get, test=test: test(get(ctx.lead)))
+            checks.append(_on_lead(compile_path(path[len("lead.") :]), test))
         else:
-            get = compile_path(path)
-            checks.append(lambda ctx, get=get, test=test: test(get(ctx.doc)))
+            checks.append(_on_event(compile_path(path), test))
     return checks
 
 
 def compile_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Matcher:
-    """`{event, type, where}` → closure; cheapest checks (type, event name) run first."""
+    """`{event, type, where}` (or a list of them: any-of) as `MatchContext -> bool`; the cheapest checks (type,
+    event name) run first. `where` paths read the event document (`Event.document()`); paths starting with
+    `lead.` read the lead view as it is after this event was applied."""
     if not isinstance(spec, Mapping):
         alternatives = [compile_matcher(item) for item in spec]
         return lambda ctx: any(m(ctx) for m in alternatives)
@@ -187,19 +188,29 @@ def compile_condition(spec: Mapping[str, Any], segments: Mapping[str, Condition]
         if key == "segment":
             names = [value] if isinstance(value, str) else list(value)
             parts.extend((segments or {})[name] for name in names)
-        elif key == "any":
-            options = [compile_condition(item, segments) for item in value]
-            parts.append(lambda lead, options=options: any(c(lead) for c in options))
-        elif key == "all":
-            options = [compile_condition(item, segments) for item in value]
-            parts.append(lambda lead, options=options: all(c(lead) for c in options))
+        elif key in ("any", "all"):
+            parts.append(_any_or_all(key, [compile_condition(item, segments) for item in value]))
         elif key == "not":
-            inner = compile_condition(value, segments)
-            parts.append(lambda lead, inner=inner: not inner(lead))
+            parts.append(_negated(compile_condition(value, segments)))
         else:
-            get, test = compile_path(key), compile_predicate(value)
-            parts.append(lambda lead, get=get, test=test: test(get(lead)))
+            parts.append(_holds(compile_path(key), compile_predicate(value)))
+    return _all(parts)
+
+
+def _any_or_all(which: str, options: list[Condition]) -> Condition:
+    return _all(options) if which == "all" else (lambda lead: any(c(lead) for c in options))
+
+
+def _all(parts: list[Condition]) -> Condition:
     return lambda lead: all(p(lead) for p in parts)
+
+
+def _negated(inner: Condition) -> Condition:
+    return lambda lead: not inner(lead)
+
+
+def _holds(get: Getter, test: ValueTest) -> Condition:
+    return lambda lead: test(get(lead))
 
 
 def describe_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> str:

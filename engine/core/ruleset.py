@@ -1,28 +1,28 @@
-"""Compiled rules: what the language layer produces and the core evaluates.
-
-Contract:
-- A `Rule` is immutable and holds everything needed on the hot path already compiled (matchers are closures,
-  durations are milliseconds); no pydantic, YAML or regex is touched while evaluating.
-- `Rule.version` is a short stable hash of the rule's canonical definition (with its segments inlined):
-  changing any semantic field changes it, reformatting the YAML does not. Action ids include it, so an edited
-  rule is a new rule.
-- `RuleSet.rules` keeps load order (files sorted, rules in file order); `RuleSet.active` the enabled ones;
-  `RuleSet.version` is a hash of all rule ids and versions.
-- A kind's logic (`RuleLogic`) owns only its own slot of per-lead state (`LeadState.rules[rule.key]`), a small
-  JSON-able value; it never touches other rules' slots and never does I/O.
-"""
+"""Compiled rules: what the language layer produces and the core evaluates."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from engine.core.predicates import Condition, MatchContext, Matcher
 
 if TYPE_CHECKING:
     from engine.core.facts import LeadView
+    from engine.core.kinds.absence import AbsenceSlot
+    from engine.core.kinds.score import ScoreSlot
+    from engine.core.kinds.sequence import SequenceSlot
+    from engine.core.kinds.threshold import CountWindow, SumWindow
+
+# A slot as `orjson.loads` gives it back: untyped JSON until its kind's `load` reads it (dict: a score slot
+# stored before slots were typed).
+StoredSlot: TypeAlias = list[Any] | dict[str, Any]
+
+# One rule's per-lead state. Each kind's slot is an immutable tuple (a NamedTuple, or a tuple of them) whose plain
+# tuple form is its stored JSON array, so `LeadState.to_bytes` encodes it with no per-kind code and no field names.
+Slot: TypeAlias = "AbsenceSlot | CountWindow | SumWindow | SequenceSlot | ScoreSlot | StoredSlot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +48,35 @@ class Firing:
 
 
 class RuleLogic(Protocol):
-    """Kind-specific semantics over one rule's slot of lead state; slots are plain JSON, never mutated."""
+    """One rule kind's semantics over that rule's slot of per-lead state (`LeadState.rules[rule.key]`).
 
-    def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]: ...
+    - Pure: no I/O, no clock; it reads and returns only its own rule's slot, never another rule's.
+    - Slots are immutable values: a method returns a new slot (or the same object when nothing changed, or None
+      when nothing is pending); it never changes the one it was given.
+    - Every method accepts the slot in its kind's type or in its stored JSON form (`StoredSlot`, straight from
+      `LeadState.from_bytes`) and reads the latter with `load`, which raises `ValueError` on a slot of the wrong
+      layout.
+    """
 
-    def deadline(self, slot: Any) -> int | None: ...
+    def load(self, slot: Slot | None) -> Slot | None:
+        """The slot in this kind's type; formats written by earlier versions are read too."""
+        ...
 
-    def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]: ...
+    def on_event(self, rule: Rule, slot: Slot | None, ctx: MatchContext) -> tuple[Slot | None, list[Firing]]:
+        """The event `ctx.event` (one this rule's matchers may care about) seen by the rule."""
+        ...
 
-    def merge(self, mine: Any, other: Any) -> Any: ...
+    def deadline(self, slot: Slot | None) -> int | None:
+        """When the slot next needs a tick (event time, ms), or None."""
+        ...
+
+    def on_deadline(self, rule: Rule, slot: Slot, now_ms: int) -> tuple[Slot | None, list[Firing]]:
+        """Event time reached `deadline(slot)`; called only then."""
+        ...
+
+    def merge(self, mine: Slot | None, other: Slot | None) -> Slot | None:
+        """Identity merge: the known lead's slot and the anonymous lead's, folded into one."""
+        ...
 
     @property
     def shape(self) -> str:
@@ -77,7 +97,13 @@ class Interest:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One compiled rule. Common options live here; kind semantics live in `logic`."""
+    """One compiled rule. Common options live here; kind semantics live in `logic`.
+
+    Immutable, and holds everything the hot path needs already compiled (matchers are closures, durations are
+    milliseconds): no pydantic, YAML or regex is touched while evaluating. `version` is a short stable hash of
+    the rule's canonical definition (with its segments inlined): changing any semantic field changes it,
+    reformatting the YAML does not. Action ids include it, so an edited rule is a new rule.
+    """
 
     id: str
     kind: str
@@ -99,8 +125,7 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not self.key:
-            shape = getattr(self.logic, "shape", self.kind)
-            object.__setattr__(self, "key", state_key(f"{self.id}|{shape}"))
+            object.__setattr__(self, "key", state_key(f"{self.id}|{self.logic.shape}"))
 
     @property
     def connector(self) -> str:
@@ -114,6 +139,8 @@ class Rule:
 class RuleSet:
     """An immutable, ordered set of compiled rules.
 
+    `rules` keeps load order (files sorted, rules in file order); `active` holds the enabled ones; `version` is a
+    hash of all rule ids and versions; `by_key` finds a rule by the key of its slots in `LeadState`.
     `for_event(type, name)` returns the enabled rules that can react to such an event, in rule-set order; the
     answer is memoised per (type, name) up to `DISPATCH_CACHE` distinct pairs (then computed each time).
     """
@@ -147,7 +174,7 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
 
     def get(self, rule_id: str) -> Rule | None:

@@ -1,14 +1,4 @@
-"""`simulate(rules, events)`: the offline run of the core over a finite event log (used by `nudge simulate`,
-tests).
-
-Contract:
-- Events are stably sorted by event time (equal timestamps keep input order), then evaluated lead by lead with
-  the same `evaluate` the worker uses — there is no second implementation of any rule semantics.
-- With `flush=True`, after the last event each lead's event time advances past its pending deadlines, so every
-  absence that would fire, fires.
-- Output order: `(fired_at_ms, lead_id, order of firing within the lead)` — independent of how different
-  leads' events interleave in the input, and identical on every run.
-"""
+"""`simulate(rules, events)`: the offline run of the core over a finite event log (`nudge simulate`, rule tests)."""
 
 from __future__ import annotations
 
@@ -22,6 +12,15 @@ from engine.events import Event
 
 
 def simulate(rules: RuleSet, events: Iterable[Event], flush: bool = True) -> list[Action]:
+    """The actions the rules fire over `events`.
+
+    - Events are stably sorted by event time (equal timestamps keep input order), then evaluated lead by lead
+      with the same `evaluate` the worker uses: there is no second implementation of any rule semantics.
+    - With `flush=True`, after the last event each lead's event time advances past its pending deadlines, so
+      every absence that would fire, fires.
+    - Output order: `(fired_at_ms, lead_id, order of firing within the lead)`, independent of how different
+      leads' events interleave in the input, and identical on every run.
+    """
     ordered = sorted(enumerate(events), key=lambda pair: (pair[1].timestamp_ms, pair[0]))
     states: dict[str, LeadState] = {}
     deadlines: dict[str, list[int]] = {}

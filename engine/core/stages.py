@@ -1,20 +1,5 @@
 """Lifecycle stages of a lead (subscriber → lead → mql → sql → opportunity → customer) and the `Stage Changed`
-event every stage change produces.
-
-Contract:
-- A `StageLadder` is the ordered list of stage names of one score rule (`stages:`), each with the minimum score
-  that reaches it, or None for a stage only events reach (`opportunity`, `customer`).
-- Score moves are forward-only and need the score to *cross* a stage's minimum upwards in this step
-  (previous < minimum <= new score); a lead without a stage yet takes the highest stage its score meets. So a
-  lead never regresses on decay, and after an explicit backward move (below) the score moves it forward again
-  only on new evidence, never merely because an old score still sits above a minimum.
-- Event moves (`stage_on:` entries) go forward, or to any stage when the entry says `allow_backward: true`.
-  When several entries match one event, the last one listed wins.
-- A change is a `StageChange` value: `event()` is the synthetic Segment `track` event `Stage Changed`
-  (properties `from`, `to`, `rule`, `reason`, `score`; message id derived from the triggering message id, so a
-  replay produces the same id) that the lead's other rules see in the same evaluation; `update()` is the
-  `lead-updates` record (kind `stage_changed`).
-"""
+event every stage change produces."""
 
 from __future__ import annotations
 
@@ -41,6 +26,17 @@ class StageOn:
 
 @dataclass(frozen=True, slots=True)
 class StageLadder:
+    """The ordered stage names of one score rule (`stages:`), each with the minimum score that reaches it, or
+    None for a stage only events reach (`opportunity`, `customer`).
+
+    Score moves (`by_score`) are forward-only and need the score to *cross* a stage's minimum upwards in this
+    step (previous < minimum <= new score); a lead without a stage yet takes the highest stage its score meets.
+    So a lead never regresses on decay, and after an explicit backward move the score moves it forward again
+    only on new evidence, never merely because an old score still sits above a minimum. Event moves
+    (`stage_on:` entries, applied by the score kind) go forward, or to any stage when the entry says
+    `allow_backward: true`; when several entries match one event, the last one listed wins.
+    """
+
     stages: tuple[tuple[str, float | None], ...] = ()
 
     def __bool__(self) -> bool:
@@ -68,7 +64,12 @@ class StageLadder:
 
 @dataclass(frozen=True, slots=True)
 class StageChange:
-    """One stage move of one lead, caused by the event `message_id` at `at_ms`."""
+    """One stage move of one lead, caused by the event `message_id` at `at_ms`.
+
+    `event()` is the synthetic Segment `track` event `Stage Changed` (properties `from`, `to`, `rule`, `reason`,
+    `score`, `trigger`; its message id derives from the triggering one, so a replay produces the same id) that
+    the lead's other rules see in the same evaluation; `update()` is the `lead-updates` record.
+    """
 
     rule: str
     old: str | None

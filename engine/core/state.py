@@ -1,17 +1,4 @@
-"""Per-lead state: one plain, compact, JSON-serialisable value per lead.
-
-Contract:
-- `LeadState` holds the lead id, its derived facts (`facts`, see `engine.core.facts`), one slot per rule that
-  has something pending (`rules[rule.key]`, owned by that rule's kind) and the firing history used by cooldown
-  and `max_per_lead` (`gates[rule.key] = [last_fired_ms, fires_on_that_utc_day]`).
-- Everything that can grow is bounded (windows pruned by time and capped by count; traits and cart capped), so
-  one table entry per lead stays small (well under 1 KiB for the shipped pack) whatever the length of its
-  history.
-- `to_bytes()` / `from_bytes()` round-trip exactly (orjson); `copy()` is a deep copy: the core never mutates a
-  state it was given, so the shell may keep the old value until it commits the new one.
-- `merge(other)` folds an anonymous lead's state into the known lead's (identity merge): see `merge_facts` and
-  each kind's `merge`.
-"""
+"""Per-lead state: one compact value per lead, kept by the worker as JSON bytes in its changelog-backed table."""
 
 from __future__ import annotations
 
@@ -24,11 +11,34 @@ from engine.core.facts import merge_facts
 DAY_MS = 86_400_000
 
 if TYPE_CHECKING:
-    from engine.core.ruleset import RuleSet
+    from engine.core.ruleset import Rule, RuleSet, Slot
+
+
+def _tuple_form(value: object) -> tuple[object, ...]:
+    """orjson's fallback: a typed slot (a NamedTuple or tuple subclass) is stored as its plain tuple, a JSON array."""
+    if isinstance(value, tuple):
+        return tuple(value)
+    raise TypeError(f"{type(value).__name__} is not part of a lead state")
 
 
 class LeadState:
-    """Mutable only inside `evaluate` on a private copy; treat instances you receive as immutable."""
+    """One lead's state: its id, derived facts, one slot per rule with something pending, and the gates.
+
+    - `facts`: see `engine.core.facts` (short keys, bounded sizes). `rules[rule.key]`: that rule's slot, owned
+      by its kind (`engine.core.ruleset.RuleLogic`). `gates[rule.key] = [last_fired_ms, fires_on_that_utc_day]`:
+      the firing history that cooldown and `max_per_lead` need.
+    - Small whatever the length of the lead's history: everything that can grow is bounded (windows pruned by
+      time and capped by count; traits and cart capped), so one entry stays well under 1 KiB for the shipped
+      rule pack.
+    - `to_bytes()` is compact JSON: typed slots are written as arrays, without field names.
+      `from_bytes(to_bytes())` gives an equal state (`==` compares the stored form). `from_bytes` leaves each
+      slot in its stored JSON form, because only the rule set knows which kind a slot belongs to; `evaluate`
+      has the kinds read them (`RuleLogic.load`, which also reads the score slots of states stored before slots
+      were typed). `from_bytes` raises `orjson.JSONDecodeError` (a `ValueError`) on bytes that are not JSON.
+    - Mutable only inside `evaluate`, on a private copy (or on a state the caller handed over with
+      `reuse_state=True`); treat instances you receive as immutable. `copy()` is independent for everything the
+      core changes: facts are deep-copied; slots are immutable values and are shared.
+    """
 
     __slots__ = ("facts", "gates", "lead_id", "rules")
 
@@ -36,15 +46,15 @@ class LeadState:
         self,
         lead_id: str = "",
         facts: dict[str, Any] | None = None,
-        rules: dict[str, Any] | None = None,
+        rules: dict[str, Slot] | None = None,
         gates: dict[str, list[int]] | None = None,
     ) -> None:
         self.lead_id = lead_id
         self.facts: dict[str, Any] = facts if facts is not None else {}
-        self.rules: dict[str, Any] = rules if rules is not None else {}
+        self.rules: dict[str, Slot] = rules if rules is not None else {}
         self.gates: dict[str, list[int]] = gates if gates is not None else {}
 
-    def to_json(self) -> dict[str, Any]:
+    def _doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.lead_id}
         if self.facts:
             doc["f"] = self.facts
@@ -55,7 +65,12 @@ class LeadState:
         return doc
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json())
+        return orjson.dumps(self._doc(), default=_tuple_form)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form as plain JSON values (slots as arrays)."""
+        doc: dict[str, Any] = orjson.loads(self.to_bytes())
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> LeadState:
@@ -66,7 +81,13 @@ class LeadState:
         return cls.from_json(orjson.loads(data))
 
     def copy(self) -> LeadState:
-        return LeadState.from_json(orjson.loads(orjson.dumps(self.to_json())))
+        facts: dict[str, Any] = orjson.loads(orjson.dumps(self.facts))
+        gates = {key: list(gate) for key, gate in self.gates.items()}
+        return LeadState(self.lead_id, facts, dict(self.rules), gates)
+
+    def slot(self, rule: Rule) -> Slot | None:
+        """This rule's slot, read into its kind's type (None: nothing pending)."""
+        return rule.logic.load(self.rules.get(rule.key))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LeadState) and self.to_json() == other.to_json()
@@ -87,19 +108,23 @@ class LeadState:
         """
         mine, theirs = self.copy(), other.copy()
         merged_rules = dict(theirs.rules)
-        for rule_id, slot in mine.rules.items():
-            rule = rules.by_key.get(rule_id) if rules is not None else None
-            if rule is not None and rule_id in theirs.rules:
-                merged_rules[rule_id] = rule.logic.merge(slot, theirs.rules[rule_id])
+        for key, slot in mine.rules.items():
+            rule = rules.by_key.get(key) if rules is not None else None
+            if rule is not None and key in theirs.rules:
+                merged = rule.logic.merge(slot, theirs.rules[key])
+                if merged is None:
+                    merged_rules.pop(key, None)
+                else:
+                    merged_rules[key] = merged
             else:
-                merged_rules[rule_id] = slot
+                merged_rules[key] = slot
         gates = dict(theirs.gates)
-        for rule_id, gate in mine.gates.items():
-            other_gate = gates.get(rule_id)
+        for key, gate in mine.gates.items():
+            other_gate = gates.get(key)
             if other_gate is None:
-                gates[rule_id] = gate
+                gates[key] = gate
             elif other_gate[0] // DAY_MS == gate[0] // DAY_MS:
-                gates[rule_id] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
+                gates[key] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
             else:
-                gates[rule_id] = max(gate, other_gate)
+                gates[key] = max(gate, other_gate)
         return LeadState(self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates)

@@ -1,10 +1,4 @@
-"""Validated rule models → compiled `engine.core` rules (closures, milliseconds, frozen values).
-
-Contract: `compile_rule(model, segments, source)` never fails for a model that passed validation; it fixes the
-defaults that depend on other fields (threshold cooldown = within; `marketing` = False for the sales/internal
-connectors slack, crm and log, True otherwise) and computes the rule version from the canonical definition
-(durations in ms, segments inlined, description excluded), so a reformatted file keeps its versions.
-"""
+"""Validated rule models → compiled `engine.core` rules (closures, milliseconds, frozen values)."""
 
 from __future__ import annotations
 
@@ -14,6 +8,8 @@ from typing import Any
 import orjson
 
 from engine.core.kinds.absence import AbsenceLogic
+from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
+from engine.core.kinds.sequence import SequenceLogic
 from engine.core.kinds.threshold import ThresholdLogic
 from engine.core.predicates import (
     Condition,
@@ -23,6 +19,7 @@ from engine.core.predicates import (
     describe_matcher,
 )
 from engine.core.ruleset import ActionSpec, Interest, Rule, RuleLogic, definition_hash
+from engine.core.stages import StageOn
 from engine.language import schema
 
 NON_MARKETING_CONNECTORS = frozenset({"slack", "crm", "log"})
@@ -77,13 +74,9 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
             )
         return ThresholdLogic(match, model.within, count=model.count, match_text=text)
     if isinstance(model, schema.SequenceRule):
-        from engine.core.kinds.sequence import SequenceLogic
-
         steps = [_matcher(step) for step in model.steps]
         return SequenceLogic(tuple(m for m, _ in steps), model.within, tuple(t for _, t in steps))
     if isinstance(model, schema.ScoreRule):
-        from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
-        from engine.core.stages import StageOn
 
         def points_rule(spec: schema.PointsSpec) -> PointsRule:
             match, text = _matcher(spec.match)
@@ -145,6 +138,10 @@ def compile_rule(
     compiled_segments: Mapping[str, Condition],
     source: str,
 ) -> Rule:
+    """The compiled rule. Never fails for a model that passed validation. Fixes the defaults that depend on other
+    fields (threshold cooldown = within; `marketing` = False for the sales/internal connectors slack, crm and
+    log, True otherwise) and computes the rule version from the canonical definition (durations in ms, segments
+    inlined, description excluded), so a reformatted file keeps its versions."""
     canonical = model.model_dump(mode="json", by_alias=True, exclude={"description"})
     canonical["if"] = _inline_segments(condition, segments)
     version = definition_hash(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))

@@ -1,17 +1,8 @@
-"""Validation of conditions over the lead: `if:` on a rule and the named `segments:` of a rules file.
-
-A condition is a mapping; all its entries must hold:
-- `PATH: PREDICATE` — a dotted path into the lead view (`traits.plan`, `score`, `stage`, `cart.value`,
-  `pages_in_session`, ...) and a predicate (scalar = eq, list = in, or a mapping of operators);
-- `segment: NAME` (or a list of names) — a named segment holds;
-- `any: [COND, ...]`, `all: [COND, ...]`, `not: COND`.
-Contract: `check_condition` returns the normalised condition (predicates as operator mappings) and appends one
-`(loc, message)` per problem; it never raises.
-"""
+"""Validation of conditions over the lead: `if:` on a rule and the named `segments:` of a rules file."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,7 +45,7 @@ OPERAND_HELP = {
 }
 
 
-def predicate_problems(errors: list[dict[str, Any]], base: Sequence[Any]) -> list[tuple[tuple[Any, ...], str]]:
+def predicate_problems(errors: Sequence[Mapping[str, Any]], base: Sequence[Any]) -> list[tuple[tuple[Any, ...], str]]:
     """pydantic errors of a `Predicate` → one readable problem per operator (union branches collapsed)."""
     out: list[tuple[tuple[Any, ...], str]] = []
     seen: set[Any] = set()
@@ -88,7 +79,16 @@ def check_condition(
     report: Report,
     segments: Collection[str] | None,
 ) -> dict[str, Any] | None:
-    """`segments=None` means segment references are not allowed here (inside a segment definition)."""
+    """The condition `spec` validated and normalised (predicates as operator mappings), or None when invalid; each
+    problem is reported once through `report(loc, message)`. Never raises.
+
+    A condition is a mapping; all its entries must hold:
+    - `PATH: PREDICATE`: a dotted path into the lead view (`traits.plan`, `score`, `stage`, `cart.value`,
+      `pages_in_session`, ...) and a predicate (scalar = eq, list = in, or a mapping of operators);
+    - `segment: NAME` (or a list of names): a named segment holds;
+    - `any: [COND, ...]`, `all: [COND, ...]`, `not: COND`.
+    `segments=None` means segment references are not allowed here (inside a segment definition).
+    """
     if not isinstance(spec, dict) or not spec:
         report(loc, "a condition must be a non-empty mapping of `path: predicate` (or segment/any/all/not)")
         return None

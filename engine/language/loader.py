@@ -1,14 +1,4 @@
-"""`load_rules(paths)`: read, validate and compile rule files into one immutable `RuleSet`.
-
-Contract:
-- `paths` are files or directories. A directory contributes its `*.yaml` / `*.yml` files (not recursive),
-  sorted by name; rule test files (`*.test.yaml`, `*.test.yml`) are skipped. Files load in the given order.
-- A rules file is a mapping with `rules:` (a list of rules) and/or `segments:` (name → condition). Segments
-  are global across the loaded files.
-- All problems of all files are collected (unknown key, bad duration, unknown connector, duplicate id, bad
-  predicate, unknown segment, YAML syntax...) and raised together as `RuleFileError`, each `file:line:col:
-  message`. Nothing is half-loaded.
-"""
+"""`load_rules(paths)`: read, validate and compile rule files into one immutable `RuleSet`."""
 
 from __future__ import annotations
 
@@ -52,6 +42,7 @@ _ALL_KEYS = sorted(
 
 
 def rule_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The rule files `paths` name, in load order (see `load_rules`); test files are left out."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -84,8 +75,8 @@ class _FileContext:
             if "where" in error["loc"]:
                 cut = list(error["loc"]).index("where") + 2  # ..., where, PATH | operator, union branch
                 if len(error["loc"]) > cut:
-                    key = (*base, *error["loc"][:cut])
-                    predicate_errors.setdefault(key, []).append({**error, "loc": error["loc"][cut:]})
+                    predicate = (*base, *error["loc"][:cut])
+                    predicate_errors.setdefault(predicate, []).append({**error, "loc": error["loc"][cut:]})
                     continue
             field = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
             kind = error["type"]
@@ -237,6 +228,17 @@ def _check_connectors(
 
 
 def load_rules(paths: Sequence[str | Path], known_connectors: Collection[str] | None = None) -> RuleSet:
+    """Read, validate and compile rule files into one immutable `RuleSet`.
+
+    - `paths` are files or directories. A directory contributes its `*.yaml` / `*.yml` files (not recursive),
+      sorted by name; rule test files (`*.test.yaml`, `*.test.yml`) are skipped. Files load in the given order.
+    - A rules file is a mapping with `rules:` (a list of rules) and/or `segments:` (name → condition). Segments
+      are global across the loaded files.
+    - All problems of all files are collected (unknown key, bad duration, unknown connector, duplicate id, bad
+      predicate, unknown segment, YAML syntax...) and raised together as `RuleFileError`, each
+      `file:line:col: message`. Nothing is half-loaded.
+    - `known_connectors`: the connector names an `action:` may use (default `DEFAULT_CONNECTORS`).
+    """
     if isinstance(paths, str | Path):
         paths = [paths]
     problems: list[Problem] = []
@@ -266,11 +268,12 @@ def _build(
         for index, raw in enumerate(listed):
             loc = ("rules", index)
             rule_id = raw.get("id") if isinstance(raw, dict) else None
-            duplicate = isinstance(rule_id, str) and rule_id in ids
+            first = ids.get(rule_id) if isinstance(rule_id, str) else None
+            duplicate = first is not None
             if duplicate:
                 ctx.report(
                     (*loc, "id"),
-                    f"duplicate rule id {rule_id!r} (first defined at {ids[rule_id]}); "
+                    f"duplicate rule id {rule_id!r} (first defined at {first}); "
                     "rule ids must be unique across all loaded files",
                 )
             result = _validate_rule(ctx, raw, loc, segments, connectors)

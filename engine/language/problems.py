@@ -1,9 +1,4 @@
-"""Validation problems with a position in a rule file.
-
-Contract: `str(Problem)` is `file:line:col: message` (1-based line and column), the format editors and CI
-understand; `RuleFileError.problems` lists every problem found in one load (not just the first), sorted by
-file then position.
-"""
+"""Validation problems with a position in a rule file."""
 
 from __future__ import annotations
 
@@ -12,6 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
+    """One problem; `str()` is `file:line:col: message` (1-based line and column), the format editors and CI
+    understand. Problems order by file, then position."""
+
     file: str
     line: int
     col: int
@@ -22,7 +20,8 @@ class Problem:
 
 
 class RuleFileError(ValueError):
-    """One or more rule files are invalid; nothing was loaded."""
+    """One or more rule files are invalid; nothing was loaded. `problems` lists every problem found in one load
+    (not just the first)."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = list(problems)

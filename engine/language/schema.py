@@ -1,10 +1,5 @@
-"""The rule file schema (pydantic), used only at load time — never on the evaluation hot path.
-
-Contract: every model forbids unknown keys; durations are parsed to milliseconds; a single matcher may be
-written as a mapping or a list (any-of); predicates written as a scalar mean `eq`, as a list mean `in`.
-Conditions (`if:`, `segments:`) are validated by `engine.language.conditions` because their keys are free-form
-paths.
-"""
+"""The rule file schema (pydantic), used only at load time — never on the evaluation hot path. Conditions
+(`if:`, `segments:`) are validated by `engine.language.conditions` because their keys are free-form paths."""
 
 from __future__ import annotations
 
@@ -48,6 +43,10 @@ Duration = Annotated[int, BeforeValidator(_duration)]
 
 
 class Strict(BaseModel):
+    """Base of every rule-file model: unknown keys are errors, values are frozen. Across the models, durations
+    are parsed to milliseconds, a single matcher may be written as a mapping or a list (any-of), and a predicate
+    written as a scalar means `eq`, as a list `in`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

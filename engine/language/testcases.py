@@ -1,22 +1,4 @@
-"""Rule test cases: events in, expected actions out, kept next to the rule files (`*.test.yaml`).
-
-File format:
-```yaml
-rules: [cart_abandoned]        # optional: compare only actions of these rules (default: every rule)
-cases:
-  - name: abandoned cart fires 30 minutes after the last add
-    flush: true                # optional (default true): advance time past pending deadlines at the end
-    rules: [cart_abandoned]    # optional per case
-    events:                    # Segment-spec events, as on the wire (messageId optional)
-      - {type: track, event: Product Added, userId: u1, timestamp: "2026-01-05T10:00:00Z"}
-    expect:                    # the exact list of actions, in order; each entry: a subset of the action JSON
-      - {rule: cart_abandoned, lead_id: u1, fired_at: "2026-01-05T10:30:00Z"}
-```
-Contract: a test file runs against the rule files of its own directory (segments and rule interplay included),
-or against an explicit rule set. Expected entries match when every given field equals the action's (nested
-mappings: subset; `fired_at`: any ISO-8601 spelling of the same instant). Problems in a test file are reported
-like rule problems (`file:line:col: message`) via `RuleFileError`.
-"""
+"""Rule test cases: events in, expected actions out, kept next to the rule files (`*.test.yaml`)."""
 
 from __future__ import annotations
 
@@ -34,6 +16,8 @@ from engine.language.yamlnodes import YamlProblem, load_yaml, locate
 
 @dataclass(slots=True)
 class CaseResult:
+    """One case's outcome: `str()` is the `ok`/`FAIL` line with the case's position, then one line per failure."""
+
     file: str
     line: int
     name: str
@@ -47,6 +31,7 @@ class CaseResult:
 
 
 def find_test_files(paths: list[str | Path]) -> list[Path]:
+    """The rule test files (`*.test.yaml`, `*.test.yml`) among `paths` and directly inside directories there."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -110,7 +95,25 @@ def run_case(rules: RuleSet, case: dict[str, Any], only: list[str] | None) -> li
 
 
 def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
-    """Run one test file; raises `RuleFileError` when the file (or its directory's rules) is invalid."""
+    """Run one test file against the rule files of its own directory (segments and rule interplay included), or
+    against `rules`; one result per case. Raises `RuleFileError` (problems as `file:line:col: message`) when the
+    file, or its directory's rules, is invalid.
+
+    File format:
+    ```yaml
+    rules: [cart_abandoned]        # optional: compare only actions of these rules (default: every rule)
+    cases:
+      - name: abandoned cart fires 30 minutes after the last add
+        flush: true                # optional (default true): advance time past pending deadlines at the end
+        rules: [cart_abandoned]    # optional per case
+        events:                    # Segment-spec events, as on the wire (messageId optional)
+          - {type: track, event: Product Added, userId: u1, timestamp: "2026-01-05T10:00:00Z"}
+        expect:                    # the exact list of actions, in order; each entry: a subset of the action JSON
+          - {rule: cart_abandoned, lead_id: u1, fired_at: "2026-01-05T10:30:00Z"}
+    ```
+    An expected entry matches when every given field equals the action's (nested mappings: subset; `fired_at`:
+    any ISO-8601 spelling of the same instant).
+    """
     name = str(path)
     try:
         root, data = load_yaml(path.read_text(encoding="utf-8"))
@@ -150,6 +153,7 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
         only = case.get("rules", data.get("rules"))
         failures = run_case(rules, case, only)
         title = str(case.get("name") or f"case {i + 1}")
-        covered = frozenset(e.get("rule") for e in case.get("expect") or () if isinstance(e, dict))
-        results.append(CaseResult(name, line, title, not failures, failures, covered - {None}))
+        expected = [e.get("rule") for e in case.get("expect") or () if isinstance(e, dict)]
+        covered = frozenset(rule_id for rule_id in expected if isinstance(rule_id, str))
+        results.append(CaseResult(name, line, title, not failures, failures, covered))
     return results

@@ -1,14 +1,4 @@
-"""YAML loading that remembers where every value came from, so errors can point at `file:line:col`.
-
-Contract:
-- `load_yaml(text)` returns `(root_node, data)`; `data` is what `yaml.safe_load` would return, except that
-  unquoted timestamps stay strings (event times in rule tests must not become naive datetimes). Duplicate keys
-  in a mapping and YAML syntax errors raise `YamlProblem` with a 1-based position.
-- `locate(node, loc, key=False)` walks a pydantic-style location (keys and list indexes) down the node tree
-  and returns the 1-based `(line, col)` of the deepest node it can reach (the key itself when `key=True`);
-  steps that do not exist in the YAML (pydantic's union tags, an index into a single matcher written as a
-  mapping) are skipped.
-"""
+"""YAML loading that remembers where every value came from, so errors can point at `file:line:col`."""
 
 from __future__ import annotations
 
@@ -19,6 +9,8 @@ import yaml
 
 
 class YamlProblem(ValueError):
+    """A YAML document that cannot be read, at a 1-based `line` and `col`."""
+
     def __init__(self, line: int, col: int, message: str) -> None:
         super().__init__(message)
         self.line, self.col, self.message = line, col, message
@@ -54,6 +46,9 @@ def _check_duplicates(node: yaml.Node) -> None:
 
 
 def load_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """`(root node, data)`: `data` is what `yaml.safe_load` would return, except that unquoted timestamps stay
+    strings (event times in rule tests must not become naive datetimes). Duplicate keys in a mapping and YAML
+    syntax errors raise `YamlProblem`."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -76,6 +71,9 @@ def _position(node: yaml.Node) -> tuple[int, int]:
 
 
 def locate(node: yaml.Node | None, loc: Sequence[Any], key: bool = False) -> tuple[int, int]:
+    """The 1-based `(line, col)` of the deepest node a pydantic-style location (keys and list indexes) reaches
+    (of the key itself when `key=True`). Steps that do not exist in the YAML (pydantic's union tags, an index
+    into a single matcher written as a mapping) are skipped."""
     if node is None:
         return 1, 1
     current = node

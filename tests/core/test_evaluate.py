@@ -155,9 +155,7 @@ def test_score_points_caps_decay_crossings_and_monotone_stages() -> None:
     }
     # a day later the score has halved; the stage stays; climbing back over 40 fires again
     state, actions = run(SCORE, [track("Unsubscribed", 24 * 60)], state)
-    assert (
-        actions == [] and state.rules[SCORE.rules[0].key]["v"] == -30 and state.rules[SCORE.rules[0].key]["s"] == "mql"
-    )
+    assert actions == [] and state.slot(SCORE.rules[0]).value == -30 and state.slot(SCORE.rules[0]).stage == "mql"
     state, actions = run(SCORE, [track("Demo Requested", 24 * 60 + 1), track("Demo Requested", 24 * 60 + 2)], state)
     assert [a.template for a in actions] == []  # -30 + 60 = 30 (just under 40): no crossing yet
     state, actions = run(SCORE, [track("Demo Requested", 24 * 60 + 3)], state)
@@ -246,10 +244,10 @@ def test_identity_merge_folds_the_anonymous_lead_into_the_known_one() -> None:
     anonymous, _ = run(SCORE, [page("/a", 2, lead="anon"), page("/b", 2, lead="anon", mid="b")])
     known, _ = run(SCORE, [track("Demo Requested", 2, lead="u1"), identify(3, lead="u1", email="u@x.io")])
     merged = known.merge(anonymous, SCORE)
-    key = SCORE.rules[0].key
-    assert merged.lead_id == "u1" and merged.rules[key]["v"] == 40
+    score = SCORE.rules[0]
+    assert merged.lead_id == "u1" and merged.slot(score).value == 40
     assert merged.facts["fs"] == at(2) and merged.facts["tr"]["email"] == "u@x.io"
-    assert known.merge(anonymous).rules[key]["v"] == 30  # without the rule set the known lead's slot wins
+    assert known.merge(anonymous).slot(score).value == 30  # without the rule set the known lead's slot wins
 
 
 def test_slots_of_removed_rules_are_dropped() -> None:

@@ -38,17 +38,17 @@ def test_replaying_the_same_input_gives_identical_output(per_lead: dict[str, lis
 
 
 def _worker_like(rules: RuleSet, events: list[Event]) -> list:
-    """Evaluate like the live worker: state kept as bytes between steps, timers fired by ticks at the end."""
+    """Evaluate like the live worker: state kept as bytes between steps, deadlines fired by ticks at the end."""
     stored: dict[str, bytes] = {}
-    timers: dict[str, list[int]] = {}
+    deadlines: dict[str, list[int]] = {}
     actions = []
     for event in sorted(events, key=lambda e: e.timestamp_ms):  # stable: ties keep input order
         state = LeadState.from_bytes(stored[event.lead_id]) if event.lead_id in stored else None
         result = evaluate(rules, state, event)
         stored[event.lead_id] = result.state.to_bytes()
-        timers[event.lead_id] = result.deadlines
+        deadlines[event.lead_id] = result.deadlines
         actions.extend(result.actions)
-    for lead, pending in sorted(timers.items()):
+    for lead, pending in sorted(deadlines.items()):
         if pending:
             result = evaluate(rules, LeadState.from_bytes(stored[lead]), Tick(pending[-1]))
             actions.extend(result.actions)

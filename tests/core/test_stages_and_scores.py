@@ -62,7 +62,7 @@ def test_score_equals_the_closed_form_with_caps_and_half_life_decay(events: list
     now = events[-1][1] + later
     # read the score as `if:` and templates see it: the lead view at `now` (a page worth 1 point, then minus 1)
     probe = evaluate(SCORING, state, page("/x", now, mid="probe"))
-    view_score = probe.state.rules[SCORING.rules[0].key]["v"] - 1
+    view_score = probe.state.slot(SCORING.rules[0]).value - 1
     assert abs(view_score - closed_form(events, now)) < 0.01 * max(1, len(events))
 
 
@@ -72,8 +72,7 @@ def test_top_contributions_rank_by_current_decayed_value_and_name_the_events() -
     stream += [track("Email Opened", 9 * DAY + i, mid=f"open{i}") for i in range(2)]
     stream += [page("/a", 9 * DAY + 5, mid="pg")]
     state, _ = run(SCORING, stream)
-    slot = state.rules[SCORING.rules[0].key]
-    top = SCORING.rules[0].logic.top(slot, at(9 * DAY + 5))
+    top = SCORING.rules[0].logic.top(state.slot(SCORING.rules[0]), at(9 * DAY + 5))
     assert [item["message_id"] for item in top] == ["open1", "open0", "demo"]
     assert top[2]["points"] == 30 and abs(top[2]["now"] - 3.75) < 0.01 and top[2]["matcher"] == "'Demo Requested'"
     assert top[0]["at_ms"] == at(9 * DAY + 1)
@@ -125,7 +124,7 @@ def stage_after(ruleset: Any, stream: list[Event], state: LeadState | None = Non
         result = evaluate(ruleset, state, event)
         state, updates = result.state, updates + result.updates
     assert state is not None
-    return state.rules[ruleset.rules[0].key].get("s"), updates
+    return state.slot(ruleset.rules[0]).stage, updates
 
 
 def test_score_moves_stages_forward_and_decay_or_negative_points_never_move_them_back() -> None:
@@ -234,14 +233,14 @@ def test_merge_keeps_the_higher_stage_and_the_best_contributions() -> None:
     known, _ = run(ruleset, [track("Email Opened", 0, mid="k1")])
     anonymous, _ = run(ruleset, [track("Demo Requested", 0, lead="anon", mid="a1")])
     merged = known.merge(anonymous, ruleset)
-    slot = merged.rules[ruleset.rules[0].key]
-    assert slot["s"] == "sql" and slot["v"] == 10
-    assert [entry[0] for entry in slot["x"]] == ["k1"]
+    slot = merged.slot(ruleset.rules[0])
+    assert slot.stage == "sql" and slot.value == 10
+    assert [entry.message_id for entry in slot.top] == ["k1"]
 
 
 def test_day_boundaries_reset_caps() -> None:
     first = [track("Email Opened", 0, mid=f"a{i}") for i in range(5)]  # 4+4+2 (cap 10), then 0, 0
     second = [track("Email Opened", DAY, mid="b")]
     state, _ = run(SCORING, first + second)
-    value = state.rules[SCORING.rules[0].key]["v"]
+    value = state.slot(SCORING.rules[0]).value
     assert abs(value - (10 * 2 ** (-1 / HALF_LIFE_DAYS) + 4)) < 0.001  # T0 is 08:00 UTC: a new UTC day

@@ -1,32 +1,45 @@
-"""`kind: absence` — A not followed by B within T (cart/checkout/browse abandonment, welcome series).
-
-Semantics (pinned by tests and the brute-force reference in tests/core):
-- The first `when` match at t opens an episode: start = t, deadline = t + within.
-- Each further `when` match at t moves the deadline to t + within (`restart: false` keeps the first deadline).
-- An `unless` match at t with start <= t <= deadline closes the episode without firing. On one event, `unless`
-  is checked before `when`, so an event matching both closes the episode and opens a new one.
-- With `min_matches: N` the episode fires only if it saw at least N `when` matches (browse abandonment: a
-  product viewed twice); otherwise it closes silently at the deadline.
-- When event time passes the deadline the rule fires once, `fired_at` = deadline; the next `when` opens a new
-  episode.
-Slot: `[start_ms, opening_message_id, last_when_ms - start_ms, last_when_message_id | null, when_matches]` or
-absent: one per rule and lead whatever the length of the history. The deadline is derived: the last `when`
-(or, with `restart: false`, the start) plus within.
-"""
+"""`kind: absence` — A not followed by B within T (cart/checkout/browse abandonment, welcome series)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 from engine.core.durations import format_duration
 from engine.core.predicates import MatchContext, Matcher
-from engine.core.ruleset import Firing, Rule
+from engine.core.ruleset import Firing, Rule, Slot
 from engine.events import format_ts
+
+
+class AbsenceSlot(NamedTuple):
+    """The open episode. Stored as the JSON array of its fields, in this order.
+
+    The deadline is not stored: it is the last `when` (or, with `restart: false`, the start) plus `within`.
+    """
+
+    start_ms: int  # the opening `when` match
+    opening_id: str  # its message id
+    last_offset_ms: int  # the last `when` match, in ms after start_ms (0: the opening one)
+    last_id: str | None  # its message id; None while the opening match is the last one
+    matches: int  # `when` matches in this episode
 
 
 @dataclass(frozen=True, slots=True)
 class AbsenceLogic:
+    """A not followed by B within T.
+
+    Semantics (pinned by tests and the brute-force reference in tests/core):
+    - The first `when` match at t opens an episode: start = t, deadline = t + within.
+    - Each further `when` match at t moves the deadline to t + within (`restart: false` keeps the first deadline).
+    - An `unless` match at t with start <= t <= deadline closes the episode without firing. On one event, `unless`
+      is checked before `when`, so an event matching both closes the episode and opens a new one.
+    - With `min_matches: N` the episode fires only if it saw at least N `when` matches (browse abandonment: a
+      product viewed twice); otherwise it closes silently at the deadline.
+    - When event time passes the deadline the rule fires once, `fired_at` = deadline; the next `when` opens a new
+      episode.
+    Slot: an `AbsenceSlot` (the open episode) or none: one per rule and lead whatever the length of the history.
+    """
+
     when: Matcher
     unless: Matcher | None
     within_ms: int
@@ -35,32 +48,49 @@ class AbsenceLogic:
     when_text: str = ""
     unless_text: str = ""
 
-    def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]:
+    def load(self, slot: Slot | None) -> AbsenceSlot | None:
+        if slot is None or type(slot) is AbsenceSlot:
+            return slot
+        if type(slot) is list and len(slot) == len(AbsenceSlot._fields):
+            return AbsenceSlot(*slot)
+        raise ValueError(f"not an absence slot: {slot!r}")
+
+    def _deadline(self, episode: AbsenceSlot) -> int:
+        return episode.start_ms + (episode.last_offset_ms if self.restart else 0) + self.within_ms
+
+    def on_event(self, rule: Rule, slot: Slot | None, ctx: MatchContext) -> tuple[AbsenceSlot | None, list[Firing]]:
+        episode = self.load(slot)
         event = ctx.event
         t = event.timestamp_ms
-        closable = slot is not None and self.unless is not None and slot[0] <= t <= self.deadline(slot)
-        if closable and self.unless(ctx):  # type: ignore[misc]
-            slot = None
+        unless = self.unless
+        if (
+            episode is not None
+            and unless is not None
+            and episode.start_ms <= t <= self._deadline(episode)
+            and unless(ctx)
+        ):
+            episode = None
         if self.when(ctx):
-            if slot is None:
-                slot = [t, event.message_id, 0, None, 1]
-            elif self.restart and t >= slot[0] + slot[2]:
-                slot = [slot[0], slot[1], t - slot[0], event.message_id, slot[4] + 1]
+            if episode is None:
+                episode = AbsenceSlot(t, event.message_id, 0, None, 1)
             else:
-                slot = [*slot[:4], slot[4] + 1]
-        return slot, []
+                start, opening, offset, last, matches = episode
+                if self.restart and t >= start + offset:
+                    offset, last = t - start, event.message_id
+                episode = AbsenceSlot(start, opening, offset, last, matches + 1)
+        return episode, []
 
-    def deadline(self, slot: Any) -> int | None:
-        if slot is None:
-            return None
-        return slot[0] + (slot[2] if self.restart else 0) + self.within_ms
+    def deadline(self, slot: Slot | None) -> int | None:
+        episode = self.load(slot)
+        return None if episode is None else self._deadline(episode)
 
-    def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
-        start, opening, last_offset, last, matches = slot
-        last, last_ms = last or opening, start + last_offset
-        deadline = self.deadline(slot)
-        if matches < self.min_matches:
+    def on_deadline(self, rule: Rule, slot: Slot, now_ms: int) -> tuple[None, list[Firing]]:
+        episode = self.load(slot)
+        if episode is None or episode.matches < self.min_matches:
             return None, []
+        start, opening, last_offset, last, matches = episode
+        last, last_ms = last or opening, start + last_offset
+        deadline = self._deadline(episode)
         trigger = (opening,) if opening == last else (opening, last)
         text = f"{self.when_text} at {format_ts(start)} (message {opening})"
         if matches > 1:
@@ -86,7 +116,9 @@ class AbsenceLogic:
     def shape(self) -> str:
         return "absence"
 
-    def merge(self, mine: Any, other: Any) -> Any:
-        if mine is None or other is None:
-            return mine if other is None else other
-        return mine if mine[0] <= other[0] else other
+    def merge(self, mine: Slot | None, other: Slot | None) -> AbsenceSlot | None:
+        """The earlier episode is kept."""
+        a, b = self.load(mine), self.load(other)
+        if a is None or b is None:
+            return a if b is None else b
+        return a if a.start_ms <= b.start_ms else b

@@ -1,40 +1,50 @@
-"""`kind: score` — lead scoring: points per matcher, daily caps, half-life decay, thresholds, stages, reasons.
-
-Semantics:
-- At each event, every `points` entry whose matcher matches adds its points (negative points subtract). With
-  `daily_cap`, the absolute points one entry can add per UTC day (event time) are capped.
-- With `half_life`, the score decays continuously: value(t) = value(t0) * 2^(-(t - t0) / half_life). Decay is
-  computed on read, so it needs no timers.
-- A threshold fires when one event moves the score from below `at` to at least `at` (upward crossing). A score
-  that decays below and climbs back crosses again (subject to the rule's cooldown).
-- `stages:` (name → minimum score or null, lowest first) and `stage_on:` (event → stage) give the lead a
-  lifecycle stage; see `engine.core.stages` for the forward-only rules and `allow_backward`. `stage` is
-  visible in `if:`, in `lead.stage` matcher paths and in the action context. `step()` also reports the
-  `StageChange` so `evaluate` can publish it and apply the `Stage Changed` event to the other rules.
-- Explanations: the slot keeps the `TOP` events that contributed most to the score *now* (decayed), each with
-  its message id, the points entry that matched, its points and event time. Ranking by log2|points| + t /
-  half_life orders contributions by their current decayed value whatever "now" is, so the kept set never has
-  to be recomputed as time passes.
-- The slot stays small (state must be under 1 KiB per lead): message ids longer than `MAX_ID` keep their last
-  `MAX_ID - 1` characters after a `~` (the tail is what differs between ids: UUIDs, counters, ULIDs), and
-  times are stored as seconds before the slot's `t`.
-Slot: `{"v": value, "t": ms of value, "s": stage, "c": {entry index: [utc_day, points used]},
-"x": [[message id, entry index, points, seconds before t], ...]}`.
-"""
+"""`kind: score` — lead scoring: points per matcher, daily caps, half-life decay, thresholds, stages, reasons."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from engine.core.kinds import EventDriven
 from engine.core.predicates import MatchContext, Matcher
-from engine.core.ruleset import ActionSpec, Firing, Rule
+from engine.core.ruleset import ActionSpec, Firing, Rule, Slot
 from engine.core.stages import StageChange, StageLadder, StageOn
 
 DAY_MS = 86_400_000
 TOP = 3  # contributions kept per lead for explanations (state must stay under 1 KiB per lead)
 MAX_ID = 17  # characters of a message id kept in state
+
+
+class Contribution(NamedTuple):
+    """One of the `TOP` events that contributed most to the score now; stored as a 4-item array."""
+
+    message_id: str  # at most MAX_ID characters (see the module docstring)
+    entry: int  # index of the points entry that matched (the largest one, when several did)
+    points: float  # the event's points (all entries that matched it, after daily caps)
+    age_s: int  # event time, in seconds before the slot's at_ms
+
+
+class DailyCap(NamedTuple):
+    """Points a capped entry has used on one UTC day (event time); stored as `[entry, day, used]`."""
+
+    entry: int
+    day: int
+    used: float
+
+
+class ScoreSlot(NamedTuple):
+    """Stored as `[value, at_ms, stage, [contribution, ...], [daily cap, ...]]`.
+
+    Before slots were typed a score slot was stored as `{"v", "t", "s", "c": {entry: [day, used]}, "x"}`;
+    `ScoreLogic.load` reads that too (leads whose state was written by an older worker).
+    """
+
+    value: float  # the score at at_ms (decay is applied on read)
+    at_ms: int
+    stage: str | None = None
+    top: tuple[Contribution, ...] = ()  # largest current value first
+    caps: tuple[DailyCap, ...] = ()  # only those of the day of the last matching event
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +62,37 @@ class ScoreThreshold:
     action: ActionSpec | None = None
 
 
-def _clean(value: float) -> float | int:
+def _clean(value: float) -> float:
+    """Rounded to 4 decimals, and an int when whole (state stays short: `10`, not `10.0`)."""
     rounded = round(value, 4)
     return int(rounded) if rounded == int(rounded) else rounded
 
 
 @dataclass(frozen=True, slots=True)
-class ScoreLogic:
+class ScoreLogic(EventDriven):
+    """Points, daily caps, decay, thresholds and stages.
+
+    Semantics:
+    - At each event, every `points` entry whose matcher matches adds its points (negative points subtract). With
+      `daily_cap`, the absolute points one entry can add per UTC day (event time) are capped.
+    - With `half_life`, the score decays continuously: value(t) = value(t0) * 2^(-(t - t0) / half_life). Decay is
+      computed on read, so it needs no deadline.
+    - A threshold fires when one event moves the score from below `at` to at least `at` (upward crossing). A score
+      that decays below and climbs back crosses again (subject to the rule's cooldown).
+    - `stages:` (name → minimum score or null, lowest first) and `stage_on:` (event → stage) give the lead a
+      lifecycle stage; see `engine.core.stages` for the forward-only rules and `allow_backward`. `stage` is
+      visible in `if:`, in `lead.stage` matcher paths and in the action context. `step()` also reports the
+      `StageChange` so `evaluate` can publish it and apply the `Stage Changed` event to the other rules.
+    - Explanations: the slot keeps the `TOP` events that contributed most to the score *now* (decayed), each with
+      its message id, the points entry that matched, its points and event time. Ranking by log2|points| + t /
+      half_life orders contributions by their current decayed value whatever "now" is, so the kept set never has
+      to be recomputed as time passes.
+    - The slot stays small (state must be under 1 KiB per lead): message ids longer than `MAX_ID` keep their last
+      `MAX_ID - 1` characters after a `~` (the tail is what differs between ids: UUIDs, counters, ULIDs), and
+      times are stored as seconds before the slot's `at_ms`.
+    Slot: a `ScoreSlot`, or none before the first points or stage move.
+    """
+
     points: tuple[PointsRule, ...]
     half_life_ms: int | None = None
     thresholds: tuple[ScoreThreshold, ...] = ()
@@ -71,6 +105,24 @@ class ScoreLogic:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ladder", StageLadder(self.stages))
 
+    def load(self, slot: Slot | None) -> ScoreSlot | None:
+        if slot is None or type(slot) is ScoreSlot:
+            return slot
+        if type(slot) is list and len(slot) == len(ScoreSlot._fields):
+            value, at_ms, stage, top, caps = slot
+            return ScoreSlot(
+                value, at_ms, stage, tuple(Contribution(*c) for c in top), tuple(DailyCap(*c) for c in caps)
+            )
+        if type(slot) is dict:  # the format before typed slots
+            return ScoreSlot(
+                slot["v"],
+                slot["t"],
+                slot.get("s"),
+                tuple(Contribution(*c) for c in slot.get("x", ())),
+                tuple(DailyCap(int(entry), day, used) for entry, (day, used) in slot.get("c", {}).items()),
+            )
+        raise ValueError(f"not a score slot: {slot!r}")
+
     def _stage_moves(self, ctx: MatchContext) -> list[StageOn]:
         if not self.stage_on:
             return []
@@ -79,35 +131,37 @@ class ScoreLogic:
             return []  # cheap pre-filter: this runs on every event the score rule sees
         return [entry for entry in self.stage_on if entry.match(ctx)]
 
-    def value_at(self, slot: Any, now_ms: int) -> float:
-        if not slot:
+    def value_at(self, slot: ScoreSlot | None, now_ms: int) -> float:
+        if slot is None:
             return 0
-        value, t = slot["v"], slot["t"]
+        value, t = slot.value, slot.at_ms
         if self.half_life_ms and now_ms > t and value:
             return _clean(value * 2.0 ** (-(now_ms - t) / self.half_life_ms))
         return value
 
-    def stage_of(self, slot: Any) -> str | None:
-        return slot.get("s") if slot else None
+    def stage_of(self, slot: ScoreSlot | None) -> str | None:
+        return None if slot is None else slot.stage
 
     def _decayed(self, points: float, t: int, now_ms: int) -> float:
         if self.half_life_ms and now_ms > t:
             return _clean(points * 2.0 ** (-(now_ms - t) / self.half_life_ms))
         return points
 
-    def _weight(self, entry: list[Any]) -> tuple[float, float]:
-        points, t = entry[2], -entry[3]  # ranked within one slot: seconds before t, negated, order like times
+    def _weight(self, entry: Contribution) -> tuple[float, float]:
+        points, t = entry.points, -entry.age_s  # ranked within one slot: seconds before at_ms, negated, like times
         if not points:
             return (-math.inf, t)
         if self.half_life_ms:
             return (math.log2(abs(points)) + t * 1000 / self.half_life_ms, t)
         return (abs(points), t)
 
-    def top(self, slot: Any, now_ms: int) -> list[dict[str, Any]]:
+    def top(self, slot: ScoreSlot | None, now_ms: int) -> list[dict[str, Any]]:
         """The kept contributions, largest first, as the lead view and templates show them."""
+        if slot is None:
+            return []
         out = []
-        for message_id, index, points, age_s in (slot or {}).get("x", ()):
-            t = slot["t"] - age_s * 1000
+        for message_id, index, points, age_s in slot.top:
+            t = slot.at_ms - age_s * 1000
             text = self.points[index].text if 0 <= index < len(self.points) else ""
             out.append(
                 {
@@ -120,27 +174,36 @@ class ScoreLogic:
             )
         return out
 
-    def _contributions(self, slot: Any, ctx: MatchContext, index: int, points: float, t: int) -> list[list[Any]]:
+    def _contributions(
+        self, slot: ScoreSlot | None, ctx: MatchContext, index: int, points: float, t: int
+    ) -> tuple[Contribution, ...]:
         """The kept contributions plus this event's, re-based on the new slot time `t`."""
-        shift = (t - slot["t"]) // 1000 if slot else 0
-        kept = [[m, i, p, age + shift] for m, i, p, age in (slot or {}).get("x", ())]
+        if slot is None:
+            kept = []
+        else:
+            shift = (t - slot.at_ms) // 1000
+            kept = [Contribution(m, i, p, age + shift) for m, i, p, age in slot.top] if shift else list(slot.top)
         if points:
             event = ctx.event
             message_id = event.message_id
             if len(message_id) > MAX_ID:
                 message_id = "~" + message_id[1 - MAX_ID :]
-            kept.append([message_id, index, _clean(points), (t - event.timestamp_ms) // 1000])
+            kept.append(Contribution(message_id, index, _clean(points), (t - event.timestamp_ms) // 1000))
             kept.sort(key=self._weight, reverse=True)
-        return kept[:TOP]
+        return tuple(kept[:TOP])
 
-    def on_event(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing]]:
+    def on_event(self, rule: Rule, slot: Slot | None, ctx: MatchContext) -> tuple[ScoreSlot | None, list[Firing]]:
         new, firings, _ = self.step(rule, slot, ctx)
         return new, firings
 
-    def step(self, rule: Rule, slot: Any, ctx: MatchContext) -> tuple[Any, list[Firing], StageChange | None]:
+    def step(
+        self, rule: Rule, slot: Slot | None, ctx: MatchContext
+    ) -> tuple[ScoreSlot | None, list[Firing], StageChange | None]:
+        """`on_event`, and the stage change the event caused (for `evaluate` to publish), if any."""
+        old = self.load(slot)
         t = ctx.event.timestamp_ms
         day = t // DAY_MS
-        caps = dict(slot.get("c", {})) if slot else {}
+        caps: dict[int, DailyCap] | None = None  # copied from the slot on first use
         total = 0.0
         matched = False
         best, best_points = -1, 0.0
@@ -150,36 +213,35 @@ class ScoreLogic:
             matched = True
             points = entry.points
             if entry.daily_cap is not None:
-                key = str(index)
-                used = caps[key][1] if key in caps and caps[key][0] == day else 0
+                if caps is None:
+                    caps = {} if old is None else {cap.entry: cap for cap in old.caps}
+                cap = caps.get(index)
+                used = cap.used if cap is not None and cap.day == day else 0
                 room = max(0.0, entry.daily_cap - used)
                 points = min(points, room) if points >= 0 else max(points, -room)
-                caps[key] = [day, _clean(used + abs(points))]
+                caps[index] = DailyCap(index, day, _clean(used + abs(points)))
             total += points
             if best < 0 or abs(points) > abs(best_points):
                 best, best_points = index, points
         moves = self._stage_moves(ctx)
         if not matched and not moves:
-            return slot, [], None
-        old_stage = self.stage_of(slot)
-        previous = self.value_at(slot, t)
+            return old, [], None
+        old_stage = self.stage_of(old)
+        previous = self.value_at(old, t)
         if matched:
             value = _clean(previous + total)
-            new: dict[str, Any] = {"v": value, "t": max(t, slot["t"]) if slot else t}
-        else:
+            stored, at_ms = value, (t if old is None else max(t, old.at_ms))
+            top = self._contributions(old, ctx, best, total, at_ms)
+        else:  # a stage move alone: the stored value and its time stay (decay is applied on read)
             value = previous
-            new = {"v": slot["v"], "t": slot["t"]} if slot else {"v": 0, "t": t}
+            stored, at_ms = (0, t) if old is None else (old.value, old.at_ms)
+            top = () if old is None else old.top
         stage, reached = self.ladder.by_score(old_stage, previous, value)
         reason = f"score {round(value, 2):g} reached {stage} at {reached:g}" if reached is not None else ""
         stage, reason = self._event_moves(moves, ctx, stage, reason)
-        if stage is not None:
-            new["s"] = stage
-        caps = {k: v for k, v in caps.items() if v[0] == day}
-        if caps:
-            new["c"] = caps
-        top = self._contributions(slot, ctx, best, total, new["t"]) if matched else (slot or {}).get("x")
-        if top:
-            new["x"] = top
+        if caps is None:
+            caps = {} if old is None else {cap.entry: cap for cap in old.caps}
+        new = ScoreSlot(stored, at_ms, stage, top, tuple(cap for cap in caps.values() if cap.day == day))
         firings = [
             self._firing(ctx, threshold, previous, value, stage, new)
             for threshold in self.thresholds
@@ -191,7 +253,7 @@ class ScoreLogic:
             firings.extend(self._stage_firing(change, spec, new) for name, spec in self.on_stage if name == stage)
         return new, firings, change
 
-    def _stage_firing(self, change: StageChange, spec: ActionSpec, slot: Any) -> Firing:
+    def _stage_firing(self, change: StageChange, spec: ActionSpec, slot: ScoreSlot) -> Firing:
         return Firing(
             at_ms=change.at_ms,
             key=f"stage:{change.new}:{change.at_ms}:{change.message_id}",
@@ -216,7 +278,7 @@ class ScoreLogic:
                 reason = f"event '{label}' (message {ctx.event.message_id}) moves the lead to {entry.stage}"
         return stage, reason
 
-    def explain_top(self, slot: Any, now_ms: int, limit: int = 3) -> str:
+    def explain_top(self, slot: ScoreSlot | None, now_ms: int, limit: int = 3) -> str:
         parts = [
             f"{item['matcher'] or 'an event'} {item['points']:+g} (message {item['message_id']})"
             for item in self.top(slot, now_ms)[:limit]
@@ -230,7 +292,7 @@ class ScoreLogic:
         previous: float,
         value: float,
         stage: str | None,
-        slot: Any,
+        slot: ScoreSlot,
     ) -> Firing:
         event = ctx.event
         label = event.name or event.type
@@ -255,32 +317,24 @@ class ScoreLogic:
             },
         )
 
-    def deadline(self, slot: Any) -> int | None:
-        return None
-
-    def on_deadline(self, rule: Rule, slot: Any, now_ms: int) -> tuple[Any, list[Firing]]:
-        return slot, []
-
     @property
     def shape(self) -> str:
         return "score"
 
-    def merge(self, mine: Any, other: Any) -> Any:
-        if not mine or not other:
-            return mine or other
-        t = max(mine["t"], other["t"])
-        value = _clean(self.value_at(mine, t) + self.value_at(other, t))
-        merged: dict[str, Any] = {"v": value, "t": t}
+    def merge(self, mine: Slot | None, other: Slot | None) -> ScoreSlot | None:
+        """Scores add up (both decayed to the later time), the higher known stage stays (then the sum may lift
+        it), the best contributions of both are kept; daily caps start afresh."""
+        a, b = self.load(mine), self.load(other)
+        if a is None or b is None:
+            return a if b is None else b
+        t = max(a.at_ms, b.at_ms)
+        value = _clean(self.value_at(a, t) + self.value_at(b, t))
         ladder = self.ladder
-        known = [s for s in (mine.get("s"), other.get("s")) if ladder.rank(s) >= 0]
+        known = [s for s in (a.stage, b.stage) if ladder.rank(s) >= 0]
         current = max(known, key=ladder.rank) if known else None
         stage, _ = ladder.by_score(current, -math.inf, value)
-        if stage is not None:
-            merged["s"] = stage
         rebased = [
-            [m, i, p, age + (t - part["t"]) // 1000] for part in (mine, other) for m, i, p, age in part.get("x", ())
+            Contribution(m, i, p, age + (t - part.at_ms) // 1000) for part in (a, b) for m, i, p, age in part.top
         ]
-        top = sorted(rebased, key=self._weight, reverse=True)[:TOP]
-        if top:
-            merged["x"] = top
-        return merged
+        top = tuple(sorted(rebased, key=self._weight, reverse=True)[:TOP])
+        return ScoreSlot(value, t, stage, top)
