@@ -8,6 +8,7 @@ and histograms with `histogram_quantile` over the rate of their `_bucket` series
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
@@ -21,6 +22,7 @@ DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 
 Target = tuple[str, str]  # (PromQL expression, legend format)
+PanelT = TypeVar("PanelT", timeseries.Panel, stat.Panel, statetimeline.Panel, table.Panel, heatmap.Panel)
 
 
 def query(
@@ -61,6 +63,12 @@ def quantiles(
     return out
 
 
+def framed(panel: PanelT, title: str, description: str, w: int, h: int, unit: str | None = None) -> PanelT:
+    """What every panel of ours has: title, description, the Prometheus datasource, width, height (and unit)."""
+    panel = panel.title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+    return panel if unit is None else panel.unit(unit)
+
+
 def ts(
     title: str,
     description: str,
@@ -74,13 +82,7 @@ def ts(
 ) -> timeseries.Panel:
     """A time series of `targets` (expression, legend); `limits` draws threshold lines."""
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .unit(unit)
-        .span(w)
-        .height(h)
+        framed(timeseries.Panel(), title, description, w, h, unit)
         .line_width(1)
         .fill_opacity(10)
         .show_points(cm.VisibilityMode.NEVER)
@@ -115,13 +117,7 @@ def single(
 ) -> stat.Panel:
     """A stat panel showing the latest value of one expression, coloured by `limits`."""
     return (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .unit(unit)
-        .span(w)
-        .height(h)
+        framed(stat.Panel(), title, description, w, h, unit)
         .thresholds(limits)
         .color_mode(cm.BigValueColorMode.VALUE)
         .graph_mode(cm.BigValueGraphMode.AREA)
@@ -174,7 +170,7 @@ def state_timeline(title: str, description: str, expr: str, legend: str, states:
         options={str(i): dm.ValueMappingResult(text=t, color=c, index=i) for i, (t, c) in enumerate(states)}
     )
     return (
-        statetimeline.Panel().title(title).description(description).datasource(DATASOURCE).span(12).height(8)
+        framed(statetimeline.Panel(), title, description, 12, 8)
         .mappings([mapping])
         .thresholds(thresholds((None, states[0][1]), *((i, c) for i, (_, c) in enumerate(states) if i)))
         .with_target(query(expr, legend))
@@ -184,7 +180,7 @@ def state_timeline(title: str, description: str, expr: str, legend: str, states:
 def instant_table(title: str, description: str, expr: str, *, w: int = 12, h: int = 8) -> table.Panel:
     """One instant query shown as a table, without the Time column."""
     return (
-        table.Panel().title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+        framed(table.Panel(), title, description, w, h)
         .with_target(query(expr, instant=True, fmt=pm.PromQueryFormat.TABLE))
         .with_override(
             dm.MatcherConfig(id_val="byName", options="Time"),
@@ -196,7 +192,7 @@ def instant_table(title: str, description: str, expr: str, *, w: int = 12, h: in
 def bucket_heatmap(title: str, description: str, metric: str, unit: str, *, w: int = 12, h: int = 8):
     """Observations per histogram bucket over time (the histogram's `_bucket` series, pre-bucketed)."""
     return (
-        heatmap.Panel().title(title).description(description).datasource(DATASOURCE).span(w).height(h)
+        framed(heatmap.Panel(), title, description, w, h)
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit(unit))
         .color(heatmap.HeatmapColorOptions().mode(hm.HeatmapColorMode.SCHEME).scheme("Oranges"))

@@ -1,19 +1,22 @@
 """Settings from the environment, in one place.
 
-Every setting has a documented default (README, "Configuration") so `make demo` runs with none set. Values are read
-once with `Settings.from_env()`; modules take a `Settings` instead of reading `os.environ` themselves, so tests can
-build one directly.
+Every setting has a documented default (docs/deployment.md, "Settings") so `make demo` runs with none set. Values
+are read once with `Settings.from_env()`; modules take a `Settings` instead of reading `os.environ` themselves, so
+tests can build one directly.
 
-The broker profile `dev` holds the workarounds for the Tansu broker used in development and CI (see README,
-"Development stack"); `kafka` is for a real Kafka cluster.
+The broker profile `dev` holds the workarounds for the Tansu broker used in development and CI (see
+docs/development.md, "Tansu quirks"); `kafka` is for a real Kafka cluster.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Number = TypeVar("Number", int, float)
 
 
 class ConfigError(ValueError):
@@ -26,24 +29,22 @@ class ConfigError(ValueError):
 BROKER_PROFILES = ("dev", "dev-batched", "kafka")
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
+def _number(env: dict[str, str], name: str, default: Number, parse: Callable[[str], Number], what: str) -> Number:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to e.g. {default}") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}; set it to e.g. {default}") from None
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int, "a whole number")
 
 
 def _float(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number; set it to e.g. {default}") from None
+    return _number(env, name, default, float, "a number")
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -107,30 +108,14 @@ class Settings:
         )
 
     def env(self) -> dict[str, str]:
-        """These settings as NUDGE_* variables, so a parent process can start `nudge` sub-commands with them."""
-        return {
-            "NUDGE_BROKER_URL": self.broker_url,
-            "NUDGE_BROKER_PROFILE": self.broker_profile,
-            "NUDGE_REDIS_URL": self.redis_url,
-            "NUDGE_CLICKHOUSE_DSN": self.clickhouse_dsn,
-            "NUDGE_RULES_PATH": str(self.rules_path),
-            "NUDGE_CONNECTORS_PATH": str(self.connectors_path),
-            "NUDGE_REPS_PATH": str(self.reps_path),
-            "NUDGE_PARTITIONS": str(self.partitions),
-            "NUDGE_WEB_PORT": str(self.web_port),
-            "NUDGE_WEB_HOST": self.web_host,
-            "NUDGE_COLLECTOR_PORT": str(self.collector_port),
-            "NUDGE_STATE_DIR": str(self.state_dir),
-            "NUDGE_APP_ID": self.app_id,
-            "NUDGE_TOPIC_PREFIX": self.topic_prefix,
-            "NUDGE_ALLOWED_LATENESS_S": str(self.allowed_lateness_s),
-            "NUDGE_TIMER_INTERVAL_S": str(self.timer_interval_s),
-            "NUDGE_BATCH_SIZE": str(self.batch_size),
-            "NUDGE_BATCH_WITHIN_S": str(self.batch_within_s),
-            "NUDGE_LOG_LEVEL": self.log_level,
-            "NUDGE_DEFAULT_TIMEZONE": self.default_timezone,
-            "NUDGE_WRITE_KEYS": ",".join(self.write_keys),
-        }
+        """These settings as NUDGE_* variables (each named `NUDGE_` + the field's name in capitals, as `from_env`
+        reads them), so a parent process can start `nudge` sub-commands with them."""
+        variables = {}
+        for setting in fields(self):
+            if setting.name != "extra":
+                value = getattr(self, setting.name)
+                variables[f"NUDGE_{setting.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return variables
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

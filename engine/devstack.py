@@ -135,6 +135,12 @@ class DevStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_file.write_bytes(orjson.dumps(state))
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the services this stack started, by name ("broker", "redis"); {} when none."""
+        state = self._read_state()
+        return {name: state[f"{name}_pid"] for name in ("broker", "redis") if f"{name}_pid" in state}
+
     def info(self) -> StackInfo | None:
         state = self._read_state()
         if not state or not all(pid_alive(state[k]) for k in ("broker_pid", "redis_pid")):

@@ -62,15 +62,17 @@ async def wait_until(
     *,
     poll_s: float = 0.05,
     detail: Callable[[], object] | None = None,
+    off_loop: bool = False,
 ) -> None:
     """Return as soon as `ready()` is truthy; raise `TimeoutError` naming `what` after `timeout_s`.
 
     `ready` may be a plain callable or return an awaitable (an async check). It is called at once, then every
-    `poll_s`. `detail()`, when given, is appended to the timeout's message (e.g. what was seen instead).
+    `poll_s`; with `off_loop` in a worker thread, for a check that blocks (a chDB query) while tasks on this
+    event loop must keep running. `detail()`, when given, is appended to the timeout's message.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        result = ready()
+        result = await asyncio.to_thread(ready) if off_loop else ready()
         if inspect.isawaitable(result):
             result = await result
         if result:
@@ -134,13 +136,8 @@ class TopicReader:
         self.max_records = max_records
         self._docs: list[Any] = []
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            metadata_max_age_ms=metadata_max_age_ms,
-            fetch_max_wait_ms=fetch_max_wait_ms,
+            *self.topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+            enable_auto_commit=False, metadata_max_age_ms=metadata_max_age_ms, fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._task: asyncio.Task[None] | None = None
 

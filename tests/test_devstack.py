@@ -38,10 +38,11 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
         assert f"export NUDGE_BROKER_URL={info.broker_url}" in env_file
         assert "export NUDGE_BROKER_PROFILE=dev" in env_file
         assert info.clickhouse_dsn.startswith("chdb:///")
-        pids = stack._read_state()
+        pids = stack.pids
     finally:
         stack.down()
-    assert not pid_alive(pids["broker_pid"]) and not pid_alive(pids["redis_pid"])
+    assert set(pids) == {"broker", "redis"}
+    assert not pid_alive(pids["broker"]) and not pid_alive(pids["redis"])
     assert not _answers(info.broker_port)
     assert stack.info() is None
     assert stack.status()["broker"]["running"] is False

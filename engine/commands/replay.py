@@ -11,12 +11,12 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-import orjson
-
-from engine.commands.report import table
+from engine.commands.report import over_history, table
 from engine.config import Settings
 
 if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
     from engine.clickhouse.replay import ReplayResult
 
 
@@ -40,37 +40,20 @@ def render(result: ReplayResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every `nudge` command builds the parser that imports this module.
-    from engine.clickhouse import kpis
-    from engine.clickhouse.client import ClickHouseUnavailable, connect
-    from engine.clickhouse.migrations import migrate
     from engine.clickhouse.replay import replay
     from engine.language import RuleFileError, load_rules
 
     settings = Settings.from_env()
-    try:
-        since_ms, until_ms = kpis.window(args.since)
-    except ValueError as exc:
-        print(f"nudge replay: {exc}", file=sys.stderr)
-        return 2
     try:
         rules = load_rules(args.rules or [str(settings.rules_path)])
     except RuleFileError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    try:
-        client = connect(settings.clickhouse_dsn)
-    except ClickHouseUnavailable as exc:
-        print(f"nudge replay: {exc}", file=sys.stderr)
-        return 1
-    try:
-        migrate(client)
-        horizon_ms = until_ms - int(settings.allowed_lateness_s * 1000)
-        result = replay(client, rules, since_ms, until_ms, horizon_ms)
-    finally:
-        client.close()
-    if args.json:
-        print(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(render(result))
-    return 1 if args.check and not result.identical else 0
+    lateness_ms = int(settings.allowed_lateness_s * 1000)
+
+    def query(client: Client, since_ms: int, until_ms: int) -> ReplayResult:
+        return replay(client, rules, since_ms, until_ms, horizon_ms=until_ms - lateness_ms)
+
+    code, result = over_history("replay", args, settings, query, lambda r: r.to_json(), render)
+    return 1 if result is not None and args.check and not result.identical else code

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from engine.config import Settings
 from engine.events import format_ts
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+Result = TypeVar("Result")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,30 +108,44 @@ def render(report: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
+def over_history(
+    command: str,
+    args: argparse.Namespace,
+    settings: Settings,
+    query: Callable[[Client, int, int], Result],
+    to_json: Callable[[Result], Any],
+    render: Callable[[Result], str],
+) -> tuple[int, Result | None]:
+    """The flow of the commands that read the ClickHouse history (`report`, `replay`): parse `args.since`, open
+    and migrate the store, run `query(client, since_ms, until_ms)`, close, print the result (`--json`: one JSON
+    document). Returns (exit code, result): 2 and None for a bad window, 1 and None when the store is
+    unreachable (the reason printed to stderr), else 0 and the result."""
     # Imported here, not at module level: every `nudge` command builds the parser that imports this module.
     from engine.clickhouse import kpis
     from engine.clickhouse.client import ClickHouseUnavailable, connect
     from engine.clickhouse.migrations import migrate
 
-    settings = Settings.from_env()
     try:
         since_ms, until_ms = kpis.window(args.since)
     except ValueError as exc:
-        print(f"nudge report: {exc}", file=sys.stderr)
-        return 2
+        print(f"nudge {command}: {exc}", file=sys.stderr)
+        return 2, None
     try:
         client = connect(settings.clickhouse_dsn)
     except ClickHouseUnavailable as exc:
-        print(f"nudge report: {exc}", file=sys.stderr)
-        return 1
+        print(f"nudge {command}: {exc}", file=sys.stderr)
+        return 1, None
     try:
         migrate(client)
-        report = kpis.report(client, since_ms, until_ms)
+        result = query(client, since_ms, until_ms)
     finally:
         client.close()
-    if args.json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(render(report))
-    return 0
+    print(orjson.dumps(to_json(result), option=orjson.OPT_INDENT_2).decode() if args.json else render(result))
+    return 0, result
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.clickhouse import kpis
+
+    code, _ = over_history("report", args, Settings.from_env(), kpis.report, lambda report: report, render)
+    return code

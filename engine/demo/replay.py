@@ -18,7 +18,7 @@ import asyncio
 import gzip
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -58,27 +58,27 @@ def load_sample(path: Path) -> list[SampleRecord]:
     return [_decode(line) for line in data.splitlines() if line.strip()]
 
 
+@dataclass
 class Replayer:
-    """Sends `records` to `topic` at their rebased times; counts what it sent for the progress line."""
+    """Sends `records` to `topic` at their rebased times; counts what it sent for the progress line.
 
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        records: list[SampleRecord],
-        lead_in_ms: int = 1000,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.records = records
-        self.lead_in_ms = lead_in_ms
-        self.clock = clock
-        self.sent = 0
-        times = [r.at_ms for r in records if r.at_ms is not None]
+    `first_ms` and `span_ms` describe the recording (earliest event time, and from it to the latest);
+    `shift_ms` is what `run()` added to every event time."""
+
+    bootstrap: str
+    topic: str
+    records: list[SampleRecord]
+    lead_in_ms: int = 1000
+    clock: Callable[[], float] = time.time
+    sent: int = field(default=0, init=False)
+    shift_ms: int = field(default=0, init=False)
+    first_ms: int = field(init=False)
+    span_ms: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        times = [r.at_ms for r in self.records if r.at_ms is not None]
         self.first_ms = min(times) if times else 0
         self.span_ms = (max(times) - self.first_ms) if times else 0
-        self.shift_ms = 0
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -1,14 +1,13 @@
 """Helpers for the ClickHouse tests: produce a generated stream, run a sink in-process, poll with a
-deadline."""
+deadline (`engine.testing.wait_until`, the check run off the event loop: it queries chDB)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 
+from engine import testing
 from engine.clickhouse.sink import Sink, bootstrap_servers, ensure_topics
 from engine.config import Settings
 from tests.clickhouse.streamgen import Message
@@ -26,12 +25,8 @@ async def produce(settings: Settings, messages: list[Message]) -> None:
         await producer.stop()
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(predicate):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
+async def wait_until(predicate: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> None:
+    await testing.wait_until(predicate, timeout_s, what, poll_s=0.1, off_loop=True)
 
 
 class SimulatedCrash(RuntimeError):

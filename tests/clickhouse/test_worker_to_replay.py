@@ -81,7 +81,7 @@ async def test_worker_stream_lands_once_and_replay_reproduces_it(settings: Setti
                     timeout_s=60,
                     what="every event and every expected action in ClickHouse",
                 )
-            except AssertionError as exc:
+            except TimeoutError as exc:
                 got = fired_ids()
                 missing = sorted(expected[i].rule for i in set(expected) - got)
                 raise AssertionError(

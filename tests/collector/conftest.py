@@ -79,7 +79,7 @@ class Record:
     partition: int
 
 
-async def _read(settings: Settings, expect: int, timeout_s: float, settle_s: float) -> list[Record]:
+async def read_clickstream_records(settings: Settings, expect: int, timeout_s: float, settle_s: float) -> list[Record]:
     topic = settings.topic(CLICKSTREAM)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
@@ -120,6 +120,6 @@ def read_clickstream(collector_settings: Settings) -> Callable[..., list[Record]
     """`read_clickstream(expect)`: every record of the test's clickstream topic once `expect` are there."""
 
     def read(expect: int, timeout_s: float = 15.0, settle_s: float = 0.3) -> list[Record]:
-        return asyncio.run(_read(collector_settings, expect, timeout_s, settle_s))
+        return asyncio.run(read_clickstream_records(collector_settings, expect, timeout_s, settle_s))
 
     return read

@@ -3,61 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from engine.collector.app import create_app
-from engine.collector.producer import ClickstreamProducer
 from engine.config import Settings
 from engine.devstack import free_port, tansu_binary, wait_for_port
+from engine.kafka.admin import ensure_topics
+from engine.kafka.topics import CLICKSTREAM
+from engine.testing import ChildProcess
 
-from .conftest import ServerThread, _read
+from .conftest import ServerThread, read_clickstream_records
 from .test_bad_input import auth, post, track
 
 pytestmark = pytest.mark.integration
 
 
 class Broker:
-    """A private Tansu broker on a fixed port that the test can stop and start again (memory storage)."""
+    """A private Tansu broker on a fixed port that the test can kill and start again (memory storage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path) -> None:
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        url = f"tcp://127.0.0.1:{self.port}"
+        argv = [
+            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/", "--cluster-id", "collector-outage",
+        ]
+        self.process = ChildProcess("tansu", argv, None, log_path)
 
     def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                "collector-outage",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert wait_for_port(self.port)
+        self.process.start()
+        assert wait_for_port(self.port), self.process.log_tail()
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+        self.process.kill()
 
 
 @pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker()
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "tansu.log")
     try:
         yield b
     finally:
@@ -101,7 +89,7 @@ def test_broker_down_gives_503_and_the_retry_is_produced_once(collector_settings
         broker.start()
         # Tansu keeps topics in memory only; recreate ours as a persistent broker would still have it. (Tansu
         # acks produce requests for a topic it does not know and drops them, so this is needed.)
-        asyncio.run(ClickstreamProducer(settings)._ensure_topic())
+        asyncio.run(ensure_topics(settings, [CLICKSTREAM]))
         post_until_accepted(server.url, second)
         assert post(server.url, "/v1/batch", second, auth()).status_code == 200  # a late duplicate
         records = _run_read(settings, 1)
@@ -133,4 +121,4 @@ def test_redis_down_gives_503(collector_settings: Settings) -> None:
 
 
 def _run_read(settings: Settings, expect: int):
-    return asyncio.run(_read(settings, expect, timeout_s=15, settle_s=0.5))
+    return asyncio.run(read_clickstream_records(settings, expect, timeout_s=15, settle_s=0.5))

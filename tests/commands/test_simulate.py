@@ -14,6 +14,15 @@ from engine.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
+
+def pricing_view(message_id: str, timestamp: str) -> dict:
+    """u2 looks at the pricing page."""
+    return {
+        "type": "page", "userId": "u2", "messageId": message_id, "timestamp": timestamp,
+        "properties": {"path": "/pricing"},
+    }
+
+
 EVENTS = [
     {
         "type": "track",
@@ -23,34 +32,10 @@ EVENTS = [
         "timestamp": "2026-01-05T10:00:00Z",
         "properties": {"product_id": "p1", "price": 20},
     },
-    {
-        "type": "page",
-        "userId": "u2",
-        "messageId": "p1",
-        "timestamp": "2026-01-05T10:00:00Z",
-        "properties": {"path": "/pricing"},
-    },
-    {
-        "type": "page",
-        "userId": "u2",
-        "messageId": "p2",
-        "timestamp": "2026-01-05T10:01:00Z",
-        "properties": {"path": "/pricing"},
-    },
-    {
-        "type": "page",
-        "userId": "u2",
-        "messageId": "p3",
-        "timestamp": "2026-01-05T10:02:00+01:00",
-        "properties": {"path": "/pricing"},
-    },
-    {
-        "type": "page",
-        "userId": "u2",
-        "messageId": "p4",
-        "timestamp": "2026-01-05T10:03:00Z",
-        "properties": {"path": "/pricing"},
-    },
+    pricing_view("p1", "2026-01-05T10:00:00Z"),
+    pricing_view("p2", "2026-01-05T10:01:00Z"),
+    pricing_view("p3", "2026-01-05T10:02:00+01:00"),  # 09:02 UTC
+    pricing_view("p4", "2026-01-05T10:03:00Z"),
 ]
 
 
