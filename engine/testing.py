@@ -323,10 +323,14 @@ class ChildProcess:
             )
 
     async def wait_until(self, ready: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
-        """Until `ready()` is truthy; `ChildFailed` if the child exits first or `timeout_s` passes."""
+        """Until `ready()` (or the awaitable it returns) is truthy; `ChildFailed` if the child exits first or
+        `timeout_s` passes."""
 
-        def check() -> object:
-            if ready():  # a child that did its part and then exited still did it
+        async def check() -> bool:
+            result = ready()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:  # a child that did its part and then exited still did it
                 return True
             self.check_alive()
             return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from engine.clickhouse.kpis import parse_since
 from engine.clickhouse.sink import Sink
 from engine.commands.report import render, table
 from engine.config import Settings
+from engine.testing import ChildProcess, CommittedOffsets
 
 
 @pytest.mark.parametrize(("text", "ms"), [("30m", 1_800_000), ("24h", 86_400_000), ("7d", 604_800_000)])
@@ -80,40 +80,11 @@ async def test_sink_waits_for_a_server_that_is_down_and_stops_on_request() -> No
     await asyncio.wait_for(task, timeout=10)
 
 
-async def wait_until_committed(settings: Settings, group: str, total: int, proc, log: Path) -> None:  # type: ignore[no-untyped-def]
-    """Poll the group's committed clickstream offsets (bounded) until they cover `total` records. A consumer
-    that never joins the group reads them (Tansu drops the admin client's OffsetFetch)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from engine.clickhouse.sink import bootstrap_servers
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings), group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + 30
-        topic = settings.topic("clickstream")
-        while True:
-            done = 0
-            for p in range(settings.partitions):
-                done += await consumer.committed(TopicPartition(topic, p)) or 0
-            if done >= total:
-                return
-            assert proc.poll() is None, log.read_text()
-            assert asyncio.get_running_loop().time() < deadline, f"sink committed {done}/{total}"
-            await asyncio.sleep(0.1)
-    finally:
-        await consumer.stop()
-
-
-async def wait_for_log(log: Path, text: str, count: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    """Until `text` appears `count` times in the shared log (each sink process writes its own line)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while log.read_text(errors="replace").count(text) < count:
-        assert proc.poll() is None, log.read_text()
-        assert asyncio.get_running_loop().time() < deadline, f"{text!r} not seen {count}x in {log}"
-        await asyncio.sleep(0.1)
+async def committed_clickstream(settings: Settings, group: str) -> int:
+    """How many clickstream records the group committed (read without joining it: see CommittedOffsets)."""
+    topic = settings.topic("clickstream")
+    async with CommittedOffsets(settings.bootstrap_servers, group) as offsets:
+        return sum((await offsets.of((topic, p) for p in range(settings.partitions))).values())
 
 
 @pytest.mark.integration
@@ -121,9 +92,6 @@ async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_not
     settings: Settings, tmp_path: Path
 ) -> None:
     import os
-    import signal
-    import subprocess
-    import sys
     import time
 
     import orjson
@@ -142,34 +110,22 @@ async def test_nudge_sink_killed_mid_stream_then_restarted_loses_and_doubles_not
                "timestamp": format_ts(now - total + i)}  # fmt: skip
         messages.append(Message(topics.CLICKSTREAM, doc["userId"].encode(), orjson.dumps(doc)))
     await produce(settings, messages)
-    nudge = str(Path(sys.executable).with_name("nudge"))
-    env = {**os.environ, **settings.env()}
     group = f"{settings.app_id}-sink"
-    log = tmp_path / "sink.log"
+    env = {**os.environ, **settings.env()}
+    sink = ChildProcess.nudge("nudge sink", ["sink", "--max-rows", "500"], env, tmp_path / "sink.log")
 
-    def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen([nudge, "sink", "--max-rows", "500"], env=env, stdout=out, stderr=out)
+    async def committed(count: int) -> bool:
+        return await committed_clickstream(settings, group) >= count
 
-    first = start()
-    try:
-        await wait_until_committed(settings, group, 1, first, log)  # some batches in, most not
-        first.send_signal(signal.SIGKILL)  # no flush, no commit of the batch in hand
-        first.wait(timeout=10)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    second = start()
-    try:
-        await wait_until_committed(settings, group, total, second, log)
+    with sink.start():
+        await sink.wait_until(lambda: committed(1), timeout_s=30, what="a first commit")  # some batches in
+        sink.kill()  # no flush, no commit of the batch in hand
+        sink.start()
+        await sink.wait_until(lambda: committed(total), timeout_s=30, what=f"{total} committed")
         # The first sink may have committed everything before it was killed: then the wait above returns at
         # once, and a SIGTERM during the second one's start-up (before its handler exists) would kill it.
-        await wait_for_log(log, "Successfully synced group", count=2, proc=second)
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if second.poll() is None:
-            second.kill()
+        await sink.wait_for_log("Successfully synced group", timeout_s=30)
+        assert sink.stop(grace_s=30) == 0, sink.log_text()
     client = connect(settings.clickhouse_dsn)
     try:
         assert client.query("SELECT count() FROM events FINAL").result_rows[0][0] == total
