@@ -94,6 +94,7 @@ class TopicRecord:
     key: bytes | None
     value: bytes
     arrived_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def json(self) -> Any:
         return orjson.loads(self.value)
@@ -176,7 +177,9 @@ class TopicReader:
                     self._take(tp.topic, tp.partition, message, now_ms)
 
     def _take(self, topic: str, partition: int, message: ConsumerRecord[bytes, bytes], now_ms: int) -> None:
-        record = TopicRecord(topic, partition, message.offset, message.key, message.value or b"", now_ms)
+        record = TopicRecord(
+            topic, partition, message.offset, message.key, message.value or b"", now_ms, tuple(message.headers)
+        )
         self.ends[(topic, partition)] = message.offset + 1
         if self.on_record is not None:
             self.on_record(record)

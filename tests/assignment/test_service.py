@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import time
-
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from engine.assignment.service import AssignmentService
 from engine.clickhouse.sink import ensure_topics
 from engine.config import Settings
 from engine.core.model import Action
 from engine.kafka import topics
+from engine.testing import TopicReader
 from tests.assignment.conftest import ManualClock, rep, roster
 
 pytestmark = pytest.mark.integration
 
 
 async def read_topic(settings: Settings, name: str, count: int, timeout_s: float = 20.0) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        settings.topic(name),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(values) < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            values += [record.value for records in batch.values() for record in records]
-    finally:
-        await consumer.stop()
-    return values
+    async with TopicReader.from_settings(settings, name) as reader:
+        await reader.wait_for(lambda: len(reader.records) >= count, timeout_s, f"{count} records on {name}")
+    return [record.value for record in reader.records]
 
 
 async def test_service_acks_over_http_and_publishes_sla_reassignments(settings: Settings, clock: ManualClock):

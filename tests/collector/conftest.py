@@ -1,22 +1,22 @@
 """Fixtures for the collector tests: a real collector on loopback (in its own thread, so the synchronous SDKs
-can call it from the test), and a reader of the real clickstream topic."""
+can call it from the test), and a reader of the real clickstream topic (`engine.testing.TopicReader`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.collector.app import create_app
 from engine.config import Settings
 from engine.kafka.topics import CLICKSTREAM
+from engine.testing import TopicReader, wait_until
 
 WRITE_KEY = "wk-test-1"
 
@@ -80,39 +80,13 @@ class Record:
 
 
 async def read_clickstream_records(settings: Settings, expect: int, timeout_s: float, settle_s: float) -> list[Record]:
-    topic = settings.topic(CLICKSTREAM)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        partitions: set[int] | None = None
-        while partitions is None and loop.time() < deadline:
-            if topic in await consumer.topics():  # topics() refreshes the cluster metadata
-                partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await asyncio.sleep(0.05)
-        if partitions is None:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Record] = []
-        quiet_until: float | None = None
-        while loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=100)
-            for tp, messages in batch.items():
-                records += [Record(m.key.decode(), orjson.loads(m.value), tp.partition) for m in messages]
-            if len(records) >= expect:
-                # Keep reading briefly so extra (duplicate) records would be seen too.
-                quiet_until = quiet_until or loop.time() + settle_s
-                if loop.time() >= quiet_until:
-                    break
-        return records
-    finally:
-        await consumer.stop()
+    """Every record of the clickstream topic once `expect` arrived and `settle_s` passed without more being
+    needed (so extra, duplicate records would be seen too); what arrived by `timeout_s` otherwise."""
+    async with TopicReader.from_settings(settings, CLICKSTREAM) as reader:
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: len(reader.records) >= expect, timeout_s, f"{expect} clickstream records")
+            await asyncio.sleep(settle_s)
+    return [Record(r.key.decode() if r.key else "", r.json(), r.partition) for r in reader.records]
 
 
 @pytest.fixture

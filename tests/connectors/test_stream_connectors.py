@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from connectors.base import ConnectorEnv
@@ -13,6 +12,7 @@ from connectors.redis_stream import RedisStreamConfig, RedisStreamConnector
 from connectors.rendering import Renderer
 from engine.config import Settings
 from engine.core.model import Action
+from engine.testing import TopicReader
 from tests.connectors.helpers import make_action
 
 pytestmark = pytest.mark.integration
@@ -29,17 +29,13 @@ async def test_kafka_connector_produces_the_action(settings: Settings) -> None:
         await connector.send(action)
     finally:
         await connector.close()
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        record = await consumer.getone()
-    finally:
-        await consumer.stop()
+    async with TopicReader(settings.bootstrap_servers, [topic]) as reader:
+        await reader.wait_for(lambda: reader.records, what="the action on the downstream topic")
+    [record] = reader.records
     assert record.key == action.lead_id.encode()
     assert Action.from_json(record.value) == action
     assert dict(record.headers)["action_id"] == action.action_id.encode()
+    assert dict(record.headers)["rule"] == action.rule.encode()
 
 
 async def test_redis_connector_xadds_to_the_stream(settings: Settings) -> None:
