@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from engine.clickhouse.client import connect
 from engine.clickhouse.rows import Record, to_row
 from engine.clickhouse.sink import Sink
 from engine.config import Settings
@@ -16,7 +17,8 @@ from engine.kafka import topics
 
 def test_a_row_outside_its_column_type_is_skipped_and_the_rest_written(tmp_path: Path) -> None:
     now = int(time.time() * 1000)
-    sink = Sink(Settings(clickhouse_dsn=f"chdb://{tmp_path / 'ch'}"))
+    client = connect(f"chdb://{tmp_path / 'ch'}")  # the sink's client: chDB allows one per path and process
+    sink = Sink(Settings(), connect_fn=lambda: client)
     rows = []
     for i in range(9):
         action = Action(f"act_{i}", "r", "v1", f"l{i}", now, (f"m{i}",), "email", "x", priority=i)
@@ -29,7 +31,6 @@ def test_a_row_outside_its_column_type_is_skipped_and_the_rest_written(tmp_path:
     try:
         sink._insert_isolating_bad_rows("actions", rows, "tok-1")
         sink._insert_isolating_bad_rows("actions", rows, "tok-1")  # a retry of the same batch: deduplicated
-        client = sink._open_client()
         stored = [r[0] for r in client.query("SELECT action_id FROM actions ORDER BY action_id").result_rows]
         assert stored == [f"act_{i}" for i in range(9)]
         after = REGISTRY.get_sample_value(
@@ -37,4 +38,4 @@ def test_a_row_outside_its_column_type_is_skipped_and_the_rest_written(tmp_path:
         )
         assert after - (before or 0) == 2  # once per attempt
     finally:
-        sink._drop_client()
+        client.close()
