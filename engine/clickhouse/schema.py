@@ -1,7 +1,7 @@
 """The ClickHouse schema, as versioned migrations. Append a new `Migration`; never edit one that has
 shipped.
 
-Why these choices (the README "ClickHouse" section says the same for operators):
+Why these choices (docs/clickhouse.md says the same for operators):
 - Every table is a `ReplacingMergeTree` whose ORDER BY ends in a natural unique key (message id; action id +
   step + attempt; the Kafka coordinates of a dead letter / lead update). A batch the sink inserts twice
   (crash between insert and offset commit, producer retries, a worker re-emitting an action after a restart)

@@ -133,6 +133,28 @@ class Sink:
         self.batches_committed = 0
         self.rows_written = 0  # rows ClickHouse accepted (a re-inserted batch counts again)
 
+    # --- what tests and operators may observe ----------------------------------------------------------
+
+    @property
+    def records_in_hand(self) -> int:
+        """Records read but not yet written (the open batch)."""
+        return self._batch.records
+
+    @property
+    def holding_back(self) -> bool:
+        """Whether fetched records wait outside the batch (ClickHouse is slow or down: back-pressure)."""
+        return bool(self._held)
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this sink consumes now (empty before it joined its group)."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether fetching is paused (a batch ClickHouse has not taken is held)."""
+        return self._consumer is not None and bool(self._consumer.paused())
+
     # --- ClickHouse ---------------------------------------------------------------------------------------
 
     def _open_client(self) -> Client:
@@ -160,7 +182,7 @@ class Sink:
         metrics.CLICKHOUSE_ROWS.labels(table).inc(len(rows))
         self.rows_written += len(rows)
 
-    def _insert_isolating_bad_rows(self, table: str, rows: list[list[Any]], token: str) -> None:
+    def insert_rows(self, table: str, rows: list[list[Any]], token: str) -> None:
         """Insert; if the client cannot encode some rows (a value outside its column type), bisect to find
         them, skip and count them, and insert the rest. Sub-inserts get derived tokens, so a retry stays
         idempotent. Transport and server errors propagate (they are retried whole)."""
@@ -175,8 +197,8 @@ class Sink:
                 metrics.SINK_SKIPPED.labels(table, "rejected_row").inc()
                 return
             middle = len(rows) // 2
-            self._insert_isolating_bad_rows(table, rows[:middle], f"{token}:a")
-            self._insert_isolating_bad_rows(table, rows[middle:], f"{token}:b")
+            self.insert_rows(table, rows[:middle], f"{token}:a")
+            self.insert_rows(table, rows[middle:], f"{token}:b")
 
     async def _insert_with_retry(self, batch: Batch, table: str, stop: asyncio.Event) -> bool:
         """Insert until accepted (True), or until stopping or a rebalance takes the batch away (False)."""
@@ -184,7 +206,7 @@ class Sink:
         delay = self.backoff_initial_s
         while True:
             try:
-                await asyncio.to_thread(self._insert_isolating_bad_rows, table, rows, token)
+                await asyncio.to_thread(self.insert_rows, table, rows, token)
                 return True
             except ClickHouseUnavailable as exc:
                 if is_embedded(self.settings.clickhouse_dsn) and "another process" in str(exc):

@@ -50,10 +50,10 @@ async def test_clickhouse_down_back_pressure_then_no_loss(settings: Settings) ->
                 lambda: _errors("events") >= errors_before + 4, timeout_s=30, what="insert retries"
             )
             # Back-pressure: one batch in memory, nothing committed, nothing more consumed.
-            assert 0 < sink._batch.records <= 300
+            assert 0 < sink.records_in_hand <= 300
             assert sink.batches_committed == 0
             await asyncio.sleep(0.5)
-            assert sink._batch.records <= 300 and not sink._held
+            assert sink.records_in_hand <= 300 and not sink.holding_back
 
             client.command("RENAME TABLE events_offline TO events")
             await wait_until(

@@ -29,8 +29,8 @@ def test_a_row_outside_its_column_type_is_skipped_and_the_rest_written(tmp_path:
         "nudge_sink_skipped_records_total", {"topic": "actions", "reason": "rejected_row"}
     )
     try:
-        sink._insert_isolating_bad_rows("actions", rows, "tok-1")
-        sink._insert_isolating_bad_rows("actions", rows, "tok-1")  # a retry of the same batch: deduplicated
+        sink.insert_rows("actions", rows, "tok-1")
+        sink.insert_rows("actions", rows, "tok-1")  # a retry of the same batch: deduplicated
         stored = [r[0] for r in client.query("SELECT action_id FROM actions ORDER BY action_id").result_rows]
         assert stored == [f"act_{i}" for i in range(9)]
         after = REGISTRY.get_sample_value(

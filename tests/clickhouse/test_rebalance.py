@@ -47,14 +47,14 @@ async def test_a_second_sink_joining_mid_stream(settings: Settings) -> None:
         tasks.append(asyncio.create_task(sinks[1].run(stops[1])))
 
         def split() -> bool:
-            owned = [s._consumer.assignment() if s._consumer else set() for s in sinks]
+            owned = [s.assignment for s in sinks]
             return all(owned) and not owned[0] & owned[1]
 
         await wait_until(split, timeout_s=30, what="the group to split the partitions between the sinks")
         await produce(settings, _events(2000, 2000, now))
         await wait_until(lambda: stored() == 4000, timeout_s=60, what="all 4000 events")
         await wait_until(
-            lambda: all(s._batch.records == 0 for s in sinks) and sinks[1].batches_committed > 0,
+            lambda: all(s.records_in_hand == 0 for s in sinks) and sinks[1].batches_committed > 0,
             timeout_s=30,
             what="both sinks to commit",
         )
@@ -81,11 +81,11 @@ async def test_rebalance_while_clickhouse_refuses(settings: Settings) -> None:
     try:
         await produce(settings, _events(0, 1500, now))
         await wait_until(
-            lambda: sinks[0]._batch.records > 0 and bool(sinks[0]._consumer.paused()), 30, "a held batch"
+            lambda: sinks[0].records_in_hand > 0 and sinks[0].paused, 30, "a held batch"
         )
         tasks.append(asyncio.create_task(sinks[1].run(stops[1])))
         await wait_until(
-            lambda: all(s._consumer and s._consumer.assignment() for s in sinks),
+            lambda: all(s.assignment for s in sinks),
             30,
             "both sinks to own partitions",
         )
@@ -96,7 +96,7 @@ async def test_rebalance_while_clickhouse_refuses(settings: Settings) -> None:
 
         await wait_until(lambda: stored() == 1500, timeout_s=60, what="all 1500 events")
         assert int(client.query("SELECT uniqExact(message_id) FROM events").result_rows[0][0]) == 1500
-        await wait_until(lambda: all(s._batch.records == 0 for s in sinks), 30, "both sinks idle")
+        await wait_until(lambda: all(s.records_in_hand == 0 for s in sinks), 30, "both sinks idle")
         assert stored() == 1500
     finally:
         for stop in stops:

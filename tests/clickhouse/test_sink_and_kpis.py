@@ -94,7 +94,7 @@ async def ingested(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -
             timeout_s=60,
             what="every record in ClickHouse",
         )
-        await wait_until(lambda: second._batch.records == 0, timeout_s=10, what="the last batch to commit")
+        await wait_until(lambda: second.records_in_hand == 0, timeout_s=10, what="the last batch to commit")
         stop.set()
         await asyncio.wait_for(task, timeout=30)
         data.skipped = _skipped("clickstream") - skipped_before  # type: ignore[attr-defined]

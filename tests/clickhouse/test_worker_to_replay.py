@@ -90,7 +90,7 @@ async def test_worker_stream_lands_once_and_replay_reproduces_it(settings: Setti
                     f"extra {len(got - set(expected))}"
                     f"\nworker log:\n{worker.log_text()[-3000:]}"
                 ) from None
-            await wait_until(lambda: second._batch.records == 0, timeout_s=10, what="the last commit")
+            await wait_until(lambda: second.records_in_hand == 0, timeout_s=10, what="the last commit")
             assert first.rows_written > 0 and first.batches_committed == 1
             # No loss, no double count: each event and each fired action exactly once.
             assert count("SELECT count() FROM events FINAL") == len(events)

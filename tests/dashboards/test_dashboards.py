@@ -26,7 +26,7 @@ import engine.metrics  # noqa: F401  (registers every Nudge metric)
 
 from .queries import ROOT, alert_queries, dashboard_files, dashboard_queries, metric_names, panels
 
-GRAFANA_SCHEMA_VERSION = 41  # Grafana 11.6, as named in README "Operations"
+GRAFANA_SCHEMA_VERSION = 41  # Grafana 11.6, as named in docs/operations.md
 PROMETHEUS_OWN = {"up"}
 
 

@@ -57,7 +57,7 @@ def _parameters(function: Callable[..., Any]) -> list[str]:
 # --- the pins ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("distribution", ["faust-streaming", "aiokafka"])
+@pytest.mark.parametrize("distribution", ["faust-streaming", "mode-streaming", "aiokafka"])
 def test_installed_version_is_the_exact_pin(distribution: str) -> None:
     pins = _pins()
     assert distribution in pins, f"pin {distribution} exactly (==) in pyproject.toml: faust_ext uses its internals"
