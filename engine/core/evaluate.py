@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.facts import LeadView, apply_event, lead_view
-from engine.core.kinds.score import ScoreLogic
+from engine.core.kinds.score import ScoreLogic, ScoreSlot
 from engine.core.model import Action, Tick, make_action_id
 from engine.core.ruleset import Firing, Rule, RuleSet, Slot
 from engine.core.stages import MAX_STAGE_EVENTS, StageChange
@@ -38,9 +38,10 @@ def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
     top: list[dict[str, Any]] = []
     for rule in rules.score_rules:
         logic = rule.logic
-        if not isinstance(logic, ScoreLogic):
+        if type(logic) is not ScoreLogic:
             continue
-        slot = logic.load(state.rules.get(rule.key))
+        stored = state.rules.get(rule.key)
+        slot = None if stored is None else stored if type(stored) is ScoreSlot else logic.load(stored)
         value = round(logic.value_at(slot, now_ms), 2)
         scores[rule.id] = int(value) if value == int(value) else value  # the view shows 2 decimals
         stages[rule.id] = logic.stage_of(slot)
@@ -126,9 +127,12 @@ def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
 
 
 def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions: list[Action]) -> None:
-    while state.rules:
+    timed = rules.timed
+    while timed and state.rules:
         due: tuple[int, int, Rule] | None = None
         for key, slot in state.rules.items():
+            if key not in timed:
+                continue
             rule = rules.by_key[key]
             deadline = rule.logic.deadline(slot)
             if deadline is None or deadline > t or (deadline == t and not inclusive):
@@ -159,12 +163,13 @@ def _show_event(
     for rule in rules.for_event(event.type, event.name):
         if rule is skip:
             continue
-        slot = state.rules.get(rule.key)
+        key = rule.key
+        slot = stored = state.rules.get(key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
         logic = rule.logic
         new_slot: Slot | None
-        if isinstance(logic, ScoreLogic):
+        if type(logic) is ScoreLogic:
             new_slot, firings, change = logic.step(rule, slot, ctx)
             if change is not None:
                 changes.append((rule, change))
@@ -172,7 +177,11 @@ def _show_event(
                 ctx.lead_changed()  # the view shows scores and stages
         else:
             new_slot, firings = logic.on_event(rule, slot, ctx)
-        _store(state, rule, new_slot)
+        if new_slot is not stored:  # (inline: this runs for every rule an event may concern)
+            if new_slot is None:
+                del state.rules[key]
+            else:
+                state.rules[key] = new_slot
         for firing in firings:
             _emit(rule, state, firing, ctx.lead, actions)
 
@@ -195,35 +204,20 @@ def _apply_event(
 def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
     """The lead's pending deadlines, sorted, deduplicated (what `Evaluation.deadlines` holds); the worker calls
     it on stored states to rebuild its deadline index. Does not change `state`."""
-    deadlines = set()
+    timed = rules.timed
+    deadlines: list[int] = []
     for key, slot in state.rules.items():
-        rule = rules.by_key.get(key)
-        if rule is not None and rule.enabled:
-            deadline = rule.logic.deadline(slot)
+        if key in timed:
+            deadline = rules.by_key[key].logic.deadline(slot)
             if deadline is not None:
-                deadlines.add(deadline)
-    return sorted(deadlines)
-
-
-def _own_slots(rules: RuleSet, state: LeadState) -> None:
-    """Drop the slots of rules that are gone or disabled (state cannot outlive its rules), and have each kind
-    read its slots still in stored JSON form (a state fresh from `from_bytes`) once, not on every access."""
-    stale: list[str] | None = None
-    slots = state.rules
-    for key, slot in slots.items():
-        rule = rules.by_key.get(key)
-        if rule is None or not rule.enabled:
-            stale = [key] if stale is None else [*stale, key]
-        elif type(slot) is list or type(slot) is dict:
-            typed = rule.logic.load(slot)
-            if typed is not None:
-                slots[key] = typed  # replaces a value: the dict's size does not change
-    for key in stale or ():
-        del slots[key]
+                deadlines.append(deadline)
+    return sorted(set(deadlines)) if len(deadlines) > 1 else deadlines  # most leads have none or one
 
 
 def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
     """A gate is kept only while it can still block a firing (cooldown running, or fires counted today)."""
+    if not state.gates:
+        return
     for key in list(state.gates):
         rule = rules.by_key.get(key)
         last = state.gates[key][0]
@@ -267,7 +261,7 @@ def evaluate(
         work = state
     else:
         work = state.copy()
-    _own_slots(rules, work)
+    work.read_slots(rules)
     actions: list[Action] = []
     updates: list[dict[str, Any]] = []
     if isinstance(item, Tick):

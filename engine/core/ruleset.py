@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 # stored before slots were typed).
 StoredSlot: TypeAlias = list[Any] | dict[str, Any]
 
-# One rule's per-lead state. Each kind's slot is an immutable tuple (a NamedTuple, or a tuple of them) whose plain
-# tuple form is its stored JSON array, so `LeadState.to_bytes` encodes it with no per-kind code and no field names.
+# One rule's per-lead state, in its kind's type. Slots are NamedTuples (a tuple subclass where the length is the
+# rule's), not dataclasses: immutable like the JSON values they replaced (the core never changes a slot, so state
+# copies share them), and their plain tuple form is their stored JSON array, so `LeadState.to_bytes` writes them
+# with no field names and no per-kind code. Entries repeated inside a slot are plain typed tuples: a NamedTuple
+# costs several times a tuple to build and to read back from JSON, on the worker's hot path. A frozen slotted
+# dataclass would need a per-kind encoder and cost more to build than either.
 Slot: TypeAlias = "AbsenceSlot | CountWindow | SumWindow | SequenceSlot | ScoreSlot | StoredSlot"
 
 
@@ -46,6 +50,19 @@ class Firing:
     action: ActionSpec | None = None  # overrides the rule's action (score thresholds)
     details: dict[str, Any] | None = None  # kind-specific facts for templates (context["trigger"])
 
+    @classmethod
+    def at_event(
+        cls,
+        t: int,
+        key: str,
+        trigger: tuple[str, ...],
+        explanation: str,
+        details: dict[str, Any],
+        action: ActionSpec | None = None,
+    ) -> Firing:
+        """A firing caused by the event at `t`: it fires at `t`, which is also its trigger time."""
+        return cls(t, key, trigger, t, explanation, action, details)
+
 
 class RuleLogic(Protocol):
     """One rule kind's semantics over that rule's slot of per-lead state (`LeadState.rules[rule.key]`).
@@ -64,6 +81,11 @@ class RuleLogic(Protocol):
 
     def on_event(self, rule: Rule, slot: Slot | None, ctx: MatchContext) -> tuple[Slot | None, list[Firing]]:
         """The event `ctx.event` (one this rule's matchers may care about) seen by the rule."""
+        ...
+
+    @property
+    def has_deadlines(self) -> bool:
+        """False for kinds that act only on events: `evaluate` then never asks for their deadline."""
         ...
 
     def deadline(self, slot: Slot | None) -> int | None:
@@ -152,6 +174,7 @@ class RuleSet:
     by_key: Mapping[str, Rule] = field(default_factory=dict)
     score_rules: tuple[Rule, ...] = ()
     order: Mapping[str, int] = field(default_factory=dict)  # state key -> position among active rules
+    timed: frozenset[str] = frozenset()  # state keys of the active rules whose kind has deadlines
     _dispatch: dict[tuple[str, str | None], tuple[Rule, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -169,6 +192,7 @@ class RuleSet:
             by_key=_unique_keys(rules),
             score_rules=tuple(r for r in active if r.kind == "score"),
             order={r.key: i for i, r in enumerate(active)},
+            timed=frozenset(r.key for r in active if r.logic.has_deadlines),
         )
 
     def __len__(self) -> int:

@@ -33,14 +33,16 @@ class LeadState:
     - `to_bytes()` is compact JSON: typed slots are written as arrays, without field names.
       `from_bytes(to_bytes())` gives an equal state (`==` compares the stored form). `from_bytes` leaves each
       slot in its stored JSON form, because only the rule set knows which kind a slot belongs to; `evaluate`
-      has the kinds read them (`RuleLogic.load`, which also reads the score slots of states stored before slots
-      were typed). `from_bytes` raises `orjson.JSONDecodeError` (a `ValueError`) on bytes that are not JSON.
+      has the kinds read them when needed (`RuleLogic.load`, which also reads the layouts stored before slots
+      were typed: score slots as objects, threshold windows as lists of entries), and a slot no rule touched is
+      written back as it was read. `from_bytes` raises `orjson.JSONDecodeError` (a `ValueError`) on bytes that
+      are not JSON.
     - Mutable only inside `evaluate`, on a private copy (or on a state the caller handed over with
       `reuse_state=True`); treat instances you receive as immutable. `copy()` is independent for everything the
       core changes: facts are deep-copied; slots are immutable values and are shared.
     """
 
-    __slots__ = ("facts", "gates", "lead_id", "rules")
+    __slots__ = ("_read_for", "facts", "gates", "lead_id", "rules")
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class LeadState:
         self.facts: dict[str, Any] = facts if facts is not None else {}
         self.rules: dict[str, Slot] = rules if rules is not None else {}
         self.gates: dict[str, list[int]] = gates if gates is not None else {}
+        self._read_for: RuleSet | None = None  # the rule set `read_slots` last prepared these slots for
 
     def _doc(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"id": self.lead_id}
@@ -83,7 +86,28 @@ class LeadState:
     def copy(self) -> LeadState:
         facts: dict[str, Any] = orjson.loads(orjson.dumps(self.facts))
         gates = {key: list(gate) for key, gate in self.gates.items()}
-        return LeadState(self.lead_id, facts, dict(self.rules), gates)
+        copy = LeadState(self.lead_id, facts, dict(self.rules), gates)
+        copy._read_for = self._read_for
+        return copy
+
+    def read_slots(self, rules: RuleSet) -> None:
+        """Drop the slots of rules that are gone from `rules` or disabled (state cannot outlive its rules), and
+        have the kinds with deadlines read their slots still in stored JSON form (`RuleLogic.load`) once, as every
+        step asks them for their deadlines. Other slots are read when their rule first sees an event (and stored
+        typed by `evaluate`); a slot no event touches is written back as it was read, with no work.
+        `evaluate` calls this on the state it works on; it changes how a slot is held, never its value."""
+        if self._read_for is rules:
+            return  # done for this rule set, whose rules add only typed slots of their own
+        slots, by_key, timed = self.rules, rules.by_key, rules.timed
+        stale = [key for key in slots if (rule := by_key.get(key)) is None or not rule.enabled]
+        for key in stale:
+            del slots[key]
+        for key, slot in slots.items():
+            if key in timed and (type(slot) is list or type(slot) is dict):
+                typed = by_key[key].logic.load(slot)
+                if typed is not None:
+                    slots[key] = typed  # replaces a value: the dict's size does not change
+        self._read_for = rules
 
     def slot(self, rule: Rule) -> Slot | None:
         """This rule's slot, read into its kind's type (None: nothing pending)."""

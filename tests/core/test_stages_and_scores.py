@@ -235,7 +235,7 @@ def test_merge_keeps_the_higher_stage_and_the_best_contributions() -> None:
     merged = known.merge(anonymous, ruleset)
     slot = merged.slot(ruleset.rules[0])
     assert slot.stage == "sql" and slot.value == 10
-    assert [entry.message_id for entry in slot.top] == ["k1"]
+    assert [message_id for message_id, *_ in slot.top] == ["k1"]
 
 
 def test_day_boundaries_reset_caps() -> None:

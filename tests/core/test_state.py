@@ -7,8 +7,8 @@ import pytest
 from engine.core import LeadState, Tick, build_view, evaluate, pending_deadlines
 from engine.core.kinds.absence import AbsenceSlot
 from engine.core.kinds.score import ScoreSlot
-from engine.core.kinds.sequence import Chain, SequenceSlot
-from engine.core.kinds.threshold import Amount, CountWindow, Hit, SumWindow
+from engine.core.kinds.sequence import SequenceSlot
+from engine.core.kinds.threshold import CountWindow, SumWindow
 from tests.core.helpers import at, identify, page, rules, run, track
 
 ALL_KINDS = rules(
@@ -43,7 +43,8 @@ BEFORE = [
 ]
 AFTER = [track("Checkout Started", 5), page("/pricing", 6), track("Product Added", 7, price=400), Tick(at(40))]
 
-# The state after BEFORE, as the worker stored it before slots were typed (score slot as a JSON object).
+# The state after BEFORE, as the worker stored it before slots were typed (score slot as a JSON object, threshold
+# windows as lists of entries).
 STORED_BEFORE_TYPED_SLOTS = (
     b'{"id":"u1","f":{"tr":{"plan":"pro"},"ss":1767600000000,"sp":2,"fs":1767600000000,"ls":1767600240000,'
     b'"rc":["identify","Product Added","/pricing","/docs","Product Added"],"pt":1767600180000,'
@@ -60,13 +61,13 @@ STORED_BEFORE_TYPED_SLOTS = (
 def test_each_kind_keeps_a_typed_slot() -> None:
     state, _ = run(ALL_KINDS, BEFORE)
     assert state.slot(CART) == AbsenceSlot(at(1), "pro-1-u1", at(4) - at(1), "pro-4-u1", 2)
-    assert state.slot(HOT) == CountWindow((Hit(at(2), "page-2-u1"), Hit(at(3), "page-3-u1")))
-    assert state.slot(SPEND) == SumWindow((Amount(at(1), "pro-1-u1", 120), Amount(at(4), "pro-4-u1", 99.5)))
-    assert state.slot(FUNNEL) == SequenceSlot((Chain(at(4), ("pro-4-u1",)), Chain(at(1), ("pro-1-u1", "page-3-u1"))))
+    assert state.slot(HOT) == CountWindow((at(2), at(3)), ("page-2-u1", "page-3-u1"))
+    assert state.slot(SPEND) == SumWindow((at(1), at(4)), ("pro-1-u1", "pro-4-u1"), (120, 99.5))
+    assert state.slot(FUNNEL) == SequenceSlot(((at(4), ("pro-4-u1",)), (at(1), ("pro-1-u1", "page-3-u1"))))
     score = state.slot(SCORE)
     assert isinstance(score, ScoreSlot)
-    assert score.stage == "mql" and [c.message_id for c in score.top] == ["pro-4-u1", "pro-1-u1", "page-3-u1"]
-    assert [(cap.entry, cap.used) for cap in score.caps] == [(0, 10)]
+    assert score.stage == "mql" and [c[0] for c in score.top] == ["pro-4-u1", "pro-1-u1", "page-3-u1"]
+    assert score.caps == ((0, at(0) // 86_400_000, 10),)
 
 
 def test_the_stored_form_round_trips_and_is_no_larger_than_before() -> None:
@@ -75,7 +76,7 @@ def test_the_stored_form_round_trips_and_is_no_larger_than_before() -> None:
     again = LeadState.from_bytes(stored)
     assert again == state and again.to_bytes() == stored
     assert all(again.slot(rule) == state.slot(rule) for rule in ALL_KINDS.rules)
-    assert len(stored) <= len(STORED_BEFORE_TYPED_SLOTS) - 20  # the score slot lost its field names
+    assert len(stored) <= len(STORED_BEFORE_TYPED_SLOTS) - 20  # no field names in the score slot, windows as columns
 
 
 def test_a_state_stored_before_slots_were_typed_reads_as_the_same_state() -> None:
@@ -96,12 +97,32 @@ def test_a_state_stored_before_slots_were_typed_reads_as_the_same_state() -> Non
     assert merged.slot(SCORE).value == 2 * typed.slot(SCORE).value
 
 
+def test_slots_no_rule_touches_are_written_back_as_they_were_read() -> None:
+    old = LeadState.from_bytes(STORED_BEFORE_TYPED_SLOTS)
+    result = evaluate(ALL_KINDS, old, identify(4.5, plan="business"))  # no rule cares about identify
+    assert result.state.to_json()["r"] == old.to_json()["r"]
+
+
 def test_a_slot_of_the_wrong_layout_is_refused_not_misread() -> None:
-    state = LeadState("u1", rules={CART.key: [1, "m"], SCORE.key: "nonsense"})
+    state = LeadState("u1", rules={CART.key: [1, "m"], SCORE.key: "nonsense", HOT.key: [[1], ["a"], [2]]})
     with pytest.raises(ValueError, match="not an absence slot"):
         evaluate(ALL_KINDS, state, track("Product Added", 1))
     with pytest.raises(ValueError, match="not a score slot"):
         state.slot(SCORE)
+    with pytest.raises(ValueError, match="not a threshold:count slot"):
+        state.slot(HOT)
+
+
+def test_windows_of_either_stored_layout_with_one_or_two_entries_read_right() -> None:
+    # columns and the older list of entries look alike when short: [[t], [id]] vs [[t, id], [t, id]]
+    assert HOT.logic.load([[5], ["a"]]) == CountWindow((5,), ("a",))
+    assert HOT.logic.load([[5, "a"]]) == CountWindow((5,), ("a",))
+    assert HOT.logic.load([[5, 6], ["a", "b"]]) == CountWindow((5, 6), ("a", "b"))
+    assert HOT.logic.load([[5, "a"], [6, "b"]]) == CountWindow((5, 6), ("a", "b"))
+    assert SPEND.logic.load([[5], ["a"], [1.5]]) == SumWindow((5,), ("a",), (1.5,))
+    assert SPEND.logic.load([[5, "a", 1.5], [6, "b", 2], [7, "c", 3]]) == SumWindow(
+        (5, 6, 7), ("a", "b", "c"), (1.5, 2, 3)
+    )
 
 
 def test_copies_share_no_mutable_part_with_the_original() -> None:

@@ -19,6 +19,10 @@ class EventDriven:
 
     __slots__ = ()
 
+    @property
+    def has_deadlines(self) -> bool:
+        return False
+
     def deadline(self, slot: Slot | None) -> int | None:
         return None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from engine.core.kinds import EventDriven
 from engine.core.predicates import MatchContext, Matcher
@@ -16,21 +16,13 @@ TOP = 3  # contributions kept per lead for explanations (state must stay under 1
 MAX_ID = 17  # characters of a message id kept in state
 
 
-class Contribution(NamedTuple):
-    """One of the `TOP` events that contributed most to the score now; stored as a 4-item array."""
-
-    message_id: str  # at most MAX_ID characters (see the module docstring)
-    entry: int  # index of the points entry that matched (the largest one, when several did)
-    points: float  # the event's points (all entries that matched it, after daily caps)
-    age_s: int  # event time, in seconds before the slot's at_ms
-
-
-class DailyCap(NamedTuple):
-    """Points a capped entry has used on one UTC day (event time); stored as `[entry, day, used]`."""
-
-    entry: int
-    day: int
-    used: float
+# The entries repeated inside the slot are plain typed tuples (see `Slot` in engine/core/ruleset.py).
+# One of the `TOP` events that contributed most to the score now: (message id, at most MAX_ID characters; index of
+# the points entry that matched, the largest one when several did; the event's points, after daily caps; its
+# event time in seconds before the slot's at_ms).
+Contribution: TypeAlias = tuple[str, int, float, int]
+# Points a capped entry has used on one UTC day of event time: (entry index, day number, points used).
+DailyCap: TypeAlias = tuple[int, int, float]
 
 
 class ScoreSlot(NamedTuple):
@@ -110,16 +102,14 @@ class ScoreLogic(EventDriven):
             return slot
         if type(slot) is list and len(slot) == len(ScoreSlot._fields):
             value, at_ms, stage, top, caps = slot
-            return ScoreSlot(
-                value, at_ms, stage, tuple(Contribution(*c) for c in top), tuple(DailyCap(*c) for c in caps)
-            )
+            return ScoreSlot(value, at_ms, stage, tuple(map(tuple, top)), tuple(map(tuple, caps)))
         if type(slot) is dict:  # the format before typed slots
             return ScoreSlot(
                 slot["v"],
                 slot["t"],
                 slot.get("s"),
-                tuple(Contribution(*c) for c in slot.get("x", ())),
-                tuple(DailyCap(int(entry), day, used) for entry, (day, used) in slot.get("c", {}).items()),
+                tuple(map(tuple, slot.get("x", ()))),
+                tuple((int(entry), day, used) for entry, (day, used) in slot.get("c", {}).items()),
             )
         raise ValueError(f"not a score slot: {slot!r}")
 
@@ -148,7 +138,7 @@ class ScoreLogic(EventDriven):
         return points
 
     def _weight(self, entry: Contribution) -> tuple[float, float]:
-        points, t = entry.points, -entry.age_s  # ranked within one slot: seconds before at_ms, negated, like times
+        points, t = entry[2], -entry[3]  # ranked within one slot: seconds before at_ms, negated, like times
         if not points:
             return (-math.inf, t)
         if self.half_life_ms:
@@ -182,13 +172,13 @@ class ScoreLogic(EventDriven):
             kept = []
         else:
             shift = (t - slot.at_ms) // 1000
-            kept = [Contribution(m, i, p, age + shift) for m, i, p, age in slot.top] if shift else list(slot.top)
+            kept = [(m, i, p, age + shift) for m, i, p, age in slot.top] if shift else list(slot.top)
         if points:
             event = ctx.event
             message_id = event.message_id
             if len(message_id) > MAX_ID:
                 message_id = "~" + message_id[1 - MAX_ID :]
-            kept.append(Contribution(message_id, index, _clean(points), (t - event.timestamp_ms) // 1000))
+            kept.append((message_id, index, _clean(points), (t - event.timestamp_ms) // 1000))
             kept.sort(key=self._weight, reverse=True)
         return tuple(kept[:TOP])
 
@@ -200,7 +190,7 @@ class ScoreLogic(EventDriven):
         self, rule: Rule, slot: Slot | None, ctx: MatchContext
     ) -> tuple[ScoreSlot | None, list[Firing], StageChange | None]:
         """`on_event`, and the stage change the event caused (for `evaluate` to publish), if any."""
-        old = self.load(slot)
+        old = None if slot is None else slot if type(slot) is ScoreSlot else self.load(slot)  # (no call: hot path)
         t = ctx.event.timestamp_ms
         day = t // DAY_MS
         caps: dict[int, DailyCap] | None = None  # copied from the slot on first use
@@ -214,12 +204,12 @@ class ScoreLogic(EventDriven):
             points = entry.points
             if entry.daily_cap is not None:
                 if caps is None:
-                    caps = {} if old is None else {cap.entry: cap for cap in old.caps}
+                    caps = {} if old is None else {cap[0]: cap for cap in old.caps}
                 cap = caps.get(index)
-                used = cap.used if cap is not None and cap.day == day else 0
+                used = cap[2] if cap is not None and cap[1] == day else 0
                 room = max(0.0, entry.daily_cap - used)
                 points = min(points, room) if points >= 0 else max(points, -room)
-                caps[index] = DailyCap(index, day, _clean(used + abs(points)))
+                caps[index] = (index, day, _clean(used + abs(points)))
             total += points
             if best < 0 or abs(points) > abs(best_points):
                 best, best_points = index, points
@@ -239,9 +229,8 @@ class ScoreLogic(EventDriven):
         stage, reached = self.ladder.by_score(old_stage, previous, value)
         reason = f"score {round(value, 2):g} reached {stage} at {reached:g}" if reached is not None else ""
         stage, reason = self._event_moves(moves, ctx, stage, reason)
-        if caps is None:
-            caps = {} if old is None else {cap.entry: cap for cap in old.caps}
-        new = ScoreSlot(stored, at_ms, stage, top, tuple(cap for cap in caps.values() if cap.day == day))
+        kept_caps = caps.values() if caps is not None else () if old is None else old.caps
+        new = ScoreSlot(stored, at_ms, stage, top, tuple([cap for cap in kept_caps if cap[1] == day]))
         firings = [
             self._firing(ctx, threshold, previous, value, stage, new)
             for threshold in self.thresholds
@@ -254,15 +243,14 @@ class ScoreLogic(EventDriven):
         return new, firings, change
 
     def _stage_firing(self, change: StageChange, spec: ActionSpec, slot: ScoreSlot) -> Firing:
-        return Firing(
-            at_ms=change.at_ms,
-            key=f"stage:{change.new}:{change.at_ms}:{change.message_id}",
-            trigger=(change.message_id,),
-            trigger_time_ms=change.at_ms,
-            explanation=f"lead moved from {change.old or 'no stage'} to {change.new}: {change.reason}"
+        return Firing.at_event(
+            change.at_ms,
+            f"stage:{change.new}:{change.at_ms}:{change.message_id}",
+            (change.message_id,),
+            f"lead moved from {change.old or 'no stage'} to {change.new}: {change.reason}"
             + self.explain_top(slot, change.at_ms),
+            {"stage_change": {"from": change.old, "to": change.new, "reason": change.reason}},
             action=spec,
-            details={"stage_change": {"from": change.old, "to": change.new, "reason": change.reason}},
         )
 
     def _event_moves(
@@ -301,12 +289,11 @@ class ScoreLogic(EventDriven):
             f"(message {event.message_id}), "
             f"crossing {threshold.name} at {threshold.at:g}"
         ) + self.explain_top(slot, event.timestamp_ms)
-        return Firing(
-            at_ms=event.timestamp_ms,
-            key=f"{threshold.name}:{event.timestamp_ms}:{event.message_id}",
-            trigger=(event.message_id,),
-            trigger_time_ms=event.timestamp_ms,
-            explanation=text,
+        return Firing.at_event(
+            event.timestamp_ms,
+            f"{threshold.name}:{event.timestamp_ms}:{event.message_id}",
+            (event.message_id,),
+            text,
             action=threshold.action,
             details={
                 "threshold": threshold.name,
@@ -333,8 +320,6 @@ class ScoreLogic(EventDriven):
         known = [s for s in (a.stage, b.stage) if ladder.rank(s) >= 0]
         current = max(known, key=ladder.rank) if known else None
         stage, _ = ladder.by_score(current, -math.inf, value)
-        rebased = [
-            Contribution(m, i, p, age + (t - part.at_ms) // 1000) for part in (a, b) for m, i, p, age in part.top
-        ]
+        rebased = [(m, i, p, age + (t - part.at_ms) // 1000) for part in (a, b) for m, i, p, age in part.top]
         top = tuple(sorted(rebased, key=self._weight, reverse=True)[:TOP])
         return ScoreSlot(value, t, stage, top)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TypeAlias
 
 from engine.core.durations import format_duration
 from engine.core.kinds import EventDriven
@@ -11,12 +11,9 @@ from engine.core.predicates import MatchContext, Matcher
 from engine.core.ruleset import Firing, Rule, Slot
 from engine.events import format_ts
 
-
-class Chain(NamedTuple):
-    """A partial chain: when its first step matched and the message ids of the steps matched so far."""
-
-    start_ms: int
-    message_ids: tuple[str, ...]
+# A partial chain: (start_ms: when its first step matched, the message ids of the steps matched so far); a plain
+# typed tuple, like every entry repeated inside a slot (see `Slot` in engine/core/ruleset.py).
+Chain: TypeAlias = tuple[int, tuple[str, ...]]
 
 
 class SequenceSlot(tuple[Chain | None, ...]):
@@ -51,11 +48,11 @@ class SequenceLogic(EventDriven):
         if slot is None or type(slot) is SequenceSlot:
             return slot
         if type(slot) is list and len(slot) == len(self.steps) - 1:
-            return SequenceSlot(None if c is None else Chain(c[0], tuple(c[1])) for c in slot)
+            return SequenceSlot([None if c is None else (c[0], tuple(c[1])) for c in slot])
         raise ValueError(f"not a {len(self.steps)}-step sequence slot: {slot!r}")
 
     def on_event(self, rule: Rule, slot: Slot | None, ctx: MatchContext) -> tuple[SequenceSlot | None, list[Firing]]:
-        kept = self.load(slot)
+        kept = None if slot is None else slot if type(slot) is SequenceSlot else self.load(slot)  # (no call: hot path)
         event = ctx.event
         t = event.timestamp_ms
         last = len(self.steps) - 1
@@ -63,21 +60,21 @@ class SequenceLogic(EventDriven):
             chains: list[Chain | None] = [None] * last
             changed = False
         else:
-            chains = [c if c is not None and t - c.start_ms <= self.within_ms else None for c in kept]
-            changed = any(c is None and k is not None for c, k in zip(chains, kept, strict=True))
+            chains = [c if c is not None and t - c[0] <= self.within_ms else None for c in kept]
+            changed = chains != list(kept)  # a chain ran out of time
         for k in range(last, 0, -1):
             previous = chains[k - 1]
-            if previous is None or t < previous.start_ms or not self.steps[k](ctx):
+            if previous is None or t < previous[0] or not self.steps[k](ctx):
                 continue
-            ids = (*previous.message_ids, event.message_id)
+            start, ids = previous[0], (*previous[1], event.message_id)
             if k == last:
-                return None, [self._firing(previous.start_ms, ids, t, event.message_id)]
+                return None, [self._firing(start, ids, t, event.message_id)]
             current = chains[k]
-            if current is None or current.start_ms <= previous.start_ms:
-                chains[k] = Chain(previous.start_ms, ids)
+            if current is None or current[0] <= start:
+                chains[k] = (start, ids)
                 changed = True
         if self.steps[0](ctx):
-            chains[0] = Chain(t, (event.message_id,))
+            chains[0] = (t, (event.message_id,))
             changed = True
         if not changed:
             return kept, []
@@ -89,14 +86,7 @@ class SequenceLogic(EventDriven):
             f"{steps} completed within {format_duration(self.within_ms)} "
             f"(from {format_ts(start)} to {format_ts(t)}; messages {', '.join(ids)})"
         )
-        return Firing(
-            at_ms=t,
-            key=f"{start}:{ids[0]}:{message_id}",
-            trigger=ids,
-            trigger_time_ms=t,
-            explanation=text,
-            details={"started_at": start, "steps": len(ids)},
-        )
+        return Firing.at_event(t, f"{start}:{ids[0]}:{message_id}", ids, text, {"started_at": start, "steps": len(ids)})
 
     @property
     def shape(self) -> str:
@@ -108,5 +98,5 @@ class SequenceLogic(EventDriven):
         if a is None or b is None:
             return a if b is None else b
         return SequenceSlot(
-            x if y is None or (x is not None and x.start_ms >= y.start_ms) else y for x, y in zip(a, b, strict=True)
+            x if y is None or (x is not None and x[0] >= y[0]) else y for x, y in zip(a, b, strict=True)
         )
