@@ -56,6 +56,10 @@ HANDOVERS = Counter(
     "that owns it, or nothing to move (the anonymous id had no state)",
     ["outcome"],
 )
+REPLAYED_INPUTS = Counter(
+    "nudge_worker_replayed_inputs_total",
+    "Input records skipped because the lead's stored state already reflects them (replayed after a crash)",
+)
 OUTPUT_ERRORS = Counter(
     "nudge_worker_output_errors_total",
     "Batches of worker output (lead-state changelog, actions, control records) the broker did not accept",

@@ -37,7 +37,14 @@ INTERNAL = {
         "engine.config",
         "engine.metrics",
     ),
-    "engine.worker.faust_ext": ("engine.worker.faust_ext", "engine.config", "engine.kafka", "engine.metrics"),
+    # `engine.worker.input_positions` is pure bookkeeping (no Faust) that the batched input applies.
+    "engine.worker.faust_ext": (
+        "engine.worker.faust_ext",
+        "engine.worker.input_positions",
+        "engine.config",
+        "engine.kafka",
+        "engine.metrics",
+    ),
     "engine.dispatch": (
         "engine.dispatch",
         "connectors",

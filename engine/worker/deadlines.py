@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 DEFAULT_MAX_FUTURE_SKEW_MS = 60_000
+NEVER_MS = -(2**62)  # a watermark before any deadline
 
 
 def wall_ms() -> int:
@@ -61,9 +62,17 @@ class EventClock:
             return now
         return self._max_event_ms + max(0, now - self._wall_at_max_ms)
 
-    def now_ms(self) -> int:
-        """The watermark: deadlines at or before it may fire."""
-        watermark = self._projected(self._wall()) - self.allowed_lateness_ms
+    def now_ms(self, caught_up: bool = True) -> int:
+        """The watermark: deadlines at or before it may fire. Only while `caught_up` (no input below the
+        partition's end offset is left unprocessed) does the clock run on wall time when events pause; otherwise
+        only events move it (and before the first one it stays where it was), so no deadline fires ahead of
+        input that is already in Kafka."""
+        if caught_up:
+            watermark = self._projected(self._wall()) - self.allowed_lateness_ms
+        elif self._max_event_ms is None:
+            return self._last_watermark_ms if self._last_watermark_ms is not None else NEVER_MS
+        else:
+            watermark = self._max_event_ms - self.allowed_lateness_ms
         if self._last_watermark_ms is not None and watermark < self._last_watermark_ms:
             return self._last_watermark_ms
         self._last_watermark_ms = watermark

@@ -21,11 +21,12 @@ from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
 from engine.kafka.partitioner import default_partition
 from engine.kafka.topics import dead_letter_record
+from engine.worker import stored_lead
 from engine.worker.app import NudgeApp
 from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
 from engine.worker.faust_ext.batched_input import WorkerInput
 from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
-from engine.worker.faust_ext.private_state import committed_offset, recovered_partitions
+from engine.worker.faust_ext.private_state import recovered_partitions
 from engine.worker.handovers import (
     BadHandoverRecord,
     HandoverRecord,
@@ -76,9 +77,14 @@ class LeadWorker:
     send.
 
     Commit: everything a batch produces (changelog, actions, lead updates, hand-over records, dead letters) goes
-    out through one `OutputBatch`, flushed before the batch is acknowledged to Faust (`WorkerInput.ack`). Faust
-    commits acknowledged offsets after flushing its producer: at-least-once. A crash replays the batch, and the
-    re-fired actions carry the same deterministic `action_id`, so delivery dedupes them.
+    out through one `OutputBatch` and is acknowledged by the broker, the changelog last, before the batch counts as
+    processed (`WorkerInput.processed`); the worker commits processed input offsets itself every
+    `broker_commit_interval` and when partitions are revoked. At-least-once, without doubles: a crash replays
+    the input since the last commit; each stored state carries the offsets it already reflects
+    (`stored_lead.Applied`), so a replayed record is skipped for a lead whose state has it, and is applied again
+    for a lead whose new state never reached the changelog, re-firing the same actions with the same
+    deterministic `action_id` (the dispatcher delivers each id once). Because the changelog goes out after the
+    actions, no stored state can reflect an action that was never sent.
 
     Back-pressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
     The loop yields to the event loop every `YIELD_EVERY_LEADS` leads so fetching and heartbeats go on.
@@ -92,7 +98,10 @@ class LeadWorker:
     Deadlines: every `settings.timer_interval_s`, and after each batch for the clocks it moved. Each partition
     this worker owns has its own event-time clock (`EventClock`) and `DeadlineIndex`: a partition that lags (a
     backlog after a restart, a slow producer) must not see its deadlines fired by another partition's later event
-    times, or an event that cancels a deadline would lose the race it wins in a replay. Due leads are evaluated
+    times, or an event that cancels a deadline would lose the race it wins in a replay. A partition's clock runs
+    on wall time only while the partition is caught up (`_refresh_caught_up`: everything below the highwater of
+    the consumer's last fetch is processed); until then only its events move it, so after an assignment no
+    deadline fires ahead of input that is already in Kafka. Due leads are evaluated
     with `Tick(watermark)` right here, under the lock, and their state written to the partition that holds them:
     no Kafka round trip per firing. A repeated tick is harmless (the core fires only deadlines still pending in
     the state, and removes them as it fires). After a rebalance or restart the indexes are rebuilt from the
@@ -117,6 +126,8 @@ class LeadWorker:
         self.indexes: dict[int, DeadlineIndex] = {}
         self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
         self.ready = False  # False while a rebalance is in progress: the table may be partial
+        self._caught_up: set[int] = set()  # owned partitions with nothing unprocessed below their highwater
+        self._last_commit = 0.0
         self._rule_kinds = {rule.id: rule.kind for rule in rules.rules}
         self._last_stats = 0.0
         self._handovers_topic = nudge.identity_handovers.get_topic_name()
@@ -199,6 +210,10 @@ class LeadWorker:
         partitions' clocks and indexes. Deadlines stop firing (`ready` is False) until the index is rebuilt."""
         async with self._state_lock:
             self.ready = False
+            self._caught_up.clear()
+            with contextlib.suppress(Exception):  # the group may be gone already: the next owner replays
+                await self.input.commit()
+            self.input.forget(list(revoked))
             for partition in {tp.partition for tp in revoked}:
                 self.indexes.pop(partition, None)
                 self.clocks.pop(partition, None)
@@ -221,7 +236,7 @@ class LeadWorker:
         self.indexes.clear()
         for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
-            state = self._decode_state(lead_id, raw)
+            state = self._decode_state(lead_id, stored_lead.decode(raw)[1])
             if state is not None:
                 self.index(partition).set(lead_id, partition, pending_deadlines(self.rules, state))
         self.ready = True
@@ -237,7 +252,7 @@ class LeadWorker:
             async for batch in self.input.batches(self.settings.batch_size, self.settings.batch_within_s):
                 metrics.BATCH_SIZE.observe(len(batch))
                 await self.process_batch(batch)
-                self.input.ack(batch)  # after process_batch flushed its output: the offsets may be committed
+                self.input.processed()  # process_batch flushed its output: the offsets may be committed
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # every input is guarded, so this is a bug: stop rather than skip input
@@ -247,7 +262,7 @@ class LeadWorker:
 
     async def process_batch(self, batch: Sequence[Message]) -> None:
         """Evaluate one batch under the state lock and flush everything it produced; returns once the producer
-        has taken the output, so the caller may acknowledge the batch. Raises only on a bug: a bad record
+        has acknowledged the output, so the caller may mark the batch processed. Raises only on a bug: a bad record
         becomes a dead letter. Also fires the deadlines that came due on the clocks the batch moved."""
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
             by_lead: dict[str, list[Input]] = {}
@@ -270,8 +285,9 @@ class LeadWorker:
             await self._hand_over(handovers)
             # Deadlines due on the clocks this batch moved fire now, not only on the timer's next turn.
             for partition in list(self.indexes):
-                await self._fire_due_locked(partition, self.clock(partition).now_ms(), TICKS_PER_CHUNK)
-            await self.output.flush()  # before the batch is acknowledged (see "Commit" on the class)
+                now_ms = self.clock(partition).now_ms(partition in self._caught_up)
+                await self._fire_due_locked(partition, now_ms, TICKS_PER_CHUNK)
+            await self.output.flush()  # before the batch counts as processed (see "Commit" on the class)
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
@@ -317,7 +333,11 @@ class LeadWorker:
     ) -> None:
         """Evaluate one lead's inputs in order, write its state once, emit what the core produced."""
         key = lead_id.encode()
-        raw = self.changelog.get(key)
+        stored = self.changelog.get(key)
+        applied, raw = stored_lead.decode(stored) if stored is not None else (stored_lead.NONE_APPLIED, None)
+        inputs = self._not_yet_applied(inputs, applied)
+        if not inputs:
+            return
         state = self._decode_state(lead_id, raw) if raw is not None else None
         if raw is not None and state is None:
             await self._dead_letter(
@@ -338,7 +358,9 @@ class LeadWorker:
             await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
         new_raw = outcome.state.to_bytes() if outcome.state is not None else None
         if new_raw != raw:
-            self.changelog.put(partition, key, new_raw)
+            # An unchanged state needs no write: inputs that changed nothing change nothing when replayed.
+            value = None if new_raw is None else stored_lead.encode(self._applied_after(inputs, applied), new_raw)
+            self.changelog.put(partition, key, value)
         self.lead_partition[key] = partition
         if outcome.deadlines is not None:
             self.index(partition).set(lead_id, partition, outcome.deadlines)
@@ -372,7 +394,8 @@ class LeadWorker:
                 self._series(metrics.HANDOVERS, "sent").inc()
                 continue
             anonymous_key = anonymous_id.encode()
-            raw = self.changelog.get(anonymous_key)
+            stored = self.changelog.get(anonymous_key)
+            raw = stored_lead.decode(stored)[1] if stored is not None else None
             if raw is None:
                 self._series(metrics.HANDOVERS, "nothing_to_move").inc()
                 continue
@@ -396,6 +419,31 @@ class LeadWorker:
     def _send_handover_record(self, lead_id: str, record: bytes) -> None:
         """To the lead's partition by the default key partitioner, the one clickstream producers use."""
         self.output.send(self._handovers_topic, lead_id.encode(), record)
+
+    def _not_yet_applied(self, inputs: list[Input], applied: stored_lead.Applied) -> list[Input]:
+        """`inputs` without the consumed records the stored state already reflects (replayed after a crash)."""
+        if applied == stored_lead.NONE_APPLIED:
+            return inputs
+        kept = []
+        for source, item, deadline in inputs:
+            if source is not None:
+                done = applied.handovers if source.topic == self._handovers_topic else applied.clickstream
+                if source.offset < done:
+                    metrics.REPLAYED_INPUTS.inc()
+                    continue
+            kept.append((source, item, deadline))
+        return kept
+
+    def _applied_after(self, inputs: list[Input], applied: stored_lead.Applied) -> stored_lead.Applied:
+        clickstream, handovers = applied
+        for source, _, _ in inputs:
+            if source is None:
+                continue
+            if source.topic == self._handovers_topic:
+                handovers = max(handovers, source.offset + 1)
+            else:
+                clickstream = max(clickstream, source.offset + 1)
+        return stored_lead.Applied(clickstream, handovers)
 
     def _decode_state(self, lead_id: str, raw: bytes) -> LeadState | None:
         try:
@@ -465,8 +513,9 @@ class LeadWorker:
         per round so a backlog cannot stall the event loop; the rest fires on the next round."""
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
+        self._refresh_caught_up()
         for partition in sorted(self.indexes.keys() | self.clocks.keys()):
-            now_ms = self.clock(partition).now_ms()
+            now_ms = self.clock(partition).now_ms(partition in self._caught_up)
             watermarks.append(now_ms)
             while budget > 0 and self.ready and partition in self.indexes:
                 # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
@@ -481,9 +530,31 @@ class LeadWorker:
             # The slowest partition's clock: what ops need to see when one partition falls behind.
             metrics.EVENT_TIME_WATERMARK.set(min(watermarks) / 1000)
         metrics.PENDING_DEADLINES.set(self.pending_deadlines)
+        if self.ready and time.monotonic() - self._last_commit >= self.nudge.app.conf.broker_commit_interval:
+            self._last_commit = time.monotonic()
+            async with self._state_lock:  # a revoke in progress commits (and forgets) under the same lock
+                await self.input.commit()
         if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = time.monotonic()
             self._refresh_stats()
+
+    def _refresh_caught_up(self) -> None:
+        """Which owned partitions are caught up: every record below the highwater of the consumer's last fetch
+        has been processed. Only their clocks may run on wall time while events pause (see "Deadlines")."""
+        if not self.ready:
+            self._caught_up = set()
+            return
+        consumer = self.nudge.app.consumer
+        topic = self.nudge.clickstream.get_topic_name()
+        caught_up = set()
+        for tp in self.nudge.app.assignor.assigned_actives():
+            if tp.topic != topic:
+                continue
+            processed = self.input.processed_up_to(topic, tp.partition)
+            highwater = consumer.highwater(tp)
+            if processed is not None and highwater is not None and processed >= highwater:
+                caught_up.add(tp.partition)
+        self._caught_up = caught_up
 
     def _refresh_stats(self) -> None:
         sizes = [len(raw) for _, raw, _ in self._owned_entries()]
@@ -496,7 +567,7 @@ class LeadWorker:
                 if tp.topic != self.nudge.clickstream.get_topic_name():
                     continue
                 highwater = consumer.highwater(tp)
-                committed = committed_offset(consumer, tp) or 0
+                committed = self.input.processed_up_to(tp.topic, tp.partition) or 0
                 if highwater is not None:
                     lag = max(0, highwater - committed)
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)

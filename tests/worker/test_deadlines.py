@@ -113,3 +113,26 @@ def test_superseded_entries_do_not_pile_up() -> None:
         index.set("busy", 0, [10_000 + n])
     assert len(index._heap) <= 2 * len(index) + 1025  # noqa: SLF001 - the compaction bound is internal
     assert [(d.lead_id, d.deadline_ms) for d in index.pop_due(20_000)] == [("busy", 14_999)]
+
+
+def test_a_clock_not_caught_up_moves_only_with_events() -> None:
+    """After an assignment, input below the end offset is unread: deadlines must not fire on wall time."""
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=500, wall=wall)
+    assert clock.now_ms(caught_up=False) < 0  # no event yet: nothing may fire
+    clock.observe(wall.now_ms - 60_000)  # the backlog's first event, a minute old
+    wall.now_ms += 5_000  # reading the backlog takes time: the clock must not run ahead of it
+    assert clock.now_ms(caught_up=False) == wall.now_ms - 5_000 - 60_500
+    clock.observe(wall.now_ms - 30_000)
+    assert clock.now_ms(caught_up=False) == wall.now_ms - 30_500
+    wall.now_ms += 2_000  # caught up: idle wall time counts again
+    assert clock.now_ms(caught_up=True) == wall.now_ms - 30_500
+
+
+def test_a_clock_never_goes_back_when_it_stops_being_caught_up() -> None:
+    wall = FakeWall()
+    clock = EventClock(allowed_lateness_ms=0, wall=wall)
+    clock.observe(wall.now_ms)
+    wall.now_ms += 3_000
+    running = clock.now_ms(caught_up=True)
+    assert clock.now_ms(caught_up=False) == running

@@ -22,6 +22,7 @@ import aiokafka.client
 import faust
 import faust.channels
 import faust.streams
+import faust.tables.recovery
 import faust.topics
 import faust.transport.conductor
 import faust.transport.consumer
@@ -133,12 +134,6 @@ def test_faust_creates_its_consumer_through_the_aiokafka_module_attribute() -> N
 # --- private_state ----------------------------------------------------------------------------------------------
 
 
-def test_consumer_keeps_committed_offsets_per_partition() -> None:
-    init = _source(faust.transport.consumer.Consumer.__init__)
-    assert "self._committed_offset = defaultdict(lambda: None)" in init
-    assert "self._committed_offset.update(" in _source(faust.transport.consumer.Consumer._commit_offsets)
-
-
 def test_memory_store_remembers_the_partition_of_recovered_keys() -> None:
     store = memory.Store.__new__(memory.Store)  # no app needed for the part the worker reads
     store.__post_init__()
@@ -172,11 +167,41 @@ def test_conductor_puts_the_decoded_value_on_the_channel_queue() -> None:
 
 
 def test_stale_records_are_recognised_as_faust_streams_recognise_them() -> None:
-    """`WorkerInput` drops (and acks) what Faust's own streams skip: records of an earlier consumer generation, or
-    delivered while the flow is stopped."""
+    """`WorkerInput` drops what Faust's own streams skip: records of an earlier consumer generation, or delivered
+    while the flow is stopped."""
     stream = _source(faust.streams.Stream._py_aiter)
     assert "not self.app.flow_control.is_active() or message.generation_id != self.app.consumer_generation_id" in (
         stream
     )
     assert "generation_id" in Message.__slots__
     assert _parameters(Message.ack)[:2] == ["self", "consumer"]
+
+
+def test_topics_without_acks_get_no_offset_gaps() -> None:
+    """`WorkerInput` subscribes without acks and commits itself: Faust's drain loop must then record no "gap" for
+    its records (a gap is what let Faust's commit skip unprocessed records after a restart)."""
+    drain = _source(faust.transport.consumer.Consumer._drain_messages)
+    assert "acks_enabled = acks_enabled_for(message.topic) if acks_enabled: await self._add_gap(" in drain
+    assert "return topic in self._acking_topics" in _source(faust.transport.conductor.Conductor.acks_enabled_for)
+
+
+def test_seek_after_recovery_goes_through_seek_to_committed() -> None:
+    """`FastDeliveryConsumer` learns where each input partition starts by wrapping `seek_to_committed`, which Faust's
+    `perform_seek` calls after each rebalance's table recovery."""
+    assert "_committed_offsets = await self.seek_to_committed()" in _source(
+        faust.transport.consumer.Consumer.perform_seek
+    )
+    recovery = re.sub(r"\s+", " ", inspect.getsource(faust.tables.recovery))
+    assert recovery.count("consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout") == 2
+    assert inspect.iscoroutinefunction(faust.transport.consumer.Consumer.seek)
+    assert _parameters(faust.transport.consumer.Consumer.seek) == ["self", "partition", "offset"]
+
+
+def test_consumer_commits_offsets_it_is_given() -> None:
+    """`WorkerInput.commit` hands its processed offsets to Faust's commit path (producer flush, commit, bookkeeping)."""
+    commit = faust.transport.consumer.Consumer._commit_offsets
+    assert inspect.iscoroutinefunction(commit)
+    assert _parameters(commit) == ["self", "offsets", "start_new_transaction"]
+    source = _source(commit)
+    assert "await self.app.producer.flush()" in source
+    assert "did_commit = await self._commit(committable_offsets)" in source

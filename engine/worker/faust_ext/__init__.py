@@ -12,15 +12,17 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
 - `fast_delivery`: overrides `mode.Service.wait_first` for the call shape of the private drain loop
   `faust.transport.consumer.Consumer._drain_messages` (`wait_first(callback(message), self.suspend_flow.wait())`);
   reads `mode.Service._stopped` and `mode.Service._crashed`; overrides `faust.App._new_transport` (and sets the
-  transport class's `Consumer` attribute) so the app's consumer is the fast-delivery one.
+  transport class's `Consumer` attribute) so the app's consumer is the fast-delivery one; wraps the consumer's
+  `seek_to_committed`/`perform_seek`, relying on Faust's recovery calling `perform_seek` after each rebalance.
 - `batched_output`: `faust.transport.drivers.aiokafka.Producer._ensure_producer()` (the app's aiokafka producer)
   and `aiokafka.client.AIOKafkaClient._wait_on_metadata(topic)` (partition count of an output topic).
 - `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private
   `faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer` building its consumer through
   that module attribute with `fetch_max_wait_ms=1500`.
-- `private_state`: `faust.transport.consumer.Consumer._committed_offset` (the last committed offset per
-  partition) and `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
-- `batched_input`: no underscore names, but undocumented behaviour: a `faust.Schema` whose `compile()` returns
-  the `Message` itself, `Topic.clone(is_iterator=True)` subscribing a channel the conductor fills directly
-  (`queue.put_nowait_enhanced` with flow control), `Message.generation_id` and `Message.ack(consumer)`.
+- `private_state`: `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
+- `batched_input`: `faust.transport.consumer.Consumer._commit_offsets(offsets)` (the worker commits its input
+  itself), and undocumented behaviour: a `faust.Schema` whose `compile()` returns the `Message` itself,
+  `Topic.clone(is_iterator=True)` subscribing a channel the conductor fills directly (`queue.put_nowait_enhanced`
+  with flow control), `Message.generation_id`, and Faust's drain loop recording offset gaps only for topics with
+  acks (the input is subscribed without).
 """

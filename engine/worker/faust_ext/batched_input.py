@@ -1,15 +1,21 @@
-"""The worker's input: records from Faust's consumer in batches, without a Faust stream per record. Why: a Faust
-agent hands each record through its stream machinery (an event object, sensor calls, the current-event context
-variable, a take buffer, per-record acks), the largest per-record cost left in the worker (bench/FINDINGS.md)."""
+"""The worker's input: records from Faust's consumer in batches, without a Faust stream per record, and the
+offsets the worker commits for them. Why no stream: a Faust agent hands each record through its stream machinery
+(an event object, sensor calls, the current-event context variable, a take buffer, per-record acks), the largest
+per-record cost left in the worker (bench/FINDINGS.md)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import faust
-from faust.types import Message
+from faust.types import TP, Message
+
+from engine.worker.input_positions import InputPositions, Key
+
+log = logging.getLogger(__name__)
 
 
 class MessageSchema(faust.Schema):
@@ -23,37 +29,72 @@ class MessageSchema(faust.Schema):
 
 
 class WorkerInput:
-    """Batches of raw Faust `Message`s from `topics`, in arrival order, with Faust's own flow control.
+    """Batches of raw Faust `Message`s from `topics`, each partition's records in offset order with none left
+    out, and the input offsets the worker may commit.
 
-    Faust still does everything else: group membership and partition assignment, fetching, pausing during
-    rebalances, offset commits and table recovery. The records are not decoded: the worker decodes values itself.
+    Faust still does group membership and partition assignment, fetching, pausing during rebalances and table
+    recovery. It does NOT commit these topics (they are subscribed without acks): the worker commits them itself
+    (`commit`), because Faust's bookkeeping of acknowledged offsets can move a partition's committed offset past
+    records that were never processed. Measured under kill -9 on the dev broker: Faust resumes fetching before it
+    seeks the partitions to their committed offsets, records fetched in between are dropped from the queue, and
+    the fetch that continues after the seek is treated as a "gap" that Faust's commit then skips.
+
+    Ordering and completeness: a partition's records are handed out strictly in offset order from the offset the
+    consumer was sought to after the last assignment (`on_seek`), each once, by the rules of `InputPositions`; a
+    partition whose input jumps past records it never handed out is sought back. Records delivered while the
+    flow is stopped are left out too: the seek after the rebalance delivers them again.
 
     Back-pressure: the conductor puts each record on the channel's flow-controlled queue (`maxsize` records),
     exactly where it would put a stream's events; a full queue pauses fetching of that partition. Faust clears
     the queue when partitions are revoked.
 
-    Commit: a record's offset may be committed by Faust only once it is acknowledged (`ack`), which the caller
-    does after it processed the batch and flushed what the batch produced: at-least-once.
+    Commit: `processed()` marks everything handed out so far as processed (the caller calls it once a batch's
+    output has been flushed); `commit()` commits the next offset after the processed records of each partition.
+    At-least-once: records processed but not yet committed are delivered again after a crash.
     """
 
     def __init__(self, app: faust.App, topics: Sequence[str], maxsize: int) -> None:
         self.app = app
-        topic = app.topic(*topics, schema=MessageSchema(), maxsize=maxsize, acks=True)
+        self.topics = frozenset(topics)
+        topic = app.topic(*topics, schema=MessageSchema(), maxsize=maxsize, acks=False)
         # The iterating clone, as a stream would make: Faust delivers to a full queue through the topic's
         # subscribers, and only clones subscribe.
         self.channel = topic.clone(is_iterator=True)
+        self.positions = InputPositions()
+        self._seeks: set[asyncio.Task[None]] = set()
 
     def register(self) -> None:
         """Subscribe the input to its topics through Faust's conductor; call once, before the app starts."""
         self.app.topics.add(self.channel)
+        self.app.seek_listeners.append(self.on_seek)
+
+    async def on_seek(self, consumer: Any) -> None:
+        """After an assignment's seek to the committed offsets: each assigned input partition starts there."""
+        starts: dict[Key, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            # What Faust just sought to. Not `_read_offset`: the drain loop moves that on with records fetched
+            # before the seek, which may still be arriving.
+            offset = consumer.sought_to.get(tp)
+            if offset is None or offset < 0:
+                offset = await consumer.position(tp)  # where the reset policy put it
+            if offset is not None:
+                starts[(tp.topic, tp.partition)] = int(offset)
+        for key, offset in starts.items():
+            self.positions.start(key, offset)
+        log.info("input starts at %s", sorted(starts.items()))
+
+    def forget(self, partitions: Iterable[TP]) -> None:
+        """Partitions revoked: their positions no longer count (the next assignment's seek sets them again)."""
+        self.positions.forget((tp.topic, tp.partition) for tp in partitions)
 
     async def batches(self, size: int, within_s: float) -> AsyncIterator[list[Message]]:
-        """Yield lists of at most `size` records, in arrival order, forever.
+        """Yield lists of at most `size` records, forever (see the class docstring for which records).
 
         Blocks until a first record is queued, takes what else is queued and, when that is less than `size`,
-        sleeps `within_s` once and takes what came meanwhile. Records of an earlier consumer generation (fetched
-        before a rebalance) or delivered while the flow is stopped are left out and acknowledged at once, as
-        Faust's streams do; an empty remainder yields nothing. Never raises for a record.
+        sleeps `within_s` once and takes what came meanwhile; a batch with nothing to hand out yields nothing.
+        Never raises for a record.
         """
         queue = self.channel.queue
         while True:
@@ -64,7 +105,7 @@ class WorkerInput:
                 # batch costs one timer, under heavy load the queue has filled the batch already.
                 await asyncio.sleep(within_s)
                 self._drain(queue, batch, size)
-            current = self._current(batch)
+            current = self._admit(batch)
             if current:
                 yield current
 
@@ -73,18 +114,30 @@ class WorkerInput:
         while len(batch) < size and not queue.empty():
             batch.append(queue.get_nowait())
 
-    def _current(self, batch: list[Message]) -> list[Message]:
-        """Drop (and acknowledge) records of an earlier generation or delivered while the flow is stopped."""
-        generation = self.app.consumer_generation_id
-        active = self.app.flow_control.is_active()
-        if active and all(m.generation_id == generation for m in batch):
-            return batch
-        current = [m for m in batch if active and m.generation_id == generation]
-        self.ack([m for m in batch if not (active and m.generation_id == generation)])
-        return current
+    def _admit(self, batch: list[Message]) -> list[Message]:
+        if not self.app.flow_control.is_active():
+            return []
+        kept = self.positions.admit(batch, self.app.consumer_generation_id)
+        for (topic, partition), offset, seen in self.positions.seeks:
+            log.warning("input %s[%d] jumped from %d to %d: seeking back to %d", topic, partition, offset, seen, offset)
+            task = asyncio.ensure_future(self.app.consumer.seek(TP(topic, partition), offset))
+            self._seeks.add(task)
+            task.add_done_callback(self._seeks.discard)
+        self.positions.seeks.clear()
+        return kept
 
-    def ack(self, batch: Sequence[Message]) -> None:
-        """Acknowledge processed records: from now on Faust may commit their offsets. Does not block."""
-        consumer = self.app.consumer
-        for message in batch:
-            message.ack(consumer)
+    def processed(self) -> None:
+        """Everything handed out so far is processed and its output flushed: it may be committed."""
+        self.positions.processed()
+
+    def processed_up_to(self, topic: str, partition: int) -> int | None:
+        """Next offset after the processed records of one partition (None: start not known yet)."""
+        return self.positions.processed_up_to((topic, partition))
+
+    async def commit(self) -> None:
+        """Commit the processed offsets that moved since the last commit. Blocks for the commit round trip."""
+        positions = self.positions.to_commit()
+        if not positions:
+            return
+        await self.app.consumer._commit_offsets({TP(*key): offset for key, offset in positions.items()})
+        self.positions.committed(positions)

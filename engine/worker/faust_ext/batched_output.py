@@ -23,20 +23,26 @@ class OutputBatch:
 
     Ordering: records of one (topic, partition) are produced in the order they were queued. Without an explicit
     partition the key picks it with Kafka's default partitioner (murmur2), as Faust's and aiokafka's producers
-    do, so keyed records land where other producers of the same keys put theirs.
+    do, so keyed records land where other producers of the same keys put theirs. Records of topics marked
+    `send_last` (the state changelog) are sent only once the broker has acknowledged every other record of the
+    same flush: a crash in between loses the new state, never what the state says was done.
 
-    Commit: `flush()` must be awaited before the input batch is acknowledged. Faust flushes its producer before
-    it commits consumer offsets, so a committed input offset implies its outputs were delivered (at-least-once,
-    as with Faust's own send path).
+    Commit: `flush()` returns once the broker acknowledged everything; only then may the input batch count as
+    processed (`WorkerInput.processed`).
 
-    Errors: a batch the broker finally rejects is logged and counted in `OUTPUT_ERRORS`; the input offsets may
-    still be committed, as with Faust's own send path. Not thread-safe; one event loop.
+    Errors: a batch the broker finally rejects is counted in `OUTPUT_ERRORS` and `flush()` raises `OutputError`:
+    the worker stops rather than commit input whose output is lost. Not thread-safe; one event loop.
     """
 
     def __init__(self, producer: Any) -> None:
         """`producer`: the app's Faust producer (its aiokafka producer is what Faust flushes before commits)."""
         self._producer = producer
         self._pending: dict[tuple[str, int | None], list[Record]] = {}
+        self._last_topics: set[str] = set()
+
+    def send_last(self, topic: str) -> None:
+        """From now on, records of `topic` go out after all other records of their flush are acknowledged."""
+        self._last_topics.add(topic)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         """Queue a record (`value=None`: a tombstone); nothing is sent before `flush()`. Does not block."""
@@ -46,17 +52,19 @@ class OutputBatch:
         records.append((key, value))
 
     async def flush(self) -> None:
-        """Hand every queued record to the producer, grouped by (topic, partition), as few produce batches as the
-        producer's `max_batch_size` allows (the Tansu dev profile needs one record per batch, see
-        `broker_profiles`). Returns once the producer has taken them, not once the broker acknowledged them;
-        blocks while the producer's buffer is full (back-pressure) and, for a topic first written, while its
-        metadata is fetched."""
+        """Send every queued record, grouped by (topic, partition), as few produce batches as the producer's
+        `max_batch_size` allows (the Tansu dev profile needs one record per batch, see `broker_profiles`), and
+        wait for the broker's acknowledgements: first of all topics not marked `send_last`, then of those. Blocks
+        while the producer's buffer is full (back-pressure) and, for a topic first written, while its metadata
+        is fetched. Raises `OutputError` when the broker refused a batch."""
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
         producer = self._producer._ensure_producer()
-        by_partition: dict[tuple[str, int], list[Record]] = {}
+        first: dict[tuple[str, int], list[Record]] = {}
+        last: dict[tuple[str, int], list[Record]] = {}
         for (topic, partition), records in pending.items():
+            by_partition = last if topic in self._last_topics else first
             if partition is not None:
                 by_partition.setdefault((topic, partition), []).extend(records)
                 continue
@@ -65,9 +73,21 @@ class OutputBatch:
             for key, value in records:
                 chosen = default_partition(key, count) if key is not None else 0
                 by_partition.setdefault((topic, chosen), []).append((key, value))
-        for (topic, partition), records in by_partition.items():
-            for delivery in await send_in_batches(producer, topic, partition, records):
-                delivery.add_done_callback(functools.partial(_report, topic=topic, partition=partition))
+        for group in (first, last):
+            deliveries: list[asyncio.Future[Any]] = []
+            for (topic, partition), records in group.items():
+                for delivery in await send_in_batches(producer, topic, partition, records):
+                    delivery.add_done_callback(functools.partial(_report, topic=topic, partition=partition))
+                    deliveries.append(delivery)
+            if deliveries:
+                results = await asyncio.gather(*deliveries, return_exceptions=True)
+                failed = [result for result in results if isinstance(result, BaseException)]
+                if failed:
+                    raise OutputError(f"{len(failed)} output batch(es) refused by the broker: {failed[0]!r}")
+
+
+class OutputError(RuntimeError):
+    """The broker refused part of a flush: the input that produced it must not count as processed."""
 
 
 async def send_in_batches(
@@ -101,6 +121,8 @@ class TableWriter:
         self._table = table
         self._output = output
         self._changelog_topic = table.changelog_topic.get_topic_name()
+        # The state goes out after what it caused (actions, hand-overs, dead letters): see `OutputBatch`.
+        output.send_last(self._changelog_topic)
 
     def get(self, key: bytes) -> Any:
         """The stored value of `key` (None when absent), including writes not flushed yet."""

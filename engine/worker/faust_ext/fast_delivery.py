@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import faust
@@ -87,6 +87,21 @@ def fast_delivery_consumer(base: type) -> type:
                 return await super().wait_first(_finish(callback, waiting_on), coros[1])
             return await super().wait_first(*coros, timeout=timeout)
 
+        async def seek_to_committed(self) -> Any:
+            """Faust's seek to the committed offsets; remembers what they were (`sought_to`: None for a partition
+            never committed) so the worker knows where each partition's input starts."""
+            offsets = await super().seek_to_committed()
+            self.sought_to = dict(offsets)
+            return offsets
+
+        async def perform_seek(self) -> None:
+            """Faust's seek of every assigned partition to its committed offset (after each rebalance's table
+            recovery), then each of the app's `seek_listeners` is awaited with this consumer: from here on the
+            consumer fetches the input from those offsets. Records fetched before the seek may still arrive."""
+            await super().perform_seek()
+            for listener in self.app.seek_listeners:
+                await listener(self)
+
     # Not renamed: mode registers a service's tasks under its qualified name at class creation.
     return FastDeliveryConsumer
 
@@ -100,6 +115,11 @@ def fast_delivery_transport(base: type[TransportT]) -> type[TransportT]:
 class NudgeFaustApp(faust.App):
     """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer`; nothing else differs. (The
     benchmark's naive baseline deliberately uses plain `faust.App`.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Awaited with the consumer after every seek to the committed offsets (`FastDeliveryConsumer.perform_seek`).
+        self.seek_listeners: list[Callable[[Any], Awaitable[None]]] = []
 
     def _new_transport(self) -> TransportT:
         base = transport.by_url(self.conf.broker_consumer[0])

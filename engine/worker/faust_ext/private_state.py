@@ -1,21 +1,10 @@
-"""Read-only views of bookkeeping Faust keeps in private attributes: what the worker needs for its gauges and to
-rebuild its deadline index, without touching Faust internals anywhere else."""
+"""Read-only views of bookkeeping Faust keeps in private attributes: what the worker needs to rebuild its deadline
+index, without touching Faust internals anywhere else."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from faust.types import TP
-
-
-def committed_offset(consumer: Any, tp: TP) -> int | None:
-    """The offset Faust's consumer last committed for `tp` (None before its first commit in this process).
-
-    From the consumer's own bookkeeping (`Consumer._committed_offset`), so it costs no broker round trip; the
-    consumer lag gauge reads it on every stats refresh."""
-    offset: int | None = consumer._committed_offset.get(tp)  # .get: the defaultdict must not grow
-    return offset
 
 
 def recovered_partitions(table: Any) -> Mapping[bytes, int]:

@@ -1,0 +1,82 @@
+"""`InputPositions` (engine/worker/input_positions.py): each partition's records in offset order from a known start,
+none skipped, none twice, and the processed positions the worker commits. The crash test runs the same rules on
+a real broker (tests/integration/test_worker_crash.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from engine.worker.input_positions import RESEEK_AFTER_S, InputPositions
+
+TOPIC = "clickstream"
+
+
+@dataclass(frozen=True)
+class Rec:
+    partition: int
+    offset: int
+    generation_id: int = 1
+    topic: str = TOPIC
+
+
+def offsets(records: list[Rec]) -> list[tuple[int, int]]:
+    return [(r.partition, r.offset) for r in records]
+
+
+def test_records_in_order_are_admitted_and_committed_once_processed() -> None:
+    positions = InputPositions()
+    positions.start((TOPIC, 0), 10)
+    positions.start((TOPIC, 1), 0)
+    assert offsets(positions.admit([Rec(0, 10), Rec(1, 0), Rec(0, 11)], 1)) == [(0, 10), (1, 0), (0, 11)]
+    assert positions.to_commit() == {}  # admitted, not processed yet
+    positions.processed()
+    assert positions.to_commit() == {(TOPIC, 0): 12, (TOPIC, 1): 1}
+    positions.committed(positions.to_commit())
+    assert positions.to_commit() == {}
+
+
+def test_a_jump_past_unprocessed_offsets_asks_for_one_seek_back_and_admits_nothing_beyond_it() -> None:
+    """What Faust did after a restart: records fetched before its seek vanished from the queue, and the fetch that
+    went on after the seek continued past them."""
+    now = [0.0]
+    positions = InputPositions(clock=lambda: now[0])
+    positions.start((TOPIC, 0), 100)
+    assert offsets(positions.admit([Rec(0, 100), Rec(0, 187), Rec(0, 188)], 1)) == [(0, 100)]
+    assert positions.seeks == [((TOPIC, 0), 101, 187)]
+    positions.seeks.clear()
+    assert positions.admit([Rec(0, 189)], 1) == []  # the stale fetch drains: no second seek at once
+    assert positions.seeks == []
+    now[0] += RESEEK_AFTER_S + 0.1
+    assert positions.admit([Rec(0, 190)], 1) == []
+    assert positions.seeks == [((TOPIC, 0), 101, 190)]  # still stuck: seek again
+    assert offsets(positions.admit([Rec(0, 101), Rec(0, 102)], 1)) == [(0, 101), (0, 102)]
+    positions.processed()
+    assert positions.to_commit() == {(TOPIC, 0): 103}
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [
+        Rec(0, 5),  # already admitted (a redelivery after a seek)
+        Rec(1, 0),  # a partition whose start is not known yet (fetched before the seek)
+        Rec(0, 6, generation_id=0),  # an earlier consumer generation
+    ],
+)
+def test_records_that_are_not_next_are_left_out(stale: Rec) -> None:
+    positions = InputPositions()
+    positions.start((TOPIC, 0), 6)
+    assert positions.admit([stale], 1) == []
+    assert positions.next_offset[(TOPIC, 0)] == 6 and positions.seeks == []
+
+
+def test_a_revoked_partition_is_forgotten_until_its_next_start() -> None:
+    positions = InputPositions()
+    positions.start((TOPIC, 0), 0)
+    positions.admit([Rec(0, 0)], 1)
+    positions.processed()
+    positions.forget([(TOPIC, 0)])
+    assert positions.to_commit() == {} and positions.admit([Rec(0, 1)], 1) == []
+    positions.start((TOPIC, 0), 1)
+    assert offsets(positions.admit([Rec(0, 1)], 1)) == [(0, 1)]
