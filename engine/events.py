@@ -13,6 +13,16 @@ import orjson
 
 EVENT_TYPES = frozenset({"track", "page", "screen", "identify", "alias", "group"})
 MAX_ID_LENGTH = 256
+# Every timestamp field (`timestamp`, `originalTimestamp`, `sentAt`, `receivedAt`) and the event time derived from
+# them must fall in [2000-01-01, 2100-01-01) UTC. Nothing real is outside it, while everything outside it is a bug
+# (epoch seconds sent as milliseconds, 0 or -1 placeholders, 1e308) that would otherwise break date arithmetic,
+# serialisation or the ClickHouse DateTime64 column further down the line.
+MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z, excluded
+# Objects and arrays nest at most this deep below the event (its `properties` object is level 1). Real events nest
+# a few levels; orjson refuses to write more than 254 and a Python walk of thousands overflows the stack.
+MAX_NESTING = 32
+_SHOWN_CHARS = 60  # how much of a bad value a reason's detail quotes
 
 
 class InvalidEvent(ValueError):
@@ -26,7 +36,12 @@ class InvalidEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One normalised clickstream event. `timestamp_ms` is event time in UTC epoch milliseconds."""
+    """One normalised clickstream event. `timestamp_ms` is event time in UTC epoch milliseconds.
+
+    The other times, when the message carried them (all UTC epoch milliseconds, in the accepted range):
+    `received_at_ms` when the collector received it (its own clock: the one time a device cannot move),
+    `sent_at_ms` when the device says it sent it, `original_timestamp_ms` the event time by the device's clock.
+    """
 
     message_id: str
     lead_id: str
@@ -40,6 +55,8 @@ class Event:
     context: dict[str, Any] = field(default_factory=dict)
     previous_id: str | None = None  # alias: the id being merged into user_id
     received_at_ms: int | None = None
+    sent_at_ms: int | None = None
+    original_timestamp_ms: int | None = None
 
     def document(self) -> dict[str, Any]:
         """The event as matchers see it: Segment field names, so `where` paths read like the spec."""
@@ -77,6 +94,10 @@ class Event:
             out["anonymousId"] = self.anonymous_id
         if self.previous_id is not None:
             out["previousId"] = self.previous_id
+        if self.original_timestamp_ms is not None:
+            out["originalTimestamp"] = format_ts(self.original_timestamp_ms)
+        if self.sent_at_ms is not None:
+            out["sentAt"] = format_ts(self.sent_at_ms)
         if self.received_at_ms is not None:
             out["receivedAt"] = format_ts(self.received_at_ms)
         return out
@@ -98,29 +119,96 @@ def format_ts(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _out_of_range(field_name: str, value: Any) -> InvalidEvent:
+    hint = ""
+    if isinstance(value, int | float) and MIN_TIMESTAMP_MS / 1000 <= value < MAX_TIMESTAMP_MS / 1000:
+        hint = " (numbers are epoch milliseconds; this looks like seconds)"
+    return InvalidEvent(
+        "bad_timestamp",
+        f"{field_name} {_shown(value)} is outside the accepted range 2000-01-01 .. 2100-01-01 UTC{hint}",
+    )
+
+
 def parse_ts(value: Any, field_name: str = "timestamp") -> int:
-    """ISO-8601 string (or epoch milliseconds as a number) → UTC epoch milliseconds."""
+    """ISO-8601 string (any offset; UTC when it has none) or epoch milliseconds as a number → UTC epoch
+    milliseconds in [`MIN_TIMESTAMP_MS`, `MAX_TIMESTAMP_MS`). Anything else (not ISO-8601, a boolean, NaN,
+    infinities, out of range) raises `InvalidEvent("bad_timestamp")`, never another error."""
     if type(value) is str and value[-1:] == "Z":  # the common shape, parsed without the checks below
         try:
-            return round(datetime.fromisoformat(value).timestamp() * 1000)
-        except ValueError:
+            ms = round(datetime.fromisoformat(value).timestamp() * 1000)
+        except (ValueError, OverflowError):
             pass  # the general path reports it
+        else:
+            if MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS:
+                return ms
+            raise _out_of_range(field_name, value)
     if isinstance(value, bool):
         raise InvalidEvent("bad_timestamp", f"{field_name} must be an ISO-8601 string, got a boolean")
     if isinstance(value, int | float):
-        return int(value)
+        if MIN_TIMESTAMP_MS <= value < MAX_TIMESTAMP_MS:  # False for NaN and the infinities too
+            return int(value)
+        raise _out_of_range(field_name, value)
     if not isinstance(value, str) or not value:
-        raise InvalidEvent("bad_timestamp", f"{field_name} must be an ISO-8601 string, got {value!r}")
+        raise InvalidEvent("bad_timestamp", f"{field_name} must be an ISO-8601 string, got {_shown(value)}")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidEvent("bad_timestamp", f"{field_name} {value!r} is not ISO-8601") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return round(parsed.timestamp() * 1000)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        ms = round(parsed.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        raise InvalidEvent("bad_timestamp", f"{field_name} {_shown(value)} is not ISO-8601") from None
+    if MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS:
+        return ms
+    raise _out_of_range(field_name, value)
+
+
+def _optional_ts(doc: dict[str, Any], field_name: str) -> int | None:
+    value = doc.get(field_name)
+    return None if value is None or value == "" else parse_ts(value, field_name)
+
+
+# `receivedAt` and `sentAt` are stamped once per request, so consecutive records of a partition mostly repeat them:
+# a small memo of parsed strings saves the worker most of their parsing (only valid values are remembered).
+_SHARED_TS_MEMO: dict[str, int] = {}
+_SHARED_TS_MEMO_SIZE = 1024
+
+
+def _shared_ts(doc: dict[str, Any], field_name: str) -> int | None:
+    value = doc.get(field_name)
+    if type(value) is str:
+        known = _SHARED_TS_MEMO.get(value)
+        if known is not None:
+            return known
+        if not value:
+            return None
+        ms = parse_ts(value, field_name)
+        if len(_SHARED_TS_MEMO) >= _SHARED_TS_MEMO_SIZE:
+            _SHARED_TS_MEMO.clear()
+        _SHARED_TS_MEMO[value] = ms
+        return ms
+    return None if value is None else parse_ts(value, field_name)
+
+
+def nested_too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True when objects or arrays inside `value` nest more than `limit` levels below it. Iterative, and it stops
+    descending at the limit, so a hostile document costs at most its size, never the stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        container, depth = stack.pop()
+        for child in container.values() if isinstance(container, dict) else container:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _as_dict(value: Any, field_name: str) -> dict[str, Any]:
@@ -145,15 +233,24 @@ def _as_id(value: Any, field_name: str) -> str | None:
     return value
 
 
-def _event_time(doc: dict[str, Any], received_at_ms: int | None) -> int:
+def _event_time(
+    doc: dict[str, Any], original_ms: int | None, sent_at_ms: int | None, received_at_ms: int | None
+) -> int:
     if doc.get("timestamp") not in (None, ""):
         return parse_ts(doc["timestamp"], "timestamp")
-    if doc.get("originalTimestamp") not in (None, ""):
-        original = parse_ts(doc["originalTimestamp"], "originalTimestamp")
-        if doc.get("sentAt") not in (None, "") and received_at_ms is not None:
-            # The device clock may be off: shift by how far its send time is from our receive time.
-            return original + (received_at_ms - parse_ts(doc["sentAt"], "sentAt"))
-        return original
+    if original_ms is not None:
+        if sent_at_ms is None or received_at_ms is None:
+            return original_ms
+        # The device clock may be off: shift by how far its send time is from our receive time (Segment's
+        # `receivedAt - (sentAt - originalTimestamp)`).
+        corrected = original_ms + (received_at_ms - sent_at_ms)
+        if MIN_TIMESTAMP_MS <= corrected < MAX_TIMESTAMP_MS:
+            return corrected
+        raise InvalidEvent(
+            "bad_timestamp",
+            f"originalTimestamp corrected by the device's clock skew (receivedAt - sentAt) is {corrected} ms, "
+            "outside the accepted range 2000-01-01 .. 2100-01-01 UTC",
+        )
     if received_at_ms is not None:
         return received_at_ms
     raise InvalidEvent("missing_timestamp", "event has no timestamp, originalTimestamp or receivedAt")
@@ -175,13 +272,20 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
     Returns an immutable `Event`, or raises `InvalidEvent` whose `reason` is a short, stable, machine-readable code
     (used as a Prometheus label and in the dead-letter record) and whose `detail` says what was wrong, for a human;
     never anything else for bad input.
-    - Event time is `timestamp` (ISO-8601, any offset; normalised to UTC milliseconds). When it is missing,
-      `originalTimestamp` corrected by the clock skew `receivedAt - sentAt` is used, then `receivedAt`
-      (`received_at_ms` when given). An event with none of them is invalid: Nudge never silently substitutes
-      processing time for event time.
+    - Event time is `timestamp` as given (ISO-8601, any offset, or epoch milliseconds; normalised to UTC
+      milliseconds): producers writing to Kafka directly are trusted, and records from the collector already carry
+      the corrected time (the collector applies the device clock correction once, at the edge). When `timestamp`
+      is missing, `originalTimestamp` corrected by the clock skew `receivedAt - sentAt` is used, then
+      `receivedAt` (`received_at_ms` when given, else the message's own). An event with none of them is invalid:
+      Nudge never silently substitutes processing time for event time.
+    - Every timestamp field present (`timestamp`, `originalTimestamp`, `sentAt`, `receivedAt`) and the derived
+      event time must lie in [`MIN_TIMESTAMP_MS`, `MAX_TIMESTAMP_MS`) (2000-01-01 .. 2100-01-01 UTC), else
+      `bad_timestamp`.
+    - Objects and arrays nested more than `MAX_NESTING` levels below the event: `too_deep`.
     - The lead id is `userId`, else `anonymousId`. Nothing else is required of an event except `type` and, for
       `track`, `event`. Without a `messageId`, a deterministic synthetic one is derived from the content.
     """
+    opened: int | None = None  # opening brackets in the raw text: an upper bound of the nesting depth
     if isinstance(raw, dict):
         doc = raw
     else:
@@ -189,8 +293,13 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidEvent("not_json", f"body is not JSON ({exc})") from None
+        text = raw if isinstance(raw, str | bytes | bytearray) else bytes(raw)
+        opened = text.count("{") + text.count("[") if isinstance(text, str) else text.count(b"{") + text.count(b"[")
     if not isinstance(doc, dict):
         raise InvalidEvent("not_object", f"event must be a JSON object, got {type(doc).__name__}")
+    # Text with fewer opening brackets than the limit cannot nest too deep: the walk is only for the rare rest.
+    if (opened is None or opened > MAX_NESTING + 1) and nested_too_deep(doc):
+        raise InvalidEvent("too_deep", f"objects or arrays are nested more than {MAX_NESTING} levels deep")
     event_type = doc.get("type")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # a list or dict is unhashable
         raise InvalidEvent("bad_type", f"type must be one of {sorted(EVENT_TYPES)}, got {event_type!r}")
@@ -199,9 +308,12 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
     lead_id = user_id or anonymous_id
     if lead_id is None:
         raise InvalidEvent("missing_lead_id", "event has neither userId nor anonymousId")
-    if received_at_ms is None and doc.get("receivedAt") not in (None, ""):
-        received_at_ms = parse_ts(doc["receivedAt"], "receivedAt")
-    timestamp_ms = _event_time(doc, received_at_ms)
+    own_received_at_ms = _shared_ts(doc, "receivedAt")  # validated even when `received_at_ms` overrides it
+    if received_at_ms is None:
+        received_at_ms = own_received_at_ms
+    sent_at_ms = _shared_ts(doc, "sentAt")
+    original_ms = _optional_ts(doc, "originalTimestamp")
+    timestamp_ms = _event_time(doc, original_ms, sent_at_ms, received_at_ms)
     name: str | None
     if event_type == "track":
         name = doc.get("event")
@@ -227,4 +339,6 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
         context=context,
         previous_id=_as_id(doc.get("previousId"), "previousId"),
         received_at_ms=received_at_ms,
+        sent_at_ms=sent_at_ms,
+        original_timestamp_ms=original_ms,
     )

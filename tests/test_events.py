@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from engine.events import InvalidEvent, format_ts, parse_event, parse_ts
+from engine.events import (
+    MAX_NESTING,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    InvalidEvent,
+    format_ts,
+    parse_event,
+    parse_ts,
+)
+
+T = 1_795_000_000_000  # 2026-11-18T11:06:40Z in epoch milliseconds
 
 
 def test_track_event_is_normalised() -> None:
@@ -42,7 +54,7 @@ def test_original_timestamp_is_corrected_by_clock_skew() -> None:
 
 def test_traits_fall_back_to_context_traits() -> None:
     event = parse_event(
-        {"type": "track", "event": "x", "userId": "u", "timestamp": 0, "context": {"traits": {"email": "a@b.c"}}}
+        {"type": "track", "event": "x", "userId": "u", "timestamp": T, "context": {"traits": {"email": "a@b.c"}}}
     )
     assert event.traits == {"email": "a@b.c"}
 
@@ -59,14 +71,14 @@ def test_missing_message_id_gets_a_stable_synthetic_one() -> None:
     [
         (b"not json", "not_json"),
         (b"[1,2]", "not_object"),
-        (orjson.dumps({"type": "click", "userId": "u", "timestamp": 0}), "bad_type"),
-        (orjson.dumps({"type": ["track"], "userId": "u", "timestamp": 0}), "bad_type"),
-        (orjson.dumps({"type": "track", "event": "x", "timestamp": 0}), "missing_lead_id"),
+        (orjson.dumps({"type": "click", "userId": "u", "timestamp": T}), "bad_type"),
+        (orjson.dumps({"type": ["track"], "userId": "u", "timestamp": T}), "bad_type"),
+        (orjson.dumps({"type": "track", "event": "x", "timestamp": T}), "missing_lead_id"),
         (orjson.dumps({"type": "track", "event": "x", "userId": "u"}), "missing_timestamp"),
         (orjson.dumps({"type": "track", "event": "x", "userId": "u", "timestamp": "yesterday"}), "bad_timestamp"),
-        (orjson.dumps({"type": "track", "userId": "u", "timestamp": 0}), "missing_event_name"),
-        (orjson.dumps({"type": "track", "event": "x", "userId": {"a": 1}, "timestamp": 0}), "bad_id"),
-        (orjson.dumps({"type": "track", "event": "x", "userId": "u", "timestamp": 0, "properties": []}), "bad_field"),
+        (orjson.dumps({"type": "track", "userId": "u", "timestamp": T}), "missing_event_name"),
+        (orjson.dumps({"type": "track", "event": "x", "userId": {"a": 1}, "timestamp": T}), "bad_id"),
+        (orjson.dumps({"type": "track", "event": "x", "userId": "u", "timestamp": T, "properties": []}), "bad_field"),
     ],
 )
 def test_invalid_input_has_a_stable_reason(raw: bytes, reason: str) -> None:
@@ -74,3 +86,154 @@ def test_invalid_input_has_a_stable_reason(raw: bytes, reason: str) -> None:
         parse_event(raw)
     assert info.value.reason == reason
     assert info.value.detail
+
+
+def track_at(**times: object) -> dict[str, object]:
+    return {"type": "track", "event": "x", "userId": "u", "messageId": "m", **times}
+
+
+BAD_TIMESTAMPS = [
+    1e308,
+    -1,
+    0,
+    12345,
+    1_795_000_000,  # epoch seconds where milliseconds are expected
+    MIN_TIMESTAMP_MS - 1,
+    MAX_TIMESTAMP_MS,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    True,
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00+05:00",
+    "9999-12-31T23:59:59-05:00",
+    "1999-12-31T23:59:59.999Z",
+    "2100-01-01T00:00:00Z",
+    "yesterday",
+    "-1",
+    "2026-13-45T99:99:99Z",
+    "Z",
+    "x" * 10_000,
+    [2026],
+    {"at": T},
+]
+
+
+@pytest.mark.parametrize("field", ["timestamp", "originalTimestamp", "sentAt", "receivedAt"])
+@pytest.mark.parametrize("value", BAD_TIMESTAMPS, ids=lambda value: repr(value)[:30])
+def test_every_timestamp_field_is_validated_into_the_range(field: str, value: object) -> None:
+    doc = {**track_at(timestamp=format_ts(T)), field: value}
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(doc)
+    assert info.value.reason == "bad_timestamp"
+    assert field in info.value.detail and len(info.value.detail) < 200  # quotes a long value only in part
+    if field != "receivedAt":  # as the collector parses it: its own receive time given, the message's validated
+        with pytest.raises(InvalidEvent):
+            parse_event(doc, received_at_ms=T)
+
+
+def test_timestamps_at_the_edges_of_the_range_and_in_every_form() -> None:
+    assert parse_ts(MIN_TIMESTAMP_MS) == MIN_TIMESTAMP_MS
+    assert parse_ts(MAX_TIMESTAMP_MS - 1) == MAX_TIMESTAMP_MS - 1
+    assert parse_ts(float(T) + 0.9) == T
+    assert parse_ts("2000-01-01T00:00:00Z") == MIN_TIMESTAMP_MS
+    assert parse_ts("2099-12-31T23:59:59.999Z") == MAX_TIMESTAMP_MS - 1
+    assert parse_ts("2026-11-18T12:06:40+01:00") == T
+    assert parse_ts("2026-11-18T11:06:40") == T  # no offset: UTC
+    assert parse_ts(" 2026-11-18T11:06:40z ") == T
+    with pytest.raises(InvalidEvent, match="looks like seconds"):
+        parse_ts(T // 1000)
+
+
+def test_a_skew_correction_that_leaves_the_range_is_a_bad_timestamp() -> None:
+    doc = track_at(originalTimestamp="2000-01-01T00:00:01Z", sentAt="2099-01-01T00:00:00Z")
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(doc, received_at_ms=T)
+    assert info.value.reason == "bad_timestamp" and "skew" in info.value.detail
+
+
+def test_received_sent_and_original_times_are_kept_and_round_trip() -> None:
+    sent, received = T + 90_000, T + 500  # a device clock 90 s fast
+    doc = track_at(
+        timestamp=format_ts(T + 200),
+        originalTimestamp=format_ts(T + 90_000 - 300),
+        sentAt=format_ts(sent),
+        receivedAt=format_ts(received),
+    )
+    event = parse_event(orjson.dumps(doc))
+    # `timestamp` is the event time as given: the correction was made once, at the collector
+    assert (event.timestamp_ms, event.received_at_ms) == (T + 200, received)
+    assert (event.sent_at_ms, event.original_timestamp_ms) == (sent, T + 90_000 - 300)
+    assert parse_event(event.to_bytes()) == event
+    assert event.to_json()["receivedAt"] == format_ts(received)
+    # the receive time the caller knows (the collector's clock, a ClickHouse column) wins over the message's
+    assert parse_event(doc, received_at_ms=T + 1).received_at_ms == T + 1
+    # without `timestamp`: originalTimestamp + (receivedAt - sentAt)
+    (no_timestamp := dict(doc)).pop("timestamp")
+    assert parse_event(no_timestamp).timestamp_ms == T + 90_000 - 300 + (received - sent)
+    assert parse_event(track_at(timestamp=T)).received_at_ms is None
+
+
+def nested_json(field: str, depth: int) -> str:
+    """An event whose `field` holds objects and arrays `depth` levels deep (the field's own object is level 1),
+    as JSON text: orjson cannot even write it past 254 levels."""
+    opening = "".join('{"k":' if level % 2 == 0 else "[" for level in range(depth))
+    closing = "".join("}" if level % 2 == 0 else "]" for level in reversed(range(depth)))
+    head = orjson.dumps(track_at(timestamp=T)).decode()[:-1]
+    return f'{head},"{field}":{opening}1{closing}}}'
+
+
+@pytest.mark.parametrize("field", ["properties", "traits", "context", "integrations"])
+def test_nesting_is_limited(field: str) -> None:
+    assert parse_event(nested_json(field, MAX_NESTING))
+    assert parse_event(orjson.loads(nested_json(field, MAX_NESTING)))
+    for depth in (MAX_NESTING + 1, 300, 1000):
+        text = nested_json(field, depth)
+        for raw in (text, text.encode(), orjson.loads(text)):
+            with pytest.raises(InvalidEvent) as info:
+                parse_event(raw)
+            assert info.value.reason == "too_deep"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    event = parse_event(orjson.dumps(track_at(timestamp=T, properties={"text": "[{" * 500})))
+    assert event.properties["text"].startswith("[{")
+
+
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=30)
+    | st.sampled_from(["2026-11-18T11:06:40Z", "2026-11-18T11:06:40.5+14:00", "0001-01-01T00:00:00Z", ""])
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt", "receivedAt")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    doc=st.fixed_dictionaries(
+        {"type": st.sampled_from(["track", "identify"]), "event": st.just("x"), "userId": st.just("u")},
+        optional={
+            **{name: json_values for name in TIME_FIELDS},
+            "properties": json_values,
+            "messageId": json_values,
+        },
+    ),
+    received_at_ms=st.none() | st.integers(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS - 1),
+)
+def test_any_timestamps_give_an_event_in_range_or_invalid_event(doc: dict, received_at_ms: int | None) -> None:
+    try:
+        event = parse_event(doc, received_at_ms=received_at_ms)
+    except InvalidEvent as exc:  # never another exception
+        assert exc.reason in {"bad_timestamp", "missing_timestamp", "bad_field", "bad_id"}, exc
+        return
+    for ms in (event.timestamp_ms, event.received_at_ms, event.sent_at_ms, event.original_timestamp_ms):
+        assert ms is None or MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS
+    format_ts(event.timestamp_ms)
