@@ -321,17 +321,24 @@ class LeadWorker:
         try:
             await self._process_lead(lead_id, inputs, partition, handovers)
         except Exception as exc:  # e.g. an action the core built from absurd input cannot be serialized
+            if len(inputs) > 1:
+                # `_process_lead` changes nothing before it has serialized everything: redo the inputs one by
+                # one, so only the one that fails is dead-lettered and the lead's other records still count.
+                for one in inputs:
+                    await self._process_lead_guarded(lead_id, [one], partition, handovers)
+                return
             log.exception("processing lead %s failed", lead_id)
-            for source, item, _ in inputs:
-                await self._dead_letter(
-                    source, "worker_error", f"{type(exc).__name__}: {exc}", lead_id=lead_id, item=item,
-                    partition=partition,
-                )
+            source, item, _ = inputs[0]
+            await self._dead_letter(
+                source, "worker_error", f"{type(exc).__name__}: {exc}", lead_id=lead_id, item=item,
+                partition=partition,
+            )
 
     async def _process_lead(
         self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
     ) -> None:
-        """Evaluate one lead's inputs in order, write its state once, emit what the core produced."""
+        """Evaluate one lead's inputs in order, write its state once, emit what the core produced. Everything is
+        serialized before anything is written or queued: when this raises, it has changed nothing."""
         key = lead_id.encode()
         stored = self.changelog.get(key)
         applied, raw = stored_lead.decode(stored) if stored is not None else (stored_lead.NONE_APPLIED, None)
@@ -339,11 +346,6 @@ class LeadWorker:
         if not inputs:
             return
         state = self._decode_state(lead_id, raw) if raw is not None else None
-        if raw is not None and state is None:
-            await self._dead_letter(
-                inputs[0][0], "bad_state", "stored lead state could not be decoded", raw, lead_id=lead_id,
-                partition=partition,
-            )
         try:
             # The decoded state is private to this call, so the core may update it in place.
             outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=True)
@@ -351,12 +353,21 @@ class LeadWorker:
             # An input the core raised on: redo the lead on copies, so that input alone is dropped.
             state = self._decode_state(lead_id, raw) if raw is not None else None
             outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=False)
+        new_raw = outcome.state.to_bytes() if outcome.state is not None else None
+        emitted = [(action, kind, action.to_bytes()) for action, kind in outcome.actions]
+        updates = [orjson.dumps(update) for update in outcome.updates] if self.nudge.lead_updates is not None else []
+        merges = [(known, merge_record(known, lead_id, state_bytes)) for known, state_bytes in outcome.merges_out]
+        # Nothing below raises for bad input: from here on the outcome is applied.
+        if raw is not None and state is None:
+            await self._dead_letter(
+                inputs[0][0], "bad_state", "stored lead state could not be decoded", raw, lead_id=lead_id,
+                partition=partition,
+            )
         now_ms = wall_ms()
         for deadline_ms in outcome.fired_deadlines:
             metrics.DEADLINE_LAG.observe(max(0.0, (now_ms - deadline_ms) / 1000))
         for source, item, reason, detail in outcome.rejected:
             await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
-        new_raw = outcome.state.to_bytes() if outcome.state is not None else None
         if new_raw != raw:
             # An unchanged state needs no write: inputs that changed nothing change nothing when replayed.
             value = None if new_raw is None else stored_lead.encode(self._applied_after(inputs, applied), new_raw)
@@ -364,13 +375,13 @@ class LeadWorker:
         self.lead_partition[key] = partition
         if outcome.deadlines is not None:
             self.index(partition).set(lead_id, partition, outcome.deadlines)
-        for action, kind in outcome.actions:
-            self._emit(action, kind)
+        for action, kind, value in emitted:
+            self._emit(action, kind, value)
         if self.nudge.lead_updates is not None:
-            for update in outcome.updates:
-                self.output.send(self.nudge.lead_updates.get_topic_name(), key, orjson.dumps(update))
-        for known_id, state_bytes in outcome.merges_out:
-            self._send_handover_record(known_id, merge_record(known_id, lead_id, state_bytes))
+            for update in updates:
+                self.output.send(self.nudge.lead_updates.get_topic_name(), key, update)
+        for known_id, record in merges:
+            self._send_handover_record(known_id, record)
         handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
 
     async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
@@ -452,8 +463,8 @@ class LeadWorker:
             log.exception("cannot decode state of lead %s", lead_id)
             return None
 
-    def _emit(self, action: Action, kind: str) -> None:
-        self.output.send(self._actions_topic, action.lead_id.encode(), action.to_bytes())
+    def _emit(self, action: Action, kind: str, value: bytes) -> None:
+        self.output.send(self._actions_topic, action.lead_id.encode(), value)
         self._series(metrics.RULE_FIRES, action.rule, self._rule_kinds.get(action.rule, kind)).inc()
         # Due = the later of the triggering event's time and the fire time (a deadline for absence rules), the
         # same definition as the detection-delay KPI in ClickHouse. `kind`: fired by an event or by a tick.
