@@ -77,6 +77,8 @@ class Settings:
     log_level: str = "info"
     default_timezone: str = "UTC"
     write_keys: tuple[str, ...] = ()
+    max_clock_skew_s: float = 5.0
+    collector_body_timeout_s: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -105,6 +107,8 @@ class Settings:
             log_level=_choice(env, "NUDGE_LOG_LEVEL", defaults.log_level, ("debug", "info", "warning", "error")),
             default_timezone=env.get("NUDGE_DEFAULT_TIMEZONE") or defaults.default_timezone,
             write_keys=tuple(k for k in (env.get("NUDGE_WRITE_KEYS") or "").split(",") if k),
+            max_clock_skew_s=_float(env, "NUDGE_MAX_CLOCK_SKEW_S", defaults.max_clock_skew_s),
+            collector_body_timeout_s=_float(env, "NUDGE_COLLECTOR_BODY_TIMEOUT_S", defaults.collector_body_timeout_s),
         )
 
     def env(self) -> dict[str, str]:

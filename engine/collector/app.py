@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -15,12 +16,12 @@ from redis.exceptions import RedisError
 
 from engine import metrics
 from engine.collector.auth import WriteKeys
-from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_request
+from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decode_body, read_body_within
 from engine.collector.dedupe import MessageDeduper
 from engine.collector.errors import RequestRejected, unavailable
 from engine.collector.identity import IdentityStore
 from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, normalise, raw_messages
-from engine.collector.producer import ClickstreamProducer
+from engine.collector.producer import ClickstreamProducer, ClickstreamRecord
 from engine.config import Settings
 from engine.events import Event
 
@@ -44,22 +45,30 @@ class Collector:
     """Turns one authenticated Segment request into acknowledged clickstream records, or a refusal (`ingest`).
 
     One request, in order; any refusal answers with its status and writes nothing:
-    1. write key (Basic auth header, else `writeKey` in the body) → 401 `unauthorized`
-    2. body within limits, gzip and JSON decoded → 400 `too_large` / `bad_gzip` / `bad_encoding` / `bad_json`
-    3. every event valid (`engine.events.parse_event`, event time normalised) → 400 `invalid_events` with indexes
-    4. lead ids re-keyed through recorded merges (`IdentityStore`)
-    5. messageIds claimed in Redis (`MessageDeduper`): already produced → skipped; in flight elsewhere → 503
-    6. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
-    7. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
-    Redis unreachable in steps 4-5 → 503 `redis_unavailable` + Retry-After. The SDKs retry 5xx (honouring
+    1. write key in the Basic auth header, when there is one → 401 `unauthorized`
+    2. the whole body read within `settings.collector_body_timeout_s` → 408 `body_timeout` (connection closed);
+       within the size limits → 400 `too_large`. Only then does the request take one of `max_inflight` slots
+    3. gzip and JSON decoded → 400 `bad_gzip` / `bad_encoding` / `bad_json`; `writeKey` in the body when there
+       was no header → 401
+    4. every event valid (`normalise`: `engine.events.parse_event`, event time corrected for the device's clock
+       and bounded by the receive time, traits cleaned) → 400 `invalid_events` with indexes and reasons
+    5. lead ids re-keyed through recorded merges (`IdentityStore`); every event serialised
+    6. messageIds claimed in Redis (`MessageDeduper`): already produced → skipped; in flight elsewhere → 503
+    7. produced to `clickstream` and acknowledged by the broker → else 503 `broker_unavailable` + Retry-After
+    8. claims confirmed, identify traits and merges recorded; 200 `{"success": true}`
+    Redis unreachable in steps 5-6 → 503 `redis_unavailable` + Retry-After. The SDKs retry 5xx (honouring
     Retry-After) and drop 4xx, so only a retry can ever fix a 503 and nothing a retry cannot fix gets one.
+    Anything unexpected is answered 500 by the middleware (and counted), before the first produce if it happens
+    in steps 1-6.
 
     Acknowledged: a 200 means every event of the request is in Kafka (acknowledged by the broker) or was produced
-    by an earlier request with the same messageId. A refused request leaves Kafka untouched, except a 503 after a
-    partial produce: its acknowledged events are confirmed, so the retry skips them (no doubles).
+    by an earlier request with the same messageId. A refused request leaves Kafka untouched (every event is
+    validated and serialised before the first is produced), except a 503 after a partial produce: its
+    acknowledged events are confirmed, so the retry skips them (no doubles).
 
     Back-pressure: at most `max_inflight` requests are processed at once; more get 503 `overloaded` rather than
-    queueing without bound while the broker or Redis is slow.
+    queueing without bound while the broker or Redis is slow. A slot is taken once the body is in, so slow
+    clients cannot hold one.
     """
 
     def __init__(
@@ -78,33 +87,38 @@ class Collector:
         self.producer = producer
         self.deduper = MessageDeduper(redis)
         self.identity = IdentityStore(redis)
+        self.max_clock_skew_ms = round(settings.max_clock_skew_s * 1000)
 
     async def ingest(self, request: web.Request, endpoint: str) -> web.Response:
         """The response to one tracking request on `endpoint` (`batch`, `track`, ...); raises `RequestRejected`
-        for every refusal (the middleware turns it into the JSON error body). Blocks for the broker's acks, at
-        most the producer's request timeout."""
+        for every refusal (the middleware turns it into the JSON error body). Blocks for the request body (at most
+        `settings.collector_body_timeout_s`), then for the broker's acks (at most the producer's request
+        timeout)."""
+        received_at_ms = int(time.time() * 1000)  # when it hit the API, as Segment stamps it
+        header_authenticated = self.keys.check_header(request.headers.get("Authorization"))
+        limit = MAX_BATCH_BYTES if endpoint == "batch" else MAX_EVENT_BYTES
+        raw = await read_body_within(request, limit, self.settings.collector_body_timeout_s)
         if self.inflight >= self.max_inflight:
             raise unavailable("overloaded", "the collector is at capacity; retry later", retry_after_s=1)
         self.inflight += 1
         try:
-            return await self._ingest(request, endpoint)
+            body = decode_body(raw, request.headers.get("Content-Encoding"), limit)
+            if not header_authenticated:
+                self.keys.check_body(body)
+            return await self._ingest(body, endpoint, received_at_ms)
         finally:
             self.inflight -= 1
 
-    async def _ingest(self, request: web.Request, endpoint: str) -> web.Response:
-        received_at_ms = int(time.time() * 1000)
-        header_authenticated = self.keys.check_header(request.headers.get("Authorization"))
-        body = await decode_request(request, MAX_BATCH_BYTES if endpoint == "batch" else MAX_EVENT_BYTES)
-        if not header_authenticated:
-            self.keys.check_body(body)
+    async def _ingest(self, body: dict[str, Any], endpoint: str, received_at_ms: int) -> web.Response:
         try:
-            events = normalise(raw_messages(body, endpoint), received_at_ms)
+            events = normalise(raw_messages(body, endpoint), received_at_ms, self.max_clock_skew_ms)
         except RequestRejected as exc:
             metrics.COLLECTOR_EVENTS.labels("unknown", "rejected").inc(max(1, len(exc.errors)))
             raise
         token = uuid.uuid4().hex
         try:
             events = await self.identity.rekey(events)
+            records = {e.message_id: ClickstreamRecord.of(e) for e in events}  # all of them before any is sent
             claim = await self.deduper.claim([e.message_id for e in events], token)
         except RedisError as exc:
             log.warning("Redis unavailable: %s", exc)
@@ -124,7 +138,7 @@ class Collector:
         for event in events:
             if event.message_id not in fresh:
                 metrics.COLLECTOR_EVENTS.labels(event.type, "duplicate").inc()
-        acked, failed = await self.producer.send(to_send)
+        acked, failed = await self.producer.send([records[e.message_id] for e in to_send])
         acked_ids = set(acked)
         acked_events = [e for e in to_send if e.message_id in acked_ids]
         await self._after_ack(acked_events)
@@ -173,21 +187,40 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refusals become JSON responses; every response is counted by endpoint (a bounded label); tracking API
-    responses carry CORS headers so browsers running analytics.js can read them."""
+    """Refusals become JSON responses; anything unexpected becomes a JSON 500 (logged with its traceback); every
+    response is counted by endpoint (a bounded label) and status, 500s included, so the error-rate alert sees
+    them; tracking API responses carry CORS headers so browsers running analytics.js can read them."""
     name = request.match_info.route.name or "other"
     route = BROWSER_PATHS.get(name, name)
+    close_connection = False
     try:
         response = await handler(request)
     except RequestRejected as exc:
         response = web.json_response(exc.body(), status=exc.status, headers=exc.headers())
+        close_connection = exc.close_connection
     except web.HTTPException as exc:
         metrics.COLLECTOR_REQUESTS.labels(route, str(exc.status)).inc()
         raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        body = {"success": False, "code": "internal_error", "message": "unexpected collector error; retry later"}
+        response = web.json_response(body, status=500)
     if request.path.startswith("/v1/"):
         response.headers.update(CORS_HEADERS)
     metrics.COLLECTOR_REQUESTS.labels(route, str(response.status)).inc()
+    if close_connection:
+        await _send_and_close(request, response)
     return response
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response` now and close the connection: the rest of an unread body is not waited for (aiohttp would
+    otherwise linger reading it, so a dripping client would keep the connection after its answer)."""
+    response.force_close()  # `Connection: close`
+    await response.prepare(request)
+    await response.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()
 
 
 def _ingest_handler(endpoint: str) -> Handler:

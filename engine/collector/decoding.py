@@ -3,13 +3,14 @@ documented limits)."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from engine.collector.errors import bad_request
+from engine.collector.errors import RequestRejected, bad_request
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -39,6 +40,22 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise _too_large(what, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_body_within(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """`read_body`, bounded in time as a whole: a client that has not sent its whole body within `timeout_s`
+    (one dripping a byte a second, or one that stalls) gets `408 body_timeout` with `Connection: close`, so it
+    holds a connection at most `timeout_s` and never the collector's capacity for processing requests."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read_body(request, limit)
+    except TimeoutError:
+        raise RequestRejected(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout_s:g} s; send it in one go and retry",
+            close_connection=True,
+        ) from None
 
 
 def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -75,15 +92,14 @@ def parse_object(data: bytes) -> dict[str, Any]:
     return doc
 
 
-async def decode_request(request: web.Request, limit: int) -> dict[str, Any]:
-    """Read, decompress and parse the request body into a JSON object within `limit` decoded bytes.
+def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> dict[str, Any]:
+    """Decompress and parse a request body into a JSON object within `limit` decoded bytes.
 
     Limits: a batch body (`/v1/batch`) `MAX_BATCH_BYTES` (500 KB) of JSON after decompression, a single event (a
-    `/v1/track`-style body, or each element of a batch) `MAX_EVENT_BYTES` (32 KB) → `400 too_large`. The body is
-    read incrementally and reading stops as soon as the limit is passed, so an oversized upload costs at most
-    `limit` bytes of memory, never the declared length; `Content-Encoding: gzip` bodies are inflated with the same
-    cap (no "zip bomb"). A truncated or corrupt gzip stream is `400 bad_gzip`, another encoding `400
-    bad_encoding`, anything but a UTF-8 JSON object `400 bad_json` (all `RequestRejected`).
+    `/v1/track`-style body, or each element of a batch) `MAX_EVENT_BYTES` (32 KB) → `400 too_large`.
+    `Content-Encoding: gzip` bodies are inflated with the same cap (no "zip bomb"). A truncated or corrupt gzip
+    stream is `400 bad_gzip`, another encoding `400 bad_encoding`, anything but a UTF-8 JSON object `400 bad_json`
+    (all `RequestRejected`). The body itself is read by `read_body_within`: incrementally, stopping as soon as the
+    limit is passed, so an oversized upload costs at most `limit` bytes of memory, never the declared length.
     """
-    raw = await read_body(request, limit)
-    return parse_object(decompress(raw, request.headers.get("Content-Encoding"), limit))
+    return parse_object(decompress(raw, content_encoding, limit))

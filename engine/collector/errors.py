@@ -11,7 +11,8 @@ class RequestRejected(Exception):
 
     `status` is the HTTP status; `code` a short stable word (also the Segment SDKs' `code` field, which they log);
     `message` says what is wrong and how to fix it; `errors` optionally lists per-event problems by batch index;
-    `retry_after_s` only for 503s. The body is JSON `{"success": false, "code", "message", "errors"?}` so the
+    `retry_after_s` only for 503s; `close_connection` when the connection must not be reused (the request body
+    was not read to its end). The body is JSON `{"success": false, "code", "message", "errors"?}` so the
     unmodified SDKs can parse and log it.
     """
 
@@ -23,6 +24,7 @@ class RequestRejected(Exception):
         *,
         errors: list[dict[str, Any]] | None = None,
         retry_after_s: int | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
@@ -30,6 +32,7 @@ class RequestRejected(Exception):
         self.message = message
         self.errors = errors or []
         self.retry_after_s = retry_after_s
+        self.close_connection = close_connection
 
     def body(self) -> dict[str, Any]:
         """The JSON response body."""

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
 
 from engine.collector.decoding import MAX_EVENT_BYTES
 from engine.collector.errors import bad_request
-from engine.events import Event, InvalidEvent, parse_event
+from engine.collector.event_time import as_device_time, bounded_by_receipt
+from engine.events import Event, InvalidEvent, parse_event, synthetic_message_id
 
 SINGLE_EVENT_ENDPOINTS = ("track", "page", "screen", "identify", "alias", "group")
 MAX_LISTED_ERRORS = 50
+# Stamped per request by the SDK or by us: left out of a synthetic messageId, so an SDK's retry of an event sent
+# without one gets the same id and is deduplicated.
+_PER_REQUEST_FIELDS = ("sentAt", "receivedAt", "writeKey")
+# C0 and C1 control characters but tab, DEL, and the Unicode line and paragraph separators: stripped from traits,
+# which end up in email headers, CRM fields and Slack messages, where a CR/LF breaks or injects a line.
+_CONTROL_CHARACTERS = dict.fromkeys(
+    [*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+)
 
 
 def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
@@ -42,15 +52,18 @@ def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
     return messages
 
 
-def normalise(messages: list[Any], received_at_ms: int) -> list[Event]:
-    """Every message parsed with `engine.events.parse_event` at the receive time (which normalises event time),
-    each at most `MAX_EVENT_BYTES` of JSON; repeated `messageId`s inside the request keep the first occurrence.
+def normalise(messages: list[Any], received_at_ms: int, max_clock_skew_ms: int) -> list[Event]:
+    """Every message parsed with `engine.events.parse_event` at the receive time, with the edge's own rules:
+    the device's time corrected by its clock skew and bounded by `received_at_ms + max_clock_skew_ms`
+    (`engine.collector.event_time`), control characters stripped from traits (`clean_traits`), and each event at
+    most `MAX_EVENT_BYTES` of JSON; repeated `messageId`s inside the request keep the first occurrence.
 
-    All or nothing: one bad event raises `400 invalid_events` listing each bad index, reason and detail, and
-    nothing is written. Why not accept the good ones: the SDKs drop a batch on any 4xx without telling the caller
-    which events failed, while a partial 200 would hide the loss completely; all-or-nothing keeps the failure loud
-    and the batch re-sendable once fixed. (The SDKs already refuse events without ids client-side, so this only
-    triggers for hand-made or broken clients.)
+    All or nothing: one bad event raises `400 invalid_events` listing each bad index, reason (`parse_event`'s:
+    `bad_timestamp`, `too_deep`, ...; `too_large`, `not_object`) and detail, and nothing is written. Why not accept
+    the good ones: the SDKs drop a batch on any 4xx without telling the caller which events failed, while a
+    partial 200 would hide the loss completely; all-or-nothing keeps the failure loud and the batch re-sendable
+    once fixed. (The SDKs already refuse events without ids client-side, so this only triggers for hand-made or
+    broken clients.)
     """
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
@@ -59,20 +72,23 @@ def normalise(messages: list[Any], received_at_ms: int) -> list[Event]:
             detail = f"each event must be a JSON object, got {type(message).__name__}"
             errors.append({"index": index, "reason": "not_object", "detail": detail})
             continue
-        size = len(orjson.dumps(message))
-        if size > MAX_EVENT_BYTES:
-            errors.append(
-                {
-                    "index": index,
-                    "reason": "too_large",
-                    "detail": f"event is {size} bytes; the limit is 32 KB",
-                }
-            )
+        try:
+            size: int | None = len(orjson.dumps(message))
+        except TypeError:  # nested past orjson's limit, or a value JSON cannot carry: parse_event tells which
+            size = None
+        if size is not None and size > MAX_EVENT_BYTES:
+            detail = f"event is {size} bytes; the limit is 32 KB"
+            errors.append({"index": index, "reason": "too_large", "detail": detail})
             continue
         try:
-            events.append(parse_event(message, received_at_ms=received_at_ms))
+            event = _edge_event(message, received_at_ms, max_clock_skew_ms)
         except InvalidEvent as exc:
             errors.append({"index": index, "reason": exc.reason, "detail": exc.detail})
+            continue
+        if size is None:  # only reachable with a hand-built dict: JSON bodies decode to what orjson can write
+            errors.append({"index": index, "reason": "bad_field", "detail": "event cannot be written as JSON"})
+            continue
+        events.append(event)
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
         more = f" (first {MAX_LISTED_ERRORS} listed)" if len(errors) > MAX_LISTED_ERRORS else ""
@@ -83,6 +99,41 @@ def normalise(messages: list[Any], received_at_ms: int) -> list[Event]:
             errors=listed,
         )
     return unique_by_message_id(events)
+
+
+def _edge_event(message: dict[str, Any], received_at_ms: int, max_clock_skew_ms: int) -> Event:
+    event = parse_event(as_device_time(message), received_at_ms=received_at_ms)
+    if message.get("messageId") in (None, ""):
+        event = dataclasses.replace(event, message_id=synthetic_message_id(_without_per_request_fields(message)))
+    return clean_traits(bounded_by_receipt(event, received_at_ms, max_clock_skew_ms))
+
+
+def _without_per_request_fields(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k not in _PER_REQUEST_FIELDS}
+
+
+def strip_control_characters(value: Any) -> Any:
+    """`value` with control characters (C0 and C1 but tab, DEL, U+2028, U+2029) removed from every string in it,
+    keys included; other values unchanged."""
+    if isinstance(value, str):
+        return value.translate(_CONTROL_CHARACTERS)
+    if isinstance(value, dict):
+        return {strip_control_characters(k): strip_control_characters(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_control_characters(v) for v in value]
+    return value
+
+
+def clean_traits(event: Event) -> Event:
+    """`event` with control characters stripped from its traits (and `context.traits`, which stand in for them):
+    a CR/LF in a name would later break the email header it is written into."""
+    traits = strip_control_characters(event.traits)
+    context = event.context
+    if isinstance(context.get("traits"), dict):
+        context = {**context, "traits": strip_control_characters(context["traits"])}
+    if traits == event.traits and context is event.context:
+        return event
+    return dataclasses.replace(event, traits=traits, context=context)
 
 
 def unique_by_message_id(events: list[Event]) -> list[Event]:

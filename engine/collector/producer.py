@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +23,19 @@ log = logging.getLogger(__name__)
 class BrokerUnavailable(RuntimeError):
     """The broker cannot be reached now; the request should be retried later."""
 
+
+@dataclass(frozen=True, slots=True)
+class ClickstreamRecord:
+    """One event as it goes to `clickstream`: key = lead id (UTF-8), value = `Event.to_bytes()`."""
+
+    message_id: str
+    key: bytes
+    value: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> ClickstreamRecord:
+        """Raises what `Event.to_bytes` raises (orjson's `TypeError` for a value JSON cannot carry)."""
+        return cls(event.message_id, event.lead_id.encode(), event.to_bytes())
 
 
 class ClickstreamProducer:
@@ -106,24 +120,25 @@ class ClickstreamProducer:
             self._producer = await self._connect()
             return self._producer
 
-    async def send(self, events: list[Event]) -> tuple[list[str], list[str]]:
-        """Produce every event (`key` = lead id UTF-8, `value` = `Event.to_bytes()`) and return `(acknowledged,
-        failed)` message ids once the broker answered for each. Never raises for broker trouble, so the caller can
-        confirm what was written and let the SDK retry the rest. Back-pressure: waits while aiokafka's buffer is
-        full; records the broker did not acknowledge within `request_timeout_ms` count as failed."""
-        if not events:
+    async def send(self, records: list[ClickstreamRecord]) -> tuple[list[str], list[str]]:
+        """Produce every record (serialised beforehand, so nothing can fail half-way through building them) and
+        return `(acknowledged, failed)` message ids once the broker answered for each. Never raises for broker
+        trouble, so the caller can confirm what was written and let the SDK retry the rest. Back-pressure: waits
+        while aiokafka's buffer is full; records the broker did not acknowledge within `request_timeout_ms` count as
+        failed."""
+        if not records:
             return [], []
         try:
             producer = await self.producer()
         except BrokerUnavailable:
-            return [], [e.message_id for e in events]
+            return [], [r.message_id for r in records]
         # aiokafka fails a batch it could not deliver within request_timeout_ms by itself; the wait below is
         # only a guard and does not cancel: cancelling would not unsend a record, and a retry would double it.
         guard_s = 3 * self._request_timeout_ms / 1000 + 5
         pending: list[asyncio.Future[Any] | BaseException] = []
-        for event in events:
+        for record in records:
             try:
-                pending.append(await producer.send(self.topic, event.to_bytes(), key=event.lead_id.encode()))
+                pending.append(await producer.send(self.topic, record.value, key=record.key))
             except KafkaError as exc:
                 pending.append(exc)
         futures = [f for f in pending if isinstance(f, asyncio.Future)]
@@ -132,7 +147,7 @@ class ClickstreamProducer:
         acked: list[str] = []
         failed: list[str] = []
         first_error: BaseException | None = None
-        for event, outcome in zip(events, pending, strict=True):
+        for record, outcome in zip(records, pending, strict=True):
             if isinstance(outcome, asyncio.Future) and outcome.done() and not outcome.cancelled():
                 error = outcome.exception()
             else:
@@ -140,13 +155,13 @@ class ClickstreamProducer:
                     outcome if isinstance(outcome, BaseException) else TimeoutError("broker did not answer")
                 )
             if error is None:
-                acked.append(event.message_id)
+                acked.append(record.message_id)
             else:
-                failed.append(event.message_id)
+                failed.append(record.message_id)
                 first_error = first_error or error
         if failed:
             log.warning(
-                "broker did not acknowledge %d of %d events: %s", len(failed), len(events), first_error
+                "broker did not acknowledge %d of %d events: %s", len(failed), len(records), first_error
             )
         return acked, failed
 

@@ -11,7 +11,7 @@ from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 
 from engine.collector.identity import read_profile
-from engine.events import parse_event
+from engine.events import parse_event, parse_ts
 
 from .conftest import WRITE_KEY
 
@@ -46,15 +46,18 @@ def test_segment_sync_calls_arrive_with_their_fields(collector, read_clickstream
     track = records["m-track"].value
     assert track["type"] == "track" and track["event"] == "Product Added" and track["userId"] == "u1"
     assert track["properties"] == {"sku": "A-1", "price": 19.5}
-    assert track["timestamp"] == "2026-11-25T12:00:00.123Z"
+    # the SDK's timestamp is the device's time, corrected by receivedAt - sentAt (here: milliseconds of latency)
+    assert track["originalTimestamp"] == "2026-11-25T12:00:00.123Z"
+    assert 0 <= parse_ts(track["timestamp"]) - WHEN_MS < 2_000
+    assert parse_ts(track["timestamp"]) - WHEN_MS == parse_ts(track["receivedAt"]) - parse_ts(track["sentAt"])
     assert track["context"]["library"]["name"] == "analytics-python"
-    assert "receivedAt" in track
     assert records["m-page"].value["name"] == "Checkout"
     assert records["m-identify"].value["traits"]["email"] == "ann@example.com"
     assert records["m-screen"].value["type"] == "screen"
     # what the worker reads back is an equal, valid Event
     event = parse_event(records["m-track"].value)
-    assert (event.lead_id, event.name, event.timestamp_ms) == ("u1", "Product Added", WHEN_MS)
+    assert (event.lead_id, event.name, event.original_timestamp_ms) == ("u1", "Product Added", WHEN_MS)
+    assert event.timestamp_ms == parse_ts(track["timestamp"])
     assert not client.errors
 
 
@@ -141,7 +144,7 @@ def test_identify_stores_traits_and_merges_anonymous_lead(collector, collector_s
         profile = read_profile(store.hgetall("nudge:profile:user-9"))
         assert profile["email"] == "zoe@example.com" and profile["name"] == "Zoe"
         assert profile["company"] == {"name": "Z"} and profile["consent"] is True
-        assert profile["_updated_at_ms"] == WHEN_MS
+        assert profile["_updated_at_ms"] == parse_ts(identify.value["timestamp"])  # the corrected event time
         assert store.get("nudge:alias:anon-9") == b"user-9"
         assert store.get("nudge:alias:user-9-crm") == b"user-9"
     finally:

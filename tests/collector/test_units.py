@@ -15,8 +15,10 @@ from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decompre
 from engine.collector.errors import RequestRejected
 from engine.collector.normalise import normalise, raw_messages
 from engine.config import ConfigError
+from engine.events import MAX_NESTING
 
 NOW_MS = 1_795_000_000_000
+SKEW_MS = 5_000  # NUDGE_MAX_CLOCK_SKEW_S's default
 
 
 def basic(user: str, password: str = "") -> str:
@@ -79,21 +81,24 @@ def test_batch_context_and_sent_at_apply_to_each_event() -> None:
         "context": {"ip": "shared", "locale": "fr"},
         "sentAt": "2026-01-01T00:00:10Z",
     }
-    first, second = normalise(raw_messages(body, "batch"), received_at_ms=NOW_MS)
-    # originalTimestamp + (receivedAt - sentAt): the device clock was off by NOW - sentAt
+    first, second = normalise(raw_messages(body, "batch"), NOW_MS, SKEW_MS)
+    # the device's time + (receivedAt - sentAt): the device clock was off by NOW - sentAt
     sent_at_ms = 1_767_225_610_000
     assert first.timestamp_ms == 1_767_225_600_000 + (NOW_MS - sent_at_ms)
     assert first.context == {"ip": "shared", "locale": "fr"}
     assert second.context == {"ip": "own", "locale": "fr"}
-    assert second.timestamp_ms == 1_767_225_605_000  # an explicit timestamp is kept as is
-    assert first.received_at_ms == NOW_MS
+    # a device's `timestamp` is corrected the same way (what the SDKs send), and kept as originalTimestamp
+    assert second.timestamp_ms == 1_767_225_605_000 + (NOW_MS - sent_at_ms)
+    assert second.original_timestamp_ms == 1_767_225_605_000
+    assert first.received_at_ms == second.received_at_ms == NOW_MS
+    assert first.sent_at_ms == second.sent_at_ms == sent_at_ms
 
 
 def test_endpoint_sets_type_and_repeated_message_ids_are_dropped() -> None:
-    (event,) = normalise(raw_messages({"type": "track", "userId": "u", "name": "Home"}, "page"), NOW_MS)
+    (event,) = normalise(raw_messages({"type": "track", "userId": "u", "name": "Home"}, "page"), NOW_MS, SKEW_MS)
     assert (event.type, event.name, event.timestamp_ms) == ("page", "Home", NOW_MS)
     same = {"type": "track", "event": "A", "userId": "u", "messageId": "m"}
-    assert len(normalise([same, dict(same), {**same, "messageId": "n"}], NOW_MS)) == 2
+    assert len(normalise([same, dict(same), {**same, "messageId": "n"}], NOW_MS, SKEW_MS)) == 2
 
 
 def test_one_bad_event_refuses_the_batch_with_every_bad_index() -> None:
@@ -110,7 +115,7 @@ def test_one_bad_event_refuses_the_batch_with_every_bad_index() -> None:
         "batch",
     )
     with pytest.raises(RequestRejected) as refused:
-        normalise(messages, NOW_MS)
+        normalise(messages, NOW_MS, SKEW_MS)
     assert refused.value.code == "invalid_events"
     assert [(e["index"], e["reason"]) for e in refused.value.errors] == [
         (1, "missing_lead_id"),
@@ -167,8 +172,79 @@ def test_any_json_normalises_or_is_refused(messages: list, endpoint: str) -> Non
     if not isinstance(body, dict):
         return
     try:
-        events = normalise(raw_messages(body, endpoint), NOW_MS)
+        events = normalise(raw_messages(body, endpoint), NOW_MS, SKEW_MS)
     except RequestRejected as exc:
         assert exc.status == 400 and exc.code in ("invalid_events", "bad_batch")
         return
     assert all(e.lead_id and e.type in ("track", "page", "identify", "alias") for e in events)
+
+
+def test_a_fast_device_clock_is_corrected_by_sent_at_and_otherwise_clamped() -> None:
+    fast = NOW_MS - 2_000 + 90_000  # the event happened 2 s ago, by a device clock 90 s fast
+    with_sent_at = {"type": "track", "event": "A", "userId": "u", "timestamp": fast, "sentAt": NOW_MS - 300 + 90_000}
+    (event,) = normalise([with_sent_at], NOW_MS, SKEW_MS)
+    assert event.timestamp_ms == NOW_MS - 2_000 + 300  # device time + (receivedAt - sentAt)
+    assert (event.original_timestamp_ms, event.sent_at_ms, event.received_at_ms) == (
+        fast,
+        NOW_MS - 300 + 90_000,
+        NOW_MS,
+    )
+    record = orjson.loads(event.to_bytes())
+    assert {"timestamp", "originalTimestamp", "sentAt", "receivedAt"} <= set(record)
+    # without sentAt nothing can correct it: it is bounded by the receive time, the device's value kept
+    (clamped,) = normalise([{**with_sent_at, "sentAt": None}], NOW_MS, SKEW_MS)
+    assert (clamped.timestamp_ms, clamped.original_timestamp_ms) == (NOW_MS + SKEW_MS, fast)
+    # nor can a wrong sentAt move it into the future
+    (wrong,) = normalise([{**with_sent_at, "sentAt": NOW_MS - 3_600_000}], NOW_MS, SKEW_MS)
+    assert wrong.timestamp_ms == NOW_MS + SKEW_MS
+    # a slow clock or an offline queue: late events keep their (corrected) time
+    (late,) = normalise([{**with_sent_at, "timestamp": NOW_MS - 86_400_000, "sentAt": None}], NOW_MS, SKEW_MS)
+    assert late.timestamp_ms == NOW_MS - 86_400_000
+    # no device time at all: the receive time
+    (bare,) = normalise([{"type": "track", "event": "A", "userId": "u"}], NOW_MS, SKEW_MS)
+    assert (bare.timestamp_ms, bare.original_timestamp_ms) == (NOW_MS, None)
+
+
+def test_every_timestamp_form_refuses_the_event() -> None:
+    base = {"type": "track", "event": "A", "userId": "u", "timestamp": NOW_MS}
+    for field in ("timestamp", "originalTimestamp", "sentAt", "receivedAt"):
+        for value in (1e308, -1, 12345, "0001-01-01T00:00:00Z", "soon", True):
+            with pytest.raises(RequestRejected) as refused:
+                normalise([{**base, field: value}], NOW_MS, SKEW_MS)
+            assert [e["reason"] for e in refused.value.errors] == ["bad_timestamp"], (field, value)
+
+
+def deep(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def test_nesting_past_the_limit_is_too_deep() -> None:
+    ok = {"type": "track", "event": "A", "userId": "u", "properties": deep(MAX_NESTING)}
+    assert normalise([ok], NOW_MS, SKEW_MS)
+    for depth in (MAX_NESTING + 1, 255, 1000):
+        for field in ("properties", "traits", "context"):
+            with pytest.raises(RequestRejected) as refused:
+                normalise([{**ok, field: deep(depth)}], NOW_MS, SKEW_MS)
+            assert [e["reason"] for e in refused.value.errors] == ["too_deep"]
+
+
+def test_control_characters_are_stripped_from_traits() -> None:
+    identify = {
+        "type": "identify",
+        "userId": "u",
+        "traits": {"name": "Ann\r\nBcc: all@example.com", "note": "a\tb\x00c\x1b\x85\u2028", "x\ny": ["p\rq"]},
+        "context": {"traits": {"name": "C\nD"}, "ip": "1\n2"},
+    }
+    (event,) = normalise([identify], NOW_MS, SKEW_MS)
+    assert event.traits == {"name": "AnnBcc: all@example.com", "note": "a\tbc", "xy": ["pq"]}
+    assert event.context == {"traits": {"name": "CD"}, "ip": "1\n2"}  # only traits are cleaned
+
+
+def test_a_synthetic_message_id_does_not_change_with_sent_at() -> None:
+    event = {"type": "track", "event": "A", "userId": "u", "timestamp": NOW_MS - 1000}
+    first = normalise([{**event, "sentAt": NOW_MS - 500}], NOW_MS, SKEW_MS)
+    retried = normalise([{**event, "sentAt": NOW_MS + 30_000}], NOW_MS + 30_500, SKEW_MS)
+    assert first[0].message_id == retried[0].message_id
