@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Iterable
 from typing import Any
@@ -49,7 +48,7 @@ class WriteKeys:
             )
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII text in the header
             raise RequestRejected(
                 401, "unauthorized", f"Authorization header is not valid Basic auth; {NO_KEY_MESSAGE}"
             ) from None
