@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-DEFAULT_MAX_FUTURE_SKEW_MS = 60_000
+DEFAULT_MAX_FUTURE_SKEW_MS = 5_000  # NUDGE_MAX_CLOCK_SKEW_S
 NEVER_MS = -(2**62)  # a watermark before any deadline
 
 

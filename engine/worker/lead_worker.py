@@ -95,17 +95,19 @@ class LeadWorker:
     copies). A stored state that cannot be decoded is dead-lettered too and the lead starts afresh. Anything
     else escaping the input loop is a bug: the app crashes rather than skip input.
 
-    Deadlines: every `settings.timer_interval_s`, and after each batch for the clocks it moved. Each partition
-    this worker owns has its own event-time clock (`EventClock`) and `DeadlineIndex`: a partition that lags (a
-    backlog after a restart, a slow producer) must not see its deadlines fired by another partition's later event
-    times, or an event that cancels a deadline would lose the race it wins in a replay. A partition's clock runs
-    on wall time only while the partition is caught up (`_refresh_caught_up`: everything below the highwater of
-    the consumer's last fetch is processed); until then only its events move it, so after an assignment no
-    deadline fires ahead of input that is already in Kafka. Due leads are evaluated
-    with `Tick(watermark)` right here, under the lock, and their state written to the partition that holds them:
-    no Kafka round trip per firing. A repeated tick is harmless (the core fires only deadlines still pending in
-    the state, and removes them as it fires). After a rebalance or restart the indexes are rebuilt from the
-    recovered table for the owned partitions, so each pending deadline fires once.
+    Deadlines: every `settings.timer_interval_s`, and after each batch for the clocks it moved. Each partition this
+    worker owns has its own event-time clock (`EventClock`) and `DeadlineIndex`: a partition that lags (a backlog
+    after a restart, a slow producer) must not see its deadlines fired by another partition's later event times, or
+    an event that cancels a deadline would lose the race it wins in a replay. A partition's clock runs on wall time
+    only while the partition is caught up (`_refresh_caught_up`: everything below the highwater of the consumer's
+    last fetch is processed); until then only its events move it, so after an assignment no deadline fires ahead of
+    input that is already in Kafka. An event moves the clock at most to its `receivedAt` (the collector's clock;
+    `NUDGE_MAX_CLOCK_SKEW_S` past the worker's wall clock for events produced without one): a device clock running
+    ahead cannot fire other leads' deadlines early. Due leads are evaluated with `Tick(watermark)` right here, under
+    the lock, and their state written to the partition that holds them: no Kafka round trip per firing. A repeated
+    tick is harmless (the core fires only deadlines still pending in the state, and removes them as it fires). After
+    a rebalance or restart the indexes are rebuilt from the recovered table for the owned partitions, so each
+    pending deadline fires once.
 
     Identity hand-overs: an `identify` with both `userId` and `anonymousId`, or an `alias` (`previousId` →
     `userId`), is evaluated for the known lead as usual; then the anonymous lead's state must move to the known
@@ -158,7 +160,9 @@ class LeadWorker:
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
         if clock is None:
-            clock = self.clocks[partition] = EventClock(int(self.settings.allowed_lateness_s * 1000))
+            clock = self.clocks[partition] = EventClock(
+                int(self.settings.allowed_lateness_s * 1000), int(self.settings.max_clock_skew_s * 1000)
+            )
         return clock
 
     def index(self, partition: int) -> DeadlineIndex:
@@ -310,9 +314,14 @@ class LeadWorker:
                 "must key records by userId (else anonymousId) so each lead's events share a partition",
             )
         self._consumed[event.type] = self._consumed.get(event.type, 0) + 1  # counted once per batch
+        # An event moves its partition's clock at most to when the collector received it: a device clock running
+        # ahead cannot fire other leads' deadlines early (see "Deadlines" on the class).
+        event_ms, received_ms = event.timestamp_ms, event.received_at_ms
+        if received_ms is not None and event_ms > received_ms:
+            event_ms = received_ms
         latest = self._latest_event_ms
-        if event.timestamp_ms > latest.get(message.partition, -1):
-            latest[message.partition] = event.timestamp_ms  # the clocks see each partition's maximum once
+        if event_ms > latest.get(message.partition, -1):
+            latest[message.partition] = event_ms  # the clocks see each partition's maximum once
         return event.lead_id, event
 
     async def _process_lead_guarded(

@@ -58,12 +58,12 @@ def with_rules(settings: Settings, tmp_path: Path, rules_yaml: str, **changes: A
     return settings.with_(**{"rules_path": rules, "allowed_lateness_s": 0.5, "web_port": free_port(), **changes})
 
 
-def cart_abandoned(action: str = "{connector: webhook}", *, unless: bool = True) -> str:
+def cart_abandoned(action: str = "{connector: webhook}", *, unless: bool = True, within: str = "2s") -> str:
     """The YAML of one rule, `cart_abandoned`: Product Added (unless Order Completed) within 2 s."""
     cancelled_by = "    unless: {event: Order Completed}\n" if unless else ""
     return (
         "  - id: cart_abandoned\n    kind: absence\n    when: {event: Product Added}\n"
-        f"{cancelled_by}    within: 2s\n    action: {action}\n"
+        f"{cancelled_by}    within: {within}\n    action: {action}\n"
     )
 
 
