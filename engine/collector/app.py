@@ -4,6 +4,7 @@ app would join the consumer group (and trigger rebalances) whenever a collector 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from engine.collector.errors import RequestRejected, unavailable
 from engine.collector.identity import IdentityStore
 from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, normalise, raw_messages
 from engine.collector.producer import ClickstreamProducer, ClickstreamRecord
-from engine.config import Settings
+from engine.config import ConfigError, Settings
 from engine.events import Event
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,11 @@ class Collector:
         self.producer = producer
         self.deduper = MessageDeduper(redis)
         self.identity = IdentityStore(redis)
+        if not settings.collector_body_timeout_s > 0 or not settings.max_clock_skew_s >= 0:
+            raise ConfigError(
+                "NUDGE_COLLECTOR_BODY_TIMEOUT_S must be above 0 and NUDGE_MAX_CLOCK_SKEW_S at least 0 (got "
+                f"{settings.collector_body_timeout_s:g} and {settings.max_clock_skew_s:g})"
+            )
         self.max_clock_skew_ms = round(settings.max_clock_skew_s * 1000)
 
     async def ingest(self, request: web.Request, endpoint: str) -> web.Response:
@@ -217,8 +223,9 @@ async def _send_and_close(request: web.Request, response: web.StreamResponse) ->
     """Send `response` now and close the connection: the rest of an unread body is not waited for (aiohttp would
     otherwise linger reading it, so a dripping client would keep the connection after its answer)."""
     response.force_close()  # `Connection: close`
-    await response.prepare(request)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
+        await response.prepare(request)
+        await response.write_eof()
     if request.protocol is not None:
         request.protocol.force_close()
 

@@ -45,7 +45,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 async def read_body_within(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """`read_body`, bounded in time as a whole: a client that has not sent its whole body within `timeout_s`
     (one dripping a byte a second, or one that stalls) gets `408 body_timeout` with `Connection: close`, so it
-    holds a connection at most `timeout_s` and never the collector's capacity for processing requests."""
+    holds a connection at most `timeout_s` and never the collector's capacity for processing requests. A client
+    that closes the connection before its body is in is counted as `400 incomplete_body` (it cannot read it)."""
     try:
         async with asyncio.timeout(timeout_s):
             return await read_body(request, limit)
@@ -55,6 +56,10 @@ async def read_body_within(request: web.Request, limit: int, timeout_s: float) -
             "body_timeout",
             f"the request body did not arrive within {timeout_s:g} s; send it in one go and retry",
             close_connection=True,
+        ) from None
+    except ConnectionError:  # the client went away half-way (aiohttp's "Connection lost"): its fault, not ours
+        raise RequestRejected(
+            400, "incomplete_body", "the connection closed before the whole body arrived", close_connection=True
         ) from None
 
 

@@ -46,3 +46,13 @@ def test_nudge_collector_without_write_keys_exits_2() -> None:
     done = subprocess.run([*nudge_command(), "collector"], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "NUDGE_WRITE_KEYS" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("NUDGE_COLLECTOR_BODY_TIMEOUT_S", "0"), ("NUDGE_MAX_CLOCK_SKEW_S", "-1")]
+)
+def test_nudge_collector_with_an_unusable_time_bound_exits_2(name: str, value: str) -> None:
+    env = {**os.environ, "NUDGE_WRITE_KEYS": "k", name: value}
+    done = subprocess.run([*nudge_command(), "collector"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert name in done.stderr

@@ -269,6 +269,32 @@ def test_a_dripping_client_gets_408_within_the_bound_and_blocks_nobody(strict_co
     assert len(read_clickstream(len(served), settle_s=0.3)) == len(served)
 
 
+def server_errors_counted(metrics_text: str) -> float:
+    """The collector's requests answered 5xx so far (the metrics registry is shared by every test)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("nudge_collector_requests_total{") and 'status="5' in line
+    )
+
+
+def test_a_client_that_goes_away_mid_body_is_not_a_server_error(collector) -> None:
+    errors_before = server_errors_counted(requests.get(collector.url + "/metrics").text)
+    parsed = urlparse(collector.url)
+    ((auth_name, auth_value),) = auth().items()
+    for _ in range(3):
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=5) as sock:
+            sock.sendall(
+                f"POST /v1/batch HTTP/1.1\r\nHost: c\r\n{auth_name}: {auth_value}\r\nContent-Length: 5000\r\n\r\n"
+                '{"batch": ['.encode()
+            )
+            time.sleep(0.1)
+    assert post(collector.url, "/v1/track", track("after"), auth()).status_code == 200
+    metrics = requests.get(collector.url + "/metrics").text
+    assert server_errors_counted(metrics) == errors_before
+    assert 'nudge_collector_requests_total{endpoint="batch",status="400"}' in metrics
+
+
 # --- bugs ----------------------------------------------------------------------------------------------------------
 
 
@@ -414,15 +440,6 @@ def random_request(rng: random.Random, n: int) -> tuple[str, bytes, dict[str, st
     elif shape < 0.24:
         body = rng.randbytes(rng.randint(0, 2_000))
     return endpoint, body, headers
-
-
-def server_errors_counted(metrics_text: str) -> float:
-    """The collector's requests answered 5xx so far (the metrics registry is shared by every test)."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics_text.splitlines()
-        if line.startswith("nudge_collector_requests_total{") and 'status="5' in line
-    )
 
 
 def test_fuzzed_requests_never_get_a_5xx_and_only_valid_events_are_written(collector, read_clickstream) -> None:
