@@ -17,8 +17,8 @@ MAX_LISTED_ERRORS = 50
 # Stamped per request by the SDK or by us: left out of a synthetic messageId, so an SDK's retry of an event sent
 # without one gets the same id and is deduplicated.
 _PER_REQUEST_FIELDS = ("sentAt", "receivedAt", "writeKey")
-# C0 and C1 control characters but tab, DEL, and the Unicode line and paragraph separators: stripped from traits,
-# which end up in email headers, CRM fields and Slack messages, where a CR/LF breaks or injects a line.
+# Stripped from traits, which end up in email headers, CRM fields and Slack messages, where a CR/LF breaks or
+# injects a line: the C0 controls except tab, DEL, the C1 controls, and the Unicode line and paragraph separators.
 _CONTROL_CHARACTERS = dict.fromkeys(
     [*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
 )
