@@ -216,10 +216,14 @@ def pipeline_health() -> db.Dashboard:
            [('sum by (instance) (nudge_state_bytes{job="nudge-worker"})', "{{instance}}")], "bytes", w=8),
         ts("Identity hand-overs", "After identify/alias: merged in place by the partition's owner, nothing to "
            "move (the anonymous id had no state), or sent to the anonymous lead's partition.",
-           [(rate("nudge_identity_handovers_total", "outcome"), "{{outcome}}")], "ops", w=12),
-        ts("Worker output errors", "Batches of worker output (lead-state changelog, actions, control records) "
-           "the broker did not accept.",
-           [(rate("nudge_worker_output_errors_total", "topic"), "{{topic}}")], "ops", w=12),
+           [(rate("nudge_identity_handovers_total", "outcome"), "{{outcome}}")], "ops", w=8),
+        ts("Worker output errors", "Batches of worker output (lead-state changelog, actions, hand-over records) "
+           "the broker did not accept; the worker then stops instead of committing their input.",
+           [(rate("nudge_worker_output_errors_total", "topic"), "{{topic}}")], "ops", w=8),
+        ts("Replayed input skipped", "Records a restarted worker read again but skipped because the lead's stored "
+           "state already reflects them; a burst after each restart is normal.",
+           [('sum by (instance) (rate(nudge_worker_replayed_inputs_total{job="nudge-worker"}[' + RATE + "]))",
+             "{{instance}}")], "ops", w=8),
         ts("Dead letters by source and reason", "Messages rejected to the dead-letter topic.",
            [(rate("nudge_dead_letters_total", "source, reason"), "{{source}}: {{reason}}")], "ops", w=24),
     ]
