@@ -1,11 +1,11 @@
-"""The connector contract: what the dispatcher asks of every connector (`Connector`), and how a connector reports
-a failure (`DeliveryError` and its kinds)."""
+"""The connector contract: what the dispatcher asks of every connector (`Connector`: build a message, then transmit
+it), and how a connector reports a failure (`DeliveryError` and its kinds)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class DeliveryError(Exception):
-    """A failed send. `reason`: bounded code (`http_503`, `timeout`); `detail`: human text, no secrets."""
+    """A failed delivery. `reason`: bounded code (`http_503`, `timeout`); `detail`: human text, no secrets."""
 
     retryable: ClassVar[bool] = True
 
@@ -28,7 +28,9 @@ class DeliveryError(Exception):
 
 
 class RetryableError(DeliveryError):
-    """The peer may accept later. `retry_after_s`: the peer's Retry-After, honoured as a minimum."""
+    """The peer or the way to it failed and may accept later (timeout, connection refused, 5xx, 429, SMTP 4xx):
+    the only kind of failure a circuit breaker counts. `retry_after_s`: the peer's Retry-After, honoured as a
+    minimum."""
 
     def __init__(self, reason: str, detail: str = "", retry_after_s: float | None = None) -> None:
         super().__init__(reason, detail)
@@ -36,9 +38,18 @@ class RetryableError(DeliveryError):
 
 
 class PermanentError(DeliveryError):
-    """The peer will never accept this action as it is (bad request, unknown recipient): dead-letter."""
+    """The peer will never accept this action as it is (bad request, unknown recipient, a template that fails):
+    dead-letter it. Says nothing about the peer's health."""
 
     retryable = False
+
+
+class BadMessage(PermanentError):
+    """The action cannot be turned into a message for this peer (a value the protocol refuses, such as CR/LF in
+    a mail header): permanent for this action only, never a sign that the peer is down."""
+
+    def __init__(self, detail: str = "", reason: str = "bad_message") -> None:
+        super().__init__(reason, detail)
 
 
 class SkipDelivery(DeliveryError):
@@ -89,21 +100,33 @@ class ConnectorEnv:
     renderer: Renderer
 
 
-class Connector(ABC):
-    """Delivers one `Action` to one kind of peer (HTTP endpoint, Slack, SMTP server, Kafka topic, Redis
-    stream, CRM). Subclasses set `kind` and `config_model` and implement `send`.
+MessageT = TypeVar("MessageT")
 
-    - `send(action)` returns when the peer has ACCEPTED the action (HTTP 2xx, SMTP 250 after DATA, broker ack, XADD
+
+class Connector(ABC, Generic[MessageT]):
+    """Delivers one `Action` to one kind of peer (HTTP endpoint, Slack, SMTP server, Kafka topic, Redis
+    stream, CRM) in two steps, so a failure says whose fault it is. Subclasses set `kind` and `config_model`
+    and implement `build` and `transmit`.
+
+    - `build(action) -> message`: everything that depends only on the action and the options (rendering,
+      recipient, headers, serialisation). Synchronous, no I/O, no waiting. Raises `SkipDelivery` (nothing to send
+      for this lead, e.g. no email address: recorded as suppressed), `BadMessage` / `PermanentError` (this action
+      can never become a valid message: a header the protocol refuses, a template that fails); any other
+      exception is taken as `BadMessage` too. Build failures are permanent for that one action and never reach
+      the circuit breaker: they say nothing about the peer.
+    - `transmit(message)` returns when the peer has ACCEPTED it (HTTP 2xx, SMTP 250 after DATA, broker ack, XADD
       reply). It never retries by itself: retries, backoff, idempotency, caps and circuit breaking are the
       dispatcher's (`engine.dispatch`), configured beside the connector's own options in the connectors file.
-    - It passes `action.action_id` to the peer (HTTP `Idempotency-Key` / `X-Nudge-Action-Id`, email `Message-ID`,
+      It raises `RetryableError` for a failure of the peer or the way to it (timeout, connection error, 5xx, 429
+      with an optional `retry_after_s`, SMTP 4xx): only these count towards the circuit breaker; and
+      `PermanentError` when the peer refuses this message for good (4xx, unknown mailbox, SMTP 5xx). Any other
+      exception is a connector bug: retried, not counted by the breaker.
+    - `send(action)` is `transmit(build(action))`, for callers outside the dispatcher.
+    - The message carries `action.action_id` (HTTP `Idempotency-Key` / `X-Nudge-Action-Id`, email `Message-ID`,
       Kafka header, stream field) so a peer can drop a second copy after a crash between send and mark.
-    - Failures are raised as `RetryableError` (may work later: timeouts, 5xx, 429 with optional `retry_after_s`,
-      SMTP 4xx), `PermanentError` (will never work: 4xx, bad address, SMTP 5xx), or `SkipDelivery` (nothing to send
-      for this lead, e.g. no email address: recorded as suppressed). Any other exception is treated as retryable.
     - `reason` is a short code from a bounded set (used as a metric label); `detail` is for humans. Neither may
       contain a secret; the dispatcher redacts them again anyway.
-    - `send` may be called concurrently up to the connector's `concurrency`; `start()` opens pooled clients,
+    - `transmit` may be called concurrently up to the connector's `concurrency`; `start()` opens pooled clients,
       `close()` releases them. A connector holds no per-lead state.
     """
 
@@ -117,12 +140,20 @@ class Connector(ABC):
         self.config = config
         self.env = env
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Open pooled clients; called once before the first send."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release clients; no send is in flight when it is called."""
 
     @abstractmethod
+    def build(self, action: Action) -> MessageT:
+        """The message for `action`; raises `SkipDelivery` or `BadMessage`/`PermanentError` (class docstring)."""
+
+    @abstractmethod
+    async def transmit(self, message: MessageT) -> None:
+        """Hand `message` to the peer; return when it accepted it, raise a `DeliveryError` otherwise."""
+
     async def send(self, action: Action) -> None:
-        """Deliver `action`; return when the peer accepted it, raise a `DeliveryError` otherwise."""
+        """Build and transmit `action` (what the dispatcher does in two steps)."""
+        await self.transmit(self.build(action))

@@ -3,7 +3,7 @@ CRM contact APIs, HubSpot/Pipedrive style)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import orjson
@@ -48,7 +48,8 @@ def contact_document(action: Action) -> dict[str, Any]:
 def task_document(action: Action, due_in_h: float) -> dict[str, Any]:
     view = LeadView(action)
     rep = view.rep
-    task = action.payload.get("task") if isinstance(action.payload.get("task"), dict) else {}
+    given = action.payload.get("task")
+    task: dict[str, Any] = given if isinstance(given, dict) else {}
     return {
         "contact_external_id": view.lead_id,
         "title": task.get("title") or f"Follow up with {view.display_name}",
@@ -59,7 +60,16 @@ def task_document(action: Action, due_in_h: float) -> dict[str, Any]:
     }
 
 
-class CrmConnector(HttpConnector):
+class CrmRequest(NamedTuple):
+    """One HTTP request of a CRM delivery, ready to go."""
+
+    method: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class CrmConnector(HttpConnector[list[CrmRequest]]):
     """Upserts the contact, then creates the task; both requests are idempotent by key.
 
     1. `PUT {base_url}/contacts/{external_id}` with `{"external_id", "email", "name", "company", "properties":
@@ -82,18 +92,28 @@ class CrmConnector(HttpConnector):
             headers["Authorization"] = f"Bearer {self.config.token.get_secret_value()}"
         return headers
 
-    async def send(self, action: Action) -> None:
+    def build(self, action: Action) -> list[CrmRequest]:
         base = str(self.config.base_url).rstrip("/")
-        contact = contact_document(action)
-        await self.http.request(
-            "PUT",
-            f"{base}/contacts/{quote(action.lead_id, safe='')}",
-            orjson.dumps(contact),
-            {"Content-Type": "application/json", **self._headers(action.action_id)},
-        )
-        if self.config.create_task or "task" in action.payload:
-            await self.http.post_json(
-                f"{base}/tasks",
-                task_document(action, self.config.task_due_in_h),
-                self._headers(f"{action.action_id}:task"),
+        json = {"Content-Type": "application/json"}
+        requests = [
+            CrmRequest(
+                "PUT",
+                f"{base}/contacts/{quote(action.lead_id, safe='')}",
+                orjson.dumps(contact_document(action)),
+                {**json, **self._headers(action.action_id)},
             )
+        ]
+        if self.config.create_task or "task" in action.payload:
+            requests.append(
+                CrmRequest(
+                    "POST",
+                    f"{base}/tasks",
+                    orjson.dumps(task_document(action, self.config.task_due_in_h)),
+                    {**json, **self._headers(f"{action.action_id}:task")},
+                )
+            )
+        return requests
+
+    async def transmit(self, message: list[CrmRequest]) -> None:
+        for request in message:
+            await self.http.request(request.method, request.url, request.body, request.headers)

@@ -3,6 +3,7 @@ sent through aiosmtplib (asyncio-native: STARTTLS, implicit TLS and AUTH without
 
 from __future__ import annotations
 
+import email.errors
 import hashlib
 import hmac
 import ssl
@@ -17,6 +18,7 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, SecretStr
 
 from connectors.base import (
+    BadMessage,
     Connector,
     ConnectorConfig,
     ConnectorEnv,
@@ -54,7 +56,7 @@ class EmailConfig(ConnectorConfig):
     ca_file: Path | None = Field(None, description="CA bundle for a server with a private certificate")
 
 
-class EmailConnector(Connector):
+class EmailConnector(Connector[EmailMessage]):
     """Renders and sends one message per action over a fresh SMTP connection (simple, and loopback/relay
     latency makes it cheap).
 
@@ -68,6 +70,9 @@ class EmailConnector(Connector):
       https URLs, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
     - The unsubscribe URL is signed (`{signature}` = HMAC-SHA256(unsubscribe_secret, lead id), hex, first 32
       chars) so a link cannot be forged for another lead.
+    - A value the mail format refuses (CR/LF in the lead's name, which would inject headers) fails the build:
+      `BadMessage` (`bad_message`) for that action only, never counted by the circuit breaker. The message is
+      serialised once in `build`, so no such error can surface later, in the SMTP transaction.
     - SMTP 4xx and connection problems are retryable; 5xx (unknown mailbox, rejected content, failed AUTH)
       permanent. The password never appears in errors.
     """
@@ -120,7 +125,17 @@ class EmailConnector(Connector):
             raise SkipDelivery("no_email_address", "the lead has no traits.email")
         return (view.name or "", view.email)
 
+    def build(self, action: Action) -> EmailMessage:
+        try:
+            msg = self.message(action)
+            msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))  # every header must serialise, now
+        except (ValueError, TypeError, UnicodeError, email.errors.MessageError) as exc:
+            # The stdlib refuses CR/LF in headers and addresses (header injection): the data is wrong, not the peer.
+            raise BadMessage(f"the message cannot be built: {type(exc).__name__}: {exc}"[:300]) from None
+        return msg
+
     def message(self, action: Action) -> EmailMessage:
+        """The message as built, without the serialisation check (`build` is the contract)."""
         view = LeadView(action)
         recipient = self.recipient(action, view)
         links = self.links(action)
@@ -153,8 +168,8 @@ class EmailConnector(Connector):
         msg.add_alternative(html, subtype="html")
         return msg
 
-    async def send(self, action: Action) -> None:
-        msg = self.message(action)
+    async def transmit(self, message: EmailMessage) -> None:
+        msg = message
         config = self.config
         try:
             await aiosmtplib.send(

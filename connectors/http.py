@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -12,6 +12,7 @@ import orjson
 from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError, RetryableError
 
 RETRYABLE_STATUSES = {408, 425, 429}
+MessageT = TypeVar("MessageT")
 
 
 class HttpClient:
@@ -60,9 +61,10 @@ class HttpClient:
         return await self.request("POST", url, body, {"Content-Type": "application/json", **headers})
 
 
-class HttpConnector(Connector):
+class HttpConnector(Connector[MessageT]):
     """Base of the connectors that speak HTTP: one pooled `HttpClient` sized by the connector's concurrency and
-    timeout, opened by `start()` and closed by `close()`. Subclasses implement `send` with `self.http`."""
+    timeout, opened by `start()` and closed by `close()`. Subclasses implement `build`, and `transmit` with
+    `self.http`."""
 
     def __init__(self, name: str, config: ConnectorConfig, env: ConnectorEnv) -> None:
         super().__init__(name, config, env)

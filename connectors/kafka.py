@@ -10,6 +10,8 @@ Contract:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from pydantic import Field
@@ -27,8 +29,15 @@ class KafkaConfig(ConnectorConfig):
     linger_ms: int = Field(5, ge=0)
 
 
+class KafkaMessage(NamedTuple):
+    """One record, ready to produce."""
 
-class KafkaConnector(Connector):
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class KafkaConnector(Connector[KafkaMessage]):
     """One producer per connector, started with the dispatcher; acks=all."""
 
     kind = "kafka"
@@ -54,16 +63,17 @@ class KafkaConnector(Connector):
             await self._producer.stop()
             self._producer = None
 
-    async def send(self, action: Action) -> None:
+    def build(self, action: Action) -> KafkaMessage:
+        headers = [("action_id", action.action_id.encode()), ("rule", action.rule.encode())]
+        return KafkaMessage(action.lead_id.encode(), action.to_bytes(), headers)
+
+    async def transmit(self, message: KafkaMessage) -> None:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
         try:
             await self._producer.send_and_wait(
-                self.config.topic,
-                action.to_bytes(),
-                key=action.lead_id.encode(),
-                headers=[("action_id", action.action_id.encode()), ("rule", action.rule.encode())],
+                self.config.topic, message.value, key=message.key, headers=message.headers
             )
         except MessageSizeTooLargeError:
             raise PermanentError(

@@ -38,7 +38,7 @@ def log_line(action: Action) -> str:
     ).decode()
 
 
-class LogConnector(Connector):
+class LogConnector(Connector[str]):
     """Logs (and prints) one line per action; never fails. The line holds id, rule, lead, connector,
     explanation, template and payload, not the whole context (which can hold personal data).
     """
@@ -47,8 +47,10 @@ class LogConnector(Connector):
     config_model = LogConfig
     config: LogConfig
 
-    async def send(self, action: Action) -> None:
-        line = log_line(action)
-        logger.info("%s", line)
+    def build(self, action: Action) -> str:
+        return log_line(action)
+
+    async def transmit(self, message: str) -> None:
+        logger.info("%s", message)
         if self.config.stdout:
-            print(line, file=sys.stdout, flush=True)
+            print(message, file=sys.stdout, flush=True)

@@ -41,7 +41,7 @@ def stream_fields(action: Action) -> dict[str, str | bytes]:
     }
 
 
-class RedisStreamConnector(Connector):
+class RedisStreamConnector(Connector[dict[str, str | bytes]]):
     """XADDs one entry per action to the configured stream."""
 
     kind = "redis"
@@ -61,13 +61,19 @@ class RedisStreamConnector(Connector):
             await self._redis.aclose()
             self._redis = None
 
-    async def send(self, action: Action) -> None:
+    def build(self, action: Action) -> dict[str, str | bytes]:
+        return stream_fields(action)
+
+    async def transmit(self, message: dict[str, str | bytes]) -> None:
         if self._redis is None:
             await self.start()
         assert self._redis is not None
         try:
             await self._redis.xadd(
-                self.config.stream, stream_fields(action), maxlen=self.config.maxlen, approximate=True
+                self.config.stream,
+                message,  # type: ignore[arg-type]  # redis-py's field type is invariant
+                maxlen=self.config.maxlen,
+                approximate=True,
             )
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             raise RetryableError("connection_error", type(exc).__name__) from None

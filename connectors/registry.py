@@ -4,6 +4,7 @@ Imports are lazy so loading the file does not import every client library."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from connectors.base import Connector
 
@@ -22,6 +23,7 @@ def known_types() -> tuple[str, ...]:
     return tuple(_TYPES)
 
 
-def connector_class(kind: str) -> type[Connector]:
+def connector_class(kind: str) -> type[Connector[Any]]:
     module, name = _TYPES[kind]
-    return getattr(importlib.import_module(module), name)
+    found: type[Connector[Any]] = getattr(importlib.import_module(module), name)
+    return found

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from pydantic import SecretStr
 
 from connectors.base import ConnectorConfig, PermanentError
@@ -79,7 +80,14 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
     return message
 
 
-class SlackConnector(HttpConnector):
+class SlackMessage(NamedTuple):
+    """The JSON body for the incoming webhook, and the action id for the header."""
+
+    body: bytes
+    action_id: str
+
+
+class SlackConnector(HttpConnector[SlackMessage]):
     """Posts one Block Kit message per action to the incoming webhook.
 
     - Payload: `{"text": <fallback>, "blocks": [...]}` as Slack's incoming webhooks accept. The first section is the
@@ -97,16 +105,15 @@ class SlackConnector(HttpConnector):
     config_model = SlackConfig
     config: SlackConfig
 
-    def message(self, action: Action) -> dict[str, Any]:
+    def build(self, action: Action) -> SlackMessage:
         try:
             headline = self.env.renderer.slack(action.template, template_vars(action))
         except TemplateProblem as exc:
             raise PermanentError("template_error", str(exc)) from None
-        return build_message(action, headline)
+        # Serialised here, so a value JSON cannot carry fails as a bad message, not in the transmit step.
+        return SlackMessage(orjson.dumps(build_message(action, headline)), action.action_id)
 
-    async def send(self, action: Action) -> None:
+    async def transmit(self, message: SlackMessage) -> None:
         await self.http.post_json(
-            self.config.webhook_url.get_secret_value(),
-            self.message(action),
-            {"X-Nudge-Action-Id": action.action_id},
+            self.config.webhook_url.get_secret_value(), message.body, {"X-Nudge-Action-Id": message.action_id}
         )

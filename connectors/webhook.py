@@ -50,7 +50,7 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-class WebhookConnector(HttpConnector):
+class WebhookConnector(HttpConnector[tuple[bytes, dict[str, str]]]):
     """POSTs the signed action; success is any 2xx, errors follow `HttpClient.request` (429/5xx retry,
     other 4xx permanent).
 
@@ -66,7 +66,8 @@ class WebhookConnector(HttpConnector):
     config_model = WebhookConfig
     config: WebhookConfig
 
-    def request(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:
+    def build(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:
+        """The body and headers, signed for now (`now_s`: tests)."""
         body = action.to_bytes()
         timestamp = str(int(time.time() if now_s is None else now_s))
         headers = {k: v.get_secret_value() for k, v in self.config.headers.items()}
@@ -81,6 +82,6 @@ class WebhookConnector(HttpConnector):
             headers[SIGNATURE_HEADER] = sign(self.config.secret.get_secret_value(), timestamp, body)
         return body, headers
 
-    async def send(self, action: Action) -> None:
-        body, headers = self.request(action)
+    async def transmit(self, message: tuple[bytes, dict[str, str]]) -> None:
+        body, headers = message
         await self.http.post_json(str(self.config.url), body, headers)

@@ -6,8 +6,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from connectors.base import Connector, DeliveryError, PermanentError, RetryableError, SkipDelivery
+from connectors.base import BadMessage, Connector, DeliveryError, PermanentError, RetryableError, SkipDelivery
 from connectors.context import LeadView
 from engine.core.model import Action
 from engine.dispatch.policies.caps import FrequencyCaps
@@ -55,7 +56,7 @@ class Job:
 class ConnectorRuntime:
     """A started connector with its own slot limit, breaker and retry policy."""
 
-    connector: Connector
+    connector: Connector[Any]
     retry: RetryPolicy
     breaker: CircuitBreaker
     obeys_consent: bool
@@ -82,18 +83,26 @@ class Deliverer:
 
     Order, and why:
     1. Unknown connector name → `failed` (dead letter): the connectors file and the rules disagree.
-    2. Circuit open → the attempt fails fast (`circuit_open`, counts against the retry budget) and is
-       rescheduled: a dead peer costs no timeouts and cannot hold slots other connectors need.
+    2. Circuit open → no attempt: the action is rescheduled for when the breaker lets a probe through
+       (`deferred`, reason `circuit_open`) and keeps its whole retry budget: a dead peer costs no timeouts, holds
+       no slots other connectors need, and an outage of any length dead-letters nothing by itself.
     3. Inside the connector's concurrency slot (so a claim never ages while it waits for a slot): claim the action
        id in Redis. `done` → `duplicate`; held by someone else (in flight elsewhere, or a crashed attempt) →
        recheck when the claim expires (`deferred`, reason `claim_held`).
     4. Consent (marketing actions on connectors that obey it) → `suppressed` with the reason.
     5. Quiet hours in the lead's timezone, then frequency caps → `deferred` to the next allowed time, or
        `suppressed` (`quiet_hours_drop` / `frequency_cap_drop`) when the rule says `on_cap: drop`.
-    6. Send. Accepted → mark done → `sent`. Retryable failure → `retried` with the next attempt time (backoff,
-       jitter, Retry-After), or `failed` + dead letter once `retry.max_attempts` is spent. Permanent failure →
-       `failed` + dead letter. `SkipDelivery` → `suppressed`.
+    6. Build the message (`Connector.build`: rendering, headers). `SkipDelivery` → `suppressed`; anything else
+       that goes wrong → `failed` + dead letter with its own reason (`bad_message`, `template_error`), at once:
+       the action is wrong, not the peer, so the breaker never hears of it.
+    7. Ask the breaker (`allow()`; half-open lets one probe through); refused → as in 2.
+    8. Transmit, one real attempt. Accepted → mark done → `sent`. `RetryableError` (a peer or transport failure:
+       the only kind the breaker counts) → `retried` with the next attempt time (backoff, jitter, Retry-After), or
+       `failed` + dead letter (`retries_exhausted`) once `retry.max_attempts` real attempts are spent.
+       `PermanentError` → `failed` + dead letter. Any other exception (a connector bug) is retried like a peer
+       failure but not counted by the breaker.
 
+    `Outcome.attempt` counts real attempts only (transmits that reached for the peer), never refusals.
     Idempotent per action id: a redelivered or replayed action is sent at most once while its `done` mark lives
     (and at-least-once to the peer after a crash between send and mark). A cap slot is given back when the
     action ends unsent.
@@ -123,12 +132,12 @@ class Deliverer:
         return int(self.clock() * 1000)
 
     async def deliver(self, job: Job) -> Outcome:
-        """The outcome of this attempt. Everything that waits (deferred, retried, held) is written to the durable
-        `Schedule` before the outcome is returned, so the caller may then commit the Kafka offset. Blocks while
-        the connector's slots are taken and for the send (bounded by the connector's `timeout_s` + 5 s). Never
-        raises for a problem with the action or the peer (a connector bug counts as a retryable failure); raises
-        when Redis itself fails, and the caller retries the whole action later. Cancellation leaves the claim to
-        expire, as a crash would."""
+        """The outcome of this attempt. Everything that waits (deferred, retried, held, refused by the breaker) is
+        written to the durable `Schedule` before the outcome is returned, so the caller may then commit the Kafka
+        offset. Blocks while the connector's slots are taken and for the send (bounded by the connector's
+        `timeout_s` + 5 s). Never raises for a problem with the action or the peer; raises when Redis itself
+        fails, and the caller retries the whole action later. Cancellation leaves the claim to expire, as a crash
+        would."""
         action = job.action
         runtime = self.connectors.get(action.connector)
         if runtime is None:
@@ -136,10 +145,7 @@ class Deliverer:
             detail = f"no connector named {action.connector!r} in the connectors file (configured: {known})"
             return Outcome("failed", "unknown_connector", job.attempts, detail, dead_letter=True)
         if runtime.breaker.state is CircuitState.OPEN:
-            error = RetryableError(
-                "circuit_open", f"circuit of {runtime.name} is open after repeated failures"
-            )
-            return await self._attempt_failed(runtime, job, error)
+            return await self._refused(runtime, job)  # fail fast: no slot, no claim, no attempt spent
         async with runtime.slots:
             return await self._deliver_in_slot(runtime, job)
 
@@ -150,7 +156,6 @@ class Deliverer:
             return Outcome("duplicate", "already_sent", attempts)
         if claim.status is ClaimStatus.HELD:
             return await self._wait(job, self.now_ms() + claim.held_for_ms + 50, "held", "claim_held")
-        token = claim.token
         release_claim = True  # False once sent (the claim becomes `done`) or when cancelled like a crash
         try:
             if self.hooks.after_claim:
@@ -158,46 +163,82 @@ class Deliverer:
             held_back = await self._policies(runtime, job)
             if held_back is not None:
                 return held_back
+            built = await self._build(runtime, job)
+            if isinstance(built, Outcome):
+                return built
             if not runtime.breaker.allow():
-                error = RetryableError("circuit_open", f"circuit of {runtime.name} is open")
-                return await self._attempt_failed(runtime, job, error)
-            started = time.monotonic()
-            CONNECTOR_INFLIGHT.labels(connector=runtime.name).inc()
-            try:
-                # The connector enforces its own timeout; this one is the backstop for a connector that hangs.
-                await asyncio.wait_for(runtime.connector.send(action), runtime.connector.config.timeout_s + 5)
-            finally:
-                CONNECTOR_INFLIGHT.labels(connector=runtime.name).dec()
-            latency_ms = int((time.monotonic() - started) * 1000)
+                return await self._refused(runtime, job)
+            sent = await self._transmit(runtime, job, built)
+            if sent.outcome != "sent":
+                return sent
             release_claim = False
             if self.hooks.after_send:
                 await self.hooks.after_send(action)
             await self.idempotency.mark_done(action.action_id)
-            runtime.breaker.record_success()
-            return Outcome("sent", "", attempts + 1, latency_ms=latency_ms)
+            return sent
         except asyncio.CancelledError:
             # Shutdown or a crash: leave the claim to expire, exactly as a killed process would.
             release_claim = False
             raise
+        finally:
+            if release_claim:
+                await self.idempotency.release(action.action_id, claim.token)
+
+    async def _build(self, runtime: ConnectorRuntime, job: Job) -> Any:
+        """The connector's message, or the final `Outcome` when there is nothing (valid) to send. No I/O to the
+        peer, and no verdict on it: the breaker is not involved."""
+        action = job.action
+        try:
+            return runtime.connector.build(action)
+        except SkipDelivery as exc:
+            await self.caps.release(action, runtime.name)
+            return Outcome("suppressed", exc.reason, job.attempts, exc.detail)
+        except PermanentError as exc:  # BadMessage, template_error, ...
+            await self.caps.release(action, runtime.name)
+            return Outcome("failed", exc.reason, job.attempts, exc.detail, dead_letter=True)
+        except Exception as exc:  # whatever else the build trips on, the action's data is to blame
+            await self.caps.release(action, runtime.name)
+            error = BadMessage(f"{type(exc).__name__}: {exc}"[:300])
+            return Outcome("failed", error.reason, job.attempts, error.detail, dead_letter=True)
+
+    async def _transmit(self, runtime: ConnectorRuntime, job: Job, message: Any) -> Outcome:
+        """One real attempt at the peer (the breaker allowed it): `sent`, or the failure's outcome. The breaker
+        hears the verdict: success, a peer failure (`RetryableError`, a timeout) or nothing about the peer."""
+        action = job.action
+        attempt = job.attempts + 1
+        started = time.monotonic()
+        CONNECTOR_INFLIGHT.labels(connector=runtime.name).inc()
+        try:
+            # The connector enforces its own timeout; this one is the backstop for a connector that hangs.
+            await asyncio.wait_for(runtime.connector.transmit(message), runtime.connector.config.timeout_s + 5)
+        except RetryableError as exc:
+            runtime.breaker.record_failure()
+            return await self._retry_or_give_up(runtime, job, exc)
+        except TimeoutError:
+            runtime.breaker.record_failure()
+            error = RetryableError("timeout", "the connector did not return in time")
+            return await self._retry_or_give_up(runtime, job, error)
         except SkipDelivery as exc:
             runtime.breaker.release()
             await self.caps.release(action, runtime.name)
-            return Outcome("suppressed", exc.reason, attempts, exc.detail)  # nothing went to the peer
-        except PermanentError as exc:
+            return Outcome("suppressed", exc.reason, job.attempts, exc.detail)
+        except PermanentError as exc:  # the peer refused this message for good: it is up, and says so
             runtime.breaker.release()
             await self.caps.release(action, runtime.name)
-            return Outcome("failed", exc.reason, attempts + 1, exc.detail, dead_letter=True)
-        except DeliveryError as exc:
-            return await self._attempt_failed(runtime, job, exc)
-        except TimeoutError:
-            error = RetryableError("timeout", "the connector did not return in time")
-            return await self._attempt_failed(runtime, job, error)
-        except Exception as exc:  # a connector bug must not lose the action: retry it like a peer failure
+            return Outcome("failed", exc.reason, attempt, exc.detail, dead_letter=True)
+        except DeliveryError as exc:  # a subclass of neither kind: retry it, say nothing about the peer
+            runtime.breaker.release()
+            return await self._retry_or_give_up(runtime, job, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a connector bug must not lose the action, nor open the circuit for everyone
+            runtime.breaker.release()
             error = RetryableError("connector_error", f"{type(exc).__name__}: {exc}")
-            return await self._attempt_failed(runtime, job, error)
+            return await self._retry_or_give_up(runtime, job, error)
         finally:
-            if release_claim:
-                await self.idempotency.release(action.action_id, token)
+            CONNECTOR_INFLIGHT.labels(connector=runtime.name).dec()
+        runtime.breaker.record_success()
+        return Outcome("sent", "", attempt, latency_ms=int((time.monotonic() - started) * 1000))
 
     async def _policies(self, runtime: ConnectorRuntime, job: Job) -> Outcome | None:
         """Consent, quiet hours and caps: an outcome when the action must not go now, else None."""
@@ -228,14 +269,21 @@ class Deliverer:
             return Outcome("duplicate", "already_scheduled", job.attempts)
         return Outcome("deferred", reason, job.attempts, next_attempt_ms=due_ms)
 
-    async def _attempt_failed(self, runtime: ConnectorRuntime, job: Job, error: DeliveryError) -> Outcome:
+    async def _refused(self, runtime: ConnectorRuntime, job: Job) -> Outcome:
+        """The breaker said no: nothing went to the peer, so no attempt is spent. The action waits in the schedule
+        until the breaker will let a probe through (`CircuitBreaker.refused_wait_s`). From Kafka, an existing
+        entry for the action (a redelivery after a crash) is kept: it already carries the action's attempts."""
+        due = self.now_ms() + int(runtime.breaker.refused_wait_s() * 1000)
+        entry = ScheduledDelivery(job.action, job.attempts, "circuit", "circuit_open", due, job.emitted_ms)
+        await self.schedule.put(entry, only_if_absent=not job.from_schedule)
+        detail = f"circuit of {runtime.name} is open: no attempt made"
+        return Outcome("deferred", "circuit_open", job.attempts, detail, next_attempt_ms=due)
+
+    async def _retry_or_give_up(self, runtime: ConnectorRuntime, job: Job, error: DeliveryError) -> Outcome:
+        """After a failed real attempt: schedule the next one, or give up once `max_attempts` are spent."""
         attempt = job.attempts + 1
-        if error.reason != "circuit_open":
-            runtime.breaker.record_failure()
         retry_after = error.retry_after_s if isinstance(error, RetryableError) else None
         delay_s = runtime.retry.next_delay_s(attempt, retry_after)
-        if error.reason == "circuit_open" and delay_s is not None:
-            delay_s = max(delay_s, runtime.breaker.retry_in_s())
         if delay_s is None:
             await self.caps.release(job.action, runtime.name)
             detail = f"gave up after {attempt} attempts; last error {error.reason}: {error.detail}"

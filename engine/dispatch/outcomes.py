@@ -98,7 +98,8 @@ class OutcomeRecorder:
             DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - emitted_ms) / 1000))
         elif outcome.outcome == "retried":
             CONNECTOR_RETRIES.labels(connector=connector).inc()
-        level = _LOG_LEVELS[outcome.outcome]
+        # A refusal by an open circuit is one line per waiting action and reset period: the breaker logs its state.
+        level = logging.DEBUG if outcome.reason == "circuit_open" else _LOG_LEVELS[outcome.outcome]
         if logger.isEnabledFor(level):
             logger.log(
                 level,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorEnv, PermanentError, RetryableError, SkipDelivery
+from connectors.base import BadMessage, ConnectorEnv, PermanentError, RetryableError, SkipDelivery
 from connectors.email import EmailConfig, EmailConnector
 from connectors.rendering import Renderer
 from engine.config import Settings
@@ -128,3 +128,19 @@ async def test_failures_are_classified_and_never_show_the_password(
         await connector(free_port(), security, cert[0]).send(make_action("email"))
     assert PASSWORD not in str(down.value)
     assert peer.messages == []
+
+
+@pytest.mark.parametrize(
+    "traits",
+    [
+        {"email": "eve@example.com", "name": "Eve\r\nBcc: victim@example.com"},  # the stdlib refuses the header
+        {"email": "eve@example.com\nBcc: victim@example.com", "name": "Eve"},
+    ],
+)
+def test_a_header_the_mail_format_refuses_is_a_bad_message_found_before_any_io(
+    traits: dict[str, str], cert: tuple[Path, Path]
+) -> None:
+    # build() alone: a bad message is found without an SMTP server, so it can never count as the peer's failure.
+    with pytest.raises(BadMessage) as bad:
+        connector(free_port(), "none", cert[0]).build(make_action("email", context={"traits": traits}))
+    assert bad.value.reason == "bad_message" and "victim" not in bad.value.detail

@@ -123,6 +123,19 @@ def test_circuit_opens_probes_and_closes() -> None:
     assert breaker.state is CircuitState.CLOSED and breaker.allow()
 
 
+def test_a_refused_attempt_waits_for_the_next_probe_plus_a_spread() -> None:
+    now = [0.0]
+    config = CircuitConfig(failure_threshold=1, reset_after_s=30)
+    breaker = CircuitBreaker("t", config, clock=lambda: now[0], rng=random.Random(7))
+    breaker.record_failure()
+    now[0] = 12
+    waits = [breaker.refused_wait_s() for _ in range(50)]
+    assert all(18.5 <= w <= 19 for w in waits) and len(set(waits)) > 1  # open: until the probe, then spread
+    now[0] = 30
+    assert breaker.allow()  # the probe is out
+    assert all(0.5 <= breaker.refused_wait_s() <= 1 for _ in range(50))  # half-open: recheck within a second
+
+
 # --- offsets, redaction, context
 def test_offsets_commit_only_below_the_oldest_unfinished() -> None:
     tp = TopicPartition("actions", 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Callable
 from enum import IntEnum
@@ -9,6 +11,11 @@ from enum import IntEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.metrics import CIRCUIT_STATE
+
+logger = logging.getLogger("nudge.dispatcher")
+# While a half-open circuit's probe is out, refused attempts look again this soon (capped at reset_after_s):
+# long enough not to spin, short enough that a successful probe releases the backlog within about a second.
+PROBE_RECHECK_S = 1.0
 
 
 class CircuitState(IntEnum):
@@ -33,18 +40,28 @@ class CircuitBreaker:
     one event loop, not thread-safe. Its state is exported as `nudge_connector_circuit_state`.
 
     - closed (0): every send goes through; `failure_threshold` consecutive failures open the circuit.
-    - open (2): `allow()` is False (the dispatcher reschedules the action durably instead of calling the peer)
-      until `reset_after_s` have passed; then the circuit becomes half-open.
+    - open (2): `allow()` is False (the dispatcher reschedules the action durably instead of calling the peer,
+      and the refusal spends none of the action's retry budget) until `reset_after_s` have passed; then the
+      circuit becomes half-open.
     - half-open (1): one probe at a time is allowed; its success closes the circuit, its failure opens it again.
       A probe that never reports back stops blocking after `max(reset_after_s, 1 s)`.
-    Only failures that say something about the peer's health are recorded (retryable ones); a permanent 4xx for
-    one action calls `release()` and does not open the circuit.
+    Only failures of the peer or the way to it are recorded (`record_failure`: timeouts, connection errors, 5xx,
+    429, SMTP 4xx). An attempt that ended without saying anything about the peer (a permanent 4xx for one
+    action, a connector bug) calls `release()`; an action that cannot even be built never gets to `allow()`.
+    State changes are logged (opened: warning; closed again: info).
     """
 
-    def __init__(self, name: str, config: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: CircuitConfig,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self._clock = clock
+        self._rng = rng or random.Random()
         self._failures = 0
         self._opened_at = 0.0
         self._probe_in_flight = False
@@ -63,6 +80,14 @@ class CircuitBreaker:
         if self.state is not CircuitState.OPEN:
             return 0.0
         return max(0.0, self.config.reset_after_s - (self._clock() - self._opened_at))
+
+    def refused_wait_s(self) -> float:
+        """How long an attempt refused by `allow()` should wait before it asks again: until the circuit lets a
+        probe through when it is open, a short recheck (`PROBE_RECHECK_S`, at most `reset_after_s`) while a
+        half-open probe is out; plus a random spread of up to that recheck, so a backlog of refused actions does
+        not come back in one instant."""
+        recheck = min(PROBE_RECHECK_S, self.config.reset_after_s)
+        return self.retry_in_s() + recheck * self._rng.uniform(0.5, 1.0)
 
     def allow(self) -> bool:
         """May a send go to the peer now? In half-open state, True takes the one probe slot: report back with
@@ -98,5 +123,16 @@ class CircuitBreaker:
         self._probe_in_flight = False
 
     def _set(self, state: CircuitState) -> None:
+        if state is not self._state:
+            if state is CircuitState.OPEN:
+                why = "its probe failed" if self._state is CircuitState.HALF_OPEN else "failures in a row"
+                logger.warning(
+                    "circuit of %s open (%s): no attempt for %g s, then one probe",
+                    self.name,
+                    why,
+                    self.config.reset_after_s,
+                )
+            elif state is CircuitState.CLOSED:
+                logger.info("circuit of %s closed: the probe went through", self.name)
         self._state = state
         CIRCUIT_STATE.labels(connector=self.name).set(int(state))
