@@ -308,38 +308,34 @@ class Dispatcher:
                 delay = min(delay * 2, 30.0)
 
     async def _handle_record(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        try:
-            try:
-                action = Action.from_json(record.value)
-                if not action.action_id or not action.connector:
-                    raise ValueError("empty action_id or connector")
-            except Exception as exc:
-                reason = (
-                    "not_json" if isinstance(exc, ValueError) and "JSON" in type(exc).__name__ else "invalid_action"
-                )
-                detail = f"{type(exc).__name__}: {exc}"[:300]
-                await self._guarded(
-                    lambda: self.recorder.malformed(
-                        record.value,
-                        record.key,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        reason,
-                        detail,
-                    )
-                )
-                return
+        """Handle one `actions` record to a final or durably scheduled outcome, then mark its offset done. Not
+        when cancelled (a stop past its grace period, a kill): its offset must stay uncommitted, so the action is
+        redelivered after the restart instead of being skipped by the next commit."""
+        await self._handle_action_record(record)
+        self.tracker.done(tp, record.offset)
 
-            # Guarded steps: a failed record write must not run the delivery a second time.
-            # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
-            emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
-            action = await self._guarded(lambda: self.hot_leads.prepare(action))
-            job = Job(action, emitted_ms=emitted_ms)
-            outcome = await self._guarded(lambda: self.deliverer.deliver(job))
-            await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
-        finally:
-            self.tracker.done(tp, record.offset)
+    async def _handle_action_record(self, record: ConsumerRecord) -> None:
+        try:
+            action = Action.from_json(record.value)
+            if not action.action_id or not action.connector:
+                raise ValueError("empty action_id or connector")
+        except Exception as exc:
+            reason = "not_json" if isinstance(exc, ValueError) and "JSON" in type(exc).__name__ else "invalid_action"
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+            await self._guarded(
+                lambda: self.recorder.malformed(
+                    record.value, record.key, record.topic, record.partition, record.offset, reason, detail
+                )
+            )
+            return
+
+        # Guarded steps: a failed record write must not run the delivery a second time.
+        # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
+        emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
+        action = await self._guarded(lambda: self.hot_leads.prepare(action))
+        job = Job(action, emitted_ms=emitted_ms)
+        outcome = await self._guarded(lambda: self.deliverer.deliver(job))
+        await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
 
     async def _deliver_note(self, note: Action) -> None:
         """A rep notification from the hot-lead flow: delivered and recorded like any action."""

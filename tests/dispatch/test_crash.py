@@ -62,3 +62,18 @@ async def test_killed_dispatcher_restarts_and_delivers_once_per_id(rig: Dispatch
     assert len(deliveries.where(outcome="sent")) == 1
     await asyncio.sleep(0.5)  # a late duplicate would show up here
     assert len(peer.requests) <= 2
+
+
+async def test_a_stop_that_cancels_an_unfinished_action_does_not_commit_past_it(rig: DispatchRig) -> None:
+    # stop() waits `grace_s` (2 s here) for actions in flight, then cancels them and commits what is safe. The
+    # cancelled action has no outcome: its offset must stay uncommitted, or the restart would skip it for good.
+    peer = await rig.peer()
+    reached = asyncio.Event()
+    first = await rig.start_dispatcher(config(peer), hooks=crash_at("after_claim", reached))
+    action = make_action("webhook")
+    await rig.produce([action])
+    await asyncio.wait_for(reached.wait(), 15)
+    await first.stop()
+    await rig.start_dispatcher(config(peer))
+    await wait_until(lambda: rig.deliveries.where(outcome="sent"), timeout_s=20, what="delivery after the restart")
+    assert peer.ids() == [action.action_id]
