@@ -4,14 +4,19 @@ Contract:
 - `rig.deliveries` and `rig.dead_letters` are `engine.testing.TopicReader`s of the test's `deliveries` and
   `dead-letters` topics, reading from before anything is produced; `.where(outcome="sent")` filters their JSON.
 - `await rig.peer(...)` starts an `engine.testing.RecordingPeer` (same options); `rig.dispatcher(yaml)` builds a
-  `Dispatcher` (not started) from connector YAML on top of `FAST_DEFAULTS` (short timeouts, backoffs and polls);
-  `await rig.start_dispatcher(yaml)` also starts it. `await rig.produce(actions, raw)` writes to `actions`.
+  `Dispatcher` (not started) from connector YAML on top of `FAST_DEFAULTS` (short timeouts, backoffs and polls;
+  `fast=False`: the shipped defaults); `await rig.start_dispatcher(yaml)` also starts it.
+  `await rig.produce(actions, raw)` writes to `actions`.
+- `rig.process(name, args, log)` is a `ChildProcess` running `nudge <args>` against the test's broker, Redis,
+  app id and topic prefix (not started); `process_env(settings)` is that environment.
 - `close()` (the fixture's teardown) stops every dispatcher the rig built, then the readers, then the peers; a
   test may stop or kill a dispatcher itself before that.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,7 +27,7 @@ from engine.dispatch.config import parse_connectors
 from engine.dispatch.delivery import DeliveryHooks
 from engine.dispatch.dispatcher import Dispatcher
 from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
-from engine.testing import RecordingPeer, TopicReader
+from engine.testing import ChildProcess, RecordingPeer, TopicReader
 
 FAST_DEFAULTS = """
 defaults:
@@ -38,10 +43,29 @@ dispatcher:
 
 
 def build_dispatcher(
-    settings: Settings, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+    settings: Settings,
+    yaml_text: str,
+    hooks: DeliveryHooks | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    fast: bool = True,
 ) -> Dispatcher:
-    config = parse_connectors(FAST_DEFAULTS + yaml_text, env=env or {})
+    config = parse_connectors((FAST_DEFAULTS if fast else "") + yaml_text, env=env or {})
     return Dispatcher(settings, config, hooks=hooks, grace_s=2.0)
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `nudge` child process working on the test's broker, Redis, app id and topics."""
+    return {
+        **os.environ,
+        "NUDGE_BROKER_URL": settings.broker_url,
+        "NUDGE_BROKER_PROFILE": "dev",
+        "NUDGE_REDIS_URL": settings.redis_url,
+        "NUDGE_APP_ID": settings.app_id,
+        "NUDGE_TOPIC_PREFIX": settings.topic_prefix,
+        "NUDGE_LOG_LEVEL": "info",
+        **extra,
+    }
 
 
 async def produce_actions(settings: Settings, actions: list[Action], raw: list[bytes] | None = None) -> None:
@@ -79,18 +103,32 @@ class DispatchRig:
         return peer
 
     def dispatcher(
-        self, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+        self,
+        yaml_text: str,
+        hooks: DeliveryHooks | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        fast: bool = True,
     ) -> Dispatcher:
-        dispatcher = build_dispatcher(self.settings, yaml_text, hooks, env)
+        dispatcher = build_dispatcher(self.settings, yaml_text, hooks, env, fast=fast)
         self._dispatchers.append(dispatcher)
         return dispatcher
 
     async def start_dispatcher(
-        self, yaml_text: str, hooks: DeliveryHooks | None = None, env: dict[str, str] | None = None
+        self,
+        yaml_text: str,
+        hooks: DeliveryHooks | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        fast: bool = True,
     ) -> Dispatcher:
-        dispatcher = self.dispatcher(yaml_text, hooks, env)
+        dispatcher = self.dispatcher(yaml_text, hooks, env, fast=fast)
         await dispatcher.start()
         return dispatcher
+
+    def process(self, name: str, args: list[str], log: Path, **env: str) -> ChildProcess:
+        """`nudge <args>` as a child process of this test (not started); `env` adds variables."""
+        return ChildProcess.nudge(name, args, process_env(self.settings, **env), log)
 
     async def produce(self, actions: list[Action], raw: list[bytes] | None = None) -> None:
         await produce_actions(self.settings, actions, raw)

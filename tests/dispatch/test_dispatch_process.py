@@ -8,7 +8,6 @@ after the claim expires: twice to the wire, once to a peer that dedupes by `X-Nu
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,13 @@ import pytest
 from engine.config import Settings
 from engine.testing import ChildProcess, wait_until
 from tests.connectors.helpers import make_action
-from tests.dispatch.rig import DispatchRig
+from tests.dispatch.rig import DispatchRig, process_env
 
 pytestmark = pytest.mark.integration
 
 
 def dispatch_process(settings: Settings, connectors: Path, log: Path) -> ChildProcess:
-    env = {
-        **os.environ,
-        "NUDGE_BROKER_URL": settings.broker_url,
-        "NUDGE_BROKER_PROFILE": "dev",
-        "NUDGE_REDIS_URL": settings.redis_url,
-        "NUDGE_APP_ID": settings.app_id,
-        "NUDGE_TOPIC_PREFIX": settings.topic_prefix,
-        "NUDGE_CONNECTORS_PATH": str(connectors),
-        "NUDGE_LOG_LEVEL": "info",
-    }
+    env = process_env(settings, NUDGE_CONNECTORS_PATH=str(connectors))
     return ChildProcess.nudge("nudge dispatch", ["dispatch", "--metrics-port", "0"], env, log)
 
 
