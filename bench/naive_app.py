@@ -31,7 +31,7 @@ def main() -> int:
     import faust
 
     from engine.config import Settings
-    from engine.worker.faust_ext.broker_profiles import faust_settings
+    from engine.worker.faust_ext.broker_profiles import faust_security, faust_settings
 
     settings = Settings.from_env().with_(app_id=os.environ["BENCH_APP_ID"])
     expected = int(os.environ["BENCH_EXPECTED"])
@@ -55,6 +55,7 @@ def main() -> int:
             "broker_session_timeout": 10.0,
             "broker_heartbeat_interval": 1.0,
             "broker_rebalance_timeout": 10.0,
+            **faust_security(settings),
         }
     app = faust.App(**options)
     clickstream = app.topic(

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from connectors.base import Connector, ConnectorConfig, ConnectorEnv, PermanentError, RetryableError
 from engine.core.model import Action
+from engine.kafka.security import client_options
 
 
 class KafkaConfig(ConnectorConfig):
@@ -55,6 +56,7 @@ class KafkaConnector(Connector[KafkaMessage]):
             acks="all",
             linger_ms=self.config.linger_ms,
             request_timeout_ms=int(self.config.timeout_s * 1000),
+            **(client_options(self.env.settings) if self.config.bootstrap is None else {}),
         )
         await self._producer.start()
 

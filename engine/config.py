@@ -11,10 +11,12 @@ docs/development.md, "Tansu quirks"); `kafka` is for a real Kafka cluster.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 Number = TypeVar("Number", int, float)
 
@@ -27,6 +29,43 @@ class ConfigError(ValueError):
 # restart it (the demo; other processes treat it as unknown, give them "dev"); see
 # engine/worker/faust_ext/broker_profiles.py.
 BROKER_PROFILES = ("dev", "dev-batched", "kafka")
+
+# How every Kafka client of Nudge connects (aiokafka's names; engine/kafka/security.py turns them into client
+# options). Only the mechanisms that take a user name and password; GSSAPI and OAUTHBEARER are not supported.
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+# Query parameters that carry a secret in a URL (redis-py takes `?password=`); their values are redacted too.
+_SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a log line or an error message: the password of its user part and the values of secret-looking
+    query parameters replaced by `***` (`redis://:pw@redis:6379/0` → `redis://:***@redis:6379/0`); the rest as
+    written. A string with an `@` that does not parse as `scheme://user@host` is returned as `<unparsable URL>`
+    rather than risk printing a secret."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return "<unparsable URL>"
+    if "@" in url and "@" not in parts.netloc:
+        return "<unparsable URL>"
+    netloc, query = parts.netloc, parts.query
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(_SECRET_QUERY_KEY.search(key) for key, _ in pairs):
+        query = urlencode([(k, "***" if _SECRET_QUERY_KEY.search(k) else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    slashes = "//" if url[len(parts.scheme) + 1 :].startswith("//") else ""
+    prefix = f"{parts.scheme}:" if parts.scheme else ""
+    return (
+        f"{prefix}{slashes}{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 def _number(env: dict[str, str], name: str, default: Number, parse: Callable[[str], Number], what: str) -> Number:
@@ -79,7 +118,27 @@ class Settings:
     write_keys: tuple[str, ...] = ()
     max_clock_skew_s: float = 5.0
     collector_body_timeout_s: float = 30.0
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ca_file: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_kafka_security(self)
+
+    def __repr__(self) -> str:
+        """Every field, with the URLs' passwords and the SASL password hidden: a `Settings` may end up in a log."""
+        shown = []
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if setting.name == "kafka_sasl_password":
+                value = "***" if value else ""
+            elif setting.name in ("redis_url", "clickhouse_dsn"):
+                value = redact_url(value)
+            shown.append(f"{setting.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -109,6 +168,15 @@ class Settings:
             write_keys=tuple(k for k in (env.get("NUDGE_WRITE_KEYS") or "").split(",") if k),
             max_clock_skew_s=_float(env, "NUDGE_MAX_CLOCK_SKEW_S", defaults.max_clock_skew_s),
             collector_body_timeout_s=_float(env, "NUDGE_COLLECTOR_BODY_TIMEOUT_S", defaults.collector_body_timeout_s),
+            kafka_security_protocol=_choice(
+                env, "NUDGE_KAFKA_SECURITY_PROTOCOL", defaults.kafka_security_protocol, KAFKA_SECURITY_PROTOCOLS
+            ),
+            kafka_sasl_mechanism=_choice(
+                env, "NUDGE_KAFKA_SASL_MECHANISM", defaults.kafka_sasl_mechanism, KAFKA_SASL_MECHANISMS
+            ),
+            kafka_sasl_username=env.get("NUDGE_KAFKA_SASL_USERNAME") or defaults.kafka_sasl_username,
+            kafka_sasl_password=env.get("NUDGE_KAFKA_SASL_PASSWORD") or defaults.kafka_sasl_password,
+            kafka_ca_file=env.get("NUDGE_KAFKA_CA_FILE") or defaults.kafka_ca_file,
         )
 
     def env(self) -> dict[str, str]:
@@ -134,3 +202,40 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name: lets several test runs or tenants share one broker."""
         return f"{self.topic_prefix}{name}"
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """Raise `ConfigError` for Kafka security settings that cannot work together, so that a half-configured
+    deployment stops at start instead of talking to the broker in clear or failing later with a broker error.
+    The messages name the variables, never the password."""
+    protocol = settings.kafka_security_protocol
+    if protocol not in KAFKA_SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"NUDGE_KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}"
+        )
+    if settings.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+        raise ConfigError(
+            f"NUDGE_KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism!r} is not one of "
+            f"{', '.join(KAFKA_SASL_MECHANISMS)}"
+        )
+    sasl = protocol.startswith("SASL_")
+    credentials = {
+        "NUDGE_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "NUDGE_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    for name, value in credentials.items():
+        if sasl and not value:
+            raise ConfigError(f"{name} is required with NUDGE_KAFKA_SECURITY_PROTOCOL={protocol}")
+        if value and not sasl:
+            raise ConfigError(
+                f"{name} is set but NUDGE_KAFKA_SECURITY_PROTOCOL={protocol} does not authenticate with SASL; "
+                "set NUDGE_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)"
+            )
+    if settings.kafka_ca_file:
+        if protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(
+                f"NUDGE_KAFKA_CA_FILE is set but NUDGE_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS; "
+                "set NUDGE_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL"
+            )
+        if not Path(settings.kafka_ca_file).is_file():
+            raise ConfigError(f"NUDGE_KAFKA_CA_FILE={settings.kafka_ca_file!r} is not a readable file")

@@ -64,6 +64,8 @@ INTERNAL = {
         "engine.metrics",
     ),
     "connectors": ("connectors", "engine.core", "engine.events", "engine.config"),
+    # The kafka connector's default producer connects to the engine's own broker with its TLS/SASL settings.
+    "connectors.kafka": ("connectors", "engine.core", "engine.events", "engine.config", "engine.kafka.security"),
     "engine.clickhouse": (
         "engine.clickhouse",
         "engine.core",

@@ -30,6 +30,7 @@ from engine.assignment.roster import Roster
 from engine.assignment.sla import SlaMonitor
 from engine.config import Settings
 from engine.kafka import topics
+from engine.kafka.security import client_options
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class AssignmentService:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5
+            bootstrap_servers=self.settings.bootstrap_servers, acks="all", linger_ms=5, **client_options(self.settings)
         )
         await self.producer.start()
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -27,6 +27,7 @@ from engine.config import Settings
 from engine.kafka import admin as kafka_admin
 from engine.kafka import topics
 from engine.kafka.admin import bootstrap_servers
+from engine.kafka.security import client_options
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,7 @@ class Sink:
             max_poll_records=self.max_rows,
             fetch_max_bytes=16 * 1024 * 1024,
             **self._group_timing(),
+            **client_options(self.settings),
         )
         self._consumer.subscribe(list(self._kinds), listener=self._listener())
         await self._consumer.start()

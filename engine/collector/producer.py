@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from engine.config import Settings
 from engine.events import Event
+from engine.kafka.security import client_options
 from engine.kafka.topics import CLICKSTREAM
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class ClickstreamProducer:
             linger_ms=self._linger_ms,
             request_timeout_ms=self._request_timeout_ms,
             client_id=f"{self.settings.app_id}-collector",
+            **client_options(self.settings),
         )
         try:
             await producer.start()
@@ -93,6 +95,7 @@ class ClickstreamProducer:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.bootstrap_servers,
             request_timeout_ms=self._request_timeout_ms,
+            **client_options(self.settings),
         )
         await admin.start()
         try:

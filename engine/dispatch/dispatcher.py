@@ -32,6 +32,7 @@ from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.redaction import Redactor
 from engine.dispatch.schedule import Schedule, ScheduledDelivery
 from engine.kafka.admin import ensure_topics
+from engine.kafka.security import client_options
 from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
 from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
 
@@ -140,7 +141,9 @@ class Dispatcher:
         )
         self.schedule = self.deliverer.schedule
         bootstrap = settings.bootstrap_servers
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options(settings)
+        )
         await self.producer.start()
         self.recorder = OutcomeRecorder(self.producer, settings, self.redactor, set(self.runtimes))
         self.hot_leads = HotLeads(
@@ -155,6 +158,7 @@ class Dispatcher:
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 6),
             max_poll_interval_ms=300_000,
+            **client_options(settings),
         )
         self.consumer.subscribe([settings.topic(ACTIONS)], listener=_Rebalance(self))
         await self.consumer.start()

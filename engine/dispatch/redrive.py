@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from engine.config import Settings
 from engine.core.model import Action
 from engine.dispatch.policies.caps import parse_duration_s
+from engine.kafka.security import client_options
 from engine.kafka.topics import ACTIONS, DEAD_LETTERS
 
 
@@ -103,7 +104,10 @@ async def read_dead_letters(settings: Settings, until_ms: int, idle_ms: int = 50
     end offset short of the last batch's tail, and a busy topic on Kafka may never go quiet."""
     topic = settings.topic(DEAD_LETTERS)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **client_options(settings),
     )
     await consumer.start()
     try:
@@ -146,7 +150,9 @@ async def redrive(settings: Settings, selection: RedriveSelection) -> RedriveRes
     letters = await read_dead_letters(settings, until_ms)
     actions = selection.select(letters)
     if actions:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5, **client_options(settings)
+        )
         await producer.start()
         try:
             topic = settings.topic(ACTIONS)

@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from engine.config import Settings
+from engine.kafka.security import client_options
 
 
 class TopicLayoutError(RuntimeError):
@@ -28,7 +29,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str]) -> dict[str, i
     replication). Tolerates another process creating a topic meanwhile; never changes an existing topic.
     Raises the admin client's errors when the broker is unreachable or refuses."""
     full_names = [settings.topic(name) for name in names]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.types.auth import CredentialsT
+
 from engine.config import Settings
+from engine.kafka.security import tls_context, uses_sasl
 
 _MIB = 1024 * 1024
 
@@ -37,7 +41,26 @@ def _common(settings: Settings) -> dict[str, Any]:
         "stream_wait_empty": False,
         "table_standby_replicas": 0,
         "worker_redirect_stdouts": False,
+        **faust_security(settings),
     }
+
+
+def faust_security(settings: Settings) -> dict[str, Any]:
+    """`broker_credentials` for `faust.App`: the `NUDGE_KAFKA_*` security settings as Faust credentials, which
+    Faust's aiokafka driver turns into the same client options as `engine.kafka.security.client_options` for its
+    consumer, producer and topic creation. None for `PLAINTEXT`."""
+    context = tls_context(settings)
+    credentials: CredentialsT | None = None
+    if uses_sasl(settings):  # SASL_PLAINTEXT, or SASL_SSL when a TLS context is given
+        credentials = SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    elif context is not None:
+        credentials = SSLCredentials(context)
+    return {"broker_credentials": credentials}
 
 
 def _kafka_profile() -> dict[str, Any]:
