@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine.collector.identity import PROFILE_PREFIX, read_profile
-from engine.config import Settings
+from engine.config import Settings, redact_url
 
 RECENT = 20
 
@@ -71,7 +71,7 @@ async def _from_redis(settings: Settings, report: LeadReport) -> None:
             report.owner = owner
         report.assignment_history = await store.history(report.lead_id)
     except Exception as exc:  # any Redis failure: show what the other sources have
-        report.unavailable["redis"] = f"{settings.redis_url}: {exc}"
+        report.unavailable["redis"] = f"{redact_url(settings.redis_url)}: {exc}"
     finally:
         await client.aclose()
 

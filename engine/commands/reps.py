@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine.assignment import Assigner, RosterError, UnknownRep, load_roster
-from engine.config import Settings
+from engine.config import Settings, redact_url
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nudge reps: invalid roster:\n{exc}", file=sys.stderr)
         return 2
     except (RedisError, OSError) as exc:
-        where = settings.redis_url
+        where = redact_url(settings.redis_url)
         print(
             f"nudge reps: Redis at {where} is unreachable ({exc}); start it or set NUDGE_REDIS_URL",
             file=sys.stderr,
