@@ -109,6 +109,9 @@ def overview() -> db.Dashboard:
            [(rate("nudge_events_consumed_total", "type"), "{{type}}")], "ops", stack=True),
         ts("Actions fired by rule", "Actions per second, by rule.",
            [(rate("nudge_rule_fires_total", "rule"), "{{rule}}")], "ops", stack=True),
+        ts("Firings stopped by rule gates", "Firings a rule's own cooldown, max_per_lead or if: condition "
+           "stopped, by rule and reason (`nudge simulate --explain` shows them per lead).",
+           [(rate("nudge_rule_suppressed_total", "rule, reason"), legend("rule, reason"))], "ops", stack=True),
         ts("Delivery outcomes", "Dispatcher outcomes per second: sent, retried, failed, suppressed, "
            "deferred, duplicate.", [(rate("nudge_actions_total", "outcome"), "{{outcome}}")], "ops"),
         ts("Detection delay", "Wall time from the triggering event's time (or the deadline) to the action "

@@ -56,6 +56,11 @@ HANDOVERS = Counter(
     "that owns it, or nothing to move (the anonymous id had no state)",
     ["outcome"],
 )
+RULE_SUPPRESSED = Counter(
+    "nudge_rule_suppressed_total",
+    "Firings a rule's own gates stopped in the worker: cooldown, max_per_lead or its if: condition",
+    ["rule", "reason"],
+)
 REPLAYED_INPUTS = Counter(
     "nudge_worker_replayed_inputs_total",
     "Input records skipped because the lead's stored state already reflects them (replayed after a crash)",

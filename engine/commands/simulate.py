@@ -10,7 +10,7 @@ from typing import IO
 
 from engine.config import Settings
 from engine.core.simulate import simulate
-from engine.events import Event, InvalidEvent, parse_event
+from engine.events import Event, InvalidEvent, format_ts, parse_event
 from engine.language import RuleFileError, load_rules
 
 
@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--events", required=True, help="JSONL file of Segment-spec events, or - for stdin")
     parser.add_argument("--no-flush", action="store_true", help="leave deadlines pending at the end unfired")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also report on stderr each firing a rule's cooldown, max_per_lead or if: stopped",
+    )
     parser.set_defaults(func=run)
 
 
@@ -38,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     """One Segment-spec event per input line (`-` reads stdin); the output is one action JSON object per line
     (`Action.to_bytes()`: sorted keys, `fired_at` ISO-8601 Z) ordered by fired_at, byte-identical for the same input
     and rules. Invalid input lines are reported on stderr as `FILE:LINE: reason: detail` and skipped; blank lines
-    are ignored. At end of input event time advances past every pending deadline unless `--no-flush`.
+    are ignored. At end of input event time advances past every pending deadline unless `--no-flush`. With
+    `--explain`, each firing a common gate stopped is reported on stderr as
+    `suppressed: TIME LEAD RULE REASON` (reason `cooldown`, `max_per_lead` or `condition`), in evaluation order.
     Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
     """
     rule_paths = args.rules or [str(Settings.from_env().rules_path)]
@@ -58,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"nudge simulate: cannot read {args.events}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     out = sys.stdout.buffer
-    for action in simulate(rules, events, flush=not args.no_flush):
+    suppressed: list[tuple[int, str, str, str]] | None = [] if args.explain else None
+    for action in simulate(rules, events, flush=not args.no_flush, suppressed=suppressed):
         out.write(action.to_bytes() + b"\n")
     out.flush()
+    for at_ms, lead, rule, reason in suppressed or ():
+        print(f"suppressed: {format_ts(at_ms)} {lead} {rule} {reason}", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.consent import withdrawal_reason
 from engine.core.facts import LeadView, apply_event, lead_view
 from engine.core.kinds.score import ScoreLogic, ScoreSlot
 from engine.core.model import Action, Tick, make_action_id
@@ -15,6 +16,8 @@ from engine.core.state import LeadState
 from engine.events import Event
 
 DAY_MS = 86_400_000
+UNSUBSCRIBED_EVENT = "Unsubscribed"  # the track event the collector's unsubscribe endpoint records
+EMPTY: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -27,6 +30,16 @@ class Evaluation:
     actions: list[Action] = field(default_factory=list)
     deadlines: list[int] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    # Firings a common gate stopped: (rule id, `cooldown` | `max_per_lead` | `condition`), in order.
+    suppressed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Fired:
+    """What one step fires, and the firings its gates stop."""
+
+    actions: list[Action] = field(default_factory=list)
+    suppressed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
@@ -79,26 +92,29 @@ class _EventContext:
         self._lead = None
 
 
-def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions: list[Action]) -> None:
+def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fired) -> None:
     at = firing.at_ms
-    fires_today = 0
-    gate = state.gates.get(rule.key)  # [last fired at, fires on that UTC day]
+    fires = 0  # this rule's fires for this lead so far: ever, or in the current `per` period
+    gate = state.gates.get(rule.key)  # [last fired at, fires counted]
     if gate is not None:
-        last_ms, fires = gate
+        last_ms, counted = gate
         if rule.cooldown_ms and at - last_ms < rule.cooldown_ms:
+            out.suppressed.append((rule.id, "cooldown"))
             return
-        if last_ms // DAY_MS == at // DAY_MS:
-            fires_today = fires
-    if rule.max_per_lead is not None and fires_today >= rule.max_per_lead:
+        if rule.per_ms is None or last_ms // rule.per_ms == at // rule.per_ms:
+            fires = counted
+    if rule.max_per_lead is not None and fires >= rule.max_per_lead:
+        out.suppressed.append((rule.id, "max_per_lead"))
         return
     if not rule.condition_holds(view):
+        out.suppressed.append((rule.id, "condition"))
         return
-    state.gates[rule.key] = [at, fires_today + 1]
+    state.gates[rule.key] = [at, fires + 1]
     spec = firing.action or rule.action
     context = dict(view)
     if firing.details:
         context["trigger"] = firing.details
-    actions.append(
+    out.actions.append(
         Action(
             action_id=make_action_id(rule.id, rule.version, state.lead_id, firing.key),
             rule=rule.id,
@@ -115,6 +131,7 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, actions:
             on_cap=rule.on_cap,
             context=context,
             trigger_time_ms=firing.trigger_time_ms,
+            expires_at_ms=at + rule.expires_after_ms if rule.expires_after_ms is not None else None,
         )
     )
 
@@ -126,7 +143,7 @@ def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
         state.rules[rule.key] = slot
 
 
-def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions: list[Action]) -> None:
+def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, out: _Fired) -> None:
     timed = rules.timed
     while timed and state.rules:
         due: tuple[int, int, Rule] | None = None
@@ -148,22 +165,27 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, actions
         if firings:
             view = build_view(rules, state, deadline)
             for firing in firings:
-                _emit(rule, state, firing, view, actions)
+                _emit(rule, state, firing, view, out)
 
 
 def _show_event(
     rules: RuleSet,
     state: LeadState,
     event: Event,
-    actions: list[Action],
+    out: _Fired,
     changes: list[tuple[Rule, StageChange]],
     skip: Rule | None = None,
+    converted: list[Rule] | None = None,
 ) -> None:
     ctx = _EventContext(event, state, rules)
     for rule in rules.for_event(event.type, event.name):
         if rule is skip:
             continue
         key = rule.key
+        if converted is not None:
+            conversion = rule.conversion
+            if conversion is not None and conversion(ctx):
+                converted.append(rule)
         slot = stored = state.rules.get(key)
         if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
             slot = None
@@ -183,22 +205,41 @@ def _show_event(
             else:
                 state.rules[key] = new_slot
         for firing in firings:
-            _emit(rule, state, firing, ctx.lead, actions)
+            _emit(rule, state, firing, ctx.lead, out)
 
 
 def _apply_event(
-    rules: RuleSet, state: LeadState, event: Event, actions: list[Action], updates: list[dict[str, Any]]
+    rules: RuleSet, state: LeadState, event: Event, out: _Fired, updates: list[dict[str, Any]]
 ) -> None:
+    before = withdrawal_reason(state.facts.get("tr") or EMPTY)
     apply_event(state.facts, event)
+    if event.type == "track" and event.name == UNSUBSCRIBED_EVENT:
+        traits = state.facts.setdefault("tr", {})
+        traits["unsubscribed"] = True
+    after = withdrawal_reason(state.facts.get("tr") or EMPTY)
+    if after != before:
+        updates.append(_consent_update(state.lead_id, event, after))
     changes: list[tuple[Rule, StageChange]] = []
-    _show_event(rules, state, event, actions, changes)
+    converted: list[Rule] = []
+    _show_event(rules, state, event, out, changes, converted=converted)
+    for rule in converted:
+        updates.append(
+            {
+                "kind": "converted",
+                "lead_id": state.lead_id,
+                "at_ms": event.timestamp_ms,
+                "rule": rule.id,
+                "event": event.name or event.type,
+                "message_id": event.message_id,
+            }
+        )
     shown = 0
     while changes:  # breadth first: stage changes in the order they happened
         rule, change = changes.pop(0)
         updates.append(change.update(state.lead_id))
         if shown < MAX_STAGE_EVENTS:
             shown += 1
-            _show_event(rules, state, change.event(state.lead_id), actions, changes, skip=rule)
+            _show_event(rules, state, change.event(state.lead_id), out, changes, skip=rule)
 
 
 def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
@@ -214,6 +255,20 @@ def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
     return sorted(set(deadlines)) if len(deadlines) > 1 else deadlines  # most leads have none or one
 
 
+def _consent_update(lead_id: str, event: Event, reason: str | None) -> dict[str, Any]:
+    """The `lead-updates` record of a change in marketing consent (the dispatcher re-checks queued actions)."""
+    unsubscribe = event.type == "track" and event.name == UNSUBSCRIBED_EVENT
+    return {
+        "kind": "consent",
+        "lead_id": lead_id,
+        "at_ms": event.timestamp_ms,
+        "marketing": reason is None,
+        "reason": reason or "consent_given",
+        "source": "unsubscribe" if unsubscribe else event.type,
+        "message_id": event.message_id,
+    }
+
+
 def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
     """A gate is kept only while it can still block a firing (cooldown running, or fires counted today)."""
     if not state.gates:
@@ -222,7 +277,9 @@ def _drop_spent_gates(rules: RuleSet, state: LeadState, now_ms: int) -> None:
         rule = rules.by_key.get(key)
         last = state.gates[key][0]
         cooling = rule is not None and rule.cooldown_ms and now_ms - last < rule.cooldown_ms
-        capped = rule is not None and rule.max_per_lead is not None and last // DAY_MS == now_ms // DAY_MS
+        capped = rule is not None and rule.max_per_lead is not None and (
+            rule.per_ms is None or last // rule.per_ms == now_ms // rule.per_ms
+        )
         if not (cooling or capped):
             del state.gates[key]
 
@@ -262,17 +319,17 @@ def evaluate(
     else:
         work = state.copy()
     work.read_slots(rules)
-    actions: list[Action] = []
+    out = _Fired()
     updates: list[dict[str, Any]] = []
     if isinstance(item, Tick):
-        _fire_due(rules, work, item.now_ms, True, actions)
+        _fire_due(rules, work, item.now_ms, True, out)
         _drop_spent_gates(rules, work, item.now_ms)
     else:
         if not work.lead_id:
             work.lead_id = item.lead_id
-        _fire_due(rules, work, item.timestamp_ms, False, actions)
-        _apply_event(rules, work, item, actions, updates)
+        _fire_due(rules, work, item.timestamp_ms, False, out)
+        _apply_event(rules, work, item, out, updates)
         if now_ms is not None:
-            _fire_due(rules, work, now_ms, True, actions)
+            _fire_due(rules, work, now_ms, True, out)
         _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
-    return Evaluation(work, actions, pending_deadlines(rules, work), updates)
+    return Evaluation(work, out.actions, pending_deadlines(rules, work), updates, out.suppressed)

@@ -44,6 +44,7 @@ class Action:
     on_cap: str = "defer"  # "defer" or "drop" when a frequency cap / quiet hours applies
     context: dict[str, Any] = field(default_factory=dict)
     trigger_time_ms: int | None = None  # event time of the last triggering event (for detection delay)
+    expires_at_ms: int | None = None  # not sent by then: suppressed (`expired`); fired_at + the rule's expires_after
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class Action:
             "explanation": self.explanation,
             "context": self.context,
             "trigger_time_ms": self.trigger_time_ms,
+            "expires_at_ms": self.expires_at_ms,
         }
 
     def to_bytes(self) -> bytes:
@@ -88,6 +90,7 @@ class Action:
             on_cap=doc.get("on_cap") or "defer",
             context=doc.get("context") or {},
             trigger_time_ms=doc.get("trigger_time_ms"),
+            expires_at_ms=doc.get("expires_at_ms"),
         )
 
 

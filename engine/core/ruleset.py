@@ -135,7 +135,9 @@ class Rule:
     enabled: bool = True
     priority: int = 0
     cooldown_ms: int = 0
-    max_per_lead: int | None = None  # fires per lead per UTC day (event time)
+    max_per_lead: int | None = None  # fires per lead: ever, or per `per_ms` period (event time)
+    per_ms: int | None = None  # the period of `max_per_lead` (epoch-aligned buckets; 1d = the UTC day); None: ever
+    expires_after_ms: int | None = None  # an action not sent by fired_at + this is suppressed (`expired`)
     exit_on: Matcher | None = None
     condition: Condition | None = None
     marketing: bool = True
@@ -155,6 +157,16 @@ class Rule:
 
     def condition_holds(self, lead: LeadView) -> bool:
         return self.condition is None or self.condition(lead)
+
+    @property
+    def conversion(self) -> Matcher | None:
+        """What counts as converting for this rule's actions: its `exit_on`, else an absence rule's `unless`. An
+        event matching it is reported on `lead-updates` (kind `converted`), so an action of this rule that is
+        still waiting in the dispatcher is not sent after it."""
+        if self.exit_on is not None:
+            return self.exit_on
+        unless: Matcher | None = getattr(self.logic, "unless", None)
+        return unless
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,8 @@ class LeadState:
         Facts: this lead's values win, the other fills gaps (first seen is the earliest; carts are united).
         Rule slots: with `rules`, each kind merges its two slots (scores add up, windows unite, the earlier
         absence episode is kept); without `rules`, this lead's slot wins and the other's fills missing ones.
-        Gates: the latest fire and the larger same-day count, so caps cannot be dodged by identifying.
+        Gates: the latest fire and the larger count in the same `per` period (ever, without `per`), so caps cannot
+        be dodged by identifying.
         """
         mine, theirs = self.copy(), other.copy()
         merged_rules = dict(theirs.rules)
@@ -145,9 +146,11 @@ class LeadState:
         gates = dict(theirs.gates)
         for key, gate in mine.gates.items():
             other_gate = gates.get(key)
+            rule = rules.by_key.get(key) if rules is not None else None
+            per_ms = rule.per_ms if rule is not None else DAY_MS
             if other_gate is None:
                 gates[key] = gate
-            elif other_gate[0] // DAY_MS == gate[0] // DAY_MS:
+            elif per_ms is None or other_gate[0] // per_ms == gate[0] // per_ms:
                 gates[key] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
             else:
                 gates[key] = max(gate, other_gate)

@@ -131,6 +131,19 @@ def _interest(model: schema.RuleBase) -> Interest | None:
     return Interest(frozenset(names), frozenset(types))
 
 
+OPTIONAL_SINCE_V2 = ("per", "expires_after")
+HOUR_MS = 3_600_000
+
+
+def default_expiry(model: schema.RuleBase) -> int:
+    """How long an action may wait in the dispatcher (quiet hours, caps, retries) before it is pointless: an
+    absence rule's own `within`, capped at 24 h (a reminder a day late is no reminder); an alert (threshold,
+    sequence, score) 1 h."""
+    if isinstance(model, schema.AbsenceRule):
+        return min(model.within, 24 * HOUR_MS)
+    return HOUR_MS
+
+
 def compile_rule(
     model: schema.RuleBase,
     condition: dict[str, Any] | None,
@@ -143,6 +156,9 @@ def compile_rule(
     log, True otherwise) and computes the rule version from the canonical definition (durations in ms, segments
     inlined, description excluded), so a reformatted file keeps its versions."""
     canonical = model.model_dump(mode="json", by_alias=True, exclude={"description"})
+    for option in OPTIONAL_SINCE_V2:  # left out while unset, so adding them kept every existing rule's version
+        if canonical.get(option) is None:
+            canonical.pop(option, None)
     canonical["if"] = _inline_segments(condition, segments)
     version = definition_hash(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
     action = model.action
@@ -165,6 +181,8 @@ def compile_rule(
         priority=model.priority,
         cooldown_ms=cooldown,
         max_per_lead=model.max_per_lead,
+        per_ms=model.per,
+        expires_after_ms=model.expires_after if model.expires_after is not None else default_expiry(model),
         exit_on=exit_on,
         condition=compile_condition(condition, compiled_segments) if condition else None,
         marketing=marketing,

@@ -104,6 +104,8 @@ class RuleBase(Strict):
     priority: int = 0
     cooldown: Duration | None = None
     max_per_lead: Annotated[int, Field(ge=1)] | None = None
+    per: Duration | None = None  # the period of `max_per_lead`; without it the count is for the lead's lifetime
+    expires_after: Duration | None = None  # an action not sent by then is dropped at send time (`expired`)
     exit_on: Matchers | None = None
     if_: dict[str, Any] | None = Field(None, alias="if")
     marketing: bool | None = None

@@ -36,6 +36,7 @@ class LeadOutcome:
     merges_out: list[tuple[str, bytes]] = field(default_factory=list)  # (known id, this lead's state)
     handovers: list[tuple[str, str, int]] = field(default_factory=list)  # (anonymous id, known id, event time)
     fired_deadlines: list[int] = field(default_factory=list)  # deadlines of the ticks evaluated
+    suppressed: list[tuple[str, str]] = field(default_factory=list)  # (rule id, reason) a common gate stopped
     rejected: list[tuple[Any, Any, str, str]] = field(default_factory=list)  # (record, input, reason, detail)
 
 
@@ -97,6 +98,8 @@ class LeadEvaluator:
                 out.actions.extend((action, kind) for action in result.actions)
             if result.updates:
                 out.updates.extend(result.updates)
+            if result.suppressed:
+                out.suppressed.extend(result.suppressed)
         return out
 
     def _merge(self, lead_id: str, state: LeadState | None, item: MergeIn) -> LeadState:

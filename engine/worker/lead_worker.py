@@ -148,6 +148,9 @@ class LeadWorker:
         # Series that exist from the start read 0 instead of "no data" on dashboards and in alerts.
         for outcome in ("sent", "merged_here", "nothing_to_move"):
             self._series(metrics.HANDOVERS, outcome)
+        for rule in rules.rules:
+            for reason in ("cooldown", "max_per_lead", "condition"):
+                self._series(metrics.RULE_SUPPRESSED, rule.id, reason)
         outputs = [self._actions_topic, self._dead_letters_topic, self._handovers_topic]
         outputs.append(nudge.leads.changelog_topic.get_topic_name())
         if nudge.lead_updates is not None:
@@ -377,6 +380,8 @@ class LeadWorker:
             metrics.DEADLINE_LAG.observe(max(0.0, (now_ms - deadline_ms) / 1000))
         for source, item, reason, detail in outcome.rejected:
             await self._dead_letter(source, reason, detail, lead_id=lead_id, item=item, partition=partition)
+        for rule, reason in outcome.suppressed:
+            self._series(metrics.RULE_SUPPRESSED, rule, reason).inc()
         if new_raw != raw:
             # An unchanged state needs no write: inputs that changed nothing change nothing when replayed.
             value = None if new_raw is None else stored_lead.encode(self._applied_after(inputs, applied), new_raw)

@@ -175,6 +175,15 @@ rules:
     within: 1m
     cooldown: 0s
     max_per_lead: 2
+    per: 1d
+    action: {connector: log}
+  - id: once
+    kind: threshold
+    match: {event: Ping}
+    count: 1
+    within: 1m
+    cooldown: 0s
+    max_per_lead: 1
     action: {connector: log}
   - id: gated
     kind: absence
@@ -185,7 +194,9 @@ rules:
 """
     )
     _, actions = run(ruleset, [track("Ping", m) for m in (0, 1, 2, 3)] + [track("Ping", 24 * 60)])
-    assert [a.fired_at_ms for a in actions] == [at(0), at(1), at(24 * 60)]  # two a day
+    capped = [a.fired_at_ms for a in actions if a.rule == "capped"]
+    assert capped == [at(0), at(1), at(24 * 60)]  # two a day (`per: 1d`)
+    assert [a.fired_at_ms for a in actions if a.rule == "once"] == [at(0)]  # without `per`: once, ever
     _, small = run(ruleset, [track("Product Added", 0, product_id="p", price=20), Tick(at(60))])
     assert [a.rule for a in small] == []
     _, big = run(ruleset, [track("Product Added", 0, product_id="p", price=20, quantity=5), Tick(at(60))])

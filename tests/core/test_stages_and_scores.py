@@ -122,7 +122,7 @@ def stage_after(ruleset: Any, stream: list[Event], state: LeadState | None = Non
     updates: list[dict] = []
     for event in stream:
         result = evaluate(ruleset, state, event)
-        state, updates = result.state, updates + result.updates
+        state, updates = result.state, updates + [u for u in result.updates if u["kind"] == "stage_changed"]
     assert state is not None
     return state.slot(ruleset.rules[0]).stage, updates
 
