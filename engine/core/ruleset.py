@@ -146,10 +146,17 @@ class Rule:
     source: str = ""  # "file:line" where the rule is defined
     interest: Interest | None = None  # None: the rule may react to any event
     key: str = ""  # short, stable key of this rule's slots in LeadState (derived from the id; see state_key)
+    # What counts as converting for this rule's actions: its `exit_on`, else an absence rule's `unless` (derived).
+    # An event matching it is reported on `lead-updates` (kind `converted`), so an action of this rule still
+    # waiting in the dispatcher is not sent after it.
+    conversion: Matcher | None = None
 
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", state_key(f"{self.id}|{self.logic.shape}"))
+        if self.conversion is None:
+            unless: Matcher | None = getattr(self.logic, "unless", None)
+            object.__setattr__(self, "conversion", self.exit_on if self.exit_on is not None else unless)
 
     @property
     def connector(self) -> str:
@@ -157,16 +164,6 @@ class Rule:
 
     def condition_holds(self, lead: LeadView) -> bool:
         return self.condition is None or self.condition(lead)
-
-    @property
-    def conversion(self) -> Matcher | None:
-        """What counts as converting for this rule's actions: its `exit_on`, else an absence rule's `unless`. An
-        event matching it is reported on `lead-updates` (kind `converted`), so an action of this rule that is
-        still waiting in the dispatcher is not sent after it."""
-        if self.exit_on is not None:
-            return self.exit_on
-        unless: Matcher | None = getattr(self.logic, "unless", None)
-        return unless
 
 
 @dataclass(frozen=True, slots=True)
