@@ -23,6 +23,10 @@ MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z, excluded
 # a few levels; orjson refuses to write more than 254 and a Python walk of thousands overflows the stack.
 MAX_NESTING = 32
 _SHOWN_CHARS = 60  # how much of a bad value a reason's detail quotes
+# Ids that are no ids: they would name a directory in a URL path (`/v1/leads/..`) or nobody at all.
+_UNUSABLE_IDS = frozenset({".", ".."})
+# Where the collector writes whether an event is trusted (`context.nudge.trusted`); see `Event.trusted`.
+TRUST_MARKER = "nudge"
 
 
 class InvalidEvent(ValueError):
@@ -41,6 +45,12 @@ class Event:
     The other times, when the message carried them (all UTC epoch milliseconds, in the accepted range):
     `received_at_ms` when the collector received it (its own clock: the one time a device cannot move),
     `sent_at_ms` when the device says it sent it, `original_timestamp_ms` the event time by the device's clock.
+
+    `trusted`: whether the event's sender was authenticated as able to speak for the lead. The collector writes
+    `context.nudge.trusted` on every event (true for a server write key or a verified user hash, false for a
+    browser write key alone; whatever the client sent there is overwritten); a record without that marker was
+    produced to Kafka directly (a server-side producer) and is trusted. Rule matchers with `trusted: true` only
+    match trusted events (docs/collector.md, "Trust model").
     """
 
     message_id: str
@@ -57,6 +67,7 @@ class Event:
     received_at_ms: int | None = None
     sent_at_ms: int | None = None
     original_timestamp_ms: int | None = None
+    trusted: bool = True
 
     def document(self) -> dict[str, Any]:
         """The event as matchers see it: Segment field names, so `where` paths read like the spec."""
@@ -82,7 +93,7 @@ class Event:
             "timestamp": format_ts(self.timestamp_ms),
             "properties": self.properties,
             "traits": self.traits,
-            "context": self.context,
+            "context": self._context_with_trust(),
         }
         if self.type == "track":
             out["event"] = self.name
@@ -104,6 +115,16 @@ class Event:
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json())
+
+    def _context_with_trust(self) -> dict[str, Any]:
+        """`context`, with `nudge.trusted` set to `trusted` when the context says otherwise (so `parse_event` gives
+        the same `trusted` back); unchanged, without a copy, in the usual case where they agree."""
+        marker = self.context.get(TRUST_MARKER)
+        marked_untrusted = type(marker) is dict and marker.get("trusted") is False
+        if marked_untrusted != self.trusted:
+            return self.context
+        fields = marker if type(marker) is dict else {}
+        return {**self.context, TRUST_MARKER: {**fields, "trusted": self.trusted}}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -220,7 +241,14 @@ def _as_dict(value: Any, field_name: str) -> dict[str, Any]:
 
 
 def _as_id(value: Any, field_name: str) -> str | None:
-    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:  # the common case first: it is on the hot path
+    """An id field: None when absent or empty (Segment's "not set"); a string of 1 to `MAX_ID_LENGTH` characters
+    that is neither blank (whitespace only) nor `.` / `..`; numbers are taken as their text. Else `bad_id`."""
+    if (  # the common case first, in C-speed checks: it is on the hot path
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value not in _UNUSABLE_IDS
+        and not value.isspace()
+    ):
         return value
     if value is None or value == "":
         return None
@@ -230,7 +258,7 @@ def _as_id(value: Any, field_name: str) -> str | None:
         raise InvalidEvent("bad_id", f"{field_name} must be a string, got {type(value).__name__}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEvent("bad_id", f"{field_name} is longer than {MAX_ID_LENGTH} characters")
-    return value
+    raise InvalidEvent("bad_id", f"{field_name} {_shown(value)} is not a usable id (whitespace only, '.' or '..')")
 
 
 def _event_time(
@@ -283,7 +311,10 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
       `bad_timestamp`.
     - Objects and arrays nested more than `MAX_NESTING` levels below the event: `too_deep`.
     - The lead id is `userId`, else `anonymousId`. Nothing else is required of an event except `type` and, for
-      `track`, `event`. Without a `messageId`, a deterministic synthetic one is derived from the content.
+      `track`, `event`. Without a `messageId`, a deterministic synthetic one is derived from the content. Ids
+      (`userId`, `anonymousId`, `previousId`, `messageId`) are at most `MAX_ID_LENGTH` characters and neither
+      whitespace only nor `.` / `..` (`bad_id`); an empty one counts as absent.
+    - `trusted` is false only when `context.nudge.trusted` is `false` (see `Event.trusted`).
     """
     opened: int | None = None  # opening brackets in the raw text: an upper bound of the nesting depth
     if isinstance(raw, dict):
@@ -323,6 +354,8 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
         raw_name = doc.get("name")
         name = raw_name if isinstance(raw_name, str) and raw_name else None
     context = _as_dict(doc.get("context"), "context")
+    marker = context.get(TRUST_MARKER)
+    trusted = type(marker) is not dict or marker.get("trusted") is not False
     traits = _as_dict(doc.get("traits"), "traits") or _as_dict(context.get("traits"), "context.traits")
     properties = _as_dict(doc.get("properties"), "properties")
     message_id = _as_id(doc.get("messageId"), "messageId") or synthetic_message_id(doc)
@@ -341,4 +374,5 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
         received_at_ms=received_at_ms,
         sent_at_ms=sent_at_ms,
         original_timestamp_ms=original_ms,
+        trusted=trusted,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -237,3 +239,35 @@ def test_any_timestamps_give_an_event_in_range_or_invalid_event(doc: dict, recei
     for ms in (event.timestamp_ms, event.received_at_ms, event.sent_at_ms, event.original_timestamp_ms):
         assert ms is None or MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS
     format_ts(event.timestamp_ms)
+
+
+@pytest.mark.parametrize("field", ["userId", "anonymousId", "previousId"])
+@pytest.mark.parametrize("value", [".", "..", " ", "\t\n", "\u2003", "x" * 257])
+def test_unusable_ids_are_bad_ids(field: str, value: str) -> None:
+    doc = {"type": "alias", "userId": "u", "anonymousId": "a", "timestamp": T, field: value}
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event(doc)
+    assert refused.value.reason == "bad_id"
+
+
+def test_ids_that_look_odd_but_are_usable() -> None:
+    for lead in ("...", ".u", " u ", "x" * 256, "0"):
+        assert parse_event({"type": "page", "userId": lead, "timestamp": T}).lead_id == lead
+    # an empty id is no id (Segment's "not set"): the other one is the lead
+    assert parse_event({"type": "page", "userId": "", "anonymousId": "a", "timestamp": T}).lead_id == "a"
+
+
+def test_trusted_follows_the_collectors_mark_and_round_trips() -> None:
+    base = {"type": "track", "event": "x", "userId": "u", "timestamp": T}
+    assert parse_event(base).trusted  # produced to Kafka directly: trusted
+    assert parse_event({**base, "context": {"nudge": {"trusted": True, "auth": "server"}}}).trusted
+    untrusted = parse_event({**base, "context": {"nudge": {"trusted": False, "auth": "client"}}})
+    assert not untrusted.trusted
+    for odd in ({"trusted": "false"}, {"trusted": 0}, "false", None):  # only the collector's exact mark counts
+        assert parse_event({**base, "context": {"nudge": odd}}).trusted
+    assert parse_event(untrusted.to_bytes()) == untrusted
+    # an Event built as untrusted writes the mark itself, so the worker reads it back the same
+    built = dataclasses.replace(parse_event(base), trusted=False)
+    assert built.to_json()["context"]["nudge"] == {"trusted": False}
+    assert parse_event(built.to_bytes()).trusted is False
+    assert parse_event(dataclasses.replace(untrusted, trusted=True).to_bytes()).trusted is True

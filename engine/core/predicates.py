@@ -160,15 +160,18 @@ def _compile_where(where: Mapping[str, Mapping[str, Any]]) -> list[Matcher]:
 
 
 def compile_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Matcher:
-    """`{event, type, where}` (or a list of them: any-of) as `MatchContext -> bool`; the cheapest checks (type,
-    event name) run first. `where` paths read the event document (`Event.document()`); paths starting with
-    `lead.` read the lead view as it is after this event was applied."""
+    """`{event, type, where, trusted}` (or a list of them: any-of) as `MatchContext -> bool`; the cheapest checks
+    (type, event name) run first. `where` paths read the event document (`Event.document()`); paths starting with
+    `lead.` read the lead view as it is after this event was applied. `trusted: true` matches only events whose
+    `Event.trusted` is true (sent with a server write key or a verified user hash, or produced server-side)."""
     if not isinstance(spec, Mapping):
         alternatives = [compile_matcher(item) for item in spec]
         return lambda ctx: any(m(ctx) for m in alternatives)
     events = frozenset(spec["event"]) if spec.get("event") else None
     types = frozenset(spec["type"]) if spec.get("type") else None
     checks = _compile_where(spec.get("where") or {})
+    if spec.get("trusted"):
+        checks.insert(0, _trusted_only)
 
     def match(ctx: MatchContext) -> bool:
         doc = ctx.doc
@@ -179,6 +182,10 @@ def compile_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Ma
         return all(check(ctx) for check in checks)
 
     return match
+
+
+def _trusted_only(ctx: MatchContext) -> bool:
+    return ctx.event.trusted
 
 
 def compile_condition(spec: Mapping[str, Any], segments: Mapping[str, Condition] | None = None) -> Condition:
@@ -229,4 +236,6 @@ def describe_matcher(spec: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Non
     if where:
         conds = [f"{path} {op} {operand!r}" for path, ops in where.items() for op, operand in ops.items()]
         head += " where " + " and ".join(conds)
+    if spec.get("trusted"):
+        head += " (trusted only)"
     return head

@@ -68,7 +68,9 @@ class StageChange:
 
     `event()` is the synthetic Segment `track` event `Stage Changed` (properties `from`, `to`, `rule`, `reason`,
     `score`, `trigger`; its message id derives from the triggering one, so a replay produces the same id) that
-    the lead's other rules see in the same evaluation; `update()` is the `lead-updates` record.
+    the lead's other rules see in the same evaluation, as trusted as the event that caused the change (so a
+    `trusted: true` matcher on `Stage Changed` cannot be reached from untrusted events); `update()` is the
+    `lead-updates` record.
     """
 
     rule: str
@@ -78,6 +80,7 @@ class StageChange:
     at_ms: int
     message_id: str
     score: float | int
+    trusted: bool = True  # the triggering event's `Event.trusted`: a visitor's event cannot make a trusted change
 
     def synthetic_id(self) -> str:
         digest = hashlib.blake2b(f"{self.message_id}|{self.rule}|{self.new}".encode(), digest_size=8).hexdigest()
@@ -99,6 +102,7 @@ class StageChange:
                 "score": self.score,
                 "trigger": self.message_id,
             },
+            trusted=self.trusted,
         )
 
     def update(self, lead_id: str) -> dict[str, Any]:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    model_serializer,
+    model_validator,
+)
 
 from engine.core.durations import parse_duration
 from engine.core.predicates import OPERATORS
@@ -75,16 +84,32 @@ class Predicate(Strict):
 
 
 class Matcher(Strict):
+    """Selects events: `event` names, `type`s, `where` predicates, and `trusted: true` for events a visitor
+    cannot send (a server write key or a verified user hash; see docs/rules.md, "Trusted events")."""
+
     event: Annotated[list[str] | None, BeforeValidator(_as_list)] = None
     type: Annotated[list[EventType] | None, BeforeValidator(_as_list)] = None
     where: Annotated[dict[str, Predicate] | None, BeforeValidator(_where)] = None
+    trusted: StrictBool = False
+
+    @model_serializer(mode="wrap")
+    def _without_default_trust(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # `trusted: false` is the default and is left out, so the rule versions (hashes of the dump) of every
+        # rule written before `trusted` existed stay the same, and with them their action ids.
+        data: dict[str, Any] = handler(self)
+        if not self.trusted:
+            data.pop("trusted", None)
+        return data
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "event": self.event,
             "type": self.type,
             "where": {path: p.operators() for path, p in (self.where or {}).items()},
         }
+        if self.trusted:
+            out["trusted"] = True
+        return out
 
 
 Matchers = Annotated[list[Matcher], BeforeValidator(_as_list), Field(min_length=1)]

@@ -181,3 +181,16 @@ def test_an_edit_that_changes_the_slot_shape_gets_a_new_state_key() -> None:
     assert count == key("kind: threshold, match: {event: B}, count: 3, within: 5m")
     assert count != key("kind: threshold, match: {event: A}, sum: {field: properties.v, gte: 2}, within: 1m")
     assert count != key("kind: absence, when: {event: A}, within: 1m")
+
+
+def test_trusted_is_a_boolean_on_matchers_and_changes_the_version_only_when_set() -> None:
+    plain = "rules:\n  - {id: a, kind: absence, when: {event: A}, within: 1m, action: {connector: log}}"
+    explicit_false = plain.replace("{event: A}", "{event: A, trusted: false}")
+    trusted = plain.replace("{event: A}", "{event: A, trusted: true}")
+    versions = [parse_rules(text).rules[0].version for text in (plain, explicit_false, trusted)]
+    # rules written before `trusted` existed keep their versions (and so their action ids)
+    assert versions[0] == versions[1] != versions[2]
+    found = problems(plain.replace("{event: A}", "{event: A, trusted: \"yes\"}"))
+    assert any("valid boolean" in line for line in found), found
+    found = problems(plain.replace("{event: A}", "{event: A, trusted: 1}"))
+    assert any("valid boolean" in line for line in found), found

@@ -238,7 +238,9 @@ class ScoreLogic(EventDriven):
         ]
         change = None
         if stage is not None and stage != old_stage:
-            change = StageChange(rule.id, old_stage, stage, reason, t, ctx.event.message_id, value)
+            change = StageChange(
+                rule.id, old_stage, stage, reason, t, ctx.event.message_id, value, ctx.event.trusted
+            )
             firings.extend(self._stage_firing(change, spec, new) for name, spec in self.on_stage if name == stage)
         return new, firings, change
 
