@@ -21,6 +21,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 Number = TypeVar("Number", int, float)
 
 
+# Settings of the collector's public edge that are secrets: never shown by `Settings.__repr__`.
+COLLECTOR_SECRETS = ("user_hash_secret", "server_write_keys")
+
+
 class ConfigError(ValueError):
     """A setting has a value Nudge cannot use; the message names the variable and what it accepts."""
 
@@ -118,6 +122,20 @@ class Settings:
     write_keys: tuple[str, ...] = ()
     max_clock_skew_s: float = 5.0
     collector_body_timeout_s: float = 30.0
+    # The collector's public edge (docs/collector.md, "Trust model" and "Limits").
+    server_write_keys: tuple[str, ...] = field(default=(), repr=False)
+    user_hash_secret: str = field(default="", repr=False)
+    collector_max_batch_events: int = 500
+    collector_max_traits: int = 100
+    profile_max_fields: int = 500
+    profile_ttl_days: float = 400.0
+    rate_limit_key_events_per_s: float = 5000.0
+    rate_limit_key_burst: int = 20000
+    rate_limit_ip_events_per_s: float = 50.0
+    rate_limit_ip_burst: int = 500
+    collector_forwarded_hops: int = 0
+    collector_public_url: str = ""
+    collector_telemetry_sample_rate: float = 0.0
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "PLAIN"
     kafka_sasl_username: str = ""
@@ -133,7 +151,7 @@ class Settings:
         shown = []
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if setting.name == "kafka_sasl_password":
+            if setting.name in (*COLLECTOR_SECRETS, "kafka_sasl_password"):
                 value = "***" if value else ""
             elif setting.name in ("redis_url", "clickhouse_dsn"):
                 value = redact_url(value)
@@ -168,6 +186,27 @@ class Settings:
             write_keys=tuple(k for k in (env.get("NUDGE_WRITE_KEYS") or "").split(",") if k),
             max_clock_skew_s=_float(env, "NUDGE_MAX_CLOCK_SKEW_S", defaults.max_clock_skew_s),
             collector_body_timeout_s=_float(env, "NUDGE_COLLECTOR_BODY_TIMEOUT_S", defaults.collector_body_timeout_s),
+            server_write_keys=tuple(k for k in (env.get("NUDGE_SERVER_WRITE_KEYS") or "").split(",") if k),
+            user_hash_secret=env.get("NUDGE_USER_HASH_SECRET") or defaults.user_hash_secret,
+            collector_max_batch_events=_int(
+                env, "NUDGE_COLLECTOR_MAX_BATCH_EVENTS", defaults.collector_max_batch_events
+            ),
+            collector_max_traits=_int(env, "NUDGE_COLLECTOR_MAX_TRAITS", defaults.collector_max_traits),
+            profile_max_fields=_int(env, "NUDGE_PROFILE_MAX_FIELDS", defaults.profile_max_fields),
+            profile_ttl_days=_float(env, "NUDGE_PROFILE_TTL_DAYS", defaults.profile_ttl_days),
+            rate_limit_key_events_per_s=_float(
+                env, "NUDGE_RATE_LIMIT_KEY_EVENTS_PER_S", defaults.rate_limit_key_events_per_s
+            ),
+            rate_limit_key_burst=_int(env, "NUDGE_RATE_LIMIT_KEY_BURST", defaults.rate_limit_key_burst),
+            rate_limit_ip_events_per_s=_float(
+                env, "NUDGE_RATE_LIMIT_IP_EVENTS_PER_S", defaults.rate_limit_ip_events_per_s
+            ),
+            rate_limit_ip_burst=_int(env, "NUDGE_RATE_LIMIT_IP_BURST", defaults.rate_limit_ip_burst),
+            collector_forwarded_hops=_int(env, "NUDGE_COLLECTOR_FORWARDED_HOPS", defaults.collector_forwarded_hops),
+            collector_public_url=env.get("NUDGE_COLLECTOR_PUBLIC_URL") or defaults.collector_public_url,
+            collector_telemetry_sample_rate=_float(
+                env, "NUDGE_COLLECTOR_TELEMETRY_SAMPLE_RATE", defaults.collector_telemetry_sample_rate
+            ),
             kafka_security_protocol=_choice(
                 env, "NUDGE_KAFKA_SECURITY_PROTOCOL", defaults.kafka_security_protocol, KAFKA_SECURITY_PROTOCOLS
             ),

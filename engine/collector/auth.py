@@ -1,4 +1,4 @@
-"""Write-key authentication, as the Segment and RudderStack SDKs send it."""
+"""Write-key authentication, as the Segment and RudderStack SDKs send it, and which kind of key it was."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.collector.errors import RequestRejected
+from engine.collector.trust import Auth
 from engine.config import ConfigError
 
 NO_KEY_MESSAGE = (
@@ -17,24 +18,34 @@ NO_KEY_MESSAGE = (
 
 
 class WriteKeys:
-    """The configured write keys. A request is authenticated when its `Authorization: Basic base64(<writeKey>:)`
-    header (the write key as user, empty password) names a configured key or, when it has no Authorization header,
-    when its JSON body carries a configured `writeKey` (Segment's HTTP API accepts both). `check_header` /
-    `check_body` raise `RequestRejected(401, "unauthorized")` otherwise. Keys are compared in constant time. An
-    empty key set raises `ConfigError`: the collector never runs open.
+    """The configured write keys, of two kinds: browser (client) keys (`NUDGE_WRITE_KEYS`), public by nature (they
+    are in every page), and server keys (`NUDGE_SERVER_WRITE_KEYS`), kept secret by the shop's back end. A request
+    is authenticated when its `Authorization: Basic base64(<writeKey>:)` header (the write key as user, empty
+    password) names a configured key or, when it has no Authorization header, when its JSON body carries a
+    configured `writeKey` (Segment's HTTP API accepts both); `check_header` / `check_body` return the key's kind
+    (`Auth.SERVER` or `Auth.CLIENT`) and raise `RequestRejected(401, "unauthorized")` otherwise. Keys are compared
+    in constant time. No key at all, or one key in both lists, raises `ConfigError`: the collector never runs open
+    and never guesses how far to trust a key.
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = tuple(k.encode() for k in keys if k)
-        if not self._keys:
+    def __init__(self, client_keys: Iterable[str], server_keys: Iterable[str] = ()) -> None:
+        self._client = tuple(k.encode() for k in client_keys if k)
+        self._server = tuple(k.encode() for k in server_keys if k)
+        if not self._client and not self._server:
             raise ConfigError(
-                "no write keys configured: set NUDGE_WRITE_KEYS to a comma-separated list of the SDKs' keys"
+                "no write keys configured: set NUDGE_WRITE_KEYS to a comma-separated list of the browser SDKs' "
+                "keys (and NUDGE_SERVER_WRITE_KEYS to the server SDKs' secret keys)"
             )
+        if set(self._client) & set(self._server):
+            raise ConfigError("a key is in both NUDGE_WRITE_KEYS and NUDGE_SERVER_WRITE_KEYS: give each one kind")
 
-    def _known(self, candidate: str) -> bool:
+    def kind(self, candidate: str) -> Auth | None:
+        """`Auth.SERVER`, `Auth.CLIENT`, or None for an unknown key."""
         given = candidate.encode()
-        # Compare against every key so timing does not reveal which prefix matched.
-        return any([hmac.compare_digest(given, key) for key in self._keys])
+        # Compare against every key so timing does not reveal which prefix matched, nor which kind it is.
+        server = any([hmac.compare_digest(given, key) for key in self._server])
+        client = any([hmac.compare_digest(given, key) for key in self._client])
+        return Auth.SERVER if server else Auth.CLIENT if client else None
 
     @staticmethod
     def key_from_header(header: str | None) -> str | None:
@@ -54,18 +65,21 @@ class WriteKeys:
             ) from None
         return decoded.partition(":")[0]
 
-    def check_header(self, header: str | None) -> bool:
-        """True when the header authenticates the request, False when there is no header (check the body
-        then)."""
+    def check_header(self, header: str | None) -> Auth | None:
+        """The key's kind when the header authenticates the request, None when there is no header (check the
+        body then)."""
         key = self.key_from_header(header)
         if key is None:
-            return False
-        if not self._known(key):
+            return None
+        kind = self.kind(key)
+        if kind is None:
             raise RequestRejected(401, "unauthorized", NO_KEY_MESSAGE)
-        return True
+        return kind
 
-    def check_body(self, body: dict[str, Any]) -> None:
-        """Raise `RequestRejected(401)` unless the body's `writeKey` is a configured key."""
+    def check_body(self, body: dict[str, Any]) -> Auth:
+        """The kind of the body's `writeKey`; `RequestRejected(401)` unless it is a configured key."""
         key = body.get("writeKey")
-        if not isinstance(key, str) or not self._known(key):
+        kind = self.kind(key) if isinstance(key, str) else None
+        if kind is None:
             raise RequestRejected(401, "unauthorized", NO_KEY_MESSAGE)
+        return kind

@@ -11,9 +11,9 @@ class RequestRejected(Exception):
 
     `status` is the HTTP status; `code` a short stable word (also the Segment SDKs' `code` field, which they log);
     `message` says what is wrong and how to fix it; `errors` optionally lists per-event problems by batch index;
-    `retry_after_s` only for 503s; `close_connection` when the connection must not be reused (the request body
-    was not read to its end). The body is JSON `{"success": false, "code", "message", "errors"?}` so the
-    unmodified SDKs can parse and log it.
+    `retry_after_s` only for temporary refusals (429, 503); `close_connection` when the connection must not be
+    reused (the request body was not read to its end). The body is JSON
+    `{"success": false, "code", "message", "errors"?}` so the unmodified SDKs can parse and log it.
     """
 
     def __init__(

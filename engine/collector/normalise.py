@@ -14,6 +14,7 @@ from engine.events import Event, InvalidEvent, parse_event, synthetic_message_id
 
 SINGLE_EVENT_ENDPOINTS = ("track", "page", "screen", "identify", "alias", "group")
 MAX_LISTED_ERRORS = 50
+MAX_TRAITS = 100  # per event; NUDGE_COLLECTOR_MAX_TRAITS
 # Stamped per request by the SDK or by us: left out of a synthetic messageId, so an SDK's retry of an event sent
 # without one gets the same id and is deduplicated.
 _PER_REQUEST_FIELDS = ("sentAt", "receivedAt", "writeKey")
@@ -52,18 +53,28 @@ def raw_messages(body: dict[str, Any], endpoint: str) -> list[Any]:
     return messages
 
 
-def normalise(messages: list[Any], received_at_ms: int, max_clock_skew_ms: int) -> list[Event]:
-    """Every message parsed with `engine.events.parse_event` at the receive time, with the edge's own rules:
-    the device's time corrected by its clock skew and bounded by `received_at_ms + max_clock_skew_ms`
-    (`engine.collector.event_time`), control characters stripped from traits (`clean_traits`), and each event at
-    most `MAX_EVENT_BYTES` of JSON; repeated `messageId`s inside the request keep the first occurrence.
+def normalise(
+    messages: list[Any], received_at_ms: int, max_clock_skew_ms: int, max_traits: int = MAX_TRAITS
+) -> list[Event]:
+    """`parse_messages`, with repeated `messageId`s inside the request reduced to their first occurrence."""
+    return unique_by_message_id(parse_messages(messages, received_at_ms, max_clock_skew_ms, max_traits))
+
+
+def parse_messages(
+    messages: list[Any], received_at_ms: int, max_clock_skew_ms: int, max_traits: int = MAX_TRAITS
+) -> list[Event]:
+    """Every message parsed with `engine.events.parse_event` at the receive time, in order (one event per message),
+    with the edge's own rules: the device's time corrected by its clock skew and bounded by `received_at_ms +
+    max_clock_skew_ms` (`engine.collector.event_time`), control characters stripped from traits (`clean_traits`),
+    each event at most `MAX_EVENT_BYTES` of JSON and at most `max_traits` traits (in `traits`, and in
+    `context.traits`).
 
     All or nothing: one bad event raises `400 invalid_events` listing each bad index, reason (`parse_event`'s:
-    `bad_timestamp`, `too_deep`, ...; `too_large`, `not_object`) and detail, and nothing is written. Why not accept
-    the good ones: the SDKs drop a batch on any 4xx without telling the caller which events failed, while a
-    partial 200 would hide the loss completely; all-or-nothing keeps the failure loud and the batch re-sendable
-    once fixed. (The SDKs already refuse events without ids client-side, so this only triggers for hand-made or
-    broken clients.)
+    `bad_timestamp`, `too_deep`, `bad_id`, ...; `too_large`, `too_many_traits`, `not_object`) and detail, and
+    nothing is written. Why not accept the good ones: the SDKs drop a batch on any 4xx without telling the caller
+    which events failed, while a partial 200 would hide the loss completely; all-or-nothing keeps the failure loud
+    and the batch re-sendable once fixed. (The SDKs already refuse events without ids client-side, so this only
+    triggers for hand-made or broken clients.)
     """
     events: list[Event] = []
     errors: list[dict[str, Any]] = []
@@ -88,6 +99,12 @@ def normalise(messages: list[Any], received_at_ms: int, max_clock_skew_ms: int) 
         if size is None:  # only reachable with a hand-built dict: JSON bodies decode to what orjson can write
             errors.append({"index": index, "reason": "bad_field", "detail": "event cannot be written as JSON"})
             continue
+        context_traits = event.context.get("traits")
+        most = max(len(event.traits), len(context_traits) if isinstance(context_traits, dict) else 0)
+        if most > max_traits:
+            detail = f"event has {most} traits; the limit is {max_traits}"
+            errors.append({"index": index, "reason": "too_many_traits", "detail": detail})
+            continue
         events.append(event)
     if errors:
         listed = errors[:MAX_LISTED_ERRORS]
@@ -98,7 +115,7 @@ def normalise(messages: list[Any], received_at_ms: int, max_clock_skew_ms: int) 
             "accepted. Fix or drop the listed events and send the batch again.",
             errors=listed,
         )
-    return unique_by_message_id(events)
+    return events
 
 
 def _edge_event(message: dict[str, Any], received_at_ms: int, max_clock_skew_ms: int) -> Event:
@@ -137,6 +154,7 @@ def clean_traits(event: Event) -> Event:
 
 
 def unique_by_message_id(events: list[Event]) -> list[Event]:
+    """`events` without the repeats of a `messageId` (the first occurrence stays)."""
     seen: set[str] = set()
     out: list[Event] = []
     for event in events:

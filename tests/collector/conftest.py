@@ -18,7 +18,9 @@ from engine.config import Settings
 from engine.kafka.topics import CLICKSTREAM
 from engine.testing import TopicReader, wait_until
 
-WRITE_KEY = "wk-test-1"
+WRITE_KEY = "wk-test-1"  # a browser (client) write key
+SERVER_KEY = "sk-test-server-1"  # a server write key
+USER_HASH_SECRET = "test-user-hash-secret-0123456789abcdef"  # NUDGE_USER_HASH_SECRET
 
 
 class ServerThread:
@@ -60,7 +62,15 @@ class ServerThread:
 
 @pytest.fixture
 def collector_settings(settings: Settings) -> Settings:
-    return settings.with_(write_keys=(WRITE_KEY, "wk-other"))
+    """Two browser keys, a server key, a user-hash secret; rate limits off (tests send fast from one address:
+    tests/collector/test_public_edge.py tests the limits on their own)."""
+    return settings.with_(
+        write_keys=(WRITE_KEY, "wk-other"),
+        server_write_keys=(SERVER_KEY,),
+        user_hash_secret=USER_HASH_SECRET,
+        rate_limit_key_events_per_s=0.0,
+        rate_limit_ip_events_per_s=0.0,
+    )
 
 
 @pytest.fixture

@@ -135,7 +135,8 @@ def test_single_event_endpoints_and_batch_context(collector, read_clickstream) -
     records = {r.value["messageId"]: r.value for r in read_clickstream(2)}
     assert records["i-1"]["type"] == "identify"
     page = records["p-1"]
-    assert page["context"] == {"ip": "10.0.0.1", "page": {"path": "/"}}
+    # the collector's trust mark overwrites whatever the client sent under context.nudge
+    assert page["context"] == {"ip": "10.0.0.1", "page": {"path": "/"}, "nudge": {"trusted": False, "auth": "client"}}
     # originalTimestamp shifted by the device's clock skew (receivedAt - sentAt): one minute before arrival
     from engine.events import parse_ts
 

@@ -14,6 +14,7 @@ from engine.config import Settings
 from engine.devstack import free_port
 from engine.testing import ChildProcess, nudge_command
 
+from .conftest import WRITE_KEY
 from .test_bad_input import auth, post, track
 
 pytestmark = pytest.mark.integration
@@ -56,3 +57,35 @@ def test_nudge_collector_with_an_unusable_time_bound_exits_2(name: str, value: s
     done = subprocess.run([*nudge_command(), "collector"], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert name in done.stderr
+
+
+def test_the_access_log_carries_no_addresses_urls_or_referers(
+    collector_settings: Settings, read_clickstream, tmp_path: Path
+) -> None:
+    """At debug level one line per request (method, route, status, size, time); at info level none."""
+    for level, lines_expected in (("debug", True), ("info", False)):
+        settings = collector_settings.with_(collector_port=free_port(), log_level=level)
+        url = f"http://127.0.0.1:{settings.collector_port}"
+        log = tmp_path / f"collector-{level}.log"
+        collector = ChildProcess.nudge("nudge collector", ["collector"], {**os.environ, **settings.env()}, log)
+
+        def healthy(url: str = url) -> bool:
+            try:
+                return requests.get(url + "/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        with collector.start():
+            asyncio.run(collector.wait_until(healthy, timeout_s=20, what="/healthz"))
+            headers = {**auth(), "Referer": "https://shop.example/account?email=ann%40example.com",
+                       "User-Agent": "Secret-Agent/1", "X-Forwarded-For": "203.0.113.7"}
+            response = requests.post(url + "/v1/track?email=ann@example.com", json=track(f"log-{level}"),
+                                     headers=headers, timeout=5)
+            assert response.status_code == 200
+            requests.get(f"{url}/v1/projects/{WRITE_KEY}/settings", timeout=5)
+            assert collector.stop() == 0, collector.log_text()
+        text = collector.log_text()
+        for secret in ("ann", "example.com", "Secret-Agent", "203.0.113.7", "127.0.0.1 ", WRITE_KEY):
+            assert secret not in text.replace("listening on http://127.0.0.1", ""), (level, secret, text)
+        assert ("POST track 200" in text) is lines_expected, text
+        assert ("GET settings 200" in text) is lines_expected, text

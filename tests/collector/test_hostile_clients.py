@@ -5,6 +5,7 @@ refused request reaches `clickstream`."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import random
 import socket
 import threading
@@ -18,13 +19,16 @@ import orjson
 import pytest
 import redis
 import requests
+from aiohttp import web
 
 from engine.collector.app import COLLECTOR_KEY, create_app
 from engine.collector.identity import profile_key, read_profile
+from engine.collector.limits import RateLimiter
+from engine.collector.trust import UserHashes
 from engine.config import Settings
 from engine.events import MAX_NESTING, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, format_ts, parse_event, parse_ts
 
-from .conftest import WRITE_KEY, ServerThread
+from .conftest import SERVER_KEY, USER_HASH_SECRET, WRITE_KEY, ServerThread
 from .test_bad_input import assert_refused, auth, post
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -164,7 +168,7 @@ def test_control_characters_are_stripped_from_traits_before_they_are_stored(
         "messageId": "crlf-1",
         "traits": {"name": "Eve\r\nBcc: everyone@example.com", "email": "eve@example.com\x00", "note": "a\tb"},
     }
-    assert post(collector.url, "/v1/identify", identify, auth()).status_code == 200
+    assert post(collector.url, "/v1/identify", identify, auth(SERVER_KEY)).status_code == 200  # trusted: kept
     (record,) = read_clickstream(1)
     cleaned = {"name": "EveBcc: everyone@example.com", "email": "eve@example.com", "note": "a\tb"}
     assert record.value["traits"] == cleaned
@@ -350,8 +354,16 @@ def random_object(rng: random.Random, depth: int = 0) -> dict[str, Any]:
     return {f"k{i}\r" if i == 2 else f"k{i}": random_value(rng, depth + 1) for i in range(rng.randint(0, 3))}
 
 
+def random_user_hash(rng: random.Random, event: dict[str, Any]) -> Any:
+    user = event.get("userId")
+    return rng.choice([
+        UserHashes.sign(USER_HASH_SECRET, user) if isinstance(user, str) else "0" * 64,
+        "0" * 64, "zz" * 32, "", 7, None, {"h": 1}, ["x"], "é" * 64, UserHashes.sign(USER_HASH_SECRET, "other"),
+    ])
+
+
 def valid_event(rng: random.Random, n: int) -> dict[str, Any]:
-    kind = rng.choice(["track", "track", "identify", "page", "alias", "group", "screen"])
+    kind = rng.choice(["track", "track", "identify", "identify", "page", "alias", "alias", "group", "screen"])
     event: dict[str, Any] = {
         "type": kind,
         rng.choice(["userId", "anonymousId"]): f"lead-{rng.randint(0, 20)}",
@@ -359,6 +371,16 @@ def valid_event(rng: random.Random, n: int) -> dict[str, Any]:
         "traits": random_object(rng),
         "context": random_object(rng),
     }
+    if kind in ("identify", "alias") and rng.random() < 0.7:  # merges: of known users, of anonymous ids, of itself
+        event["userId"] = f"lead-{rng.randint(0, 20)}"
+        other = rng.choice([f"lead-{rng.randint(0, 20)}", f"anon-{rng.randint(0, 20)}"])
+        event["previousId" if kind == "alias" else "anonymousId"] = other
+    if rng.random() < 0.3:
+        event["traits"]["email"] = rng.choice(["a@example.com", "", None, 3, {"x": 1}, ["a@b.c"]])
+    if rng.random() < 0.3:
+        event["context"]["userHash"] = random_user_hash(rng, event)
+    if rng.random() < 0.1:
+        event["context"]["nudge"] = rng.choice([{"trusted": True, "auth": "server"}, "yes", None, [], {"auth": 3}])
     if kind == "track":
         event["event"] = rng.choice(["Viewed", "Product Added", "Order Completed"])
     if rng.random() < 0.9:
@@ -385,17 +407,33 @@ def hostile_event(rng: random.Random, n: int) -> Any:
         lambda: event.update(properties=orjson.loads(nested_body(rng.randint(MAX_NESTING - 2, 200)))["properties"]),
         lambda: event.update(properties={"pad": "x" * rng.randint(30_000, 40_000)}),
         lambda: event.update(messageId=rng.choice([{}, [], "m" * 300])),
+        lambda: event.update({rng.choice(["userId", "anonymousId", "previousId"]): rng.choice([".", "..", " ", "\t"])}),
+        lambda: event.update(traits={f"t{i}": i for i in range(rng.choice([101, 150]))}),
     ]
     for _ in range(rng.randint(1, 2)):
         rng.choice(breakages)()
     return event
 
 
-def random_request(rng: random.Random, n: int) -> tuple[str, bytes, dict[str, str]]:
+SETTINGS_KEYS = [WRITE_KEY, SERVER_KEY, "nope", "..", "%2e%2e", "k" * 5000, "é", "a/b", "", " "]
+
+
+def random_request(rng: random.Random, n: int) -> tuple[str, str, bytes, dict[str, str]]:
+    """(method, path, body, headers) of one request, valid or broken in one way or more."""
     hostile = rng.random() < 0.6
-    endpoint = rng.choice(["/v1/batch", "/v1/batch", "/v1/track", "/v1/identify", "/v1/t", "/v1/b"])
+    roll = rng.random()
+    if roll < 0.05:  # analytics.js's settings document, for any key
+        return "GET", f"/v1/projects/{rng.choice(SETTINGS_KEYS)}/settings", b"", spoofed(rng, {})
+    if roll < 0.08:
+        return "OPTIONS", rng.choice(["/v1/m", "/v1/t", "/v1/projects/x/settings", "/v1/a/b"]), b"", {}
+    endpoint = rng.choice(
+        ["/v1/batch", "/v1/batch", "/v1/track", "/v1/identify", "/v1/alias", "/v1/t", "/v1/b", "/v1/i", "/v1/a"]
+    )
+    if roll < 0.14:  # analytics.js's telemetry: anything goes, nothing is stored
+        body = rng.choice([b'{"series": []}', b"", b"\xff", b"[" * 3000, orjson.dumps(random_object(rng))])
+        return "POST", "/v1/m", body, spoofed(rng, {"Content-Type": "text/plain"})
     if hostile and rng.random() < 0.05:
-        endpoint = rng.choice(["/v1/nope", "/v2/batch", "/"])
+        endpoint = rng.choice(["/v1/nope", "/v2/batch", "/", "/v1/projects/x/settings"])
 
     def event(i: int) -> Any:
         return hostile_event(rng, n * 100 + i) if hostile and rng.random() < 0.4 else valid_event(rng, n * 100 + i)
@@ -413,11 +451,15 @@ def random_request(rng: random.Random, n: int) -> tuple[str, bytes, dict[str, st
     headers = {"Content-Type": rng.choice(["application/json", "text/plain"])}
     auth_roll = rng.random() * (1.0 if hostile else 0.8)
     if auth_roll < 0.7:
-        headers.update(auth())
+        headers.update(auth(rng.choice([WRITE_KEY, WRITE_KEY, SERVER_KEY, "wk-other"])))
     elif auth_roll < 0.8 and isinstance(doc, dict):
-        doc["writeKey"] = rng.choice([WRITE_KEY, "wrong", 3, None])
+        doc["writeKey"] = rng.choice([WRITE_KEY, SERVER_KEY, "wrong", 3, None])
     elif auth_roll < 0.9:
-        headers["Authorization"] = rng.choice(["Basic !!", "Bearer x", "Basic", "Basic " + "QQ==" * 50, "Basic \xe9"])
+        near_miss = auth(SERVER_KEY + "x")["Authorization"]
+        headers["Authorization"] = rng.choice(
+            ["Basic !!", "Bearer x", "Basic", "Basic " + "QQ==" * 50, "Basic \xe9", near_miss]
+        )
+    spoofed(rng, headers)
     try:
         body = orjson.dumps(doc)
     except TypeError:  # nested past orjson's writer: send what we can
@@ -439,30 +481,78 @@ def random_request(rng: random.Random, n: int) -> tuple[str, bytes, dict[str, st
         body = nested_body(rng.choice([MAX_NESTING + 1, 600, 1100]))
     elif shape < 0.24:
         body = rng.randbytes(rng.randint(0, 2_000))
-    return endpoint, body, headers
+    return "POST", endpoint, body, headers
 
 
-def test_fuzzed_requests_never_get_a_5xx_and_only_valid_events_are_written(collector, read_clickstream) -> None:
-    rng = random.Random(14)
-    errors_before = server_errors_counted(requests.get(collector.url + "/metrics").text)
+def spoofed(rng: random.Random, headers: dict[str, str]) -> dict[str, str]:
+    """Now and then an X-Forwarded-For the client wrote itself (the collector is told there is one proxy)."""
+    if rng.random() < 0.3:
+        headers["X-Forwarded-For"] = rng.choice(
+            ["1.2.3.4", "::1", "2001:db8::1, 10.0.0.1", "not an address", ", ,", "1.2.3.4, " * 50, "::ffff:1.2.3.4"]
+        )
+    return headers
+
+
+@pytest.fixture
+def limited_collector(collector_settings: Settings) -> Iterator[ServerThread]:
+    """Rate limits on, behind one proxy, with a rate-limit clock that moves 10 ms per request whatever the machine's
+    speed (so the same requests are refused on every run): loose enough for most of the fuzz to pass, tight enough
+    to refuse some."""
+    settings = collector_settings.with_(
+        rate_limit_ip_events_per_s=50.0, rate_limit_ip_burst=100, rate_limit_key_events_per_s=1000.0,
+        rate_limit_key_burst=400, collector_forwarded_hops=1, collector_max_batch_events=10,
+    )
+    ticks = itertools.count()
+
+    def app() -> web.Application:
+        built = create_app(settings)
+        built[COLLECTOR_KEY].limiter = RateLimiter(
+            settings.rate_limit_key_events_per_s, settings.rate_limit_key_burst,
+            settings.rate_limit_ip_events_per_s, settings.rate_limit_ip_burst,
+            clock=lambda: next(ticks) * 0.005,  # called about twice per request
+        )
+        return built
+
+    server = ServerThread(app).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_fuzzed_requests_never_get_a_5xx_and_only_valid_events_are_written(
+    limited_collector: ServerThread, read_clickstream
+) -> None:
+    url = limited_collector.url
+    rng = random.Random(15)
+    errors_before = server_errors_counted(requests.get(url + "/metrics").text)
     statuses: dict[int, int] = {}
     accepted: set[str] = set()
     with requests.Session() as session:
-        for n in range(300):
-            endpoint, body, headers = random_request(rng, n)
-            response = session.post(collector.url + endpoint, data=body, headers=headers, timeout=10)
+        for n in range(400):
+            method, path, body, headers = random_request(rng, n)
+            response = session.request(method, url + path, data=body, headers=headers, timeout=10)
             statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            assert response.status_code < 500, (endpoint, headers, body[:300], response.text[:300])
-            if response.status_code == 200:
+            assert response.status_code < 500, (method, path, headers, body[:300], response.text[:300])
+            if response.status_code == 429:
+                assert int(response.headers["Retry-After"]) >= 1
+            if response.status_code == 200 and method == "POST":
                 doc = orjson.loads(gzip.decompress(body) if headers.get("Content-Encoding") == "gzip" else body)
                 events = doc.get("batch", [doc])
                 accepted.update(e.get("messageId") or f"synthetic-{i}-{n}" for i, e in enumerate(events))
-    assert statuses.get(200, 0) > 80 and statuses.get(400, 0) > 50, statuses  # both sides were exercised
+    # every side was exercised: accepted, refused, the new endpoints (200 settings, 204 telemetry and preflights)
+    assert statuses.get(200, 0) > 60 and statuses.get(400, 0) > 50 and statuses.get(204, 0) > 20, statuses
+    assert statuses.get(401, 0) > 10 and statuses.get(404, 0) > 5 and statuses.get(429, 0) > 10, statuses
     records = read_clickstream(len(accepted), settle_s=0.3)
     assert len(records) == len(accepted)
-    for record in records:  # everything written is a valid event, in range, bounded by its receive time
+    for record in records:  # everything written is a valid event, in range, bounded by its receive time, marked
         event = parse_event(orjson.dumps(record.value))
         assert MIN_TIMESTAMP_MS <= event.timestamp_ms < MAX_TIMESTAMP_MS
         assert event.received_at_ms is not None and event.timestamp_ms <= event.received_at_ms + 5_000
         assert record.key == event.lead_id
-    assert server_errors_counted(requests.get(collector.url + "/metrics").text) == errors_before
+        mark = record.value["context"]["nudge"]
+        assert mark["auth"] in ("server", "user_hash", "client") and event.trusted == (mark["auth"] != "client")
+        assert "userHash" not in record.value["context"]
+        if not event.trusted:  # a visitor's email never reaches the fields connectors read
+            assert "email" not in event.traits and "email" not in (event.context.get("traits") or {})
+    assert server_errors_counted(requests.get(url + "/metrics").text) == errors_before

@@ -1,4 +1,5 @@
-"""The unmodified Segment and RudderStack Python SDKs, pointed at a real collector, reach the clickstream."""
+"""The unmodified Segment and RudderStack Python SDKs, pointed at a real collector, reach the clickstream. They are
+server SDKs: they send with a server write key (`NUDGE_SERVER_WRITE_KEYS`), so their events are trusted."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from segment.analytics import Client as SegmentClient
 from engine.collector.identity import read_profile
 from engine.events import parse_event, parse_ts
 
-from .conftest import WRITE_KEY
+from .conftest import SERVER_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ WHEN_MS = int(WHEN.timestamp() * 1000)
 
 def segment(url: str, **options: object) -> SegmentClient:
     errors: list[Exception] = []
-    client = SegmentClient(WRITE_KEY, host=url, on_error=lambda e, _batch: errors.append(e), **options)
+    client = SegmentClient(SERVER_KEY, host=url, on_error=lambda e, _batch: errors.append(e), **options)
     client.errors = errors  # type: ignore[attr-defined]
     return client
 
@@ -51,12 +52,14 @@ def test_segment_sync_calls_arrive_with_their_fields(collector, read_clickstream
     assert 0 <= parse_ts(track["timestamp"]) - WHEN_MS < 2_000
     assert parse_ts(track["timestamp"]) - WHEN_MS == parse_ts(track["receivedAt"]) - parse_ts(track["sentAt"])
     assert track["context"]["library"]["name"] == "analytics-python"
+    assert track["context"]["nudge"] == {"trusted": True, "auth": "server"}
     assert records["m-page"].value["name"] == "Checkout"
     assert records["m-identify"].value["traits"]["email"] == "ann@example.com"
     assert records["m-screen"].value["type"] == "screen"
     # what the worker reads back is an equal, valid Event
     event = parse_event(records["m-track"].value)
     assert (event.lead_id, event.name, event.original_timestamp_ms) == ("u1", "Product Added", WHEN_MS)
+    assert event.trusted
     assert event.timestamp_ms == parse_ts(track["timestamp"])
     assert not client.errors
 
@@ -79,7 +82,7 @@ def test_segment_batched_and_gzipped_flush(collector, read_clickstream) -> None:
 def test_rudderstack_sdk_track_page_identify(collector, read_clickstream) -> None:
     errors: list[Exception] = []
     client = RudderClient(
-        WRITE_KEY, host=collector.url, on_error=lambda e, _b: errors.append(e), upload_interval=0.05
+        SERVER_KEY, host=collector.url, on_error=lambda e, _b: errors.append(e), upload_interval=0.05
     )  # gzip is the RudderStack default
     client.track("r1", "Checkout Started", {"total": 42}, timestamp=WHEN)
     client.page("r1", "Shop", "Cart", timestamp=WHEN)

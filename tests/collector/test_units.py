@@ -14,6 +14,7 @@ from engine.collector.auth import WriteKeys
 from engine.collector.decoding import MAX_BATCH_BYTES, MAX_EVENT_BYTES, decompress, parse_object
 from engine.collector.errors import RequestRejected
 from engine.collector.normalise import normalise, raw_messages
+from engine.collector.trust import Auth
 from engine.config import ConfigError
 from engine.events import MAX_NESTING
 
@@ -25,11 +26,13 @@ def basic(user: str, password: str = "") -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-def test_write_keys() -> None:
-    keys = WriteKeys(["k1", "k2"])
-    assert keys.check_header(basic("k2")) is True
-    assert keys.check_header(None) is False  # then the body decides
-    keys.check_body({"writeKey": "k1"})
+def test_write_keys_and_their_kinds() -> None:
+    keys = WriteKeys(["k1", "k2"], server_keys=["s1"])
+    assert keys.check_header(basic("k2")) is Auth.CLIENT
+    assert keys.check_header(basic("s1")) is Auth.SERVER
+    assert keys.check_header(None) is None  # then the body decides
+    assert keys.check_body({"writeKey": "k1"}) is Auth.CLIENT
+    assert keys.check_body({"writeKey": "s1"}) is Auth.SERVER
     for header in (basic("nope"), "Bearer k1", "Basic ###", basic("")):
         with pytest.raises(RequestRejected) as refused:
             keys.check_header(header)
@@ -39,6 +42,9 @@ def test_write_keys() -> None:
             keys.check_body(body)
     with pytest.raises(ConfigError, match="NUDGE_WRITE_KEYS"):
         WriteKeys([])
+    with pytest.raises(ConfigError, match="both"):
+        WriteKeys(["k1"], server_keys=["k1"])
+    assert WriteKeys([], server_keys=["s1"]).check_header(basic("s1")) is Auth.SERVER  # a back end only
 
 
 def test_decompress_limits_and_errors() -> None:
