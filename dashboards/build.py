@@ -204,6 +204,11 @@ def pipeline_health() -> db.Dashboard:
            "percentunit", w=8),
         ts("Resident memory", "Resident set size per process.",
            [(f"process_resident_memory_bytes{{{NUDGE_JOBS}}}", legend("job, instance"))], "bytes", w=8),
+        # Polled by the dispatcher(s): every replica reads the same Redis, so take the highest reading.
+        ts("Redis memory", "Redis used_memory as a share of its maxmemory (limit=system: of the host's memory, "
+           "when Redis has no maxmemory). With noeviction, Redis refuses writes at 100%.",
+           [('max by (limit) (nudge_redis_memory_used_ratio{job="nudge-dispatcher"})', "of {{limit}}")],
+           "percentunit", w=24, h=6, limits=thresholds((None, "green"), (0.8, "red"))),
     ]
     workers = [
         ts("Consumer lag per partition", "Messages between the committed offset and the end of the log.",

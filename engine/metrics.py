@@ -87,6 +87,12 @@ CONNECTOR_INFLIGHT = Gauge("nudge_connector_inflight", "Deliveries in flight per
 DISPATCH_SCHEDULED = Gauge(
     "nudge_dispatch_scheduled_actions", "Actions in the dispatcher's durable schedule (deferred or retrying)"
 )
+REDIS_MEMORY_USED_RATIO = Gauge(
+    "nudge_redis_memory_used_ratio",
+    "Redis used_memory / its limit, polled by the dispatcher: limit=maxmemory, or limit=system (the host's memory) "
+    "when Redis has no maxmemory",
+    ["limit"],
+)
 
 # --- sink -----------------------------------------------------------------------------------------------------------
 CLICKHOUSE_ROWS = Counter("nudge_clickhouse_insert_rows_total", "Rows inserted into ClickHouse", ["table"])
