@@ -185,6 +185,20 @@ def rules_and_actions() -> db.Dashboard:
            [(rate("nudge_sla_breaches_total", "outcome"), "{{outcome}}")], "ops", w=8),
         ts("Assignment contention", "Assignment commits retried because another process changed the state.",
            [("sum(rate(nudge_assignment_retries_total[$__rate_interval]))", "retries")], "ops", w=8),
+        # The queue gauges are set by `nudge reps serve`; every other process exports them as 0.
+        ts("Hot leads waiting for a rep", "Leads in the assignment queue: every eligible rep was at capacity "
+           "(or away) when they became hot.",
+           [('max(nudge_assignment_queue_length{job="nudge-reps"})', "waiting")], "short", w=8),
+        ts("Longest wait for a rep", "How long the longest-waiting hot lead has waited; the team channel hears "
+           "about a lead after the roster's queue_alert_after.",
+           [('max(nudge_assignment_queue_oldest_seconds{job="nudge-reps"})', "oldest")], "s", w=8),
+        ts("Wait for a rep", "Assignment request to owner (0 when a rep was free at once), p50 and p95.",
+           quantiles("nudge_assignment_wait_seconds", qs=(0.5, 0.95)), "s", w=8),
+        ts("Assignment changes", "Acknowledged, passed, released, reassigned by hand, queue alerts sent.",
+           [(rate("nudge_assignment_changes_total", "change"), "{{change}}")], "ops", w=12),
+        ts("Refused reps requests", "Requests to nudge reps serve refused: bad API token, no inbox session, "
+           "bad CSRF token, forged / expired / malformed signed link.",
+           [(rate("nudge_reps_auth_failures_total", "reason"), "{{reason}}")], "ops", w=12),
     ]
     dash = dashboard(
         "nudge-rules-actions", "Nudge / Rules & actions",

@@ -141,6 +141,11 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ca_file: str = ""
+    reps_api_token: str = field(default="", repr=False)  # bearer token of `nudge reps serve`'s /v1 API
+    reps_link_secret: str = field(default="", repr=False)  # HMAC key of reps' signed links and sign-ins
+    reps_public_url: str = "http://127.0.0.1:6070"  # where reps reach `nudge reps serve` (links point there)
+    reps_link_ttl_s: float = 604800.0  # how long an acknowledge/pass link works (7 days)
+    reps_session_ttl_s: float = 1209600.0  # how long an inbox session lasts after signing in (14 days)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -151,7 +156,7 @@ class Settings:
         shown = []
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if setting.name in (*COLLECTOR_SECRETS, "kafka_sasl_password"):
+            if setting.name in (*COLLECTOR_SECRETS, "kafka_sasl_password", "reps_api_token", "reps_link_secret"):
                 value = "***" if value else ""
             elif setting.name in ("redis_url", "clickhouse_dsn"):
                 value = redact_url(value)
@@ -216,6 +221,11 @@ class Settings:
             kafka_sasl_username=env.get("NUDGE_KAFKA_SASL_USERNAME") or defaults.kafka_sasl_username,
             kafka_sasl_password=env.get("NUDGE_KAFKA_SASL_PASSWORD") or defaults.kafka_sasl_password,
             kafka_ca_file=env.get("NUDGE_KAFKA_CA_FILE") or defaults.kafka_ca_file,
+            reps_api_token=env.get("NUDGE_REPS_API_TOKEN") or defaults.reps_api_token,
+            reps_link_secret=env.get("NUDGE_REPS_LINK_SECRET") or defaults.reps_link_secret,
+            reps_public_url=env.get("NUDGE_REPS_PUBLIC_URL") or defaults.reps_public_url,
+            reps_link_ttl_s=_float(env, "NUDGE_REPS_LINK_TTL_S", defaults.reps_link_ttl_s),
+            reps_session_ttl_s=_float(env, "NUDGE_REPS_SESSION_TTL_S", defaults.reps_session_ttl_s),
         )
 
     def env(self) -> dict[str, str]:

@@ -125,6 +125,35 @@ SLA_BREACHES = Counter(
     "Hot leads not acknowledged in time, by outcome: reassigned, kept, exhausted",
     ["outcome"],
 )
+ASSIGNMENT_QUEUE_LENGTH = Gauge(
+    "nudge_assignment_queue_length",
+    "Hot leads waiting for a rep (every eligible rep at capacity), as each `nudge reps serve` sees it",
+)
+ASSIGNMENT_QUEUE_OLDEST = Gauge(
+    "nudge_assignment_queue_oldest_seconds",
+    "How long the longest-waiting hot lead has waited for a rep (0: none waits)",
+)
+ASSIGNMENT_WAIT = Histogram(
+    "nudge_assignment_wait_seconds",
+    "Time from a hot lead's first assignment request to its owner (0 when a rep was free at once)",
+    buckets=(0.005, 1, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400),
+)
+ASSIGNMENT_CHANGES = Counter(
+    "nudge_assignment_changes_total",
+    "Assignment changes made by hand or by the lifecycle: acked, passed, released, reassigned (to a named rep), "
+    "queue_alerted",
+    ["change"],
+)
+REPS_AUTH_FAILURES = Counter(
+    "nudge_reps_auth_failures_total",
+    "Requests to `nudge reps serve` refused: bad_token, no_session, bad_csrf, forged_link, expired_link, "
+    "malformed_link",
+    ["reason"],
+)
+for _change in ("acked", "passed", "released", "reassigned", "queue_alerted"):
+    ASSIGNMENT_CHANGES.labels(_change)
+for _reason in ("bad_token", "no_session", "bad_csrf", "forged_link", "expired_link", "malformed_link"):
+    REPS_AUTH_FAILURES.labels(_reason)
 
 
 def render_latest() -> tuple[bytes, str]:

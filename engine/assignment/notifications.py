@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.assignment.model import Assignment, SlaBreach
+from engine.assignment.store import QueueItem
 from engine.assignment.strategies import lead_traits
 from engine.core.model import Action, make_action_id
 
@@ -82,6 +83,8 @@ def assignment_actions(
     - connector "slack", template "lead_assigned": payload `{"mention": "<@SLACKID>", "rep": card, "text": plain
       text without Slack markup, "ack_path": "/v1/leads/{id}/ack"}`.
     - connector "email", template "lead_assigned": payload as above plus `{"to": rep email, "subject": ...}`.
+    With signed links (`Assignment.links`) both carry `payload.links` = `{"ack", "pass", "inbox"}` URLs (the rep
+    templates show them as links; the Slack connector may show them as buttons).
     A rep card is `{"id", "name", "email", "slack_id"}`. `context` is the lead as given to `Assigner.assign`
     (traits, score, stage) plus `owner` (card) and `assignment` (`Assignment.to_json()`). The built-in `default`
     templates render these: Slack shows `payload.mention` then `payload.text`; email goes to `payload.to` with
@@ -89,8 +92,13 @@ def assignment_actions(
     """
     card = assignment.rep_card()
     label = lead_label(assignment.lead_id, lead)
-    text = f"hot lead {label} is yours: please acknowledge it"
-    payload = {"mention": mention(card), "rep": card, "text": text, "ack_path": ack_path(assignment.lead_id)}
+    waited = f" after {_minutes(assignment.waited_ms)} in the queue" if assignment.waited_ms else ""
+    text = f"hot lead {label} is yours{waited}: please acknowledge it"
+    payload: dict[str, Any] = {
+        "mention": mention(card), "rep": card, "text": text, "ack_path": ack_path(assignment.lead_id),
+    }  # fmt: skip
+    if assignment.links:
+        payload["links"] = assignment.links
     context = _context(assignment, lead)
     common = {
         "lead_id": assignment.lead_id,
@@ -111,15 +119,21 @@ def assignment_actions(
     )  # fmt: skip
 
 
+def _minutes(ms: int | None) -> str:
+    minutes = round((ms or 0) / 60000)
+    return "less than a minute" if minutes < 1 else f"{minutes} min"
+
+
 def reassignment_actions(
-    breach: SlaBreach,
+    breach: SlaBreach | None,
     assignment: Assignment,
     previous: Mapping[str, Any],
     lead: Mapping[str, Any],
     fired_at_ms: int,
     reason: str = "sla",
 ) -> tuple[Action, ...]:
-    """Slack message to both reps + email to the new owner + email to the previous owner.
+    """Slack message to both reps + email to the new owner + email to the previous owner. `breach` is the SLA
+    breach that caused the move (None for a pass or a reassignment to a named rep: `reason` "passed" or "named").
 
     - connector "slack", template "lead_reassigned": payload `{"mention": "<@NEW> <@OLD>", "rep": new card,
       "previous_rep": old card, "reason": "sla", "text", "ack_path"}`: one message that tells both reps.
@@ -128,17 +142,27 @@ def reassignment_actions(
     """
     card, old = assignment.rep_card(), dict(previous)
     label = lead_label(assignment.lead_id, lead)
-    because = "was not acknowledged in time" if reason == "sla" else f"was moved ({reason})"
+    because = {
+        "sla": "was not acknowledged in time",
+        "passed": "was passed on",
+        "named": "was reassigned by hand",
+    }.get(reason, f"was moved ({reason})")
     context = {**_context(assignment, lead), "previous_owner": old, "reason": reason}
-    payload = {
+    payload: dict[str, Any] = {
         "mention": f"{mention(card)} {mention(old)}",
         "rep": card,
         "previous_rep": old,
         "reason": reason,
         "ack_path": ack_path(assignment.lead_id),
     }
-    common = {"lead_id": assignment.lead_id, "key_time_ms": breach.deadline_ms, "fired_at_ms": fired_at_ms}
-    why = f"no acknowledgement from {breach.rep_id} by the SLA deadline; reassigned to {assignment.rep_id}"
+    if assignment.links:
+        payload["links"] = assignment.links
+    key_time_ms = breach.deadline_ms if breach is not None else assignment.assigned_at_ms
+    common = {"lead_id": assignment.lead_id, "key_time_ms": key_time_ms, "fired_at_ms": fired_at_ms}
+    if breach is not None:
+        why = f"no acknowledgement from {breach.rep_id} by the SLA deadline; reassigned to {assignment.rep_id}"
+    else:
+        why = f"{reason}: moved from {old.get('id')} to {assignment.rep_id}"
     to_new = f"hot lead {label} {because} by {_name(old)} and is now yours: please acknowledge it"
     to_old = f"hot lead {label} {because} and now belongs to {_name(card)}"
     to_both = f"hot lead {label} {because}: moved from {_name(old)} to {_name(card)}"
@@ -156,7 +180,8 @@ def reassignment_actions(
         ),
         _action(
             template="lead_reassigned_away", connector="email", recipient=str(old.get("id")), explanation=why,
-            payload={**payload, "to": old.get("email"), "rep": old, "new_rep": card,
+            payload={**{k: v for k, v in payload.items() if k != "links"}, "to": old.get("email"), "rep": old,
+                     "new_rep": card,
                      "subject": f"Hot lead {label} was reassigned", "text": to_old},
             context=context, **common,
         ),
@@ -179,5 +204,29 @@ def sla_missed_actions(
             payload={"mention": mention(card), "rep": card, "reason": why, "text": text,
                      "ack_path": ack_path(breach.lead_id)},
             context={**dict(lead), "owner": card},
+        ),
+    )  # fmt: skip
+
+
+def queue_alert_actions(item: QueueItem, fired_at_ms: int, channel: str | None = None) -> tuple[Action, ...]:
+    """One Slack message to the team channel about a hot lead that has waited longer than
+    `sla.queue_alert_after` for a rep: connector "slack", template "lead_queue_waiting", payload `{"text",
+    "position", "waited_s", "channel"?}`; the action id is deterministic in (lead, time it joined the queue), so
+    the alert goes out once per wait."""
+    waited_ms = max(0, fired_at_ms - item.queued_at_ms)
+    label = lead_label(item.lead_id, item.lead)
+    text = (
+        f"hot lead {label} has waited {_minutes(waited_ms)} for a rep (number {item.position} in the queue): "
+        "every eligible rep is at capacity or away"
+    )
+    payload: dict[str, Any] = {"text": text, "position": item.position, "waited_s": waited_ms // 1000}
+    if channel:
+        payload["channel"] = channel
+    return (
+        _action(
+            item.lead_id, template="lead_queue_waiting", connector="slack", recipient="team",
+            key_time_ms=item.queued_at_ms, fired_at_ms=fired_at_ms,
+            explanation=f"waiting for a rep since {item.queued_at_ms} (queue alert)",
+            payload=payload, context={**item.lead, "queue": {"position": item.position, "waited_ms": waited_ms}},
         ),
     )  # fmt: skip

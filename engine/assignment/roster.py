@@ -125,18 +125,53 @@ class Rep(_Strict):
 
 
 class SlaPolicy(_Strict):
-    """How long an assigned rep has to acknowledge a lead before it moves to another rep."""
+    """How long an assigned rep has to acknowledge a lead before it moves to another rep, and how long a hot lead
+    may wait in the queue (every eligible rep at capacity) before the team channel hears about it."""
 
     ack_within_s: float = 900.0
     max_reassignments: int = Field(default=3, ge=0)
+    queue_alert_after_s: float | None = 600.0  # None (`queue_alert_after: off`): never alert
+    team_channel: str | None = None  # Slack channel of the queue alert; None: the Slack connector's own channel
 
     @model_validator(mode="before")
     @classmethod
-    def _ack_within(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "ack_within" in data:
+    def _durations(cls, data: Any) -> Any:
+        if isinstance(data, dict):
             data = dict(data)
-            data["ack_within_s"] = parse_duration_s(data.pop("ack_within"))
+            if "ack_within" in data:
+                data["ack_within_s"] = parse_duration_s(data.pop("ack_within"))
+            if "queue_alert_after" in data:
+                raw = data.pop("queue_alert_after")
+                off = raw is None or raw is False or str(raw).strip().lower() in ("off", "never")
+                data["queue_alert_after_s"] = None if off else parse_duration_s(raw)
         return data
+
+
+class ReleasePolicy(_Strict):
+    """When a lead's owner is released on its own (`nudge reps serve` watches `lead-updates` and the clickstream):
+    the lead reaches one of `stages` (case-insensitive), or one of `events` (track event names) happens."""
+
+    stages: tuple[str, ...] = ("customer", "lost")
+    events: tuple[str, ...] = ()
+
+    @field_validator("stages", "events", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> tuple[str, ...]:
+        values = [value] if isinstance(value, str) else list(value or ())
+        return tuple(str(v).strip() for v in values if str(v).strip())
+
+    @field_validator("stages")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.lower() for v in value)
+
+    def reason_for_stage(self, stage: Any) -> str | None:
+        if isinstance(stage, str) and stage.strip().lower() in self.stages:
+            return f"stage:{stage.strip().lower()}"
+        return None
+
+    def reason_for_event(self, name: Any) -> str | None:
+        return f"event:{name}" if isinstance(name, str) and name in self.events else None
 
 
 class Roster(_Strict):
@@ -145,6 +180,7 @@ class Roster(_Strict):
     strategy: Literal["round_robin", "least_loaded", "territory", "weighted"] = "round_robin"
     fallback: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
     sla: SlaPolicy = SlaPolicy()
+    release_on: ReleasePolicy = ReleasePolicy()
     reps: tuple[Rep, ...] = ()
 
     @model_validator(mode="after")

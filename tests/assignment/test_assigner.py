@@ -94,6 +94,29 @@ async def test_with_owner_puts_the_rep_on_a_hot_lead_action(redis_client, clock:
     assert owned.payload["mention"] == "<@UA>" and owned.payload["ack_path"] == "/v1/leads/ada/ack"
     again, second = await with_owner(assigner, alert)
     assert not second.created and again == owned
+    stored = await assigner.lead_of("ada")
+    assert stored["explanation"] == "pricing x3" and stored["alert"]["action_id"] == "act_1"
     other = Action.from_json({**alert.to_json(), "lead_id": "bob"})
-    unchanged, none = await with_owner(assigner, other)  # a is at capacity: delivered without an owner
-    assert none is None and unchanged == other
+    queued, none = await with_owner(assigner, other)  # a is at capacity: delivered without an owner, queued
+    assert none is None and queued.action_id == other.action_id and "owner" not in queued.context
+    assert queued.payload["queued"] == {"lead_id": "bob", "position": 1, "queued_at_ms": int(clock() * 1000)}
+    again_queued, _ = await with_owner(assigner, other)  # a repeated alert keeps its place
+    assert again_queued.payload["queued"]["position"] == 1 and await assigner.store.queue_length() == 1
+
+
+async def test_with_owner_carries_signed_links_when_configured(redis_client, clock: ManualClock):
+    from engine.assignment.flow import with_owner
+    from engine.assignment.links import RepLinks
+    from engine.core.model import Action
+
+    links = RepLinks(b"k" * 32, "https://reps.example.com", 600, clock=clock)
+    assigner = Assigner(redis_client, roster(rep("a")), clock=clock, links=links)
+    alert = Action(
+        action_id="act_2", rule="hot-lead", rule_version="1", lead_id="ada", fired_at_ms=0, trigger=(),
+        connector="slack", explanation="pricing x3", template="hot_lead", marketing=False, context={},
+    )  # fmt: skip
+    owned, _ = await with_owner(assigner, alert)
+    ack, passing = owned.payload["links"]["ack"], owned.payload["links"]["pass"]
+    assert ack.startswith("https://reps.example.com/links/ack?lead=ada&rep=a&exp=")
+    assert passing.startswith("https://reps.example.com/links/pass?")
+    assert owned.payload["links"]["inbox"] == "https://reps.example.com/inbox"
