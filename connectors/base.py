@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from engine.config import Settings
 
 
+def is_dev_profile(profile: str | None) -> bool:
+    """`NUDGE_BROKER_PROFILE` of the dev stack (`dev`; `dev-batched` for the demo): the one place where short or
+    missing signing secrets are accepted."""
+    return bool(profile) and str(profile).startswith("dev")
+
+
 class DeliveryError(Exception):
     """A failed delivery. `reason`: bounded code (`http_503`, `timeout`); `detail`: human text, no secrets."""
 
@@ -134,6 +140,20 @@ class Connector(ABC, Generic[MessageT]):
     config_model: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     # Whether marketing actions through this connector obey consent unless the connectors file says otherwise.
     consent_by_default: ClassVar[bool] = False
+    # Which templates an action's `template` names (`rendering.TEMPLATE_FILES`: "email", "slack"); None: this
+    # type renders no template, and any name is ignored.
+    template_family: ClassVar[str | None] = None
+    # Options holding signing keys: outside the dev profile, at least 32 bytes when set (checked at load time).
+    signing_secrets: ClassVar[tuple[str, ...]] = ()
+    # Whether marketing actions to one recipient address get the default per-recipient cap
+    # (`policies.default_recipient_cap`): connectors that write to an address the lead gave.
+    recipient_capped_by_default: ClassVar[bool] = False
+
+    @classmethod
+    def startup_problems(cls, name: str, config: ConnectorConfig, settings: Settings) -> list[str]:
+        """What keeps this connector from starting with these settings (e.g. a missing secret outside the dev
+        profile), one message each; the dispatcher refuses to start on any. No I/O."""
+        return []
 
     def __init__(self, name: str, config: ConnectorConfig, env: ConnectorEnv) -> None:
         self.name = name
@@ -153,6 +173,11 @@ class Connector(ABC, Generic[MessageT]):
     @abstractmethod
     async def transmit(self, message: MessageT) -> None:
         """Hand `message` to the peer; return when it accepted it, raise a `DeliveryError` otherwise."""
+
+    def recipient_address(self, action: Action) -> str | None:
+        """The address `action` would be sent to, for the per-recipient frequency caps (`scope: recipient`);
+        None for connectors without one (the default). Pure, never raises."""
+        return None
 
     async def send(self, action: Action) -> None:
         """Build and transmit `action` (what the dispatcher does in two steps)."""

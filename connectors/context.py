@@ -4,10 +4,11 @@ The core decides the shape of `context`; this module is the one place the outbou
 or oddly-typed field gives a sensible default instead of an exception. Contract: every accessor returns a
 value of the annotated type, never raises, and never invents facts (unknown → `None` / empty).
 
-Fields read (all optional): `traits` {email, name, first_name, last_name, timezone, unsubscribed, consent,
-marketing_consent, company, title, phone}, `cart` {items: [{product_id, name, price, quantity, url,
-image_url}], value, currency, url}, `score`, `stage`, `owner` / `rep` (a name, or {name, email, slack_id}),
-`last_page`, `recent` (list of recent event names or {name, timestamp} objects).
+Fields read (all optional): `traits` {email (the trusted address; `traits.unverified` is never read), name,
+first_name, last_name, timezone, unsubscribed, consent, marketing_consent, company, title, phone}, `cart`
+{items: [{product_id, name, price, quantity, url, image_url}], value, currency, url}, `score`, `stage`, `owner` /
+`rep` (a name, or {name, email, slack_id}), `last_page`, `recent` (list of recent event names or {name, timestamp}
+objects).
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ class LeadView:
 
     @property
     def email(self) -> str | None:
-        email = _str(self.traits.get("email")) or _str(self.context.get("email"))
+        """`traits.email` and nothing else: the collector keeps an address a browser sent under
+        `traits.unverified`, which is never read here, so mail goes only to an address the shop's back end
+        stated (or a signed-in user proved)."""
+        email = _str(self.traits.get("email"))
         return email if email and "@" in email else None
 
     @property

@@ -4,18 +4,17 @@ sent through aiosmtplib (asyncio-native: STARTTLS, implicit TLS and AUTH without
 from __future__ import annotations
 
 import email.errors
-import hashlib
-import hmac
 import ssl
+import time
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
 import aiosmtplib
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from connectors.base import (
     BadMessage,
@@ -25,10 +24,16 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     SkipDelivery,
+    is_dev_profile,
 )
-from connectors.context import LeadView
-from connectors.rendering import TemplateProblem, template_vars
+from connectors.context import CartItem, LeadView
+from connectors.links import http_url, product_link, same_origin_https
+from connectors.rendering import TemplateProblem, neutralise_urls, subject_vars, template_vars
+from engine import unsubscribe_links
 from engine.core.model import Action
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 
 class EmailConfig(ConnectorConfig):
@@ -40,6 +45,9 @@ class EmailConfig(ConnectorConfig):
     host: str = "127.0.0.1"
     port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "ssl"] = "starttls"
+    allow_plaintext_auth: bool = Field(
+        False, description="allow AUTH with `security: none` (the password then crosses the network in clear)"
+    )
     username: str | None = None
     password: SecretStr | None = None
     from_address: str = Field("Nudge <nudge@localhost>", alias="from")
@@ -47,29 +55,61 @@ class EmailConfig(ConnectorConfig):
     brand_name: str = "Our shop"
     site_url: str = "https://shop.example"
     return_url: str = Field(
-        "{site_url}/cart?lead={lead_id}", description="format fields: site_url, lead_id, rule"
+        "{site_url}/cart?lead={lead_id}", description="format fields: site_url, lead_id, rule, action_id"
     )
-    unsubscribe_url: str = "{site_url}/unsubscribe?lead={lead_id}&sig={signature}"
+    product_url: str = Field(
+        "{site_url}/products/{product_id}", description="an item's link; format fields: site_url, product_id"
+    )
+    unsubscribe_base_url: str | None = Field(
+        None, description="where the collector's /v1/unsubscribe is reached (default NUDGE_COLLECTOR_PUBLIC_URL)"
+    )
+    unsubscribe_ttl_days: float = Field(365.0, gt=0, description="how long an unsubscribe link works")
     unsubscribe_mailto: str | None = None
     unsubscribe_secret: SecretStr | None = None
+    unsubscribe_url: str | None = Field(None, description="replaced by unsubscribe_base_url; refused")
+    marketing: bool = Field(True, description="false: rep alerts only; marketing actions through it fail")
     validate_certs: bool = True
     ca_file: Path | None = Field(None, description="CA bundle for a server with a private certificate")
+
+    @model_validator(mode="after")
+    def _safe_transport(self) -> EmailConfig:
+        if self.unsubscribe_url is not None:
+            raise ValueError(
+                "unsubscribe_url was replaced by unsubscribe_base_url: the collector serves the signed links at "
+                "{unsubscribe_base_url}/v1/unsubscribe (docs/connectors.md, Unsubscribe links)"
+            )
+        if self.username and self.security == "none" and not self.allow_plaintext_auth:
+            raise ValueError(
+                "AUTH over a connection without TLS sends the password in clear: use security: starttls (the "
+                "default) or ssl, or set allow_plaintext_auth: true for a relay on a trusted network"
+            )
+        return self
 
 
 class EmailConnector(Connector[EmailMessage]):
     """Renders and sends one message per action over a fresh SMTP connection (simple, and loopback/relay
     latency makes it cheap).
 
-    - Recipient: the lead's `traits.email`; a lead without one is `SkipDelivery("no_email_address")` (suppressed).
+    - Recipient (`recipient_address`): a marketing action goes to the lead's `traits.email` only, the address the
+      shop's back end stated (never an address under `traits.unverified`, which a browser may have typed, nor
+      `payload.to`); an alert (`marketing: false`) may go to `payload.to` (the rep the assignment chose). No
+      address → `SkipDelivery("no_email_address")` (suppressed). A marketing action through a connector with
+      `marketing: false` fails (`marketing_not_allowed`).
     - Body: `multipart/alternative` with a text part and an HTML part from `email/<template>.{subject,txt,html}.j2`
-      (fallback `default`); abandonment templates list the cart (product names, quantities, prices, total) and a
-      return link. Variables: `rendering.template_vars` plus `brand`, and `links` {site_url, return_url,
-      unsubscribe_url}.
-    - Headers: `Message-ID: <action_id@sender-domain>` (a second copy after a crash carries the same id, so mail
-      systems and people can tell), `X-Nudge-Action-Id`, `List-Unsubscribe` (URL and optional mailto) and, for
-      https URLs, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
-    - The unsubscribe URL is signed (`{signature}` = HMAC-SHA256(unsubscribe_secret, lead id), hex, first 32
-      chars) so a link cannot be forged for another lead.
+      (no name: `default`; an unknown name fails the action as `unknown_template`). Variables:
+      `rendering.template_vars` (lead-provided text with its URLs neutralised) plus `brand` and `links`
+      {site_url, return_url, unsubscribe_url}.
+    - Subject of mail to the lead: rendered from `rendering.subject_vars` only (the rule's payload, the brand,
+      the cart's item count): no trait, name or product name a visitor could have typed reaches a subject line.
+    - Links: an item's `url` only when https on the origin of `site_url`, else `product_url` with its product id
+      (or none); `image_url` only when https and same-origin. The cart's own `url` likewise; a rule's
+      `payload.return_url` when it is an http(s) URL.
+    - Headers: `Message-ID: <action_id@sender-domain>` (a second copy after a crash carries the same id),
+      `X-Nudge-Action-Id`, and for marketing mail `List-Unsubscribe` (the signed link of
+      `engine.unsubscribe_links`, and the optional mailto) with `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+      (RFC 8058) when the link is https.
+    - Transport: STARTTLS by default (`security: starttls` refuses a server that does not offer it), implicit TLS
+      with `ssl`; AUTH without TLS is refused at load time unless `allow_plaintext_auth: true`.
     - A value the mail format refuses (CR/LF in the lead's name, which would inject headers) fails the build:
       `BadMessage` (`bad_message`) for that action only, never counted by the circuit breaker. The message is
       serialised once in `build`, so no such error can surface later, in the SMTP transaction.
@@ -80,6 +120,9 @@ class EmailConnector(Connector[EmailMessage]):
     kind = "email"
     config_model = EmailConfig
     consent_by_default = True
+    template_family = "email"
+    signing_secrets: ClassVar[tuple[str, ...]] = ("unsubscribe_secret",)
+    recipient_capped_by_default = True
     config: EmailConfig
 
     def __init__(self, name: str, config: EmailConfig, env: ConnectorEnv) -> None:
@@ -91,41 +134,92 @@ class EmailConnector(Connector[EmailMessage]):
                 self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE
         self.sender_domain = parseaddr(config.from_address)[1].rpartition("@")[2] or "localhost"
+        self.site_url = config.site_url.rstrip("/")
+        self.unsubscribe_base = unsubscribe_base_url(config, env.settings)
 
-    def links(self, action: Action) -> dict[str, str]:
+    @classmethod
+    def startup_problems(cls, name: str, config: ConnectorConfig, settings: Settings) -> list[str]:
+        """Outside the dev profile, a connector that may send marketing mail needs `unsubscribe_secret` (every
+        message carries a signed unsubscribe link the collector verifies) and an https `unsubscribe_base_url`
+        (RFC 8058 one-click needs https)."""
+        assert isinstance(config, EmailConfig)
+        if not config.marketing or is_dev_profile(settings.broker_profile):
+            return []
+        problems = []
+        if config.unsubscribe_secret is None:
+            problems.append(
+                f"connectors.{name}.unsubscribe_secret is empty: marketing email is refused outside the dev "
+                "profile (set NUDGE_UNSUBSCRIBE_SECRET, 32+ bytes, the same value the collector verifies with; "
+                "or `marketing: false` for a connector that only mails reps)"
+            )
+        base = unsubscribe_base_url(config, settings)
+        if not base.startswith("https://"):
+            problems.append(
+                f"connectors.{name}.unsubscribe_base_url must be an https URL outside the dev profile (the "
+                "collector's public address, or NUDGE_COLLECTOR_PUBLIC_URL); got "
+                f"{base!r}" if base else f"connectors.{name}.unsubscribe_base_url is not set (nor "
+                "NUDGE_COLLECTOR_PUBLIC_URL): marketing email needs the collector's public https address"
+            )
+        return problems
+
+    # --- building
+    def links(self, action: Action, now_s: float | None = None) -> dict[str, str]:
         view = LeadView(action)
-        secret = self.config.unsubscribe_secret.get_secret_value() if self.config.unsubscribe_secret else ""
-        signature = hmac.new(secret.encode(), view.lead_id.encode(), hashlib.sha256).hexdigest()[:32]
         fields = {
-            "site_url": self.config.site_url.rstrip("/"),
+            "site_url": self.site_url,
             "lead_id": quote(view.lead_id, safe=""),
             "rule": quote(action.rule, safe=""),
             "action_id": action.action_id,
-            "signature": signature,
         }
-        cart_url = view.cart.get("url") if isinstance(view.cart.get("url"), str) else None
-        payload_url = (
-            action.payload.get("return_url") if isinstance(action.payload.get("return_url"), str) else None
+        cart_url = same_origin_https(view.cart.get("url"), self.site_url)
+        payload_url = http_url(action.payload.get("return_url"))
+        secret = self.config.unsubscribe_secret.get_secret_value() if self.config.unsubscribe_secret else ""
+        expiry = unsubscribe_links.expiry_for(
+            time.time() if now_s is None else now_s, self.config.unsubscribe_ttl_days * 86400
         )
         return {
-            "site_url": fields["site_url"],
+            "site_url": self.site_url,
             "return_url": payload_url or cart_url or self.config.return_url.format(**fields),
-            "unsubscribe_url": self.config.unsubscribe_url.format(**fields),
+            "unsubscribe_url": unsubscribe_links.link(self.unsubscribe_base, secret, view.lead_id, expiry),
         }
+
+    def safe_items(self, view: LeadView) -> list[CartItem]:
+        """The cart's items with links only to the shop: a same-origin https `url`, else the product page built
+        from `product_url` and the product id, else none; `image_url` same-origin https or none."""
+        out = []
+        for item in view.cart_items:
+            url = same_origin_https(item.url, self.site_url) or product_link(
+                self.config.product_url, self.site_url, item.product_id
+            )
+            image = same_origin_https(item.image_url, self.site_url)
+            out.append(CartItem(item.product_id, item.name, item.price, item.quantity, url, image))
+        return out
+
+    def recipient_address(self, action: Action) -> str | None:
+        """The address this action would go to (for the per-recipient caps), or None when it has none."""
+        try:
+            return self.recipient(action, LeadView(action))[1]
+        except SkipDelivery:
+            return None
 
     @staticmethod
     def recipient(action: Action, view: LeadView) -> tuple[str, str]:
-        """(display name, address): `payload.to` (e.g. an alert to the lead's rep), else the lead's email."""
+        """(display name, address): `traits.email` for marketing; `payload.to` (e.g. an alert to the lead's rep),
+        else the lead's email, for an alert. Raises `SkipDelivery` when there is none."""
         to = action.payload.get("to")
-        if isinstance(to, str) and "@" in to:
+        if not action.marketing and isinstance(to, str) and "@" in to:
             rep = action.payload.get("rep")
             name = rep.get("name") if isinstance(rep, dict) else None
             return (str(name or ""), to.strip())
         if view.email is None:
             raise SkipDelivery("no_email_address", "the lead has no traits.email")
-        return (view.name or "", view.email)
+        return (neutralise_urls(view.name or ""), view.email)  # the name is the lead's text: nothing clickable
 
     def build(self, action: Action) -> EmailMessage:
+        if action.marketing and not self.config.marketing:
+            raise PermanentError(
+                "marketing_not_allowed", f"connector {self.name} has marketing: false (it only mails reps)"
+            )
         try:
             msg = self.message(action)
             msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))  # every header must serialise, now
@@ -138,14 +232,17 @@ class EmailConnector(Connector[EmailMessage]):
         """The message as built, without the serialisation check (`build` is the contract)."""
         view = LeadView(action)
         recipient = self.recipient(action, view)
+        to_lead = recipient[1] == view.email  # not an address the rule or the assignment named (`payload.to`)
         links = self.links(action)
+        brand = {"name": self.config.brand_name}
         variables: dict[str, Any] = template_vars(
-            action, {"links": links, "brand": {"name": self.config.brand_name}}
+            action, {"links": links, "brand": brand}, clean=neutralise_urls, items=self.safe_items(view)
         )
+        subject_variables = subject_vars(action, {"brand": brand}) if to_lead else None
         try:
-            subject, text, html = self.env.renderer.email(action.template, variables)
+            subject, text, html = self.env.renderer.email(action.template, variables, subject_variables)
         except TemplateProblem as exc:
-            raise PermanentError("template_error", str(exc)) from None
+            raise PermanentError(exc.reason, str(exc)) from None
         msg = EmailMessage()
         msg["From"] = self.config.from_address
         local, _, domain = recipient[1].partition("@")
@@ -161,13 +258,14 @@ class EmailConnector(Connector[EmailMessage]):
                 unsubscribe.append(f"<mailto:{self.config.unsubscribe_mailto}?subject=unsubscribe>")
             msg["List-Unsubscribe"] = ", ".join(unsubscribe)
             if links["unsubscribe_url"].startswith("https://"):
-                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+                msg["List-Unsubscribe-Post"] = unsubscribe_links.ONE_CLICK_BODY
         msg["X-Nudge-Action-Id"] = action.action_id
         msg["X-Nudge-Rule"] = action.rule
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         return msg
 
+    # --- sending
     async def transmit(self, message: EmailMessage) -> None:
         msg = message
         config = self.config
@@ -194,5 +292,24 @@ class EmailConnector(Connector[EmailMessage]):
             raise error(f"smtp_{exc.code // 100}xx", f"SMTP {exc.code}: {exc.message[:200]}") from None
         except (aiosmtplib.SMTPTimeoutError, TimeoutError):
             raise RetryableError("timeout", f"no SMTP answer within {config.timeout_s:g} s") from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        except aiosmtplib.SMTPException as exc:
+            if config.security == "starttls" and "STARTTLS" in str(exc):
+                # The server does not offer STARTTLS (or a man in the middle stripped it): never fall back to
+                # clear text. Retryable: the peer or the path to it is at fault, not this message.
+                raise RetryableError("smtp_no_starttls", "the server did not offer STARTTLS") from None
             raise RetryableError("connection_error", f"{type(exc).__name__}: {exc}") from None
+        except OSError as exc:
+            raise RetryableError("connection_error", f"{type(exc).__name__}: {exc}") from None
+
+
+def unsubscribe_base_url(config: EmailConfig, settings: Settings) -> str:
+    """Where unsubscribe links point: `unsubscribe_base_url`, else `NUDGE_COLLECTOR_PUBLIC_URL`, else (dev
+    profile only) the local collector; "" when unknown."""
+    if config.unsubscribe_base_url:
+        return config.unsubscribe_base_url.rstrip("/")
+    public = str(getattr(settings, "collector_public_url", "") or "")
+    if public:
+        return public.rstrip("/")
+    if is_dev_profile(settings.broker_profile):
+        return f"http://127.0.0.1:{settings.collector_port}"
+    return ""

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from connectors.base import ConnectorConfig, PermanentError
 from connectors.context import LeadView
 from connectors.http import HttpConnector
-from connectors.rendering import TemplateProblem, slack_escape, template_vars
+from connectors.rendering import TemplateProblem, slack_clean, slack_escape, slack_plain, template_vars
 from engine.core.model import Action
 from engine.events import format_ts
 
@@ -22,16 +22,28 @@ class SlackConfig(ConnectorConfig):
     webhook_url: SecretStr
 
 
-def _field(label: str, value: Any) -> dict[str, str]:
-    return {"type": "mrkdwn", "text": f"*{label}*\n{slack_escape(str(value))}"}
+def _mrkdwn(text: str) -> dict[str, Any]:
+    # verbatim: Slack does not turn URLs, channel names or @-words into links or mentions by itself; links and
+    # mentions appear only where Nudge wrote `<...>` markup (lead data has its `<` escaped).
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
+def _field(label: str, value: Any) -> dict[str, Any]:
+    """A field whose value the lead provided: cleaned (`slack_plain`)."""
+    return _mrkdwn(f"*{label}*\n{slack_plain(value)}")
 
 
 def build_message(action: Action, headline: str) -> dict[str, Any]:
+    """The Block Kit message. Every value the lead provided (name, company, title, pages, recent events, the
+    explanation) goes through `slack_plain`: escaped, formatting characters replaced, URLs neutralised; the
+    lead's email (a trusted trait) is escaped only."""
     view = LeadView(action)
-    who = view.display_name
-    if view.email and view.email != who:
-        who = f"{who} ({view.email})"
-    fields = [_field("Lead", who)]
+    email = slack_escape(view.email) if view.email else ""
+    name = view.name
+    who = slack_plain(name) if name else (email or slack_plain(view.lead_id))
+    if name and email:
+        who = f"{who} ({email})"
+    fields = [_mrkdwn(f"*Lead*\n{who}")]
     if view.company:
         fields.append(_field("Company", view.company + (f", {view.title}" if view.title else "")))
     if view.score is not None:
@@ -40,24 +52,24 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
         fields.append(_field("Stage", view.stage))
     rep = view.rep
     if rep is not None:
-        mention = f"<@{rep.slack_id}>" if rep.slack_id else slack_escape(rep.name or rep.email or "")
-        fields.append({"type": "mrkdwn", "text": f"*Rep*\n{mention}"})
+        mention = f"<@{rep.slack_id}>" if rep.slack_id and rep.slack_id.isalnum() else slack_escape(
+            rep.name or rep.email or ""
+        )
+        fields.append(_mrkdwn(f"*Rep*\n{mention}"))
     else:
-        fields.append(_field("Rep", "unassigned"))
+        fields.append(_mrkdwn("*Rep*\nunassigned"))
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+        {"type": "section", "text": _mrkdwn(headline)},
         {"type": "section", "fields": fields[:10]},  # Slack allows at most 10 fields
     ]
     did = ", ".join(view.recent)
     if view.last_page:
         did = f"{did}; last page {view.last_page}" if did else f"last page {view.last_page}"
     if did:
-        blocks.append(
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*What they did*\n{slack_escape(did)}"}}
-        )
+        blocks.append({"type": "section", "text": _mrkdwn(f"*What they did*\n{slack_plain(did)}")})
     if action.explanation:
-        why = slack_escape(action.explanation)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Why this fired*\n{why}"}})
+        why = slack_plain(action.explanation)
+        blocks.append({"type": "section", "text": _mrkdwn(f"*Why this fired*\n{why}")})
     blocks.append(
         {
             "type": "context",
@@ -71,7 +83,7 @@ def build_message(action: Action, headline: str) -> dict[str, Any]:
         }
     )
     message: dict[str, Any] = {
-        "text": f"{headline} — {slack_escape(action.explanation)}"[:3000],
+        "text": f"{headline} — {slack_plain(action.explanation)}"[:3000],
         "blocks": blocks,
     }
     channel = action.payload.get("channel")
@@ -95,6 +107,10 @@ class SlackConnector(HttpConnector[SlackMessage]):
       score, stage and the assigned rep (`<@U123>` mention when the rep has a `slack_id`); what they did (recent
       activity, last page); why the rule fired (the action's explanation); and a context line with rule and action
       id.
+    - Lead-provided text (names, company, traits, pages, recent events, the explanation) is defused everywhere:
+      `&<>` escaped, mrkdwn formatting characters replaced by look-alikes, URLs neutralised
+      (`rendering.slack_clean` / `slack_plain`); every text object is `verbatim`, so Slack links and mentions
+      nothing by itself. An unknown template fails the action (`unknown_template`).
     - The webhook URL contains Slack's secret token: it is a secret (never logged; errors carry no URL).
     - Slack answers 200 `ok`; 429 with Retry-After is honoured; 4xx (`invalid_payload`, `channel_not_found`, ...)
       is permanent; 5xx retried. Slack has no idempotency header: the action id is in the context block and in
@@ -103,13 +119,14 @@ class SlackConnector(HttpConnector[SlackMessage]):
 
     kind = "slack"
     config_model = SlackConfig
+    template_family = "slack"
     config: SlackConfig
 
     def build(self, action: Action) -> SlackMessage:
         try:
-            headline = self.env.renderer.slack(action.template, template_vars(action))
+            headline = self.env.renderer.slack(action.template, template_vars(action, clean=slack_clean))
         except TemplateProblem as exc:
-            raise PermanentError("template_error", str(exc)) from None
+            raise PermanentError(exc.reason, str(exc)) from None
         # Serialised here, so a value JSON cannot carry fails as a bad message, not in the transmit step.
         return SlackMessage(orjson.dumps(build_message(action, headline)), action.action_id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import ClassVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
@@ -64,6 +65,7 @@ class WebhookConnector(HttpConnector[tuple[bytes, dict[str, str]]]):
 
     kind = "webhook"
     config_model = WebhookConfig
+    signing_secrets: ClassVar[tuple[str, ...]] = ("secret",)
     config: WebhookConfig
 
     def build(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:

@@ -72,7 +72,12 @@ OUTPUT_ERRORS = Counter(
 )
 
 # --- dispatcher and connectors --------------------------------------------------------------------------------------
-ACTIONS = Counter("nudge_actions_total", "Action delivery outcomes", ["connector", "outcome"])
+ACTIONS = Counter(
+    "nudge_actions_total",
+    "Action delivery outcomes, with the reason code (empty for sent; e.g. expired, converted, unsubscribed, "
+    "quiet_hours, frequency_cap, http_503)",
+    ["connector", "outcome", "reason"],
+)
 DELIVERY_DELAY = Histogram(
     "nudge_delivery_delay_seconds",
     "Wall time from the action being fired to the peer accepting it",
@@ -87,6 +92,14 @@ CONNECTOR_INFLIGHT = Gauge("nudge_connector_inflight", "Deliveries in flight per
 DISPATCH_SCHEDULED = Gauge(
     "nudge_dispatch_scheduled_actions", "Actions in the dispatcher's durable schedule (deferred or retrying)"
 )
+DISPATCH_LEAD_UPDATES = Counter(
+    "nudge_dispatch_lead_updates_total",
+    "lead-updates records the dispatcher folded into its send-time re-check state: converted, consent_withdrawn, "
+    "consent_given; ignored (other kinds), invalid",
+    ["kind"],
+)
+for _kind in ("converted", "consent_withdrawn", "consent_given", "ignored", "invalid"):
+    DISPATCH_LEAD_UPDATES.labels(_kind)
 REDIS_MEMORY_USED_RATIO = Gauge(
     "nudge_redis_memory_used_ratio",
     "Redis used_memory / its limit, polled by the dispatcher: limit=maxmemory, or limit=system (the host's memory) "

@@ -21,16 +21,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--connectors", type=Path, default=None, help="connectors file (default: NUDGE_CONNECTORS_PATH)"
     )
     parser.add_argument("--metrics-port", type=int, default=6068, help="port for /metrics; 0 turns it off")
-    parser.add_argument("--check", action="store_true", help="validate the connectors file and exit")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the connectors file (and what start-up refuses) and exit"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.dispatch.config import load_connectors
+    from engine.config import ConfigError
+    from engine.dispatch.config import load_connectors, startup_problems
 
     settings = Settings.from_env()
     path = args.connectors or settings.connectors_path
     config = load_connectors(path)
+    problems = startup_problems(config, settings)  # outside the dev profile: marketing email needs its secret
+    if problems:
+        raise ConfigError("; ".join(problems))
     if args.check:
         print(f"{path}: {len(config.connectors)} connectors OK ({', '.join(config.connectors)})")
         return 0

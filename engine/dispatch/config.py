@@ -10,19 +10,41 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from connectors.base import ConnectorConfig
+from connectors.base import ConnectorConfig, is_dev_profile
 from connectors.registry import connector_class, known_types
-from engine.config import ConfigError
-from engine.dispatch.policies.caps import CapRule
+from connectors.rendering import BUILTIN_TEMPLATES, has_template
+from engine.config import ConfigError, Settings
+from engine.dispatch.policies.caps import CapRule, parse_duration_s
 from engine.dispatch.policies.circuit import CircuitConfig
 from engine.dispatch.policies.consent import ConsentConfig
 from engine.dispatch.policies.idempotency import IdempotencyConfig
 from engine.dispatch.policies.quiet_hours import QuietHoursConfig, zone
+from engine.dispatch.policies.recheck import RecheckConfig
 from engine.dispatch.policies.retry import RetryConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MIN_SIGNING_SECRET_BYTES = 32
+
+
+class RecipientCap(BaseModel):
+    """`policies.default_recipient_cap`: at most `max` marketing messages to one address per `per`, across every
+    lead id, on each connector that writes to an address the lead gave (email), unless a `scope: recipient` cap
+    names that connector (or `*`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max: int = Field(3, ge=1)
+    per: float = Field(86400.0, description="period, e.g. 1d")
+
+    @field_validator("per", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> float:
+        seconds = parse_duration_s(value)
+        if seconds <= 0:
+            raise ValueError("the period must be positive")
+        return seconds
 
 
 class PoliciesConfig(BaseModel):
@@ -35,6 +57,10 @@ class PoliciesConfig(BaseModel):
     quiet_hours: QuietHoursConfig | None = None
     consent: ConsentConfig = Field(default_factory=ConsentConfig)
     default_timezone: str | None = Field(None, description="overrides NUDGE_DEFAULT_TIMEZONE for quiet hours")
+    default_recipient_cap: RecipientCap | None = Field(
+        default_factory=RecipientCap, description="per-address cap on email connectors; null turns it off"
+    )
+    recheck: RecheckConfig = Field(default_factory=RecheckConfig)
 
 
 class DispatcherConfig(BaseModel):
@@ -81,6 +107,22 @@ class ConnectorsFile:
 
     def secret_values(self) -> list[str]:
         return [s for config in self.connectors.values() for s in config.secret_values()]
+
+    def effective_caps(self) -> list[CapRule]:
+        """`policies.caps`, plus the default per-recipient cap (`policies.default_recipient_cap`) for each
+        connector whose type gets one by default (email) and that no `scope: recipient` cap names (by name or
+        `*`)."""
+        caps = list(self.policies.caps)
+        default = self.policies.default_recipient_cap
+        if default is None:
+            return caps
+        covered = {c.connector for c in caps if c.scope == "recipient"}
+        for name, config in self.connectors.items():
+            if "*" in covered or name in covered:
+                continue
+            if connector_class(config.type).recipient_capped_by_default:
+                caps.append(CapRule(connector=name, max=default.max, per=default.per, scope="recipient"))
+        return caps
 
 
 class _Located:
@@ -161,6 +203,10 @@ def parse_connectors(
     `${VAR}` / `${VAR:-default}` in any string value is taken from `env` (default: the process environment), so
     secrets stay out of the file.
 
+    Outside the dev profile (`NUDGE_BROKER_PROFILE` in `env` other than `dev`/`dev-batched`), a signing key
+    (`Connector.signing_secrets`: a webhook's `secret`, an email connector's `unsubscribe_secret`) shorter than
+    32 bytes is an error.
+
     Raises `ConfigError` for every problem, naming the file, the line, the dotted path of the value, what is
     wrong and how to fix it; an unset variable without a default is named. Secret values never appear in these
     messages.
@@ -218,6 +264,18 @@ def parse_connectors(
                 f"must be shorter than policies.idempotency.claim_ttl_s ({claim_ttl:g} s), or a slow send "
                 "could be claimed and sent a second time while the first is still in flight",
             )
+    profile = env.get("NUDGE_BROKER_PROFILE") or "kafka"
+    if not is_dev_profile(profile):
+        for name, config in connectors.items():
+            for option in connector_class(config.type).signing_secrets:
+                secret = getattr(config, option, None)
+                value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+                if value and len(str(value).encode()) < MIN_SIGNING_SECRET_BYTES:
+                    fail(
+                        ("connectors", name, option),
+                        f"a signing key must be at least {MIN_SIGNING_SECRET_BYTES} bytes outside the dev profile "
+                        f"(NUDGE_BROKER_PROFILE={profile}); generate one with `openssl rand -hex 32`",
+                    )
     templates_dir = raw.get("templates_dir")
     if templates_dir:
         templates_dir = Path(templates_dir)
@@ -260,3 +318,46 @@ def load_connectors(path: Path | str, env: dict[str, str] | None = None) -> Conn
     loaded = parse_connectors(text, env, source=str(path), base_dir=path.parent)
     loaded.path = path
     return loaded
+
+
+# --- what the rule validator and the dispatcher's start-up ask of a connectors file
+
+
+def connector_types(connectors_file: ConnectorsFile) -> dict[str, str]:
+    """Connector name → type, for every connector the file defines: the names rules may use in `connector:`."""
+    return {name: config.type for name, config in connectors_file.connectors.items()}
+
+
+def uses_templates(connectors_file: ConnectorsFile, connector_name: str) -> bool:
+    """Whether the connector's type renders a template (email, Slack); an unknown name is False."""
+    config = connectors_file.connectors.get(connector_name)
+    return config is not None and connector_class(config.type).template_family is not None
+
+
+def template_exists(connectors_file: ConnectorsFile, connector_name: str, template: str | None) -> bool:
+    """Whether an action naming `connector_name` and `template` can be rendered: every file of that template for
+    the connector's type (`email/<t>.subject.j2`, `.txt.j2`, `.html.j2`; `slack/<t>.md.j2`) exists in the file's
+    `templates_dir` or the built-in templates. `template` None means `default`. True for a type that renders no
+    template (webhook, kafka, redis, crm, log: the name is ignored); False for a connector the file does not
+    define. The dispatcher fails an action whose template does not exist (`unknown_template`), so a rule set that
+    passes this check never does."""
+    config = connectors_file.connectors.get(connector_name)
+    if config is None:
+        return False
+    family = connector_class(config.type).template_family
+    if family is None:
+        return True
+    dirs = [d for d in (connectors_file.templates_dir, BUILTIN_TEMPLATES) if d is not None]
+    return has_template(dirs, family, template)
+
+
+def startup_problems(connectors_file: ConnectorsFile, settings: Settings) -> list[str]:
+    """What keeps the dispatcher from starting with this file and these settings (`Connector.startup_problems`:
+    outside the dev profile, marketing email without `unsubscribe_secret` or without an https unsubscribe base
+    URL), one message each, prefixed with the file's path. `nudge dispatch` and `--check` refuse to start on any."""
+    source = str(connectors_file.path) if connectors_file.path else "connectors file"
+    return [
+        f"{source}: {problem}"
+        for name, config in connectors_file.connectors.items()
+        for problem in connector_class(config.type).startup_problems(name, config, settings)
+    ]

@@ -16,6 +16,7 @@ from engine.dispatch.policies.circuit import CircuitBreaker, CircuitState
 from engine.dispatch.policies.consent import consent_block_reason
 from engine.dispatch.policies.idempotency import ClaimStatus, IdempotencyStore
 from engine.dispatch.policies.quiet_hours import QuietHours
+from engine.dispatch.policies.recheck import LeadSituation, RecheckState, expired, recheck_reason
 from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.schedule import Schedule, ScheduledDelivery
 from engine.metrics import CONNECTOR_INFLIGHT
@@ -44,12 +45,14 @@ class Outcome:
 @dataclass(frozen=True)
 class Job:
     """One delivery attempt's input: the action, sends tried so far, whether it came from the schedule (its
-    entry may then be replaced) or from Kafka, and when the worker emitted it (wall clock, for the delay)."""
+    entry may then be replaced) or from Kafka, when the worker emitted it (wall clock, for the delay), and when
+    the action expires (`expires_at_ms`, epoch ms; None: never)."""
 
     action: Action
     attempts: int = 0
     from_schedule: bool = False
     emitted_ms: int = 0
+    expires_at_ms: int | None = None
 
 
 @dataclass
@@ -89,9 +92,15 @@ class Deliverer:
     3. Inside the connector's concurrency slot (so a claim never ages while it waits for a slot): claim the action
        id in Redis. `done` → `duplicate`; held by someone else (in flight elsewhere, or a crashed attempt) →
        recheck when the claim expires (`deferred`, reason `claim_held`).
-    4. Consent (marketing actions on connectors that obey it) → `suppressed` with the reason.
-    5. Quiet hours in the lead's timezone, then frequency caps → `deferred` to the next allowed time, or
-       `suppressed` (`quiet_hours_drop` / `frequency_cap_drop`) when the rule says `on_cap: drop`.
+    4. The re-check on the lead's current situation, on the first attempt and on every later one from the
+       schedule (`policies.recheck`): past `expires_at_ms` → `suppressed`/`expired` (no I/O); then one Redis read
+       of the lead's re-check state: converted for this rule after the action fired → `suppressed`/`converted`;
+       for marketing actions on connectors that obey consent, consent withdrawn now (or in the snapshot the
+       action carries) → `suppressed`/`unsubscribed` or `consent_withdrawn` (`no_consent_recorded` under
+       `require_explicit`).
+    5. Quiet hours in the lead's timezone, then frequency caps (per lead, and per recipient address for the
+       connector's `recipient_address`) → `deferred` to the next allowed time, or `suppressed`
+       (`quiet_hours_drop` / `frequency_cap_drop`) when the rule says `on_cap: drop`.
     6. Build the message (`Connector.build`: rendering, headers). `SkipDelivery` → `suppressed`; anything else
        that goes wrong → `failed` + dead letter with its own reason (`bad_message`, `template_error`), at once:
        the action is wrong, not the peer, so the breaker never hears of it.
@@ -118,12 +127,14 @@ class Deliverer:
         require_explicit_consent: bool = False,
         hooks: DeliveryHooks | None = None,
         clock: Callable[[], float] = time.time,
+        recheck: RecheckState | None = None,
     ) -> None:
         self.connectors = connectors
         self.idempotency = idempotency
         self.caps = caps
         self.quiet_hours = quiet_hours
         self.schedule = schedule
+        self.recheck = recheck
         self.require_explicit_consent = require_explicit_consent
         self.hooks = hooks or DeliveryHooks()
         self.clock = clock
@@ -191,13 +202,13 @@ class Deliverer:
         try:
             return runtime.connector.build(action)
         except SkipDelivery as exc:
-            await self.caps.release(action, runtime.name)
+            await self._release_caps(runtime, action)
             return Outcome("suppressed", exc.reason, job.attempts, exc.detail)
-        except PermanentError as exc:  # BadMessage, template_error, ...
-            await self.caps.release(action, runtime.name)
+        except PermanentError as exc:  # BadMessage, template_error, unknown_template, ...
+            await self._release_caps(runtime, action)
             return Outcome("failed", exc.reason, job.attempts, exc.detail, dead_letter=True)
         except Exception as exc:  # whatever else the build trips on, the action's data is to blame
-            await self.caps.release(action, runtime.name)
+            await self._release_caps(runtime, action)
             error = BadMessage(f"{type(exc).__name__}: {exc}"[:300])
             return Outcome("failed", error.reason, job.attempts, error.detail, dead_letter=True)
 
@@ -220,11 +231,11 @@ class Deliverer:
             return await self._retry_or_give_up(runtime, job, error)
         except SkipDelivery as exc:
             runtime.breaker.release()
-            await self.caps.release(action, runtime.name)
+            await self._release_caps(runtime, action)
             return Outcome("suppressed", exc.reason, job.attempts, exc.detail)
         except PermanentError as exc:  # the peer refused this message for good: it is up, and says so
             runtime.breaker.release()
-            await self.caps.release(action, runtime.name)
+            await self._release_caps(runtime, action)
             return Outcome("failed", exc.reason, attempt, exc.detail, dead_letter=True)
         except DeliveryError as exc:  # a subclass of neither kind: retry it, say nothing about the peer
             runtime.breaker.release()
@@ -241,22 +252,36 @@ class Deliverer:
         return Outcome("sent", "", attempt, latency_ms=int((time.monotonic() - started) * 1000))
 
     async def _policies(self, runtime: ConnectorRuntime, job: Job) -> Outcome | None:
-        """Consent, quiet hours and caps: an outcome when the action must not go now, else None."""
+        """The re-check (expiry, conversion, consent), quiet hours and caps: an outcome when the action must not
+        go now, else None."""
         action = job.action
         view = LeadView(action)
-        if runtime.obeys_consent:
-            reason = consent_block_reason(view, self.require_explicit_consent)
-            if reason:
-                return Outcome("suppressed", reason, job.attempts, "marketing message without consent")
         now = self.now_ms()
+        if expired(action, now, job.expires_at_ms):
+            return Outcome("suppressed", "expired", job.attempts, "not sent before its expires_at_ms")
+        situation = (
+            await self.recheck.situation(action.lead_id, action.rule) if self.recheck is not None else LeadSituation()
+        )
+        snapshot = consent_block_reason(view, self.require_explicit_consent) if runtime.obeys_consent else None
+        reason = recheck_reason(action, situation, obeys_consent=runtime.obeys_consent, snapshot_reason=snapshot)
+        if reason is not None:
+            detail = (
+                "the lead converted after the action fired"
+                if reason == "converted"
+                else "marketing message without consent"
+            )
+            return Outcome("suppressed", reason, job.attempts, detail)
         if self.quiet_hours is not None and self.quiet_hours.applies(runtime.name, action.marketing):
             allowed_at = self.quiet_hours.next_allowed_ms(now, view.timezone)
             if allowed_at is not None:
                 return await self._hold_back(job, allowed_at, "quiet_hours")
-        free_at = await self.caps.reserve(action, runtime.name, now)
+        free_at = await self.caps.reserve(action, runtime.name, now, _recipient(runtime, action))
         if free_at is not None:
             return await self._hold_back(job, free_at, "frequency_cap")
         return None
+
+    async def _release_caps(self, runtime: ConnectorRuntime, action: Action) -> None:
+        await self.caps.release(action, runtime.name, _recipient(runtime, action))
 
     async def _hold_back(self, job: Job, due_ms: int, reason: str) -> Outcome:
         if job.action.on_cap == "drop":
@@ -264,7 +289,7 @@ class Deliverer:
         return await self._wait(job, due_ms, "deferred", reason)
 
     async def _wait(self, job: Job, due_ms: int, why: str, reason: str) -> Outcome:
-        entry = ScheduledDelivery(job.action, job.attempts, why, reason, due_ms, job.emitted_ms)
+        entry = ScheduledDelivery(job.action, job.attempts, why, reason, due_ms, job.emitted_ms, job.expires_at_ms)
         if not await self.schedule.put(entry, only_if_absent=not job.from_schedule):
             return Outcome("duplicate", "already_scheduled", job.attempts)
         return Outcome("deferred", reason, job.attempts, next_attempt_ms=due_ms)
@@ -274,7 +299,9 @@ class Deliverer:
         until the breaker will let a probe through (`CircuitBreaker.refused_wait_s`). From Kafka, an existing
         entry for the action (a redelivery after a crash) is kept: it already carries the action's attempts."""
         due = self.now_ms() + int(runtime.breaker.refused_wait_s() * 1000)
-        entry = ScheduledDelivery(job.action, job.attempts, "circuit", "circuit_open", due, job.emitted_ms)
+        entry = ScheduledDelivery(
+            job.action, job.attempts, "circuit", "circuit_open", due, job.emitted_ms, job.expires_at_ms
+        )
         await self.schedule.put(entry, only_if_absent=not job.from_schedule)
         detail = f"circuit of {runtime.name} is open: no attempt made"
         return Outcome("deferred", "circuit_open", job.attempts, detail, next_attempt_ms=due)
@@ -285,11 +312,20 @@ class Deliverer:
         retry_after = error.retry_after_s if isinstance(error, RetryableError) else None
         delay_s = runtime.retry.next_delay_s(attempt, retry_after)
         if delay_s is None:
-            await self.caps.release(job.action, runtime.name)
+            await self._release_caps(runtime, job.action)
             detail = f"gave up after {attempt} attempts; last error {error.reason}: {error.detail}"
             return Outcome("failed", "retries_exhausted", attempt, detail, dead_letter=True)
         due = self.now_ms() + int(delay_s * 1000)
         # From Kafka (a redelivery after a crash), an existing entry keeps its own, higher attempt count.
-        entry = ScheduledDelivery(job.action, attempt, "retry", error.reason, due, job.emitted_ms)
+        entry = ScheduledDelivery(job.action, attempt, "retry", error.reason, due, job.emitted_ms, job.expires_at_ms)
         await self.schedule.put(entry, only_if_absent=not job.from_schedule)
         return Outcome("retried", error.reason, attempt, error.detail, next_attempt_ms=due)
+
+
+def _recipient(runtime: ConnectorRuntime, action: Action) -> str | None:
+    """The address the connector would write to, for the per-recipient caps; None when it has none or cannot
+    say (the build step then reports what is wrong with the action)."""
+    try:
+        return runtime.connector.recipient_address(action)
+    except Exception:
+        return None

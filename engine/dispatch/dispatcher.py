@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -19,7 +21,7 @@ from connectors.registry import connector_class
 from connectors.rendering import Renderer
 from engine.config import ConfigError, Settings
 from engine.core.model import Action
-from engine.dispatch.config import ConnectorsFile
+from engine.dispatch.config import ConnectorsFile, startup_problems
 from engine.dispatch.delivery import ConnectorRuntime, Deliverer, DeliveryHooks, Job
 from engine.dispatch.hot_leads import HotLeads, build_assigner
 from engine.dispatch.offsets import OffsetTracker
@@ -28,13 +30,22 @@ from engine.dispatch.policies.caps import FrequencyCaps
 from engine.dispatch.policies.circuit import CircuitBreaker
 from engine.dispatch.policies.idempotency import IdempotencyStore
 from engine.dispatch.policies.quiet_hours import QuietHours, zone
+from engine.dispatch.policies.recheck import (
+    ConsentChange,
+    Converted,
+    LeadUpdate,
+    NotARecheckUpdate,
+    RecheckState,
+    expires_at_of,
+    parse_update,
+)
 from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.redaction import Redactor
-from engine.dispatch.schedule import Schedule, ScheduledDelivery
+from engine.dispatch.schedule import Schedule, ScheduledDelivery, in_priority_order
 from engine.kafka.admin import ensure_topics
 from engine.kafka.security import client_options
 from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
-from engine.metrics import CONSUMER_LAG, DISPATCH_SCHEDULED
+from engine.metrics import CONSUMER_LAG, DISPATCH_LEAD_UPDATES, DISPATCH_SCHEDULED
 
 logger = logging.getLogger("nudge.dispatcher")
 
@@ -78,6 +89,18 @@ class Dispatcher:
     Hot leads (`HotLeads`): before delivery, an action asking for an owner gets one (roster at
     `settings.reps_path` + Redis), the rep's notifications are delivered right there through the same policies,
     and `release_owner: true` frees the rep. Fresh assignments go to `lead-updates`.
+
+    Re-check at send time (`policies.recheck`): a second consumer, group `<app_id>-dispatcher-updates`, follows
+    `lead-updates` and folds its `converted` and `consent` records into Redis (`RecheckState`); every attempt
+    reads it once before sending (`Deliverer`). A consent withdrawal also brings the lead's waiting marketing
+    actions forward in the schedule (a conversion: that rule's actions fired before it), so they are re-checked
+    and suppressed within one schedule poll. `start()` first catches up with `lead-updates` (to the end offsets
+    as of the start, then until a fetch comes back empty), so a restarted dispatcher never sends a held action
+    that an unsubscribe recorded while it was down should stop. Offsets of `lead-updates` are committed after
+    the records are applied (at-least-once; applying is idempotent).
+
+    Priority: due schedule entries are grouped by lead and each lead's are handled one after the other, highest
+    `priority` first (`in_priority_order`), so when caps let only some through, the higher priority wins.
     """
 
     def __init__(
@@ -102,15 +125,21 @@ class Dispatcher:
         self._loops: list[asyncio.Task[None]] = []
         self.redis: Redis | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.updates_consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.runtimes: dict[str, ConnectorRuntime] = {}
 
     # --- life cycle
     async def start(self) -> None:
-        """Create missing topics, start every connector, the producer and the consumer, and the consume,
-        schedule and commit loops; returns once they run. Raises `ConfigError` for an unknown default timezone or
-        an invalid reps roster, and whatever a connector's `start()` raises."""
+        """Create missing topics, start every connector, the producer, catch up with `lead-updates`, then start
+        the consumer and the consume, schedule, updates and commit loops; returns once they run. Raises
+        `ConfigError` (before connecting anything) for `startup_problems` (outside the dev profile: marketing
+        email without an unsubscribe secret or https unsubscribe URL), an unknown default timezone or an invalid
+        reps roster, and whatever a connector's `start()` raises."""
         settings, config = self.settings, self.config
+        problems = startup_problems(config, settings)
+        if problems:
+            raise ConfigError("; ".join(problems))
         await ensure_topics(settings, TOPICS)
         self.redis = Redis.from_url(settings.redis_url)
         renderer = Renderer(config.templates_dir)
@@ -130,14 +159,16 @@ class Dispatcher:
                 f"NUDGE_DEFAULT_TIMEZONE={timezone!r} is not a known timezone; use an IANA name like Europe/Paris"
             )
         quiet = config.policies.quiet_hours
+        self.recheck = RecheckState(self.redis, self.prefix, config.policies.recheck)
         self.deliverer = Deliverer(
             self.runtimes,
             IdempotencyStore(self.redis, self.prefix, config.policies.idempotency),
-            FrequencyCaps(self.redis, self.prefix, config.policies.caps),
+            FrequencyCaps(self.redis, self.prefix, config.effective_caps()),
             QuietHours(quiet, timezone) if quiet is not None else None,
             Schedule(self.redis, self.prefix),
             require_explicit_consent=consent.require_explicit,
             hooks=self.hooks,
+            recheck=self.recheck,
         )
         self.schedule = self.deliverer.schedule
         bootstrap = settings.bootstrap_servers
@@ -150,6 +181,19 @@ class Dispatcher:
             build_assigner(settings, self.redis), self._deliver_note, self._publish_update, set(self.runtimes)
         )
         session_ms = config.dispatcher.session_timeout_ms or (6000 if settings.broker_profile == "dev" else 10000)
+        self.updates_consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{settings.app_id}-dispatcher-updates",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 6),
+            max_poll_interval_ms=300_000,
+            **client_options(settings),
+        )
+        self.updates_consumer.subscribe([settings.topic(LEAD_UPDATES)])
+        await self.updates_consumer.start()
+        await self._catch_up_updates(session_ms)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=f"{settings.app_id}-dispatcher",
@@ -166,6 +210,7 @@ class Dispatcher:
             asyncio.create_task(self._consume_loop(), name="dispatch-consume"),
             asyncio.create_task(self._schedule_loop(), name="dispatch-schedule"),
             asyncio.create_task(self._commit_loop(), name="dispatch-commit"),
+            asyncio.create_task(self._updates_loop(), name="dispatch-updates"),
         ]
         logger.info("dispatcher started: connectors %s", ", ".join(sorted(self.runtimes)))
 
@@ -209,9 +254,10 @@ class Dispatcher:
         await self._close()
 
     async def _close(self) -> None:
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
+        for consumer in (self.consumer, self.updates_consumer):
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
@@ -246,10 +292,10 @@ class Dispatcher:
                 lambda: self.schedule.lease_due(int(time.time() * 1000), options.schedule_batch, lease_ms)
             )
             fresh = [e for e in entries if e.action.action_id not in self._leased]
-            for entry in fresh:
+            for group in in_priority_order(fresh):  # one lead's entries in turn, highest priority first
                 await self._slots.acquire()
-                self._leased.add(entry.action.action_id)
-                self._spawn(self._handle_scheduled(entry))
+                self._leased.update(e.action.action_id for e in group)
+                self._spawn(self._handle_scheduled_group(group))
             if time.monotonic() - last_gauge >= 1.0:
                 DISPATCH_SCHEDULED.set(await self._guarded(self.schedule.size))
                 last_gauge = time.monotonic()
@@ -320,7 +366,8 @@ class Dispatcher:
 
     async def _handle_action_record(self, record: ConsumerRecord) -> None:
         try:
-            action = Action.from_json(record.value)
+            doc: Any = orjson.loads(record.value)
+            action = Action.from_json(doc)
             if not action.action_id or not action.connector:
                 raise ValueError("empty action_id or connector")
         except Exception as exc:
@@ -337,7 +384,7 @@ class Dispatcher:
         # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
         emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
         action = await self._guarded(lambda: self.hot_leads.prepare(action))
-        job = Job(action, emitted_ms=emitted_ms)
+        job = Job(action, emitted_ms=emitted_ms, expires_at_ms=expires_at_of(action, doc))
         outcome = await self._guarded(lambda: self.deliverer.deliver(job))
         await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))
 
@@ -351,14 +398,106 @@ class Dispatcher:
         assert self.producer is not None
         await self.producer.send_and_wait(self.settings.topic(LEAD_UPDATES), value, key=lead_id.encode())
 
+    async def _handle_scheduled_group(self, group: list[ScheduledDelivery]) -> None:
+        """One lead's due entries, one after the other in priority order (`in_priority_order`)."""
+        try:
+            for entry in group:
+                await self._handle_scheduled(entry)
+        finally:
+            self._leased.difference_update(e.action.action_id for e in group)
+
     async def _handle_scheduled(self, entry: ScheduledDelivery) -> None:
         action = entry.action
-
         try:
-            job = Job(action, entry.attempts, from_schedule=True, emitted_ms=entry.emitted_ms)
+            job = Job(
+                action,
+                entry.attempts,
+                from_schedule=True,
+                emitted_ms=entry.emitted_ms,
+                expires_at_ms=entry.expires_at_ms if entry.expires_at_ms is not None else expires_at_of(action),
+            )
             outcome = await self._guarded(lambda: self.deliverer.deliver(job))
             await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms))
             if outcome.final:
-                await self._guarded(lambda: self.schedule.remove(action.action_id))
+                await self._guarded(lambda: self.schedule.remove(action.action_id, action.lead_id))
         finally:
             self._leased.discard(action.action_id)
+
+    # --- lead-updates: the re-check state
+    async def _catch_up_updates(self, session_ms: int) -> None:
+        """Apply `lead-updates` up to its end (as of now) before any action is handled. Waits for the group to
+        assign partitions (up to three session timeouts: with none assigned, another dispatcher of the group
+        applies them to the same Redis), reads to the end offsets, then on until a fetch comes back empty (some
+        brokers report end offsets short)."""
+        consumer = self.updates_consumer
+        assert consumer is not None
+        deadline = time.monotonic() + 3 * session_ms / 1000
+        applied = 0
+        while not consumer.assignment() and time.monotonic() < deadline:
+            applied += await self._apply_batch(await consumer.getmany(timeout_ms=200, max_records=500))
+        assigned = consumer.assignment()
+        if not assigned:
+            logger.warning("no lead-updates partition assigned yet; starting without catching up")
+            return
+        ends = await consumer.end_offsets(list(assigned))
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            applied += await self._apply_batch(batch)
+            behind = [tp for tp in consumer.assignment() if await consumer.position(tp) < ends.get(tp, 0)]
+            if not batch and not behind:
+                break
+        await self._commit_updates()
+        logger.info("caught up with lead-updates (%d records applied)", applied)
+
+    async def _updates_loop(self) -> None:
+        consumer = self.updates_consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            except KafkaError as exc:  # the client reconnects by itself; keep polling
+                logger.warning("fetching lead-updates failed, retrying: %s", self.redactor.redact(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if await self._apply_batch(batch):
+                await self._commit_updates()
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+        count = 0
+        for records in batch.values():
+            for record in records:
+                await self._guarded(lambda record=record: self._apply_update(record))  # type: ignore[misc]
+                count += 1
+        return count
+
+    async def _commit_updates(self) -> None:
+        consumer = self.updates_consumer
+        if consumer is None:
+            return
+        try:
+            await consumer.commit()
+        except Exception as exc:  # a rebalance or a broker hiccup: the records are applied again (idempotent)
+            logger.warning("lead-updates commit failed: %s", self.redactor.redact(exc))
+
+    async def _apply_update(self, record: ConsumerRecord) -> None:
+        """Fold one `lead-updates` record into the re-check state; a withdrawal of consent (a conversion) then
+        brings the lead's waiting marketing actions (that rule's earlier actions) forward in the schedule."""
+        try:
+            update: LeadUpdate = parse_update(record.value, record.key)
+        except NotARecheckUpdate as exc:
+            DISPATCH_LEAD_UPDATES.labels("ignored" if exc.reason == "other_kind" else "invalid").inc()
+            return
+        await self.recheck.apply(update)
+        now = int(time.time() * 1000)
+        if isinstance(update, Converted):
+            DISPATCH_LEAD_UPDATES.labels("converted").inc()
+            moved = await self.schedule.bring_forward_rule(update.lead_id, update.rule, update.at_ms, now)
+        elif isinstance(update, ConsentChange) and not update.marketing:
+            DISPATCH_LEAD_UPDATES.labels("consent_withdrawn").inc()
+            moved = await self.schedule.bring_forward_marketing(update.lead_id, now)
+        else:
+            DISPATCH_LEAD_UPDATES.labels("consent_given").inc()
+            moved = 0
+        if moved:
+            kind = type(update).__name__
+            logger.info("%s of lead %s: %d waiting actions re-checked now", kind, update.lead_id, moved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from aiokafka import AIOKafkaProducer
@@ -17,6 +18,15 @@ from engine.kafka.topics import DELIVERIES, dead_letter_record, delivery_record
 from engine.metrics import ACTIONS, CONNECTOR_RETRIES, DEAD_LETTERS, DELIVERY_DELAY
 
 logger = logging.getLogger("nudge.dispatcher")
+# Reason codes are short snake_case words from bounded sets (policy reasons, `http_<status>`, `smtp_4xx`, ...);
+# anything else (a connector that put text in a reason) is counted as `other`, so the label stays bounded.
+_REASON_LABEL = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def reason_label(reason: str) -> str:
+    """The `reason` label value of `nudge_actions_total`: the code itself, "" for none, else `other`."""
+    return reason if not reason or _REASON_LABEL.fullmatch(reason) else "other"
+
 # Sends are the bulk and are counted in metrics and `deliveries`: debug. What needs a look: warning.
 _LOG_LEVELS = {
     "sent": logging.DEBUG,
@@ -34,7 +44,8 @@ class OutcomeRecorder:
     error otherwise (the caller retries the whole call, so a record may be sent twice: at-least-once).
 
     Every reason and detail goes through the `Redactor`: no secret reaches a record, a log line or a metric
-    label. Metric labels stay bounded: a connector name not in the connectors file is counted as `unknown`.
+    label. Metric labels stay bounded: a connector name not in the connectors file is counted as `unknown`, a
+    reason that is not a short code as `other` (`reason_label`).
     """
 
     def __init__(
@@ -93,7 +104,7 @@ class OutcomeRecorder:
             )
             DEAD_LETTERS.labels(source="dispatcher", reason=reason).inc()
         await asyncio.gather(*futures)
-        ACTIONS.labels(connector=connector, outcome=outcome.outcome).inc()
+        ACTIONS.labels(connector=connector, outcome=outcome.outcome, reason=reason_label(reason)).inc()
         if outcome.outcome == "sent":
             DELIVERY_DELAY.labels(connector=connector).observe(max(0.0, (now_ms - emitted_ms) / 1000))
         elif outcome.outcome == "retried":

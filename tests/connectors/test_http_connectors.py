@@ -123,10 +123,43 @@ async def test_slack_hot_lead_block_kit(http_peer: RecordingPeer) -> None:
     assert fields["*Score*"] == "87" and fields["*Stage*"] == "sql"
     assert fields["*Rep*"] == "<@U123ABC>"
     texts = [b["text"]["text"] for b in blocks[2:] if b["type"] == "section"]
-    assert "Pricing Viewed, Demo Requested; last page https://seller.test/pricing" in texts[0]
+    # the page a browser reported is lead-provided: its URL is shown, not linked
+    assert "Pricing Viewed, Demo Requested; last page https[:]//seller[.]test/pricing" in texts[0]
     assert "&amp; demo request &lt;today&gt;" in texts[1]  # lead/rule text is escaped for mrkdwn
     assert action.action_id in blocks[-1]["elements"][0]["text"]
     assert message["text"]
+
+
+async def test_slack_neutralises_markup_links_and_mentions_from_the_lead(http_peer: RecordingPeer) -> None:
+    slack = SlackConnector("slack", SlackConfig(type="slack", webhook_url=f"{http_peer.url}/s"), ENV)
+    hostile = {
+        "traits": {
+            "email": "grace@acme.test",
+            "name": "*URGENT* <!channel> pay at https://evil.example/pay",
+            "company": "_Acme_ <https://evil.example|Acme login> ~x~ `code`",
+            "title": "www.evil.example",
+        },
+        "owner": {"name": "Bo Rep", "slack_id": "U123ABC"},
+        "last_page": {"url": "javascript:alert(1)"},
+        "recent": ["<@U999> visit evil.example"],
+    }
+    explanation = "viewed <https://evil.example|pricing> 3x"
+    action = make_action("slack", template="hot_lead", explanation=explanation, context=hostile)
+    await send_once(slack, action)
+    message = http_peer.requests[0].json()
+    texts = [message["text"]]
+    for block in message["blocks"]:
+        objects = [block["text"]] if "text" in block else block.get("fields") or block.get("elements") or []
+        for obj in objects:
+            texts.append(obj["text"])
+            if block["type"] == "section":
+                assert obj.get("verbatim") is True  # Slack links nothing by itself
+    everything = "\n".join(texts)
+    for forbidden in ("<!channel>", "<https://", "https://", "evil.example", "javascript:", "<@U999>",
+                      "*URGENT*", "_Acme_", "~x~", "`code`"):
+        assert forbidden not in everything, forbidden
+    assert "<@U123ABC>" in everything  # the rep's mention, written by Nudge, still works
+    assert "URGENT" in everything and "evil[.]example" in everything  # the text is shown, defused
 
 
 async def test_slack_lead_without_rep_or_score(http_peer: RecordingPeer) -> None:

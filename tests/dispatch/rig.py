@@ -6,7 +6,8 @@ Contract:
 - `await rig.peer(...)` starts an `engine.testing.RecordingPeer` (same options); `rig.dispatcher(yaml)` builds a
   `Dispatcher` (not started) from connector YAML on top of `FAST_DEFAULTS` (short timeouts, backoffs and polls;
   `fast=False`: the shipped defaults); `await rig.start_dispatcher(yaml)` also starts it.
-  `await rig.produce(actions, raw)` writes to `actions`.
+  `await rig.produce(actions, raw)` writes to `actions`; `await rig.produce_updates(records)` writes records of the
+  worker's hand-over (`converted(...)`, `consent(...)`) to `lead-updates`, keyed by lead as the worker does.
 - `rig.process(name, args, log)` is a `ChildProcess` running `nudge <args>` against the test's broker, Redis,
   app id and topic prefix (not started); `process_env(settings)` is that environment.
 - `close()` (the fixture's teardown) stops every dispatcher the rig built, then the readers, then the peers; a
@@ -16,9 +17,11 @@ Contract:
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from engine.config import Settings
@@ -26,7 +29,7 @@ from engine.core.model import Action
 from engine.dispatch.config import parse_connectors
 from engine.dispatch.delivery import DeliveryHooks
 from engine.dispatch.dispatcher import Dispatcher
-from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES
+from engine.kafka.topics import ACTIONS, DEAD_LETTERS, DELIVERIES, LEAD_UPDATES
 from engine.testing import ChildProcess, RecordingPeer, TopicReader
 
 FAST_DEFAULTS = """
@@ -50,7 +53,9 @@ def build_dispatcher(
     *,
     fast: bool = True,
 ) -> Dispatcher:
-    config = parse_connectors((FAST_DEFAULTS if fast else "") + yaml_text, env=env or {})
+    # The test's stack is the dev stack: `NUDGE_BROKER_PROFILE=dev` unless the test says otherwise.
+    env = {"NUDGE_BROKER_PROFILE": "dev", **(env or {})}
+    config = parse_connectors((FAST_DEFAULTS if fast else "") + yaml_text, env=env)
     return Dispatcher(settings, config, hooks=hooks, grace_s=2.0)
 
 
@@ -77,6 +82,46 @@ async def produce_actions(settings: Settings, actions: list[Action], raw: list[b
             await producer.send(settings.topic(ACTIONS), action.to_bytes(), key=action.lead_id.encode())
         for value in raw or []:
             await producer.send(settings.topic(ACTIONS), value, key=b"bad")
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def converted(action: Action, at_ms: int | None = None, event: str = "Order Completed") -> dict[str, Any]:
+    """The worker's `converted` record for `action`'s lead and rule (an `unless` event), after it fired."""
+    return {
+        "kind": "converted",
+        "lead_id": action.lead_id,
+        "rule": action.rule,
+        "at_ms": at_ms if at_ms is not None else action.fired_at_ms + 1000,
+        "event": event,
+        "message_id": f"msg-{event}-{action.lead_id}",
+    }
+
+
+def consent(
+    lead_id: str, marketing: bool = False, reason: str = "unsubscribed", source: str = "unsubscribe", at_ms: int = 0
+) -> dict[str, Any]:
+    """The worker's `consent` record: the lead's marketing consent changed (`at_ms` default: now)."""
+    return {
+        "kind": "consent",
+        "lead_id": lead_id,
+        "at_ms": at_ms or int(time.time() * 1000),
+        "marketing": marketing,
+        "reason": "consent_given" if marketing else reason,
+        "source": source,
+    }
+
+
+async def produce_updates(settings: Settings, records: list[dict[str, Any]]) -> None:
+    """Write hand-over records to `lead-updates`, keyed by lead id, as the worker does."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send(
+                settings.topic(LEAD_UPDATES), orjson.dumps(record), key=record["lead_id"].encode()
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -132,6 +177,9 @@ class DispatchRig:
 
     async def produce(self, actions: list[Action], raw: list[bytes] | None = None) -> None:
         await produce_actions(self.settings, actions, raw)
+
+    async def produce_updates(self, records: list[dict[str, Any]]) -> None:
+        await produce_updates(self.settings, records)
 
     async def close(self) -> None:
         try:

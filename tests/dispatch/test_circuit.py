@@ -64,5 +64,6 @@ async def test_open_circuit_refusals_spend_no_attempt_and_only_real_attempts_rea
     assert {r["reason"] for r in rig.dead_letters.docs()} == {"retries_exhausted"}
     assert all("2 attempts; last error http_502" in r["detail"] for r in rig.dead_letters.docs())
     assert REGISTRY.get_sample_value("nudge_connector_circuit_state", {"connector": name}) in (1, 2)
-    assert REGISTRY.get_sample_value("nudge_actions_total", {"connector": name, "outcome": "failed"}) == 4
+    failed = {"connector": name, "outcome": "failed", "reason": "retries_exhausted"}
+    assert REGISTRY.get_sample_value("nudge_actions_total", failed) == 4
     assert REGISTRY.get_sample_value("nudge_connector_retries_total", {"connector": name}) == 4

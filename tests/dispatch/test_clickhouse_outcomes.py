@@ -13,7 +13,7 @@ from engine.clickhouse.sink import Sink
 from engine.config import Settings
 from engine.testing import Answer, PeerRequest, wait_until
 from tests.connectors.helpers import make_action
-from tests.dispatch.rig import DispatchRig
+from tests.dispatch.rig import DispatchRig, converted
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +49,29 @@ policies:
     doomed = make_action("crm", marketing=False)
     unsubscribed = make_action("ok", context={"traits": {"email": "u@example.com", "unsubscribed": True}})
     deferred = make_action("night", context={"traits": {"timezone": "UTC"}})
+    expired = make_action("ok", expires_at_ms=int(now.timestamp() * 1000) - 1000)
+    bought = make_action("ok")
     expected = {
         flaky.action_id: {"retried", "sent"},
         doomed.action_id: {"retried", "failed"},
         unsubscribed.action_id: {"suppressed"},
         deferred.action_id: {"deferred"},
+        expired.action_id: {"suppressed"},
+        bought.action_id: {"suppressed"},
     }
     stop = asyncio.Event()
     sink = Sink(settings, max_wait_s=0.2)
     sink_task = asyncio.create_task(sink.run(stop))
     try:
         await dispatcher.start()
-        await rig.produce([flaky, doomed, unsubscribed, deferred])
-        await wait_until(lambda: len(rig.deliveries.records) == 6 and rig.dead_letters.records, what="all outcomes")
-        await wait_until(lambda: sink.rows_written >= 4 + 6 + 1, timeout_s=30, what="the sink to store them")
+        await rig.produce_updates([converted(bought)])  # the lead bought: the worker's hand-over record
+        for _ in range(100):
+            if (await dispatcher.recheck.situation(bought.lead_id, bought.rule)).converted_at_ms:
+                break
+            await asyncio.sleep(0.05)
+        await rig.produce([flaky, doomed, unsubscribed, deferred, expired, bought])
+        await wait_until(lambda: len(rig.deliveries.records) == 8 and rig.dead_letters.records, what="all outcomes")
+        await wait_until(lambda: sink.rows_written >= 6 + 8 + 1 + 1, timeout_s=30, what="the sink to store them")
     finally:
         stop.set()
         await asyncio.wait_for(sink_task, 30)
@@ -79,6 +88,8 @@ policies:
         assert reasons[(unsubscribed.action_id, "suppressed")] == "unsubscribed"
         assert reasons[(deferred.action_id, "deferred")] == "quiet_hours"
         assert reasons[(doomed.action_id, "failed")] == "retries_exhausted"
+        assert reasons[(expired.action_id, "suppressed")] == "expired"
+        assert reasons[(bought.action_id, "suppressed")] == "converted"
         letters = client.query("SELECT reason, detail, payload FROM dead_letters FINAL").result_rows
         assert [r[0] for r in letters] == ["retries_exhausted"] and "***" in letters[0][1]
         everything = repr(client.query("SELECT * FROM actions FINAL").result_rows) + repr(letters)

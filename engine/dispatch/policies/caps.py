@@ -1,8 +1,11 @@
-"""Frequency caps across rules: at most `max` messages to one lead through one connector (or all) per period."""
+"""Frequency caps across rules: at most `max` messages to one lead (or to one recipient address, whatever lead id
+it comes through) through one connector (or all) per period."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.asyncio import Redis
@@ -24,7 +27,8 @@ def parse_duration_s(value: object) -> float:
 
 
 class CapRule(BaseModel):
-    """One cap: at most `max` actions per lead through `connector` (or `*`, all together) per `per`."""
+    """One cap: at most `max` actions per lead (`scope: lead`) or per recipient address (`scope: recipient`)
+    through `connector` (or `*`, all together) per `per`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +36,11 @@ class CapRule(BaseModel):
     max: int = Field(ge=1)
     per: float = Field(description="period, e.g. 4h or 1d")
     marketing_only: bool = Field(True, description="count and cap only marketing actions")
+    scope: Literal["lead", "recipient"] = Field(
+        "lead",
+        description="count per lead id, or per recipient address across every lead id (connectors that have "
+        "an address: email)",
+    )
 
     @field_validator("per", mode="before")
     @classmethod
@@ -70,11 +79,22 @@ return 0
 """
 
 
+def recipient_key(address: str) -> str:
+    """The counting key of a recipient address: lowercased, a `+tag` dropped from the local part (one mailbox,
+    many spellings), hashed so no address sits in a Redis key name."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    return hashlib.sha256(f"{local}@{domain}".encode()).hexdigest()[:32]
+
+
 class FrequencyCaps:
     """Check-and-reserve of cap slots in Redis, shared by every dispatcher.
 
-    Caps count per lead in Redis sorted sets (one per lead and cap; members are action ids, scores the
-    reservation time in wall-clock ms): a rolling window, not calendar buckets. Redis errors propagate.
+    Caps count in Redis sorted sets (one per cap and lead, or per cap and recipient address for `scope:
+    recipient`; members are action ids, scores the reservation time in wall-clock ms): a rolling window, not
+    calendar buckets. A recipient-scope cap applies only when the connector names an address for the action
+    (`Connector.recipient_address`); the address is counted as `recipient_key` (lowercased, without `+tag`,
+    hashed). Redis errors propagate.
     """
 
     def __init__(self, redis: Redis, prefix: str, rules: list[CapRule]) -> None:
@@ -83,24 +103,34 @@ class FrequencyCaps:
         self.rules = rules
         self._reserve = redis.register_script(_RESERVE)
 
-    def _applicable(self, action: Action, connector: str) -> list[tuple[str, CapRule]]:
+    def _applicable(
+        self, action: Action, connector: str, recipient: str | None = None
+    ) -> list[tuple[str, CapRule]]:
         out = []
         for index, rule in enumerate(self.rules):
             if rule.marketing_only and not action.marketing:
                 continue
             if rule.connector not in ("*", connector):
                 continue
-            key = f"{self.prefix}cap:{index}:{rule.connector}:{action.lead_id}"
+            if rule.scope == "recipient":
+                if not recipient:
+                    continue
+                key = f"{self.prefix}cap:{index}:{rule.connector}:rcpt:{recipient_key(recipient)}"
+            else:
+                key = f"{self.prefix}cap:{index}:{rule.connector}:{action.lead_id}"
             out.append((key, rule))
         return out
 
-    async def reserve(self, action: Action, connector: str, now_ms: int) -> int | None:
+    async def reserve(
+        self, action: Action, connector: str, now_ms: int, recipient: str | None = None
+    ) -> int | None:
         """Check every applicable cap and reserve a slot in all of them atomically (one Lua script), so two
         dispatchers cannot both take the last slot. None: the action may go now; else the epoch ms when the first
         slot frees (the dispatcher defers the action to then, or drops it when the rule says `on_cap: drop`), and
         nothing is reserved. Idempotent per action id: reserving again succeeds without counting twice, so
-        retries and replays never count twice."""
-        caps = self._applicable(action, connector)
+        retries and replays never count twice. `recipient`: the address the connector will send to, for the
+        recipient-scope caps (None: they do not apply)."""
+        caps = self._applicable(action, connector, recipient)
         if not caps:
             return None
         args: list[object] = [now_ms, action.action_id]
@@ -109,9 +139,9 @@ class FrequencyCaps:
         blocked_until = int(await self._reserve(keys=[k for k, _ in caps], args=args))
         return blocked_until or None
 
-    async def release(self, action: Action, connector: str) -> None:
+    async def release(self, action: Action, connector: str, recipient: str | None = None) -> None:
         """Give the action's slots back when it ends without being sent (failed, suppressed); idempotent."""
-        caps = self._applicable(action, connector)
+        caps = self._applicable(action, connector, recipient)
         if caps:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, _rule in caps:
