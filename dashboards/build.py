@@ -177,6 +177,14 @@ def rules_and_actions() -> db.Dashboard:
            "quiet hours, or waiting for a retry).",
            [('sum by (instance) (nudge_dispatch_scheduled_actions{job="nudge-dispatcher"})', "{{instance}}")],
            "short", w=8),
+        ts("Not sent (yet), by reason", "Outcomes other than sent, by outcome and reason: suppressed at send "
+           "time (expired, converted, unsubscribed, consent_withdrawn), held back (quiet_hours, frequency_cap), "
+           "retried or failed (the peer's answer).",
+           [(rate("nudge_actions_total", "outcome, reason", f'{conn}, outcome!~"sent|duplicate"'),
+             legend("outcome, reason"))], "ops", w=12),
+        ts("Re-check updates from the worker", "lead-updates records the dispatcher folds into its send-time "
+           "re-check: conversions and consent changes (ignored: other kinds; invalid: unreadable).",
+           [(rate("nudge_dispatch_lead_updates_total", "kind"), "{{kind}}")], "ops", w=12),
     ]
     assignment = [
         ts("Hot-lead assignments", "Assignment calls by outcome: assigned, existing, reassigned, unassigned "
