@@ -75,6 +75,14 @@ def ack_path(lead_id: str) -> str:
     return f"/v1/leads/{lead_id}/ack"
 
 
+def _add_links(payload: dict[str, Any], lead_id: str, links: Mapping[str, str] | None) -> None:
+    """The rep's signed links when there are any (the templates show them); else the API path to acknowledge."""
+    if links:
+        payload["links"] = dict(links)
+    else:
+        payload["ack_path"] = ack_path(lead_id)
+
+
 def assignment_actions(
     assignment: Assignment, lead: Mapping[str, Any], fired_at_ms: int
 ) -> tuple[Action, ...]:
@@ -94,11 +102,8 @@ def assignment_actions(
     label = lead_label(assignment.lead_id, lead)
     waited = f" after {_minutes(assignment.waited_ms)} in the queue" if assignment.waited_ms else ""
     text = f"hot lead {label} is yours{waited}: please acknowledge it"
-    payload: dict[str, Any] = {
-        "mention": mention(card), "rep": card, "text": text, "ack_path": ack_path(assignment.lead_id),
-    }  # fmt: skip
-    if assignment.links:
-        payload["links"] = assignment.links
+    payload: dict[str, Any] = {"mention": mention(card), "rep": card, "text": text}
+    _add_links(payload, assignment.lead_id, assignment.links)
     context = _context(assignment, lead)
     common = {
         "lead_id": assignment.lead_id,
@@ -153,10 +158,8 @@ def reassignment_actions(
         "rep": card,
         "previous_rep": old,
         "reason": reason,
-        "ack_path": ack_path(assignment.lead_id),
     }
-    if assignment.links:
-        payload["links"] = assignment.links
+    _add_links(payload, assignment.lead_id, assignment.links)
     key_time_ms = breach.deadline_ms if breach is not None else assignment.assigned_at_ms
     common = {"lead_id": assignment.lead_id, "key_time_ms": key_time_ms, "fired_at_ms": fired_at_ms}
     if breach is not None:
@@ -180,8 +183,8 @@ def reassignment_actions(
         ),
         _action(
             template="lead_reassigned_away", connector="email", recipient=str(old.get("id")), explanation=why,
-            payload={**{k: v for k, v in payload.items() if k != "links"}, "to": old.get("email"), "rep": old,
-                     "new_rep": card,
+            payload={**{k: v for k, v in payload.items() if k not in ("links", "ack_path")}, "to": old.get("email"),
+                     "rep": old, "new_rep": card, "inbox_url": (assignment.links or {}).get("inbox"),
                      "subject": f"Hot lead {label} was reassigned", "text": to_old},
             context=context, **common,
         ),
@@ -189,20 +192,26 @@ def reassignment_actions(
 
 
 def sla_missed_actions(
-    breach: SlaBreach, owner: Mapping[str, Any], lead: Mapping[str, Any], fired_at_ms: int, why: str
+    breach: SlaBreach,
+    owner: Mapping[str, Any],
+    lead: Mapping[str, Any],
+    fired_at_ms: int,
+    why: str,
+    links: Mapping[str, str] | None = None,
 ) -> tuple[Action, ...]:
     """Reminder to the current owner when the lead cannot move (nobody else eligible, or too many moves):
-    connector "slack", template "lead_sla_missed".
+    connector "slack", template "lead_sla_missed" (with the owner's signed `links` when given).
     """
     card = dict(owner)
     text = f"hot lead {lead_label(breach.lead_id, lead)} is still waiting for you to acknowledge it ({why})"
+    payload: dict[str, Any] = {"mention": mention(card), "rep": card, "reason": why, "text": text}
+    _add_links(payload, breach.lead_id, links)
     return (
         _action(
             breach.lead_id, template="lead_sla_missed", connector="slack", recipient=breach.rep_id,
             key_time_ms=breach.deadline_ms, fired_at_ms=fired_at_ms,
             explanation=f"SLA missed by {breach.rep_id}: {why}",
-            payload={"mention": mention(card), "rep": card, "reason": why, "text": text,
-                     "ack_path": ack_path(breach.lead_id)},
+            payload=payload,
             context={**dict(lead), "owner": card},
         ),
     )  # fmt: skip

@@ -43,12 +43,13 @@ class SlaMonitor:
         )
         now_ms = assigner.now_ms()
         policy = assigner.roster.sla
+        links = assigner.links.for_assignment(breach.lead_id, breach.rep_id) if assigner.links else None
         if breach.reassignments >= policy.max_reassignments:
             if not await assigner.set_deadline(breach.lead_id, breach.rep_id, None, "sla_exhausted"):
                 return None
             metrics.SLA_BREACHES.labels("exhausted").inc()
             why = f"moved {breach.reassignments} times already; no further automatic reassignment"
-            return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
+            return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why, links))
         new = await assigner.reassign(breach.lead_id, "sla", breach=breach)
         if new is not None:
             metrics.SLA_BREACHES.labels("reassigned").inc()
@@ -58,7 +59,7 @@ class SlaMonitor:
             return None  # acknowledged or moved meanwhile: nothing to say
         metrics.SLA_BREACHES.labels("kept").inc()
         why = "no other rep is available right now"
-        return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why))
+        return Reassignment(breach, None, sla_missed_actions(breach, previous, lead, now_ms, why, links))
 
     async def run_once(self) -> list[Reassignment]:
         """Handle every lead whose ack deadline has passed (per the assigner's clock); one `Reassignment` per

@@ -143,3 +143,72 @@ def test_unreachable_redis_is_reported_not_raised(env, monkeypatch, capsys: pyte
     assert "unreachable" in capsys.readouterr().err
     assert main(["leads", "show", "ada", "--no-clickhouse"]) == 1
     assert "(not shown: redis: redis://127.0.0.1:1/0" in capsys.readouterr().out
+
+
+def test_reps_link_prints_a_working_sign_in_url(env, monkeypatch, capsys: pytest.CaptureFixture[str]):
+    import time
+    from urllib.parse import parse_qsl, urlsplit
+
+    from engine.assignment.links import RepLinks
+
+    assert main(["reps", "link", "alice"]) == 2  # kafka profile, no secret: refused
+    assert "NUDGE_REPS_LINK_SECRET" in capsys.readouterr().err
+    monkeypatch.setenv("NUDGE_REPS_LINK_SECRET", "z" * 40)
+    monkeypatch.setenv("NUDGE_REPS_PUBLIC_URL", "https://reps.example.com")
+    assert main(["reps", "link", "alice", "--expires", "2h"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith("https://reps.example.com/inbox/signin?rep=alice&exp=")
+    link = RepLinks.from_settings(Settings.from_env()).verify(dict(parse_qsl(urlsplit(url).query)), "signin")
+    assert link.rep_id == "alice" and 7190 < link.expires_s - time.time() <= 7200
+    assert main(["reps", "link", "zed"]) == 2 and "known reps: alice, bob" in capsys.readouterr().err
+    assert main(["reps", "link", "alice", "--expires", "soon"]) == 2
+
+
+def test_reps_queue_release_and_reassign(env, settings: Settings, monkeypatch, capsys: pytest.CaptureFixture[str]):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from engine.assignment import Assigner, load_roster
+    from engine.clickhouse.sink import ensure_topics
+    from engine.kafka import topics
+    from engine.testing import TopicReader
+
+    monkeypatch.setenv("NUDGE_BROKER_URL", settings.broker_url)
+    monkeypatch.setenv("NUDGE_TOPIC_PREFIX", settings.topic_prefix)
+    asyncio.run(ensure_topics(settings, (topics.ACTIONS,)))
+
+    async def setup() -> None:
+        client = aioredis.Redis.from_url(env["NUDGE_REDIS_URL"])
+        assigner = Assigner(client, load_roster(env["NUDGE_REPS_PATH"]))
+        await assigner.set_availability("alice", False)
+        assert (await assigner.assign_or_queue("b1", {})).rep_id == "bob"  # bob's capacity is 1
+        assert (await assigner.assign_or_queue("q1", {"score": 10})).position == 1
+        assert (await assigner.assign_or_queue("q2", {"score": 90})).position == 1  # hotter: first
+        await client.aclose()
+
+    asyncio.run(setup())
+    assert main(["reps", "queue", "--json"]) == 0
+    assert [row["lead_id"] for row in orjson.loads(capsys.readouterr().out)] == ["q2", "q1"]
+    assert main(["reps", "queue"]) == 0 and "q2" in capsys.readouterr().out
+    assert main(["reps", "reassign", "q2", "alice"]) == 1  # alice is away
+    assert "use --force" in capsys.readouterr().err
+    assert main(["reps", "reassign", "q2", "alice", "--force"]) == 0
+    assert "now owned by alice" in capsys.readouterr().out
+    assert main(["reps", "release", "b1"]) == 0 and "released (was bob)" in capsys.readouterr().out
+    assert main(["reps", "release", "q1"]) == 0 and "taken out of the queue" in capsys.readouterr().out
+    assert main(["reps", "release", "nobody"]) == 1
+
+    async def notes() -> list[tuple[str, str, str]]:
+        async with TopicReader.from_settings(settings, topics.ACTIONS) as reader:
+            await reader.wait_for(lambda: len(reader.records) >= 2, 20, "the reassignment's notifications")
+        from engine.core.model import Action
+
+        actions = [Action.from_json(record.value) for record in reader.records]
+        return sorted((a.lead_id, a.connector, a.template) for a in actions)
+
+    assert asyncio.run(notes()) == [("q2", "email", "lead_assigned"), ("q2", "slack", "lead_assigned")]
+    client = redis.Redis.from_url(env["NUDGE_REDIS_URL"])
+    history = [orjson.loads(h) for h in client.lrange("nudge:{assign}:history:b1", 0, -1)]
+    client.close()
+    assert [(h["event"], h["by"]) for h in history] == [("assigned", "dispatcher"), ("released", "cli")]

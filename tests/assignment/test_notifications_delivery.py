@@ -98,3 +98,48 @@ async def test_emails_reach_both_reps_with_rep_templates(
     assert to_alice.startswith("Hi Alice,") and "now belongs to Bob" in to_alice
     to_bob = by_recipient["bob@example.com"].get_body(("plain",)).get_content()
     assert to_bob.startswith("Hi Bob,") and "by Alice and is now yours" in to_bob
+
+
+async def test_the_reps_messages_carry_their_signed_links(
+    redis_client, clock: ManualClock, http_peer: RecordingPeer, smtp_inbox: SmtpPeer
+):
+    """The Slack note and the email of an assignment show the rep's acknowledge and pass links (Slack mrkdwn
+    links, email buttons and plain URLs), and the queue alert renders with its own template."""
+    from connectors.email import EmailConfig, EmailConnector
+    from connectors.slack import SlackConfig, SlackConnector
+    from engine.assignment.links import RepLinks
+    from engine.assignment.notifications import assignment_actions, queue_alert_actions
+
+    links = RepLinks(b"k" * 32, "https://reps.example.com", 600, clock=clock)
+    assigner = Assigner(redis_client, roster(rep("alice", capacity=1)), clock=clock, links=links)
+    lead = {**LEAD, "explanation": "viewed pricing 3 times"}
+    assignment = await assigner.assign("ada", lead)
+    slack_note, email = assignment_actions(assignment, lead, 0)
+    ack = assignment.links["ack"]
+
+    slack = SlackConnector("slack", SlackConfig(webhook_url=f"{http_peer.url}/hook"), connector_env())
+    await slack.start()
+    try:
+        await slack.send(slack_note)
+        await assigner.assign_or_queue("grace", {"traits": {"name": "Grace"}, "score": 70})
+        clock.advance(3600)
+        [item] = await assigner.queue()
+        [alert] = queue_alert_actions(item, assigner.now_ms(), "#sales")
+        await slack.send(alert)
+    finally:
+        await slack.close()
+    note, waiting = [r.json() for r in http_peer.requests]
+    headline = note["blocks"][0]["text"]["text"]
+    assert f"<{ack.replace('&', '&amp;')}|Acknowledge>" in headline
+    assert "|Pass it on>" in headline and "<https://reps.example.com/inbox|Inbox>" in headline
+    assert "Grace has waited 60 min for a rep" in waiting["blocks"][0]["text"]["text"]
+    assert waiting["channel"] == "#sales"
+
+    mail = EmailConnector("email", EmailConfig(port=smtp_inbox.port, security="none"), connector_env())
+    await mail.send(email)
+    [message] = smtp_inbox.messages
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert f"Acknowledge it (one click): {ack}" in text and "Why it fired: viewed pricing 3 times" in text
+    assert "POST /v1/leads" not in text  # the links replace the API hint
+    assert f'href="{ack.replace("&", "&amp;")}"' in html and "Pass it on</a>" in html
