@@ -240,9 +240,17 @@ def _as_dict(value: Any, field_name: str) -> dict[str, Any]:
     return value
 
 
+def _as_message_id(value: Any) -> str | None:
+    """`messageId`: as a lead id (`_as_id`), but `.` or blank pass: it names no lead, no key, no path."""
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:  # the common case first: it is on the hot path
+        return value
+    return _as_id(value, "messageId")  # absent, a number, too long or not a string
+
+
 def _as_id(value: Any, field_name: str) -> str | None:
-    """An id field: None when absent or empty (Segment's "not set"); a string of 1 to `MAX_ID_LENGTH` characters
-    that is neither blank (whitespace only) nor `.` / `..`; numbers are taken as their text. Else `bad_id`."""
+    """A lead id field: None when absent or empty (Segment's "not set"); a string of 1 to `MAX_ID_LENGTH`
+    characters that is neither blank (whitespace only) nor `.` / `..`; numbers are taken as their text. Else
+    `bad_id`."""
     if (  # the common case first, in C-speed checks: it is on the hot path
         type(value) is str
         and 0 < len(value) <= MAX_ID_LENGTH
@@ -258,7 +266,9 @@ def _as_id(value: Any, field_name: str) -> str | None:
         raise InvalidEvent("bad_id", f"{field_name} must be a string, got {type(value).__name__}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidEvent("bad_id", f"{field_name} is longer than {MAX_ID_LENGTH} characters")
-    raise InvalidEvent("bad_id", f"{field_name} {_shown(value)} is not a usable id (whitespace only, '.' or '..')")
+    if value in _UNUSABLE_IDS or value.isspace():
+        raise InvalidEvent("bad_id", f"{field_name} {_shown(value)} is not a usable id (whitespace only, '.' or '..')")
+    return value  # a number's text
 
 
 def _event_time(
@@ -312,7 +322,7 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
     - Objects and arrays nested more than `MAX_NESTING` levels below the event: `too_deep`.
     - The lead id is `userId`, else `anonymousId`. Nothing else is required of an event except `type` and, for
       `track`, `event`. Without a `messageId`, a deterministic synthetic one is derived from the content. Ids
-      (`userId`, `anonymousId`, `previousId`, `messageId`) are at most `MAX_ID_LENGTH` characters and neither
+      are at most `MAX_ID_LENGTH` characters, and lead ids (`userId`, `anonymousId`, `previousId`) neither
       whitespace only nor `.` / `..` (`bad_id`); an empty one counts as absent.
     - `trusted` is false only when `context.nudge.trusted` is `false` (see `Event.trusted`).
     """
@@ -358,7 +368,7 @@ def parse_event(raw: bytes | str | dict[str, Any], received_at_ms: int | None = 
     trusted = type(marker) is not dict or marker.get("trusted") is not False
     traits = _as_dict(doc.get("traits"), "traits") or _as_dict(context.get("traits"), "context.traits")
     properties = _as_dict(doc.get("properties"), "properties")
-    message_id = _as_id(doc.get("messageId"), "messageId") or synthetic_message_id(doc)
+    message_id = _as_message_id(doc.get("messageId")) or synthetic_message_id(doc)
     return Event(
         message_id=message_id,
         lead_id=lead_id,

@@ -253,6 +253,10 @@ def test_unusable_ids_are_bad_ids(field: str, value: str) -> None:
 def test_ids_that_look_odd_but_are_usable() -> None:
     for lead in ("...", ".u", " u ", "x" * 256, "0"):
         assert parse_event({"type": "page", "userId": lead, "timestamp": T}).lead_id == lead
+    numbers = parse_event({"type": "page", "userId": 42, "anonymousId": 1.5, "messageId": 7, "timestamp": T})
+    assert (numbers.user_id, numbers.anonymous_id, numbers.message_id) == ("42", "1.5", "7")  # as their text
+    for message_id in (".", " "):  # a messageId names no lead: it only has to be an id
+        assert parse_event({"type": "page", "userId": "u", "messageId": message_id, "timestamp": T}).message_id
     # an empty id is no id (Segment's "not set"): the other one is the lead
     assert parse_event({"type": "page", "userId": "", "anonymousId": "a", "timestamp": T}).lead_id == "a"
 
