@@ -96,12 +96,14 @@ def api_token(settings: Settings) -> ApiToken:
 class Sessions:
     """Inbox sessions in Redis (`<prefix>session:<sha256 of the cookie value>` → JSON, with a TTL): the cookie
     carries a random 256-bit token, Redis only its hash, so a Redis dump does not hand out sessions. `drop` ends a
-    session (sign out); `drop_rep` is not offered: rotate NUDGE_REPS_LINK_SECRET and flush `session:*` instead."""
+    session (sign out). A session remembers the `key_id` of the link secret that signed its sign-in link: after the
+    secret changes, every session is refused (that is how all sessions are ended at once)."""
 
-    def __init__(self, redis: aioredis.Redis, ttl_s: float, prefix: str = PREFIX) -> None:
+    def __init__(self, redis: aioredis.Redis, ttl_s: float, prefix: str = PREFIX, key_id: str = "") -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.prefix = prefix
+        self.key_id = key_id
 
     def _key(self, token: str) -> str:
         return f"{self.prefix}session:{hashlib.sha256(token.encode()).hexdigest()}"
@@ -109,7 +111,9 @@ class Sessions:
     async def create(self, rep_id: str, now_ms: int) -> tuple[str, Session]:
         token = secrets.token_urlsafe(32)
         session = Session(rep_id, secrets.token_urlsafe(24), now_ms + int(self.ttl_s * 1000))
-        value = orjson.dumps({"rep": session.rep_id, "csrf": session.csrf, "expires_ms": session.expires_ms})
+        value = orjson.dumps(
+            {"rep": session.rep_id, "csrf": session.csrf, "expires_ms": session.expires_ms, "key": self.key_id}
+        )
         await self.redis.set(self._key(token), value, px=max(1, int(self.ttl_s * 1000)))
         return token, session
 
@@ -120,6 +124,8 @@ class Sessions:
         if raw is None:
             return None
         doc = orjson.loads(raw)
+        if doc.get("key", "") != self.key_id:
+            return None  # signed in under another link secret
         return Session(str(doc["rep"]), str(doc["csrf"]), int(doc["expires_ms"]))
 
     async def drop(self, token: str | None) -> None:

@@ -73,6 +73,8 @@ class RepLinks:
         if len(secret) < 1:
             raise ValueError("a link secret is required")
         self._key = hmac.new(secret, b"nudge reps links v1", hashlib.sha256).digest()
+        # Names the key without revealing it: inbox sessions record it, so a new secret ends every session too.
+        self.key_id = hmac.new(secret, b"nudge reps key id", hashlib.sha256).hexdigest()[:16]
         self.public_url = public_url.rstrip("/")
         self.ttl_s = ttl_s
         self.clock = clock

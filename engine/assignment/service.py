@@ -86,7 +86,7 @@ class AssignmentService:
         self.producer: AIOKafkaProducer | None = None
         self.auth = RepsAuth(
             token=api_token(settings),
-            sessions=Sessions(self.redis, settings.reps_session_ttl_s),
+            sessions=Sessions(self.redis, settings.reps_session_ttl_s, key_id=self.links.key_id),
             roster=roster,
             secure_cookies=settings.reps_public_url.lower().startswith("https://"),
         )

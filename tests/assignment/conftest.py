@@ -98,7 +98,7 @@ async def serve_reps(
 
     links = RepLinks(SECRET, "http://127.0.0.1", 3600, clock=clock)
     assigner = Assigner(redis_client, the_roster, clock=clock, links=links)
-    auth = RepsAuth(ApiToken(TOKEN), Sessions(redis_client, 3600), the_roster, secure_cookies=https)
+    auth = RepsAuth(ApiToken(TOKEN), Sessions(redis_client, 3600, key_id=links.key_id), the_roster, https)
     app = create_app(assigner, RepOperations(assigner, publish), links, auth)
     runner = web.AppRunner(app)
     await runner.setup()

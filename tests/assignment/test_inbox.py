@@ -119,3 +119,15 @@ async def test_actions_need_the_csrf_token(served: RepsWeb, clock: ManualClock):
             assert resp.status == 200
         async with http.get(f"{served.base}/inbox") as resp:
             assert resp.status == 401
+
+
+async def test_a_new_link_secret_ends_every_session(served: RepsWeb, redis_client):
+    from engine.assignment.auth import AUTH_KEY, Sessions
+
+    await served.assigner.assign("ada", ADA)
+    async with browser_session() as http:
+        await signed_in(served, http, "alice")
+        auth = served.app[AUTH_KEY]
+        auth.sessions = Sessions(redis_client, 3600, key_id="another-secret")  # what a restart with a new secret does
+        async with http.get(f"{served.base}/inbox") as resp:
+            assert resp.status == 401
