@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def is_dev_profile(profile: str | None) -> bool:
     """`NUDGE_BROKER_PROFILE` of the dev stack (`dev`; `dev-batched` for the demo): the one place where short or
     missing signing secrets are accepted."""
-    return bool(profile) and str(profile).startswith("dev")
+    return profile in ("dev", "dev-batched")
 
 
 class DeliveryError(Exception):

@@ -25,6 +25,7 @@ INTERNAL = {
     "engine.metrics": (),
     "engine.devstack": (),
     "engine.redis_claims": (),
+    "engine.unsubscribe_links": (),
     "engine.testing": ("engine.config",),
     "engine.core": ("engine.core", "engine.events"),
     "engine.language": ("engine.language", "engine.core", "engine.events", "engine.config"),
@@ -63,7 +64,7 @@ INTERNAL = {
         "engine.config",
         "engine.metrics",
     ),
-    "connectors": ("connectors", "engine.core", "engine.events", "engine.config"),
+    "connectors": ("connectors", "engine.core", "engine.events", "engine.config", "engine.unsubscribe_links"),
     # The kafka connector's default producer connects to the engine's own broker with its TLS/SASL settings.
     "connectors.kafka": ("connectors", "engine.core", "engine.events", "engine.config", "engine.kafka.security"),
     "engine.clickhouse": (
@@ -79,6 +80,7 @@ INTERNAL = {
         "engine.events",
         "engine.kafka",
         "engine.redis_claims",
+        "engine.unsubscribe_links",
         "engine.config",
         "engine.metrics",
     ),

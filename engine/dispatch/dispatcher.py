@@ -41,6 +41,7 @@ from engine.dispatch.policies.recheck import (
 )
 from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.redaction import Redactor
+from engine.dispatch.redis_memory import watch_redis_memory
 from engine.dispatch.schedule import Schedule, ScheduledDelivery, in_priority_order
 from engine.kafka.admin import ensure_topics
 from engine.kafka.security import client_options
@@ -211,6 +212,7 @@ class Dispatcher:
             asyncio.create_task(self._schedule_loop(), name="dispatch-schedule"),
             asyncio.create_task(self._commit_loop(), name="dispatch-commit"),
             asyncio.create_task(self._updates_loop(), name="dispatch-updates"),
+            asyncio.create_task(watch_redis_memory(self.redis), name="redis-memory"),
         ]
         logger.info("dispatcher started: connectors %s", ", ".join(sorted(self.runtimes)))
 

@@ -30,6 +30,7 @@ REQUIRED = {
     "GRAFANA_ADMIN_PASSWORD": "Grafana admin",
     "NUDGE_WEBHOOK_SECRET": "webhook HMAC key",
     "NUDGE_UNSUBSCRIBE_SECRET": "unsubscribe link signatures",
+    "NUDGE_COLLECTOR_PUBLIC_URL": "the collector's public https URL, for unsubscribe links",
     "NUDGE_REPS_API_TOKEN": "bearer token of the assignment API",
     "NUDGE_REPS_LINK_SECRET": "reps' signed links (made by the dispatcher, checked by reps)",
 }
@@ -53,7 +54,10 @@ ENVIRONMENT = {
         "NUDGE_USER_HASH_SECRET", "NUDGE_COLLECTOR_PUBLIC_URL", "NUDGE_COLLECTOR_FORWARDED_HOPS",
     },
     "worker": KAFKA_CLIENT | {"NUDGE_WEB_PORT", "NUDGE_ALLOWED_LATENESS_S"},
-    "dispatcher": KAFKA_CLIENT | {"NUDGE_REDIS_URL", "NUDGE_DEFAULT_TIMEZONE"} | CONNECTOR_VARIABLES | REPS_LINKS,
+    "dispatcher": KAFKA_CLIENT
+    | {"NUDGE_REDIS_URL", "NUDGE_DEFAULT_TIMEZONE", "NUDGE_COLLECTOR_PUBLIC_URL"}
+    | CONNECTOR_VARIABLES
+    | REPS_LINKS,
     "sink": KAFKA_CLIENT | {"NUDGE_CLICKHOUSE_DSN"},
     "reps": KAFKA_CLIENT | {"NUDGE_REDIS_URL", "NUDGE_REPS_API_TOKEN"} | REPS_LINKS,
 }  # fmt: skip
@@ -86,7 +90,7 @@ def filled() -> dict[str, str]:
     return {name: f"test-{name.lower().replace('_', '-')}-0123456789abcdef" for name in REQUIRED}
 
 
-def test_the_required_variables_are_exactly_the_secrets() -> None:
+def test_the_required_variables_are_exactly_the_secrets_and_the_public_url() -> None:
     required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", TEXT))
     assert required == set(REQUIRED)
 
