@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from connectors.base import ConnectorConfig
+from connectors.base import ConnectorConfig, is_dev_profile
 from connectors.http import HttpConnector
 from engine.core.model import Action
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 SIGNATURE_HEADER = "X-Nudge-Signature"
 TIMESTAMP_HEADER = "X-Nudge-Timestamp"
@@ -67,6 +70,18 @@ class WebhookConnector(HttpConnector[tuple[bytes, dict[str, str]]]):
     config_model = WebhookConfig
     signing_secrets: ClassVar[tuple[str, ...]] = ("secret",)
     config: WebhookConfig
+
+    @classmethod
+    def startup_problems(cls, name: str, config: ConnectorConfig, settings: Settings) -> list[str]:
+        """Outside the dev profile a webhook must be signed: the signature is its receiver's only proof that a
+        request comes from Nudge."""
+        assert isinstance(config, WebhookConfig)
+        if is_dev_profile(settings.broker_profile) or config.secret is not None:
+            return []
+        return [
+            f"connectors.{name}.secret is empty: an unsigned webhook is refused outside the dev profile (set "
+            "NUDGE_WEBHOOK_SECRET, 32+ bytes: openssl rand -hex 32)"
+        ]
 
     def build(self, action: Action, now_s: float | None = None) -> tuple[bytes, dict[str, str]]:
         """The body and headers, signed for now (`now_s`: tests)."""

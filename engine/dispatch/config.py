@@ -270,14 +270,11 @@ def parse_connectors(
             for option in connector_class(config.type).signing_secrets:
                 secret = getattr(config, option, None)
                 value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
-                # A webhook's signature is its receiver's only proof of origin: required. The email connector's
-                # unsubscribe key is required for marketing mail, which `nudge dispatch` checks at start-up.
-                required = config.type == "webhook"
-                if (required and not value) or (value and len(str(value).encode()) < MIN_SIGNING_SECRET_BYTES):
+                # Whether a key is required at all is checked when the dispatcher starts (`startup_problems`).
+                if value and len(str(value).encode()) < MIN_SIGNING_SECRET_BYTES:
                     fail(
                         ("connectors", name, option),
-                        f"a signing key is required and must be at least {MIN_SIGNING_SECRET_BYTES} bytes outside "
-                        "the dev profile "
+                        f"a signing key must be at least {MIN_SIGNING_SECRET_BYTES} bytes outside the dev profile "
                         f"(NUDGE_BROKER_PROFILE={profile}); generate one with `openssl rand -hex 32`",
                     )
     templates_dir = raw.get("templates_dir")

@@ -114,6 +114,15 @@ def test_marketing_email_is_refused_at_start_without_an_unsubscribe_secret_outsi
     assert startup_problems(signed, prod) == []
 
 
+def test_an_unsigned_webhook_is_refused_at_start_outside_dev() -> None:
+    unsigned = parse_connectors("connectors:\n  hook: {type: webhook, url: 'https://h.example'}\n", env=PROD)
+    [problem] = startup_problems(unsigned, Settings(broker_profile="kafka"))
+    assert "connectors.hook.secret is empty" in problem
+    assert startup_problems(unsigned, Settings(broker_profile="dev")) == []
+    signed = parse_connectors(f"connectors:\n  hook: {{type: webhook, url: 'https://h', secret: {SECRET}}}\n", env=PROD)
+    assert startup_problems(signed, Settings(broker_profile="kafka")) == []
+
+
 def test_old_unsubscribe_url_option_is_refused_with_the_way_forward() -> None:
     with pytest.raises(ConfigError, match="replaced by unsubscribe_base_url"):
         parse_connectors("connectors:\n  e: {type: email, unsubscribe_url: 'https://x/u?l={lead_id}'}\n", env=DEV)
