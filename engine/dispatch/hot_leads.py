@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from engine.assignment import Assigner, AssignmentContention, RosterError, load_roster, wants_owner, with_owner
+from engine.assignment.links import RepLinks
 from engine.assignment.notifications import RULE as NOTIFICATION_RULE
 from engine.assignment.notifications import assignment_actions
 from engine.config import ConfigError, Settings
@@ -32,7 +33,7 @@ def build_assigner(settings: Settings, redis: Redis) -> Assigner | None:
         )
         return None
     try:
-        return Assigner(redis, load_roster(path))
+        return Assigner(redis, load_roster(path), links=RepLinks.from_settings(settings))
     except RosterError as exc:
         raise ConfigError(f"{exc} (fix the roster file or point NUDGE_REPS_PATH at another one)") from exc
 
@@ -58,8 +59,9 @@ class HotLeads:
           Slack alert mentions the rep. The rep's notifications (`assignment_actions`: an email to the rep, and a
           Slack `lead_assigned` message when the action that made the assignment is not a Slack message) are
           delivered right here, for the connectors that exist. Their action ids are deterministic per assignment,
-          so a redelivered alert, or a later alert for the same owner, never mails the rep twice. A fresh
-          assignment is published to `lead-updates` (`Assignment.lead_update()`, kind `assigned`).
+          so a redelivered alert, or a later alert for the same owner, never mails the rep twice. The assignment
+          itself reaches `lead-updates` through the assignment store's outbox (published by `nudge reps serve`),
+          whichever process made it.
         - `release_owner: true` in the payload (rules/leads.yaml sends one when the lead becomes a customer): the
           assignment is released (the rep's capacity is free again; the SLA clock stops) and the action comes
           back with the former owner in `context.owner`.
@@ -90,8 +92,6 @@ class HotLeads:
         if assignment is None:
             logger.warning("no rep is eligible for hot lead %s now; alert goes out without an owner", action.lead_id)
             return action
-        if assignment.created:
-            await self.publish(action.lead_id, assignment.lead_update())
         for note in assignment_actions(assignment, lead, action.fired_at_ms):
             if note.connector not in self.connectors:
                 continue

@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from engine.assignment import Assigner, load_roster
+from engine.assignment.relay import ChangeRelay
 from engine.config import ConfigError, Settings
 from engine.core import evaluate
 from engine.core.model import Action
@@ -90,15 +92,24 @@ async def test_sql_lead_is_assigned_rep_is_mentioned_and_mailed_then_released_as
         assert mail["To"].addresses[0].addr_spec == "dana@sales.example"  # the rep, not the lead
         assert "Ada Lovelace" in mail["Subject"]
         body = mail.get_body(("plain",)).get_content()
-        assert "Stage: sql" in body and "/v1/leads/ada/ack" in body
+        assert "Stage: sql" in body and "/links/ack?" in body and "/inbox" in body  # signed one-click links
         owner = await assigner.owner("ada")
         assert owner is not None and owner.rep_id == "dana"
-        await wait_until(lambda: updates.where(lead_id="ada", kind="assigned"), what="assignment on lead-updates")
+        # The assignment reaches lead-updates through the store's outbox (relayed by `nudge reps serve`).
+        relayed: list[dict] = []
+
+        async def capture(key: str, value: bytes) -> None:
+            relayed.append(orjson.loads(value))
+
+        relay = ChangeRelay(assigner.store, capture)
+        await relay.run_once()
+        assert [(c["lead_id"], c["kind"]) for c in relayed if c["kind"] == "assigned"] == [("ada", "assigned")]
 
         # Replaying the alert assigns nobody new and mails nobody again.
         await rig.produce([hot])
         await wait_until(lambda: deliveries.where(action_id=hot.action_id, outcome="duplicate"), what="duplicate")
-        assert len(inbox.messages) == 1 and len(updates.where(kind="assigned")) == 1
+        await relay.run_once()
+        assert len(inbox.messages) == 1 and len([c for c in relayed if c["kind"] == "assigned"]) == 1
 
         # The order makes the lead a customer: the won message thanks the rep, and the rep's capacity is free.
         await rig.produce([won])
