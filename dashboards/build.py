@@ -263,6 +263,10 @@ def pipeline_health() -> db.Dashboard:
            "reqps"),
         ts("Collector events", "Events by type and outcome.",
            [(rate("nudge_collector_events_total", "type, outcome"), legend("type, outcome"))], "ops"),
+        ts("Unsubscribe links", "Requests to /v1/unsubscribe: confirmation pages shown, unsubscribes recorded, "
+           "links refused with 403 (missing, malformed, expired, forged, no_secret: a burst of forged ones is "
+           "someone guessing) and 503s (broker or Redis down: the click was not recorded).",
+           [(rate("nudge_unsubscribe_requests_total", "result"), "{{result}}")], "reqps", w=24, h=6),
     ]
     sink = [
         ts("Rows inserted", "Rows per second accepted by ClickHouse, by table.",

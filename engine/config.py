@@ -22,7 +22,7 @@ Number = TypeVar("Number", int, float)
 
 
 # Settings of the collector's public edge that are secrets: never shown by `Settings.__repr__`.
-COLLECTOR_SECRETS = ("user_hash_secret", "server_write_keys")
+COLLECTOR_SECRETS = ("user_hash_secret", "server_write_keys", "unsubscribe_secret", "unsubscribe_previous_secrets")
 
 
 class ConfigError(ValueError):
@@ -146,6 +146,10 @@ class Settings:
     reps_public_url: str = "http://127.0.0.1:6070"  # where reps reach `nudge reps serve` (links point there)
     reps_link_ttl_s: float = 604800.0  # how long an acknowledge/pass link works (7 days)
     reps_session_ttl_s: float = 1209600.0  # how long an inbox session lasts after signing in (14 days)
+    # HMAC key of the email connector's unsubscribe links, verified by the collector's /v1/unsubscribe, and the
+    # keys it replaced, still verified while mails signed with them are in inboxes (docs/collector.md).
+    unsubscribe_secret: str = field(default="", repr=False)
+    unsubscribe_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -226,6 +230,10 @@ class Settings:
             reps_public_url=env.get("NUDGE_REPS_PUBLIC_URL") or defaults.reps_public_url,
             reps_link_ttl_s=_float(env, "NUDGE_REPS_LINK_TTL_S", defaults.reps_link_ttl_s),
             reps_session_ttl_s=_float(env, "NUDGE_REPS_SESSION_TTL_S", defaults.reps_session_ttl_s),
+            unsubscribe_secret=env.get("NUDGE_UNSUBSCRIBE_SECRET") or defaults.unsubscribe_secret,
+            unsubscribe_previous_secrets=tuple(
+                k for k in (env.get("NUDGE_UNSUBSCRIBE_PREVIOUS_SECRETS") or "").split(",") if k
+            ),
         )
 
     def env(self) -> dict[str, str]:

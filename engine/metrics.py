@@ -123,6 +123,17 @@ COLLECTOR_REQUESTS = Counter(
     "nudge_collector_requests_total", "HTTP requests to the collector", ["endpoint", "status"]
 )
 COLLECTOR_EVENTS = Counter("nudge_collector_events_total", "Events accepted by the collector", ["type", "outcome"])
+UNSUBSCRIBE_RESULTS = (
+    "shown", "unsubscribed", "missing", "malformed", "expired", "forged", "no_secret", "unavailable"
+)
+UNSUBSCRIBE_REQUESTS = Counter(
+    "nudge_unsubscribe_requests_total",
+    "Requests to the collector's /v1/unsubscribe: shown (the confirmation page), unsubscribed (recorded), refused "
+    "links (missing, malformed, expired, forged, no_secret: 403) and unavailable (broker or Redis down: 503)",
+    ["result"],
+)
+for _result in UNSUBSCRIBE_RESULTS:
+    UNSUBSCRIBE_REQUESTS.labels(_result)
 
 # --- lead assignment ----------------------------------------------------------------------------------------
 ASSIGNMENTS = Counter(

@@ -29,6 +29,7 @@ from engine.collector.limits import RateLimiter, client_address
 from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, parse_messages, raw_messages, unique_by_message_id
 from engine.collector.producer import ClickstreamProducer, ClickstreamRecord
 from engine.collector.trust import Auth, Marked, UserHashes, mark
+from engine.collector.unsubscribe import Unsubscribe
 from engine.config import ConfigError, Settings
 from engine.events import TRUST_MARKER, Event
 
@@ -440,7 +441,8 @@ def create_app(
 ) -> web.Application:
     """The collector application for `settings`: `POST /v1/{batch,track,page,screen,identify,alias,group}` and
     analytics.js's one-letter aliases (`/v1/b`, `/v1/t`, ...; CORS headers and `OPTIONS` preflight), its telemetry
-    (`POST /v1/m`) and settings document (`GET /v1/projects/{writeKey}/settings`), `GET /healthz`,
+    (`POST /v1/m`) and settings document (`GET /v1/projects/{writeKey}/settings`), the signed unsubscribe links
+    (`GET`/`POST /v1/unsubscribe`, `engine.collector.unsubscribe`), `GET /healthz`,
     `GET /metrics`. Serve it with `access_log_class=ReducedAccessLog` (as `nudge collector` does). Connections
     open lazily and close on cleanup.
     `produce_timeout_ms` bounds how long a request waits for the broker before answering 503;
@@ -456,6 +458,7 @@ def create_app(
         app.router.add_post(f"/v1/{short}", _ingest_handler(endpoint), name=short)
     app.router.add_post("/v1/m", telemetry, name="m")
     app.router.add_get("/v1/projects/{write_key}/settings", project_settings, name="settings")
+    Unsubscribe(settings, app[COLLECTOR_KEY]).add_routes(app.router)  # GET/POST /v1/unsubscribe
     app.router.add_route("OPTIONS", "/v1/{path:.*}", preflight, name="preflight")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics_view, name="metrics")
