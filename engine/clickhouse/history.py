@@ -66,3 +66,93 @@ def fired_actions(client: Client, since_ms: int, until_ms: int) -> list[FiredAct
         parameters={"since": since_ms, "until": until_ms},
     ).result_rows
     return [FiredAction(a, r, v, lead, int(t)) for a, r, v, lead, t in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionStep:
+    """One recorded step of an action: `fired` (the worker), or a delivery outcome (the dispatcher)."""
+
+    at_ms: int
+    step: str
+    attempt: int
+    reason: str
+    next_attempt_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionHistory:
+    """Everything the store holds about one action of a lead, its steps in time order."""
+
+    action_id: str
+    rule: str
+    connector: str
+    marketing: bool
+    steps: tuple[ActionStep, ...]
+
+    @property
+    def fired_at_ms(self) -> int | None:
+        return next((s.at_ms for s in self.steps if s.step == "fired"), None)
+
+    @property
+    def result(self) -> ActionStep | None:
+        """The step that says how it ended, or where it stands: `sent` if it ever was (a later `duplicate` is a
+        redelivery of a sent action), else the latest `suppressed` / `failed`, else the latest delivery step
+        (`deferred`, `retried`, `duplicate`: still waiting or handled elsewhere); None when only fired (the
+        dispatcher has not recorded anything yet)."""
+        delivery = [s for s in self.steps if s.step != "fired"]
+        for wanted in (("sent",), ("suppressed", "failed")):
+            final = [s for s in delivery if s.step in wanted]
+            if final:
+                return final[-1] if wanted != ("sent",) else final[0]
+        return delivery[-1] if delivery else None
+
+    @property
+    def outcome(self) -> str:
+        """`sent`, `suppressed`, `failed`, `deferred`, `retried`, `duplicate`, or `pending` (fired only)."""
+        result = self.result
+        return result.step if result is not None else "pending"
+
+    @property
+    def reason(self) -> str:
+        result = self.result
+        return result.reason if result is not None else ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action_id": self.action_id,
+            "rule": self.rule,
+            "connector": self.connector,
+            "marketing": self.marketing,
+            "fired_at_ms": self.fired_at_ms,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "steps": [
+                {"at_ms": s.at_ms, "step": s.step, "attempt": s.attempt, "reason": s.reason,
+                 "next_attempt_ms": s.next_attempt_ms}
+                for s in self.steps
+            ],
+        }  # fmt: skip
+
+
+def lead_actions(client: Client, lead_id: str, limit: int = 20) -> list[ActionHistory]:
+    """The lead's `limit` most recent actions (by their first recorded step), oldest first, each with every step
+    the store holds (fired, deferred, suppressed, sent, ...)."""
+    rows = client.query(
+        "SELECT action_id, step, attempt, toUnixTimestamp64Milli(at), rule, connector, reason, "
+        "toUnixTimestamp64Milli(next_attempt_at), marketing FROM actions FINAL "
+        "WHERE lead_id = {lead:String} AND action_id IN ("
+        "  SELECT action_id FROM actions FINAL WHERE lead_id = {lead:String} "
+        "  GROUP BY action_id ORDER BY min(at) DESC, action_id LIMIT {limit:UInt32}"
+        ") ORDER BY at, step = 'fired' DESC, attempt",
+        parameters={"lead": lead_id, "limit": limit},
+    ).result_rows
+    steps: dict[str, list[ActionStep]] = {}
+    about: dict[str, tuple[str, str, bool]] = {}
+    for action_id, step, attempt, at_ms, rule, connector, reason, next_ms, marketing in rows:
+        steps.setdefault(action_id, []).append(
+            ActionStep(int(at_ms), str(step), int(attempt), str(reason), None if next_ms is None else int(next_ms))
+        )
+        if step == "fired" or action_id not in about:  # the fired row knows the marketing flag
+            about[action_id] = (str(rule), str(connector), bool(marketing))
+    histories = [ActionHistory(a, *about[a], tuple(s)) for a, s in steps.items()]
+    return sorted(histories, key=lambda h: (h.steps[0].at_ms, h.action_id))

@@ -11,19 +11,24 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 FUNNEL_STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
-RECOVERY_WINDOW_MS = 24 * 3600 * 1000
+ATTRIBUTION_WINDOW_MS = 7 * 24 * 3600 * 1000  # `nudge report --attribution`'s default
 FUNNEL_WINDOW_MS = 7 * 24 * 3600 * 1000
 TOUCH_KINDS = ("ack", "acknowledged", "touched", "contacted", "first_touch")
 
 _UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 
 
-def parse_since(text: str) -> int:
-    """`30m`, `24h`, `7d`, `2w` → milliseconds; raises ValueError with a usable message."""
+def parse_duration(text: str, option: str = "--since") -> int:
+    """`30m`, `24h`, `7d`, `2w` → milliseconds; raises ValueError with a usable message naming `option`."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
     if not match:
-        raise ValueError(f"--since {text!r} is not a duration; use e.g. 30m, 24h, 7d or 2w")
+        raise ValueError(f"{option} {text!r} is not a duration; use e.g. 30m, 24h, 7d or 2w")
     return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_since(text: str) -> int:
+    """`--since`: `30m`, `24h`, `7d`, `2w` → milliseconds; raises ValueError with a usable message."""
+    return parse_duration(text, "--since")
 
 
 def window(since: str, now_ms: int | None = None) -> tuple[int, int]:
@@ -104,32 +109,66 @@ def nudges_per_rule(client: Client, since_ms: int, until_ms: int) -> list[dict[s
     return [per_rule[rule] for rule in sorted(per_rule)]
 
 
-def recovered(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
-    """Recovered carts: orders (Order Completed) placed within 24 h after a fired *marketing* action to the same
-    lead; each order is attributed once, to the latest such nudge (last touch). Revenue = properties.revenue,
-    else total."""
+def recovered(
+    client: Client, since_ms: int, until_ms: int, attribution_ms: int = ATTRIBUTION_WINDOW_MS
+) -> dict[str, Any]:
+    """Recovered orders and revenue, last touch: an order (`Order Completed`, event time in the window) counts when
+    a *marketing* nudge to the same lead was actually `sent` before it, at most `attribution_ms` before it; it is
+    credited once, to the latest such nudge's rule. The send time is the action's first `sent` outcome (the
+    dispatcher's clock), not its fire time: a nudge that fired and was then suppressed (converted, unsubscribed,
+    expired, ...) or failed never earns anything, nor does an order placed while the nudge was still held (quiet
+    hours, caps). Revenue = `properties.revenue`, else `properties.total`."""
     sql = f"""
         SELECT rule, count(), sum(revenue) FROM (
             SELECT o.message_id, any(o.revenue) AS revenue, argMax(n.rule, n.t) AS rule
             FROM (
                 SELECT lead_id, message_id, {_ms("timestamp")} AS t, ifNull(revenue, 0) AS revenue
                 FROM events FINAL
-                WHERE type = 'track' AND name = 'Order Completed' AND {_ms("timestamp")} >= %(since)s
+                WHERE type = 'track' AND name = 'Order Completed' AND {_in_window("timestamp")}
             ) AS o
             INNER JOIN (
-                SELECT lead_id, rule, {_ms("at")} AS t FROM actions FINAL
-                WHERE step = 'fired' AND marketing AND {_in_window("at")}
+                SELECT s.lead_id AS lead_id, f.rule AS rule, s.t AS t
+                FROM (
+                    SELECT action_id, any(lead_id) AS lead_id, min({_ms("at")}) AS t FROM actions FINAL
+                    WHERE step = 'sent' AND {_ms("at")} < %(until)s AND {_ms("at")} >= %(since)s - %(attribution)s
+                    GROUP BY action_id
+                ) AS s
+                INNER JOIN (
+                    SELECT action_id, any(rule) AS rule FROM actions FINAL
+                    WHERE step = 'fired' AND marketing GROUP BY action_id
+                ) AS f ON s.action_id = f.action_id
             ) AS n ON o.lead_id = n.lead_id
-            WHERE o.t > n.t AND o.t <= n.t + %(recovery)s
+            WHERE o.t > n.t AND o.t <= n.t + %(attribution)s
             GROUP BY o.message_id
         ) GROUP BY rule ORDER BY rule"""
-    rows = _rows(client, sql, since_ms, until_ms, recovery=RECOVERY_WINDOW_MS)
+    rows = _rows(client, sql, since_ms, until_ms, attribution=attribution_ms)
     by_rule = [{"rule": r, "orders": int(n), "revenue": round(float(rev), 2)} for r, n, rev in rows]
     return {
         "orders": sum(r["orders"] for r in by_rule),
         "revenue": round(sum(r["revenue"] for r in by_rule), 2),
         "by_rule": by_rule,
+        "attribution": {"window_ms": attribution_ms, "model": "last_touch", "counts": "sent"},
     }
+
+
+def not_sent(client: Client, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    """Actions whose final outcome in the window was `suppressed` or `failed`, per rule, outcome and reason
+    (suppressed: expired, converted, unsubscribed, consent_withdrawn, quiet_hours_drop, ...; failed:
+    retries_exhausted, a permanent peer answer, ...), distinct action ids, most first. An action sent in the end
+    is not counted, whatever happened to it on the way."""
+    sql = f"""
+        SELECT final_rule, final_step, final_reason, uniqExact(action_id) AS n FROM (
+            SELECT action_id, any(rule) AS final_rule, argMax(step, at) AS final_step,
+                   argMax(reason, at) AS final_reason, countIf(step = 'sent') AS sent
+            FROM actions FINAL
+            WHERE step IN ('sent', 'suppressed', 'failed') AND {_in_window("at")}
+            GROUP BY action_id
+        ) WHERE sent = 0
+        GROUP BY final_rule, final_step, final_reason ORDER BY n DESC, final_rule, final_step, final_reason"""
+    return [
+        {"rule": rule, "outcome": step, "reason": reason, "actions": int(n)}
+        for rule, step, reason, n in _rows(client, sql, since_ms, until_ms)
+    ]
 
 
 def _quantiles(rows: list[tuple[Any, ...]], key: str) -> list[dict[str, Any]]:
@@ -215,14 +254,17 @@ def hot_leads(client: Client, since_ms: int, until_ms: int) -> list[dict[str, An
     ]
 
 
-def report(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+def report(
+    client: Client, since_ms: int, until_ms: int, attribution_ms: int = ATTRIBUTION_WINDOW_MS
+) -> dict[str, Any]:
     """Every KPI for one window, as one JSON-serialisable dict (what `nudge report --json` prints)."""
     return {
         "window": {"since_ms": since_ms, "until_ms": until_ms},
         "funnel": funnel(client, since_ms, until_ms),
         "abandonment": abandonment(client, since_ms, until_ms),
         "nudges": nudges_per_rule(client, since_ms, until_ms),
-        "recovered": recovered(client, since_ms, until_ms),
+        "not_sent": not_sent(client, since_ms, until_ms),
+        "recovered": recovered(client, since_ms, until_ms, attribution_ms),
         "detection_delay": detection_delay(client, since_ms, until_ms),
         "delivery_delay": delivery_delay(client, since_ms, until_ms),
         "hot_leads": hot_leads(client, since_ms, until_ms),

@@ -84,6 +84,7 @@ def _query(client: Any, sql: str, lead_id: str) -> list[dict[str, Any]]:
 def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
     try:
         from engine.clickhouse.client import connect
+        from engine.clickhouse.history import lead_actions
     except ImportError as exc:
         report.unavailable["clickhouse"] = f"engine.clickhouse not installed ({exc})"
         return
@@ -101,8 +102,6 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
         tables = {
             "events": "SELECT timestamp AS at, type, name, properties FROM events FINAL "
             f"WHERE lead_id = {{lead:String}} ORDER BY timestamp DESC LIMIT {RECENT}",
-            "actions": "SELECT at, rule, connector, step, reason, rep FROM actions FINAL "
-            f"WHERE lead_id = {{lead:String}} ORDER BY at DESC LIMIT {RECENT}",
             "updates": "SELECT at, kind, rep, payload FROM lead_updates FINAL "
             "WHERE lead_id = {lead:String} ORDER BY at LIMIT 200",
         }
@@ -121,6 +120,13 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
                         with contextlib.suppress(orjson.JSONDecodeError):
                             row[key] = orjson.loads(row[key])
             setattr(report, name, list(reversed(rows)) if name != "updates" else rows)
+        try:
+            report.actions = [a.to_json() for a in lead_actions(client, report.lead_id, RECENT)]
+        except Exception as exc:  # table missing or schema drift, as above
+            text = str(exc)
+            if "UNKNOWN_TABLE" in text or "Unknown table" in text:
+                text = "table missing: the schema is created by `nudge sink` on its first start"
+            report.unavailable["clickhouse.actions"] = text.splitlines()[0][:200]
     finally:
         client.close()
 
@@ -145,6 +151,18 @@ def _when(value: Any) -> str:
 
 def _row(when: str, *cells: Any) -> str:
     return f"  {when}  " + " ".join(str(c) for c in cells if c)
+
+
+def _action_line(action: dict[str, Any]) -> str:
+    """`  <fired at>  <rule> <connector> <outcome>: <reason>  (path: deferred quiet_hours → suppressed converted)`;
+    the path when the action went through more than one delivery step."""
+    outcome = action["outcome"] + (f": {action['reason']}" if action.get("reason") else "")
+    delivery = [s for s in action.get("steps", []) if s["step"] != "fired"]
+    path = ""
+    if len(delivery) > 1:
+        path = "  (" + " → ".join(f"{s['step']} {s['reason']}".rstrip() for s in delivery) + ")"
+    when = _when(action["fired_at_ms"]) if action.get("fired_at_ms") is not None else "(fire time unknown)"
+    return f"  {when}  {action['rule']:<24} {action['connector']:<8} {outcome}{path}".rstrip()
 
 
 def render(report: LeadReport) -> str:
@@ -177,11 +195,8 @@ def render(report: LeadReport) -> str:
     ] or ["  -"]
     lines.append(f"Recent events (last {RECENT}):")
     lines += [f"  {_when(e['at'])}  {e['type']:<8} {e['name']}" for e in report.events] or ["  -"]
-    lines.append("Actions sent:")
-    lines += [
-        _row(_when(a["at"]), f"{a['rule']:<24}", f"{a['connector']:<8}", f"{a['step']:<10}", a.get("reason"))
-        for a in report.actions
-    ] or ["  -"]
+    lines.append(f"Actions (last {RECENT}; outcome and why):")
+    lines += [_action_line(a) for a in report.actions] or ["  -"]
     for source, why in report.unavailable.items():
         lines.append(f"(not shown: {source}: {why})")
     return "\n".join(lines)
@@ -191,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("leads", help="inspect leads")
     actions = parser.add_subparsers(dest="leads_action", metavar="ACTION", required=True)
     show = actions.add_parser(
-        "show", help="profile, traits, score, stage, owner, recent events, actions sent"
+        "show", help="profile, traits, score, stage, owner, recent events, actions and their outcomes"
     )
     show.add_argument("lead_id", metavar="LEAD_ID")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -203,9 +218,10 @@ def run(args: argparse.Namespace) -> int:
     """Sources, each optional (a missing or unreachable one is reported as such, never fatal):
     - Redis: the collector's profile hash `nudge:profile:{lead}` (traits) and the assignment state (owner, SLA,
       assignment history) from `engine.assignment`.
-    - ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), actions sent (`actions`), stage and score
-      changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a running `nudge sink`
-      cannot be opened by a second process; the command says so and shows the rest.
+    - ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), the recent actions with their outcome and
+      its reason (`actions`: sent, or suppressed / failed and why, or still deferred; every step in `--json`),
+      stage and score changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a
+      running `nudge sink` cannot be opened by a second process; the command says so and shows the rest.
     Score and stage are the newest values found in the lead updates (then the profile). Exit codes: 0 shown, 1 the
     lead is unknown everywhere that could be read.
     """

@@ -1,4 +1,4 @@
-"""`nudge report [--since 7d] [--json]`: the KPIs from ClickHouse, as readable tables or one JSON
+"""`nudge report [--since 7d] [--attribution 7d] [--json]`: the KPIs from ClickHouse, as readable tables or one JSON
 document.
 
 Exit codes: 0 printed, 1 ClickHouse unavailable (for an embedded store: owned by a running `nudge sink`),
@@ -21,11 +21,18 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 Result = TypeVar("Result")
+DEFAULT_ATTRIBUTION_MS = 7 * 86_400_000  # engine.clickhouse.kpis.ATTRIBUTION_WINDOW_MS (not imported: see over_history)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="print KPIs (funnel, abandonment, nudges, recovery, delays, reps)")
     parser.add_argument("--since", default="7d", help="window ending now: 30m, 24h, 7d, 2w (default 7d)")
+    parser.add_argument(
+        "--attribution",
+        default="7d",
+        help="recovered revenue: credit an order to the latest marketing nudge *sent* to the lead at most this long "
+        "before it (last touch; default 7d)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.set_defaults(func=run)
 
@@ -69,10 +76,21 @@ def render(report: dict[str, Any]) -> str:
             [[r["rule"], *(r.get(s, 0) for s in steps)] for r in report["nudges"]],
         )
     )
-    rec = report["recovered"]
     parts.append(
         table(
-            f"Recovered carts (order within 24 h of a nudge): {rec['orders']} orders, revenue {rec['revenue']:,.2f}",
+            "Not sent (final outcome suppressed or failed), by reason",
+            ["rule", "outcome", "reason", "actions"],
+            [[r["rule"], r["outcome"], r["reason"] or "-", r["actions"]] for r in report.get("not_sent", [])],
+        )
+    )
+    rec = report["recovered"]
+    attribution = rec.get("attribution") or {}
+    window = duration_text(int(attribution.get("window_ms") or DEFAULT_ATTRIBUTION_MS))
+    parts.append(
+        table(
+            f"Recovered revenue: {rec['orders']} orders, {rec['revenue']:,.2f}\n"
+            f"(an order counts when a marketing nudge was actually sent to the lead at most {window} before it, "
+            "credited to the latest one: last touch; nudges fired but suppressed or failed earn nothing)",
             ["rule", "orders", "revenue"],
             [[r["rule"], r["orders"], r["revenue"]] for r in rec["by_rule"]],
         )
@@ -106,6 +124,14 @@ def render(report: dict[str, Any]) -> str:
         )
     )
     return "\n\n".join(parts)
+
+
+def duration_text(ms: int) -> str:
+    """7 d, 36 h, 90 min, 45 s: the largest unit (days at most) that divides `ms` exactly."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms / 1000:g} s"
 
 
 def over_history(
@@ -147,5 +173,14 @@ def over_history(
 def run(args: argparse.Namespace) -> int:
     from engine.clickhouse import kpis
 
-    code, _ = over_history("report", args, Settings.from_env(), kpis.report, lambda report: report, render)
+    try:
+        attribution_ms = kpis.parse_duration(args.attribution, "--attribution")
+    except ValueError as exc:
+        print(f"nudge report: {exc}", file=sys.stderr)
+        return 2
+
+    def query(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+        return kpis.report(client, since_ms, until_ms, attribution_ms)
+
+    code, _ = over_history("report", args, Settings.from_env(), query, lambda report: report, render)
     return code

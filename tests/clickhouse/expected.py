@@ -51,19 +51,38 @@ def abandonment(stream: Stream) -> tuple[int, int]:
     return carts, abandoned
 
 
-def recovered(stream: Stream) -> tuple[int, float]:
-    nudges: dict[str, list[int]] = defaultdict(list)
-    for action, _ in stream.actions:
-        if action.marketing:
-            nudges[action.lead_id].append(action.fired_at_ms)
+def recovered(stream: Stream, since_ms: int, until_ms: int, attribution_ms: int = 7 * DAY) -> tuple[int, float]:
+    """Orders in the window, each credited when a marketing nudge to the lead was *sent* (its first `sent`
+    delivery) before it and at most `attribution_ms` before it."""
+    marketing = {a.action_id: a for a, _ in stream.actions if a.marketing}
+    first_sent: dict[str, int] = {}
+    for d in stream.deliveries:
+        if d["outcome"] == "sent" and d["action_id"] in marketing:
+            first_sent[d["action_id"]] = min(first_sent.get(d["action_id"], d["at_ms"]), d["at_ms"])
+    sends: dict[str, list[int]] = defaultdict(list)
+    for action_id, sent_at in first_sent.items():
+        sends[marketing[action_id].lead_id].append(sent_at)
     orders = revenue = 0
     for lead, events in _by_lead(stream).items():
         for t, name, e in events:
-            if name == ORDER and any(n < t <= n + DAY for n in nudges.get(lead, ())):
+            if name != ORDER or not since_ms <= t < until_ms:
+                continue
+            if any(s < t <= s + attribution_ms for s in sends.get(lead, ())):
                 props = e["properties"]
                 orders += 1
                 revenue += props.get("revenue", props.get("total", 0))
     return orders, round(revenue, 2)
+
+
+def not_sent(stream: Stream) -> dict[tuple[str, str, str], int]:
+    """(rule, outcome, reason) → actions whose delivery ended suppressed or failed (each action has one outcome
+    in the generated stream)."""
+    rule_of = {a.action_id: a.rule for a, _ in stream.actions}
+    out: dict[tuple[str, str, str], int] = defaultdict(int)
+    for d in stream.deliveries:
+        if d["outcome"] in ("suppressed", "failed"):
+            out[(rule_of[d["action_id"]], d["outcome"], d["reason"])] += 1
+    return dict(out)
 
 
 def detection_delays(stream: Stream) -> dict[str, list[int]]:

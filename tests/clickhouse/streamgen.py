@@ -137,10 +137,10 @@ def generate(now_ms: int, leads: int = 300, seed: int = 7, days_back: int = 3) -
                     )
                 )
                 roll = rng.random()
-                if roll < 0.4:  # recovered within 24 h of the nudge
+                if roll < 0.4:  # bought within 24 h of the nudge (recovered if it was sent)
                     t = fired_at + rng.randrange(1, 23) * HOUR
                     emit(ORDER, total=round(rng.uniform(10, 300), 2))
-                elif roll < 0.5:  # bought, but too late to credit the nudge
+                elif roll < 0.5:  # bought a day later: credited by a 7-day attribution window, not by a 24 h one
                     t = fired_at + 25 * HOUR
                     emit(ORDER, revenue=50.0)
         if rng.random() < 0.15:
@@ -187,9 +187,14 @@ def added_ts(event: dict[str, Any]) -> int:
     return parse_ts(event["timestamp"])
 
 
+# Why a delivery did not happen, by outcome (a fixed choice, so the generated stream stays the same per seed).
+REASONS = {"suppressed": "converted", "failed": "retries_exhausted"}
+
+
 def _delivery(action: Action, outcome: str, *, at_ms: int, latency_ms: int) -> dict[str, Any]:
     import orjson
 
-    return orjson.loads(
-        topics.delivery_record(action=action.to_json(), outcome=outcome, at_ms=at_ms, latency_ms=latency_ms)
+    record = topics.delivery_record(
+        action=action.to_json(), outcome=outcome, at_ms=at_ms, latency_ms=latency_ms, reason=REASONS.get(outcome, "")
     )
+    return orjson.loads(record)

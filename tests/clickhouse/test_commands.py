@@ -53,14 +53,21 @@ def test_render_an_empty_report() -> None:
         "funnel": [{"step": "Product Viewed", "leads": 0, "from_previous": None}],
         "abandonment": {"carts": 0, "abandoned": 0, "rate": None},
         "nudges": [],
-        "recovered": {"orders": 0, "revenue": 0.0, "by_rule": []},
+        "not_sent": [],
+        "recovered": {"orders": 0, "revenue": 0.0, "by_rule": [], "attribution": {"window_ms": 7 * 86_400_000}},
         "detection_delay": {"overall": None, "by_rule": []},
         "delivery_delay": [],
         "hot_leads": [],
     }
     text = render(empty)
     assert "Abandonment: 0 of 0 carts (-)" in text
-    assert text.count("(none)") == 5
+    assert text.count("(none)") == 6
+    assert "Recovered revenue: 0 orders, 0.00" in text and "sent to the lead at most 7 d before it" in text
+
+
+def test_a_bad_attribution_window_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--attribution", "a week"]) == 2
+    assert "--attribution 'a week' is not a duration" in capsys.readouterr().err
 
 
 async def test_sink_waits_for_a_server_that_is_down_and_stops_on_request() -> None:

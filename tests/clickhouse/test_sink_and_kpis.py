@@ -154,9 +154,13 @@ async def test_kpis_match_an_independent_computation(ingested: Ingested) -> None
     sent = sum(1 for d in s.deliveries if d["outcome"] == "sent")
     assert sum(r.get("sent", 0) for r in report["nudges"]) == sent
 
-    orders, revenue = expected.recovered(s)
-    assert orders > 0
+    orders, revenue = expected.recovered(s, since, until)
+    assert 0 < orders < sum(1 for e in s.events if e["event"] == "Order Completed")
     assert (report["recovered"]["orders"], report["recovered"]["revenue"]) == (orders, revenue)
+    assert kpis.recovered(ingested.client, since, until, expected.DAY)["orders"] == expected.recovered(
+        s, since, until, expected.DAY
+    )[0]
+    assert {(r["rule"], r["outcome"], r["reason"]): r["actions"] for r in report["not_sent"]} == expected.not_sent(s)
 
     delays = expected.detection_delays(s)
     for row in report["detection_delay"]["by_rule"]:
