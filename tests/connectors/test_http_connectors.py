@@ -6,6 +6,7 @@ import re
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from connectors.base import Connector, ConnectorEnv, PermanentError, RetryableError
@@ -168,6 +169,89 @@ async def test_slack_lead_without_rep_or_score(http_peer: RecordingPeer) -> None
     fields = [f["text"] for f in http_peer.requests[0].json()["blocks"][1]["fields"]]
     assert "*Rep*\nunassigned" in fields
     assert not any(f.startswith("*Score*") for f in fields)
+
+
+REP_LINKS = {
+    "ack": "https://reps.example.com/links/ack?lead=ada&rep=r1&exp=1900000000&sig=abc-_1",
+    "pass": "https://reps.example.com/links/pass?lead=ada&rep=r1&exp=1900000000&sig=def-_2",
+    "inbox": "https://reps.example.com/inbox",
+}
+
+
+def slack_connector(url: str, **options: object) -> SlackConnector:
+    return SlackConnector("slack", SlackConfig.model_validate({"webhook_url": url, **options}), ENV)
+
+
+def mrkdwn(url: str) -> str:
+    return url.replace("&", "&amp;")
+
+
+async def hot_lead_with_links(http_peer: RecordingPeer, *, template: str = "hot_lead", **options: object) -> dict:
+    action = make_action(
+        "slack", rule="hot_lead", template=template, marketing=False, context=HOT_LEAD_CONTEXT,
+        payload={"links": REP_LINKS, "mention": "<@U123ABC>"},
+    )  # fmt: skip
+    await send_once(slack_connector(f"{http_peer.url}/s", **options), action)
+    return http_peer.requests[-1].json()
+
+
+async def test_slack_hot_lead_shows_the_reps_links_as_a_mrkdwn_line_without_an_app(http_peer: RecordingPeer) -> None:
+    message = await hot_lead_with_links(http_peer)
+    headline = message["blocks"][0]["text"]["text"]
+    line = (
+        f"<{mrkdwn(REP_LINKS['ack'])}|Acknowledge> · <{mrkdwn(REP_LINKS['pass'])}|Pass it on> · "
+        f"<{REP_LINKS['inbox']}|Inbox>"
+    )
+    assert line in headline and headline.count("|Acknowledge>") == 1
+    assert headline.startswith(":fire: *Hot lead: Grace Hopper* (Acme)")
+    assert not [b for b in message["blocks"] if b["type"] == "actions"]
+
+
+async def test_slack_app_shows_the_reps_links_as_url_buttons(http_peer: RecordingPeer) -> None:
+    message = await hot_lead_with_links(http_peer, app=True)
+    (actions,) = [b for b in message["blocks"] if b["type"] == "actions"]
+    assert actions["elements"] == [
+        {"type": "button", "text": {"type": "plain_text", "text": "Acknowledge"}, "url": REP_LINKS["ack"],
+         "action_id": "nudge_ack", "style": "primary"},
+        {"type": "button", "text": {"type": "plain_text", "text": "Pass it on"}, "url": REP_LINKS["pass"],
+         "action_id": "nudge_pass"},
+        {"type": "button", "text": {"type": "plain_text", "text": "Inbox"}, "url": REP_LINKS["inbox"],
+         "action_id": "nudge_inbox"},
+    ]  # fmt: skip
+    assert message["blocks"].index(actions) == len(message["blocks"]) - 2  # just above the context line
+    everything = orjson.dumps([b for b in message["blocks"] if b["type"] != "actions"]).decode()
+    assert "reps.example.com" not in everything and "Acknowledge" not in everything  # not twice
+
+
+async def test_slack_rep_messages_carry_the_links_either_way(http_peer: RecordingPeer) -> None:
+    for template in ("lead_assigned", "lead_sla_missed", "default"):
+        plain = await hot_lead_with_links(http_peer, template=template)
+        headline = plain["blocks"][0]["text"]["text"]
+        assert headline.count(f"<{mrkdwn(REP_LINKS['ack'])}|Acknowledge>") == 1, template  # `default`: appended
+        assert f"<{REP_LINKS['inbox']}|Inbox>" in headline, template
+        app = await hot_lead_with_links(http_peer, template=template, app=True)
+        assert "|Acknowledge>" not in app["blocks"][0]["text"]["text"], template
+        assert [len(b["elements"]) for b in app["blocks"] if b["type"] == "actions"] == [3], template
+
+
+async def test_slack_leaves_out_links_it_cannot_carry(http_peer: RecordingPeer) -> None:
+    bad = {"ack": "javascript:alert(1)", "pass": "https://reps.example.com/x|<!channel>", "inbox": REP_LINKS["inbox"]}
+    action = make_action("slack", template="lead_assigned", marketing=False, payload={"links": bad})
+    await send_once(slack_connector(f"{http_peer.url}/s", app=True), action)
+    (actions,) = [b for b in http_peer.requests[-1].json()["blocks"] if b["type"] == "actions"]
+    assert [e["url"] for e in actions["elements"]] == [REP_LINKS["inbox"]]
+    await send_once(slack_connector(f"{http_peer.url}/s"), make_action("slack", template="default", payload={}))
+    assert not [b for b in http_peer.requests[-1].json()["blocks"] if b["type"] == "actions"]
+
+
+def test_slack_app_option_in_the_connectors_file() -> None:
+    from engine.dispatch.config import parse_connectors
+
+    config = parse_connectors(
+        "connectors:\n  alerts: {type: slack, webhook_url: 'https://hooks.slack.com/services/T/B/x', app: true}\n",
+        env={"NUDGE_BROKER_PROFILE": "dev"},
+    )
+    assert config.connectors["alerts"].app is True  # type: ignore[attr-defined]
 
 
 async def test_crm_upserts_the_contact_and_creates_a_task(http_peer: RecordingPeer) -> None:
