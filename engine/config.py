@@ -25,6 +25,10 @@ Number = TypeVar("Number", int, float)
 COLLECTOR_SECRETS = ("user_hash_secret", "server_write_keys", "unsubscribe_secret", "unsubscribe_previous_secrets")
 
 
+# Settings of the privacy pipeline that are secrets (docs/privacy.md).
+PRIVACY_SECRETS = ("admin_token", "privacy_hash_key")
+
+
 class ConfigError(ValueError):
     """A setting has a value Nudge cannot use; the message names the variable and what it accepts."""
 
@@ -151,6 +155,13 @@ class Settings:
     unsubscribe_secret: str = field(default="", repr=False)
     unsubscribe_previous_secrets: tuple[str, ...] = field(default=(), repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Privacy (docs/privacy.md): the bearer token of the collector's POST /v1/regulations (never a write key), the
+    # HMAC key of the ids kept in receipts and suppression markers, and retention.
+    admin_token: str = field(default="", repr=False)
+    privacy_hash_key: str = field(default="", repr=False)
+    retention_days: float = 400.0  # ClickHouse TTL of events
+    actions_retention_days: float = 730.0  # ClickHouse TTL of actions and lead updates
+    lead_idle_days: float = 400.0  # a worker drops a lead's state idle this long with no pending deadline (0: never)
 
     def __post_init__(self) -> None:
         _check_kafka_security(self)
@@ -160,7 +171,8 @@ class Settings:
         shown = []
         for setting in fields(self):
             value = getattr(self, setting.name)
-            if setting.name in (*COLLECTOR_SECRETS, "kafka_sasl_password", "reps_api_token", "reps_link_secret"):
+            secret = (*COLLECTOR_SECRETS, *PRIVACY_SECRETS, "kafka_sasl_password", "reps_api_token", "reps_link_secret")
+            if setting.name in secret:
                 value = "***" if value else ""
             elif setting.name in ("redis_url", "clickhouse_dsn"):
                 value = redact_url(value)
@@ -234,6 +246,11 @@ class Settings:
             unsubscribe_previous_secrets=tuple(
                 k for k in (env.get("NUDGE_UNSUBSCRIBE_PREVIOUS_SECRETS") or "").split(",") if k
             ),
+            admin_token=env.get("NUDGE_ADMIN_TOKEN") or defaults.admin_token,
+            privacy_hash_key=env.get("NUDGE_PRIVACY_HASH_KEY") or defaults.privacy_hash_key,
+            retention_days=_float(env, "NUDGE_RETENTION_DAYS", defaults.retention_days),
+            actions_retention_days=_float(env, "NUDGE_ACTIONS_RETENTION_DAYS", defaults.actions_retention_days),
+            lead_idle_days=_float(env, "NUDGE_LEAD_IDLE_DAYS", defaults.lead_idle_days),
         )
 
     def env(self) -> dict[str, str]:

@@ -188,3 +188,27 @@ def render_latest() -> tuple[bytes, str]:
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve `/metrics` on its own port (for processes without a web server of their own)."""
     start_http_server(port, addr=host)
+
+# --- privacy (docs/privacy.md) ------------------------------------------------------------------------------
+PRIVACY_REQUESTS = Counter(
+    "nudge_privacy_requests_total",
+    "Privacy requests by store and step: accepted (a request id given out), worker ops (erase, suppress, "
+    "unsuppress), completed (every store confirmed)",
+    ["store", "step"],
+)
+PRIVACY_DROPPED_EVENTS = Counter(
+    "nudge_privacy_dropped_events_total",
+    "Events of suppressed leads dropped, never stored nor dead-lettered: at the collector's edge or in the worker",
+    ["source"],
+)
+PRIVACY_PENDING = Gauge(
+    "nudge_privacy_pending_requests",
+    "Privacy requests accepted and not yet confirmed by every store, as one collector's coordinator sees them",
+)
+WORKER_IDLE_LEADS_DROPPED = Counter(
+    "nudge_worker_idle_leads_dropped_total",
+    "Lead states dropped from the worker's table after NUDGE_LEAD_IDLE_DAYS without a write and with no pending "
+    "deadline",
+)
+for _source in ("collector", "worker"):
+    PRIVACY_DROPPED_EVENTS.labels(_source)

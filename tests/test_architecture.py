@@ -37,6 +37,7 @@ INTERNAL = {
         "engine.kafka",
         "engine.config",
         "engine.metrics",
+        "engine.privacy.records",
     ),
     # `engine.worker.input_positions` is pure bookkeeping (no Faust) that the batched input applies.
     "engine.worker.faust_ext": (
@@ -74,6 +75,33 @@ INTERNAL = {
         "engine.kafka",
         "engine.config",
         "engine.metrics",
+        "engine.privacy.records",
+    ),
+    # The privacy pipeline reads the key layouts of every process that keeps a lead's data (docs/privacy.md).
+    "engine.privacy": (
+        "engine.privacy",
+        "engine.collector.identity",
+        "engine.collector.trust",
+        "engine.dispatch",
+        "engine.assignment.store",
+        "engine.clickhouse",
+        "engine.core",
+        "engine.language",
+        "engine.events",
+        "engine.kafka",
+        "engine.config",
+        "engine.metrics",
+    ),
+    # Its records are read by the worker and the sink: standard library and orjson only.
+    "engine.privacy.records": (),
+    # The collector's regulation endpoint accepts requests through the privacy package and hosts its coordinator.
+    "engine.collector.regulations": (
+        "engine.collector",
+        "engine.privacy",
+        "engine.events",
+        "engine.kafka",
+        "engine.config",
+        "engine.metrics",
     ),
     "engine.collector": (
         "engine.collector",
@@ -100,6 +128,7 @@ THIRD_PARTY = {
     "engine.events": ("orjson",),
     "engine.core": ("orjson",),
     "engine.language": ("orjson", "pydantic", "yaml"),
+    "engine.privacy.records": ("orjson",),
 }
 
 # Faust and its service library belong to the worker shell (and `nudge worker`, which starts a `faust.Worker`).

@@ -61,14 +61,15 @@ def preflight(settings: Settings) -> str | None:
 
 def prepare_topics(settings: Settings) -> str | None:
     """Create the co-partitioned inputs before Faust subscribes: a topic the broker auto-creates gets the
-    broker's default partition count, and an `identity-handovers` topic with fewer partitions than `clickstream` would
-    send hand-overs to partitions that do not hold the anonymous lead's state."""
+    broker's default partition count, and an `identity-handovers` (or `privacy-requests`) topic with fewer partitions
+    than `clickstream` would send hand-overs (erasures) to partitions that do not hold the lead's state."""
     from engine.kafka import topics
     from engine.kafka.admin import TopicLayoutError, check_copartitioned, ensure_topics
 
     try:
-        counts = asyncio.run(ensure_topics(settings, (topics.CLICKSTREAM, topics.IDENTITY_HANDOVERS)))
-        check_copartitioned(counts)
+        inputs = (topics.CLICKSTREAM, topics.IDENTITY_HANDOVERS, topics.PRIVACY_REQUESTS)
+        counts = asyncio.run(ensure_topics(settings, (*inputs, topics.PRIVACY)))
+        check_copartitioned({name: n for name, n in counts.items() if name != settings.topic(topics.PRIVACY)})
     except TopicLayoutError as exc:
         return str(exc)
     except Exception as exc:  # the broker refused the admin calls: say so instead of a traceback

@@ -18,6 +18,13 @@ LEAD_UPDATES = "lead-updates"  # lead lifecycle changes (stage changes, merges, 
 # Worker-internal, co-partitioned with clickstream (engine.worker.handovers); not in ALL_TOPICS: only the worker
 # reads or writes it. Key = the lead the record is addressed to.
 IDENTITY_HANDOVERS = "identity-handovers"
+# Worker-internal, co-partitioned with clickstream like identity-handovers: erasure and suppression requests, one
+# per lead id (engine.privacy.records.WorkerRequest); key = the lead id. Not in ALL_TOPICS.
+PRIVACY_REQUESTS = "privacy-requests"
+# The privacy pipeline's control topic (engine.privacy.records): receipts from the worker and the sink, the
+# coordinator's delete orders to the sink; key = the request id. Not in ALL_TOPICS (the sink subscribes to it
+# for its orders, but stores none of it as rows).
+PRIVACY = "privacy"
 
 ALL_TOPICS = (CLICKSTREAM, ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
 

@@ -28,6 +28,8 @@ class NudgeApp:
     dead_letters: TopicT
     leads: Any  # faust.Table[bytes, bytes]; Faust's table types are not generic at runtime
     lead_updates: TopicT | None = None  # stage changes from the core (Evaluation.updates)
+    privacy_requests: TopicT | None = None  # worker-internal erasure/suppression requests (engine.privacy.records)
+    privacy: TopicT | None = None  # the privacy pipeline's control topic: the worker's receipts go there
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int | None = None) -> TopicT:
@@ -50,7 +52,9 @@ def create_app(settings: Settings) -> NudgeApp:
     - Topics (names from `engine.kafka.topics` + `settings.topic()`), all with raw key/value bytes (the worker
       decodes with orjson, several times faster than Faust's codecs): `clickstream` (key = lead id) and the
       worker-internal `identity-handovers` (same partition count: one input reads both and they must be
-      co-partitioned); `actions`, `dead-letters` and `lead-updates` are output only.
+      co-partitioned), and the worker-internal `privacy-requests` (co-partitioned too: a lead's erasure is handled
+      in order with its events, by the worker that owns its state); `actions`, `dead-letters`, `lead-updates` and
+      `privacy` (receipts) are output only.
     - Table `leads`: lead id (UTF-8 bytes, the record key) → `LeadState.to_bytes()`, changelog-backed,
       partitioned like `clickstream`. One plain entry per lead instead of Faust windowed tables: a lead's rules
       need several windows of different lengths at once (abandonment episodes, counting windows, sequences, a
@@ -64,6 +68,8 @@ def create_app(settings: Settings) -> NudgeApp:
     actions = _raw_topic(app, settings.topic(topics.ACTIONS), settings.partitions)
     dead_letters = _raw_topic(app, settings.topic(topics.DEAD_LETTERS), settings.partitions)
     lead_updates = _raw_topic(app, settings.topic(topics.LEAD_UPDATES), settings.partitions)
+    privacy_requests = _raw_topic(app, settings.topic(topics.PRIVACY_REQUESTS), settings.partitions)
+    privacy = _raw_topic(app, settings.topic(topics.PRIVACY), settings.partitions)
     leads = app.Table(
         LEADS_TABLE,
         default=None,
@@ -71,4 +77,6 @@ def create_app(settings: Settings) -> NudgeApp:
         value_type=bytes,
         partitions=settings.partitions,
     )
-    return NudgeApp(app, clickstream, identity_handovers, actions, dead_letters, leads, lead_updates)
+    return NudgeApp(
+        app, clickstream, identity_handovers, actions, dead_letters, leads, lead_updates, privacy_requests, privacy
+    )

@@ -107,6 +107,15 @@ class DeadlineIndex:
         """Leads with at least one pending deadline."""
         return len(self._entries)
 
+    def __contains__(self, lead_id: object) -> bool:
+        """Whether the lead has a pending deadline."""
+        return lead_id in self._entries
+
+    def count(self, lead_id: str) -> int:
+        """The lead's pending deadlines (0 when it has none)."""
+        entry = self._entries.get(lead_id)
+        return entry[2] if entry is not None else 0
+
     @property
     def pending_deadlines(self) -> int:
         """Deadlines waiting across all leads (a lead may have several)."""

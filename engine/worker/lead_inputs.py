@@ -11,13 +11,15 @@ from typing import Any
 from engine.core import LeadState, RuleSet, evaluate, pending_deadlines
 from engine.core.model import Action, Tick
 from engine.events import Event
+from engine.privacy.records import WorkerRequest
 from engine.worker.handovers import Handover, HandoverRecord, MergeIn
 
 log = logging.getLogger(__name__)
 
-# One input: the consumed record (None for a tick or a hand-over the worker made itself), the event, tick or
-# hand-over record, and the deadline a tick is for.
-Input = tuple[Any, Event | Tick | HandoverRecord, int | None]
+# One input: the consumed record (None for a tick or a hand-over the worker made itself), the event, tick,
+# hand-over record or privacy request (the shell applies those itself, see `LeadWorker`), and the deadline a tick
+# is for.
+Input = tuple[Any, Event | Tick | HandoverRecord | WorkerRequest, int | None]
 IDENTITY_EVENTS = ("identify", "alias")
 
 

@@ -21,6 +21,7 @@ from engine.core.model import Action, Tick
 from engine.events import Event, InvalidEvent, parse_event
 from engine.kafka.partitioner import default_partition
 from engine.kafka.topics import dead_letter_record
+from engine.privacy.records import CLEAR_SUPPRESSED, ERASE, BadPrivacyRecord, Receipt, WorkerRequest
 from engine.worker import stored_lead
 from engine.worker.app import NudgeApp
 from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
@@ -44,6 +45,8 @@ STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are ref
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
+IDLE_SWEEP_MAX_INTERVAL_S = 3600.0  # how often at most the table is swept for idle leads (NUDGE_LEAD_IDLE_DAYS)
+IDLE_SWEEP_CHUNK = 2000  # entries examined per hold of the state lock
 
 
 class BadInput(Exception):
@@ -118,6 +121,19 @@ class LeadWorker:
     abandonment then fires once, for the identified lead. Events of the anonymous id still in flight stay with
     the anonymous lead (the collector re-keys later ones). A crash between sending a merge and committing can
     merge twice. Counted in `HANDOVERS`.
+
+    Privacy (`engine.privacy.records`, docs/privacy.md): `privacy-requests` records are read by the same input,
+    co-partitioned with `clickstream` and keyed by lead id, so each is handled in order with the lead's events by
+    the worker that owns its state, at its place among the lead's inputs of the batch. `erase` deletes the lead's
+    table entry (a tombstone in the changelog; with `suppress`, a marker value without any state instead) and its
+    pending deadlines; `suppress` flags the stored value and drops the deadlines; `unsuppress` clears the flag.
+    The stored value of a suppressed lead says so (`stored_lead.Stored.suppressed`), read where the state is read
+    anyway: its later events, hand-overs and merges are dropped and counted (`PRIVACY_DROPPED_EVENTS`), never
+    evaluated, stored or dead-lettered, and survive restarts through the changelog. Each request is answered
+    with a `Receipt` on `privacy`, sent with the changelog after everything else the batch produced (the
+    receipt says the lead's earlier actions are out). Requests are idempotent and not offset-tracked: a replay
+    after a crash applies them again and answers again. Leads with no write for `NUDGE_LEAD_IDLE_DAYS` and no
+    pending deadline are tombstoned by a periodic sweep (`_drop_idle`), so the table stays bounded.
     """
 
     def __init__(self, nudge: NudgeApp, settings: Settings, rules: RuleSet) -> None:
@@ -135,14 +151,21 @@ class LeadWorker:
         self._handovers_topic = nudge.identity_handovers.get_topic_name()
         self._actions_topic = nudge.actions.get_topic_name()
         self._dead_letters_topic = nudge.dead_letters.get_topic_name()
+        self._clickstream_topic = nudge.clickstream.get_topic_name()
+        self._privacy_topic = nudge.privacy_requests.get_topic_name() if nudge.privacy_requests is not None else None
+        self._control_topic = nudge.privacy.get_topic_name() if nudge.privacy is not None else None
+        self._privacy_leads: set[str] = set()  # leads with a privacy request in the current batch
+        self._idle_ms = int(settings.lead_idle_days * 86_400_000)
+        self._sweep_interval_s = min(IDLE_SWEEP_MAX_INTERVAL_S, max(1.0, self._idle_ms / 4000))
+        self._last_sweep = time.monotonic()
+        self._legacy_seen: dict[bytes, int] = {}  # entries written before the write time was stored: first seen
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.output = OutputBatch(nudge.app.producer)
         self.changelog = TableWriter(nudge.leads, self.output)
-        self.input = WorkerInput(
-            nudge.app,
-            [nudge.clickstream.get_topic_name(), self._handovers_topic],
-            maxsize=max(4096, settings.batch_size),
-        )
+        inputs = [self._clickstream_topic, self._handovers_topic]
+        if self._privacy_topic is not None:
+            inputs.append(self._privacy_topic)
+        self.input = WorkerInput(nudge.app, inputs, maxsize=max(4096, settings.batch_size))
         self._state_lock = asyncio.Lock()
         self._lead_evaluator = LeadEvaluator(rules)
         # Series that exist from the start read 0 instead of "no data" on dashboards and in alerts.
@@ -153,6 +176,10 @@ class LeadWorker:
                 self._series(metrics.RULE_SUPPRESSED, rule.id, reason)
         outputs = [self._actions_topic, self._dead_letters_topic, self._handovers_topic]
         outputs.append(nudge.leads.changelog_topic.get_topic_name())
+        if self._control_topic is not None:
+            # A receipt says "the lead's earlier output is out": it goes with the changelog, after the rest.
+            self.output.send_last(self._control_topic)
+            outputs.append(self._control_topic)
         if nudge.lead_updates is not None:
             outputs.append(nudge.lead_updates.get_topic_name())
         for topic in outputs:
@@ -201,7 +228,7 @@ class LeadWorker:
         app.on_partitions_revoked.connect(self._on_revoked)
 
     async def _declare_outputs(self) -> None:
-        for topic in (self.nudge.actions, self.nudge.dead_letters, self.nudge.lead_updates):
+        for topic in (self.nudge.actions, self.nudge.dead_letters, self.nudge.lead_updates, self.nudge.privacy):
             if topic is not None:
                 await topic.maybe_declare()
 
@@ -243,7 +270,10 @@ class LeadWorker:
         self.indexes.clear()
         for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
-            state = self._decode_state(lead_id, stored_lead.decode(raw)[1])
+            stored = stored_lead.read(raw)
+            if stored.suppressed:
+                continue  # a suppressed lead fires nothing (and a marker has no state)
+            state = self._decode_state(lead_id, stored.state)
             if state is not None:
                 self.index(partition).set(lead_id, partition, pending_deadlines(self.rules, state))
         self.ready = True
@@ -295,16 +325,14 @@ class LeadWorker:
                 now_ms = self.clock(partition).now_ms(partition in self._caught_up)
                 await self._fire_due_locked(partition, now_ms, TICKS_PER_CHUNK)
             await self.output.flush()  # before the batch counts as processed (see "Commit" on the class)
+            self._privacy_leads.clear()
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
 
-    def _decode(self, message: Message) -> tuple[str, Event | HandoverRecord]:
-        if message.topic == self._handovers_topic:
-            try:
-                return parse_handover_record(message.value)
-            except BadHandoverRecord as exc:
-                raise BadInput("bad_control", str(exc)) from None  # reason code kept from the old "control" name
+    def _decode(self, message: Message) -> tuple[str, Event | HandoverRecord | WorkerRequest]:
+        if message.topic != self._clickstream_topic:
+            return self._decode_internal(message)
         try:
             event = parse_event(message.value)
         except InvalidEvent as exc:
@@ -326,6 +354,23 @@ class LeadWorker:
         if event_ms > latest.get(message.partition, -1):
             latest[message.partition] = event_ms  # the clocks see each partition's maximum once
         return event.lead_id, event
+
+    def _decode_internal(self, message: Message) -> tuple[str, HandoverRecord | WorkerRequest]:
+        """A record of a worker-internal input: an identity hand-over or a privacy request."""
+        if message.topic == self._handovers_topic:
+            try:
+                return parse_handover_record(message.value)
+            except BadHandoverRecord as exc:
+                raise BadInput("bad_control", str(exc)) from None  # reason code kept from the old "control" name
+        try:
+            request = WorkerRequest.parse(message.value)
+        except BadPrivacyRecord as exc:
+            raise BadInput("bad_privacy_request", str(exc)) from None
+        key = _key_text(message.key)
+        if key != request.lead_id:
+            raise BadInput("wrong_key", "privacy request keyed by another id than its lead_id")
+        self._privacy_leads.add(request.lead_id)
+        return request.lead_id, request
 
     async def _process_lead_guarded(
         self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
@@ -350,10 +395,20 @@ class LeadWorker:
         self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
     ) -> None:
         """Evaluate one lead's inputs in order, write its state once, emit what the core produced. Everything is
-        serialized before anything is written or queued: when this raises, it has changed nothing."""
+        serialized before anything is written or queued: when this raises, it has changed nothing (a lead with
+        privacy requests in the batch: nothing of the segment that raised, see `_process_with_privacy`)."""
+        if lead_id in self._privacy_leads:  # a set that is empty but for the rare batch with a privacy request
+            await self._process_with_privacy(lead_id, inputs, partition, handovers)
+            return
         key = lead_id.encode()
         stored = self.changelog.get(key)
-        applied, raw = stored_lead.decode(stored) if stored is not None else (stored_lead.NONE_APPLIED, None)
+        if stored is None:
+            applied, raw = stored_lead.NONE_APPLIED, None
+        else:
+            applied, raw, suppressed, _ = stored_lead.read(stored)
+            if suppressed:
+                metrics.PRIVACY_DROPPED_EVENTS.labels("worker").inc(len(inputs))
+                return
         inputs = self._not_yet_applied(inputs, applied)
         if not inputs:
             return
@@ -384,7 +439,11 @@ class LeadWorker:
             self._series(metrics.RULE_SUPPRESSED, rule, reason).inc()
         if new_raw != raw:
             # An unchanged state needs no write: inputs that changed nothing change nothing when replayed.
-            value = None if new_raw is None else stored_lead.encode(self._applied_after(inputs, applied), new_raw)
+            value = (
+                None
+                if new_raw is None
+                else stored_lead.encode(self._applied_after(inputs, applied), new_raw, touched_ms=now_ms)
+            )
             self.changelog.put(partition, key, value)
         self.lead_partition[key] = partition
         if outcome.deadlines is not None:
@@ -397,6 +456,99 @@ class LeadWorker:
         for known_id, record in merges:
             self._send_handover_record(known_id, record)
         handovers.extend((anonymous, known, at_ms, partition) for anonymous, known, at_ms in outcome.handovers)
+
+    async def _process_with_privacy(
+        self, lead_id: str, inputs: list[Input], partition: int, handovers: list[tuple[str, str, int, int]]
+    ) -> None:
+        """A lead with privacy requests in this batch: its inputs in order, each run of other inputs evaluated as
+        usual (`_process_lead` reads the stored value each time, so a request's effect is seen by what follows)
+        and each request applied where it stands."""
+        self._privacy_leads.discard(lead_id)
+        try:
+            run: list[Input] = []
+            for one in inputs:
+                if isinstance(one[1], WorkerRequest):
+                    if run:
+                        await self._process_lead(lead_id, run, partition, handovers)
+                        run = []
+                    self._apply_privacy(one[1], partition)
+                else:
+                    run.append(one)
+            if run:
+                await self._process_lead(lead_id, run, partition, handovers)
+        finally:
+            self._privacy_leads.add(lead_id)  # a redo of this lead's inputs one by one comes back here
+
+    def _apply_privacy(self, request: WorkerRequest, partition: int) -> None:
+        """Apply one privacy request to the lead's stored value and deadlines, and queue its receipt."""
+        lead_id = request.lead_id
+        key = lead_id.encode()
+        current = self.changelog.get(key)
+        stored = stored_lead.read(current) if current is not None else None
+        applied = stored.applied if stored is not None else stored_lead.NONE_APPLIED
+        index = self.index(partition)
+        counts = {"lead_states": 0, "deadlines": 0, "suppressed": 0}
+        value: bytes | None = current
+        now_ms = wall_ms()
+        if request.op == ERASE:
+            counts["lead_states"] = int(stored is not None and bool(stored.state))
+            counts["deadlines"] = index.count(lead_id)
+            index.discard(lead_id)
+            value = stored_lead.encode(applied, b"", suppressed=True, touched_ms=now_ms) if request.suppress else None
+        elif request.op == CLEAR_SUPPRESSED:
+            if stored is not None and stored.suppressed:
+                counts["suppressed"] = 1
+                value = stored_lead.encode(applied, stored.state, touched_ms=now_ms) if stored.state else None
+                state = self._decode_state(lead_id, stored.state) if stored.state else None
+                if state is not None:
+                    index.set(lead_id, partition, pending_deadlines(self.rules, state))
+        else:  # suppress, keeping the state
+            counts["deadlines"] = index.count(lead_id)
+            index.discard(lead_id)
+            counts["suppressed"] = 1
+            state_bytes = stored.state if stored is not None else b""
+            value = stored_lead.encode(applied, state_bytes, suppressed=True, touched_ms=now_ms)
+        if request.op == ERASE and request.suppress:
+            counts["suppressed"] = 1
+        if value != current:
+            self.changelog.put(partition, key, value)
+        self.lead_partition[key] = partition
+        self._series(metrics.PRIVACY_REQUESTS, "worker", request.op).inc()
+        if self._control_topic is not None:
+            receipt = Receipt("worker", request.request_id, counts, request.index)
+            self.output.send(self._control_topic, request.request_id.encode(), receipt.to_bytes())
+
+    async def _drop_idle(self) -> None:
+        """Tombstone the leads of owned partitions whose state was last written more than `NUDGE_LEAD_IDLE_DAYS`
+        ago and that have no pending deadline (suppression markers stay). A value written before the write time
+        was stored counts from when a sweep first saw it. In chunks under the state lock, each flushed."""
+        now_ms = wall_ms()
+        entries = list(self._owned_entries())
+        dropped = 0
+        for start in range(0, len(entries), IDLE_SWEEP_CHUNK):
+            async with self._state_lock:
+                if not self.ready:
+                    return
+                for key, seen, partition in entries[start : start + IDLE_SWEEP_CHUNK]:
+                    current = self.changelog.get(key)
+                    if current is None or current is not seen:
+                        continue  # written since the listing: it is not idle
+                    suppressed, touched_ms = stored_lead.marks(current)
+                    if suppressed:
+                        continue
+                    if touched_ms == 0:
+                        touched_ms = self._legacy_seen.setdefault(key, now_ms)
+                    if now_ms - touched_ms < self._idle_ms or key.decode() in self.index(partition):
+                        continue
+                    self.changelog.put(partition, key, None)
+                    self._legacy_seen.pop(key, None)
+                    dropped += 1
+                await self.output.flush()
+            await asyncio.sleep(0)
+        if dropped:
+            metrics.WORKER_IDLE_LEADS_DROPPED.inc(dropped)
+            log.info("dropped %d idle leads (no write for %.1f days, no pending deadline)", dropped,
+                     self.settings.lead_idle_days)
 
     async def _hand_over(self, handovers: list[tuple[str, str, int, int]]) -> None:
         """Identity hand-overs found in this batch: (anonymous id, known id, identify time, known partition).
@@ -420,8 +572,9 @@ class LeadWorker:
                 continue
             anonymous_key = anonymous_id.encode()
             stored = self.changelog.get(anonymous_key)
-            raw = stored_lead.decode(stored)[1] if stored is not None else None
-            if raw is None:
+            found = stored_lead.read(stored) if stored is not None else None
+            raw = found.state if found is not None and not found.suppressed else None
+            if not raw:  # no state, or a suppressed lead: its state does not move
                 self._series(metrics.HANDOVERS, "nothing_to_move").inc()
                 continue
             self.changelog.put(partition, anonymous_key, None)
@@ -562,6 +715,9 @@ class LeadWorker:
         if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = time.monotonic()
             self._refresh_stats()
+        if self.ready and self._idle_ms > 0 and time.monotonic() - self._last_sweep >= self._sweep_interval_s:
+            self._last_sweep = time.monotonic()
+            await self._drop_idle()
 
     def _refresh_caught_up(self) -> None:
         """Which owned partitions are caught up: every record below the highwater of the consumer's last fetch
