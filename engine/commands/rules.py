@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from engine.config import Settings
+from engine.config import ConfigError, Settings
+from engine.dispatch.config import catalogue
 from engine.language import RuleFileError, load_rules, rule_files
 from engine.language.testcases import find_test_files, run_test_file
 
@@ -16,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
     validate = actions.add_parser("validate", help="check rule files; exit 2 with file:line:col problems")
     validate.add_argument("paths", nargs="+", help="rule files or directories")
+    validate.add_argument(
+        "--connectors",
+        type=Path,
+        help="connectors file the rules must match (default: NUDGE_CONNECTORS_PATH when that file exists)",
+    )
     validate.set_defaults(func=run_validate)
     test = actions.add_parser("test", help="run the rule test cases (*.test.yaml) next to rule files")
     test.add_argument("paths", nargs="*", help="directories or test files (default: NUDGE_RULES_PATH or rules/)")
@@ -24,13 +30,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Exit 0 when every file is valid (prints a one-line summary to stderr), else exit 2 with one line per
-    problem on stdout: `file:line:col: message`.
+    problem on stdout: `file:line:col: message`. With a connectors file (`--connectors`, else
+    NUDGE_CONNECTORS_PATH when it exists) a rule may name only the connectors it defines, and only templates
+    those connectors can render; without one, the built-in connector types. An invalid connectors file: exit 2.
     """
     missing = [p for p in args.paths if not Path(p).exists()]
     for path in missing:
         print(f"{path}:1:1: no such file or directory", flush=True)
+    connectors_path = args.connectors or Settings.from_env().connectors_path
+    names: dict[str, str] | None = None
+    templates = None
+    if args.connectors is not None or connectors_path.exists():
+        try:
+            found = catalogue(connectors_path)
+        except (ConfigError, OSError) as exc:
+            print(f"{connectors_path}: {exc}")
+            return 2
+        names, templates = found.names, found.template_exists
     try:
-        rules = load_rules([p for p in args.paths if Path(p).exists()])
+        rules = load_rules([p for p in args.paths if Path(p).exists()], names, templates)
     except RuleFileError as exc:
         for problem in exc.problems:
             print(problem)

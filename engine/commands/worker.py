@@ -78,10 +78,22 @@ def prepare_topics(settings: Settings) -> str | None:
 
 
 def run_worker(settings: Settings) -> int:
+    from engine.config import ConfigError
+    from engine.dispatch.config import catalogue
     from engine.language import RuleFileError, load_rules
 
     try:
-        rules = load_rules([settings.rules_path])
+        # The same check as `nudge rules validate`: every connector a rule names exists in the connectors file,
+        # with the template it names (when the file is there; without it, the built-in connector types).
+        names: dict[str, str] | None = None
+        templates = None
+        if settings.connectors_path.exists():
+            found = catalogue(settings.connectors_path)
+            names, templates = found.names, found.template_exists
+        rules = load_rules([settings.rules_path], names, templates)
+    except ConfigError as exc:
+        print(f"nudge worker: invalid connectors file: {exc}", file=sys.stderr)
+        return 2
     except RuleFileError as exc:
         print(f"nudge worker: invalid rules: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,3 +363,31 @@ def startup_problems(connectors_file: ConnectorsFile, settings: Settings) -> lis
         for name, config in connectors_file.connectors.items()
         for problem in connector_class(config.type).startup_problems(name, config, settings)
     ]
+
+
+# --- what a connectors file offers rules (the rule validator and the worker's start-up check) -------------------
+# Secrets are not needed for that: unset `${VAR}`s are read as placeholders.
+
+_UNSET_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")  # a required variable (no `:-default`)
+PLACEHOLDER = "https://placeholder.invalid/validation-only-" + "0" * 32
+
+
+@dataclass(frozen=True)
+class ConnectorCatalogue:
+    """What a connectors file offers rules: `names` (connector name → type) and `template_exists`."""
+
+    names: dict[str, str]
+    template_exists: Callable[[str, str | None], bool]
+
+
+def catalogue(path: Path) -> ConnectorCatalogue:
+    """Read `path` (raises `ConfigError` naming file, line and value when it is invalid)."""
+    text = path.read_text()
+    env = dict(os.environ)
+    for name in _UNSET_VAR.findall(text):
+        env.setdefault(name, PLACEHOLDER)  # a secret or URL only the dispatcher needs
+    env.setdefault("NUDGE_BROKER_PROFILE", "dev")  # length rules on secrets are the dispatcher's to enforce
+    loaded = load_connectors(path, env=env)
+    return ConnectorCatalogue(
+        connector_types(loaded), lambda connector, template: template_exists(loaded, connector, template)
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from engine.language.problems import Problem, RuleFileError
 from engine.language.yamlnodes import YamlProblem, load_yaml, locate
 
 DEFAULT_CONNECTORS = frozenset({"webhook", "slack", "email", "kafka", "redis", "crm", "log"})
+# (connector name, template or None for `default`) -> whether that connector can render it.
+TemplateCheck = Callable[[str, str | None], bool]
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
 _ALL_KEYS = sorted(
     {name for model in schema.RULE_MODELS.values() for name in model.model_fields}
@@ -174,6 +176,7 @@ def _validate_rule(
     loc: tuple[Any, ...],
     segment_names: Collection[str],
     known_connectors: Collection[str],
+    template_exists: TemplateCheck | None = None,
 ) -> tuple[schema.RuleBase, dict[str, Any] | None] | None:
     if not isinstance(raw, dict):
         ctx.report(loc, "a rule must be a mapping with at least id, kind and action")
@@ -186,7 +189,7 @@ def _validate_rule(
         ctx.report(where, f"{what}: unknown or missing kind {kind!r}; use one of {', '.join(schema.KINDS)}")
         return None
     before = len(ctx.problems)
-    _check_connectors(ctx, raw, loc, what, known_connectors)
+    _check_connectors(ctx, raw, loc, what, known_connectors, template_exists)
     condition = None
     if raw.get("if") is not None:
 
@@ -206,7 +209,12 @@ def _validate_rule(
 
 
 def _check_connectors(
-    ctx: _FileContext, raw: dict[str, Any], loc: tuple[Any, ...], what: str, known: Collection[str]
+    ctx: _FileContext,
+    raw: dict[str, Any],
+    loc: tuple[Any, ...],
+    what: str,
+    known: Collection[str],
+    template_exists: TemplateCheck | None = None,
 ) -> None:
     blocks = [((*loc, "action"), raw.get("action"))]
     thresholds = raw.get("thresholds")
@@ -225,9 +233,22 @@ def _check_connectors(
                 (*where, "connector"),
                 f"{what}: unknown connector {connector!r}{suffix}; known connectors: {', '.join(sorted(known))}",
             )
+        elif isinstance(connector, str) and isinstance(block, dict) and template_exists is not None:
+            template = block.get("template")
+            if (template is None or isinstance(template, str)) and not template_exists(connector, template):
+                at = (*where, "template") if "template" in block else where
+                ctx.report(
+                    at,
+                    f"{what}: connector {connector!r} has no template {template or 'default'!r} (looked in the "
+                    "connectors file's templates_dir and the built-in templates)",
+                )
 
 
-def load_rules(paths: Sequence[str | Path], known_connectors: Collection[str] | None = None) -> RuleSet:
+def load_rules(
+    paths: Sequence[str | Path],
+    known_connectors: Collection[str] | None = None,
+    template_exists: TemplateCheck | None = None,
+) -> RuleSet:
     """Read, validate and compile rule files into one immutable `RuleSet`.
 
     - `paths` are files or directories. A directory contributes its `*.yaml` / `*.yml` files (not recursive),
@@ -237,22 +258,32 @@ def load_rules(paths: Sequence[str | Path], known_connectors: Collection[str] | 
     - All problems of all files are collected (unknown key, bad duration, unknown connector, duplicate id, bad
       predicate, unknown segment, YAML syntax...) and raised together as `RuleFileError`, each
       `file:line:col: message`. Nothing is half-loaded.
-    - `known_connectors`: the connector names an `action:` may use (default `DEFAULT_CONNECTORS`).
+    - `known_connectors`: the connector names an `action:` may use (default `DEFAULT_CONNECTORS`); with
+      `template_exists(connector, template)` (from the connectors file), an action naming a template its
+      connector cannot render is a problem too.
     """
     if isinstance(paths, str | Path):
         paths = [paths]
     problems: list[Problem] = []
     sources = _read_files(rule_files(paths), problems)
-    return _build(sources, problems, known_connectors)
+    return _build(sources, problems, known_connectors, template_exists)
 
 
-def parse_rules(text: str, name: str = "<rules>", known_connectors: Collection[str] | None = None) -> RuleSet:
+def parse_rules(
+    text: str,
+    name: str = "<rules>",
+    known_connectors: Collection[str] | None = None,
+    template_exists: TemplateCheck | None = None,
+) -> RuleSet:
     """`load_rules` for one rules document given as text (tests, embedding); `name` appears in problems."""
-    return _build([(name, text)], [], known_connectors)
+    return _build([(name, text)], [], known_connectors, template_exists)
 
 
 def _build(
-    sources: list[tuple[str, str]], problems: list[Problem], known_connectors: Collection[str] | None
+    sources: list[tuple[str, str]],
+    problems: list[Problem],
+    known_connectors: Collection[str] | None,
+    template_exists: TemplateCheck | None = None,
 ) -> RuleSet:
     connectors = frozenset(known_connectors) if known_connectors is not None else DEFAULT_CONNECTORS
     parsed = _parse_sources(sources, problems)
@@ -276,7 +307,7 @@ def _build(
                     f"duplicate rule id {rule_id!r} (first defined at {first}); "
                     "rule ids must be unique across all loaded files",
                 )
-            result = _validate_rule(ctx, raw, loc, segments, connectors)
+            result = _validate_rule(ctx, raw, loc, segments, connectors, template_exists)
             if isinstance(rule_id, str) and not duplicate:
                 line, _ = locate(ctx.root, loc)
                 ids[rule_id] = f"{ctx.name}:{line}"

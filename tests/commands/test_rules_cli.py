@@ -73,3 +73,35 @@ def test_rules_test_rejects_an_invalid_test_file(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert f"{tmp_path / 'a.test.yaml'}:1:8: unknown rule 'nope'" in out
     assert "unknown key 'colour' in a test case" in out
+
+
+CONNECTORS = """
+connectors:
+  email_eu: {type: email, host: smtp.eu.example, from_address: shop@eu.example, security: none}
+  email_us: {type: email, host: smtp.us.example, from_address: shop@us.example, security: none}
+  ops_hook: {type: webhook, url: "${OPS_HOOK_URL}", secret: "${OPS_HOOK_SECRET}"}
+"""
+
+
+def test_validate_checks_connector_names_and_templates_against_the_connectors_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connectors = tmp_path / "connectors.yaml"
+    connectors.write_text(CONNECTORS)  # secrets unset: validation does not need them
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: eu, kind: absence, when: {event: A}, within: 1m, action: {connector: email_eu, template: welcome}}\n"
+        "  - {id: us, kind: absence, when: {event: A}, within: 1m, action: {connector: email_us, template: welcom}}\n"
+        "  - {id: ops, kind: absence, when: {event: A}, within: 1m, action: {connector: ops_hook}}\n"
+        "  - {id: old, kind: absence, when: {event: A}, within: 1m, action: {connector: email}}\n"
+    )
+    assert main(["rules", "validate", str(rules), "--connectors", str(connectors)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{rules}:3:99: rule 'us': connector 'email_us' has no template 'welcom' (looked in the connectors file's "
+        "templates_dir and the built-in templates)",
+        f"{rules}:5:80: rule 'old': unknown connector 'email' (did you mean 'email_us'?); known connectors: "
+        "email_eu, email_us, ops_hook",
+    ]
+    assert main(["rules", "validate", str(connectors), "--connectors", str(tmp_path / "missing.yaml")]) == 2
