@@ -16,7 +16,8 @@ Why these choices (docs/clickhouse.md says the same for operators):
 - Codecs: Delta+ZSTD for timestamps (monotonic within a lead), ZSTD(3) for JSON text (repetitive, rarely
   read), LowCardinality for small vocabularies (event type/name, rule, connector, step, reason).
 - TTLs: events 400 days (a year-over-year view), actions and lead updates 2 years (attribution audits), dead
-  letters 30 days (a debugging aid, re-drive them before that). Change with `ALTER TABLE ... MODIFY TTL`.
+  letters 30 days (a debugging aid, re-drive them before that). The first three follow NUDGE_RETENTION_DAYS and
+  NUDGE_ACTIONS_RETENTION_DAYS (`RETENTION_TTL`, applied by the sink at start-up).
 """
 
 from __future__ import annotations
@@ -135,8 +136,34 @@ TTL toDateTime(at) + INTERVAL 730 DAY
 SETTINGS non_replicated_deduplication_window = 1000
 """
 
+# The audit trail of privacy requests (engine/clickhouse/erasure.py): never the erased id, only its keyed hash.
+# No TTL: a receipt is the proof that an erasure happened.
+_PRIVACY_RECEIPTS = """
+CREATE TABLE IF NOT EXISTS privacy_receipts (
+    request_id String,
+    type LowCardinality(String),
+    subject_hash String,
+    requested_at DateTime64(3, 'UTC'),
+    completed_at DateTime64(3, 'UTC'),
+    reason String,
+    counts String,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(completed_at)
+ORDER BY request_id
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "events, actions, dead letters, lead updates", (_EVENTS, _ACTIONS, _DEAD_LETTERS, _LEAD_UPDATES)
     ),
+    Migration(2, "privacy receipts", (_PRIVACY_RECEIPTS,)),
 )
+
+# Retention set by NUDGE_RETENTION_DAYS (events) and NUDGE_ACTIONS_RETENTION_DAYS (actions, lead updates): applied
+# by `engine.clickhouse.migrations.apply_retention` whenever it differs from the table's TTL. The migrations above
+# create the tables with the defaults (400 and 730 days).
+RETENTION_TTL = {
+    "events": "toDateTime(timestamp) + INTERVAL {days} DAY",
+    "actions": "toDateTime(at) + INTERVAL {days} DAY",
+    "lead_updates": "toDateTime(at) + INTERVAL {days} DAY",
+}

@@ -14,20 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DataError
 
 from engine import metrics
 from engine.clickhouse.client import ClickHouseUnavailable, connect, is_embedded
-from engine.clickhouse.migrations import migrate
+from engine.clickhouse.erasure import erase_rows, write_receipt
+from engine.clickhouse.migrations import apply_retention, migrate
 from engine.clickhouse.rows import COLUMNS, Record, UnstorableRecord, to_row
 from engine.config import Settings
 from engine.kafka import admin as kafka_admin
 from engine.kafka import topics
 from engine.kafka.admin import bootstrap_servers
 from engine.kafka.security import client_options
+from engine.privacy.records import BadPrivacyRecord, DeleteOrder, Receipt, parse_control
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ SINK_TOPICS = (
 )
 
 
-async def ensure_topics(settings: Settings, names: tuple[str, ...] = SINK_TOPICS) -> None:
+async def ensure_topics(settings: Settings, names: tuple[str, ...] = (*SINK_TOPICS, topics.PRIVACY)) -> None:
     """Create the topics the sink reads if they do not exist yet (a fresh broker, a new topic prefix)."""
     await kafka_admin.ensure_topics(settings, names)
 
@@ -104,6 +106,12 @@ class Sink:
     cannot encode for its column (say a priority beyond Int16) is found by bisecting the insert, skipped and
     counted (`reason="rejected_row"`, `topic` = the table): one bad record never blocks the sink. A locked
     embedded store raises `ClickHouseUnavailable` (waiting would not heal it).
+
+    Privacy: the sink also reads `privacy` (`engine.privacy.records`) and acts on the coordinator's
+    `DeleteOrder`s there: once the batch in hand is written, it deletes the lead's rows from every table
+    (`engine.clickhouse.erasure`), keeps the erasure receipt and answers with a `Receipt`. An order that fails
+    (ClickHouse down) is retried on the next round; one lost in a crash is sent again by the coordinator. At start
+    it sets the tables' TTLs to `NUDGE_RETENTION_DAYS` / `NUDGE_ACTIONS_RETENTION_DAYS` when they differ.
     """
 
     def __init__(
@@ -125,6 +133,10 @@ class Sink:
         self.backoff_max_s = backoff_max_s
         self.group_id = group_id or f"{settings.app_id}-sink"
         self._kinds = {settings.topic(name): name for name in SINK_TOPICS}
+        self._privacy_topic = settings.topic(topics.PRIVACY)
+        self._orders: list[DeleteOrder] = []
+        self._producer: AIOKafkaProducer | None = None
+        self._orders_retry_at = 0.0
         self._client: Client | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._batch = Batch()
@@ -162,6 +174,7 @@ class Sink:
         if self._client is None:
             client = self._connect_fn()
             migrate(client)
+            apply_retention(client, self.settings.retention_days, self.settings.actions_retention_days)
             self._client = client
         return self._client
 
@@ -246,6 +259,11 @@ class Sink:
 
     def _add(self, data: dict[TopicPartition, list[Any]]) -> None:
         for tp, messages in data.items():
+            if tp.topic == self._privacy_topic:
+                for msg in messages:
+                    self._control(msg.value)
+                    self._batch.add(tp, msg.offset, None, None)
+                continue
             kind = self._kinds[tp.topic]
             for msg in messages:
                 record = Record(kind, tp.partition, msg.offset, msg.timestamp, msg.key, msg.value)
@@ -258,6 +276,45 @@ class Sink:
                 self._batch.add(tp, msg.offset, table, row)
         for table in COLUMNS:
             metrics.SINK_BUFFERED_ROWS.labels(table).set(len(self._batch.rows.get(table, ())))
+
+    def _control(self, value: bytes | None) -> None:
+        """A `privacy` record: keep a delete order for `_run_orders`; receipts are the coordinator's."""
+        try:
+            found = parse_control(value)
+        except BadPrivacyRecord:
+            metrics.SINK_SKIPPED.labels(topics.PRIVACY, "not_privacy_record").inc()
+            return
+        if isinstance(found, DeleteOrder) and all(o.request_id != found.request_id for o in self._orders):
+            self._orders.append(found)
+
+    async def _run_orders(self, stop: asyncio.Event) -> None:
+        """Carry out the delete orders in hand, after writing the batch in hand (rows read before an order are
+        in the store when it runs). An order that fails stays for the next round (after a backoff)."""
+        if not self._orders or time.monotonic() < self._orders_retry_at or not await self.flush(stop):
+            return
+        while self._orders:
+            order = self._orders[0]
+            try:
+                client = await asyncio.to_thread(self._open_client)
+                erased = await asyncio.to_thread(erase_rows, client, order.ids, order.terms)
+                await asyncio.to_thread(write_receipt, client, order, erased.counts)
+                await self._answer(Receipt("clickhouse", order.request_id, erased.counts, -1, erased.action_ids))
+            except Exception as exc:  # ClickHouse or the broker down: the order waits, fetching goes on
+                log.warning("privacy request %s: ClickHouse erasure failed (%s); retrying", order.request_id, exc)
+                self._drop_client()
+                self._orders_retry_at = time.monotonic() + self.backoff_max_s
+                return
+            self._orders.pop(0)
+            log.info("privacy request %s: rows erased from ClickHouse: %s", order.request_id, erased.counts)
+
+    async def _answer(self, receipt: Receipt) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers(self.settings), acks="all", **client_options(self.settings)
+            )
+            await producer.start()
+            self._producer = producer
+        await self._producer.send_and_wait(self._privacy_topic, receipt.to_bytes(), key=receipt.request_id.encode())
 
     def _take(self, data: dict[TopicPartition, list[Any]]) -> None:
         """Add records to the open batch, after any held back while a flush was retrying (offset order)."""
@@ -360,7 +417,7 @@ class Sink:
             **self._group_timing(),
             **client_options(self.settings),
         )
-        self._consumer.subscribe(list(self._kinds), listener=self._listener())
+        self._consumer.subscribe([*self._kinds, self._privacy_topic], listener=self._listener())
         await self._consumer.start()
         return True
 
@@ -390,6 +447,8 @@ class Sink:
                 self._take(data)
                 if self._due():
                     await self.flush(stop)
+                if self._orders:
+                    await self._run_orders(stop)
             await self.flush(stop)
         finally:
             await self.close()
@@ -398,4 +457,8 @@ class Sink:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
         await asyncio.to_thread(self._drop_client)

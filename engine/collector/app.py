@@ -28,6 +28,8 @@ from engine.collector.identity import IdentityStore, MergeRefusal, merge_of
 from engine.collector.limits import RateLimiter, client_address
 from engine.collector.normalise import SINGLE_EVENT_ENDPOINTS, parse_messages, raw_messages, unique_by_message_id
 from engine.collector.producer import ClickstreamProducer, ClickstreamRecord
+from engine.collector.regulations import Suppression
+from engine.collector.regulations import register as register_regulations
 from engine.collector.trust import Auth, Marked, UserHashes, mark
 from engine.collector.unsubscribe import Unsubscribe
 from engine.config import ConfigError, Settings
@@ -103,6 +105,7 @@ class Collector:
         self.redis = redis
         self.producer = producer
         self.deduper = MessageDeduper(redis)
+        self.suppression = Suppression(redis, settings)  # privacy: suppressed leads are dropped at the edge
         _check_edge_settings(settings)
         self.identity = IdentityStore(
             redis, ttl_s=round(settings.profile_ttl_days * 86400), max_fields=settings.profile_max_fields
@@ -178,6 +181,7 @@ class Collector:
             refused = await self.identity.guard(events)
             events = self._without_refused_merges(events, refused, parsed)
             events = await self.identity.rekey(events)
+            events = await self.suppression.drop(events)  # events of suppressed leads: counted, never produced
             records = {e.message_id: ClickstreamRecord.of(e) for e in events}  # all of them before any is sent
             claim = await self.deduper.claim([e.message_id for e in events], token)
         except RedisError as exc:
@@ -460,6 +464,7 @@ def create_app(
     app.router.add_get("/v1/projects/{write_key}/settings", project_settings, name="settings")
     Unsubscribe(settings, app[COLLECTOR_KEY]).add_routes(app.router)  # GET/POST /v1/unsubscribe
     app.router.add_route("OPTIONS", "/v1/{path:.*}", preflight, name="preflight")
+    register_regulations(app, settings, redis)  # POST/GET /v1/regulations and the privacy coordinator
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics_view, name="metrics")
 

@@ -13,6 +13,7 @@ Art. 15, 17, 21). docs/privacy.md tells operators what is erased where.
 - `export`: one JSON document with everything Nudge holds about a lead.
 
 May import `engine.collector.identity` (key names), `engine.dispatch` (its key layouts), `engine.assignment.store`,
-`engine.clickhouse`, `engine.core`, `engine.language` (export rebuilds the state), `engine.events`, `engine.kafka`, `engine.config`, `engine.metrics`, redis,
-aiokafka and orjson; never the worker's Faust shell. Only `records` may be imported by the worker and the sink.
+`engine.clickhouse`, `engine.core` and `engine.language` (export rebuilds the state), `engine.events`,
+`engine.kafka`, `engine.config`, `engine.metrics`, redis, aiokafka and orjson; never the worker's Faust shell.
+Only `records` may be imported by the worker and the sink.
 """

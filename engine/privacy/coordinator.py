@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from engine import metrics
@@ -78,7 +77,7 @@ class Coordinator:
         self.eraser = RedisEraser(redis, settings.app_id)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._admin: AIOKafkaAdminClient | None = None
+        self._offsets: dict[str, AIOKafkaConsumer] = {}  # per watched group: reads its commits, never joins it
 
     # --- life cycle -----------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -116,15 +115,13 @@ class Coordinator:
         await self._consumer.start()
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", **options)
         await self._producer.start()
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **options)
-        await self._admin.start()
 
     async def _close(self) -> None:
-        for client in (self._consumer, self._producer, self._admin):
+        for client in (self._consumer, self._producer, *self._offsets.values()):
             if client is not None:
                 with contextlib.suppress(Exception):
-                    await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
-        self._consumer = self._producer = self._admin = None
+                    await client.stop()
+        self._consumer, self._producer, self._offsets = None, None, {}
 
     # --- receipts -------------------------------------------------------------------------------------------
     async def _read_receipts(self) -> None:
@@ -303,15 +300,23 @@ class Coordinator:
     async def _caught_up(self, group: str, ends: dict[str, dict[str, int]]) -> bool:
         """Whether `group` has committed every partition of `ends` (topic names without the prefix) at or past its
         end offset. A group that has never committed anything is not there to wait for."""
-        assert self._admin is not None
-        committed = await self._admin.list_consumer_group_offsets(group)
-        if not committed:
-            return True
+        reader = self._offsets.get(group)
+        if reader is None:
+            # A consumer with the group's id answers OffsetFetch without joining the group (no rebalance); the
+            # admin client's OffsetFetch is dropped by the dev broker (engine.testing.CommittedOffsets).
+            reader = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap_servers,
+                group_id=group,
+                enable_auto_commit=False,
+                **client_options(self.settings),
+            )
+            await reader.start()
+            self._offsets[group] = reader
+        positions: list[tuple[int, int | None]] = []
         for name, partitions in ends.items():
             topic = self.settings.topic(name)
             for partition, end in partitions.items():
-                meta = committed.get(TopicPartition(topic, int(partition)))
-                position = meta.offset if meta is not None else -1
-                if end > 0 and position < end:
-                    return False
-        return True
+                positions.append((int(end), await reader.committed(TopicPartition(topic, int(partition)))))
+        if all(position is None for _, position in positions):
+            return True  # the group never committed these topics: no such consumer is deployed
+        return all(end <= 0 or (position or 0) >= end for end, position in positions)

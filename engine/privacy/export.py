@@ -65,7 +65,14 @@ def from_clickhouse(settings: Settings, ids: list[str], doc: dict[str, Any]) -> 
     try:
         client = connect(dsn)
     except Exception as exc:  # the running sink holds chDB, or the server is down
-        doc["unavailable"]["clickhouse"] = str(exc)
+        text = str(exc).splitlines()[0][:300]
+        if dsn.startswith("chdb:"):
+            text = (
+                "the embedded ClickHouse store cannot be opened: a running `nudge sink` owns it (chDB allows one "
+                "process per store). Stop the sink for the export (it resumes where it stopped), or point "
+                f"NUDGE_CLICKHOUSE_DSN at a ClickHouse server ({text})"
+            )
+        doc["unavailable"]["clickhouse"] = text
         return ids
     try:
         from engine.clickhouse.erasure import expand_ids

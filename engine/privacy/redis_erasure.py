@@ -2,8 +2,8 @@
 
 - profile, merges, known mark (the collector, `engine.collector.identity`): `nudge:profile:{id}`,
   `nudge:alias:{id}`, `nudge:client-alias:{id}` and every alias whose value is the id, `nudge:known:{id}`;
-- dedupe claims (the collector, `engine.collector.dedupe`): `nudge:seen:{messageId}` where the message id is the
-  lead id (message ids name no lead otherwise);
+- dedupe claims (the collector, `engine.collector.dedupe`): `nudge:seen:{messageId}` where the message id
+  contains the lead id (SDKs make random message ids; some senders build them from the user id);
 - schedule (the dispatcher, `engine.dispatch.schedule`): the lead's entries in `{p}schedule` and
   `{p}schedule:items`, its index `{p}schedule:lead:{id}`;
 - re-check state (`engine.dispatch.policies.recheck`): `{p}recheck:{id}`;
@@ -30,6 +30,7 @@ from engine.assignment.store import PREFIX as ASSIGN_PREFIX
 from engine.collector.identity import ALIAS_PREFIX, CLIENT_ALIAS_PREFIX, KNOWN_PREFIX, PROFILE_PREFIX
 
 SCAN_COUNT = 1000
+SEEN_PREFIX = "nudge:seen:"  # engine.collector.dedupe.KEY_PREFIX
 # Names of keys that hold many leads: an id equal to one of them must never make the last pass delete such a key.
 SHARED_NAMES = frozenset(
     {
@@ -201,6 +202,9 @@ class RedisEraser:
         endings = {f":{lead}": lead for lead in leads if lead not in SHARED_NAMES}
         async for raw in self.redis.scan_iter(count=SCAN_COUNT):
             key = _text(raw)
+            if key.startswith(SEEN_PREFIX) and any(lead in key[len(SEEN_PREFIX) :] for lead in leads):
+                doomed.append((key, "dedupe"))  # a message id made from the lead id (`cart-<user>-1`)
+                continue
             kind = self._kind_of(key, endings)
             if kind is not None:
                 doomed.append((key, kind))
@@ -225,8 +229,6 @@ class RedisEraser:
                 return "aliases"
             if key == KNOWN_PREFIX + lead:
                 return "known"
-            if key == f"nudge:seen:{lead}":
-                return "dedupe"
             if key == f"{self.prefix}recheck:{lead}":
                 return "recheck"
             if key == f"{self.prefix}schedule:lead:{lead}":
