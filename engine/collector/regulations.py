@@ -18,8 +18,9 @@ from aiohttp import web
 from engine import metrics
 from engine.config import Settings
 from engine.events import Event
-from engine.privacy.coordinator import Coordinator
-from engine.privacy.requests import BadRequest, PrivacyRequests, hash_key, suppressed_key
+
+# engine.privacy is imported where it is used: it reads the collector's identity module, whose package imports this
+# one (engine.collector's __init__ loads the app), so a module-level import would be circular.
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,17 @@ class Suppression:
     ids (`nudge:suppressed:{hash}`). Redis errors propagate (the request gets 503, like any Redis failure)."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        from engine.privacy.requests import hash_key, suppressed_key
+
         self.redis = redis
         self.key = hash_key(settings)
+        self._marker = suppressed_key
 
     async def drop(self, events: list[Event]) -> list[Event]:
         ids = sorted({i for e in events for i in (e.lead_id, e.anonymous_id, e.previous_id) if i})
         if not ids:
             return events
-        found = await self.redis.mget([suppressed_key(self.key, i) for i in ids])
+        found = await self.redis.mget([self._marker(self.key, i) for i in ids])
         suppressed = {i for i, value in zip(ids, found, strict=True) if value is not None}
         if not suppressed:
             return events
@@ -61,6 +65,8 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 def _subjects(body: Any) -> tuple[str, list[str], str]:
+    from engine.privacy.requests import BadRequest
+
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     subject_type = body.get("subjectType", "USER_ID")
@@ -80,10 +86,14 @@ class Regulations:
     status. Both need `Authorization: Bearer <NUDGE_ADMIN_TOKEN>`: a write key, or no token configured, is 401."""
 
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        from engine.privacy.requests import PrivacyRequests
+
         self.settings = settings
         self.requests = PrivacyRequests(settings, redis)
 
     async def create(self, request: web.Request) -> web.Response:
+        from engine.privacy.requests import BadRequest
+
         if not _authorised(request, self.settings.admin_token):
             return _error(401, "unauthorized", "send Authorization: Bearer <NUDGE_ADMIN_TOKEN>")
         raw = await request.content.read(MAX_BODY_BYTES + 1)
@@ -111,6 +121,8 @@ class Regulations:
 def register(app: web.Application, settings: Settings, redis: aioredis.Redis) -> None:
     """Add the regulation routes to the collector's `app` and run the privacy coordinator beside it (started with
     the app, stopped on cleanup)."""
+    from engine.privacy.coordinator import Coordinator
+
     regulations = Regulations(settings, redis)
     app.router.add_post("/v1/regulations", regulations.create, name="regulations")
     app.router.add_get("/v1/regulations/{request_id}", regulations.show, name="regulation")

@@ -81,17 +81,18 @@ class Coordinator:
 
     # --- life cycle -----------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect (retrying while the broker is down), then read receipts and tick until `stop` is set."""
-        while not stop.is_set():
-            try:
-                await self._start()
-                break
-            except Exception as exc:  # the broker is not up yet: the collector serves meanwhile
-                log.warning("privacy coordinator cannot start yet (%s); retrying", type(exc).__name__)
-                await self._close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
+        """Connect (retrying while the broker is down), then read receipts and tick until `stop` is set. Cancelled,
+        it closes its clients too (every step is idempotent: the next coordinator redoes a step cut short)."""
         try:
+            while not stop.is_set():
+                try:
+                    await self._start()
+                    break
+                except Exception as exc:  # the broker is not up yet: the collector serves meanwhile
+                    log.warning("privacy coordinator cannot start yet (%s); retrying", type(exc).__name__)
+                    await self._close()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 2.0)
             while not stop.is_set():
                 await self._read_receipts()
                 await self.tick()

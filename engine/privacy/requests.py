@@ -100,11 +100,11 @@ class RequestStatus:
         order = [WORKER, DISPATCHER, REDIS, SINK_BARRIER, CLICKHOUSE]
         if self.done:
             return []
-        if self.request_type not in DELETING:
-            return [WORKER]
-        start = order.index(self.stage) if self.stage in order else 0
         names = {WORKER: f"worker ({self.worker_confirmed}/{self.ids} ids confirmed)", DISPATCHER: "dispatcher"}
         names[SINK_BARRIER] = "sink (catching up)"
+        if self.request_type not in DELETING:
+            return [names[WORKER]]
+        start = order.index(self.stage) if self.stage in order else 0
         return [names.get(stage, stage) for stage in order[start:]]
 
     def to_json(self) -> dict[str, Any]:

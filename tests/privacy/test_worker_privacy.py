@@ -110,3 +110,23 @@ async def test_delete_without_suppression_unknown_leads_and_suppress_keeping_sta
         await cart(worker_settings, "deleted", 2)  # Delete does not suppress: a new history starts
         await reader.wait_for(lambda: fired(reader, "deleted"), 20, "a reminder for the new history")
         assert [a["trigger"] for a in fired(reader, "deleted")] == [["deleted-2"]]
+
+
+async def test_idle_leads_without_a_pending_deadline_are_dropped(settings: Settings, tmp_path: Path) -> None:
+    """NUDGE_LEAD_IDLE_DAYS: a lead whose state was not written for that long and has no pending deadline gets a
+    tombstone in the changelog; a lead waiting for a deadline stays (here 3 s idle, a 60 s reminder)."""
+    idle = with_rules(settings, tmp_path, "rules:\n" + cart_abandoned(within="60s"), lead_idle_days=3 / 86400)
+    changelog = f"{idle.app_id}-leads-changelog"
+    with WorkerProcess(idle, tmp_path / "worker.log") as worker:
+        await worker.start_ready(TOPICS)
+        reader = TopicReader(idle.bootstrap_servers, [changelog])
+        async with reader:
+            now_ms = int(time.time() * 1000)
+            await send(idle, [(b"browser", track("browser", "Product Viewed", now_ms, "v-1")),
+                              (b"waiting", track("waiting", "Product Added", now_ms, "a-1"))])  # fmt: skip
+            await reader.wait_for(lambda: {r.key for r in reader.records} >= {b"browser", b"waiting"}, 20, "states")
+            await reader.wait_for(
+                lambda: any(r.key == b"browser" and not r.value for r in reader.records), 20, "the idle tombstone"
+            )
+            time.sleep(1.5)
+            assert [bool(r.value) for r in reader.records if r.key == b"waiting"] == [True]
