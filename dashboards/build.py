@@ -283,10 +283,24 @@ def pipeline_health() -> db.Dashboard:
         ts("Records the sink skipped", "Records it could not store, by topic and reason.",
            [(rate("nudge_sink_skipped_records_total", "topic, reason"), "{{topic}}: {{reason}}")], "ops"),
     ]
+    privacy = [
+        ts("Privacy requests", "Erasure and suppression requests (docs/privacy.md): accepted by the collector, applied "
+           "by the workers, completed once every store confirmed; pending = not yet confirmed (stuck: `nudge privacy "
+           "status` names the store it waits for).",
+           [(rate("nudge_privacy_requests_total", "store, step"), "{{store}}: {{step}}"),
+            ("max(nudge_privacy_pending_requests)", "pending")], "short", w=8),
+        ts("Events of suppressed leads dropped", "Dropped at the collector's edge or in the worker; never stored.",
+           [(rate("nudge_privacy_dropped_events_total", "source"), "{{source}}")], "ops", w=8),
+        ts("Idle leads dropped", "Lead states the workers dropped after NUDGE_LEAD_IDLE_DAYS without a write and "
+           "with no pending deadline (keeps the table bounded).",
+           [(f'sum(rate(nudge_worker_idle_leads_dropped_total{{job="nudge-worker"}}[{RATE}]))', "dropped")],
+           "ops", w=8),
+    ]
     return dashboard(
         "nudge-pipeline-health", "Nudge / Pipeline health",
-        "Per process: collector, workers (lag, state, timers), dispatcher, ClickHouse sink.",
-        [("Processes", processes), ("Workers", workers), ("Collector", collector), ("ClickHouse sink", sink)],
+        "Per process: collector, workers (lag, state, timers), dispatcher, ClickHouse sink, privacy.",
+        [("Processes", processes), ("Workers", workers), ("Collector", collector), ("ClickHouse sink", sink),
+         ("Privacy", privacy)],
     )
 
 

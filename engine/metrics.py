@@ -212,3 +212,6 @@ WORKER_IDLE_LEADS_DROPPED = Counter(
 )
 for _source in ("collector", "worker"):
     PRIVACY_DROPPED_EVENTS.labels(_source)
+for _store, _step in (("collector", "accepted"), ("worker", "erase"), ("worker", "suppress"),
+                      ("worker", "unsuppress"), ("coordinator", "completed")):  # fmt: skip
+    PRIVACY_REQUESTS.labels(_store, _step)
