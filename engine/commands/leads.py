@@ -32,6 +32,7 @@ class LeadReport:
     updates: list[dict[str, Any]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     assigned_lead: dict[str, Any] = field(default_factory=dict)  # the lead context stored with its owner
+    merged_ids: list[str] = field(default_factory=list)  # ids merged into the lead, whose history is shown too
 
     @property
     def known(self) -> bool:
@@ -76,8 +77,8 @@ async def _from_redis(settings: Settings, report: LeadReport) -> None:
         await client.aclose()
 
 
-def _query(client: Any, sql: str, lead_id: str) -> list[dict[str, Any]]:
-    result = client.query(sql, parameters={"lead": lead_id})
+def _query(client: Any, sql: str, ids: list[str]) -> list[dict[str, Any]]:
+    result = client.query(sql, parameters={"ids": ids})
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
@@ -85,6 +86,7 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
     try:
         from engine.clickhouse.client import connect
         from engine.clickhouse.history import lead_actions
+        from engine.clickhouse.merged_history import merged_ids
     except ImportError as exc:
         report.unavailable["clickhouse"] = f"engine.clickhouse not installed ({exc})"
         return
@@ -99,15 +101,20 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
         report.unavailable["clickhouse"] = str(exc)
         return
     try:
+        # One person, one history: every id merged into the lead (its anonymous ids and aliases).
+        ids = [report.lead_id]
+        with contextlib.suppress(Exception):  # no events table yet: the queries below say so
+            ids = merged_ids(client, report.lead_id)
+        report.merged_ids = ids[1:]
         tables = {
             "events": "SELECT timestamp AS at, type, name, properties FROM events FINAL "
-            f"WHERE lead_id = {{lead:String}} ORDER BY timestamp DESC LIMIT {RECENT}",
+            f"WHERE lead_id IN {{ids:Array(String)}} ORDER BY timestamp DESC LIMIT {RECENT}",
             "updates": "SELECT at, kind, rep, payload FROM lead_updates FINAL "
-            "WHERE lead_id = {lead:String} ORDER BY at LIMIT 200",
+            "WHERE lead_id IN {ids:Array(String)} ORDER BY at LIMIT 200",
         }
         for name, sql in tables.items():
             try:
-                rows = _query(client, sql, report.lead_id)
+                rows = _query(client, sql, ids)
             except Exception as exc:  # table missing (no migrations yet) or schema drift: degrade
                 text = str(exc)
                 if "UNKNOWN_TABLE" in text or "Unknown table" in text:
@@ -121,7 +128,9 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
                             row[key] = orjson.loads(row[key])
             setattr(report, name, list(reversed(rows)) if name != "updates" else rows)
         try:
-            report.actions = [a.to_json() for a in lead_actions(client, report.lead_id, RECENT)]
+            merged = [a for lead in ids for a in lead_actions(client, lead, RECENT)]
+            merged.sort(key=lambda a: (a.steps[0].at_ms, a.action_id))
+            report.actions = [a.to_json() for a in merged[-RECENT:]]
         except Exception as exc:  # table missing or schema drift, as above
             text = str(exc)
             if "UNKNOWN_TABLE" in text or "Unknown table" in text:
@@ -166,7 +175,7 @@ def _action_line(action: dict[str, Any]) -> str:
 
 
 def render(report: LeadReport) -> str:
-    lines = [f"Lead {report.lead_id}"]
+    lines = [f"Lead {report.lead_id}" + (f" (merged: {', '.join(report.merged_ids)})" if report.merged_ids else "")]
     lines.append(f"  stage: {report.latest('stage') or '-'}    score: {report.latest('score') or '-'}")
     lines.append("Profile (traits):")
     lines += [f"  {k}: {v}" for k, v in sorted(report.profile.items())] or ["  -"]
