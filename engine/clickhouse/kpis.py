@@ -10,6 +10,8 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from engine.clickhouse.merged_history import MERGES_SQL, person_sql
+
 FUNNEL_STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
 ATTRIBUTION_WINDOW_MS = 7 * 24 * 3600 * 1000  # `nudge report --attribution`'s default
 FUNNEL_WINDOW_MS = 7 * 24 * 3600 * 1000
@@ -53,6 +55,12 @@ def _ratio(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+# One person, one lead: an anonymous id merged into a user (identify, alias) counts as that user
+# (engine/clickhouse/merged_history.py). Used as `FROM events AS e FINAL {MERGED}` with `{PERSON}` for the lead.
+MERGED = f"LEFT JOIN ({MERGES_SQL}) AS m ON m.from_id = e.lead_id"
+PERSON = person_sql("e.lead_id")
+
+
 def funnel(
     client: Client, since_ms: int, until_ms: int, window_ms: int = FUNNEL_WINDOW_MS
 ) -> list[dict[str, Any]]:
@@ -61,10 +69,10 @@ def funnel(
     conditions = ", ".join(f"name = '{step}'" for step in FUNNEL_STEPS)
     sql = f"""
         SELECT level, count() FROM (
-            SELECT lead_id, windowFunnel(%(w)s)(toUInt64({_ms("timestamp")}), {conditions}) AS level
-            FROM events FINAL
+            SELECT {PERSON} AS person, windowFunnel(%(w)s)(toUInt64({_ms("timestamp")}), {conditions}) AS level
+            FROM events AS e FINAL {MERGED}
             WHERE type = 'track' AND {_in_window("timestamp")}
-            GROUP BY lead_id
+            GROUP BY person
         ) GROUP BY level"""
     by_level = {int(level): int(n) for level, n in _rows(client, sql, since_ms, until_ms, w=window_ms)}
     out: list[dict[str, Any]] = []
@@ -87,12 +95,12 @@ def abandonment(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
     Product Added."""
     sql = f"""
         SELECT countIf(last_add > 0), countIf(last_add > 0 AND last_order < last_add) FROM (
-            SELECT lead_id,
+            SELECT {PERSON} AS person,
                    maxIf({_ms("timestamp")}, name = 'Product Added') AS last_add,
                    maxIf({_ms("timestamp")}, name = 'Order Completed') AS last_order
-            FROM events FINAL
+            FROM events AS e FINAL {MERGED}
             WHERE type = 'track' AND {_in_window("timestamp")}
-            GROUP BY lead_id
+            GROUP BY person
         )"""
     carts, abandoned = _rows(client, sql, since_ms, until_ms)[0]
     return {"carts": int(carts), "abandoned": int(abandoned), "rate": _ratio(abandoned, carts)}

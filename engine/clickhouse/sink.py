@@ -205,8 +205,10 @@ class Sink:
             self._insert(table, rows, token)
         except BAD_DATA_ERRORS as exc:
             if len(rows) == 1:
+                # Not the row itself: it can hold personal data (traits, emails) and logs are kept elsewhere.
                 log.error(
-                    "skipping a row ClickHouse cannot take into %s: %s; row: %.500r", table, exc, rows[0]
+                    "skipping a row ClickHouse cannot take into %s: %s (%d columns)", table, type(exc).__name__,
+                    len(rows[0]),
                 )
                 metrics.SINK_SKIPPED.labels(table, "rejected_row").inc()
                 return

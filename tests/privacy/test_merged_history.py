@@ -27,3 +27,25 @@ def test_leads_show_merges_the_anonymous_history(settings: Settings) -> None:
     assert sorted(e["name"] for e in report.events) == ["", "Product Added"]  # the anonymous add-to-cart is there
     assert [a["action_id"] for a in report.actions] == ["act-user-7-1"]
     assert "Lead user-7 (merged: anon-7)" in render(report)
+
+
+def test_kpis_count_a_merged_lead_once(settings: Settings) -> None:
+    """An anonymous visitor views and adds to cart, then signs in and completes the order as a user: one lead
+    through the whole funnel, not an abandoned anonymous cart plus a user who ordered without a cart."""
+    from engine.clickhouse import kpis
+
+    client = connect(settings.clickhouse_dsn)
+    try:
+        migrate(client)
+        steps = ["Product Viewed", "Product Added", "Checkout Started", "Order Completed"]
+        docs = [event(f"a{n}", anonymousId="anon-8", event=name) for n, name in enumerate(steps[:2])]
+        docs.append(event("i", type="identify", userId="user-8", anonymousId="anon-8"))
+        docs += [event(f"u{n}", userId="user-8", event=name) for n, name in enumerate(steps[2:])]
+        for n, doc in enumerate(docs):
+            doc["timestamp"] += n * 1000
+        insert(client, "clickstream", docs)
+        since, until = kpis.window("1d")
+        assert [step["leads"] for step in kpis.funnel(client, since, until)] == [1, 1, 1, 1]
+        assert kpis.abandonment(client, since, until) == {"carts": 1, "abandoned": 0, "rate": 0.0}
+    finally:
+        client.close()
