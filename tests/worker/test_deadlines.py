@@ -136,3 +136,13 @@ def test_a_clock_never_goes_back_when_it_stops_being_caught_up() -> None:
     wall.now_ms += 3_000
     running = clock.now_ms(caught_up=True)
     assert clock.now_ms(caught_up=False) == running
+
+
+def test_the_index_says_whether_and_how_many_deadlines_a_lead_has() -> None:
+    """What an erasure counts and the idle sweep asks (engine/worker/lead_worker.py)."""
+    index = DeadlineIndex()
+    index.set("a", 0, [30, 10, 20])
+    assert "a" in index and index.count("a") == 3
+    assert "b" not in index and index.count("b") == 0
+    index.discard("a")
+    assert "a" not in index and index.count("a") == 0 and index.pending_deadlines == 0
