@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from engine.config import ConfigError, Settings
+from engine.core.kinds.journey import JourneyLogic
+from engine.core.ruleset import Rule
 from engine.dispatch.config import catalogue
 from engine.language import RuleFileError, load_rules, rule_files
 from engine.language.testcases import find_test_files, run_test_file
@@ -63,10 +65,17 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def journey_sends(rule: Rule) -> list[str]:
+    """The ids of a journey's `send` steps (none for other kinds)."""
+    logic = rule.logic
+    return [step.id for step in logic.steps if step.kind == "send"] if isinstance(logic, JourneyLogic) else []
+
+
 def run_test(args: argparse.Namespace) -> int:
     """Run the `*.test.yaml` cases found in the given directories/files (default: the configured rules path)
     against the rules of their directory; print one line per case (`ok` / `FAIL` + the differences). Exit 0 when all
-    pass, 1 when a case fails, 2 when a rule or test file is invalid.
+    pass, 1 when a case fails, 2 when a rule or test file is invalid. Notes on stderr name the rules no case
+    expects an action of, and the send steps of journeys no case expects (`expect: [{rule, step}]`).
     """
     paths = args.paths or [str(Settings.from_env().rules_path)]
     files = find_test_files(paths)
@@ -76,6 +85,7 @@ def run_test(args: argparse.Namespace) -> int:
     passed = failed = 0
     invalid = False
     covered: dict[Path, set[str]] = {}
+    steps: dict[Path, set[tuple[str, str]]] = {}
     for path in files:
         try:
             results = run_test_file(path)
@@ -89,10 +99,23 @@ def run_test(args: argparse.Namespace) -> int:
             passed += result.passed
             failed += not result.passed
             covered.setdefault(path.parent, set()).update(result.covered)
+            steps.setdefault(path.parent, set()).update(result.steps)
     for directory, rule_ids in covered.items():
-        untested = [r.id for r in load_rules([directory]).rules if r.id not in rule_ids]
+        loaded = load_rules([directory])
+        untested = [r.id for r in loaded.rules if r.id not in rule_ids]
         if untested:
             print(f"note: no test case in {directory} expects an action of: {', '.join(untested)}", file=sys.stderr)
+        unsent = [
+            f"{rule.id}.{step}"
+            for rule in loaded.rules
+            for step in journey_sends(rule)
+            if rule.id in rule_ids and (rule.id, step) not in steps.get(directory, set())
+        ]
+        if unsent:
+            print(
+                f"note: no test case in {directory} expects a send of journey step: {', '.join(unsent)}",
+                file=sys.stderr,
+            )
     print(f"{passed} passed, {failed} failed", file=sys.stderr)
     if invalid:
         return 2

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from engine.config import Settings
 from engine.core.simulate import simulate
@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--explain",
         action="store_true",
         help="also report on stderr each firing a rule's cooldown, max_per_lead or if: stopped",
+    )
+    parser.add_argument(
+        "--journeys",
+        action="store_true",
+        help="also report on stderr each journey record (entered, reached, exited, completed, goal)",
     )
     parser.set_defaults(func=run)
 
@@ -46,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     are ignored. At end of input event time advances past every pending deadline unless `--no-flush`. With
     `--explain`, each firing a common gate stopped is reported on stderr as
     `suppressed: TIME LEAD RULE REASON` (reason `cooldown`, `max_per_lead` or `condition`), in evaluation order.
+    With `--journeys`, each journey record (what the worker publishes on `lead-updates`) is reported on stderr as
+    `journey: TIME LEAD JOURNEY EVENT STEP [REASON]` (`-` for no step), ordered like the actions.
+    Journey actions carry `step`. The flush is bounded (`engine.core.simulate.FLUSH_HORIZON_MS`, `FLUSH_TICKS`).
     Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
     """
     rule_paths = args.rules or [str(Settings.from_env().rules_path)]
@@ -66,9 +74,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = sys.stdout.buffer
     suppressed: list[tuple[int, str, str, str]] | None = [] if args.explain else None
-    for action in simulate(rules, events, flush=not args.no_flush, suppressed=suppressed):
+    updates: list[dict[str, Any]] | None = [] if args.journeys else None
+    for action in simulate(rules, events, flush=not args.no_flush, suppressed=suppressed, updates=updates):
         out.write(action.to_bytes() + b"\n")
     out.flush()
     for at_ms, lead, rule, reason in suppressed or ():
         print(f"suppressed: {format_ts(at_ms)} {lead} {rule} {reason}", file=sys.stderr)
+    for update in updates or ():
+        if update.get("kind") == "journey":
+            print(journey_line(update), file=sys.stderr)
     return 0
+
+
+def journey_line(update: dict[str, Any]) -> str:
+    """`journey: TIME LEAD JOURNEY EVENT STEP [REASON]`, one journey record as `--journeys` shows it."""
+    parts = [format_ts(update["at_ms"]), update["lead_id"], update["journey"], update["event"], update["step"] or "-"]
+    if update.get("reason"):
+        parts.append(update["reason"])
+    return "journey: " + " ".join(parts)

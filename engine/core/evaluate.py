@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.core.consent import withdrawal_reason
 from engine.core.facts import LeadView, apply_event, lead_view
+from engine.core.kinds.journey import JourneyLogic
 from engine.core.kinds.score import ScoreLogic, ScoreSlot
 from engine.core.model import Action, Tick, make_action_id
 from engine.core.ruleset import Firing, Rule, RuleSet, Slot
@@ -23,8 +24,9 @@ EMPTY: dict[str, Any] = {}
 @dataclass(slots=True)
 class Evaluation:
     """One step's result: the lead's new state, the actions fired (in firing order), the lead updates to publish
-    on `lead-updates` (stage changes, in order), and `deadlines`: ALL pending deadlines of the lead after this
-    step, sorted and deduplicated (not a delta, so the shell replaces its index entry for the lead)."""
+    on `lead-updates` (in order: consent and stage changes, conversions, and journey records — `kind: journey`,
+    see `engine.core.kinds.journey.Record`), and `deadlines`: ALL pending deadlines of the lead after this step,
+    sorted and deduplicated (not a delta, so the shell replaces its index entry for the lead)."""
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)
@@ -94,22 +96,23 @@ class _EventContext:
 
 def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fired) -> None:
     at = firing.at_ms
-    fires = 0  # this rule's fires for this lead so far: ever, or in the current `per` period
-    gate = state.gates.get(rule.key)  # [last fired at, fires counted]
-    if gate is not None:
-        last_ms, counted = gate
-        if rule.cooldown_ms and at - last_ms < rule.cooldown_ms:
-            out.suppressed.append((rule.id, "cooldown"))
+    if firing.step is None:  # a journey's send passes no gate: its `if:` applied at entry
+        fires = 0  # this rule's fires for this lead so far: ever, or in the current `per` period
+        gate = state.gates.get(rule.key)  # [last fired at, fires counted]
+        if gate is not None:
+            last_ms, counted = gate
+            if rule.cooldown_ms and at - last_ms < rule.cooldown_ms:
+                out.suppressed.append((rule.id, "cooldown"))
+                return
+            if rule.per_ms is None or last_ms // rule.per_ms == at // rule.per_ms:
+                fires = counted
+        if rule.max_per_lead is not None and fires >= rule.max_per_lead:
+            out.suppressed.append((rule.id, "max_per_lead"))
             return
-        if rule.per_ms is None or last_ms // rule.per_ms == at // rule.per_ms:
-            fires = counted
-    if rule.max_per_lead is not None and fires >= rule.max_per_lead:
-        out.suppressed.append((rule.id, "max_per_lead"))
-        return
-    if not rule.condition_holds(view):
-        out.suppressed.append((rule.id, "condition"))
-        return
-    state.gates[rule.key] = [at, fires + 1]
+        if not rule.condition_holds(view):
+            out.suppressed.append((rule.id, "condition"))
+            return
+        state.gates[rule.key] = [at, fires + 1]
     spec = firing.action or rule.action
     context = dict(view)
     if firing.details:
@@ -127,11 +130,12 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fi
             template=spec.template,
             payload=dict(spec.payload),
             priority=rule.priority,
-            marketing=rule.marketing,
+            marketing=rule.marketing if firing.marketing is None else firing.marketing,
             on_cap=rule.on_cap,
             context=context,
             trigger_time_ms=firing.trigger_time_ms,
             expires_at_ms=at + rule.expires_after_ms if rule.expires_after_ms is not None else None,
+            step=firing.step,
         )
     )
 
@@ -143,7 +147,9 @@ def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
         state.rules[rule.key] = slot
 
 
-def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, out: _Fired) -> None:
+def _fire_due(
+    rules: RuleSet, state: LeadState, t: int, inclusive: bool, out: _Fired, updates: list[dict[str, Any]]
+) -> None:
     timed = rules.timed
     while timed and state.rules:
         due: tuple[int, int, Rule] | None = None
@@ -160,12 +166,41 @@ def _fire_due(rules: RuleSet, state: LeadState, t: int, inclusive: bool, out: _F
         if due is None:
             return
         deadline, _, rule = due
-        new_slot, firings = rule.logic.on_deadline(rule, state.rules[rule.key], deadline)
+        logic = rule.logic
+        if type(logic) is JourneyLogic:
+            _wake_journey(rules, state, rule, logic, deadline, out, updates)
+            continue
+        new_slot, firings = logic.on_deadline(rule, state.rules[rule.key], deadline)
         _store(state, rule, new_slot)
         if firings:
             view = build_view(rules, state, deadline)
             for firing in firings:
                 _emit(rule, state, firing, view, out)
+
+
+def _wake_journey(
+    rules: RuleSet,
+    state: LeadState,
+    rule: Rule,
+    logic: JourneyLogic,
+    deadline: int,
+    out: _Fired,
+    updates: list[dict[str, Any]],
+) -> None:
+    """A journey's deadline: the lead's view at the deadline is built (once) only if a branch or a send needs it."""
+    built: list[LeadView] = []
+
+    def view() -> LeadView:
+        if not built:
+            built.append(build_view(rules, state, deadline))
+        return built[0]
+
+    new_slot, firings, records = logic.wake(rule, state.rules[rule.key], deadline, view)
+    _store(state, rule, new_slot)
+    for firing in firings:
+        _emit(rule, state, firing, view(), out)
+    for record in records:
+        updates.append(record.update(state.lead_id, rule.id))
 
 
 def _show_event(
@@ -174,6 +209,7 @@ def _show_event(
     event: Event,
     out: _Fired,
     changes: list[tuple[Rule, StageChange]],
+    updates: list[dict[str, Any]],
     skip: Rule | None = None,
     converted: list[Rule] | None = None,
 ) -> None:
@@ -187,18 +223,25 @@ def _show_event(
             if conversion is not None and conversion(ctx):
                 converted.append(rule)
         slot = stored = state.rules.get(key)
-        if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
-            slot = None
         logic = rule.logic
         new_slot: Slot | None
-        if type(logic) is ScoreLogic:
-            new_slot, firings, change = logic.step(rule, slot, ctx)
-            if change is not None:
-                changes.append((rule, change))
-            if new_slot is not slot:
-                ctx.lead_changed()  # the view shows scores and stages
+        if type(logic) is JourneyLogic:  # handles its own exit_on (it records the exit, may keep a goal window)
+            new_slot, firings, records, stopped = logic.step(rule, slot, ctx)
+            if stopped:
+                out.suppressed.append((rule.id, "condition"))
+            for record in records:
+                updates.append(record.update(state.lead_id, rule.id))
         else:
-            new_slot, firings = logic.on_event(rule, slot, ctx)
+            if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
+                slot = None
+            if type(logic) is ScoreLogic:
+                new_slot, firings, change = logic.step(rule, slot, ctx)
+                if change is not None:
+                    changes.append((rule, change))
+                if new_slot is not slot:
+                    ctx.lead_changed()  # the view shows scores and stages
+            else:
+                new_slot, firings = logic.on_event(rule, slot, ctx)
         if new_slot is not stored:  # (inline: this runs for every rule an event may concern)
             if new_slot is None:
                 del state.rules[key]
@@ -221,7 +264,7 @@ def _apply_event(
         updates.append(_consent_update(state.lead_id, event, after))
     changes: list[tuple[Rule, StageChange]] = []
     converted: list[Rule] = []
-    _show_event(rules, state, event, out, changes, converted=converted)
+    _show_event(rules, state, event, out, changes, updates, converted=converted)
     for rule in converted:
         updates.append(
             {
@@ -239,7 +282,7 @@ def _apply_event(
         updates.append(change.update(state.lead_id))
         if shown < MAX_STAGE_EVENTS:
             shown += 1
-            _show_event(rules, state, change.event(state.lead_id), out, changes, skip=rule)
+            _show_event(rules, state, change.event(state.lead_id), out, changes, updates, skip=rule)
 
 
 def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
@@ -305,6 +348,10 @@ def evaluate(
       `max_per_lead` (fires per UTC day of event time), `if:` (over the lead view at firing time). A gated
       firing is dropped (and not remembered); the kind's own state moves on regardless (an absence episode
       still closes).
+    - Journeys (`engine.core.kinds.journey`) run through `JourneyLogic.step` on events and `.wake` at their
+      deadlines (with the lead view at the deadline, built only if a branch or a send needs it); their records
+      (entered, reached, exited, completed, goal) go to `Evaluation.updates` in the order they happen, and their
+      sends pass none of the gates above (a journey's `if:` applies at entry).
     - Slots of rules that are no longer in the rule set (or disabled) are dropped.
     - Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
       `lead-updates` record) and, in the same step, the synthetic `track` event `Stage Changed` is shown to the
@@ -322,14 +369,14 @@ def evaluate(
     out = _Fired()
     updates: list[dict[str, Any]] = []
     if isinstance(item, Tick):
-        _fire_due(rules, work, item.now_ms, True, out)
+        _fire_due(rules, work, item.now_ms, True, out, updates)
         _drop_spent_gates(rules, work, item.now_ms)
     else:
         if not work.lead_id:
             work.lead_id = item.lead_id
-        _fire_due(rules, work, item.timestamp_ms, False, out)
+        _fire_due(rules, work, item.timestamp_ms, False, out, updates)
         _apply_event(rules, work, item, out, updates)
         if now_ms is not None:
-            _fire_due(rules, work, now_ms, True, out)
+            _fire_due(rules, work, now_ms, True, out, updates)
         _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
     return Evaluation(work, out.actions, pending_deadlines(rules, work), updates, out.suppressed)

@@ -26,7 +26,8 @@ class Action:
 
     A plain, immutable, JSON-serialisable value: the wire form on the `actions` topic is `to_bytes()` (sorted
     keys) and `from_json()` reads it back equal. `action_id` comes from `make_action_id`, so a replayed or
-    re-evaluated action carries the same id (idempotency keys, ClickHouse dedup).
+    re-evaluated action carries the same id (idempotency keys, ClickHouse dedup). A journey's send carries its
+    `step` (the key `"step"` is present only on those).
     """
 
     action_id: str
@@ -45,9 +46,10 @@ class Action:
     context: dict[str, Any] = field(default_factory=dict)
     trigger_time_ms: int | None = None  # event time of the last triggering event (for detection delay)
     expires_at_ms: int | None = None  # not sent by then: suppressed (`expired`); fired_at + the rule's expires_after
+    step: str | None = None  # a journey's send: the step id; None for every other kind (and not written then)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "action_id": self.action_id,
             "rule": self.rule,
             "rule_version": self.rule_version,
@@ -66,6 +68,9 @@ class Action:
             "trigger_time_ms": self.trigger_time_ms,
             "expires_at_ms": self.expires_at_ms,
         }
+        if self.step is not None:  # only journey actions carry it: every other action's bytes stay as they were
+            doc["step"] = self.step
+        return doc
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_json(), option=orjson.OPT_SORT_KEYS)
@@ -91,6 +96,7 @@ class Action:
             context=doc.get("context") or {},
             trigger_time_ms=doc.get("trigger_time_ms"),
             expires_at_ms=doc.get("expires_at_ms"),
+            step=doc.get("step"),
         )
 
 

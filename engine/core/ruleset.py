@@ -12,6 +12,7 @@ from engine.core.predicates import Condition, MatchContext, Matcher
 if TYPE_CHECKING:
     from engine.core.facts import LeadView
     from engine.core.kinds.absence import AbsenceSlot
+    from engine.core.kinds.journey import JourneySlot
     from engine.core.kinds.score import ScoreSlot
     from engine.core.kinds.sequence import SequenceSlot
     from engine.core.kinds.threshold import CountWindow, SumWindow
@@ -26,7 +27,7 @@ StoredSlot: TypeAlias = list[Any] | dict[str, Any]
 # with no field names and no per-kind code. Entries repeated inside a slot are plain typed tuples: a NamedTuple
 # costs several times a tuple to build and to read back from JSON, on the worker's hot path. A frozen slotted
 # dataclass would need a per-kind encoder and cost more to build than either.
-Slot: TypeAlias = "AbsenceSlot | CountWindow | SumWindow | SequenceSlot | ScoreSlot | StoredSlot"
+Slot: TypeAlias = "AbsenceSlot | CountWindow | SumWindow | SequenceSlot | ScoreSlot | JourneySlot | StoredSlot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,10 @@ class Firing:
     explanation: str
     action: ActionSpec | None = None  # overrides the rule's action (score thresholds)
     details: dict[str, Any] | None = None  # kind-specific facts for templates (context["trigger"])
+    # A journey's send: its step id (copied to `Action.step`). Such a firing passes none of the common gates
+    # (a journey's `if:` applies at entry; cooldown and max_per_lead do not apply to journeys).
+    step: str | None = None
+    marketing: bool | None = None  # overrides the rule's `marketing` (a journey's send decides per connector)
 
     @classmethod
     def at_event(
@@ -146,7 +151,8 @@ class Rule:
     source: str = ""  # "file:line" where the rule is defined
     interest: Interest | None = None  # None: the rule may react to any event
     key: str = ""  # short, stable key of this rule's slots in LeadState (derived from the id; see state_key)
-    # What counts as converting for this rule's actions: its `exit_on`, else an absence rule's `unless` (derived).
+    # What counts as converting for this rule's actions: its `exit_on` (a journey's too), else an absence rule's
+    # `unless` (derived).
     # An event matching it is reported on `lead-updates` (kind `converted`), so an action of this rule still
     # waiting in the dispatcher is not sent after it.
     conversion: Matcher | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from engine.core.kinds.absence import AbsenceLogic
+from engine.core.kinds.journey import DEFAULT_GOAL_WITHIN_MS, JourneyLogic, JourneyStep
 from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
 from engine.core.kinds.sequence import SequenceLogic
 from engine.core.kinds.threshold import ThresholdLogic
@@ -21,6 +22,7 @@ from engine.core.predicates import (
 from engine.core.ruleset import ActionSpec, Interest, Rule, RuleLogic, definition_hash
 from engine.core.stages import StageOn
 from engine.language import schema
+from engine.language.journeys import BranchConditions
 
 NON_MARKETING_CONNECTORS = frozenset({"slack", "crm", "log"})
 
@@ -108,13 +110,71 @@ def _logic(model: schema.RuleBase) -> RuleLogic:
     raise ValueError(f"unknown rule kind {model.kind!r}")
 
 
+def _journey_logic(
+    model: schema.JourneyRule,
+    branches: BranchConditions,
+    compiled_segments: Mapping[str, Condition],
+    marketing: bool | None,
+) -> JourneyLogic:
+    """The compiled journey: each step with its successor resolved (a missing then/else/goto, or a branch
+    without a default, leads to the next step; None after the last step)."""
+    steps: list[JourneyStep] = []
+    for i, step in enumerate(model.steps):
+        following = model.steps[i + 1].id if i + 1 < len(model.steps) else None
+        if step.send is not None:
+            spec = action_spec(step.send)
+            is_marketing = marketing if marketing is not None else spec.connector not in NON_MARKETING_CONNECTORS
+            steps.append(JourneyStep(step.id, "send", following, action=spec, marketing=is_marketing))
+        elif step.wait is not None:
+            steps.append(JourneyStep(step.id, "wait", following, duration_ms=step.wait))
+        elif step.wait_for is not None:
+            match, text = _matcher([step.wait_for])
+            steps.append(
+                JourneyStep(
+                    step.id,
+                    "wait_for",
+                    step.then or following,
+                    step.else_ or following,
+                    duration_ms=step.wait_for.within,
+                    match=match,
+                    match_text=text,
+                )
+            )
+        elif step.branch is not None:
+            entries = step.branch
+            default = entries[-1].goto if entries[-1].if_ is None else following
+            conditions = tuple(
+                (compile_condition(branches[(i, j)], compiled_segments), entry.goto)
+                for j, entry in enumerate(entries)
+                if entry.if_ is not None
+            )
+            steps.append(JourneyStep(step.id, "branch", default, branches=conditions))
+        elif step.goto is not None:
+            steps.append(JourneyStep(step.id, "goto", step.goto))
+        else:
+            steps.append(JourneyStep(step.id, "end"))
+    entry, entry_text = _matcher(model.entry)
+    goal, _ = _matcher(model.goal)
+    return JourneyLogic(
+        entry,
+        tuple(steps),
+        never_again=model.re_entry == "never",
+        goal=goal,
+        goal_within_ms=model.goal_within if model.goal_within is not None else DEFAULT_GOAL_WITHIN_MS,
+        entry_text=entry_text,
+    )
+
+
 def _interest(model: schema.RuleBase) -> Interest | None:
     """Union of every matcher of the rule; None when one of them has neither `event` nor `type`."""
     matchers: list[schema.Matcher] = []
-    for name in ("when", "unless", "match", "exit_on"):
+    for name in ("when", "unless", "match", "exit_on", "entry", "goal"):
         matchers.extend(getattr(model, name, None) or ())
-    for step in getattr(model, "steps", None) or ():
-        matchers.extend(step)
+    if isinstance(model, schema.JourneyRule):
+        matchers.extend(step.wait_for for step in model.steps if step.wait_for is not None)
+    elif isinstance(model, schema.SequenceRule):
+        for step in model.steps:
+            matchers.extend(step)
     for points in getattr(model, "points", None) or ():
         matchers.extend(points.match)
     for entry in getattr(model, "stage_on", None) or ():
@@ -137,10 +197,12 @@ HOUR_MS = 3_600_000
 
 def default_expiry(model: schema.RuleBase) -> int:
     """How long an action may wait in the dispatcher (quiet hours, caps, retries) before it is pointless: an
-    absence rule's own `within`, capped at 24 h (a reminder a day late is no reminder); an alert (threshold,
-    sequence, score) 1 h."""
+    absence rule's own `within`, capped at 24 h (a reminder a day late is no reminder); a journey's send 24 h (a
+    step of a flow paced in hours and days); an alert (threshold, sequence, score) 1 h."""
     if isinstance(model, schema.AbsenceRule):
         return min(model.within, 24 * HOUR_MS)
+    if isinstance(model, schema.JourneyRule):
+        return 24 * HOUR_MS
     return HOUR_MS
 
 
@@ -150,19 +212,25 @@ def compile_rule(
     segments: Mapping[str, dict[str, Any]],
     compiled_segments: Mapping[str, Condition],
     source: str,
+    branches: BranchConditions | None = None,
 ) -> Rule:
     """The compiled rule. Never fails for a model that passed validation. Fixes the defaults that depend on other
     fields (threshold cooldown = within; `marketing` = False for the sales/internal connectors slack, crm and
-    log, True otherwise) and computes the rule version from the canonical definition (durations in ms, segments
-    inlined, description excluded), so a reformatted file keeps its versions."""
+    log, True otherwise; for a journey, per send) and computes the rule version from the canonical definition
+    (durations in ms, segments inlined, also in journey branches; description excluded), so a reformatted file
+    keeps its versions. `branches`: a journey's branch conditions as the loader validated them."""
     canonical = model.model_dump(mode="json", by_alias=True, exclude={"description"})
     for option in OPTIONAL_SINCE_V2:  # left out while unset, so adding them kept every existing rule's version
         if canonical.get(option) is None:
             canonical.pop(option, None)
     canonical["if"] = _inline_segments(condition, segments)
+    for (i, j), branch_condition in (branches or {}).items():
+        canonical["steps"][i]["branch"][j]["if"] = _inline_segments(branch_condition, segments)
     version = definition_hash(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
     action = model.action
-    if action is None:  # score rule whose thresholds all carry their own action
+    if isinstance(model, schema.JourneyRule):  # the rule's action: its first send (each send keeps its own)
+        action = next(step.send for step in model.steps if step.send is not None)
+    elif action is None:  # score rule whose thresholds all carry their own action
         action = next(t.action for t in model.thresholds if t.action is not None)
     cooldown = model.cooldown
     if cooldown is None:
@@ -171,12 +239,17 @@ def compile_rule(
     if marketing is None:
         marketing = action.connector not in NON_MARKETING_CONNECTORS
     exit_on, _ = _matcher(model.exit_on)
+    logic: RuleLogic
+    if isinstance(model, schema.JourneyRule):
+        logic = _journey_logic(model, branches or {}, compiled_segments, model.marketing)
+    else:
+        logic = _logic(model)
     return Rule(
         id=model.id,
         kind=model.kind,
         version=version,
         action=action_spec(action),
-        logic=_logic(model),
+        logic=logic,
         enabled=model.enabled,
         priority=model.priority,
         cooldown_ms=cooldown,

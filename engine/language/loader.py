@@ -15,6 +15,7 @@ from engine.core.ruleset import Rule, RuleSet
 from engine.language import schema
 from engine.language.compiler import compile_rule
 from engine.language.conditions import LEAD_ROOTS, check_condition, predicate_problems
+from engine.language.journeys import BranchConditions, check_branch_conditions, check_journey
 from engine.language.problems import Problem, RuleFileError
 from engine.language.yamlnodes import YamlProblem, load_yaml, locate
 
@@ -39,6 +40,7 @@ _ALL_KEYS = sorted(
         "at",
     }
     | {"daily_cap", "name", "match", "rules", "segments", "stage", "allow_backward", "on_stage"}
+    | {"id", "send", "wait", "wait_for", "within", "then", "else", "branch", "goto", "end"}
     | set(schema.Predicate.model_fields) - {"in_", "if_"}
 )
 
@@ -158,16 +160,26 @@ def _collect_segments(parsed: list[tuple[_FileContext, dict[str, Any]]]) -> dict
 
 
 def _check_lead_paths(ctx: _FileContext, model: schema.RuleBase, loc: tuple[Any, ...], what: str) -> None:
-    for field in ("when", "unless", "match", "exit_on"):
-        for matcher in getattr(model, field, None) or ():
-            for path in matcher.where or {}:
-                if path.startswith("lead.") and path.split(".")[1] not in LEAD_ROOTS:
-                    ctx.report(
-                        (*loc, field, "where", path),
-                        f"{what}: unknown lead path {path!r}; lead paths "
-                        f"start with lead. and one of {', '.join(LEAD_ROOTS)}",
-                        key=True,
-                    )
+    matchers: list[tuple[tuple[Any, ...], schema.Matcher]] = [
+        ((*loc, field), matcher)
+        for field in ("when", "unless", "match", "exit_on", "entry", "goal")
+        for matcher in getattr(model, field, None) or ()
+    ]
+    if isinstance(model, schema.JourneyRule):
+        matchers += [
+            ((*loc, "steps", i, "wait_for"), step.wait_for)
+            for i, step in enumerate(model.steps)
+            if step.wait_for is not None
+        ]
+    for where, matcher in matchers:
+        for path in matcher.where or {}:
+            if path.startswith("lead.") and path.split(".")[1] not in LEAD_ROOTS:
+                ctx.report(
+                    (*where, "where", path),
+                    f"{what}: unknown lead path {path!r}; lead paths "
+                    f"start with lead. and one of {', '.join(LEAD_ROOTS)}",
+                    key=True,
+                )
 
 
 def _validate_rule(
@@ -177,7 +189,7 @@ def _validate_rule(
     segment_names: Collection[str],
     known_connectors: Collection[str],
     template_exists: TemplateCheck | None = None,
-) -> tuple[schema.RuleBase, dict[str, Any] | None] | None:
+) -> tuple[schema.RuleBase, dict[str, Any] | None, BranchConditions] | None:
     if not isinstance(raw, dict):
         ctx.report(loc, "a rule must be a mapping with at least id, kind and action")
         return None
@@ -197,15 +209,28 @@ def _validate_rule(
             ctx.report(where, f"{what}: {message}")
 
         condition = check_condition(raw["if"], (*loc, "if"), report, segment_names)
+    branches: BranchConditions | None = {}
+    if kind == "journey":
+
+        def branch_problem(where: Sequence[Any], message: str) -> None:
+            ctx.report((*loc, *where), f"{what}: {message}")
+
+        branches = check_branch_conditions(raw, branch_problem, segment_names)
     try:
         model = model_cls.model_validate(raw)
     except ValidationError as exc:
         ctx.report_validation(loc, exc, what)
         return None
     _check_lead_paths(ctx, model, loc, what)
-    if len(ctx.problems) > before:
+    if isinstance(model, schema.JourneyRule):
+
+        def journey_problem(where: Sequence[Any], message: str, key: bool) -> None:
+            ctx.report((*loc, *where), f"{what}: {message}", key=key)
+
+        check_journey(raw, model, journey_problem)
+    if len(ctx.problems) > before or branches is None:
         return None
-    return model, condition
+    return model, condition, branches
 
 
 def _check_connectors(
@@ -217,6 +242,13 @@ def _check_connectors(
     template_exists: TemplateCheck | None = None,
 ) -> None:
     blocks = [((*loc, "action"), raw.get("action"))]
+    steps = raw.get("steps") if raw.get("kind") == "journey" else None
+    if isinstance(steps, list):
+        blocks = [
+            ((*loc, "steps", i, "send"), step.get("send"))
+            for i, step in enumerate(steps)
+            if isinstance(step, dict) and "send" in step
+        ]
     thresholds = raw.get("thresholds")
     if isinstance(thresholds, list):
         blocks += [
@@ -313,8 +345,8 @@ def _build(
                 ids[rule_id] = f"{ctx.name}:{line}"
             if result is None or duplicate:
                 continue
-            model, condition = result
-            rules.append(compile_rule(model, condition, segments, compiled_segments, ids[model.id]))
+            model, condition, branches = result
+            rules.append(compile_rule(model, condition, segments, compiled_segments, ids[model.id], branches))
     if problems:
         raise RuleFileError(sorted(problems, key=lambda p: (p.file, p.line, p.col)))
     return RuleSet.of(rules)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,11 +18,12 @@ from pydantic import (
 )
 
 from engine.core.durations import parse_duration
+from engine.core.kinds.journey import MAX_STEPS
 from engine.core.predicates import OPERATORS
 
 Scalar = str | int | float | bool | None
 EventType = Literal["track", "page", "screen", "identify", "alias", "group"]
-KINDS = ("absence", "threshold", "sequence", "score")
+KINDS = ("absence", "threshold", "sequence", "score", "journey")
 ID_PATTERN = r"^[a-z0-9_]+$"
 
 
@@ -48,7 +50,14 @@ def _where(value: Any) -> Any:
     return value
 
 
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be longer than 0")
+    return value
+
+
 Duration = Annotated[int, BeforeValidator(_duration)]
+PositiveDuration = Annotated[int, BeforeValidator(_duration), AfterValidator(_positive)]
 
 
 class Strict(BaseModel):
@@ -223,9 +232,67 @@ class ScoreRule(RuleBase):
         return self
 
 
+StepId = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "goto", "end")
+
+
+class WaitFor(Matcher):
+    """`wait_for: {MATCHER, within: DURATION}`: a matcher (event, type, where, trusted) and how long to wait."""
+
+    within: PositiveDuration
+
+
+class BranchEntry(Strict):
+    """One entry of `branch:`: `{if: CONDITION, goto: ID}`, or the default `{goto: ID}` (last)."""
+
+    if_: Any = Field(None, alias="if")  # a condition, checked by engine.language.journeys.check_branch_conditions
+    goto: StepId
+
+
+class JourneyStep(Strict):
+    """One step: an `id` and exactly one of `send`, `wait`, `wait_for` (with optional `then`/`else`), `branch`,
+    `goto`, `end: true` (the structure — one kind per step, targets, reachability, loops — is checked by
+    `engine.language.journeys`, which can point at the offending key)."""
+
+    id: StepId
+    send: ActionBlock | None = None
+    wait: PositiveDuration | None = None
+    wait_for: WaitFor | None = None
+    then: StepId | None = None
+    else_: StepId | None = Field(None, alias="else")
+    branch: Annotated[list[BranchEntry], Field(min_length=1)] | None = None
+    goto: StepId | None = None
+    end: Literal[True] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # only what the step says goes into the rule version (adding a step kind later keeps versions)
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+    @property
+    def kinds(self) -> list[str]:
+        return [kind for kind in STEP_KINDS if getattr(self, kind) is not None]
+
+
+class JourneyRule(RuleBase):
+    """`kind: journey` (docs/rules.md, "Journeys"): `entry`, optional `exit_on`, `re_entry`, `steps`, and the
+    optional `goal:` matcher counted within `goal_within` (default 7d) of entry. Sends come from the steps: a
+    journey has no rule-level `action:`, and no `cooldown`, `max_per_lead` or `per` (rejected by the loader)."""
+
+    kind: Literal["journey"]
+    entry: Matchers
+    re_entry: Literal["after_exit", "never"] = "after_exit"
+    steps: Annotated[list[JourneyStep], Field(min_length=1, max_length=MAX_STEPS)]
+    goal: Matchers | None = None
+    goal_within: PositiveDuration | None = None
+    action: ActionBlock | None = None  # type: ignore[assignment]
+
+
 RULE_MODELS: dict[str, type[RuleBase]] = {
     "absence": AbsenceRule,
     "threshold": ThresholdRule,
     "sequence": SequenceRule,
     "score": ScoreRule,
+    "journey": JourneyRule,
 }

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.core.ruleset import RuleSet
 from engine.core.simulate import simulate
-from engine.events import InvalidEvent, parse_event, parse_ts
+from engine.events import InvalidEvent, format_ts, parse_event, parse_ts
 from engine.language.loader import TEST_SUFFIXES, load_rules
 from engine.language.problems import Problem, RuleFileError
 from engine.language.yamlnodes import YamlProblem, load_yaml, locate
@@ -24,6 +24,7 @@ class CaseResult:
     passed: bool
     failures: list[str] = field(default_factory=list)
     covered: frozenset[str] = frozenset()  # rules this case expects an action from
+    steps: frozenset[tuple[str, str]] = frozenset()  # (journey, step) this case expects a send from
 
     def __str__(self) -> str:
         head = f"{'ok  ' if self.passed else 'FAIL'} {self.file}:{self.line}: {self.name}"
@@ -49,13 +50,13 @@ def _subset(expected: Any, actual: Any, path: str, out: list[str]) -> None:
             return
         for key, value in expected.items():
             _subset(value, actual.get(key), f"{path}.{key}" if path else key, out)
-    elif path == "fired_at" and isinstance(expected, str):
+    elif path in ("fired_at", "at") and isinstance(expected, str):
         try:
             same = parse_ts(expected) == parse_ts(actual)
         except InvalidEvent:
             same = False
         if not same:
-            out.append(f"fired_at: expected {expected}, got {actual}")
+            out.append(f"{path}: expected {expected}, got {actual}")
     elif isinstance(expected, list) and isinstance(actual, list | tuple):
         if len(expected) != len(actual):
             out.append(f"{path}: expected {expected!r}, got {list(actual)!r}")
@@ -66,7 +67,29 @@ def _subset(expected: Any, actual: Any, path: str, out: list[str]) -> None:
 
 
 def _brief(action: dict[str, Any]) -> str:
-    return f"{action['rule']} for {action['lead_id']} at {action['fired_at']}"
+    step = f" step {action['step']}" if action.get("step") else ""
+    return f"{action['rule']}{step} for {action['lead_id']} at {action['fired_at']}"
+
+
+def _journey_record(update: dict[str, Any]) -> dict[str, Any]:
+    """A journey record as a case compares it: the `lead-updates` record plus `at`, its time in ISO-8601."""
+    return {**update, "at": format_ts(update["at_ms"])}
+
+
+def _brief_record(record: dict[str, Any]) -> str:
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    step = f" {record['step']}" if record.get("step") else ""
+    return f"{record['journey']} {record['event']}{step}{reason} for {record['lead_id']} at {record['at']}"
+
+
+def _compare(expected: list[Any], got: list[dict[str, Any]], label: str, brief: Any, failures: list[str]) -> None:
+    for i, want in enumerate(expected):
+        if i >= len(got):
+            failures.append(f"{label}[{i}]: missing {want!r}")
+            continue
+        problems: list[str] = []
+        _subset(want, got[i], "", problems)
+        failures.extend(f"{label}[{i}] ({brief(got[i])}): {p}" for p in problems)
 
 
 def run_case(rules: RuleSet, case: dict[str, Any], only: list[str] | None) -> list[str]:
@@ -79,18 +102,20 @@ def run_case(rules: RuleSet, case: dict[str, Any], only: list[str] | None) -> li
             failures.append(f"events[{i}]: invalid event: {exc}")
     if failures:
         return failures
-    actions = [a.to_json() for a in simulate(rules, events, flush=case.get("flush", True))]
+    updates: list[dict[str, Any]] = []
+    actions = [a.to_json() for a in simulate(rules, events, flush=case.get("flush", True), updates=updates)]
     if only is not None:
         actions = [a for a in actions if a["rule"] in only]
     expected = case.get("expect") or []
-    for i, want in enumerate(expected):
-        if i >= len(actions):
-            failures.append(f"expect[{i}]: missing action {want!r}")
-            continue
-        problems: list[str] = []
-        _subset(want, actions[i], "", problems)
-        failures.extend(f"expect[{i}] ({_brief(actions[i])}): {p}" for p in problems)
+    _compare(expected, actions, "expect", _brief, failures)
     failures.extend(f"unexpected action: {_brief(a)}: {a['explanation']}" for a in actions[len(expected) :])
+    if "journeys" in case:
+        records = [
+            _journey_record(u) for u in updates if u.get("kind") == "journey" and (only is None or u["journey"] in only)
+        ]
+        wanted = case.get("journeys") or []
+        _compare(wanted, records, "journeys", _brief_record, failures)
+        failures.extend(f"unexpected journey record: {_brief_record(r)}" for r in records[len(wanted) :])
     return failures
 
 
@@ -110,9 +135,12 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
           - {type: track, event: Product Added, userId: u1, timestamp: "2026-01-05T10:00:00Z"}
         expect:                    # the exact list of actions, in order; each entry: a subset of the action JSON
           - {rule: cart_abandoned, lead_id: u1, fired_at: "2026-01-05T10:30:00Z"}
+        journeys:                  # optional: the exact list of journey records (lead-updates, kind journey)
+          - {journey: cart_rescue, event: entered, at: "2026-01-05T10:00:00Z"}
     ```
-    An expected entry matches when every given field equals the action's (nested mappings: subset; `fired_at`:
-    any ISO-8601 spelling of the same instant).
+    An expected entry matches when every given field equals the action's (nested mappings: subset; `fired_at`,
+    and a journey record's `at`: any ISO-8601 spelling of the same instant). `journeys:` is compared only when
+    the case has it (records in the order `simulate` gives them, restricted to the case's `rules:`).
     """
     name = str(path)
     try:
@@ -138,7 +166,7 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
             report(("cases", i), "a test case needs `events:` (a list) and `expect:` (a list, may be empty)")
             continue
         for key in case:
-            if key not in ("name", "events", "expect", "flush", "rules"):
+            if key not in ("name", "events", "expect", "flush", "rules", "journeys"):
                 report(("cases", i, key), f"unknown key {key!r} in a test case")
     if rules is None:
         rules = load_rules([path.parent])
@@ -153,7 +181,10 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
         only = case.get("rules", data.get("rules"))
         failures = run_case(rules, case, only)
         title = str(case.get("name") or f"case {i + 1}")
-        expected = [e.get("rule") for e in case.get("expect") or () if isinstance(e, dict)]
-        covered = frozenset(rule_id for rule_id in expected if isinstance(rule_id, str))
-        results.append(CaseResult(name, line, title, not failures, failures, covered))
+        wanted = [e for e in case.get("expect") or () if isinstance(e, dict)]
+        covered = frozenset(e["rule"] for e in wanted if isinstance(e.get("rule"), str))
+        steps = frozenset(
+            (e["rule"], e["step"]) for e in wanted if isinstance(e.get("rule"), str) and isinstance(e.get("step"), str)
+        )
+        results.append(CaseResult(name, line, title, not failures, failures, covered, steps))
     return results

@@ -140,3 +140,172 @@ def sequence(spec: SequenceSpec, events: list[RefEvent]) -> list[tuple[str, str,
                 fires.append((spec.id, lead, e[2], e[3]))
                 after = i
     return fires
+
+
+# --- journeys ---------------------------------------------------------------------------------------------------
+#
+# A journey is interpreted on each lead's whole sorted timeline, one moment at a time, with nothing kept between
+# leads and no code shared with engine.core: before each event every wake due strictly before it is taken in
+# order (a wake that leads to another wait before the event is taken too), then the event: goal, exit_on, the
+# wait_for it may let through, entry. Branch conditions read `traits.v` (the `v` of the lead's latest event).
+
+JourneyFire = tuple[str, str, int, str, tuple[str, ...]]  # (journey, lead, fired_at, step, trigger)
+# (lead, at, event, step, reason, entry time, message id)
+JourneyRecord = tuple[str, int, str, str | None, str | None, int, str | None]
+
+
+@dataclass(frozen=True)
+class JStep:
+    id: str
+    kind: str  # send | wait | wait_for | branch | goto | end
+    target: str | None = None  # goto; wait_for: then; branch: where `traits.v >= at` leads
+    other: str | None = None  # wait_for: else; branch: the default (None: the next step)
+    names: frozenset[str] = frozenset()  # wait_for: the event names it waits for
+    duration: int = 0  # wait / wait_for within
+    at: float = 0  # branch threshold on traits.v
+
+
+@dataclass(frozen=True)
+class JourneySpec:
+    id: str
+    entry: frozenset[str]
+    exit_on: frozenset[str]
+    steps: tuple[JStep, ...]
+    never: bool = False
+    goal: frozenset[str] = frozenset()
+    goal_within: int = 7 * 86_400_000
+    entry_min_v: float | None = None  # `if: {traits.v: {gte: X}}`
+
+
+def journey(
+    spec: JourneySpec, events: list[RefEvent], flush: bool = True, horizon: int = 0, ticks: int = 0
+) -> tuple[list[JourneyFire], list[JourneyRecord]]:
+    """Sends and records of one journey; the flush takes at most `ticks` deadlines per lead, none later than
+    `horizon` after the lead's last event (the bounds `simulate` is given)."""
+    fires: list[JourneyFire] = []
+    records: list[tuple[int, str, int, JourneyRecord]] = []
+    for lead in _leads(events):
+        stream = [e for e in _sorted(events) if e[0] == lead]
+        lead_fires, lead_records = _journey_of_lead(spec, lead, stream, flush, horizon, ticks)
+        fires.extend(lead_fires)
+        records.extend((r[1], lead, i, r) for i, r in enumerate(lead_records))
+    records.sort(key=lambda item: item[:3])
+    return fires, [item[3] for item in records]
+
+
+def _journey_of_lead(
+    spec: JourneySpec, lead: str, stream: list[RefEvent], flush: bool, horizon: int, ticks: int
+) -> tuple[list[JourneyFire], list[JourneyRecord]]:
+    fires: list[JourneyFire] = []
+    out: list[JourneyRecord] = []
+    index = {step.id: i for i, step in enumerate(spec.steps)}
+    # the lead's journey: None (never entered, or left with nothing kept) or a dict
+    where: dict | None = None
+    latest_v = 0.0
+
+    def following(step_id: str) -> str | None:
+        i = index[step_id] + 1
+        return spec.steps[i].id if i < len(spec.steps) else None
+
+    def note(at: int, event: str, step: str | None, reason: str | None, cause: str | None) -> None:
+        assert where is not None
+        out.append((lead, at, event, step, reason, where["entry"], cause))
+
+    def leave(at: int) -> None:
+        nonlocal where
+        assert where is not None
+        if spec.goal and not where["goal_met"] and at <= where["entry"] + spec.goal_within:
+            where = {**where, "step": None, "wake": where["entry"] + spec.goal_within}
+        elif spec.never:
+            where = {**where, "step": None, "wake": None}
+        else:
+            where = None
+
+    def run(start: str | None, at: int, cause: str | None, arrived: str | None) -> None:
+        nonlocal where
+        assert where is not None
+        current, last = start, where["step"]
+        while True:
+            if current is None:
+                note(at, "completed", last, None, cause)
+                return leave(at)
+            step = spec.steps[index[current]]
+            note(at, "reached", current, None, cause)
+            last = current
+            if step.kind == "send":
+                trigger = (where["entry_id"],) if arrived is None else (where["entry_id"], arrived)
+                fires.append((spec.id, lead, at, current, trigger))
+                current = following(current)
+            elif step.kind in ("wait", "wait_for"):
+                where = {**where, "step": current, "since": at, "wake": at + step.duration}
+                return None
+            elif step.kind == "branch":
+                if latest_v >= step.at:
+                    current = step.target
+                else:
+                    current = step.other if step.other is not None else following(current)
+            elif step.kind == "goto":
+                current = step.target
+            else:
+                note(at, "completed", current, None, cause)
+                return leave(at)
+
+    def wake() -> None:
+        nonlocal where
+        assert where is not None and where["wake"] is not None
+        at = where["wake"]
+        if where["step"] is None:  # the goal window closed
+            where = {**where, "wake": None} if spec.never else None
+            return
+        step = spec.steps[index[where["step"]]]
+        if step.kind == "wait":
+            run(following(step.id), at, None, None)
+        else:
+            run(step.other if step.other is not None else following(step.id), at, None, None)
+
+    def due_before(t: int) -> bool:
+        return where is not None and where["wake"] is not None and where["wake"] < t
+
+    for _, name, ts, mid, value in stream:
+        while due_before(ts):
+            wake()
+        latest_v = value
+        left_now = False
+        if (
+            where is not None
+            and spec.goal
+            and not where["goal_met"]
+            and where["entry"] <= ts <= where["entry"] + spec.goal_within
+            and name in spec.goal
+        ):
+            note(ts, "goal", where["step"], None, mid)
+            where = {**where, "goal_met": True}
+            if where["step"] is None:
+                where = {**where, "wake": None} if spec.never else None
+        was_out = where is None or where["step"] is None
+        if where is not None and where["step"] is not None and ts >= where["entry"]:
+            step = spec.steps[index[where["step"]]]
+            if name in spec.exit_on:
+                note(ts, "exited", where["step"], "exit_on", mid)
+                leave(ts)
+                left_now = True
+            elif step.kind == "wait_for" and ts >= where["since"] and name in step.names:
+                run(step.target if step.target is not None else following(step.id), ts, mid, mid)
+                left_now = where is None or where["step"] is None
+        if (
+            was_out
+            and not left_now
+            and not (spec.never and where is not None)
+            and name in spec.entry
+            and (spec.entry_min_v is None or value >= spec.entry_min_v)
+        ):
+            where = {"entry": ts, "entry_id": mid, "step": None, "since": ts, "wake": None, "goal_met": False}
+            note(ts, "entered", None, None, mid)
+            run(spec.steps[0].id, ts, mid, None)
+    if flush and stream:
+        limit = stream[-1][2] + horizon
+        for _ in range(ticks):
+            if where is None or where["wake"] is None or where["wake"] > limit:
+                break
+            wake()
+    return fires, out
