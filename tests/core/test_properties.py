@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.core import LeadState, RuleSet, Tick, evaluate, simulate
+from engine.core.simulate import FLUSH_HORIZON_MS, FLUSH_TICKS
 from engine.events import Event
 from engine.language import load_rules
 from tests.core.strategies import BASE, MINUTE, interleavings, lead_stream, multi_lead_streams
@@ -38,7 +39,9 @@ def test_replaying_the_same_input_gives_identical_output(per_lead: dict[str, lis
 
 
 def _worker_like(rules: RuleSet, events: list[Event]) -> list:
-    """Evaluate like the live worker: state kept as bytes between steps, deadlines fired by ticks at the end."""
+    """Evaluate like the live worker: state kept as bytes between steps, deadlines fired by ticks at the end (one
+    tick per pending deadline, earliest first: a journey's wait reached at a deadline adds a later one; bounded
+    like `simulate`'s flush)."""
     stored: dict[str, bytes] = {}
     deadlines: dict[str, list[int]] = {}
     actions = []
@@ -48,9 +51,14 @@ def _worker_like(rules: RuleSet, events: list[Event]) -> list:
         stored[event.lead_id] = result.state.to_bytes()
         deadlines[event.lead_id] = result.deadlines
         actions.extend(result.actions)
+    last = {e.lead_id: max(x.timestamp_ms for x in events if x.lead_id == e.lead_id) for e in events}
     for lead, pending in sorted(deadlines.items()):
-        if pending:
-            result = evaluate(rules, LeadState.from_bytes(stored[lead]), Tick(pending[-1]))
+        for _ in range(FLUSH_TICKS):
+            if not pending or pending[0] > last[lead] + FLUSH_HORIZON_MS:
+                break
+            result = evaluate(rules, LeadState.from_bytes(stored[lead]), Tick(pending[0]))
+            stored[lead] = result.state.to_bytes()
+            pending = [t for t in result.deadlines if t > pending[0]]
             actions.extend(result.actions)
     return sorted(actions, key=lambda a: a.action_id)
 
@@ -63,7 +71,9 @@ def test_state_round_trip_through_bytes_changes_nothing(per_lead: dict[str, list
     assert [a.to_bytes() for a in _worker_like(PACK, events)] == [a.to_bytes() for a in expected]
 
 
-WORST_CASE_STATE_BYTES = 1280  # hypothesis has found 1,030 B (a customer with a cart, full windows, top scores)
+# Hypothesis found 1,030 B before journeys (a customer with a cart, full windows, top scores) and 1,300 B with the
+# journey packs (the same lead also in three journeys at once: ~70 B a slot).
+WORST_CASE_STATE_BYTES = 1536
 
 
 @settings(
@@ -74,8 +84,8 @@ WORST_CASE_STATE_BYTES = 1280  # hypothesis has found 1,030 B (a customer with a
 @given(lead_stream("endless", max_size=400, max_gap_min=90))
 def test_state_stays_bounded_on_an_endless_stream_of_one_lead(events: list[Event]) -> None:
     """Worst case over adversarial streams: every window full of long message ids, a full cart, a stage and
-    score contributions at once stays under WORST_CASE_STATE_BYTES; the average the issue's 1 KiB target is
-    about (measured by the benchmark over 50k leads) is ~0.3-0.7 KiB."""
+    score contributions at once, and three journeys, stays under WORST_CASE_STATE_BYTES; the average the issue's
+    1 KiB target is about (measured by the benchmark over 50k leads) is ~0.3-0.7 KiB."""
     state = None
     largest = LeadState()
     for event in events:
