@@ -66,8 +66,8 @@ def needles(ids: Sequence[str], terms: Sequence[str]) -> list[str]:
 
 def _conditions(ids: Sequence[str], search: Sequence[str]) -> dict[str, tuple[str, dict[str, object]]]:
     """Per table, the WHERE clause that finds the lead's rows, and its parameters."""
-    by_id = {"ids": list(ids)}
-    searched = {"ids": list(ids), "needles": list(search)}
+    by_id: dict[str, object] = {"ids": list(ids)}
+    searched: dict[str, object] = {"ids": list(ids), "needles": list(search)}
     return {
         "events": (
             "lead_id IN {ids:Array(String)} OR user_id IN {ids:Array(String)} OR anonymous_id IN {ids:Array(String)}"

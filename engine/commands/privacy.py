@@ -13,7 +13,7 @@ import orjson
 from engine.config import Settings, redact_url
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("privacy", help="erase, suppress or export a lead (GDPR requests)")
     actions = parser.add_subparsers(dest="privacy_action", metavar="ACTION", required=True)
     erase = actions.add_parser(

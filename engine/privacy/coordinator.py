@@ -227,13 +227,13 @@ class Coordinator:
             await self.redis.hset(key, "ordered_at_ms", now_ms)
             return CLICKHOUSE
         if stage == CLICKHOUSE:
-            answered = raw.get("answered:clickhouse")
-            if answered is None:
+            action_ids = raw.get("answered:clickhouse")
+            if action_ids is None:
                 if now_ms - int(raw.get("ordered_at_ms") or 0) > ORDER_RESEND_S * 1000:
                     await self._order(request_id, raw, ids)
                     await self.redis.hset(key, "ordered_at_ms", now_ms)
                 return CLICKHOUSE
-            action_counts = await self.eraser.erase_action_keys(orjson.loads(answered))
+            action_counts = await self.eraser.erase_action_keys(orjson.loads(action_ids))
             redis_counts = orjson.loads(raw.get("counts:redis") or "{}")
             redis_counts["idempotency"] = action_counts["idempotency"]
             redis_counts["caps"] = redis_counts.get("caps", 0) + action_counts["caps"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -179,16 +180,16 @@ class RedisEraser:
     async def _changes(self, leads: set[str], counts: Counter[str]) -> None:
         """The assignment outbox stream: its entries name the lead (the relay has published them already)."""
         stream = f"{self.assign_prefix}changes"
-        doomed = []
+        doomed: list[Any] = []
         last = "-"
         while True:
-            entries = await self.redis.xrange(stream, min=last, max="+", count=1000)
+            entries: list[Any] = await self.redis.xrange(stream, min=last, max="+", count=1000) or []
             if last != "-":
                 entries = entries[1:]
             if not entries:
                 break
             for entry_id, fields in entries:
-                lead = fields.get(b"lead", fields.get("lead"))  # type: ignore[call-overload]
+                lead = (fields or {}).get(b"lead", (fields or {}).get("lead"))
                 if lead is not None and _text(lead) in leads:
                     doomed.append(entry_id)
             last = _text(entries[-1][0])
