@@ -20,4 +20,5 @@ def _shape(rule: object) -> tuple[object, ...]:
 def test_demo_rules_mirror_the_shipped_pack() -> None:
     shipped = load_rules([ROOT / "rules"])
     demo = load_rules([ROOT / "examples" / "rules"])
-    assert [_shape(r) for r in demo.rules] == [_shape(r) for r in shipped.rules]
+    # Files are grouped differently (the demo keeps the four journeys in one file): compare rule by rule.
+    assert sorted(_shape(r) for r in demo.rules) == sorted(_shape(r) for r in shipped.rules)

@@ -256,7 +256,9 @@ def _apply_event(
 ) -> None:
     before = withdrawal_reason(state.facts.get("tr") or EMPTY)
     apply_event(state.facts, event)
-    if event.type == "track" and event.name == UNSUBSCRIBED_EVENT:
+    # Only a trusted Unsubscribed (the collector's signed link, a server key) withdraws consent: a browser can send
+    # any user id, and must not unsubscribe someone else.
+    if event.trusted and event.type == "track" and event.name == UNSUBSCRIBED_EVENT:
         traits = state.facts.setdefault("tr", {})
         traits["unsubscribed"] = True
     after = withdrawal_reason(state.facts.get("tr") or EMPTY)

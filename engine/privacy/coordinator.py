@@ -102,7 +102,6 @@ class Coordinator:
     async def _start(self) -> None:
         settings = self.settings
         await ensure_topics(settings, (topics.PRIVACY_REQUESTS, topics.PRIVACY))
-        options = client_options(settings)
         dev = settings.broker_profile == "dev"
         self._consumer = AIOKafkaConsumer(
             settings.topic(topics.PRIVACY),
@@ -111,10 +110,12 @@ class Coordinator:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **({"session_timeout_ms": 3000, "heartbeat_interval_ms": 800, "rebalance_timeout_ms": 3000} if dev else {}),
-            **options,
+            **client_options(settings),
         )
         await self._consumer.start()
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", **options)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", **client_options(settings)
+        )
         await self._producer.start()
 
     async def _close(self) -> None:

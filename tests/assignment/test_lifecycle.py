@@ -60,6 +60,9 @@ async def test_a_won_or_lost_lead_frees_its_rep_for_the_queue(settings: Settings
         assert (await assigner.assign_or_queue("after", {})).position == 2
         consumer = service.lifecycle.consumer
         await wait_until(lambda: len(consumer.assignment()) > 0, 30, "the lifecycle consumer joined its group")
+        # It starts at the latest offsets: resolve them before sending, or a record sent now can fall before them.
+        for partition in consumer.assignment():
+            await consumer.position(partition)
         now_ms = assigner.now_ms()
 
         async def send(topic: str, key: str, value: bytes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from engine.core import Tick, evaluate
 from engine.core.simulate import simulate
+from engine.events import parse_event
 from tests.core.helpers import at, identify, rules, track
 
 RULES = rules(
@@ -83,3 +84,12 @@ def test_gated_firings_are_reported_with_their_reason() -> None:
     suppressed: list[tuple[int, str, str, str]] = []
     simulate(RULES, [track("Pricing Viewed", 0), track("Pricing Viewed", 5)], suppressed=suppressed)
     assert suppressed == [(at(5), "u1", "pricing", "cooldown")]
+
+
+def test_an_unsubscribe_from_a_browser_does_not_withdraw_consent() -> None:
+    """A browser can send any user id: its `Unsubscribed` must not unsubscribe someone else (the trusted one does)."""
+    first = evaluate(RULES, None, identify(0, email="zoe@example.com"))
+    spoofed = track("Unsubscribed", 1, mid="spoof")
+    spoofed = parse_event({**spoofed.to_json(), "context": {"nudge": {"trusted": False}}})
+    after = evaluate(RULES, first.state, spoofed)
+    assert after.updates == [] and "unsubscribed" not in after.state.facts.get("tr", {})
