@@ -157,6 +157,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         1, "events, actions, dead letters, lead updates", (_EVENTS, _ACTIONS, _DEAD_LETTERS, _LEAD_UPDATES)
     ),
     Migration(2, "privacy receipts", (_PRIVACY_RECEIPTS,)),
+    # The journey step an action was sent from (Action.step; '' for other rule kinds). `step` already names the
+    # delivery step (fired, sent, ...), hence the longer name.
+    Migration(
+        3,
+        "actions.journey_step",
+        ("ALTER TABLE actions ADD COLUMN IF NOT EXISTS journey_step LowCardinality(String) DEFAULT '' AFTER rule",),
+    ),
 )
 
 # Retention set by NUDGE_RETENTION_DAYS (events) and NUDGE_ACTIONS_RETENTION_DAYS (actions, lead updates): applied
