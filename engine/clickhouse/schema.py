@@ -164,6 +164,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "actions.journey_step",
         ("ALTER TABLE actions ADD COLUMN IF NOT EXISTS journey_step LowCardinality(String) DEFAULT '' AFTER rule",),
     ),
+    # Experiments (docs/rules.md): the experiment and arm of an action (variant id, `treatment`, or `holdout`) and
+    # whether it was held out (fired and logged, never sent); '' / false outside experiments.
+    Migration(
+        4,
+        "actions.experiment, variant, held_out",
+        (
+            "ALTER TABLE actions ADD COLUMN IF NOT EXISTS experiment LowCardinality(String) DEFAULT ''",
+            "ALTER TABLE actions ADD COLUMN IF NOT EXISTS variant LowCardinality(String) DEFAULT ''",
+            "ALTER TABLE actions ADD COLUMN IF NOT EXISTS held_out Bool DEFAULT false",
+        ),
+    ),
 )
 
 # Retention set by NUDGE_RETENTION_DAYS (events) and NUDGE_ACTIONS_RETENTION_DAYS (actions, lead updates): applied
