@@ -55,6 +55,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "kafka_topic",
         "kafka_partition",
         "kafka_offset",
+        "journey_step",
     ),
     "dead_letters": (
         "at",
@@ -197,6 +198,7 @@ def fired_row(record: Record) -> dict[str, Any]:
         "rep": rep_of(action.context),
         "action": _json(action.to_json()),
         "kafka_topic": topics.ACTIONS,
+        "journey_step": action.step or "",
     }
 
 
@@ -225,6 +227,7 @@ def delivery_row(record: Record) -> dict[str, Any]:
         "rep": "",
         "action": "",
         "kafka_topic": topics.DELIVERIES,
+        "journey_step": "",  # on the fired row; KPIs join deliveries to it by action_id
     }
 
 
@@ -279,7 +282,8 @@ def to_row(record: Record) -> tuple[str, list[Any]]:
     - `clickstream` → `events`: normalised Segment fields + the raw JSON; `revenue` = properties.revenue, else
       .total.
     - `actions` → `actions` row with step `fired`: `at` = `fired_at` (event time), `emitted_at` = the Kafka
-      record timestamp (wall clock when the worker emitted it).
+      record timestamp (wall clock when the worker emitted it), `journey_step` = the action's journey step
+      (`Action.step`, '' outside journeys).
     - `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
       duplicate), `at` = when the dispatcher recorded it (wall clock).
     - `dead-letters` → `dead_letters`; `lead-updates` → `lead_updates` (stored generically: kind + JSON payload).

@@ -115,3 +115,13 @@ def test_records_with_wrong_field_types_are_unstorable_not_fatal(kind: str, valu
     with pytest.raises(UnstorableRecord) as info:
         to_row(_rec(kind, value))
     assert info.value.reason.startswith("bad_")
+
+
+def test_journey_step_column() -> None:
+    """The journey step lands in `journey_step` (`step` is the delivery step); '' for other kinds and deliveries."""
+    journey = Action("act_2", "winback", "v1", "u1", 1000, ("m1",), "email", "why", step="offer")
+    assert _as_dict(*to_row(_rec(topics.ACTIONS, journey.to_bytes())))["journey_step"] == "offer"
+    plain = Action("act_3", "cart", "v1", "u1", 1000, ("m1",), "email", "why")
+    assert _as_dict(*to_row(_rec(topics.ACTIONS, plain.to_bytes())))["journey_step"] == ""
+    sent = topics.delivery_record(action=journey.to_json(), outcome="sent", at_ms=5)
+    assert _as_dict(*to_row(_rec(topics.DELIVERIES, sent)))["journey_step"] == ""
