@@ -61,6 +61,12 @@ RULE_SUPPRESSED = Counter(
     "Firings a rule's own gates stopped in the worker: cooldown, max_per_lead or its if: condition",
     ["rule", "reason"],
 )
+JOURNEY_EVENTS = Counter(
+    "nudge_journey_events_total",
+    "Journey records the worker published on lead-updates (kind journey): event entered, reached, exited (reason "
+    "exit_on, step_removed, loop_guard), completed, goal; per journey (a rule id). Per step: ClickHouse",
+    ["journey", "event", "reason"],
+)
 REPLAYED_INPUTS = Counter(
     "nudge_worker_replayed_inputs_total",
     "Input records skipped because the lead's stored state already reflects them (replayed after a crash)",

@@ -46,6 +46,11 @@ MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
 IDLE_SWEEP_MAX_INTERVAL_S = 3600.0  # how often at most the table is swept for idle leads (NUDGE_LEAD_IDLE_DAYS)
+# The (event, reason) series of nudge_journey_events_total created for each journey at start (0, not "no data").
+JOURNEY_SERIES = (
+    ("entered", ""), ("reached", ""), ("completed", ""), ("goal", ""),
+    ("exited", "exit_on"), ("exited", "step_removed"), ("exited", "loop_guard"),
+)  # fmt: skip
 IDLE_SWEEP_CHUNK = 2000  # entries examined per hold of the state lock
 
 
@@ -174,6 +179,9 @@ class LeadWorker:
         for rule in rules.rules:
             for reason in ("cooldown", "max_per_lead", "condition"):
                 self._series(metrics.RULE_SUPPRESSED, rule.id, reason)
+            if rule.kind == "journey":
+                for event, reason in JOURNEY_SERIES:
+                    self._series(metrics.JOURNEY_EVENTS, rule.id, event, reason)
         outputs = [self._actions_topic, self._dead_letters_topic, self._handovers_topic]
         outputs.append(nudge.leads.changelog_topic.get_topic_name())
         if self._control_topic is not None:
@@ -423,6 +431,11 @@ class LeadWorker:
         new_raw = outcome.state.to_bytes() if outcome.state is not None else None
         emitted = [(action, kind, action.to_bytes()) for action, kind in outcome.actions]
         updates = [orjson.dumps(update) for update in outcome.updates] if self.nudge.lead_updates is not None else []
+        for update in outcome.updates:
+            if update.get("kind") == "journey":
+                self._series(
+                    metrics.JOURNEY_EVENTS, update["journey"], update["event"], update.get("reason") or ""
+                ).inc()
         merges = [(known, merge_record(known, lead_id, state_bytes)) for known, state_bytes in outcome.merges_out]
         # Nothing below raises for bad input: from here on the outcome is applied.
         if raw is not None and state is None:
