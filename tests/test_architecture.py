@@ -68,8 +68,11 @@ INTERNAL = {
     "connectors": ("connectors", "engine.core", "engine.events", "engine.config", "engine.unsubscribe_links"),
     # The kafka connector's default producer connects to the engine's own broker with its TLS/SASL settings.
     "connectors.kafka": ("connectors", "engine.core", "engine.events", "engine.config", "engine.kafka.security"),
+    # Experiment statistics: pure, the standard library only.
+    "engine.experiments": ("engine.experiments",),
     "engine.clickhouse": (
         "engine.clickhouse",
+        "engine.experiments",
         "engine.core",
         "engine.events",
         "engine.kafka",
@@ -129,6 +132,7 @@ THIRD_PARTY = {
     "engine.core": ("orjson",),
     "engine.language": ("orjson", "pydantic", "yaml"),
     "engine.privacy.records": ("orjson",),
+    "engine.experiments": (),
 }
 
 # Faust and its service library belong to the worker shell (and `nudge worker`, which starts a `faust.Worker`).
