@@ -152,6 +152,91 @@ CREATE TABLE IF NOT EXISTS privacy_receipts (
 ORDER BY request_id
 """
 
+# Experiments (issue 19, docs/experiments.md): views over the worker's `kind: experiment` lead updates and the fired
+# actions, so analysts can query arms themselves. A person counts once: ids merged by identify/alias map to the id
+# they were merged into (the same mapping as the KPIs), and a person keeps the arm of their first assignment.
+# Replayed records (same content, other Kafka offsets) collapse: assignments by (experiment, person), goals by the
+# goal event's message id.
+_PERSON = "if(m.to_id = '', u.lead_id, m.to_id)"
+_MERGES = (
+    "SELECT from_id, argMax(to_id, timestamp) AS to_id FROM ("
+    " SELECT if(type = 'alias', previous_id, anonymous_id) AS from_id, user_id AS to_id, timestamp FROM events"
+    " WHERE type IN ('identify', 'alias') AND user_id != '' AND from_id != '' AND from_id != user_id"
+    ") GROUP BY from_id"
+)
+_EXPERIMENT_ASSIGNMENTS = f"""
+CREATE VIEW IF NOT EXISTS experiment_assignments AS
+SELECT JSONExtractString(u.payload, 'experiment') AS experiment, {_PERSON} AS person,
+       argMin(JSONExtractString(u.payload, 'variant'), u.at) AS variant,
+       argMin(JSONExtractString(u.payload, 'rule'), u.at) AS rule,
+       argMin(u.lead_id, u.at) AS lead_id,
+       min(u.at) AS assigned_at
+FROM lead_updates AS u FINAL LEFT JOIN ({_MERGES}) AS m ON m.from_id = u.lead_id
+WHERE u.kind = 'experiment' AND JSONExtractString(u.payload, 'event') = 'assigned'
+GROUP BY experiment, person
+SETTINGS join_use_nulls = 0
+"""
+_EXPERIMENT_GOALS = f"""
+CREATE VIEW IF NOT EXISTS experiment_goals AS
+SELECT JSONExtractString(u.payload, 'experiment') AS experiment, {_PERSON} AS person,
+       JSONExtractString(u.payload, 'message_id') AS message_id,
+       argMin(JSONExtractString(u.payload, 'variant'), u.at) AS variant,
+       min(u.at) AS at,
+       any(JSONExtract(u.payload, 'value', 'Nullable(Float64)')) AS value
+FROM lead_updates AS u FINAL LEFT JOIN ({_MERGES}) AS m ON m.from_id = u.lead_id
+WHERE u.kind = 'experiment' AND JSONExtractString(u.payload, 'event') = 'goal'
+GROUP BY experiment, person, message_id
+SETTINGS join_use_nulls = 0
+"""
+# One row per fired action in an experiment: its arm (on the fired row) and whether it was ever sent / held out.
+_EXPERIMENT_ACTIONS = """
+CREATE VIEW IF NOT EXISTS experiment_actions AS
+SELECT f.experiment AS experiment, f.variant AS variant, f.action_id AS action_id, f.lead_id AS lead_id,
+       f.rule AS rule, f.fired_at AS fired_at, f.held_out OR o.held_out > 0 AS held_out, o.sent > 0 AS sent
+FROM (
+    SELECT r.action_id AS action_id, any(r.experiment) AS experiment, any(r.variant) AS variant,
+           any(r.lead_id) AS lead_id, any(r.rule) AS rule, min(r.at) AS fired_at, max(r.held_out) AS held_out
+    FROM actions AS r FINAL WHERE r.step = 'fired' AND r.experiment != '' GROUP BY r.action_id
+) AS f
+LEFT JOIN (
+    SELECT action_id, countIf(step = 'sent') AS sent, countIf(step = 'held_out') AS held_out
+    FROM actions FINAL WHERE step IN ('sent', 'held_out') GROUP BY action_id
+) AS o ON o.action_id = f.action_id
+SETTINGS join_use_nulls = 0
+"""
+# One row per experiment and person: arm, assignment time, goal events, revenue, actions sent / held out (a person
+# without any reads 0: join_use_nulls = 0 is explicit on every view, as a view's columns must not change type with
+# the session's setting).
+_EXPERIMENT_LEADS = f"""
+CREATE VIEW IF NOT EXISTS experiment_leads AS
+SELECT a.experiment AS experiment, a.variant AS variant, a.rule AS rule, a.person AS person,
+       a.lead_id AS lead_id, a.assigned_at AS assigned_at,
+       g.goals AS goals, g.revenue AS revenue, x.sent AS actions_sent, x.held_out AS actions_held_out
+FROM experiment_assignments AS a
+LEFT JOIN (
+    SELECT q.experiment AS experiment, q.person AS person, count() AS goals, sum(ifNull(q.value, 0)) AS revenue
+    FROM experiment_goals AS q GROUP BY q.experiment, q.person
+) AS g ON g.experiment = a.experiment AND g.person = a.person
+LEFT JOIN (
+    SELECT x.experiment AS experiment, {_PERSON.replace("u.", "x.")} AS person,
+           countIf(x.sent) AS sent, countIf(x.held_out) AS held_out
+    FROM experiment_actions AS x LEFT JOIN ({_MERGES}) AS m ON m.from_id = x.lead_id
+    GROUP BY x.experiment, person
+) AS x ON x.experiment = a.experiment AND x.person = a.person
+SETTINGS join_use_nulls = 0
+"""
+# Per experiment and arm, all time (`nudge report experiments` applies its window to experiment_leads instead).
+_EXPERIMENT_ARMS = """
+CREATE VIEW IF NOT EXISTS experiment_arms AS
+SELECT l.experiment AS experiment, l.variant AS variant, any(l.rule) AS rule, count() AS leads,
+       countIf(l.goals > 0) AS conversions, conversions / leads AS conversion_rate, sum(l.revenue) AS revenue,
+       revenue / leads AS revenue_per_lead, sum(l.revenue * l.revenue) AS revenue_sq,
+       sum(l.actions_sent) AS actions_sent, sum(l.actions_held_out) AS actions_held_out,
+       min(l.assigned_at) AS first_assigned_at, max(l.assigned_at) AS last_assigned_at
+FROM experiment_leads AS l
+GROUP BY l.experiment, l.variant
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "events, actions, dead letters, lead updates", (_EVENTS, _ACTIONS, _DEAD_LETTERS, _LEAD_UPDATES)
@@ -174,6 +259,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE actions ADD COLUMN IF NOT EXISTS variant LowCardinality(String) DEFAULT ''",
             "ALTER TABLE actions ADD COLUMN IF NOT EXISTS held_out Bool DEFAULT false",
         ),
+    ),
+    Migration(
+        5,
+        "experiment views: assignments, goals, actions, leads, arms",
+        (_EXPERIMENT_ASSIGNMENTS, _EXPERIMENT_GOALS, _EXPERIMENT_ACTIONS, _EXPERIMENT_LEADS, _EXPERIMENT_ARMS),
     ),
 )
 
