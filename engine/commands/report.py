@@ -1,5 +1,5 @@
-"""`nudge report [--since 7d] [--attribution 7d] [--json]`: the KPIs from ClickHouse, as readable tables or one JSON
-document.
+"""`nudge report [--since 7d] [--attribution 7d] [--journeys] [--json]`: the KPIs from ClickHouse, as readable tables
+or one JSON document (`--journeys`: the journey KPIs per journey and step instead).
 
 Exit codes: 0 printed, 1 ClickHouse unavailable (for an embedded store: owned by a running `nudge sink`),
 2 bad arguments.
@@ -32,6 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="7d",
         help="recovered revenue: credit an order to the latest marketing nudge *sent* to the lead at most this long "
         "before it (last touch; default 7d)",
+    )
+    parser.add_argument(
+        "--journeys",
+        action="store_true",
+        help="journey KPIs instead: per journey and step, leads entered, steps reached, sends fired and sent, exits "
+        "by reason, completed, goal (converted)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.set_defaults(func=run)
@@ -126,6 +132,35 @@ def render(report: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _exits(exited: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(exited.items())) or "-"
+
+
+def render_journeys(report: dict[str, Any]) -> str:
+    """The `--journeys` table: per journey a `(journey)` line (entered, sends, exits, completed, goal and its rate
+    of entries), then one line per step in the order leads reach it."""
+    w = report["window"]
+    rows: list[list[Any]] = []
+    for j in report["journeys"]:
+        goal = f"{j['goal']} ({_pct(j['goal_rate'])})"
+        rows.append([j["journey"], "(journey)", j["entered"], j["fired"], j["sent"], _exits(j["exited"]),
+                     j["completed"], goal])  # fmt: skip
+        for s in j["steps"]:
+            rows.append(["", s["step"], s["reached"], s["fired"], s["sent"], _exits(s["exited"]), s["completed"],
+                         str(s["goal"])])  # fmt: skip
+    return "\n\n".join(
+        [
+            f"Nudge journeys {format_ts(w['since_ms'])} .. {format_ts(w['until_ms'])}",
+            table(
+                "Journeys: leads entered (journey line) or steps reached, sends fired and sent, exits by reason,\n"
+                "completed, goal (the journey's goal: matched within goal_within of entry = converted)",
+                ["journey", "step", "entered/reached", "fired", "sent", "exited", "completed", "goal"],
+                rows,
+            ),
+        ]
+    )
+
+
 def duration_text(ms: int) -> str:
     """7 d, 36 h, 90 min, 45 s: the largest unit (days at most) that divides `ms` exactly."""
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
@@ -180,7 +215,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     def query(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+        if getattr(args, "journeys", False):
+            from engine.clickhouse.journeys import journey_kpis
+
+            window = {"since_ms": since_ms, "until_ms": until_ms}
+            return {"window": window, "journeys": journey_kpis(client, since_ms, until_ms)}
         return kpis.report(client, since_ms, until_ms, attribution_ms)
 
-    code, _ = over_history("report", args, Settings.from_env(), query, lambda report: report, render)
+    shown = render_journeys if getattr(args, "journeys", False) else render
+    code, _ = over_history("report", args, Settings.from_env(), query, lambda report: report, shown)
     return code
