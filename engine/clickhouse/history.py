@@ -88,6 +88,7 @@ class ActionHistory:
     connector: str
     marketing: bool
     steps: tuple[ActionStep, ...]
+    journey_step: str = ""  # the journey step that sent it ('' outside journeys)
 
     @property
     def fired_at_ms(self) -> int | None:
@@ -123,6 +124,7 @@ class ActionHistory:
             "rule": self.rule,
             "connector": self.connector,
             "marketing": self.marketing,
+            "journey_step": self.journey_step,
             "fired_at_ms": self.fired_at_ms,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -139,7 +141,7 @@ def lead_actions(client: Client, lead_id: str, limit: int = 20) -> list[ActionHi
     the store holds (fired, deferred, suppressed, sent, ...)."""
     rows = client.query(
         "SELECT action_id, step, attempt, toUnixTimestamp64Milli(at), rule, connector, reason, "
-        "toUnixTimestamp64Milli(next_attempt_at), marketing FROM actions FINAL "
+        "toUnixTimestamp64Milli(next_attempt_at), marketing, journey_step FROM actions FINAL "
         "WHERE lead_id = {lead:String} AND action_id IN ("
         "  SELECT action_id FROM actions FINAL WHERE lead_id = {lead:String} "
         "  GROUP BY action_id ORDER BY min(at) DESC, action_id LIMIT {limit:UInt32}"
@@ -148,11 +150,14 @@ def lead_actions(client: Client, lead_id: str, limit: int = 20) -> list[ActionHi
     ).result_rows
     steps: dict[str, list[ActionStep]] = {}
     about: dict[str, tuple[str, str, bool]] = {}
-    for action_id, step, attempt, at_ms, rule, connector, reason, next_ms, marketing in rows:
+    journey_steps: dict[str, str] = {}
+    for action_id, step, attempt, at_ms, rule, connector, reason, next_ms, marketing, journey_step in rows:
         steps.setdefault(action_id, []).append(
             ActionStep(int(at_ms), str(step), int(attempt), str(reason), None if next_ms is None else int(next_ms))
         )
         if step == "fired" or action_id not in about:  # the fired row knows the marketing flag
             about[action_id] = (str(rule), str(connector), bool(marketing))
-    histories = [ActionHistory(a, *about[a], tuple(s)) for a, s in steps.items()]
+        if journey_step:
+            journey_steps[action_id] = str(journey_step)
+    histories = [ActionHistory(a, *about[a], tuple(s), journey_steps.get(a, "")) for a, s in steps.items()]
     return sorted(histories, key=lambda h: (h.steps[0].at_ms, h.action_id))

@@ -33,6 +33,7 @@ class LeadReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     assigned_lead: dict[str, Any] = field(default_factory=dict)  # the lead context stored with its owner
     merged_ids: list[str] = field(default_factory=list)  # ids merged into the lead, whose history is shown too
+    journeys: list[dict[str, Any]] = field(default_factory=list)  # JourneyStatus.to_json() per journey
 
     @property
     def known(self) -> bool:
@@ -128,6 +129,12 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
                             row[key] = orjson.loads(row[key])
             setattr(report, name, list(reversed(rows)) if name != "updates" else rows)
         try:
+            from engine.clickhouse.journeys import lead_journeys
+
+            report.journeys = [status.to_json() for status in lead_journeys(client, ids)]
+        except Exception as exc:  # table missing or schema drift, as above
+            report.unavailable["clickhouse.journeys"] = str(exc).splitlines()[0][:200]
+        try:
             merged = [a for lead in ids for a in lead_actions(client, lead, RECENT)]
             merged.sort(key=lambda a: (a.steps[0].at_ms, a.action_id))
             report.actions = [a.to_json() for a in merged[-RECENT:]]
@@ -171,7 +178,21 @@ def _action_line(action: dict[str, Any]) -> str:
     if len(delivery) > 1:
         path = "  (" + " → ".join(f"{s['step']} {s['reason']}".rstrip() for s in delivery) + ")"
     when = _when(action["fired_at_ms"]) if action.get("fired_at_ms") is not None else "(fire time unknown)"
-    return f"  {when}  {action['rule']:<24} {action['connector']:<8} {outcome}{path}".rstrip()
+    rule = action["rule"] + (f"/{action['journey_step']}" if action.get("journey_step") else "")
+    return f"  {when}  {rule:<24} {action['connector']:<8} {outcome}{path}".rstrip()
+
+
+def _journey_line(j: dict[str, Any]) -> str:
+    """`  winback   at offer_wait since <time> (entered <time>)`, or `completed at stop <time>`, or
+    `exited at w1 <time> (exit_on)`; `goal met <time>` when the journey's goal matched for that entry."""
+    entered = f"entered {_when(j['entry_ms'])}" + (f", entry {j['entries']}" if j.get("entries", 1) > 1 else "")
+    if j["status"] == "in":
+        where = f"at {j['step'] or '-'} since {_when(j['since_ms'])}"
+    else:
+        reason = f" ({j['reason']})" if j.get("reason") else ""
+        where = f"{j['status']} at {j['step'] or '-'} {_when(j['since_ms'])}{reason}"
+    goal = f", goal met {_when(j['goal_ms'])}" if j.get("goal_ms") is not None else ""
+    return f"  {j['journey']:<24} {where} ({entered}{goal})"
 
 
 def render(report: LeadReport) -> str:
@@ -202,6 +223,8 @@ def render(report: LeadReport) -> str:
     lines += [
         f"  {_when(u['at'])}  {u['kind']:<16} {u.get('rep') or ''}".rstrip() for u in report.updates
     ] or ["  -"]
+    lines.append("Journeys (where the lead is, or how it left):")
+    lines += [_journey_line(j) for j in report.journeys] or ["  -"]
     lines.append(f"Recent events (last {RECENT}):")
     lines += [f"  {_when(e['at'])}  {e['type']:<8} {e['name']}" for e in report.events] or ["  -"]
     lines.append(f"Actions (last {RECENT}; outcome and why):")
@@ -229,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
       assignment history) from `engine.assignment`.
     - ClickHouse (`NUDGE_CLICKHOUSE_DSN`): recent events (`events`), the recent actions with their outcome and
       its reason (`actions`: sent, or suppressed / failed and why, or still deferred; every step in `--json`),
-      stage and score changes and other lifecycle updates (`lead_updates`). An embedded chDB store owned by a
+      stage and score changes and other lifecycle updates (`lead_updates`), and per journey where the lead is
+      (the step it waits at, since when) or how it left, folded from its journey records
+      (`engine.clickhouse.journeys.lead_journeys`). An embedded chDB store owned by a
       running `nudge sink` cannot be opened by a second process; the command says so and shows the rest.
     Score and stage are the newest values found in the lead updates (then the profile). Exit codes: 0 shown, 1 the
     lead is unknown everywhere that could be read.

@@ -14,10 +14,13 @@ import orjson
 import pytest
 
 from engine.clickhouse.client import connect
+from engine.clickhouse.history import lead_actions
 from engine.clickhouse.journeys import journey_kpis, journey_status, lead_journeys
 from engine.clickhouse.migrations import migrate
 from engine.clickhouse.rows import COLUMNS, Record, to_row
 from engine.clickhouse.schema import MIGRATIONS
+from engine.commands.leads import LeadReport, _when
+from engine.commands.leads import render as render_lead
 from engine.commands.report import render_journeys
 from engine.core.model import Action
 from engine.core.simulate import simulate
@@ -128,6 +131,13 @@ def test_lead_status_from_the_stored_records(store: Any) -> None:
     [buyer] = lead_journeys(client, ["buyer"])
     assert (buyer.status, buyer.step, buyer.reason, buyer.goal_ms) == ("exited", "w1", "exit_on", T0 + 20 * MIN)
     assert lead_journeys(client, ["nobody"]) == []
+    # `nudge leads show`: the journey line and each action's journey step
+    report = LeadReport("quiet", journeys=[quiet.to_json()])
+    report.actions = [a.to_json() for a in lead_actions(client, "quiet")]
+    text = render_lead(report)
+    assert f"rescue                   completed at stop {_when(T0 + 3 * HOUR)} (entered {_when(T0)})" in text
+    assert [a["journey_step"] for a in report.actions] == ["r1", "r2"]
+    assert "rescue/r2" in text
 
 
 def test_status_of_a_lead_in_the_middle_and_after_a_repeat() -> None:
