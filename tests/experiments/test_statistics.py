@@ -141,6 +141,8 @@ def reference_arm(experiment_id: str, lead_id: str, holdout: float, variants: li
     u = int.from_bytes(hashlib.sha256(f"{experiment_id}:{lead_id}".encode()).digest()[:8], "big") / 2**64
     if u < holdout:
         return "holdout"
+    if not variants:
+        return "treatment"
     v = (u - holdout) / (1 - holdout)
     total = sum(w for _, w in variants)
     cumulative = 0.0
