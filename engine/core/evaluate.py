@@ -289,10 +289,13 @@ def _apply_event(
 
 def pending_deadlines(rules: RuleSet, state: LeadState) -> list[int]:
     """The lead's pending deadlines, sorted, deduplicated (what `Evaluation.deadlines` holds); the worker calls
-    it on stored states to rebuild its deadline index. Does not change `state`."""
-    timed = rules.timed
+    it on stored states to rebuild its deadline index (a slot stored under a rule's earlier key counts as the
+    rule's, see `RuleSet.legacy`). Does not change `state`."""
+    timed, legacy = rules.timed, rules.legacy
     deadlines: list[int] = []
     for key, slot in state.rules.items():
+        if key not in timed and legacy:
+            key = legacy.get(key, key)
         if key in timed:
             deadline = rules.by_key[key].logic.deadline(slot)
             if deadline is not None:

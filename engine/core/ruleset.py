@@ -159,7 +159,10 @@ class Rule:
 
     def __post_init__(self) -> None:
         if not self.key:
-            object.__setattr__(self, "key", state_key(f"{self.id}|{self.logic.shape}"))
+            identity = f"{self.id}|{self.logic.shape}"
+            if self.kind in FRESH_ON_EDIT:
+                identity += f"|{self.version}"  # an edited rule starts afresh: its old slot and gate are dropped
+            object.__setattr__(self, "key", state_key(identity))
         if self.conversion is None:
             unless: Matcher | None = getattr(self.logic, "unless", None)
             object.__setattr__(self, "conversion", self.exit_on if self.exit_on is not None else unless)
@@ -190,6 +193,9 @@ class RuleSet:
     score_rules: tuple[Rule, ...] = ()
     order: Mapping[str, int] = field(default_factory=dict)  # state key -> position among active rules
     timed: frozenset[str] = frozenset()  # state keys of the active rules whose kind has deadlines
+    # Key an active `FRESH_ON_EDIT` rule's slots had before rule versions were part of it -> its key now: states
+    # stored by earlier releases are read as the rule's own (`LeadState.read_slots`), not dropped on upgrade.
+    legacy: Mapping[str, str] = field(default_factory=dict)
     _dispatch: dict[tuple[str, str | None], tuple[Rule, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -208,6 +214,7 @@ class RuleSet:
             score_rules=tuple(r for r in active if r.kind == "score"),
             order={r.key: i for i, r in enumerate(active)},
             timed=frozenset(r.key for r in active if r.logic.has_deadlines),
+            legacy={state_key(f"{r.id}|{r.logic.shape}"): r.key for r in active if r.kind in FRESH_ON_EDIT},
         )
 
     def __len__(self) -> int:
@@ -231,13 +238,20 @@ class RuleSet:
 
 DISPATCH_CACHE = 4096
 
+# Kinds whose per-lead state starts afresh when the rule's semantics change (its `version`): the rule version is part
+# of their state key, so after an edit (a deploy, or simply loading edited files) their old slots and gates belong to
+# no rule and are dropped like a removed rule's, pending deadlines included. Scores (a lead's accumulated score and
+# stage) and journeys (a lead's place, which `step_removed` reconciles) keep their state across edits.
+FRESH_ON_EDIT = frozenset({"absence", "threshold", "sequence"})
+
 
 def state_key(identity: str) -> str:
-    """8 hex chars standing for a rule in per-lead state: `rule id|slot shape`.
+    """8 hex chars standing for a rule in per-lead state: `rule id|slot shape` (`|rule version` for the kinds in
+    `FRESH_ON_EDIT`).
 
-    State stays small whatever the length of the id. An edit that keeps the slot's shape (a new window, other
-    matchers) keeps the pending state; one that changes it (another kind, count <-> sum, another number of
-    steps) gets a new key, so old slots are dropped instead of being misread.
+    State stays small whatever the length of the id. For scores and journeys an edit that keeps the slot's shape
+    keeps the pending state; one that changes it (another kind, count <-> sum) gets a new key, so old slots are
+    dropped instead of being misread. Absence, threshold and sequence rules start afresh on any semantic edit.
     """
     return hashlib.blake2b(identity.encode(), digest_size=4).hexdigest()
 

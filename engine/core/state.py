@@ -91,7 +91,8 @@ class LeadState:
         return copy
 
     def read_slots(self, rules: RuleSet) -> None:
-        """Drop the slots of rules that are gone from `rules` or disabled (state cannot outlive its rules), and
+        """Drop the slots of rules that are gone from `rules` or disabled (state cannot outlive its rules; a slot
+        stored under a rule's key of an earlier release, `RuleSet.legacy`, is kept under its key now), and
         have the kinds with deadlines read their slots still in stored JSON form (`RuleLogic.load`) once, as every
         step asks them for their deadlines. Other slots are read when their rule first sees an event (and stored
         typed by `evaluate`); a slot no event touches is written back as it was read, with no work.
@@ -101,7 +102,14 @@ class LeadState:
         slots, by_key, timed = self.rules, rules.by_key, rules.timed
         stale = [key for key in slots if (rule := by_key.get(key)) is None or not rule.enabled]
         for key in stale:
-            del slots[key]
+            slot = slots.pop(key)
+            adopted = rules.legacy.get(key)  # stored before rule versions were part of the key: still the rule's
+            if adopted is not None and adopted not in slots:
+                slots[adopted] = slot
+        gates = self.gates
+        if gates and rules.legacy:
+            for key in [key for key in gates if key in rules.legacy]:
+                gates.setdefault(rules.legacy[key], gates.pop(key))
         for key, slot in slots.items():
             if key in timed and (type(slot) is list or type(slot) is dict):
                 typed = by_key[key].logic.load(slot)

@@ -141,7 +141,8 @@ def test_version_ignores_formatting_and_description_but_not_semantics() -> None:
     )
     three = parse_rules("rules:\n  - {id: a, kind: absence, when: {event: A}, within: 61m, action: {connector: log}}")
     assert one.rules[0].version == two.rules[0].version != three.rules[0].version
-    assert one.rules[0].key == three.rules[0].key  # state survives an edit of the rule
+    assert one.rules[0].key == two.rules[0].key  # state survives reformatting
+    assert one.rules[0].key != three.rules[0].key  # an edited absence rule starts afresh (FRESH_ON_EDIT)
 
 
 def test_segment_definitions_are_part_of_the_version() -> None:
@@ -178,9 +179,11 @@ def test_an_edit_that_changes_the_slot_shape_gets_a_new_state_key() -> None:
         return parse_rules(f"rules:\n  - {{id: a, {body}, action: {{connector: log}}}}").rules[0].key
 
     count = key("kind: threshold, match: {event: A}, count: 2, within: 1m")
-    assert count == key("kind: threshold, match: {event: B}, count: 3, within: 5m")
+    assert count != key("kind: threshold, match: {event: B}, count: 3, within: 5m")  # edited: afresh
     assert count != key("kind: threshold, match: {event: A}, sum: {field: properties.v, gte: 2}, within: 1m")
     assert count != key("kind: absence, when: {event: A}, within: 1m")
+    score = "kind: score, points: [{match: {event: A}, points: %d}], thresholds: [{at: 5}]"
+    assert key(score % 1) == key(score % 2)  # a score keeps the lead's score across edits
 
 
 def test_trusted_is_a_boolean_on_matchers_and_changes_the_version_only_when_set() -> None:
