@@ -335,3 +335,9 @@ async def test_export_then_erase_a_lead_from_every_store(stack: Stack) -> None:
             assert secret not in rows, f"{secret} is still in ClickHouse table {table}"
     assert OTHER in tables["events"] and OTHER in tables["actions"]
     assert request_id in tables["privacy_receipts"]
+    # No personal data in the processes' logs (info level, as they run in production): no email, no name.
+    logs = {path.name: path.read_text(errors="replace") for path in stack.tmp.glob("*.log")}
+    assert {"worker.log", "dispatch.log", "sink.log"} <= set(logs), sorted(logs)
+    for name, text in logs.items():
+        for personal in (EMAIL, OTHER_EMAIL, "Quinn P", "Otto Control"):
+            assert personal not in text, f"{personal} is in {name}"
