@@ -189,9 +189,10 @@ def incremental_total(experiments: Sequence[dict[str, Any]]) -> dict[str, Any] |
     variance = sum(((e["overall"]["incremental_revenue_ci95"][1] - e["overall"]["incremental_revenue_ci95"][0]) /
                     (2 * st.Z95)) ** 2 for e in measured)  # fmt: skip
     half = st.Z95 * variance**0.5
+    interval = [round(total - half, 2), round(total + half, 2)]
     return {
         "revenue": round(total, 2),
-        "ci95": [round(total - half, 2), round(total + half, 2)],
+        "ci95": measured[0]["overall"]["incremental_revenue_ci95"] if len(measured) == 1 else interval,
         "experiments": [e["experiment"] for e in measured],
         "not_measured": [e["experiment"] for e in experiments if e not in measured],
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from engine.clickhouse import experiments
 from engine.clickhouse.merged_history import MERGES_SQL, person_sql
 
 FUNNEL_STEPS = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
@@ -265,9 +266,12 @@ def hot_leads(client: Client, since_ms: int, until_ms: int) -> list[dict[str, An
 def report(
     client: Client, since_ms: int, until_ms: int, attribution_ms: int = ATTRIBUTION_WINDOW_MS
 ) -> dict[str, Any]:
-    """Every KPI for one window, as one JSON-serialisable dict (what `nudge report --json` prints)."""
+    """Every KPI for one window, as one JSON-serialisable dict (what `nudge report --json` prints).
+    `incremental_revenue`: the experiments' measured incremental revenue (people assigned in the window; None
+    without an experiment with a holdout and enough data), which `nudge report` shows before attributed revenue."""
     return {
         "window": {"since_ms": since_ms, "until_ms": until_ms},
+        "incremental_revenue": experiments.report(client, since_ms, until_ms)["incremental_revenue"],
         "funnel": funnel(client, since_ms, until_ms),
         "abandonment": abandonment(client, since_ms, until_ms),
         "nudges": nudges_per_rule(client, since_ms, until_ms),

@@ -1,5 +1,10 @@
 """`nudge report [--since 7d] [--attribution 7d] [--journeys] [--json]`: the KPIs from ClickHouse, as readable tables
-or one JSON document (`--journeys`: the journey KPIs per journey and step instead).
+or one JSON document (`--journeys`: the journey KPIs per journey and step instead). When experiments with a holdout
+have enough data, the KPI report leads with their measured incremental revenue; attributed revenue follows, labelled.
+
+`nudge report experiments [--since 30d] [--json]`: per experiment and arm, leads assigned, actions sent, conversions,
+rate, revenue per lead; each variant against the holdout (and the first variant) with 95 % intervals, the always-valid
+test's verdict and incremental revenue (docs/experiments.md).
 
 Exit codes: 0 printed, 1 ClickHouse unavailable (for an embedded store: owned by a running `nudge sink`),
 2 bad arguments.
@@ -25,8 +30,20 @@ DEFAULT_ATTRIBUTION_MS = 7 * 86_400_000  # engine.clickhouse.kpis.ATTRIBUTION_WI
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("report", help="print KPIs (funnel, abandonment, nudges, recovery, delays, reps)")
-    parser.add_argument("--since", default="7d", help="window ending now: 30m, 24h, 7d, 2w (default 7d)")
+    parser = sub.add_parser(
+        "report", help="print KPIs (funnel, abandonment, nudges, recovery, delays, reps); `report experiments`: uplift"
+    )
+    parser.add_argument(
+        "view",
+        nargs="?",
+        choices=["experiments"],
+        help="experiments: per experiment and arm, conversions and uplift against the holdout (docs/experiments.md)",
+    )
+    parser.add_argument(
+        "--since",
+        default=None,
+        help="window ending now: 30m, 24h, 7d, 2w (default 7d; 30d for experiments, by assignment time)",
+    )
     parser.add_argument(
         "--attribution",
         default="7d",
@@ -65,6 +82,8 @@ def _pct(value: float | None) -> str:
 def render(report: dict[str, Any]) -> str:
     w = report["window"]
     parts = [f"Nudge report {format_ts(w['since_ms'])} .. {format_ts(w['until_ms'])}"]
+    if report.get("incremental_revenue"):  # measured uplift first: the figure to trust (nudge report experiments)
+        parts.append(incremental_line(report["incremental_revenue"]))
     parts.append(
         table(
             "Funnel (leads, in order)",
@@ -95,7 +114,8 @@ def render(report: dict[str, Any]) -> str:
     parts.append(
         table(
             f"Recovered revenue: {rec['orders']} orders, {rec['revenue']:,.2f}\n"
-            f"(an order counts when a marketing nudge was actually sent to the lead at most {window} before it, "
+            f"(attributed, not measured: an order counts when a marketing nudge was actually sent to the lead at "
+            f"most {window} before it, "
             "credited to the latest one: last touch; nudges fired but suppressed or failed earn nothing)",
             ["rule", "orders", "revenue"],
             [[r["rule"], r["orders"], r["revenue"]] for r in rec["by_rule"]],
@@ -205,8 +225,92 @@ def over_history(
     return 0, result
 
 
+def _signed(value: float | None, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value * scale:+,.{digits}f}{unit}"
+
+
+def _range(interval: Sequence[float] | None, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
+    if interval is None:
+        return "-"
+    return f"{_signed(interval[0], scale, unit, digits)} .. {_signed(interval[1], scale, unit, digits)}"
+
+
+def incremental_line(total: dict[str, Any]) -> str:
+    """The measured figure the KPI report leads with."""
+    low, high = total["ci95"]
+    return (
+        f"Incremental revenue (measured against holdouts): {total['revenue']:,.2f} (95 % interval {low:,.2f} .. "
+        f"{high:,.2f}), experiments: {', '.join(total['experiments'])}"
+    )
+
+
+def _comparison_row(c: dict[str, Any]) -> list[Any]:
+    seq = c["sequential"]
+    verdict = c["verdict"] if seq is None else f"{c['verdict']} (p {seq['p_value']:.3f})"
+    return [
+        f"{c['arm']} vs {c['baseline']}",
+        _signed(c["absolute_uplift"], 100, " pp"),
+        _range(c["absolute_uplift_ci95"], 100, " pp"),
+        _signed(c["relative_uplift"], 100, "%", 0),
+        _range(c["relative_uplift_ci95"], 100, "%", 0),
+        verdict,
+        _signed(c["incremental_revenue"], digits=2),
+        _range(c["incremental_revenue_ci95"], digits=2),
+    ]
+
+
+def render_experiments(report: dict[str, Any]) -> str:
+    """`nudge report experiments`: per experiment its arms, then each comparison and the treated-vs-holdout line."""
+    w = report["window"]
+    parts = [f"Nudge experiments, people assigned {format_ts(w['since_ms'])} .. {format_ts(w['until_ms'])}"]
+    if not report["experiments"]:
+        parts.append("(no experiment assigned anyone in this window)")
+    for e in report["experiments"]:
+        arms = [
+            [a["arm"], a["leads"], a["actions_sent"], a["conversions"], _pct(a["conversion_rate"]),
+             a["revenue_per_lead"]]
+            for a in e["arms"]
+        ]
+        headers = ["arm", "leads", "actions sent", "conversions", "rate", "revenue/lead"]
+        parts.append(table(f"Experiment {e['experiment']} (rule {', '.join(e['rules'])})", headers, arms))
+        rows = [_comparison_row(c) for c in e["comparisons"]]
+        if e["overall"] is not None and e["overall"]["arm"] not in {c["arm"] for c in e["comparisons"]}:
+            rows.append(_comparison_row(e["overall"]))
+        parts.append(
+            table(
+                "Uplift (arm minus baseline; 95 % intervals; verdict from the always-valid sequential test)",
+                ["comparison", "uplift", "95 % CI", "relative", "95 % CI", "verdict", "incremental", "95 % CI"],
+                rows,
+            )
+        )
+    minimum = report["method"]["minimum"]
+    if report.get("incremental_revenue"):
+        parts.append(incremental_line(report["incremental_revenue"]))
+    parts.append(
+        f"Conversions: leads with a goal event within goal_within of their assignment. Verdicts need >= "
+        f"{minimum['leads_per_arm']} leads per arm and >= {minimum['conversions']} conversions; the sequential test "
+        "(mSPRT) stays valid however often you look. docs/experiments.md"
+    )
+    return "\n\n".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     from engine.clickhouse import kpis
+
+    experiments = getattr(args, "view", None) == "experiments"
+    if getattr(args, "since", None) is None:
+        args.since = "30d" if experiments else "7d"
+    if experiments:
+
+        def query_experiments(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+            from engine.clickhouse import experiments as ex
+
+            return ex.report(client, since_ms, until_ms)
+
+        code, _ = over_history(
+            "report experiments", args, Settings.from_env(), query_experiments, lambda r: r, render_experiments
+        )
+        return code
 
     try:
         attribution_ms = kpis.parse_duration(args.attribution, "--attribution")

@@ -6,6 +6,7 @@ module's."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,10 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.cli import main
 from engine.clickhouse import experiments as ex
+from engine.clickhouse import kpis
 from engine.clickhouse.client import connect
 from engine.clickhouse.migrations import migrate
 from engine.clickhouse.rows import Record, to_row
+from engine.commands.report import render, render_experiments
 from engine.core.experiments import assign_arm, record
 from engine.events import format_ts
 from engine.experiments import statistics as st
@@ -248,3 +252,35 @@ def test_analyse_with_variants_compares_each_with_holdout_and_the_first_variant(
     small = ex.analyse("tiny", ["cart"], [st.Arm("holdout", 20, 1), st.Arm("treatment", 80, 9)])
     assert small["overall"]["verdict"] == st.NOT_ENOUGH_DATA
     assert ex.incremental_total([small]) is None
+
+
+def test_report_experiments_renders_arms_uplift_verdict_and_incremental_revenue(
+    client: Any, stored: dict[str, Any]
+) -> None:
+    doc = ex.report(client, NOW - 30 * DAY, NOW)
+    text = render_experiments(doc)
+    print(text)
+    assert "Experiment cart_abandoned (rule cart_abandoned)" in text
+    holdout, treated = stored["holdout"], stored["treatment"]
+    assert re.search(rf"holdout\s+{int(holdout['leads'])}\s+0\s+{int(holdout['conversions'])}\s", text)
+    assert re.search(rf"treatment\s+{int(treated['leads'])}\s+{int(treated['sent'])}\s+", text)
+    assert "treatment vs holdout" in text and "pp" in text
+    assert doc["experiments"][0]["overall"]["verdict"] in text
+    assert "Incremental revenue (measured against holdouts)" in text
+    assert "(no experiment" in render_experiments(ex.report(client, NOW - 2 * DAY - 100 * DAY, NOW - 101 * DAY))
+
+
+def test_the_kpi_report_leads_with_incremental_revenue(client: Any, stored: dict[str, Any]) -> None:
+    doc = kpis.report(client, NOW - 30 * DAY, NOW)
+    assert doc["incremental_revenue"]["experiments"] == ["cart_abandoned"]
+    text = render(doc)
+    lines = text.splitlines()
+    assert lines[2].startswith("Incremental revenue (measured against holdouts): ")
+    assert "Recovered revenue: 0 orders" in text and "(attributed, not measured" in text
+    assert kpis.report(client, NOW - 200 * DAY, NOW - 150 * DAY)["incremental_revenue"] is None
+
+
+def test_report_experiments_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "experiments", "--since", "a month"]) == 2
+    assert "--since 'a month' is not a duration" in capsys.readouterr().err
+    assert main(["report", "--since", "a week"]) == 2
