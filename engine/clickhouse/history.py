@@ -101,7 +101,7 @@ class ActionHistory:
         (`deferred`, `retried`, `duplicate`: still waiting or handled elsewhere); None when only fired (the
         dispatcher has not recorded anything yet)."""
         delivery = [s for s in self.steps if s.step != "fired"]
-        for wanted in (("sent",), ("suppressed", "failed")):
+        for wanted in (("sent",), ("suppressed", "failed", "held_out")):
             final = [s for s in delivery if s.step in wanted]
             if final:
                 return final[-1] if wanted != ("sent",) else final[0]
@@ -109,7 +109,8 @@ class ActionHistory:
 
     @property
     def outcome(self) -> str:
-        """`sent`, `suppressed`, `failed`, `deferred`, `retried`, `duplicate`, or `pending` (fired only)."""
+        """`sent`, `suppressed`, `failed`, `held_out`, `deferred`, `retried`, `duplicate`, or `pending` (fired
+        only)."""
         result = self.result
         return result.step if result is not None else "pending"
 

@@ -51,6 +51,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "priority",
         "marketing",
         "rep",
+        "experiment",
+        "variant",
+        "held_out",
         "action",
         "kafka_topic",
         "kafka_partition",
@@ -196,6 +199,9 @@ def fired_row(record: Record) -> dict[str, Any]:
         "priority": action.priority,
         "marketing": action.marketing,
         "rep": rep_of(action.context),
+        "experiment": action.experiment or "",
+        "variant": action.variant or "",
+        "held_out": action.held_out,
         "action": _json(action.to_json()),
         "kafka_topic": topics.ACTIONS,
         "journey_step": action.step or "",
@@ -225,6 +231,9 @@ def delivery_row(record: Record) -> dict[str, Any]:
         "priority": 0,
         "marketing": False,
         "rep": "",
+        "experiment": str(doc.get("experiment") or ""),
+        "variant": str(doc.get("variant") or ""),
+        "held_out": bool(doc.get("held_out")),
         "action": "",
         "kafka_topic": topics.DELIVERIES,
         "journey_step": "",  # on the fired row; KPIs join deliveries to it by action_id
@@ -285,7 +294,9 @@ def to_row(record: Record) -> tuple[str, list[Any]]:
       record timestamp (wall clock when the worker emitted it), `journey_step` = the action's journey step
       (`Action.step`, '' outside journeys).
     - `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
-      duplicate), `at` = when the dispatcher recorded it (wall clock).
+      duplicate, held_out), `at` = when the dispatcher recorded it (wall clock).
+    - Both kinds of `actions` rows of an action in an experiment carry its `experiment`, `variant` (the arm) and
+      `held_out` ('' / '' / false outside experiments).
     - `dead-letters` → `dead_letters`; `lead-updates` → `lead_updates` (stored generically: kind + JSON payload).
     """
     converter = _CONVERTERS.get(record.kind)

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.consent import withdrawal_reason
+from engine.core.experiments import HOLDOUT, Experiment, goal_value
+from engine.core.experiments import record as experiment_record
 from engine.core.facts import LeadView, apply_event, lead_view
 from engine.core.kinds.journey import JourneyLogic
 from engine.core.kinds.score import ScoreLogic, ScoreSlot
 from engine.core.model import Action, Tick, make_action_id
-from engine.core.ruleset import Firing, Rule, RuleSet, Slot
+from engine.core.ruleset import ActionSpec, Firing, Rule, RuleSet, Slot
 from engine.core.stages import MAX_STAGE_EVENTS, StageChange
 from engine.core.state import LeadState
 from engine.events import Event
@@ -38,10 +40,11 @@ class Evaluation:
 
 @dataclass(slots=True)
 class _Fired:
-    """What one step fires, and the firings its gates stop."""
+    """What one step fires, the firings its gates stop, and the experiment assignments its firings make."""
 
     actions: list[Action] = field(default_factory=list)
     suppressed: list[tuple[str, str]] = field(default_factory=list)
+    assigned: list[dict[str, Any]] = field(default_factory=list)
 
 
 def build_view(rules: RuleSet, state: LeadState, now_ms: int) -> LeadView:
@@ -114,6 +117,14 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fi
             return
         state.gates[rule.key] = [at, fires + 1]
     spec = firing.action or rule.action
+    experiment, arm = firing.experiment, firing.arm
+    if firing.step is None and rule.experiment is not None:
+        experiment = rule.experiment
+        arm = experiment.arm(state.lead_id)
+        assign(state, rule, experiment, arm, at, firing.trigger[-1] if firing.trigger else None, out.assigned)
+        variant = experiment.variant(arm)
+        if variant is not None and variant.action:
+            spec = _merged(spec, variant.action)
     context = dict(view)
     if firing.details:
         context["trigger"] = firing.details
@@ -136,8 +147,64 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fi
             trigger_time_ms=firing.trigger_time_ms,
             expires_at_ms=at + rule.expires_after_ms if rule.expires_after_ms is not None else None,
             step=firing.step,
+            experiment=None if experiment is None else experiment.id,
+            variant=arm,
+            held_out=arm == HOLDOUT,
         )
     )
+
+
+def _merged(spec: ActionSpec, keys: Any) -> ActionSpec:
+    """A variant's `action:` keys over the rule's action: connector and template replace, payload keys merge."""
+    payload = dict(spec.payload)
+    payload.update(keys.get("payload") or {})
+    return ActionSpec(keys.get("connector") or spec.connector, keys.get("template", spec.template), payload)
+
+
+def assign(
+    state: LeadState,
+    rule: Rule,
+    experiment: Experiment,
+    arm: str,
+    at_ms: int,
+    message_id: str | None,
+    updates: list[dict[str, Any]],
+) -> None:
+    """The lead meets `experiment` at `at_ms` in `arm`: remembered (for goal events) and reported as `assigned`,
+    unless an assignment of this experiment is still within its goal window (then nothing changes)."""
+    entry = state.experiments.get(experiment.key)
+    if entry is not None and at_ms - entry[1] <= experiment.goal_within_ms:
+        return
+    state.experiments[experiment.key] = [arm, at_ms]
+    updates.append(experiment_record("assigned", state.lead_id, at_ms, experiment.id, arm, rule.id, message_id))
+
+
+def _goals(rules: RuleSet, state: LeadState, event: Event, updates: list[dict[str, Any]]) -> None:
+    """Every goal event within `goal_within` of the lead's assignment to an experiment is reported (`goal`)."""
+    t = event.timestamp_ms
+    ctx: _EventContext | None = None
+    for key, (arm, at_ms) in state.experiments.items():
+        found = rules.experiments.get(key)
+        if found is None:
+            continue
+        rule, experiment = found
+        if experiment.goal is None or not at_ms <= t <= at_ms + experiment.goal_within_ms:
+            continue
+        if ctx is None:
+            ctx = _EventContext(event, state, rules)
+        if experiment.goal(ctx):
+            value = goal_value(event.properties)
+            updates.append(
+                experiment_record("goal", state.lead_id, t, experiment.id, arm, rule.id, event.message_id, value)
+            )
+
+
+def _drop_spent_experiments(rules: RuleSet, state: LeadState, now_ms: int) -> None:
+    """An assignment is remembered only during its goal window (and while its experiment exists)."""
+    for key in list(state.experiments):
+        found = rules.experiments.get(key)
+        if found is None or now_ms - state.experiments[key][1] > found[1].goal_within_ms:
+            del state.experiments[key]
 
 
 def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
@@ -264,6 +331,8 @@ def _apply_event(
     after = withdrawal_reason(state.facts.get("tr") or EMPTY)
     if after != before:
         updates.append(_consent_update(state.lead_id, event, after))
+    if state.experiments:
+        _goals(rules, state, event, updates)
     changes: list[tuple[Rule, StageChange]] = []
     converted: list[Rule] = []
     _show_event(rules, state, event, out, changes, updates, converted=converted)
@@ -376,6 +445,8 @@ def evaluate(
     if isinstance(item, Tick):
         _fire_due(rules, work, item.now_ms, True, out, updates)
         _drop_spent_gates(rules, work, item.now_ms)
+        if work.experiments:
+            _drop_spent_experiments(rules, work, item.now_ms)
     else:
         if not work.lead_id:
             work.lead_id = item.lead_id
@@ -384,4 +455,8 @@ def evaluate(
         if now_ms is not None:
             _fire_due(rules, work, now_ms, True, out, updates)
         _drop_spent_gates(rules, work, max(item.timestamp_ms, now_ms or 0))
+        if work.experiments:
+            _drop_spent_experiments(rules, work, max(item.timestamp_ms, now_ms or 0))
+    if out.assigned:
+        updates.extend(out.assigned)
     return Evaluation(work, out.actions, pending_deadlines(rules, work), updates, out.suppressed)

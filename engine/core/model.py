@@ -27,7 +27,9 @@ class Action:
     A plain, immutable, JSON-serialisable value: the wire form on the `actions` topic is `to_bytes()` (sorted
     keys) and `from_json()` reads it back equal. `action_id` comes from `make_action_id`, so a replayed or
     re-evaluated action carries the same id (idempotency keys, ClickHouse dedup). A journey's send carries its
-    `step` (the key `"step"` is present only on those).
+    `step` (the key `"step"` is present only on those). An action of a rule (or journey path) in an experiment
+    carries `experiment`, `variant` (the arm: a variant id, `treatment`, or `holdout`) and `held_out` (True for the
+    holdout arm: the dispatcher records it `held_out` and never sends it); the three keys are present only then.
     """
 
     action_id: str
@@ -47,6 +49,9 @@ class Action:
     trigger_time_ms: int | None = None  # event time of the last triggering event (for detection delay)
     expires_at_ms: int | None = None  # not sent by then: suppressed (`expired`); fired_at + the rule's expires_after
     step: str | None = None  # a journey's send: the step id; None for every other kind (and not written then)
+    experiment: str | None = None  # the experiment id; None outside experiments (and the three keys not written)
+    variant: str | None = None  # the arm: a variant id, "treatment" or "holdout"
+    held_out: bool = False  # the holdout arm: logged, never sent
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -70,6 +75,10 @@ class Action:
         }
         if self.step is not None:  # only journey actions carry it: every other action's bytes stay as they were
             doc["step"] = self.step
+        if self.experiment is not None:  # likewise: only actions of an experiment carry these
+            doc["experiment"] = self.experiment
+            doc["variant"] = self.variant
+            doc["held_out"] = self.held_out
         return doc
 
     def to_bytes(self) -> bytes:
@@ -97,6 +106,9 @@ class Action:
             trigger_time_ms=doc.get("trigger_time_ms"),
             expires_at_ms=doc.get("expires_at_ms"),
             step=doc.get("step"),
+            experiment=doc.get("experiment"),
+            variant=doc.get("variant"),
+            held_out=bool(doc.get("held_out", False)),
         )
 
 

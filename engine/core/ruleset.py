@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 from engine.core.predicates import Condition, MatchContext, Matcher
 
 if TYPE_CHECKING:
+    from engine.core.experiments import Experiment
     from engine.core.facts import LeadView
     from engine.core.kinds.absence import AbsenceSlot
     from engine.core.kinds.journey import JourneySlot
@@ -54,6 +55,10 @@ class Firing:
     # (a journey's `if:` applies at entry; cooldown and max_per_lead do not apply to journeys).
     step: str | None = None
     marketing: bool | None = None  # overrides the rule's `marketing` (a journey's send decides per connector)
+    # A journey's send after a `split:`: that experiment and the lead's arm (a rule's own `experiment:` is applied
+    # by `evaluate`).
+    experiment: Experiment | None = None
+    arm: str | None = None
 
     @classmethod
     def at_event(
@@ -156,8 +161,14 @@ class Rule:
     # An event matching it is reported on `lead-updates` (kind `converted`), so an action of this rule still
     # waiting in the dispatcher is not sent after it.
     conversion: Matcher | None = None
+    # The rule's `experiment:` (its actions carry the arm; the holdout arm's are held out), and every experiment of
+    # the rule: that one, or a journey's `split:` steps (filled from `experiment` when left empty).
+    experiment: Experiment | None = None
+    experiments: tuple[Experiment, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.experiment is not None and not self.experiments:
+            object.__setattr__(self, "experiments", (self.experiment,))
         if not self.key:
             identity = f"{self.id}|{self.logic.shape}"
             if self.kind in FRESH_ON_EDIT:
@@ -196,6 +207,8 @@ class RuleSet:
     # Key an active `FRESH_ON_EDIT` rule's slots had before rule versions were part of it -> its key now: states
     # stored by earlier releases are read as the rule's own (`LeadState.read_slots`), not dropped on upgrade.
     legacy: Mapping[str, str] = field(default_factory=dict)
+    # `LeadState.experiments` key -> (active rule, its experiment)
+    experiments: Mapping[str, tuple[Rule, Experiment]] = field(default_factory=dict)
     _dispatch: dict[tuple[str, str | None], tuple[Rule, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -215,6 +228,7 @@ class RuleSet:
             order={r.key: i for i, r in enumerate(active)},
             timed=frozenset(r.key for r in active if r.logic.has_deadlines),
             legacy={state_key(f"{r.id}|{r.logic.shape}"): r.key for r in active if r.kind in FRESH_ON_EDIT},
+            experiments={x.key: (r, x) for r in active for x in r.experiments},
         )
 
     def __len__(self) -> int:

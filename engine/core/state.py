@@ -42,7 +42,7 @@ class LeadState:
       core changes: facts are deep-copied; slots are immutable values and are shared.
     """
 
-    __slots__ = ("_read_for", "facts", "gates", "lead_id", "rules")
+    __slots__ = ("_read_for", "experiments", "facts", "gates", "lead_id", "rules")
 
     def __init__(
         self,
@@ -50,11 +50,15 @@ class LeadState:
         facts: dict[str, Any] | None = None,
         rules: dict[str, Slot] | None = None,
         gates: dict[str, list[int]] | None = None,
+        experiments: dict[str, list[Any]] | None = None,
     ) -> None:
         self.lead_id = lead_id
         self.facts: dict[str, Any] = facts if facts is not None else {}
         self.rules: dict[str, Slot] = rules if rules is not None else {}
         self.gates: dict[str, list[int]] = gates if gates is not None else {}
+        # experiment key -> [arm, assigned_at_ms]: kept only during the experiment's goal window
+        # (engine.core.experiments); at most one entry per experiment of the rule set.
+        self.experiments: dict[str, list[Any]] = experiments if experiments is not None else {}
         self._read_for: RuleSet | None = None  # the rule set `read_slots` last prepared these slots for
 
     def _doc(self) -> dict[str, Any]:
@@ -65,6 +69,8 @@ class LeadState:
             doc["r"] = self.rules
         if self.gates:
             doc["g"] = self.gates
+        if self.experiments:
+            doc["x"] = self.experiments
         return doc
 
     def to_bytes(self) -> bytes:
@@ -77,7 +83,7 @@ class LeadState:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> LeadState:
-        return cls(doc.get("id", ""), doc.get("f") or {}, doc.get("r") or {}, doc.get("g") or {})
+        return cls(doc.get("id", ""), doc.get("f") or {}, doc.get("r") or {}, doc.get("g") or {}, doc.get("x") or {})
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> LeadState:
@@ -86,7 +92,8 @@ class LeadState:
     def copy(self) -> LeadState:
         facts: dict[str, Any] = orjson.loads(orjson.dumps(self.facts))
         gates = {key: list(gate) for key, gate in self.gates.items()}
-        copy = LeadState(self.lead_id, facts, dict(self.rules), gates)
+        experiments = {key: list(entry) for key, entry in self.experiments.items()}
+        copy = LeadState(self.lead_id, facts, dict(self.rules), gates, experiments)
         copy._read_for = self._read_for
         return copy
 
@@ -137,7 +144,8 @@ class LeadState:
         Rule slots: with `rules`, each kind merges its two slots (scores add up, windows unite, the earlier
         absence episode is kept); without `rules`, this lead's slot wins and the other's fills missing ones.
         Gates: the latest fire and the larger count in the same `per` period (ever, without `per`), so caps cannot
-        be dodged by identifying.
+        be dodged by identifying. Experiment entries: this (known) lead's; the other's are dropped, because the
+        arm is that of the lead id the state is kept under (the anonymous id's assignment stays in its history).
         """
         mine, theirs = self.copy(), other.copy()
         merged_rules = dict(theirs.rules)
@@ -162,4 +170,7 @@ class LeadState:
                 gates[key] = [max(gate[0], other_gate[0]), max(gate[1], other_gate[1])]
             else:
                 gates[key] = max(gate, other_gate)
-        return LeadState(self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates)
+        experiments = mine.experiments if self.lead_id else theirs.experiments
+        return LeadState(
+            self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates, experiments
+        )

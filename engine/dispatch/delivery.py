@@ -21,7 +21,8 @@ from engine.dispatch.policies.retry import RetryPolicy
 from engine.dispatch.schedule import Schedule, ScheduledDelivery
 from engine.metrics import CONNECTOR_INFLIGHT
 
-FINAL_OUTCOMES = frozenset({"sent", "failed", "suppressed", "duplicate"})
+FINAL_OUTCOMES = frozenset({"sent", "failed", "suppressed", "duplicate", "held_out"})
+HELD_OUT = "held_out"  # an experiment's holdout arm (Action.held_out): recorded, never sent
 Hook = Callable[[Action], Awaitable[None]]
 
 
@@ -85,6 +86,9 @@ class Deliverer:
     """Runs one `Job` through the delivery policies and its connector (`deliver`). Safe to call concurrently.
 
     Order, and why:
+    0. An experiment's holdout action (`Action.held_out`) → `held_out` (reason `holdout`), before everything
+       else: no claim, no policy, no cap slot, no connector, whatever the connector's state. The holdout arm is
+       the control group: it must be recorded exactly like the others and never reach anyone.
     1. Unknown connector name → `failed` (dead letter): the connectors file and the rules disagree.
     2. Circuit open → no attempt: the action is rescheduled for when the breaker lets a probe through
        (`deferred`, reason `circuit_open`) and keeps its whole retry budget: a dead peer costs no timeouts, holds
@@ -150,6 +154,8 @@ class Deliverer:
         fails, and the caller retries the whole action later. Cancellation leaves the claim to expire, as a crash
         would."""
         action = job.action
+        if action.held_out:
+            return Outcome(HELD_OUT, "holdout", job.attempts)
         runtime = self.connectors.get(action.connector)
         if runtime is None:
             known = ", ".join(sorted(self.connectors)) or "none"

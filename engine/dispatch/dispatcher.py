@@ -385,7 +385,8 @@ class Dispatcher:
         # Guarded steps: a failed record write must not run the delivery a second time.
         # The record timestamp is when the worker emitted the action (wall clock; fired_at is event time).
         emitted_ms = record.timestamp if record.timestamp > 0 else action.fired_at_ms
-        action = await self._guarded(lambda: self.hot_leads.prepare(action))
+        if not action.held_out:  # a holdout action is only recorded: no owner assigned, no rep notified
+            action = await self._guarded(lambda: self.hot_leads.prepare(action))
         job = Job(action, emitted_ms=emitted_ms, expires_at_ms=expires_at_of(action, doc))
         outcome = await self._guarded(lambda: self.deliverer.deliver(job))
         await self._guarded(lambda: self.recorder.record(action, outcome, job.emitted_ms, record.value))

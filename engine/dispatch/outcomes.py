@@ -31,6 +31,7 @@ def reason_label(reason: str) -> str:
 _LOG_LEVELS = {
     "sent": logging.DEBUG,
     "duplicate": logging.DEBUG,
+    "held_out": logging.DEBUG,  # an experiment's control group: as many as the holdout share, by design
     "deferred": logging.INFO,
     "suppressed": logging.INFO,
     "retried": logging.WARNING,

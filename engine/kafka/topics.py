@@ -25,10 +25,14 @@ PRIVACY_REQUESTS = "privacy-requests"
 # coordinator's delete orders to the sink; key = the request id. Not in ALL_TOPICS (the sink subscribes to it
 # for its orders, but stores none of it as rows).
 PRIVACY = "privacy"
+# Rule-set versions (engine.worker.rule_versions): one partition, compacted. `deploy/...` records from
+# `nudge rules deploy` / `rollback` (the whole validated rule set), `status/<worker>` records each worker publishes
+# with its active version. Not in ALL_TOPICS.
+RULES = "rules"
 
 ALL_TOPICS = (CLICKSTREAM, ACTIONS, DELIVERIES, DEAD_LETTERS, LEAD_UPDATES)
 
-DELIVERY_OUTCOMES = ("sent", "retried", "failed", "suppressed", "deferred", "duplicate")
+DELIVERY_OUTCOMES = ("sent", "retried", "failed", "suppressed", "deferred", "duplicate", "held_out")
 
 
 def _payload_text(payload: bytes | str | None) -> tuple[str, str]:
@@ -83,22 +87,26 @@ def delivery_record(
     next_attempt_ms: int | None = None,
     at_ms: int | None = None,
 ) -> bytes:
-    """One delivery outcome of an action (`action` is `Action.to_json()`); never carries secrets."""
+    """One delivery outcome of an action (`action` is `Action.to_json()`); never carries secrets. An action of an
+    experiment passes on its `experiment`, `variant` and `held_out` (the keys are present only then)."""
     if outcome not in DELIVERY_OUTCOMES:
         raise ValueError(f"unknown delivery outcome {outcome!r}")
-    return orjson.dumps(
-        {
-            "action_id": action["action_id"],
-            "rule": action["rule"],
-            "rule_version": action.get("rule_version", ""),
-            "lead_id": action["lead_id"],
-            "connector": action["connector"],
-            "fired_at_ms": action.get("fired_at_ms"),
-            "outcome": outcome,
-            "attempt": attempt,
-            "reason": reason,
-            "latency_ms": latency_ms,
-            "next_attempt_ms": next_attempt_ms,
-            "at_ms": at_ms if at_ms is not None else int(time.time() * 1000),
-        }
-    )
+    doc: dict[str, Any] = {
+        "action_id": action["action_id"],
+        "rule": action["rule"],
+        "rule_version": action.get("rule_version", ""),
+        "lead_id": action["lead_id"],
+        "connector": action["connector"],
+        "fired_at_ms": action.get("fired_at_ms"),
+        "outcome": outcome,
+        "attempt": attempt,
+        "reason": reason,
+        "latency_ms": latency_ms,
+        "next_attempt_ms": next_attempt_ms,
+        "at_ms": at_ms if at_ms is not None else int(time.time() * 1000),
+    }
+    if action.get("experiment") is not None:
+        doc["experiment"] = action["experiment"]
+        doc["variant"] = action.get("variant")
+        doc["held_out"] = bool(action.get("held_out"))
+    return orjson.dumps(doc)

@@ -22,6 +22,7 @@ from engine.core.predicates import (
 from engine.core.ruleset import ActionSpec, Interest, Rule, RuleLogic, definition_hash
 from engine.core.stages import StageOn
 from engine.language import schema
+from engine.language.experiments import compile_experiment
 from engine.language.journeys import BranchConditions
 
 NON_MARKETING_CONNECTORS = frozenset({"slack", "crm", "log"})
@@ -191,7 +192,7 @@ def _interest(model: schema.RuleBase) -> Interest | None:
     return Interest(frozenset(names), frozenset(types))
 
 
-OPTIONAL_SINCE_V2 = ("per", "expires_after")
+OPTIONAL_SINCE_V2 = ("per", "expires_after", "experiment")
 HOUR_MS = 3_600_000
 
 
@@ -244,6 +245,11 @@ def compile_rule(
         logic = _journey_logic(model, branches or {}, compiled_segments, model.marketing)
     else:
         logic = _logic(model)
+    experiment = None
+    if model.experiment is not None:  # the goal defaults to the rule's conversion: exit_on, else unless
+        block = model.experiment
+        default_goal = exit_on if exit_on is not None else getattr(logic, "unless", None)
+        experiment = compile_experiment(block, block.id or model.id, default_goal, _matcher(block.goal)[0])
     return Rule(
         id=model.id,
         kind=model.kind,
@@ -263,4 +269,6 @@ def compile_rule(
         interest=_interest(model),
         description=model.description,
         source=source,
+        experiment=experiment,
+        experiments=getattr(logic, "experiments", ()),
     )

@@ -15,6 +15,7 @@ from engine.core.ruleset import Rule, RuleSet
 from engine.language import schema
 from engine.language.compiler import compile_rule
 from engine.language.conditions import LEAD_ROOTS, check_condition, predicate_problems
+from engine.language.experiments import check_rule_experiment
 from engine.language.journeys import BranchConditions, check_branch_conditions, check_journey
 from engine.language.problems import Problem, RuleFileError
 from engine.language.yamlnodes import YamlProblem, load_yaml, locate
@@ -41,6 +42,7 @@ _ALL_KEYS = sorted(
     }
     | {"daily_cap", "name", "match", "rules", "segments", "stage", "allow_backward", "on_stage"}
     | {"id", "send", "wait", "wait_for", "within", "then", "else", "branch", "goto", "end"}
+    | {"experiment", "holdout", "variants", "weight", "goal", "goal_within", "split", "holdout_goto"}
     | set(schema.Predicate.model_fields) - {"in_", "if_"}
 )
 
@@ -222,12 +224,13 @@ def _validate_rule(
         ctx.report_validation(loc, exc, what)
         return None
     _check_lead_paths(ctx, model, loc, what)
+
+    def structure_problem(where: Sequence[Any], message: str, key: bool) -> None:
+        ctx.report((*loc, *where), f"{what}: {message}", key=key)
+
+    check_rule_experiment(raw, model, structure_problem)
     if isinstance(model, schema.JourneyRule):
-
-        def journey_problem(where: Sequence[Any], message: str, key: bool) -> None:
-            ctx.report((*loc, *where), f"{what}: {message}", key=key)
-
-        check_journey(raw, model, journey_problem)
+        check_journey(raw, model, structure_problem)
     if len(ctx.problems) > before or branches is None:
         return None
     return model, condition, branches
@@ -249,6 +252,18 @@ def _check_connectors(
             for i, step in enumerate(steps)
             if isinstance(step, dict) and "send" in step
         ]
+    experiment = raw.get("experiment")
+    variants = experiment.get("variants") if isinstance(experiment, dict) else None
+    rule_action = raw.get("action")
+    if not isinstance(rule_action, dict):
+        rule_action = {}
+    for i, variant in enumerate(variants if isinstance(variants, list) else ()):
+        keys = variant.get("action") if isinstance(variant, dict) else None
+        if isinstance(keys, dict) and ("connector" in keys or "template" in keys):
+            merged: dict[str, Any] = {
+                k: keys[k] if k in keys else rule_action.get(k) for k in ("connector", "template")
+            }
+            blocks.append(((*loc, "experiment", "variants", i, "action"), merged))
     thresholds = raw.get("thresholds")
     if isinstance(thresholds, list):
         blocks += [
@@ -323,6 +338,7 @@ def _build(
     compiled_segments = {name: compile_condition(spec) for name, spec in segments.items()}
     rules: list[Rule] = []
     ids: dict[str, str] = {}
+    experiment_ids: dict[str, str] = {}
     for ctx, data in parsed:
         listed = data.get("rules") or []
         if not isinstance(listed, list):
@@ -346,7 +362,20 @@ def _build(
             if result is None or duplicate:
                 continue
             model, condition, branches = result
-            rules.append(compile_rule(model, condition, segments, compiled_segments, ids[model.id], branches))
+            rule = compile_rule(model, condition, segments, compiled_segments, ids[model.id], branches)
+            for experiment in rule.experiments:
+                first_use = experiment_ids.get(experiment.id)
+                if first_use is not None:
+                    where = (*loc, "experiment") if rule.experiment is experiment else (*loc, "steps")
+                    ctx.report(
+                        where,
+                        f"rule {rule.id!r}: experiment id {experiment.id!r} is already used by {first_use}; "
+                        "experiment ids must be unique (give `id:` another name)",
+                        key=True,
+                    )
+                else:
+                    experiment_ids[experiment.id] = f"rule {rule.id!r} ({ids[model.id]})"
+            rules.append(rule)
     if problems:
         raise RuleFileError(sorted(problems, key=lambda p: (p.file, p.line, p.col)))
     return RuleSet.of(rules)

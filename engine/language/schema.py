@@ -130,6 +130,70 @@ class ActionBlock(Strict):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+EXPERIMENT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+RESERVED_ARMS = ("holdout", "treatment")
+MAX_HOLDOUT = 0.9
+
+
+def _holdout(value: Any) -> float:
+    """`10%` (0 to 90 %) → 0.1; a bare number is read as a fraction (0.1)."""
+    if isinstance(value, bool):
+        raise ValueError("write the holdout as a percentage, e.g. 10%")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.endswith("%"):
+            raise ValueError(f"write the holdout as a percentage, e.g. 10% (got {value!r})")
+        try:
+            fraction = float(text[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"write the holdout as a percentage, e.g. 10% (got {value!r})") from None
+    elif isinstance(value, int | float):
+        fraction = float(value)
+    else:
+        raise ValueError("write the holdout as a percentage, e.g. 10%")
+    if not 0 <= fraction <= MAX_HOLDOUT:
+        raise ValueError(f"holdout must be between 0% and 90% (got {value!r})")
+    return fraction
+
+
+Holdout = Annotated[float, BeforeValidator(_holdout)]
+
+
+class VariantAction(Strict):
+    """A variant's `action:`: the keys it merges over the rule's action (payload keys merge into its payload)."""
+
+    connector: str | None = None
+    template: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+class VariantBlock(Strict):
+    """One arm: `{id, weight}` (weights are relative), with `action:` keys in a rule, `goto:` in a journey split."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
+    weight: Annotated[float, Field(gt=0)] = 1
+    action: VariantAction | None = None
+    goto: Annotated[str, Field(pattern=ID_PATTERN, max_length=64)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.action is not None:
+            data["action"] = self.action.model_dump(exclude_none=True)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class ExperimentBlock(Strict):
+    """A rule's `experiment:` (docs/rules.md, "Experiments"); the structure (duplicate variant ids, reserved ids,
+    `goto` outside journeys) is checked by `engine.language.experiments`."""
+
+    id: Annotated[str, Field(pattern=EXPERIMENT_ID_PATTERN, max_length=64)] | None = None
+    holdout: Holdout = 0.0
+    variants: Annotated[list[VariantBlock], Field(min_length=1)] | None = None
+    goal: Matchers | None = None
+    goal_within: PositiveDuration | None = None
+
+
 class RuleBase(Strict):
     id: Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
     kind: str
@@ -145,6 +209,7 @@ class RuleBase(Strict):
     marketing: bool | None = None
     on_cap: Literal["defer", "drop"] = "defer"
     action: ActionBlock
+    experiment: ExperimentBlock | None = None
 
 
 class AbsenceRule(RuleBase):
@@ -233,7 +298,20 @@ class ScoreRule(RuleBase):
 
 
 StepId = Annotated[str, Field(pattern=ID_PATTERN, max_length=64)]
-STEP_KINDS = ("send", "wait", "wait_for", "branch", "goto", "end")
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "goto", "end", "split")
+
+
+class SplitBlock(Strict):
+    """`split: {experiment: ID, holdout: 10%, holdout_goto: STEP, variants: [{id, weight, goto}], goal, goal_within}`:
+    an experiment on a journey's paths. Without `holdout_goto` the holdout arm leaves the journey (`exited`, reason
+    `held_out`); `goal`/`goal_within` default to the journey's `goal:` (else its `exit_on:`) and `goal_within`."""
+
+    experiment: Annotated[str, Field(pattern=EXPERIMENT_ID_PATTERN, max_length=64)]
+    holdout: Holdout = 0.0
+    holdout_goto: StepId | None = None
+    variants: Annotated[list[VariantBlock], Field(min_length=1)]
+    goal: Matchers | None = None
+    goal_within: PositiveDuration | None = None
 
 
 class WaitFor(Matcher):
@@ -263,6 +341,7 @@ class JourneyStep(Strict):
     branch: Annotated[list[BranchEntry], Field(min_length=1)] | None = None
     goto: StepId | None = None
     end: Literal[True] | None = None
+    split: SplitBlock | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

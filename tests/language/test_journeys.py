@@ -73,7 +73,7 @@ def test_structural_problems_point_at_the_offending_key() -> None:
         "(`wait:`, `wait_for:`)",
         "j.yaml:7:5: rule 'j': `max_per_lead` does not apply to a journey: use `re_entry: never` for one entry "
         "per lead",
-        "j.yaml:9:17: rule 'j': step 'a' needs exactly one of send, wait, wait_for, branch, goto, end "
+        "j.yaml:9:17: rule 'j': step 'a' needs exactly one of send, wait, wait_for, branch, goto, end, split "
         "(found: send, wait)",
         "j.yaml:10:41: rule 'j': `then:` belongs to a wait_for step; step 'b' is a send step "
         "(to jump elsewhere, add a `goto:` step)",
