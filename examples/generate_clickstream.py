@@ -8,8 +8,11 @@ between a visitor's steps instead of minutes, so the demo rules in `examples/rul
 see carts abandoned and checkouts dropped while the demo runs. `nudge demo` shifts timestamps to "now".
 
 Visitors (each a lead): browsers who only look, shoppers who add to cart and leave, shoppers who buy, shoppers
-who start checkout and leave, and B2B visitors who keep coming back to the pricing page. Most are identified
-(`userId`, with an `identify` carrying traits); some stay anonymous (`anonymousId`). A few deliberately
+who start checkout and leave, and B2B visitors who keep coming back to the pricing page. Some cart abandoners come
+back and buy after the cart reminder would have fired, with a real causal effect of the reminder: 8 % of the
+shoppers the cart rule's experiment holds out (no reminder), 12 % of the others. The generator knows who is held
+out by the experiment's own assignment formula (docs/experiments.md), so the demo can measure the uplift. Most
+are identified (`userId`, with an `identify` carrying traits); some stay anonymous (`anonymousId`). A few deliberately
 malformed lines (not JSON, no lead id, bad timestamp) show the dead-letter path.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import random
 import uuid
 from collections.abc import Iterator
@@ -49,6 +53,19 @@ AGENTS = [
 ]
 # Share of visitors per behaviour; the rest only browse.
 BEHAVIOURS = [("abandon_cart", 0.28), ("buy", 0.17), ("abandon_checkout", 0.10), ("pricing", 0.08)]
+
+# The cart reminder's experiment (examples/rules/ecommerce.yaml, cart_abandoned: `experiment: {holdout: 20%}`, id =
+# the rule id) and the ground truth of its effect: the share of cart abandoners who come back and buy, by arm.
+CART_EXPERIMENT = "cart_abandoned"
+CART_HOLDOUT = 0.20
+CART_REMINDER_S = 10.0  # the demo rule's `within: 10s`: they come back after the reminder would have fired
+COMEBACK_RATE = {"holdout": 0.08, "treatment": 0.12}
+
+
+def experiment_arm(experiment_id: str, lead_id: str, holdout: float) -> str:
+    """The experiment's assignment formula (engine.core.experiments.assign_arm, without variants)."""
+    u = int.from_bytes(hashlib.sha256(f"{experiment_id}:{lead_id}".encode()).digest()[:8], "big") / 2**64
+    return "holdout" if u < holdout else "treatment"
 
 
 def iso(ms: int) -> str:
@@ -121,7 +138,35 @@ class Visitor:
         return round(sum(p[2] for p in self.cart), 2)
 
 
-def session(rng: random.Random, n: int) -> Iterator[dict[str, Any]]:
+def comeback(visitor: Visitor, n: int, seed: int) -> Iterator[dict[str, Any]]:
+    """A cart abandoner who comes back and buys after the reminder would have fired (8 % held out, 12 % reminded).
+    Draws from its own seeded generator, so the rest of the sample is the same with or without comebacks."""
+    rng = random.Random(f"comeback:{seed}:{n}")
+    arm = experiment_arm(CART_EXPERIMENT, visitor.user_id or visitor.anonymous_id, CART_HOLDOUT)
+    if rng.random() >= COMEBACK_RATE[arm]:
+        return
+    visitor.rng = rng
+    visitor.step(CART_REMINDER_S + 3.0, CART_REMINDER_S + 15.0)
+    yield visitor.page("Cart", "/cart")
+    visitor.step()
+    products = [{"product_id": p[0], "price": p[2], "quantity": 1} for p in visitor.cart]
+    order_id = f"ord-{n:05d}"
+    yield visitor.track(
+        "Checkout Started",
+        {"order_id": order_id, "value": visitor.cart_total(), "currency": "USD", "products": products},
+        "/checkout",
+    )
+    visitor.step(1.0, 4.0)
+    yield visitor.track(
+        "Order Completed",
+        {"order_id": order_id, "revenue": visitor.cart_total(), "currency": "USD", "products": products},
+        "/checkout/done",
+    )
+
+
+def session(rng: random.Random, n: int, comeback_seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """One visitor's events. With `comeback_seed`, some cart abandoners come back and buy (`comeback`); without
+    it (bench/workload.py), the session is exactly what it always was."""
     visitor = Visitor(rng, n, int(BASE_TIME.timestamp() * 1000) + int(rng.uniform(0, SPAN_S) * 1000))
     roll, behaviour = rng.random(), "browse"
     for name, share in BEHAVIOURS:
@@ -151,6 +196,8 @@ def session(rng: random.Random, n: int) -> Iterator[dict[str, Any]]:
             "Product Added", {**visitor.product(product), "quantity": 1, "cart_id": visitor.cart_id}, "/cart"
         )
     if behaviour == "abandon_cart":
+        if comeback_seed is not None:
+            yield from comeback(visitor, n, comeback_seed)
         return
     visitor.step()
     products = [{"product_id": p[0], "price": p[2], "quantity": 1} for p in visitor.cart]
@@ -189,7 +236,7 @@ def generate(leads: int, seed: int, malformed_count: int = 12) -> list[bytes]:
     rng = random.Random(seed)
     timed: list[tuple[int, int, bytes]] = []
     for n in range(leads):
-        for doc in session(rng, n):
+        for doc in session(rng, n, comeback_seed=seed):
             at_ms = int(datetime.fromisoformat(doc["timestamp"]).timestamp() * 1000)
             timed.append((at_ms, len(timed), orjson.dumps(doc)))
     for t, raw in malformed(rng, malformed_count):
