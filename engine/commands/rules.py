@@ -1,21 +1,30 @@
-"""`nudge rules validate PATH...` and `nudge rules test [PATH...]`: check rule files before shipping them."""
+"""`nudge rules validate|test`: check rule files before shipping them; `nudge rules deploy|history|rollback|status`:
+ship them to running workers as versioned rule sets (`engine.worker.rule_versions`)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from engine.config import ConfigError, Settings
 from engine.core.kinds.journey import JourneyLogic
-from engine.core.ruleset import Rule
+from engine.core.ruleset import Rule, RuleSet
 from engine.dispatch.config import catalogue
 from engine.language import RuleFileError, load_rules, rule_files
 from engine.language.testcases import find_test_files, run_test_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("rules", help="validate and test rule files")
+    parser = sub.add_parser("rules", help="validate, test and deploy rule files")
     actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
     validate = actions.add_parser("validate", help="check rule files; exit 2 with file:line:col problems")
     validate.add_argument("paths", nargs="+", help="rule files or directories")
@@ -28,6 +37,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     test = actions.add_parser("test", help="run the rule test cases (*.test.yaml) next to rule files")
     test.add_argument("paths", nargs="*", help="directories or test files (default: NUDGE_RULES_PATH or rules/)")
     test.set_defaults(func=run_test)
+    deploy = actions.add_parser("deploy", help="validate rule files and publish them as the workers' rule set")
+    deploy.add_argument("paths", nargs="+", help="rule files or directories (the whole rule set)")
+    deploy.add_argument("--connectors", type=Path, help="connectors file the rules must match (as validate)")
+    deploy.add_argument("--author", help="who deploys (default: the user name)")
+    deploy.add_argument("--message", "-m", default="", help="what changed and why")
+    deploy.set_defaults(func=run_deploy)
+    history = actions.add_parser("history", help="list the deployed rule-set versions, oldest first")
+    history.add_argument("--json", action="store_true", help="one JSON object per deploy")
+    history.set_defaults(func=run_history)
+    rollback = actions.add_parser("rollback", help="deploy an earlier version's rule set again")
+    rollback.add_argument("version", help="a version from `nudge rules history` (a unique prefix is enough)")
+    rollback.add_argument("--connectors", type=Path, help="connectors file the rules must match (as validate)")
+    rollback.add_argument("--author", help="who deploys (default: the user name)")
+    rollback.add_argument("--message", "-m", default="", help="why")
+    rollback.set_defaults(func=run_rollback)
+    status = actions.add_parser("status", help="the deployed version and the version each worker runs")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=run_status)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -36,33 +63,51 @@ def run_validate(args: argparse.Namespace) -> int:
     NUDGE_CONNECTORS_PATH when it exists) a rule may name only the connectors it defines, and only templates
     those connectors can render; without one, the built-in connector types. An invalid connectors file: exit 2.
     """
-    missing = [p for p in args.paths if not Path(p).exists()]
-    for path in missing:
-        print(f"{path}:1:1: no such file or directory", flush=True)
-    connectors_path = args.connectors or Settings.from_env().connectors_path
+    found = validated(args.paths, args.connectors)
+    if isinstance(found, int):
+        return found
+    rules, files = found
+    print(
+        f"ok: {len(rules.rules)} rules in {len(files)} file(s), rule set version {rules.version}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def rule_loader(connectors: Path | None) -> Callable[[Sequence[str | Path]], RuleSet] | int:
+    """`load_rules` with the connectors check of `nudge rules validate` (see `run_validate`), or exit code 2 after
+    printing why the connectors file is invalid."""
+    connectors_path = connectors or Settings.from_env().connectors_path
     names: dict[str, str] | None = None
     templates = None
-    if args.connectors is not None or connectors_path.exists():
+    if connectors is not None or connectors_path.exists():
         try:
             found = catalogue(connectors_path)
         except (ConfigError, OSError) as exc:
             print(f"{connectors_path}: {exc}")
             return 2
         names, templates = found.names, found.template_exists
+    return functools.partial(load_rules, known_connectors=names, template_exists=templates)
+
+
+def validated(paths: Sequence[str], connectors: Path | None) -> tuple[RuleSet, list[Path]] | int:
+    """The rule set and its files, exactly as `nudge rules validate` checks them; or, with the problems printed
+    (`file:line:col: message`, one a line on stdout), exit code 2."""
+    missing = [p for p in paths if not Path(p).exists()]
+    for path in missing:
+        print(f"{path}:1:1: no such file or directory", flush=True)
+    load = rule_loader(connectors)
+    if isinstance(load, int):
+        return load
     try:
-        rules = load_rules([p for p in args.paths if Path(p).exists()], names, templates)
+        rules = load([p for p in paths if Path(p).exists()])
     except RuleFileError as exc:
         for problem in exc.problems:
             print(problem)
         return 2
     if missing:
         return 2
-    files = rule_files(args.paths)
-    print(
-        f"ok: {len(rules.rules)} rules in {len(files)} file(s), rule set version {rules.version}",
-        file=sys.stderr,
-    )
-    return 0
+    return rules, rule_files(paths)
 
 
 def journey_sends(rule: Rule) -> list[str]:
@@ -120,3 +165,143 @@ def run_test(args: argparse.Namespace) -> int:
     if invalid:
         return 2
     return 1 if failed else 0
+
+
+def _kafka_error(exc: Exception) -> int:
+    url = Settings.from_env().broker_url
+    print(f"nudge rules: cannot reach the broker at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """Validate the files exactly like `nudge rules validate` (same problems on stdout, exit 2, nothing published),
+    then publish the whole rule set as one version on the `rules` topic (`engine.worker.rule_versions`); every
+    running worker switches to it at a batch boundary. Exit 0 published (the version on stdout), 1 broker
+    unreachable, 2 invalid."""
+    from engine.worker import rule_versions
+
+    found = validated(args.paths, args.connectors)
+    if isinstance(found, int):
+        return found
+    rules, files = found
+    deploy = rule_versions.snapshot(files, rules, args.author or rule_versions.author_name(), args.message)
+    return _publish(deploy, "deployed")
+
+
+def _publish(deploy: Any, what: str) -> int:
+    settings = Settings.from_env()
+    try:
+        asyncio.run(_publish_async(settings, deploy))
+    except Exception as exc:
+        return _kafka_error(exc)
+    metrics_note = f" ({deploy.message})" if deploy.message else ""
+    print(deploy.version)
+    print(
+        f"{what} rule set version {deploy.version}: {len(deploy.rules)} rules in {len(deploy.files)} file(s), "
+        f"by {deploy.author}{metrics_note}; workers switch within seconds (`nudge rules status`)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _publish_async(settings: Settings, deploy: Any) -> None:
+    from engine.worker import rule_versions
+
+    await rule_versions.ensure_rules_topic(settings)
+    await rule_versions.publish(settings, deploy.key, deploy.to_bytes())
+
+
+def _read_log() -> Any:
+    from engine.worker import rule_versions
+
+    return asyncio.run(rule_versions.read_log(Settings.from_env()))
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """Every deploy on the `rules` topic, oldest first; `*` marks the deployed (latest) one. Exit 0, 1 when the
+    broker is unreachable."""
+    try:
+        log = _read_log()
+    except Exception as exc:
+        return _kafka_error(exc)
+    if not log.deploys:
+        print("no rule set deployed yet (workers run the files of NUDGE_RULES_PATH)", file=sys.stderr)
+    for n, deploy in enumerate(log.deploys):
+        latest = n == len(log.deploys) - 1
+        if args.json:
+            doc = {
+                "version": deploy.version, "at_ms": deploy.at_ms, "author": deploy.author,
+                "message": deploy.message, "rules": list(deploy.rules), "active": latest,
+            }
+            print(orjson.dumps(doc).decode())
+        else:
+            mark = "*" if latest else " "
+            print(
+                f"{mark} {deploy.version}  {_when(deploy.at_ms)}  {deploy.author}  {len(deploy.rules)} rules"
+                + (f"  {deploy.message}" if deploy.message else "")
+            )
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """Deploy the rule set of an earlier version again (a new deploy with that version's files; validated like a
+    deploy, against today's connectors). Exit 0, 1 broker unreachable, 2 unknown version or invalid."""
+    from engine.worker import rule_versions
+
+    try:
+        log = _read_log()
+    except Exception as exc:
+        return _kafka_error(exc)
+    earlier = log.find(args.version)
+    if earlier is None:
+        print(f"nudge rules rollback: no deployed version {args.version!r} (see `nudge rules history`)")
+        return 2
+    load = rule_loader(args.connectors)
+    if isinstance(load, int):
+        return load
+    try:
+        rules = rule_versions.compile_deploy(earlier, load)
+    except RuleFileError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 2
+    message = args.message or f"rollback to {earlier.version}"
+    deploy = rule_versions.Deploy(
+        rules.version, earlier.files, int(time.time() * 1000), args.author or rule_versions.author_name(), message,
+        tuple(r.id for r in rules.rules),
+    )
+    return _publish(deploy, "rolled back to")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """The deployed version and, per worker (from the status record each publishes on the `rules` topic when it
+    starts and when it switches), the version it evaluates with, since when, and the first input offset per
+    partition it evaluated with it. Exit 0; 1 when the broker is unreachable."""
+    try:
+        log = _read_log()
+    except Exception as exc:
+        return _kafka_error(exc)
+    deployed = log.latest.version if log.latest is not None else None
+    statuses = sorted(log.statuses.values(), key=lambda s: s.worker)
+    if args.json:
+        doc = {
+            "deployed": deployed,
+            "workers": [
+                {
+                    "worker": s.worker, "version": s.version, "since_ms": s.since_ms, "at_ms": s.at_ms,
+                    "source": s.source, "previous": s.previous, "switch": {str(p): o for p, o in s.switch.items()},
+                }
+                for s in statuses
+            ],
+        }
+        print(orjson.dumps(doc).decode())
+        return 0
+    print(f"deployed: {deployed or '(nothing: workers run the files of NUDGE_RULES_PATH)'}")
+    for s in statuses:
+        behind = "" if deployed is None or s.version == deployed else "  (not the deployed version)"
+        print(f"{s.worker}  {s.version}  since {_when(s.since_ms)}  from {s.source}{behind}")
+    return 0

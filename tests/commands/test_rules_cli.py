@@ -105,3 +105,17 @@ def test_validate_checks_connector_names_and_templates_against_the_connectors_fi
         "email_eu, email_us, ops_hook",
     ]
     assert main(["rules", "validate", str(connectors), "--connectors", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_deploy_refuses_what_validate_refuses_with_the_same_lines_and_publishes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No broker at this address: a deploy that got past validation would fail with exit 1, not 2.
+    monkeypatch.setenv("NUDGE_BROKER_URL", "kafka://127.0.0.1:9")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {id: a, kind: absence, when: {event: A}, within: soon, action: {connector: log}}\n")
+    assert main(["rules", "validate", str(bad), str(tmp_path / "missing.yaml")]) == 2
+    validate_lines = capsys.readouterr().out
+    assert main(["rules", "deploy", str(bad), str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().out == validate_lines
+    assert f"{bad}:2:" in validate_lines
