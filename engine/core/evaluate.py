@@ -10,7 +10,7 @@ from engine.core.consent import withdrawal_reason
 from engine.core.experiments import HOLDOUT, Experiment, goal_value
 from engine.core.experiments import record as experiment_record
 from engine.core.facts import LeadView, apply_event, lead_view
-from engine.core.kinds.journey import JourneyLogic
+from engine.core.kinds.journey import ASSIGNED, JourneyLogic, Record
 from engine.core.kinds.score import ScoreLogic, ScoreSlot
 from engine.core.model import Action, Tick, make_action_id
 from engine.core.ruleset import ActionSpec, Firing, Rule, RuleSet, Slot
@@ -118,7 +118,9 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fi
         state.gates[rule.key] = [at, fires + 1]
     spec = firing.action or rule.action
     experiment, arm = firing.experiment, firing.arm
-    if firing.step is None and rule.experiment is not None:
+    if firing.step is not None and experiment is None and rule.experiments:
+        experiment, arm = _arm_in_journey(state, rule, firing)
+    elif firing.step is None and rule.experiment is not None:
         experiment = rule.experiment
         arm = experiment.arm(state.lead_id)
         assign(state, rule, experiment, arm, at, firing.trigger[-1] if firing.trigger else None, out.assigned)
@@ -152,6 +154,18 @@ def _emit(rule: Rule, state: LeadState, firing: Firing, view: LeadView, out: _Fi
             held_out=arm == HOLDOUT,
         )
     )
+
+
+def _arm_in_journey(state: LeadState, rule: Rule, firing: Firing) -> tuple[Experiment | None, str | None]:
+    """A journey send's experiment and arm: the latest split of this journey the lead passed since it entered
+    (from its experiment memory); (None, None) when it has passed none."""
+    entered = (firing.details or EMPTY).get("entered_at", firing.at_ms)
+    best: tuple[Experiment, list[Any]] | None = None
+    for experiment in rule.experiments:
+        entry = state.experiments.get(experiment.key)
+        if entry is not None and entry[1] >= entered and (best is None or entry[1] >= best[1][1]):
+            best = (experiment, entry)
+    return (None, None) if best is None else (best[0], str(best[1][0]))
 
 
 def _merged(spec: ActionSpec, keys: Any) -> ActionSpec:
@@ -200,11 +214,17 @@ def _goals(rules: RuleSet, state: LeadState, event: Event, updates: list[dict[st
 
 
 def _drop_spent_experiments(rules: RuleSet, state: LeadState, now_ms: int) -> None:
-    """An assignment is remembered only during its goal window (and while its experiment exists)."""
+    """An assignment is remembered only during its goal window (and while its experiment exists), and a journey
+    split's also while the lead is still in the journey it passed the split in (its later sends carry the arm)."""
     for key in list(state.experiments):
         found = rules.experiments.get(key)
-        if found is None or now_ms - state.experiments[key][1] > found[1].goal_within_ms:
-            del state.experiments[key]
+        if found is not None and now_ms - state.experiments[key][1] <= found[1].goal_within_ms:
+            continue
+        if found is not None and type(found[0].logic) is JourneyLogic:
+            journey = found[0].logic.load(state.rules.get(found[0].key))
+            if journey is not None and journey.step is not None and journey.entry_ms <= state.experiments[key][1]:
+                continue
+        del state.experiments[key]
 
 
 def _store(state: LeadState, rule: Rule, slot: Slot | None) -> None:
@@ -266,8 +286,22 @@ def _wake_journey(
     _store(state, rule, new_slot)
     for firing in firings:
         _emit(rule, state, firing, view(), out)
+    _journey_records(state, rule, logic, records, updates)
+
+
+def _journey_records(
+    state: LeadState, rule: Rule, logic: JourneyLogic, records: list[Record], updates: list[dict[str, Any]]
+) -> None:
+    """A journey's records on `lead-updates`; a split's `assigned` becomes the experiment's assignment (after the
+    step's sends: those of the same advance carry their arm already, later ones find it in the lead's memory)."""
     for record in records:
-        updates.append(record.update(state.lead_id, rule.id))
+        if record.event == ASSIGNED:
+            step = logic.by_id.get(record.step or "")
+            if step is not None and step.experiment is not None:
+                arm = record.reason or ""
+                assign(state, rule, step.experiment, arm, record.at_ms, record.message_id, updates)
+        else:
+            updates.append(record.update(state.lead_id, rule.id))
 
 
 def _show_event(
@@ -292,12 +326,11 @@ def _show_event(
         slot = stored = state.rules.get(key)
         logic = rule.logic
         new_slot: Slot | None
+        records: list[Record] | None = None
         if type(logic) is JourneyLogic:  # handles its own exit_on (it records the exit, may keep a goal window)
             new_slot, firings, records, stopped = logic.step(rule, slot, ctx)
             if stopped:
                 out.suppressed.append((rule.id, "condition"))
-            for record in records:
-                updates.append(record.update(state.lead_id, rule.id))
         else:
             if slot is not None and rule.exit_on is not None and rule.exit_on(ctx):
                 slot = None
@@ -316,6 +349,8 @@ def _show_event(
                 state.rules[key] = new_slot
         for firing in firings:
             _emit(rule, state, firing, ctx.lead, out)
+        if records and type(logic) is JourneyLogic:
+            _journey_records(state, rule, logic, records, updates)
 
 
 def _apply_event(

@@ -120,6 +120,7 @@ def _journey_logic(
     """The compiled journey: each step with its successor resolved (a missing then/else/goto, or a branch
     without a default, leads to the next step; None after the last step)."""
     steps: list[JourneyStep] = []
+    goal, _ = _matcher(model.goal)
     for i, step in enumerate(model.steps):
         following = model.steps[i + 1].id if i + 1 < len(model.steps) else None
         if step.send is not None:
@@ -152,10 +153,16 @@ def _journey_logic(
             steps.append(JourneyStep(step.id, "branch", default, branches=conditions))
         elif step.goto is not None:
             steps.append(JourneyStep(step.id, "goto", step.goto))
+        elif step.split is not None:  # its goal defaults to the journey's goal, else its exit_on
+            split = step.split
+            default_goal = goal if goal is not None else _matcher(model.exit_on)[0]
+            within = split.goal_within or model.goal_within
+            block = split.model_copy(update={"goal_within": within})
+            experiment = compile_experiment(block, split.experiment, default_goal, _matcher(split.goal)[0])
+            steps.append(JourneyStep(step.id, "split", experiment=experiment))
         else:
             steps.append(JourneyStep(step.id, "end"))
     entry, entry_text = _matcher(model.entry)
-    goal, _ = _matcher(model.goal)
     return JourneyLogic(
         entry,
         tuple(steps),
@@ -270,5 +277,5 @@ def compile_rule(
         description=model.description,
         source=source,
         experiment=experiment,
-        experiments=getattr(logic, "experiments", ()),
+        experiments=tuple(s.experiment for s in getattr(logic, "steps", ()) if getattr(s, "experiment", None)),
     )

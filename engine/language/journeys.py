@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.language import schema
 from engine.language.conditions import check_condition
+from engine.language.experiments import check_variants
 
 # (location below the rule, message, whether to point at the key rather than its value)
 Report = Callable[[Sequence[Any], str, bool], None]
@@ -37,6 +38,8 @@ def successors(step: schema.JourneyStep, following: str | None) -> list[str | No
         return targets
     if step.goto is not None:
         return [step.goto]
+    if step.split is not None:  # the holdout arm without holdout_goto leaves the journey
+        return [v.goto for v in step.split.variants if v.goto is not None] + [step.split.holdout_goto]
     return []  # end
 
 
@@ -100,6 +103,8 @@ def check_journey(raw: dict[str, Any], model: schema.JourneyRule, report: Report
                     "(to jump elsewhere, add a `goto:` step)",
                     True,
                 )
+        if step.split is not None:
+            check_variants(step.split.variants, ("steps", i, "split"), problem, in_split=True)
         for j, entry in enumerate(step.branch or ()):
             if entry.if_ is None and j != len(step.branch or ()) - 1:
                 problem(("steps", i, "branch", j), "a branch entry without `if:` is the default and must come last")
@@ -135,6 +140,12 @@ def _targets(step: schema.JourneyStep, i: int) -> list[tuple[tuple[Any, ...], st
         named.append((("steps", i, "goto"), step.goto))
     for j, entry in enumerate(step.branch or ()):
         named.append((("steps", i, "branch", j, "goto"), entry.goto))
+    if step.split is not None:
+        if step.split.holdout_goto is not None:
+            named.append((("steps", i, "split", "holdout_goto"), step.split.holdout_goto))
+        for j, variant in enumerate(step.split.variants):
+            if variant.goto is not None:
+                named.append((("steps", i, "split", "variants", j, "goto"), variant.goto))
     return named
 
 

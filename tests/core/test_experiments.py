@@ -196,3 +196,75 @@ def test_an_experiment_without_variants_has_the_treatment_arm() -> None:
     ruleset = rules(RULES.split("      variants:")[0] + "      goal_within: 1d\n")
     arms = {a.variant for a in simulate(ruleset, [track("Product Added", i, f"l{i}") for i in range(60)])}
     assert arms == {"treatment", "holdout"}
+
+
+JOURNEY = """
+rules:
+  - id: welcome
+    kind: journey
+    entry: {event: Signed Up}
+    exit_on: {event: Subscription Started}
+    steps:
+      - {id: hello, send: {connector: email, template: hello}}
+      - id: ab
+        split:
+          experiment: welcome-path
+          holdout: 20%
+          variants:
+            - {id: short, weight: 1, goto: tip}
+            - {id: long, weight: 1, goto: wait_long}
+      - {id: wait_long, wait: 2d}
+      - {id: tip, send: {connector: email, template: tip}}
+      - {id: pause, wait: 1d}
+      - {id: nudge, send: {connector: email, template: nudge}}
+"""
+
+
+def _journey_lead(arm: str) -> str:
+    return next(
+        f"j{i}" for i in range(10_000) if assign_arm("welcome-path", f"j{i}", 0.2, [("short", 1), ("long", 1)]) == arm
+    )
+
+
+def test_a_split_sends_each_arm_down_its_path_and_tags_the_sends_after_it() -> None:
+    ruleset = rules(JOURNEY)
+    leads = {arm: _journey_lead(arm) for arm in ("holdout", "short", "long")}
+    updates: list[dict[str, Any]] = []
+    actions = simulate(ruleset, [track("Signed Up", 0, lead) for lead in leads.values()], updates=updates)
+    by_lead: dict[str, list[tuple[str | None, str | None, str | None]]] = {}
+    for action in actions:
+        by_lead.setdefault(action.lead_id, []).append((action.step, action.experiment, action.variant))
+    assert by_lead[leads["short"]] == [
+        ("hello", None, None),
+        ("tip", "welcome-path", "short"),
+        ("nudge", "welcome-path", "short"),  # after a wait: the arm comes from the lead's memory
+    ]
+    assert by_lead[leads["long"]] == [
+        ("hello", None, None),
+        ("tip", "welcome-path", "long"),
+        ("nudge", "welcome-path", "long"),
+    ]
+    assert by_lead[leads["holdout"]] == [("hello", None, None)]  # no holdout_goto: the holdout arm leaves
+    exits = [u for u in updates if u["kind"] == "journey" and u["event"] == "exited"]
+    assert [(u["lead_id"], u["step"], u["reason"]) for u in exits] == [(leads["holdout"], "ab", "held_out")]
+    assigned = {u["lead_id"]: u for u in updates if u["kind"] == "experiment"}
+    assert {lead: u["variant"] for lead, u in assigned.items()} == {lead: arm for arm, lead in leads.items()}
+    assert assigned[leads["long"]]["rule"] == "welcome"
+
+
+def test_a_split_holdout_goto_follows_a_path_whose_sends_are_held_out() -> None:
+    ruleset = rules(
+        JOURNEY.replace("          holdout: 20%\n", "          holdout: 20%\n          holdout_goto: tip\n")
+    )
+    lead = _journey_lead("holdout")
+    updates: list[dict[str, Any]] = []
+    actions = simulate(
+        ruleset, [track("Signed Up", 0, lead), track("Subscription Started", 3000, lead)], updates=updates
+    )
+    assert [(a.step, a.variant, a.held_out) for a in actions] == [
+        ("hello", None, False),
+        ("tip", "holdout", True),
+        ("nudge", "holdout", True),
+    ]
+    goals = [u for u in updates if u["kind"] == "experiment" and u["event"] == "goal"]
+    assert [(g["variant"], g["rule"]) for g in goals] == [("holdout", "welcome")]  # the default goal: exit_on

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from engine.core.durations import format_duration
+from engine.core.experiments import Experiment
 from engine.core.predicates import Condition, MatchContext, Matcher
 from engine.core.ruleset import ActionSpec, Firing, Rule, Slot
 from engine.events import format_ts
@@ -23,7 +24,8 @@ DEFAULT_GOAL_WITHIN_MS = 7 * 86_400_000
 # needs it.
 View = Callable[[], Mapping[str, Any]]
 
-SEND, WAIT, WAIT_FOR, BRANCH, GOTO, END = "send", "wait", "wait_for", "branch", "goto", "end"
+SEND, WAIT, WAIT_FOR, BRANCH, GOTO, END, SPLIT = "send", "wait", "wait_for", "branch", "goto", "end", "split"
+ASSIGNED = "assigned"  # a Record `evaluate` turns into the experiment's assignment (not a journey record)
 WAITING = frozenset({WAIT, WAIT_FOR})
 
 
@@ -68,9 +70,9 @@ class JourneySlot(NamedTuple):
 class Record(NamedTuple):
     """One journey `lead-updates` record before `evaluate` adds the lead and journey (`update()`)."""
 
-    event: str  # entered | reached | exited | completed | goal
+    event: str  # entered | reached | exited | completed | goal; `assigned` (a split's arm) is for `evaluate` only
     step: str | None
-    reason: str | None  # exited: exit_on | step_removed | loop_guard
+    reason: str | None  # exited: exit_on | step_removed | loop_guard | held_out; assigned: the arm
     at_ms: int
     entry_ms: int
     message_id: str | None  # the event that caused it; None when a deadline did
@@ -95,7 +97,7 @@ class JourneyStep:
     following step; None: off the end, which completes the journey); `otherwise` is a `wait_for`'s `else`."""
 
     id: str
-    kind: str  # send | wait | wait_for | branch | goto | end
+    kind: str  # send | wait | wait_for | branch | goto | end | split
     next: str | None = None
     otherwise: str | None = None
     action: ActionSpec | None = None  # send
@@ -104,6 +106,7 @@ class JourneyStep:
     match: Matcher | None = None  # wait_for
     match_text: str = ""
     branches: tuple[tuple[Condition, str], ...] = ()  # branch: (if, goto), in order; else `next`
+    experiment: Experiment | None = None  # split: the arm's `goto` (variants), `holdout_goto` or leaving
 
 
 def _kept_id(message_id: str) -> str:
@@ -142,6 +145,11 @@ class JourneyLogic:
     - Goal (optional `goal:` matcher): counted once per entry when it matches at t in [entry, entry +
       `goal_within`], in the journey or after leaving it; it does not change the flow (`exit_on` does).
     - Sends pass none of the common gates (cooldown and `max_per_lead` do not apply; `if:` applies at entry).
+    - `split` (an experiment on paths): the lead's arm (`engine.core.experiments.assign_arm` of the lead id) picks
+      the variant's `goto`; the holdout arm goes to `holdout_goto`, or without one leaves (`exited`, reason
+      `held_out`). The assignment is an `assigned` Record that `evaluate` reports as the experiment's; sends after
+      the split carry the experiment and arm (held out on the holdout arm): in the same advance through
+      `Firing.experiment`/`arm`, later from the lead's experiment memory (`evaluate`).
     - A lead passes at most `STEPS_WITHOUT_WAIT` steps in one advance; past that it leaves (`loop_guard`).
     Every step reached, entry, exit, completion and goal is a `Record` (`lead-updates`, kind `journey`).
 
@@ -319,6 +327,7 @@ class JourneyLogic:
         entry_ms, entry_id = journey.entry_ms, journey.entry_id
         current, last = start, journey.step
         path = [how]
+        split: tuple[Experiment, str] | None = None  # the split passed in this advance, and the arm taken
         for _ in range(STEPS_WITHOUT_WAIT):
             if current is None:  # ran off the last step
                 run.records.append(Record("completed", last, None, t, entry_ms, cause))
@@ -330,7 +339,10 @@ class JourneyLogic:
             run.records.append(Record("reached", current, None, t, entry_ms, cause))
             last, kind = current, step.kind
             if kind == SEND:
-                run.firings.append(self._send(rule, journey, step, t, arrived, path))
+                firing = self._send(rule, journey, step, t, arrived, path)
+                if split is not None:
+                    firing.experiment, firing.arm = split
+                run.firings.append(firing)
                 current = step.next
             elif kind in WAITING:
                 return JourneySlot.of(entry_ms, entry_id, current, t, t + step.duration_ms, journey.goal_met)
@@ -345,6 +357,17 @@ class JourneyLogic:
                     path.append(f"branch {step.id}: condition {chosen + 1} held")
             elif kind == GOTO:
                 current = step.next
+            elif kind == SPLIT and step.experiment is not None:
+                experiment = step.experiment
+                arm = experiment.arm(str(view()["lead_id"]))
+                split = (experiment, arm)
+                run.records.append(Record(ASSIGNED, current, arm, t, entry_ms, cause))
+                path.append(f"split {step.id}: arm {arm}")
+                variant = experiment.variant(arm)
+                current = variant.goto if variant is not None else experiment.holdout_goto
+                if current is None:  # the holdout arm without holdout_goto leaves the journey
+                    run.records.append(Record("exited", step.id, "held_out", t, entry_ms, cause))
+                    return self._left(journey, t)
             else:  # end
                 run.records.append(Record("completed", current, None, t, entry_ms, cause))
                 return self._left(journey, t)
