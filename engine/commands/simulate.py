@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also report on stderr each journey record (entered, reached, exited, completed, goal)",
     )
+    parser.add_argument(
+        "--experiments",
+        action="store_true",
+        help="also report on stderr each experiment record (assigned, goal)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -53,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     `suppressed: TIME LEAD RULE REASON` (reason `cooldown`, `max_per_lead` or `condition`), in evaluation order.
     With `--journeys`, each journey record (what the worker publishes on `lead-updates`) is reported on stderr as
     `journey: TIME LEAD JOURNEY EVENT STEP [REASON]` (`-` for no step), ordered like the actions.
-    Journey actions carry `step`. The flush is bounded (`engine.core.simulate.FLUSH_HORIZON_MS`, `FLUSH_TICKS`).
+    With `--experiments`, each experiment record (`assigned`, `goal`) is reported on stderr as
+    `experiment: TIME LEAD EXPERIMENT EVENT VARIANT [VALUE]`. Journey actions carry `step`; actions of an
+    experiment carry `experiment`, `variant` and `held_out`. The flush is bounded (`engine.core.simulate.FLUSH_HORIZON_MS`, `FLUSH_TICKS`).
     Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
     """
     rule_paths = args.rules or [str(Settings.from_env().rules_path)]
@@ -74,15 +81,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = sys.stdout.buffer
     suppressed: list[tuple[int, str, str, str]] | None = [] if args.explain else None
-    updates: list[dict[str, Any]] | None = [] if args.journeys else None
+    updates: list[dict[str, Any]] | None = [] if args.journeys or args.experiments else None
     for action in simulate(rules, events, flush=not args.no_flush, suppressed=suppressed, updates=updates):
         out.write(action.to_bytes() + b"\n")
     out.flush()
     for at_ms, lead, rule, reason in suppressed or ():
         print(f"suppressed: {format_ts(at_ms)} {lead} {rule} {reason}", file=sys.stderr)
     for update in updates or ():
-        if update.get("kind") == "journey":
+        if update.get("kind") == "journey" and args.journeys:
             print(journey_line(update), file=sys.stderr)
+        elif update.get("kind") == "experiment" and args.experiments:
+            print(experiment_line(update), file=sys.stderr)
     return 0
 
 
@@ -92,3 +101,11 @@ def journey_line(update: dict[str, Any]) -> str:
     if update.get("reason"):
         parts.append(update["reason"])
     return "journey: " + " ".join(parts)
+
+
+def experiment_line(update: dict[str, Any]) -> str:
+    """`experiment: TIME LEAD EXPERIMENT EVENT VARIANT [VALUE]`, one experiment record as `--experiments` shows it."""
+    parts = [format_ts(update["at_ms"]), update["lead_id"], update["experiment"], update["event"], update["variant"]]
+    if update.get("value") is not None:
+        parts.append(f"{update['value']:g}")
+    return "experiment: " + " ".join(parts)

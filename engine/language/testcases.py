@@ -68,7 +68,8 @@ def _subset(expected: Any, actual: Any, path: str, out: list[str]) -> None:
 
 def _brief(action: dict[str, Any]) -> str:
     step = f" step {action['step']}" if action.get("step") else ""
-    return f"{action['rule']}{step} for {action['lead_id']} at {action['fired_at']}"
+    arm = f" [{action['experiment']}: {action['variant']}]" if action.get("experiment") else ""
+    return f"{action['rule']}{step}{arm} for {action['lead_id']} at {action['fired_at']}"
 
 
 def _journey_record(update: dict[str, Any]) -> dict[str, Any]:
