@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     `journey: TIME LEAD JOURNEY EVENT STEP [REASON]` (`-` for no step), ordered like the actions.
     With `--experiments`, each experiment record (`assigned`, `goal`) is reported on stderr as
     `experiment: TIME LEAD EXPERIMENT EVENT VARIANT [VALUE]`. Journey actions carry `step`; actions of an
-    experiment carry `experiment`, `variant` and `held_out`. The flush is bounded (`engine.core.simulate.FLUSH_HORIZON_MS`, `FLUSH_TICKS`).
+    experiment carry `experiment`, `variant` and `held_out`. The flush is bounded
+    (`engine.core.simulate.FLUSH_HORIZON_MS`, `FLUSH_TICKS`).
     Exit codes: 0 done (even with skipped lines), 2 invalid rules or unreadable input.
     """
     rule_paths = args.rules or [str(Settings.from_env().rules_path)]
