@@ -22,13 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import barchart, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from panels import (
+    CLICKHOUSE_TABLE,
+    CLICKHOUSE_TIME_SERIES,
     DATASOURCE,
     RATE,
     bucket_heatmap,
+    clickhouse_framed,
     instant_table,
     quantiles,
     single,
@@ -36,6 +41,8 @@ from panels import (
     thresholds,
     ts,
 )
+
+from engine.clickhouse.experiments import uplift_sql
 
 HERE = Path(__file__).resolve().parent
 NUDGE_JOBS = 'job=~"nudge-.*"'
@@ -304,10 +311,67 @@ def pipeline_health() -> db.Dashboard:
     )
 
 
+ARMS_SQL = """
+SELECT experiment, variant AS arm, count() AS leads, sum(actions_sent) AS actions_sent,
+       countIf(goals > 0) AS conversions, round(conversions / leads, 4) AS conversion_rate,
+       round(sum(revenue) / leads, 2) AS revenue_per_lead
+FROM experiment_leads WHERE $__timeFilter(assigned_at)
+GROUP BY experiment, variant ORDER BY experiment, variant != 'holdout', variant
+"""
+RATES_SQL = """
+SELECT concat(experiment, ' / ', variant) AS arm, round(countIf(goals > 0) / count(), 4) AS conversion_rate
+FROM experiment_leads WHERE $__timeFilter(assigned_at)
+GROUP BY experiment, variant ORDER BY experiment, variant != 'holdout', variant
+"""
+ASSIGNED_SQL = """
+SELECT $__timeInterval(assigned_at) AS time, concat(experiment, ' / ', variant) AS arm, count() AS leads
+FROM experiment_leads WHERE $__timeFilter(assigned_at)
+GROUP BY time, arm ORDER BY time
+"""
+
+
+def experiments() -> db.Dashboard:
+    """Arms and uplift from ClickHouse (the migration-5 views): the same numbers as `nudge report experiments`."""
+    arms = [
+        clickhouse_framed(table.Panel(), "Arms", "Per experiment and arm, people assigned in the time range: leads, "
+                          "actions sent (0 for the holdout: held out), conversions (a goal event within goal_within "
+                          "of the assignment), conversion rate, revenue per lead.", 24, 8, ARMS_SQL, CLICKHOUSE_TABLE),
+        clickhouse_framed(barchart.Panel().x_field("arm").show_value(cm.VisibilityMode.AUTO), "Conversion rate by arm",
+                          "Share of each arm's leads that reached the experiment's goal.", 12, 8, RATES_SQL,
+                          CLICKHOUSE_TABLE).unit("percentunit"),
+        clickhouse_framed(timeseries.Panel(), "Leads assigned by arm", "People entering each arm over time (the "
+                          "holdout's share should match the configured holdout).", 12, 8, ASSIGNED_SQL,
+                          CLICKHOUSE_TIME_SERIES),
+    ]
+    uplift = [
+        clickhouse_framed(table.Panel(), "Uplift against the holdout",
+                          "Every variant pooled against the holdout: conversion rates, uplift with its 95 % interval, "
+                          "the always-valid p-value and verdict of the sequential test (safe to look at every day), "
+                          "incremental revenue with its 95 % interval. docs/experiments.md",
+                          24, 8, uplift_sql("$__timeFilter(assigned_at)"), CLICKHOUSE_TABLE),
+    ]
+    dash = (
+        db.Dashboard("Nudge / Experiments").uid("nudge-experiments")
+        .description("Do the nudges cause anything? Arms, conversions and uplift against the holdout, from ClickHouse.")
+        .tags(["nudge"]).timezone("utc").refresh("5m").time("now-30d", "now").editable()
+        .with_variable(db.DatasourceVariable("clickhouse").label("ClickHouse").type("grafana-clickhouse-datasource"))
+        .link(
+            db.DashboardLink("Nudge dashboards").type(dm.DashboardLinkType.DASHBOARDS).tags(["nudge"])
+            .as_dropdown(True).include_vars(True).keep_time(True)
+        )
+    )
+    for row_title, row_panels in (("Arms", arms), ("Uplift", uplift)):
+        dash = dash.with_row(db.Row(row_title))
+        for panel in row_panels:
+            dash = dash.with_panel(panel)
+    return dash
+
+
 DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
     "nudge-overview.json": overview,
     "nudge-rules-actions.json": rules_and_actions,
     "nudge-pipeline-health.json": pipeline_health,
+    "nudge-experiments.json": experiments,
 }
 
 

@@ -1,7 +1,8 @@
 """Typed panel builders for Nudge's Grafana dashboards (used by dashboards/build.py).
 
 Contract: every helper returns a `grafana-foundation-sdk` builder (Grafana 11.6 schema) bound to the
-dashboard's `$datasource` variable. Queries are PromQL; counters are read with `rate` over `$__rate_interval`
+dashboard's `$datasource` variable (the Experiments dashboard's: `$clickhouse`, SQL on the ClickHouse views; see
+`ClickHouseQuery`). Queries are PromQL; counters are read with `rate` over `$__rate_interval`
 and histograms with `histogram_quantile` over the rate of their `_bucket` series. No I/O.
 """
 
@@ -13,6 +14,9 @@ from typing import TypeVar
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.runtime import UnknownDataquery
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import heatmap as hm
@@ -200,3 +204,35 @@ def bucket_heatmap(title: str, description: str, metric: str, unit: str, *, w: i
             f"sum by (le) (increase({metric}_bucket[{RATE}]))", "{{le}}", fmt=pm.PromQueryFormat.HEATMAP
         ))
     )
+
+
+# The Experiments dashboard reads ClickHouse (the migration-5 views) through Grafana's ClickHouse data source
+# plugin (grafana-clickhouse-datasource; provisioning/datasources/clickhouse.yml). The SDK has no builder for its
+# queries, so `ClickHouseQuery` builds the plugin's query model as a plain dict (kept as is by the SDK's
+# UnknownDataquery when Grafana's JSON is parsed back).
+CLICKHOUSE = dm.DataSourceRef(type_val="grafana-clickhouse-datasource", uid="${clickhouse}")
+CLICKHOUSE_TABLE, CLICKHOUSE_TIME_SERIES = 1, 0  # the plugin's `format`
+
+
+class ClickHouseQuery(cogbuilder.Builder[cogvariants.Dataquery]):
+    """One SQL query of the ClickHouse plugin (SQL editor; `$__timeFilter(column)` is the plugin's macro)."""
+
+    def __init__(self, sql: str, fmt: int = CLICKHOUSE_TABLE) -> None:
+        self._internal = UnknownDataquery({
+            "datasource": {"type": CLICKHOUSE.type_val, "uid": CLICKHOUSE.uid},
+            "editorType": "sql",
+            "format": fmt,
+            "queryType": "table" if fmt == CLICKHOUSE_TABLE else "timeseries",
+            "rawSql": sql.strip(),
+        })
+
+    def build(self) -> cogvariants.Dataquery:
+        return self._internal
+
+
+def clickhouse_framed(panel: PanelT, title: str, description: str, w: int, h: int, sql: str, fmt: int) -> PanelT:
+    """A panel on the `$clickhouse` data source with one SQL query."""
+    return (
+        panel.title(title).description(description).datasource(CLICKHOUSE).span(w).height(h)
+        .with_target(ClickHouseQuery(sql, fmt))
+    )  # fmt: skip

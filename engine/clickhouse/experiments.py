@@ -196,3 +196,46 @@ def incremental_total(experiments: Sequence[dict[str, Any]]) -> dict[str, Any] |
         "experiments": [e["experiment"] for e in measured],
         "not_measured": [e["experiment"] for e in experiments if e not in measured],
     }
+
+
+def uplift_sql(time_filter: str = "1") -> str:
+    """Per experiment, every non-holdout arm pooled ("treated") against the holdout, in SQL, the same numbers as
+    `statistics.compare` (Agresti-Caffo 95 % interval, the mSPRT's always-valid p-value and verdict, incremental
+    revenue with Welch's interval), over the people of `experiment_leads` matching `time_filter` (Grafana:
+    `$__timeFilter(assigned_at)`). For the Experiments dashboard and analysts; `nudge report experiments` is the
+    reference."""
+    z = repr(st.Z95)
+    mixing = repr(st.OPTIMAL_MIXING_RATIO / st.DESIGN_HARMONIC_LEADS)
+    counts = f"""
+        SELECT experiment,
+               countIf(variant = 'holdout') AS n_h, countIf(variant != 'holdout') AS n_t,
+               countIf(variant = 'holdout' AND goals > 0) AS x_h, countIf(variant != 'holdout' AND goals > 0) AS x_t,
+               sumIf(revenue, variant = 'holdout') AS r_h, sumIf(revenue, variant != 'holdout') AS r_t,
+               sumIf(revenue * revenue, variant = 'holdout') AS q_h,
+               sumIf(revenue * revenue, variant != 'holdout') AS q_t
+        FROM experiment_leads WHERE {time_filter} GROUP BY experiment"""
+    return f"""
+SELECT experiment, n_h AS holdout_leads, n_t AS treated_leads,
+       round(x_h / n_h, 4) AS holdout_rate, round(x_t / n_t, 4) AS treated_rate,
+       round(x_t / n_t - x_h / n_h, 4) AS uplift,
+       round(((x_t + 1) / (n_t + 2) - (x_h + 1) / (n_h + 2)) - {z} * sqrt(v), 4) AS uplift_ci95_low,
+       round(((x_t + 1) / (n_t + 2) - (x_h + 1) / (n_h + 2)) + {z} * sqrt(v), 4) AS uplift_ci95_high,
+       round(least(1.0, exp(0.5 * log1p(ratio) - pow(x_t / n_t - x_h / n_h, 2) / v * ratio / (2 * (1 + ratio)))),
+             4) AS always_valid_p,
+       multiIf(n_h < {st.MIN_LEADS_PER_ARM} OR n_t < {st.MIN_LEADS_PER_ARM} OR x_h + x_t < {st.MIN_CONVERSIONS},
+               '{st.NOT_ENOUGH_DATA}', always_valid_p <= {st.ALPHA}, if(uplift > 0, '{st.BETTER}', '{st.WORSE}'),
+               '{st.NO_DIFFERENCE_YET}') AS verdict,
+       round((r_t / n_t - r_h / n_h) * n_t, 2) AS incremental_revenue,
+       round((r_t / n_t - r_h / n_h - {z} * se_rev) * n_t, 2) AS incremental_ci95_low,
+       round((r_t / n_t - r_h / n_h + {z} * se_rev) * n_t, 2) AS incremental_ci95_high
+FROM (
+    SELECT *,
+           ((x_t + 1) / (n_t + 2)) * (1 - (x_t + 1) / (n_t + 2)) / (n_t + 2)
+             + ((x_h + 1) / (n_h + 2)) * (1 - (x_h + 1) / (n_h + 2)) / (n_h + 2) AS v,
+           {mixing} / (1 / n_h + 1 / n_t) AS ratio,
+           sqrt(greatest(0, (q_t - r_t * r_t / n_t) / greatest(1, n_t - 1)) / n_t
+                + greatest(0, (q_h - r_h * r_h / n_h) / greatest(1, n_h - 1)) / n_h) AS se_rev
+    FROM ({counts})
+    WHERE n_h > 0 AND n_t > 0
+)
+ORDER BY experiment"""

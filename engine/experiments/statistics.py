@@ -38,9 +38,9 @@ the boundary is only a little wider there."""
 
 # The optimal ratio of mixing variance to the estimate's variance at the design size: t = 2 log(1/alpha) + log(1 + t)
 # (minimises the normal-mixture boundary's width there; the tuning of Howard et al. 2021).
-_T_OPT = 2 * math.log(1 / ALPHA)
+OPTIMAL_MIXING_RATIO = 2 * math.log(1 / ALPHA)
 for _ in range(50):
-    _T_OPT = 2 * math.log(1 / ALPHA) + math.log(1 + _T_OPT)
+    OPTIMAL_MIXING_RATIO = 2 * math.log(1 / ALPHA) + math.log(1 + OPTIMAL_MIXING_RATIO)
 
 NOT_ENOUGH_DATA = "not enough data yet"
 BETTER = "better"
@@ -168,7 +168,7 @@ def sequential_test(
     variance = _adjusted_variance(arm) + _adjusted_variance(baseline)
     difference = arm.conversions / arm.leads - baseline.conversions / baseline.leads
     harmonic = 1 / (1 / arm.leads + 1 / baseline.leads)
-    r = _T_OPT * harmonic / design_harmonic_leads
+    r = OPTIMAL_MIXING_RATIO * harmonic / design_harmonic_leads
     z = difference / math.sqrt(variance)
     log_lr = -0.5 * math.log1p(r) + z * z * r / (2 * (1 + r))
     p_value = min(1.0, math.exp(-log_lr))

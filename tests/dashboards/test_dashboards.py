@@ -6,6 +6,8 @@
   Grafana 11.6 model of grafana-foundation-sdk (an unknown or misspelt field would be dropped).
 - Every metric a dashboard or alert selects is exported by the engine (engine/metrics.py, prometheus-client's
   process metrics, or Prometheus's own `up`). test_live_promql.py checks they really carry data.
+- The Experiments dashboard reads ClickHouse (SQL through the ClickHouse plugin); its SQL runs on chDB in
+  tests/experiments/test_queries.py.
 - Provisioning files point at what compose mounts (the compose file itself: tests/deploy/test_compose.py).
 """
 
@@ -27,6 +29,8 @@ import engine.metrics  # noqa: F401  (registers every Nudge metric)
 from .queries import ROOT, alert_queries, dashboard_files, dashboard_queries, metric_names, panels
 
 GRAFANA_SCHEMA_VERSION = 41  # Grafana 11.6, as named in docs/operations.md
+CLICKHOUSE_PLUGIN = "grafana-clickhouse-datasource"
+CLICKHOUSE_DASHBOARDS = {"nudge-experiments.json"}
 PROMETHEUS_OWN = {"up"}
 
 
@@ -46,8 +50,9 @@ def models() -> dict[str, dict]:
     return {path.name: json.loads(path.read_text()) for path in dashboard_files()}
 
 
-def test_three_dashboards_exist(models: dict[str, dict]) -> None:
-    assert set(models) == {"nudge-overview.json", "nudge-rules-actions.json", "nudge-pipeline-health.json"}
+def test_the_dashboards_exist(models: dict[str, dict]) -> None:
+    assert set(models) == {"nudge-overview.json", "nudge-rules-actions.json", "nudge-pipeline-health.json",
+                           "nudge-experiments.json"}
 
 
 def test_json_is_what_build_py_generates() -> None:
@@ -106,10 +111,16 @@ def test_dashboard_structure(models: dict[str, dict]) -> None:
             if panel["type"] == "row":
                 continue
             assert panel.get("title") and panel.get("description"), f"{where}: needs a title and description"
-            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
             assert panel.get("targets"), f"{where}: no query"
             ref_ids = [t["refId"] for t in panel["targets"]]
             assert all(ref_ids) and len(ref_ids) == len(set(ref_ids)), f"{where}: refIds {ref_ids}"
+            if name in CLICKHOUSE_DASHBOARDS:  # SQL on the experiment views (tests/experiments runs it on chDB)
+                assert panel["datasource"] == {"type": CLICKHOUSE_PLUGIN, "uid": "${clickhouse}"}, where
+                for target in panel["targets"]:
+                    assert target.get("rawSql", "").strip(), f"{where}: empty SQL"
+                    assert target["datasource"]["type"] == CLICKHOUSE_PLUGIN, where
+                continue
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
             for target in panel["targets"]:
                 assert target.get("expr", "").strip(), f"{where}: empty expr"
                 assert target["datasource"]["type"] == "prometheus", where

@@ -9,6 +9,7 @@ import itertools
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from engine.experiments import statistics as st
 from engine.kafka import topics
 from tests.experiments.test_statistics import reference_arm
 
+ROOT = Path(__file__).resolve().parents[2]
 DAY = 86_400_000
 NOW = (int(time.time() * 1000) // 60_000) * 60_000
 T0 = NOW - 10 * DAY
@@ -284,3 +286,34 @@ def test_report_experiments_arguments(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["report", "experiments", "--since", "a month"]) == 2
     assert "--since 'a month' is not a duration" in capsys.readouterr().err
     assert main(["report", "--since", "a week"]) == 2
+
+
+def test_uplift_sql_agrees_with_the_statistics_module(client: Any, stored: dict[str, Any]) -> None:
+    result = client.query(ex.uplift_sql())
+    rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+    (row,) = [r for r in rows if r["experiment"] == "cart_abandoned"]
+    want = ex.report(client, 0, 2**62)["experiments"]
+    (cart,) = [e for e in want if e["experiment"] == "cart_abandoned"]
+    overall = cart["overall"]
+    assert row["verdict"] == overall["verdict"]
+    assert row["uplift"] == pytest.approx(overall["absolute_uplift"], abs=1e-4)
+    assert [row["uplift_ci95_low"], row["uplift_ci95_high"]] == pytest.approx(overall["absolute_uplift_ci95"], abs=1e-4)
+    assert row["always_valid_p"] == pytest.approx(overall["sequential"]["p_value"], abs=1e-4)
+    assert row["incremental_revenue"] == pytest.approx(overall["incremental_revenue"], abs=0.01)
+    assert [row["incremental_ci95_low"], row["incremental_ci95_high"]] == pytest.approx(
+        overall["incremental_revenue_ci95"], abs=0.01
+    )
+
+
+def test_the_experiments_dashboard_sql_runs_on_the_views(client: Any, stored: dict[str, Any]) -> None:
+    """Every panel of dashboards/nudge-experiments.json, with the ClickHouse plugin's macros expanded as the plugin
+    does, runs on chDB and returns the stored experiment."""
+    model = orjson.loads((ROOT / "dashboards" / "nudge-experiments.json").read_bytes())
+    targets = [t for p in model["panels"] for t in p.get("targets", [])]
+    assert len(targets) == 4
+    for target in targets:
+        sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now() - INTERVAL 30 DAY AND \1 <= now()", target["rawSql"])
+        sql = re.sub(r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(\1, INTERVAL 1 HOUR)", sql)
+        assert "$" not in sql, sql
+        rows = client.query(sql).result_rows
+        assert rows and any("cart_abandoned" in " ".join(map(str, row)) for row in rows), target["rawSql"]
