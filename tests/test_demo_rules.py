@@ -11,9 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _shape(rule: object) -> tuple[object, ...]:
     action = rule.action  # type: ignore[attr-defined]
+    experiment = rule.experiment  # type: ignore[attr-defined]
+    # An experiment's id and arms match; its holdout may differ (the demo holds out more: a small sample).
+    arms = None if experiment is None else (experiment.id, tuple((v.id, v.weight) for v in experiment.variants))
     return (
         rule.id, rule.kind, rule.enabled, rule.priority, rule.marketing, rule.max_per_lead,  # type: ignore[attr-defined]
-        action.connector, action.template, dict(action.payload),
+        action.connector, action.template, dict(action.payload), arms,
     )
 
 
