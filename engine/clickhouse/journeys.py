@@ -16,17 +16,23 @@ from clickhouse_connect.driver.client import Client
 
 EXIT_REASONS = ("exit_on", "step_removed", "loop_guard")
 
-# One row per distinct journey record in the window.
+# One row per distinct journey record in the window, with its place among the records of its entry (`seq`, by
+# time then Kafka position: the order the worker published them; a repeated record keeps its first place).
 _RECORDS = """
-    SELECT DISTINCT lead_id, JSONExtractString(payload, 'journey') AS journey,
-           JSONExtractString(payload, 'event') AS event, JSONExtractString(payload, 'step') AS step,
-           JSONExtractString(payload, 'reason') AS reason, JSONExtractInt(payload, 'entry_ms') AS entry_ms,
-           toInt64(toUnixTimestamp64Milli(at)) AS at_ms
-    FROM lead_updates FINAL
-    WHERE kind = 'journey' AND at_ms >= %(since)s AND at_ms < %(until)s"""
+    SELECT lead_id, journey, event, step, reason, entry_ms, at_ms, min(seq) AS first_seq FROM (
+        SELECT lead_id, JSONExtractString(payload, 'journey') AS journey,
+               JSONExtractString(payload, 'event') AS event, JSONExtractString(payload, 'step') AS step,
+               JSONExtractString(payload, 'reason') AS reason, JSONExtractInt(payload, 'entry_ms') AS entry_ms,
+               toInt64(toUnixTimestamp64Milli(at)) AS at_ms,
+               row_number() OVER (PARTITION BY lead_id, journey, entry_ms
+                                  ORDER BY at, kafka_partition, kafka_offset) AS seq
+        FROM lead_updates FINAL
+        WHERE kind = 'journey' AND toInt64(toUnixTimestamp64Milli(at)) >= %(since)s
+          AND toInt64(toUnixTimestamp64Milli(at)) < %(until)s
+    ) GROUP BY lead_id, journey, event, step, reason, entry_ms, at_ms"""
 
 _PER_STEP = f"""
-    SELECT journey, step, event, reason, count(), min(at_ms - entry_ms) FROM ({_RECORDS})
+    SELECT journey, step, event, reason, count(), min(at_ms - entry_ms), min(first_seq) FROM ({_RECORDS})
     GROUP BY journey, step, event, reason"""
 
 # Journey sends per step: fired (event time in the window) and sent (first `sent` outcome in the window), joined
@@ -66,12 +72,13 @@ def journey_kpis(client: Client, since_ms: int, until_ms: int) -> list[dict[str,
     - fired: journey sends with their fire time (event time) in the window; sent: journey sends whose first
       `sent` outcome (the dispatcher's clock) is in the window — a send held, suppressed or failed is fired, not
       sent.
-    - Steps in the order leads reach them (the earliest time after entry at which any lead reached the step, then
-      the step id); journeys by id.
+    - Steps in the order leads reach them: the earliest time after entry at which any lead reached the step, then
+      the earliest place among its entry's records (a send and the wait after it are reached at the same time),
+      then the step id; journeys by id.
     """
     params = {"since": since_ms, "until": until_ms}
     journeys: dict[str, dict[str, Any]] = {}
-    order: dict[tuple[str, str], int] = {}
+    order: dict[tuple[str, str], tuple[int, int]] = {}
 
     def journey(name: str) -> dict[str, Any]:
         return journeys.setdefault(
@@ -84,14 +91,14 @@ def journey_kpis(client: Client, since_ms: int, until_ms: int) -> list[dict[str,
         row: dict[str, Any] = j["steps"].setdefault(step, _step_row(step))
         return row
 
-    for name, step, event, reason, n, first in client.query(_PER_STEP, parameters=params).result_rows:
+    for name, step, event, reason, n, first, seq in client.query(_PER_STEP, parameters=params).result_rows:
         j, n = journey(str(name)), int(n)
         step = str(step)
         if event == "entered":
             j["entered"] += n
             continue
         if event == "reached":
-            order[(j["journey"], step)] = min(order.get((j["journey"], step), int(first)), int(first))
+            order[(j["journey"], step)] = (int(first), int(seq))
         if event == "exited":
             j["exited"][reason] = j["exited"].get(reason, 0) + n
         elif event in ("reached", "completed", "goal"):
@@ -117,7 +124,7 @@ def journey_kpis(client: Client, since_ms: int, until_ms: int) -> list[dict[str,
         j = journeys[name]
         j["goal_rate"] = round(j["goal"] / j["entered"], 4) if j["entered"] else None
         steps = j["steps"].values()
-        j["steps"] = sorted(steps, key=lambda r: (order.get((name, r["step"]), 2**62), r["step"]))
+        j["steps"] = sorted(steps, key=lambda r: (*order.get((name, r["step"]), (2**62, 0)), r["step"]))
         out.append(j)
     return out
 
