@@ -48,7 +48,9 @@ ACTIVE_LEADS = Gauge("nudge_active_leads", "Leads with state held by this worker
 STATE_BYTES = Gauge("nudge_state_bytes", "Serialized bytes of per-lead state held by this worker")
 PENDING_DEADLINES = Gauge("nudge_pending_deadlines", "Deadlines waiting in this worker's timer index")
 RULES_VERSION_INFO = Gauge(
-    "nudge_rules_version_info", "1 for the rule-set version this worker evaluates with (0 for earlier ones)", ["version"]
+    "nudge_rules_version_info",
+    "1 for the rule-set version this worker evaluates with (0 for earlier ones)",
+    ["version"],
 )
 RULES_DEPLOYS = Counter(
     "nudge_rules_deploys_total",

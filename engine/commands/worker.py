@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.config import Settings
 
@@ -16,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("worker", help="run a worker: evaluate rules on the clickstream, emit actions")
     parser.add_argument("--rules", type=Path, help="rules file or directory (default: NUDGE_RULES_PATH)")
     parser.add_argument("--web-port", type=int, help="port of /metrics (default: NUDGE_WEB_PORT)")
+    parser.add_argument(
+        "--watch", action="store_true",
+        help="dev: deploy the rules files again whenever they change (as `nudge rules deploy` does)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.with_(rules_path=args.rules)
     if args.web_port is not None:
         settings = settings.with_(web_port=args.web_port)
-    return run_worker(settings)
+    return run_worker(settings, watch=args.watch)
 
 
 def preflight(settings: Settings) -> str | None:
@@ -77,10 +83,13 @@ def prepare_topics(settings: Settings) -> str | None:
     return None
 
 
-def run_worker(settings: Settings) -> int:
+def run_worker(settings: Settings, watch: bool = False) -> int:
+    import functools
+
     from engine.config import ConfigError
     from engine.dispatch.config import catalogue
     from engine.language import RuleFileError, load_rules
+    from engine.worker import rule_versions
 
     try:
         # The same check as `nudge rules validate`: every connector a rule names exists in the connectors file,
@@ -90,7 +99,8 @@ def run_worker(settings: Settings) -> int:
         if settings.connectors_path.exists():
             found = catalogue(settings.connectors_path)
             names, templates = found.names, found.template_exists
-        rules = load_rules([settings.rules_path], names, templates)
+        load = functools.partial(load_rules, known_connectors=names, template_exists=templates)
+        rules = load([settings.rules_path])
     except ConfigError as exc:
         print(f"nudge worker: invalid connectors file: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +118,22 @@ def run_worker(settings: Settings) -> int:
     if problem is not None:
         print(f"nudge worker: {problem}", file=sys.stderr)
         return 1
+    # The latest deployed rule set, when there is one, wins over the files (they are the initial version only).
+    try:
+        history = asyncio.run(rule_versions.read_log(settings))
+    except Exception as exc:
+        print(f"nudge worker: cannot read the deployed rule sets: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    source = "files"
+    if history.latest is not None:
+        try:
+            rules = rule_versions.compile_deploy(history.latest, load)
+        except RuleFileError as exc:
+            print(f"nudge worker: the deployed rule set {history.latest.version} is invalid here: {exc}",
+                  file=sys.stderr)
+            return 2
+        source = "deploy"
+    versions = rule_versions.RuleVersions(load, history.next_offset, source)
 
     try:
         import uvloop
@@ -127,7 +153,9 @@ def run_worker(settings: Settings) -> int:
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level (its datadir)
     nudge = create_app(settings)
-    LeadWorker(nudge, settings, rules).attach()
+    LeadWorker(nudge, settings, rules, versions).attach()
+    if watch:
+        nudge.app.task(functools.partial(watch_rules, settings, load, rules.version))
     worker = faust.Worker(
         nudge.app,
         loglevel=settings.log_level.upper(),
@@ -136,3 +164,52 @@ def run_worker(settings: Settings) -> int:
     )
     worker.execute_from_commandline()
     return 0
+
+
+WATCH_INTERVAL_S = 1.0
+
+
+async def watch_rules(settings: Settings, load: Any, version: str) -> None:
+    """`nudge worker --watch`: every second, when a rules file under NUDGE_RULES_PATH changed, validate the files as
+    `nudge rules deploy` does and deploy them (author `<user> (watch)`): the worker, and every other worker of the
+    app, switches through the `rules` topic exactly as for a deploy. Invalid files are reported in the log and
+    change nothing."""
+    from engine.language import RuleFileError, rule_files
+    from engine.worker import rule_versions
+
+    log = logging.getLogger("nudge.watch")
+
+    def fingerprint() -> tuple[tuple[str, int, int], ...]:
+        found = []
+        for path in rule_files([settings.rules_path]) if settings.rules_path.exists() else []:
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                found.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(found)
+
+    seen = fingerprint()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        now = fingerprint()
+        if now == seen:
+            continue
+        seen = now
+        try:
+            rules = await asyncio.to_thread(load, [settings.rules_path])
+        except RuleFileError as exc:
+            log.error("rules changed but are invalid, not deployed:\n%s", "\n".join(str(p) for p in exc.problems))
+            continue
+        except OSError as exc:
+            log.error("rules changed but cannot be read: %s", exc)
+            continue
+        if rules.version == version:
+            continue
+        version = rules.version
+        deploy = rule_versions.snapshot(
+            rule_files([settings.rules_path]), rules, f"{rule_versions.author_name()} (watch)", "nudge worker --watch"
+        )
+        try:
+            await rule_versions.publish(settings, deploy.key, deploy.to_bytes())
+            log.info("rules changed: deployed version %s", deploy.version)
+        except Exception:
+            log.exception("could not deploy the changed rules")

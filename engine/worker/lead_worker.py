@@ -22,7 +22,7 @@ from engine.events import Event, InvalidEvent, parse_event
 from engine.kafka.partitioner import default_partition
 from engine.kafka.topics import dead_letter_record
 from engine.privacy.records import CLEAR_SUPPRESSED, ERASE, BadPrivacyRecord, Receipt, WorkerRequest
-from engine.worker import stored_lead
+from engine.worker import rule_versions, stored_lead
 from engine.worker.app import NudgeApp
 from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
 from engine.worker.faust_ext.batched_input import WorkerInput
@@ -37,6 +37,7 @@ from engine.worker.handovers import (
     parse_handover_record,
 )
 from engine.worker.lead_inputs import InPlaceFailed, Input, LeadEvaluator
+from engine.worker.rule_versions import Deploy, RuleVersions, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ JOURNEY_SERIES = (
     ("exited", "exit_on"), ("exited", "step_removed"), ("exited", "loop_guard"),
 )  # fmt: skip
 IDLE_SWEEP_CHUNK = 2000  # entries examined per hold of the state lock
+
+
+def _rules_stamp(version: str) -> bytes:
+    """What replaces the closing brace of an action's JSON: its `rules_version` field and the brace."""
+    return b',"rules_version":' + orjson.dumps(version) + b"}"
 
 
 class BadInput(Exception):
@@ -139,12 +145,30 @@ class LeadWorker:
     receipt says the lead's earlier actions are out). Requests are idempotent and not offset-tracked: a replay
     after a crash applies them again and answers again. Leads with no write for `NUDGE_LEAD_IDLE_DAYS` and no
     pending deadline are tombstoned by a periodic sweep (`_drop_idle`), so the table stays bounded.
+
+    Rule deploys (`engine.worker.rule_versions`, docs/worker.md#rule-deploys): with `versions`, a task follows the
+    `rules` topic; a new deploy is compiled off the state lock and becomes `pending`; the switch happens under the
+    state lock at the next batch boundary (before a batch is evaluated, or at the timer's next round), so every input
+    is evaluated with exactly one version, none twice: the batch path and the timer switch before they evaluate.
+    The deadline indexes are rebuilt for the new rules (a removed or edited rule's pending deadlines are dropped:
+    the core drops their slots at the lead's next evaluation), the actions the new version fires carry its
+    `rules_version`, and a `WorkerStatus` names, per owned clickstream partition, the first offset evaluated with
+    it. Rebalances need nothing more: a partition's next owner evaluates with its own version, and the core reads
+    any stored state under any version.
     """
 
-    def __init__(self, nudge: NudgeApp, settings: Settings, rules: RuleSet) -> None:
+    def __init__(
+        self, nudge: NudgeApp, settings: Settings, rules: RuleSet, versions: RuleVersions | None = None
+    ) -> None:
         self.nudge = nudge
         self.settings = settings
         self.rules = rules
+        self.versions = versions
+        self._pending_rules: tuple[Deploy, RuleSet] | None = None  # compiled, waiting for a batch boundary
+        self._rules_stamp = _rules_stamp(rules.version)
+        self._rules_since_ms = wall_ms()
+        self._rules_status_due = True  # published once the partitions are first recovered
+        self._status_tasks: set[asyncio.Future[None]] = set()
         self.clocks: dict[int, EventClock] = {}  # per owned partition: see "Deadlines" above
         self.indexes: dict[int, DeadlineIndex] = {}
         self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
@@ -176,12 +200,10 @@ class LeadWorker:
         # Series that exist from the start read 0 instead of "no data" on dashboards and in alerts.
         for outcome in ("sent", "merged_here", "nothing_to_move"):
             self._series(metrics.HANDOVERS, outcome)
-        for rule in rules.rules:
-            for reason in ("cooldown", "max_per_lead", "condition"):
-                self._series(metrics.RULE_SUPPRESSED, rule.id, reason)
-            if rule.kind == "journey":
-                for event, reason in JOURNEY_SERIES:
-                    self._series(metrics.JOURNEY_EVENTS, rule.id, event, reason)
+        for result in ("applied", "invalid"):
+            self._series(metrics.RULES_DEPLOYS, result)
+        metrics.RULES_VERSION_INFO.labels(rules.version).set(1)
+        self._rule_series(rules)
         outputs = [self._actions_topic, self._dead_letters_topic, self._handovers_topic]
         outputs.append(nudge.leads.changelog_topic.get_topic_name())
         if self._control_topic is not None:
@@ -194,6 +216,14 @@ class LeadWorker:
             metrics.OUTPUT_ERRORS.labels(topic)
         self._consumed: dict[str, int] = {}  # events per type in the current batch
         self._latest_event_ms: dict[int, int] = {}  # latest event time per partition in the current batch
+
+    def _rule_series(self, rules: RuleSet) -> None:
+        for rule in rules.rules:
+            for reason in ("cooldown", "max_per_lead", "condition"):
+                self._series(metrics.RULE_SUPPRESSED, rule.id, reason)
+            if rule.kind == "journey":
+                for event, reason in JOURNEY_SERIES:
+                    self._series(metrics.JOURNEY_EVENTS, rule.id, event, reason)
 
     def clock(self, partition: int) -> EventClock:
         clock = self.clocks.get(partition)
@@ -231,6 +261,8 @@ class LeadWorker:
         app.task(self._consume)
         app.timer(self.settings.timer_interval_s, name="nudge.deadlines")(self._fire_due_deadlines)
         app.task(self._declare_outputs)
+        if self.versions is not None:
+            app.task(self._follow_rules)
         app.page("/metrics")(self._metrics_page)
         self.nudge.leads.on_recover(self._rebuild_index)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -275,6 +307,19 @@ class LeadWorker:
         """After Faust's table recovery: index the pending deadlines of every lead in a partition this worker
         owns, then let deadlines fire again (`ready`). A state that cannot be decoded is logged and skipped here
         (the next input for its lead dead-letters it)."""
+        self._index_owned()
+        self.ready = True
+        if self._rules_status_due:
+            self._rules_status_due = False
+            self._publish_status(self._status("files" if self.versions is None else self.versions.source))
+        log.info(
+            "deadline index rebuilt: %d leads, %d deadlines",
+            sum(len(index) for index in self.indexes.values()),
+            self.pending_deadlines,
+        )
+
+    def _index_owned(self) -> None:
+        """Index the pending deadlines, under the current rules, of every lead in a partition this worker owns."""
         self.indexes.clear()
         for key, raw, partition in self._owned_entries():
             lead_id = key.decode()
@@ -284,12 +329,83 @@ class LeadWorker:
             state = self._decode_state(lead_id, stored.state)
             if state is not None:
                 self.index(partition).set(lead_id, partition, pending_deadlines(self.rules, state))
-        self.ready = True
+
+    # --- rule deploys ---------------------------------------------------------------------------------------
+    async def _follow_rules(self) -> None:
+        assert self.versions is not None
+        await rule_versions.follow(self.settings, self.versions.next_offset, self._on_deploy)
+
+    async def _on_deploy(self, deploy: Deploy) -> None:
+        """A deploy record: compile it (in a thread, off the event loop) and leave it for the next batch boundary.
+        One this worker cannot load (e.g. its connectors file lacks a connector) is refused and counted; the active
+        version stays."""
+        assert self.versions is not None
+        if deploy.version == (self._pending_rules[1] if self._pending_rules else self.rules).version:
+            return  # the same rules (a re-deploy, or the version this worker started on)
+        try:
+            rules = await asyncio.to_thread(rule_versions.compile_deploy, deploy, self.versions.load)
+        except Exception as exc:
+            self._series(metrics.RULES_DEPLOYS, "invalid").inc()
+            log.error("rule set %s (deployed by %s) refused, keeping %s: %s", deploy.version, deploy.author,
+                      self.rules.version, exc)
+            return
+        self._pending_rules = (deploy, rules)
+        log.info("rule set %s received (deployed by %s); switching at the next batch", deploy.version, deploy.author)
+
+    def _switch_rules(self, batch: Sequence[Message] = ()) -> None:
+        """Switch to the pending rule set; the caller holds the state lock, at a batch boundary: `batch` (not yet
+        evaluated) is the first evaluated with the new rules."""
+        if self._pending_rules is None:
+            return
+        deploy, rules = self._pending_rules
+        self._pending_rules = None
+        previous = self.rules.version
+        first: dict[int, int] = {}
+        topic = self._clickstream_topic
+        for tp in self.nudge.app.assignor.assigned_actives() if self.ready else ():
+            if tp.topic == topic:
+                next_offset = self.input.processed_up_to(topic, tp.partition)
+                if next_offset is not None:
+                    first[tp.partition] = next_offset
+        for message in batch:
+            if message.topic == topic:
+                first[message.partition] = min(message.offset, first.get(message.partition, message.offset))
+        self.rules = rules
+        self._lead_evaluator = LeadEvaluator(rules)
+        self._rule_kinds = {rule.id: rule.kind for rule in rules.rules}
+        self._rules_stamp = _rules_stamp(rules.version)
+        self._rules_since_ms = wall_ms()
+        self._rule_series(rules)
+        if self.ready:
+            self._index_owned()  # edited and removed rules' deadlines leave the index
+        metrics.RULES_VERSION_INFO.labels(previous).set(0)
+        metrics.RULES_VERSION_INFO.labels(rules.version).set(1)
+        self._series(metrics.RULES_DEPLOYS, "applied").inc()
         log.info(
-            "deadline index rebuilt: %d leads, %d deadlines",
-            sum(len(index) for index in self.indexes.values()),
-            self.pending_deadlines,
+            "rules switched from %s to %s (deployed by %s at %d); first clickstream offsets with %s: %s",
+            previous, rules.version, deploy.author, deploy.at_ms, rules.version,
+            orjson.dumps({str(p): o for p, o in sorted(first.items())}).decode(),
         )
+        self._publish_status(self._status("deploy", previous, first))
+
+    def _status(self, source: str, previous: str = "", first: dict[int, int] | None = None) -> WorkerStatus:
+        worker = rule_versions.worker_id(self.settings)
+        return WorkerStatus(worker, self.rules.version, self._rules_since_ms, wall_ms(), source, previous, first or {})
+
+    def _publish_status(self, status: WorkerStatus) -> None:
+        """Publish the status record in the background (best effort: `nudge rules status` and the logs read it)."""
+        if self.versions is None:
+            return
+
+        async def publish() -> None:
+            try:
+                await rule_versions.publish(self.settings, status.key, status.to_bytes())
+            except Exception:
+                log.warning("could not publish the worker's rule-set status", exc_info=True)
+
+        task = asyncio.ensure_future(publish())
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_tasks.discard)
 
     # --- the agent ------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -310,6 +426,8 @@ class LeadWorker:
         has acknowledged the output, so the caller may mark the batch processed. Raises only on a bug: a bad record
         becomes a dead letter. Also fires the deadlines that came due on the clocks the batch moved."""
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
+            if self._pending_rules is not None:
+                self._switch_rules(batch)
             by_lead: dict[str, list[Input]] = {}
             for message in batch:
                 try:
@@ -429,7 +547,8 @@ class LeadWorker:
             state = self._decode_state(lead_id, raw) if raw is not None else None
             outcome = self._lead_evaluator.run(lead_id, state, inputs, in_place=False)
         new_raw = outcome.state.to_bytes() if outcome.state is not None else None
-        emitted = [(action, kind, action.to_bytes()) for action, kind in outcome.actions]
+        stamp = self._rules_stamp  # the rule-set version, besides the rule version the action carries
+        emitted = [(action, kind, action.to_bytes()[:-1] + stamp) for action, kind in outcome.actions]
         updates = [orjson.dumps(update) for update in outcome.updates] if self.nudge.lead_updates is not None else []
         for update in outcome.updates:
             if update.get("kind") == "journey":
@@ -702,6 +821,9 @@ class LeadWorker:
         """The timer's round: fire what is due on each owned partition's clock, in chunks of
         `TICKS_PER_CHUNK` leads per hold of the state lock (each chunk flushed), at most `MAX_TICKS_PER_ROUND`
         per round so a backlog cannot stall the event loop; the rest fires on the next round."""
+        if self._pending_rules is not None:
+            async with self._state_lock:
+                self._switch_rules()
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
         self._refresh_caught_up()

@@ -273,5 +273,17 @@ def _consumer(settings: Settings) -> AIOKafkaConsumer:
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,  # a deploy reaches the workers fast on every broker (Tansu answers only at this wait)
         **client_options(settings),
     )
+
+
+@dataclass(frozen=True)
+class RuleVersions:
+    """How a worker follows deploys: `load` compiles a deploy's files (the language's loader with the worker's
+    connectors check), `next_offset` is where on the `rules` topic it goes on reading, `source` says where its
+    first rule set came from (`deploy`: the latest deploy; `files`: NUDGE_RULES_PATH, nothing deployed yet)."""
+
+    load: Callable[[list[Path]], RuleSet]
+    next_offset: int
+    source: str = "files"
