@@ -268,3 +268,26 @@ def test_a_split_holdout_goto_follows_a_path_whose_sends_are_held_out() -> None:
     ]
     goals = [u for u in updates if u["kind"] == "experiment" and u["event"] == "goal"]
     assert [(g["variant"], g["rule"]) for g in goals] == [("holdout", "welcome")]  # the default goal: exit_on
+
+
+def test_the_memory_stays_one_entry_per_experiment_over_a_long_stream() -> None:
+    """A year of daily carts, orders and reminders for one lead: at most one entry per experiment, state small."""
+    ruleset = rules(RULES + JOURNEY.replace("rules:\n", ""))
+    lead = _lead_in("b")
+    state = None
+    largest = 0
+    for day in range(365):
+        base = day * 24 * 60
+        for event in (
+            track("Signed Up", base, lead, mid=f"s{day}"),
+            track("Product Added", base + 1, lead, mid=f"p{day}"),
+            track("Order Completed", base + 45, lead, mid=f"o{day}", revenue=5),
+        ):
+            result = evaluate(ruleset, state, event)
+            state = result.state
+            for deadline in result.deadlines:
+                if deadline < at(base + 60):
+                    state = evaluate(ruleset, state, Tick(deadline)).state
+            assert len(state.experiments) <= 2
+            largest = max(largest, state.size())
+    assert largest < 1024, largest
