@@ -59,6 +59,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "kafka_partition",
         "kafka_offset",
         "journey_step",
+        "rules_version",
     ),
     "dead_letters": (
         "at",
@@ -178,7 +179,8 @@ def event_row(record: Record) -> dict[str, Any]:
 
 
 def fired_row(record: Record) -> dict[str, Any]:
-    action = Action.from_json(_load(record))
+    doc = _load(record)
+    action = Action.from_json(doc)
     return {
         "action_id": action.action_id,
         "step": "fired",
@@ -205,6 +207,7 @@ def fired_row(record: Record) -> dict[str, Any]:
         "action": _json(action.to_json()),
         "kafka_topic": topics.ACTIONS,
         "journey_step": action.step or "",
+        "rules_version": str(doc.get("rules_version") or ""),  # stamped by the worker (engine.worker.lead_worker)
     }
 
 
@@ -237,6 +240,7 @@ def delivery_row(record: Record) -> dict[str, Any]:
         "action": "",
         "kafka_topic": topics.DELIVERIES,
         "journey_step": "",  # on the fired row; KPIs join deliveries to it by action_id
+        "rules_version": "",  # on the fired row too
     }
 
 
@@ -292,7 +296,7 @@ def to_row(record: Record) -> tuple[str, list[Any]]:
       .total.
     - `actions` → `actions` row with step `fired`: `at` = `fired_at` (event time), `emitted_at` = the Kafka
       record timestamp (wall clock when the worker emitted it), `journey_step` = the action's journey step
-      (`Action.step`, '' outside journeys).
+      (`Action.step`, '' outside journeys), `rules_version` = the rule-set version the worker stamped on it.
     - `deliveries` → `actions` row with step = the outcome (sent, retried, failed, suppressed, deferred,
       duplicate, held_out), `at` = when the dispatcher recorded it (wall clock).
     - Both kinds of `actions` rows of an action in an experiment carry its `experiment`, `variant` (the arm) and

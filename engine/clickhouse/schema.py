@@ -265,6 +265,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "experiment views: assignments, goals, actions, leads, arms",
         (_EXPERIMENT_ASSIGNMENTS, _EXPERIMENT_GOALS, _EXPERIMENT_ACTIONS, _EXPERIMENT_LEADS, _EXPERIMENT_ARMS),
     ),
+    # The rule-set version (`nudge rules deploy`) the worker fired an action with, besides its rule's version; on
+    # the fired row ('' on delivery rows and on actions fired before rule-set versions).
+    Migration(
+        6,
+        "actions.rules_version",
+        ("ALTER TABLE actions ADD COLUMN IF NOT EXISTS rules_version LowCardinality(String) DEFAULT ''",),
+    ),
 )
 
 # Retention set by NUDGE_RETENTION_DAYS (events) and NUDGE_ACTIONS_RETENTION_DAYS (actions, lead updates): applied

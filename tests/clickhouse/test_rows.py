@@ -125,3 +125,13 @@ def test_journey_step_column() -> None:
     assert _as_dict(*to_row(_rec(topics.ACTIONS, plain.to_bytes())))["journey_step"] == ""
     sent = topics.delivery_record(action=journey.to_json(), outcome="sent", at_ms=5)
     assert _as_dict(*to_row(_rec(topics.DELIVERIES, sent)))["journey_step"] == ""
+
+
+def test_rules_version_column() -> None:
+    """The rule-set version the worker stamps on an action (issue 20) lands in `rules_version` of the fired row."""
+    plain = Action("act_4", "cart", "v1", "u1", 1000, ("m1",), "email", "why")
+    stamped = plain.to_bytes()[:-1] + b',"rules_version":"abc123"}'
+    assert _as_dict(*to_row(_rec(topics.ACTIONS, stamped)))["rules_version"] == "abc123"
+    assert _as_dict(*to_row(_rec(topics.ACTIONS, plain.to_bytes())))["rules_version"] == ""
+    sent = topics.delivery_record(action=plain.to_json(), outcome="sent", at_ms=5)
+    assert _as_dict(*to_row(_rec(topics.DELIVERIES, sent)))["rules_version"] == ""
