@@ -193,6 +193,21 @@ def rules_and_actions() -> db.Dashboard:
            "re-check: conversions and consent changes (ignored: other kinds; invalid: unreadable).",
            [(rate("nudge_dispatch_lead_updates_total", "kind"), "{{kind}}")], "ops", w=12),
     ]
+    journey = 'journey=~"$rule"'  # a journey's id is its rule id
+    journeys = [
+        ts("Journey entries, completions and goals", "Leads entering each journey, completing it (end: true or "
+           "off the last step) and reaching its goal: (converted within goal_within), per second.",
+           [(rate("nudge_journey_events_total", "journey, event", f'{journey}, event=~"entered|completed|goal"'),
+             legend("journey, event"))], "ops"),
+        ts("Journey exits by reason", "Leads leaving a journey early: exit_on (its exit event), step_removed (the "
+           "step it waited at was edited away), loop_guard. Per step: nudge report --journeys.",
+           [(rate("nudge_journey_events_total", "journey, reason", f'{journey}, event="exited"'),
+             legend("journey, reason"))], "ops"),
+        instant_table("Journeys in the selected range", "Journey records per journey and event (steps reached, "
+                      "exits by reason) over the time range; per step in ClickHouse (nudge report --journeys).",
+                      f"sort_desc(sum by (journey, event, reason) "
+                      f"(increase(nudge_journey_events_total{{{journey}}}[$__range])))", w=24),
+    ]
     assignment = [
         ts("Hot-lead assignments", "Assignment calls by outcome: assigned, existing, reassigned, unassigned "
            "(no rep free).", [(rate("nudge_assignments_total", "outcome"), "{{outcome}}")], "ops", w=8),
@@ -217,8 +232,10 @@ def rules_and_actions() -> db.Dashboard:
     ]
     dash = dashboard(
         "nudge-rules-actions", "Nudge / Rules & actions",
-        "What each rule fires, how fast, what happens to its actions at each connector, who gets hot leads.",
-        [("Rules", rules), ("Actions and connectors", connectors), ("Sales assignment", assignment)],
+        "What each rule fires, how fast, how leads go through journeys, what happens to its actions at each "
+        "connector, who gets hot leads.",
+        [("Rules", rules), ("Journeys", journeys), ("Actions and connectors", connectors),
+         ("Sales assignment", assignment)],
     )
     return (dash.with_variable(query_variable("rule", "Rule", "nudge_rule_fires_total", "rule"))
             .with_variable(query_variable("connector", "Connector", "nudge_actions_total", "connector")))

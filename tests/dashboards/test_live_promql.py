@@ -59,6 +59,12 @@ rules:
     within: 1h
     count: 2
     action: {connector: slack, payload: {assign: true}}   # a hot lead: the dispatcher assigns a rep (issue 8)
+  - id: live_journey
+    kind: journey
+    entry: {event: "Product Added"}
+    steps:
+      - {id: pause, wait: 1s}
+      - {id: note, send: {connector: log}}
 """
 
 
