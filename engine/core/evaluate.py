@@ -27,8 +27,10 @@ EMPTY: dict[str, Any] = {}
 class Evaluation:
     """One step's result: the lead's new state, the actions fired (in firing order), the lead updates to publish
     on `lead-updates` (in order: consent and stage changes, conversions, and journey records — `kind: journey`,
-    see `engine.core.kinds.journey.Record`), and `deadlines`: ALL pending deadlines of the lead after this step,
-    sorted and deduplicated (not a delta, so the shell replaces its index entry for the lead)."""
+    see `engine.core.kinds.journey.Record` — and experiment records, `kind: experiment`: goals as their events come,
+    then the step's assignments; see `engine.core.experiments.record`), and `deadlines`: ALL pending deadlines of
+    the lead after this step, sorted and deduplicated (not a delta, so the shell replaces its index entry for the
+    lead)."""
 
     state: LeadState
     actions: list[Action] = field(default_factory=list)
@@ -461,6 +463,13 @@ def evaluate(
       deadlines (with the lead view at the deadline, built only if a branch or a send needs it); their records
       (entered, reached, exited, completed, goal) go to `Evaluation.updates` in the order they happen, and their
       sends pass none of the gates above (a journey's `if:` applies at entry).
+    - Experiments (`engine.core.experiments`, docs/rules.md "Experiments"): an action of a rule with an
+      `experiment:` carries the lead's arm (`assign_arm` of `state.lead_id`; held out on the holdout arm, a
+      variant's action keys merged over the rule's); its first firing within the goal window is reported as
+      `assigned` and remembered in `LeadState.experiments`; an event matching the goal within `goal_within` of
+      the assignment is reported as `goal` (checked before the rules see the event). A journey's `split:` assigns
+      when it is reached, and the sends after it carry its experiment and arm. Entries are dropped after their
+      window (a split's: also once the lead has left that journey entry).
     - Slots of rules that are no longer in the rule set (or disabled) are dropped.
     - Stage changes (score rules, see `engine.core.stages`): each one is listed in `Evaluation.updates` (the
       `lead-updates` record) and, in the same step, the synthetic `track` event `Stage Changed` is shown to the
