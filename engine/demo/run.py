@@ -95,13 +95,36 @@ def longest_deadline_ms(rules_path: Path) -> int:
     return max(windows, default=0)
 
 
+def journey_lines(journeys: list[dict]) -> list[str]:
+    """Per journey that leads entered (`engine.clickhouse.journeys.journey_kpis`): entered, sends fired and sent
+    by step, completed, exited, goal; `nudge report --journeys` has every step."""
+    lines = []
+    for j in journeys:
+        if not j["entered"]:
+            continue
+        exited = sum(j["exited"].values())
+        lines.append(
+            f"  journey {j['journey']:<17} entered {j['entered']:,} · sent {j['sent']:,} of {j['fired']:,} fired · "
+            f"completed {j['completed']:,} · exited {exited:,} · goal {j['goal']:,}"
+        )
+        sends = [f"{s['step']} {s['sent']:,}/{s['fired']:,}" for s in j["steps"] if s["fired"]]
+        waiting = [f"{s['step']} {s['reached']:,}" for s in j["steps"] if s["reached"] and not s["fired"]]
+        if sends:
+            lines.append(f"    sends by step (sent/fired): {', '.join(sends)}")
+        if waiting:
+            lines.append(f"    other steps reached: {', '.join(waiting)}")
+    return lines
+
+
 def print_summary(settings: Settings) -> None:
     from engine.clickhouse.client import connect
+    from engine.clickhouse.journeys import journey_kpis
     from engine.clickhouse.kpis import summary
 
     client = connect(settings.clickhouse_dsn)
     try:
         s = summary(client)
+        journeys = journey_kpis(client, 0, 2**62)
     finally:
         client.close()
     say("")
@@ -116,6 +139,8 @@ def print_summary(settings: Settings) -> None:
     delay = s["detection_delay_p50_ms"]
     shown = "-" if delay is None else f"{delay / 1000:.2f} s"
     say(f"  median detection delay {shown:>8}   (event or deadline → action emitted by the worker)")
+    for line in journey_lines(journeys):
+        say(line)
 
 
 async def _replay_and_watch(settings: Settings, options: DemoOptions, children: list[ChildProcess]) -> None:

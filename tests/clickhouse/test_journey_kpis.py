@@ -23,6 +23,7 @@ from engine.commands.leads import render as render_lead
 from engine.commands.report import render_journeys
 from engine.core.model import Action
 from engine.core.simulate import simulate
+from engine.demo.run import journey_lines
 from engine.events import format_ts, parse_event
 from engine.kafka import topics
 from engine.language.loader import parse_rules
@@ -121,6 +122,12 @@ def test_kpis_per_journey_and_step_count_each_record_once(store: Any) -> None:
     assert journey_kpis(client, T0 - 2 * HOUR, T0 - HOUR) == []
     text = render_journeys({"window": {"since_ms": T0, "until_ms": NOW}, "journeys": [kpis]})
     assert "rescue" in text and "exit_on 1" in text
+    # the demo's summary lines
+    assert journey_lines([kpis]) == [
+        "  journey rescue            entered 4 · sent 4 of 5 fired · completed 2 · exited 2 · goal 2",
+        "    sends by step (sent/fired): r1 2/3, hot 1/1, r2 1/1",
+        "    other steps reached: w1 4, w2 3, stop 1",
+    ]
 
 
 def test_lead_status_from_the_stored_records(store: Any) -> None:
