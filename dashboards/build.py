@@ -163,6 +163,13 @@ def rules_and_actions() -> db.Dashboard:
         ts("Pending deadlines", "Deadlines waiting in each worker's timer index.",
            [('sum by (instance) (nudge_pending_deadlines{job="nudge-worker"})', "{{instance}}")], "short",
            w=6),
+        ts("Rule-set version by worker", "The rule-set version each worker evaluates with (`nudge rules status`); "
+           "two versions for more than a minute: workers disagree (alert NudgeRulesVersionsDisagree).",
+           [('max by (instance, version) (nudge_rules_version_info{job="nudge-worker"} == 1)',
+             "{{instance}} {{version}}")], "short", w=12),
+        ts("Rule deploys", "Deploys the workers switched to (applied) or refused (invalid for that worker, e.g. "
+           "a connector its connectors file lacks; it keeps its version).",
+           [(rate("nudge_rules_deploys_total", "result"), "{{result}}")], "ops", w=12),
     ]
     connectors = [
         ts("Outcomes by connector", "Dispatcher outcomes per second.",
