@@ -165,7 +165,7 @@ def _arm_in_journey(state: LeadState, rule: Rule, firing: Firing) -> tuple[Exper
     best: tuple[Experiment, list[Any]] | None = None
     for experiment in rule.experiments:
         entry = state.experiments.get(experiment.key)
-        if entry is not None and entry[1] >= entered and (best is None or entry[1] >= best[1][1]):
+        if entry is not None and entry[-1] >= entered and (best is None or entry[-1] >= best[1][-1]):
             best = (experiment, entry)
     return (None, None) if best is None else (best[0], str(best[1][0]))
 
@@ -185,13 +185,18 @@ def assign(
     at_ms: int,
     message_id: str | None,
     updates: list[dict[str, Any]],
+    split: bool = False,
 ) -> None:
-    """The lead meets `experiment` at `at_ms` in `arm`: remembered (for goal events) and reported as `assigned`,
-    unless an assignment of this experiment is still within its goal window (then nothing changes)."""
+    """The lead meets `experiment` at `at_ms` in `arm`: remembered (for goal events) as `[arm, at_ms]` and reported
+    as `assigned`, unless an assignment of this experiment is still within its goal window (then only a journey
+    split's entry changes). A split's entry is `[arm, assigned_at_ms, passed_at_ms]`: when the lead last passed the
+    split, and the arm it took then (what its later sends carry)."""
     entry = state.experiments.get(experiment.key)
     if entry is not None and at_ms - entry[1] <= experiment.goal_within_ms:
+        if split:
+            state.experiments[experiment.key] = [arm, entry[1], at_ms]
         return
-    state.experiments[experiment.key] = [arm, at_ms]
+    state.experiments[experiment.key] = [arm, at_ms, at_ms] if split else [arm, at_ms]
     updates.append(experiment_record("assigned", state.lead_id, at_ms, experiment.id, arm, rule.id, message_id))
 
 
@@ -199,7 +204,8 @@ def _goals(rules: RuleSet, state: LeadState, event: Event, updates: list[dict[st
     """Every goal event within `goal_within` of the lead's assignment to an experiment is reported (`goal`)."""
     t = event.timestamp_ms
     ctx: _EventContext | None = None
-    for key, (arm, at_ms) in state.experiments.items():
+    for key, entry in state.experiments.items():
+        arm, at_ms = entry[0], entry[1]
         found = rules.experiments.get(key)
         if found is None:
             continue
@@ -224,7 +230,7 @@ def _drop_spent_experiments(rules: RuleSet, state: LeadState, now_ms: int) -> No
             continue
         if found is not None and type(found[0].logic) is JourneyLogic:
             journey = found[0].logic.load(state.rules.get(found[0].key))
-            if journey is not None and journey.step is not None and journey.entry_ms <= state.experiments[key][1]:
+            if journey is not None and journey.step is not None and journey.entry_ms <= state.experiments[key][-1]:
                 continue
         del state.experiments[key]
 
@@ -301,7 +307,7 @@ def _journey_records(
             step = logic.by_id.get(record.step or "")
             if step is not None and step.experiment is not None:
                 arm = record.reason or ""
-                assign(state, rule, step.experiment, arm, record.at_ms, record.message_id, updates)
+                assign(state, rule, step.experiment, arm, record.at_ms, record.message_id, updates, split=True)
         else:
             updates.append(record.update(state.lead_id, rule.id))
 

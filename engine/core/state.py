@@ -145,7 +145,9 @@ class LeadState:
         absence episode is kept); without `rules`, this lead's slot wins and the other's fills missing ones.
         Gates: the latest fire and the larger count in the same `per` period (ever, without `per`), so caps cannot
         be dodged by identifying. Experiment entries: this (known) lead's; the other's are dropped, because the
-        arm is that of the lead id the state is kept under (the anonymous id's assignment stays in its history).
+        arm is that of the lead id the state is kept under (the anonymous id's assignment stays in its history) —
+        except a journey split's when the other lead's journey in progress is the one kept (its later sends carry
+        the arm of the path it took).
         """
         mine, theirs = self.copy(), other.copy()
         merged_rules = dict(theirs.rules)
@@ -171,6 +173,14 @@ class LeadState:
             else:
                 gates[key] = max(gate, other_gate)
         experiments = mine.experiments if self.lead_id else theirs.experiments
+        if rules is not None and self.lead_id and theirs.experiments:
+            for key, (rule, experiment) in rules.experiments.items():
+                entry = theirs.experiments.get(key)
+                if experiment is rule.experiment or entry is None or key in experiments or rule.key not in theirs.rules:
+                    continue
+                kept = merged_rules.get(rule.key)
+                if kept is not None and rule.logic.load(kept) == rule.logic.load(theirs.rules[rule.key]):
+                    experiments[key] = entry  # the other lead's journey (and the path it took) moved here
         return LeadState(
             self.lead_id or other.lead_id, merge_facts(mine.facts, theirs.facts), merged_rules, gates, experiments
         )

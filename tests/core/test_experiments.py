@@ -291,3 +291,33 @@ def test_the_memory_stays_one_entry_per_experiment_over_a_long_stream() -> None:
             assert len(state.experiments) <= 2
             largest = max(largest, state.size())
     assert largest < 1024, largest
+
+
+def test_a_journey_reentered_within_the_window_still_tags_its_later_sends() -> None:
+    ruleset = rules(JOURNEY.replace("    steps:", "    re_entry: after_exit\n    steps:"))
+    lead = _journey_lead("long")
+    events = [
+        track("Signed Up", 0, lead),
+        track("Subscription Started", 10, lead),
+        track("Signed Up", 60, lead, mid="s2"),
+    ]
+    actions = simulate(ruleset, events)
+    assert [(a.step, a.variant) for a in actions] == [
+        ("hello", None),
+        ("hello", None),
+        ("tip", "long"),
+        ("nudge", "long"),
+    ]
+
+
+def test_a_journey_in_progress_moving_to_the_identified_lead_keeps_its_path_arm() -> None:
+    ruleset = rules(JOURNEY)
+    anon = _journey_lead("long")
+    known = next(
+        f"k{i}" for i in range(1000) if assign_arm("welcome-path", f"k{i}", 0.2, [("short", 1), ("long", 1)]) == "short"
+    )
+    state = evaluate(ruleset, None, track("Signed Up", 0, anon)).state  # waits at wait_long (2 days)
+    merged = LeadState(known).merge(state, ruleset)
+    assert merged.experiments == state.experiments
+    later = evaluate(ruleset, merged, Tick(at(3 * 24 * 60)))
+    assert [(a.lead_id, a.step, a.variant) for a in later.actions] == [(known, "tip", "long"), (known, "nudge", "long")]
