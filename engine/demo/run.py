@@ -118,6 +118,7 @@ def journey_lines(journeys: list[dict]) -> list[str]:
 
 def print_summary(settings: Settings) -> None:
     from engine.clickhouse.client import connect
+    from engine.clickhouse.experiments import report as experiments_report
     from engine.clickhouse.journeys import journey_kpis
     from engine.clickhouse.kpis import summary
 
@@ -125,6 +126,7 @@ def print_summary(settings: Settings) -> None:
     try:
         s = summary(client)
         journeys = journey_kpis(client, 0, 2**62)
+        measured = experiments_report(client, 0, 2**62)
     finally:
         client.close()
     say("")
@@ -141,6 +143,37 @@ def print_summary(settings: Settings) -> None:
     say(f"  median detection delay {shown:>8}   (event or deadline → action emitted by the worker)")
     for line in journey_lines(journeys):
         say(line)
+    for line in experiment_lines(measured):
+        say(line)
+
+
+def experiment_lines(measured: dict) -> list[str]:
+    """The demo's last word: each experiment's arms and its measured uplift against the holdout (the report of
+    `nudge report experiments`)."""
+    lines = []
+    for e in measured["experiments"]:
+        arms = " · ".join(
+            f"{a['arm']} {a['conversions']:,}/{a['leads']:,} converted ({(a['conversion_rate'] or 0) * 100:.1f}%)"
+            for a in e["arms"]
+        )
+        lines.append(f"  experiment {e['experiment']:<15} {arms}")
+        o = e["overall"]
+        if o is None:
+            continue
+        if o["absolute_uplift"] is None:
+            lines.append(f"    measured uplift: {o['verdict']}")
+            continue
+        low, high = o["absolute_uplift_ci95"]
+        lines.append(
+            f"    measured uplift {o['absolute_uplift'] * 100:+.1f} pp (95 % interval {low * 100:+.1f} .. "
+            f"{high * 100:+.1f} pp); verdict: {o['verdict']} (always-valid p {o['sequential']['p_value']:.3f})"
+        )
+        low, high = o["incremental_revenue_ci95"]
+        lines.append(
+            f"    incremental revenue {o['incremental_revenue']:+,.2f} (95 % interval {low:+,.2f} .. {high:+,.2f}); "
+            "`nudge report experiments` has the details"
+        )
+    return lines
 
 
 async def _replay_and_watch(settings: Settings, options: DemoOptions, children: list[ChildProcess]) -> None:
