@@ -14,8 +14,6 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-EXIT_REASONS = ("exit_on", "step_removed", "loop_guard")
-
 # One row per distinct journey record in the window, with its place among the records of its entry (`seq`, by
 # time then Kafka position: the order the worker published them; a repeated record keeps its first place).
 _RECORDS = """
