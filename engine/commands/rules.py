@@ -52,6 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     rollback.add_argument("--author", help="who deploys (default: the user name)")
     rollback.add_argument("--message", "-m", default="", help="why")
     rollback.set_defaults(func=run_rollback)
+    diff = actions.add_parser("diff", help="dry-run rule files against the deployed rules over stored history")
+    diff.add_argument("paths", nargs="+", help="the new rule files or directories (the whole rule set)")
+    diff.add_argument("--since", default="7d", help="history window ending now: 30m, 24h, 7d, 2w")
+    diff.add_argument("--against", action="append", help="compare with these rule files instead of the deployed set")
+    diff.add_argument("--connectors", type=Path, help="connectors file the rules must match (as validate)")
+    diff.add_argument("--json", action="store_true", help="print one JSON document")
+    diff.add_argument("--check", action="store_true", help="exit 1 when any rule's actions change (for CI)")
+    diff.set_defaults(func=run_diff)
     status = actions.add_parser("status", help="the deployed version and the version each worker runs")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=run_status)
@@ -305,3 +313,70 @@ def run_status(args: argparse.Namespace) -> int:
         behind = "" if deployed is None or s.version == deployed else "  (not the deployed version)"
         print(f"{s.worker}  {s.version}  since {_when(s.since_ms)}  from {s.source}{behind}")
     return 0
+
+
+def _deployed_rules(args: argparse.Namespace) -> tuple[RuleSet, str] | int:
+    """The rule set `nudge rules diff` compares with: `--against` files, else the latest deploy on the `rules`
+    topic, else (nothing deployed yet) the files of NUDGE_RULES_PATH; with where it came from."""
+    from engine.worker import rule_versions
+
+    if args.against:
+        found = validated(args.against, args.connectors)
+        return found if isinstance(found, int) else (found[0], " ".join(args.against))
+    try:
+        log = _read_log()
+    except Exception as exc:
+        return _kafka_error(exc)
+    if log.latest is None:
+        found = validated([str(Settings.from_env().rules_path)], args.connectors)
+        return found if isinstance(found, int) else (found[0], "NUDGE_RULES_PATH (nothing deployed)")
+    load = rule_loader(args.connectors)
+    if isinstance(load, int):
+        return load
+    return rule_versions.compile_deploy(log.latest, load), f"deployed version {log.latest.version}"
+
+
+def render_diff(result: Any, against: str, version: str) -> str:
+    from engine.commands.report import table
+
+    rows = [
+        [r.rule, r.status, r.before, r.after, f"+{r.added}", f"-{r.removed}",
+         " ".join([*(f"+{lead}" for lead in r.added_leads), *(f"-{lead}" for lead in r.removed_leads)])]
+        for r in result.rules
+    ]
+    verdict = "CHANGES actions" if result.changes else "no change in actions"
+    title = (
+        f"Rules diff: {version} against {against}, over {result.events} stored events "
+        f"(dry run, nothing sent): {verdict}"
+    )
+    return table(title, ["rule", "status", "before", "after", "added", "removed", "example leads"], rows)
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    """Per rule, the actions the new rule files would add and remove compared with the deployed rules, over the
+    stored history of `--since` (both dry runs of `nudge replay`'s kind, `engine.clickhouse.replay.diff`), with a
+    few example leads. Exit 0; with `--check` 1 when anything changes (for CI); 1 when ClickHouse or the broker
+    is unreachable; 2 invalid rules or arguments (the new files' problems as `nudge rules validate` prints them)."""
+    from engine.commands.report import over_history
+
+    found = validated(args.paths, args.connectors)
+    if isinstance(found, int):
+        return found
+    after = found[0]
+    deployed = _deployed_rules(args)
+    if isinstance(deployed, int):
+        return deployed
+    before, against = deployed
+
+    def query(client: Any, since_ms: int, until_ms: int) -> Any:
+        from engine.clickhouse.replay import diff
+
+        return diff(client, before, after, since_ms, until_ms)
+
+    settings = Settings.from_env()
+    code, result = over_history(
+        "rules diff", args, settings, query,
+        lambda r: {**r.to_json(), "version": after.version, "against": against},
+        lambda r: render_diff(r, against, after.version),
+    )
+    return 1 if result is not None and args.check and result.changes else code
