@@ -4,7 +4,7 @@ assignment formula as ClickHouse SQL for analysts. Read-only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -14,6 +14,10 @@ from engine.experiments import statistics as st
 HOLDOUT = "holdout"
 TREATMENT = "treatment"
 TREATED = "treated"  # every non-holdout arm pooled, against the holdout
+SRM_P = 0.001  # a sample-ratio mismatch below this p-value (the usual alarm level: it must not fire by chance)
+
+Config = tuple[float, Sequence[tuple[str, float]]]
+"""An experiment as configured: (holdout share, [(variant id, weight), ...] in the order listed)."""
 
 
 def _quote(text: str) -> str:
@@ -134,10 +138,51 @@ def arm_json(arm: st.Arm) -> dict[str, Any]:
     }
 
 
-def analyse(experiment: str, rules: Sequence[str], arms_: list[st.Arm], held_out_actions: int = 0) -> dict[str, Any]:
-    """One experiment's report: its arms, each variant against the holdout and against the first variant, and
-    every variant pooled ("treated") against the holdout, whose incremental revenue is the experiment's."""
+def expected_shares(config: Config) -> dict[str, float]:
+    """Each arm's configured share of the leads: the holdout's, and the rest split by weight."""
+    holdout, variants = config
+    if not variants:
+        return {HOLDOUT: holdout, TREATMENT: 1 - holdout}
+    total = sum(w for _, w in variants)
+    return {HOLDOUT: holdout, **{name: (1 - holdout) * w / total for name, w in variants}}
+
+
+def balance(arms_: Sequence[st.Arm], config: Config | None) -> dict[str, Any] | None:
+    """The sample-ratio check: do the arms split the leads as configured (chi-square)? A mismatch means the
+    assignment or the logging is broken (or the configuration changed mid-experiment) and the uplift cannot be
+    trusted. None without a configuration (the experiment is not in the loaded rules)."""
+    if config is None:
+        return None
+    shares = expected_shares(config)
+    counts = {a.name: a.leads for a in arms_}
+    unknown = sorted(set(counts) - set(shares))
+    if unknown:
+        return {"expected_shares": shares, "p_value": None, "mismatch": True,
+                "note": f"arms not in the configuration: {', '.join(unknown)}"}  # fmt: skip
+    live = {name: share for name, share in shares.items() if share > 0}
+    statistic, p_value = st.chi_square_balance([counts.get(n, 0) for n in live], list(live.values()))
+    return {
+        "expected_shares": {n: round(v, 6) for n, v in shares.items()},
+        "chi_square": round(statistic, 4),
+        "p_value": round(p_value, 6),
+        "mismatch": p_value < SRM_P,
+    }
+
+
+def analyse(
+    experiment: str,
+    rules: Sequence[str],
+    arms_: list[st.Arm],
+    held_out_actions: int = 0,
+    config: Config | None = None,
+) -> dict[str, Any]:
+    """One experiment's report: its arms, each variant against the holdout and against the first variant (the
+    first listed when `config` is known, else by id), every variant pooled ("treated") against the holdout, whose
+    incremental revenue is the experiment's, and the sample-ratio check when `config` is known."""
     ordered = _ordered(arms_)
+    if config is not None:
+        listed = [name for name, _ in config[1]]
+        ordered.sort(key=lambda a: (a.name != HOLDOUT, listed.index(a.name) if a.name in listed else len(listed)))
     holdout = next((a for a in ordered if a.name == HOLDOUT), None)
     variants = [a for a in ordered if a.name != HOLDOUT]
     comparisons = []
@@ -154,17 +199,22 @@ def analyse(experiment: str, rules: Sequence[str], arms_: list[st.Arm], held_out
         "rules": sorted(rules),
         "arms": [arm_json(a) for a in ordered],
         "held_out_actions": held_out_actions,
+        "balance": balance(ordered, config),
         "comparisons": [comparison_json(c) for c in comparisons],
         "overall": None if overall is None else comparison_json(overall),
     }
 
 
-def report(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
+def report(
+    client: Client, since_ms: int, until_ms: int, configs: Mapping[str, Config] | None = None
+) -> dict[str, Any]:
     """Every experiment with people assigned in the window (what `nudge report experiments --json` prints), and
-    the total incremental revenue over the experiments that have enough data."""
+    the total incremental revenue over the experiments that have enough data. `configs`: the experiments as the
+    loaded rules configure them, by id (for the sample-ratio check and the variants' order)."""
     found = arms(client, since_ms, until_ms)
+    configs = configs or {}
     experiments = [
-        analyse(name, sorted(entry["rules"]), entry["arms"], entry["held_out_actions"])
+        analyse(name, sorted(entry["rules"]), entry["arms"], entry["held_out_actions"], configs.get(name))
         for name, entry in sorted(found.items())
     ]
     return {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -259,6 +260,34 @@ def _comparison_row(c: dict[str, Any]) -> list[Any]:
     ]
 
 
+def experiment_configs(rules_path: Path) -> dict[str, tuple[float, list[tuple[str, float]]]]:
+    """The experiments of the rules at `rules_path` (NUDGE_RULES_PATH) by id: (holdout, [(variant, weight)]), for
+    the sample-ratio check. Empty when the rules are missing or do not load (the report works without them)."""
+    from engine.language import load_rules
+
+    try:
+        rules = load_rules([rules_path])
+    except Exception:  # any problem: report without the check rather than fail
+        return {}
+    return {
+        e.id: (e.holdout, [(v.id, v.weight) for v in e.variants]) for rule in rules.rules for e in rule.experiments
+    }
+
+
+def _balance_line(balance: dict[str, Any] | None) -> str:
+    if balance is None:
+        return "Sample ratio: not checked (the experiment is not in the rules at NUDGE_RULES_PATH)"
+    shares = ", ".join(f"{arm} {share * 100:.0f}%" for arm, share in balance["expected_shares"].items())
+    if balance.get("p_value") is None:
+        return f"SAMPLE RATIO MISMATCH: {balance['note']} (configured: {shares}); do not trust the uplift"
+    if balance["mismatch"]:
+        return (
+            f"SAMPLE RATIO MISMATCH: the arms do not split as configured ({shares}; chi-square p "
+            f"{balance['p_value']:.2g}): assignment, logging or a mid-experiment change is off; do not trust the uplift"
+        )
+    return f"Sample ratio: arms split as configured ({shares}; chi-square p {balance['p_value']:.2f})"
+
+
 def render_experiments(report: dict[str, Any]) -> str:
     """`nudge report experiments`: per experiment its arms, then each comparison and the treated-vs-holdout line."""
     w = report["window"]
@@ -272,7 +301,8 @@ def render_experiments(report: dict[str, Any]) -> str:
             for a in e["arms"]
         ]
         headers = ["arm", "leads", "actions sent", "conversions", "rate", "revenue/lead"]
-        parts.append(table(f"Experiment {e['experiment']} (rule {', '.join(e['rules'])})", headers, arms))
+        arms_table = table(f"Experiment {e['experiment']} (rule {', '.join(e['rules'])})", headers, arms)
+        parts.append(arms_table + "\n" + _balance_line(e.get("balance")))
         rows = [_comparison_row(c) for c in e["comparisons"]]
         if e["overall"] is not None and e["overall"]["arm"] not in {c["arm"] for c in e["comparisons"]}:
             rows.append(_comparison_row(e["overall"]))
@@ -302,14 +332,15 @@ def run(args: argparse.Namespace) -> int:
         args.since = "30d" if experiments else "7d"
     if experiments:
 
+        settings = Settings.from_env()
+        configs = experiment_configs(settings.rules_path)
+
         def query_experiments(client: Client, since_ms: int, until_ms: int) -> dict[str, Any]:
             from engine.clickhouse import experiments as ex
 
-            return ex.report(client, since_ms, until_ms)
+            return ex.report(client, since_ms, until_ms, configs)
 
-        code, _ = over_history(
-            "report experiments", args, Settings.from_env(), query_experiments, lambda r: r, render_experiments
-        )
+        code, _ = over_history("report experiments", args, settings, query_experiments, lambda r: r, render_experiments)
         return code
 
     try:

@@ -21,7 +21,7 @@ from engine.clickhouse import kpis
 from engine.clickhouse.client import connect
 from engine.clickhouse.migrations import migrate
 from engine.clickhouse.rows import Record, to_row
-from engine.commands.report import render, render_experiments
+from engine.commands.report import experiment_configs, render, render_experiments
 from engine.core.experiments import assign_arm, record
 from engine.events import format_ts
 from engine.experiments import statistics as st
@@ -317,3 +317,27 @@ def test_the_experiments_dashboard_sql_runs_on_the_views(client: Any, stored: di
         assert "$" not in sql, sql
         rows = client.query(sql).result_rows
         assert rows and any("cart_abandoned" in " ".join(map(str, row)) for row in rows), target["rawSql"]
+
+
+def test_the_sample_ratio_check_uses_the_configured_experiment(client: Any, stored: dict[str, Any]) -> None:
+    configs = experiment_configs(ROOT / "examples" / "rules")
+    assert configs["cart_abandoned"] == (0.2, [])
+    doc = ex.report(client, NOW - 30 * DAY, NOW, configs)
+    balance = doc["experiments"][0]["balance"]
+    assert balance["expected_shares"] == {"holdout": 0.2, "treatment": 0.8}
+    assert not balance["mismatch"] and balance["p_value"] > 0.001
+    assert "Sample ratio: arms split as configured (holdout 20%, treatment 80%" in render_experiments(doc)
+    wrong = ex.report(client, NOW - 30 * DAY, NOW, {"cart_abandoned": (0.5, [])})
+    assert wrong["experiments"][0]["balance"]["mismatch"]
+    assert "SAMPLE RATIO MISMATCH" in render_experiments(wrong)
+    renamed = ex.report(client, NOW - 30 * DAY, NOW, {"cart_abandoned": (0.2, [("a", 1.0), ("b", 1.0)])})
+    assert renamed["experiments"][0]["balance"]["note"] == "arms not in the configuration: treatment"
+    assert "not checked" in render_experiments(ex.report(client, NOW - 30 * DAY, NOW))
+    assert experiment_configs(ROOT / "no-such-rules") == {}
+
+
+def test_variants_keep_their_configured_order() -> None:
+    arms = [st.Arm("a", 1_000, 110), st.Arm("holdout", 300, 24), st.Arm("b", 1_000, 130)]
+    doc = ex.analyse("copy", ["cart"], arms, config=(0.1, [("b", 1.0), ("a", 1.0)]))
+    assert [a["arm"] for a in doc["arms"]] == ["holdout", "b", "a"]
+    assert [(c["arm"], c["baseline"]) for c in doc["comparisons"]][-1] == ("a", "b")
