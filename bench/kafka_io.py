@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -62,6 +62,44 @@ async def produce(bootstrap: str, topic: str, records: Sequence[Record], window:
     finally:
         await producer.stop()
     return len(records) / max(1e-9, time.perf_counter() - started)
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, records: Iterable[Record], partitions: int, window: int = 50_000
+) -> dict[str, float]:
+    """Send `records` (any number, e.g. `workload.laps(...)`) as closed produce batches per partition (Kafka's
+    default key partitioner, as any producer keyed by lead), acknowledged before returning; returns
+    {records, valid, seconds, events_per_s}. Runs while nothing is measured: it only has to be quick."""
+    producer = _producer(bootstrap)
+    await producer.start()
+    started = time.perf_counter()
+    sent = valid = 0
+    try:
+        chunk: list[Record] = []
+
+        async def flush() -> None:
+            by_partition: dict[int, list[tuple[bytes | None, bytes]]] = {}
+            for record in chunk:
+                partition = default_partition(record.key, partitions) if record.key is not None else 0
+                by_partition.setdefault(partition, []).append((record.key, record.value))
+            futures = []
+            for partition, batch_records in by_partition.items():
+                futures.extend(await send_in_batches(producer, topic, partition, batch_records))
+            await asyncio.gather(*futures)
+            chunk.clear()
+
+        for record in records:
+            chunk.append(record)
+            sent += 1
+            valid += record.valid
+            if len(chunk) >= window:
+                await flush()
+        if chunk:
+            await flush()
+    finally:
+        await producer.stop()
+    seconds = time.perf_counter() - started
+    return {"records": sent, "valid": valid, "seconds": round(seconds, 2), "events_per_s": round(sent / seconds)}
 
 
 @dataclass
@@ -151,6 +189,57 @@ async def raw_consume(
         "events_per_s": round(seen / max(1e-9, elapsed)),
         "cpu_s_per_1k": round(cpu / max(1, seen) * 1000, 4),
     }
+
+
+class RawReader:
+    """Measurement (1) as a steady state: a plain aiokafka consumer reading `topic` and orjson-decoding every
+    record, from the beginning and again from the beginning when it has caught up, until `stop()`; `seen` counts
+    the records read. Runs in this process (its CPU is `time.process_time()`)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.seen = self.decoded = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * MIB,
+            fetch_max_bytes=32 * MIB,
+        )
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                if not any(batches.values()):
+                    await consumer.seek_to_beginning()
+                    continue
+                for messages in batches.values():
+                    for message in messages:
+                        self.seen += 1
+                        with contextlib.suppress(orjson.JSONDecodeError):
+                            orjson.loads(message.value)
+                            self.decoded += 1
+        finally:
+            await consumer.stop()
+
+    def check_alive(self) -> None:
+        if self._task is not None and self._task.done():
+            self._task.result()  # raises what stopped it
+            raise RuntimeError("raw reader stopped")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def output_watcher(bootstrap: str, topics: Sequence[str]) -> TopicReader:

@@ -9,10 +9,11 @@ BENCH_NAIVE_TUNED=1 it instead takes the Nudge worker's Faust settings and broke
 10k-record polls, ...), which shows how much of the worker's lead is configuration and how much design.
 
 Environment: the NUDGE_* variables of the run (broker, topic prefix, partitions, state dir, web port) plus
-BENCH_APP_ID (its own consumer group), BENCH_EXPECTED (records to process), BENCH_STATUS (a file) and
-BENCH_NAIVE_WRITES (2; 1 for the variant that folds the counter into the last-seen record). The agent writes
-{count, seconds, cpu_s} to BENCH_STATUS every 5,000 records and when it has seen BENCH_EXPECTED, measured from
-its first record, so start-up and group join are not counted.
+BENCH_APP_ID (its own consumer group), BENCH_STATUS (a file), BENCH_CLICKSTREAM_TOPIC (the shared backlog; default
+the prefixed clickstream) and BENCH_NAIVE_WRITES (2; 1 for the variant that folds the counter into the last-seen
+record). The agent writes {count, t, cpu_s} to BENCH_STATUS at most every 0.2 s (t: time.monotonic(), cpu_s:
+its own process time, both taken when count was), so the harness reads the agent's own counters at a window's
+edges.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def main() -> int:
     from engine.worker.faust_ext.broker_profiles import faust_security, faust_settings
 
     settings = Settings.from_env().with_(app_id=os.environ["BENCH_APP_ID"])
-    expected = int(os.environ["BENCH_EXPECTED"])
     writes = int(os.environ.get("BENCH_NAIVE_WRITES", "2"))
     status_path = Path(os.environ["BENCH_STATUS"])
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -59,19 +59,16 @@ def main() -> int:
         }
     app = faust.App(**options)
     clickstream = app.topic(
-        settings.topic("clickstream"), key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw",
+        os.environ.get("BENCH_CLICKSTREAM_TOPIC") or settings.topic("clickstream"),
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
     )
     counts = app.Table("naive-counts", default=int, partitions=settings.partitions)
     last_seen = app.Table("naive-last-seen", default=dict, partitions=settings.partitions)
-    progress = {"count": 0, "started": 0.0, "cpu_started": 0.0}
+    progress = {"count": 0, "reported": 0.0}
 
-    def report() -> None:
-        status = {
-            "count": progress["count"],
-            "seconds": time.perf_counter() - progress["started"],
-            "cpu_s": time.process_time() - progress["cpu_started"],
-        }
+    def report(now: float) -> None:
+        progress["reported"] = now
+        status = {"count": progress["count"], "t": now, "cpu_s": time.process_time()}
         tmp = status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
         tmp.replace(status_path)
@@ -79,8 +76,6 @@ def main() -> int:
     @app.agent(clickstream)
     async def count_events(stream: faust.StreamT) -> None:
         async for event in stream:
-            if progress["count"] == 0:
-                progress["started"], progress["cpu_started"] = time.perf_counter(), time.process_time()
             progress["count"] += 1
             try:
                 doc = json.loads(event)
@@ -94,8 +89,9 @@ def main() -> int:
                 else:
                     counts[lead] += 1
                     last_seen[lead] = seen
-            if progress["count"] % 5000 == 0 or progress["count"] == expected:
-                report()
+            now = time.monotonic()
+            if now - progress["reported"] >= 0.2:
+                report(now)
 
     worker = faust.Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,56 +1,62 @@
-"""The benchmark's outputs: ratios and target checks added to the results, and the printed table.
+"""The benchmark's outputs: ratios, targets and gates added to the results, and the printed table.
 
-`summarise(results)` adds `ratios` (worker/raw = 3/1, worker/naive = 3/2, two workers/one) and `targets`
-(each issue-9 target with the measured value and whether it holds) to the results dict; `table(results)`
-renders the human-readable table printed at the end of `python -m bench`.
+`summarise(results, quick)` adds `ratios` (medians of the steps' windows: worker/raw = 3/1, worker/naive = 3/2,
+n workers / one), `targets` and `gates` (bench/targets.py) to the results dict; `table(results)` renders the
+human-readable table printed at the end of `python -m bench`; `exit_code(results)` is 1 when a gate fails.
+`baseline_from(doc)` reads the figures the guard compares with from a previous results file.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-KIB = 1024
+from bench.targets import check_targets, get, guard, validity
+
 MIB = 1024 * 1024
-
-
-def _get(doc: dict[str, Any] | None, *path: str) -> Any:
-    for key in path:
-        if not isinstance(doc, dict):
-            return None
-        doc = doc.get(key)
-    return doc
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    m = results["measurements"]
-    worker = _get(m, "worker", "events_per_s")
-    results["ratios"] = {
-        "worker_vs_raw (3/1)": _ratio(worker, _get(m, "raw", "events_per_s")),
-        "worker_vs_naive (3/2)": _ratio(worker, _get(m, "naive", "events_per_s")),
-        "worker_vs_naive_one_write (3/2'')": _ratio(worker, _get(m, "naive_one_write", "events_per_s")),
-        "worker_vs_naive_tuned (3/2')": _ratio(worker, _get(m, "naive_tuned", "events_per_s")),
-        "two_workers_vs_one (6)": _ratio(_get(m, "two_workers", "events_per_s"), worker),
+def baseline_from(doc: dict[str, Any] | None, source: str) -> dict[str, Any] | None:
+    """The guard's baseline from a previous latest.json (`source` says where it came from)."""
+    if not doc:
+        return None
+    ratio = get(doc, "ratios", "worker_vs_naive (3/2)")
+    if not ratio:
+        return None
+    return {
+        "source": source,
+        "commit": get(doc, "environment", "commit"),
+        "started_at": doc.get("started_at"),
+        "worker_vs_naive": ratio,
+        "worker_events_per_s": get(doc, "measurements", "worker", "events_per_s"),
+        "worker_cpu_s_per_1k": get(doc, "measurements", "worker", "cpu_s_per_1k"),
     }
-    per_lead = _get(m, "worker", "grown", "state_bytes_per_lead") or _get(m, "worker", "state",
-                                                                         "state_bytes_per_lead")
-    ratios = results["ratios"]
-    checks = [
-        ("worker >= 3x naive agent", ratios["worker_vs_naive (3/2)"], lambda v: v >= 3),
-        ("stretch: worker >= 5x naive agent", ratios["worker_vs_naive (3/2)"], lambda v: v >= 5),
-        ("stretch: worker >= 0.1x raw consume", ratios["worker_vs_raw (3/1)"], lambda v: v >= 0.1),
-        ("event -> action p99 < 1 s", _get(m, "latency", "event_to_action_s", "p99"), lambda v: v < 1),
-        ("deadline lag p99 < 1 s", _get(m, "latency", "deadline_lag_s", "p99"), lambda v: v < 1),
-        ("state <= 1 KiB per active lead", per_lead, lambda v: v <= KIB),
-    ]
-    results["targets"] = [
-        {"target": name, "value": value, "holds": None if value is None else bool(test(value))}
-        for name, value, test in checks
-    ]
+
+
+def summarise(results: dict[str, Any], quick: bool = False) -> dict[str, Any]:
+    m = results["measurements"]
+    worker = get(m, "worker", "events_per_s")
+    ratios = {
+        "worker_vs_raw (3/1)": _ratio(worker, get(m, "raw", "events_per_s")),
+        "worker_vs_naive (3/2)": _ratio(worker, get(m, "naive", "events_per_s")),
+        "worker_vs_naive_one_write (3/2'')": _ratio(worker, get(m, "naive_one_write", "events_per_s")),
+        "worker_vs_naive_tuned (3/2')": _ratio(worker, get(m, "naive_tuned", "events_per_s")),
+        "journeys_vs_naive (7/2)": _ratio(get(m, "journeys", "events_per_s"), get(m, "naive", "events_per_s")),
+    }
+    for key in sorted(m):
+        if key.startswith("workers_"):
+            ratios[f"{key}_vs_one (6)"] = _ratio(get(m, key, "events_per_s"), worker)
+    results["ratios"] = {k: v for k, v in ratios.items() if v is not None}
+    results["targets"] = check_targets(results)
+    results["gates"] = [validity(results, quick), guard(results)]
     return results
+
+
+def exit_code(results: dict[str, Any]) -> int:
+    return 1 if any(g["holds"] is False for g in results.get("gates", [])) else 0
 
 
 def _num(value: Any, unit: str = "") -> str:
@@ -61,56 +67,80 @@ def _num(value: Any, unit: str = "") -> str:
     return f"{value:,.3f}{unit}" if value < 10 else f"{value:,.1f}{unit}"
 
 
+STEP_LABELS = [
+    ("raw", "(1) raw aiokafka consume + orjson"),
+    ("naive", "(2) naive Faust agent, 2 table writes/event"),
+    ("naive_one_write", "(2'') naive Faust agent, 1 table write/event"),
+    ("naive_tuned", "(2') naive agent, worker's Faust settings"),
+    ("worker", "(3) nudge worker, all packs"),
+    ("worker_dev_profile", "(3') nudge worker [dev: 1 record/batch]"),
+    ("workers_2", "(6) 2 nudge workers"),
+    ("workers_4", "(6) 4 nudge workers"),
+    ("journeys", "(7) nudge worker, journey-heavy backlog"),
+]
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["measurements"]
     rows: list[tuple[str, str, str]] = []
-
-    def rate_row(label: str, key: str) -> None:
+    for key, label in STEP_LABELS:
         got = m.get(key)
-        if got:
-            cpu = _num(got.get("cpu_s_per_1k"), " CPU-s/1k ev")
-            rows.append((label, _num(got.get("events_per_s"), " ev/s"), cpu))
-
-    rate_row("(1) raw aiokafka consume + orjson", "raw")
-    rate_row("(2) naive Faust agent, 2 table writes/event", "naive")
-    rate_row("(2'') naive Faust agent, 1 table write/event", "naive_one_write")
-    rate_row("(2') naive agent, worker's Faust settings", "naive_tuned")
-    rate_row(f"(3) nudge worker [{results['broker_profile']}]", "worker")
-    rate_row("(3') nudge worker [dev: 1 record/batch]", "worker_dev_profile")
-    rate_row("(6) two nudge workers", "two_workers")
-    for key in ("worker", "two_workers"):
-        got = m.get(key) or {}
-        extra = (got.get("group_joins") or 0) - (got.get("workers") or 0)
-        if extra > 0:
-            rows.append((f"    {key}: {extra} rebalance(s) during the run", "state figures may undercount",
-                         "(Tansu end-offset bug on recovery)"))
-    for key, note in (("latency", "as shipped: dev profile, Tansu fetch wait capped at 20 ms"),):
-        lat = m.get(key)
-        if not lat:
+        if not got:
             continue
+        spread = got.get("spread")
+        rate = (f"{_num(got.get('events_per_s'))} ev/s [{_num(got.get('events_per_s_min'))}-"
+                f"{_num(got.get('events_per_s_max'))}]")
+        cores = got.get("cores_busy") or {}
+        detail = (f"{_num(got.get('cpu_s_per_1k'))} CPU-s/1k; spread {_num(spread)}; {got.get('repetitions')}x"
+                  f"{_num(got.get('window_s'))} s; cores: measured {_num(cores.get('measured_total'))}, broker "
+                  f"{_num(cores.get('broker'))}, harness {_num(cores.get('harness'))}, others "
+                  f"{_num(cores.get('others'))}")
+        if got.get("flags"):
+            detail += f"  FLAGGED: {', '.join(got['flags'])}"
+        rows.append((label, rate, detail))
+    lat = m.get("latency")
+    if lat:
         ev, dl = lat["event_to_action_s"], lat["deadline_lag_s"]
-        rows.append((f"(4) offered load [{note}]", _num(lat["offered_events_per_s"], " ev/s"),
-                     f"achieved {_num(lat['achieved_events_per_s'])}"))
+        rows.append(("(4) offered load [dev profile, Tansu fetch wait capped]",
+                     _num(lat["offered_events_per_s"], " ev/s"),
+                     f"achieved {_num(lat['achieved_events_per_s'])}; worker busy "
+                     f"{_num(lat.get('worker_cpu_busy_during_load'))}, load generator "
+                     f"{_num(lat.get('load_generator_cpu_busy_during_load'))}, broker "
+                     f"{_num(lat.get('broker_cpu_busy_during_load'))} cores"))
         rows.append(("    event -> action (threshold rule)", f"p50 {_num(ev['p50'], ' s')}",
                      f"p99 {_num(ev['p99'], ' s')} (n={ev['count']})"))
         rows.append(("    deadline lag (absence rules)", f"p50 {_num(dl['p50'], ' s')}",
                      f"p99 {_num(dl['p99'], ' s')} (n={dl['count']})"))
-    for key, label in (("state", "(5) state"), ("grown", "(5) state, grown")):
-        state = _get(m, "worker", key) if key == "state" else _get(m, "worker", "grown")
+    for key, label in (("worker", "(5) state, all packs"), ("journeys", "(5) state, journey-heavy")):
+        state = get(m, key, "state")
         if state:
             rss = max((r for r in state["rss_bytes"] if r), default=None)
             rows.append((f"{label}: {_num(state['active_leads'])} leads",
                          _num(state["state_bytes_per_lead"], " B/lead"),
-                         f"RSS {_num(round(rss / MIB) if rss else None, ' MiB')}"))
+                         f"RSS {_num(round(rss / MIB) if rss else None, ' MiB')}"
+                         + (f" ({_num(round(rss / state['active_leads']))} B/lead)" if rss and state["active_leads"]
+                            else "")))
     for name, value in results.get("ratios", {}).items():
         rows.append((f"ratio {name}", _num(value, "x"), ""))
     for check in results.get("targets", []):
         verdict = {True: "holds", False: "MISSED", None: "not measured"}[check["holds"]]
-        rows.append((f"target: {check['target']}", _num(check["value"]), verdict))
+        rows.append((f"target ({check['source']}): {check['target']}", _num(check["value"]), verdict))
+    for gate in results.get("gates", []):
+        verdict = {True: "PASS", False: "FAIL", None: "not checked"}[gate["holds"]]
+        if gate["gate"] == "ratio guard":
+            detail = (f"3/2 = {_num(gate['value'])} vs baseline {_num(gate['baseline'])} "
+                      f"(floor {_num(gate.get('floor'))}, tolerance {_num(gate['tolerance'])})")
+        else:
+            detail = "; ".join([*(f"{k}: {', '.join(v)}" for k, v in gate["flagged"].items()),
+                                *(f"{k}: failed" for k in gate["failed"])]) or "every window as asked"
+        rows.append((f"gate: {gate['gate']}", verdict, detail))
+    if not rows:
+        return "no results"
     width = max(len(r[0]) for r in rows)
     second = max(len(r[1]) for r in rows)
     lines = [f"{a:<{width}}  {b:>{second}}  {c}" for a, b, c in rows]
-    header = (f"Nudge benchmark {results['started_at']}  workload {results['workload']['events']:,} events / "
-              f"{results['workload']['leads']:,} leads (seed {results['workload']['seed']}), "
-              f"{results['partitions']} partitions, broker profile {results['broker_profile']}")
+    workload = results.get("workload", {})
+    header = (f"Nudge benchmark {results.get('started_at')}  backlog {_num(get(results, 'backlog', 'records'))} "
+              f"records over {_num(workload.get('leads'))} leads (seed {workload.get('seed')}), "
+              f"{results.get('partitions')} partitions, broker profile {results.get('broker_profile')}")
     return "\n".join([header, "-" * len(header), *lines])

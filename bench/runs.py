@@ -1,14 +1,15 @@
 """The measurements of one benchmark run, each against the same broker and the same seeded workload.
 
-Every measurement gets its own topic prefix and consumer group (`RunContext.settings`), so they never see
-each other's records or offsets. Rates are taken from the first processed record to the last (start-up and
-group joins are excluded); CPU is the measured process's own user+system time over the same interval.
+Every measurement gets its own topic prefix and consumer group (`RunContext.settings`), so they never see each
+other's outputs or offsets; the throughput steps all read one shared, pre-filled backlog (`Backlog`) from the
+beginning. Throughput is measured in steady-state windows of fixed duration from the processes' own counters
+sampled at the windows' edges (bench/steady.py), never from the first poll that saw progress.
 
-- `measure_raw`     (1) plain aiokafka consume + orjson decode of the clickstream.
-- `measure_naive`   (2) the naive Faust agent (bench/naive_app.py) on the same topic.
-- `measure_worker`  (3) `nudge worker` process(es) with the shipped rule pack: events/s, CPU per 1k events,
-                    then (5) state per lead and RSS, optionally after growing to more leads; and (6) with two
-                    workers sharing the partitions.
+- `measure_raw`     (1) plain aiokafka consume + orjson decode of the backlog (starting over when caught up).
+- `measure_naive`   (2) the naive Faust agent (bench/naive_app.py) on the backlog.
+- `measure_worker`  (3) `nudge worker` process(es) with the shipped rule pack (every file in rules/): events/s,
+                    CPU per 1k events; (5) state per lead and RSS after the windows; (6) 2 and 4 workers sharing
+                    the partitions; (7) the journey-heavy backlog.
 - `measure_latency` (4) one worker under a paced offered load, events stamped with the wall clock as sent:
                     event -> action latency of the threshold rule (action arrival on `actions` minus the
                     triggering event's time) and deadline lag of abandonment rules (arrival minus the
@@ -24,7 +25,7 @@ import os
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,9 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import kafka_io
+from bench import kafka_io, steady
 from bench.rule_pack import SHIPPED, compressed_pack
-from bench.workload import Workload
+from bench.workload import Record, Workload, laps
 from engine.config import Settings
 from engine.devstack import StackInfo, free_port
 from engine.testing import ChildProcess, wait_until
@@ -57,6 +58,7 @@ class RunContext:
     broker_profile: str
     partitions: int
     worker_env: dict[str, str] = field(default_factory=dict)  # experiments: extra NUDGE_*/BENCH_* variables
+    broker_pid: int | None = None  # for the broker's CPU beside the measured processes'
     run_id: str = field(default_factory=lambda: f"b{int(time.time())}")
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -148,63 +150,105 @@ def _total(samples: Sequence[dict[str, float]], name: str) -> float:
     return sum(s.get(name, 0.0) for s in samples)
 
 
+# --- the shared backlog ---------------------------------------------------------------------------------------
+@dataclass
+class Backlog:
+    """A pre-filled clickstream topic every throughput step reads from the beginning with its own consumer group."""
+
+    topic: str
+    records: int = 0  # records produced (malformed ones included: the naive agent counts those)
+    valid: int = 0  # events a worker counts as consumed
+    produce_seconds: float = 0.0
+
+    async def fill(self, ctx: RunContext, records: Iterable[Record]) -> dict[str, float]:
+        """Append `records` (the topic is created with the run's partitions on first use)."""
+        if not self.records:
+            await kafka_io.create_topic(ctx.stack.bootstrap, self.topic, ctx.partitions)
+        done = await kafka_io.produce_backlog(ctx.stack.bootstrap, self.topic, records, ctx.partitions)
+        self.records += int(done["records"])
+        self.valid += int(done["valid"])
+        self.produce_seconds += done["seconds"]
+        return done
+
+
+def _context(ctx: RunContext) -> dict[str, float]:
+    return steady.context_sample(ctx.broker_pid)
+
+
 # --- (1) raw consume ------------------------------------------------------------
-async def measure_raw(ctx: RunContext, workload: Workload) -> tuple[dict[str, Any], Settings]:
-    """Load the workload into a fresh clickstream topic and read it back raw; the topic is reused by (2)."""
-    settings = ctx.settings("raw")
-    topic = settings.topic("clickstream")
-    await kafka_io.create_topic(ctx.stack.bootstrap, topic, ctx.partitions)
-    produce_rate = await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
-    result = await kafka_io.raw_consume(ctx.stack.bootstrap, topic, len(workload.records))
-    result["produce_events_per_s"] = round(produce_rate)
-    return result, settings
+class _RawProbe:
+    backlog = 10**12  # the reader starts over when it has caught up: it never runs out
+
+    def __init__(self, ctx: RunContext, reader: kafka_io.RawReader) -> None:
+        self.ctx, self.reader = ctx, reader
+
+    def check_alive(self) -> None:
+        self.reader.check_alive()
+
+    async def sample(self) -> steady.Sample:
+        context = {**_context(self.ctx), "harness_cpu_s": 0.0}  # the harness is what is measured here
+        return steady.Sample(time.monotonic(), float(self.reader.seen), (time.process_time(),), 0, **context)
+
+
+async def measure_raw(ctx: RunContext, backlog: Backlog, plan: steady.Plan) -> dict[str, Any]:
+    """(1): a plain aiokafka consumer + orjson decode over the backlog, steady-state windows."""
+    reader = kafka_io.RawReader(ctx.stack.bootstrap, backlog.topic)
+    await reader.start()
+    try:
+        return await steady.measure_windows(_RawProbe(ctx, reader), plan)
+    finally:
+        await reader.stop()
 
 
 # --- (2) naive Faust agent ------------------------------------------------------------
+class _NaiveProbe:
+    def __init__(self, ctx: RunContext, proc: ChildProcess, status: Path, backlog: int) -> None:
+        self.ctx, self.proc, self.status, self.backlog = ctx, proc, status, backlog
+
+    def check_alive(self) -> None:
+        self.proc.check_alive()
+
+    async def sample(self) -> steady.Sample:
+        """The agent's own counters as it last wrote them (at most 0.2 s old, stamped with its own clock)."""
+        joins = self.proc.log_text().count("Joined group")
+        try:
+            done = orjson.loads(self.status.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return steady.Sample(time.monotonic(), 0.0, (self.proc.cpu_s() or 0.0,), joins, **_context(self.ctx))
+        return steady.Sample(done["t"], float(done["count"]), (done["cpu_s"],), joins, **_context(self.ctx))
+
+
 async def measure_naive(
-    ctx: RunContext, settings: Settings, workload: Workload, timeout_s: float, tuned: bool = False, writes: int = 2
-) -> dict:
-    """(2) on the topic loaded by `measure_raw`; `tuned` runs it with the worker's Faust settings, `writes=1`
-    with one table write per event instead of two."""
+    ctx: RunContext, backlog: Backlog, plan: steady.Plan, tuned: bool = False, writes: int = 2
+) -> dict[str, Any]:
+    """(2) on the shared backlog; `tuned` runs it with the worker's Faust settings, `writes=1` with one table
+    write per event instead of two."""
     label = ("naive-tuned" if tuned else "naive") + ("-1w" if writes == 1 else "")
+    settings = ctx.settings(label)
     status = ctx.workdir / f"{settings.topic_prefix}{label}-status.json"
     env = ctx.env(
         settings.with_(web_port=free_port()),
         BENCH_APP_ID=f"{settings.app_id}{label}",
-        BENCH_EXPECTED=str(len(workload.records)),
+        BENCH_CLICKSTREAM_TOPIC=backlog.topic,
         BENCH_STATUS=str(status),
         BENCH_NAIVE_TUNED="1" if tuned else "0",
         BENCH_NAIVE_WRITES=str(writes),
     )
     proc = ChildProcess(label, [sys.executable, "-m", "bench.naive_app"], env, ctx.log(label)).start()
     try:
-        deadline = time.monotonic() + timeout_s
-        done: dict[str, float] = {}
-        while time.monotonic() < deadline:
-            proc.check_alive()
-            if status.exists():
-                done = orjson.loads(status.read_bytes())
-                if done["count"] >= len(workload.records):
-                    break
-            await asyncio.sleep(POLL_S)
-        else:
-            raise BenchError(f"naive agent processed {done.get('count', 0)} records in {timeout_s} s")
-        rss = proc.rss_bytes()
+        result = await steady.measure_windows(_NaiveProbe(ctx, proc, status, backlog.records), plan)
+        result["rss_bytes"] = proc.rss_bytes()
     finally:
         proc.stop()
-    return {
-        "records": int(done["count"]),
-        "seconds": round(done["seconds"], 3),
-        "events_per_s": round(done["count"] / max(1e-9, done["seconds"])),
-        "cpu_s_per_1k": round(done["cpu_s"] / done["count"] * 1000, 4),
-        "rss_bytes": rss,
-    }
+    return result
 
 
 # --- (3) (5) (6) the Nudge worker ------------------------------------------------------------
-def _worker(ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = ()) -> ChildProcess:
+def _worker(
+    ctx: RunContext, settings: Settings, name: str, wrap: Sequence[str] = (), extra_env: dict[str, str] | None = None
+) -> ChildProcess:
     argv = [*wrap, sys.executable, "-m", "bench.run_worker"]
-    return ChildProcess(name, argv, {**ctx.env(settings), **ctx.worker_env}, ctx.log(name))
+    return ChildProcess(name, argv, {**ctx.env(settings), **ctx.worker_env, **(extra_env or {})}, ctx.log(name))
 
 
 @dataclass
@@ -220,12 +264,17 @@ class WorkerFleet:
 
 
 async def start_workers(
-    ctx: RunContext, settings: Settings, count: int, label: str, wrap: Sequence[str] = ()
+    ctx: RunContext,
+    settings: Settings,
+    count: int,
+    label: str,
+    wrap: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> WorkerFleet:
     procs, ports = [], []
     for i in range(count):
         port = free_port()
-        procs.append(_worker(ctx, settings.with_(web_port=port), f"{label}-worker{i + 1}", wrap).start())
+        procs.append(_worker(ctx, settings.with_(web_port=port), f"{label}-worker{i + 1}", wrap, extra_env).start())
         ports.append(port)
     fleet = WorkerFleet(procs, ports)
     try:
@@ -238,17 +287,11 @@ async def start_workers(
     return fleet
 
 
-def _mark(fleet: WorkerFleet) -> tuple[float, float, list[float]]:
-    """(now, events consumed so far, CPU seconds per worker): where a measurement starts."""
-    return time.perf_counter(), 0.0, [p.cpu_s() or 0.0 for p in fleet.procs]
-
-
 async def _consume_all(
     fleet: WorkerFleet,
     expected: float,
     timeout_s: float,
     measure_cpu: bool = True,
-    loaded_at: tuple[float, float, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Poll the workers' metrics until they consumed `expected` events; rate and CPU from the first poll
     that saw progress to the last. A workload so small that it is consumed before a second poll is timed
@@ -273,8 +316,6 @@ async def _consume_all(
         if start is None and consumed > 0:
             start = (now, consumed, [p.cpu_s() or 0.0 for p in fleet.procs])
         if consumed >= expected and start is not None:
-            if start[1] >= consumed and loaded_at is not None:
-                start = loaded_at
             t0, c0, cpu0 = start
             cpu = sum((p.cpu_s() or 0.0) - c for p, c in zip(fleet.procs, cpu0, strict=True))
             events = consumed - c0
@@ -306,28 +347,51 @@ async def _state_figures(fleet: WorkerFleet) -> dict[str, Any]:
     }
 
 
+class _WorkerProbe:
+    def __init__(self, ctx: RunContext, fleet: WorkerFleet, backlog: int) -> None:
+        self.ctx, self.fleet, self.backlog = ctx, fleet, backlog
+
+    def check_alive(self) -> None:
+        for proc in self.fleet.procs:
+            proc.check_alive()
+
+    async def sample(self) -> steady.Sample:
+        """The workers' own `nudge_events_consumed_total` (scraped in parallel) and their CPU from /proc."""
+        samples = await _scrape_all(self.fleet.ports)
+        now = time.monotonic()
+        cpu = tuple(p.cpu_s() or 0.0 for p in self.fleet.procs)
+        consumed = _total(samples, "nudge_events_consumed_total")
+        return steady.Sample(now, consumed, cpu, _group_joins(self.fleet), **_context(self.ctx))
+
+
 async def measure_worker(
     ctx: RunContext,
-    workload: Workload,
+    backlog: Backlog,
+    plan: steady.Plan,
     workers: int = 1,
-    grow: Workload | None = None,
-    timeout_s: float = 300.0,
-    wrap: Sequence[str] = (),
     label: str = "worker",
+    state_after: int | None = None,
+    rules_path: Path | None = None,
 ) -> dict[str, Any]:
-    settings = ctx.settings(label)
-    topic = await create_inputs(ctx, settings)
-    fleet = await start_workers(ctx, settings, workers, label, wrap)
+    """(3)/(6)/(7): `workers` worker processes on the shared backlog, steady-state windows; with `state_after`,
+    then (5): state per active lead and RSS, read from the state gauges once the workers consumed at least
+    `state_after` events (one lap of the workload: every lead seen)."""
+    settings = ctx.settings(label, **({"rules_path": rules_path} if rules_path else {}))
+    await create_inputs(ctx, settings)
+    fleet = await start_workers(ctx, settings, workers, label, extra_env={"BENCH_CLICKSTREAM_TOPIC": backlog.topic})
     try:
-        loaded_at = _mark(fleet)
-        await kafka_io.produce(ctx.stack.bootstrap, topic, workload.records)
-        result = await _consume_all(fleet, workload.valid, timeout_s, measure_cpu=not wrap, loaded_at=loaded_at)
+        result = await steady.measure_windows(_WorkerProbe(ctx, fleet, backlog.valid), plan)
         result["workers"] = workers
-        result["state"] = await _state_figures(fleet)
-        if grow is not None:
-            await kafka_io.produce(ctx.stack.bootstrap, topic, grow.records)
-            await _consume_all(fleet, workload.valid + grow.valid, timeout_s)
-            result["grown"] = {"leads": workload.leads + grow.leads, **await _state_figures(fleet)}
+        result["rss_bytes"] = [p.rss_bytes() for p in fleet.procs]
+        if state_after is not None:
+            probe = _WorkerProbe(ctx, fleet, backlog.valid)
+            target = min(state_after, backlog.valid)
+
+            async def lap_done() -> bool:
+                return (await probe.sample()).consumed >= target
+
+            await steady.wait_for(lap_done, 300.0, f"the workers did not consume {target} events")
+            result["state"] = await _state_figures(fleet)
         result["group_joins"] = _group_joins(fleet)
     finally:
         fleet.stop()
@@ -365,16 +429,18 @@ async def measure_latency(
         settings = settings.with_(allowed_lateness_s=allowed_lateness_s)
     allowed_lateness_s = settings.allowed_lateness_s  # the shipped default unless overridden
     topic = await create_inputs(ctx, settings)
-    records = workload.records[: int(rate * duration_s)]
+    records = list(laps(workload, int(rate * duration_s)))
     fleet = await start_workers(ctx, settings, 1, "latency")
     try:
         async with kafka_io.output_watcher(ctx.stack.bootstrap, [settings.topic("actions")]) as watcher:
             worker_cpu, bench_cpu = fleet.procs[0].cpu_s() or 0.0, time.process_time()
+            broker_cpu = steady.proc_cpu_s(ctx.broker_pid) or 0.0
             paced = await kafka_io.produce_paced(ctx.stack.bootstrap, topic, records, rate)
             load_s = max(1e-9, (paced.ended_wall_ms - paced.started_wall_ms) / 1000)
             # Busy share of one core while the load was on: near 1.0 means the worker was saturated.
             worker_busy = ((fleet.procs[0].cpu_s() or 0.0) - worker_cpu) / load_s
             bench_busy = (time.process_time() - bench_cpu) / load_s
+            broker_busy = ((steady.proc_cpu_s(ctx.broker_pid) or 0.0) - broker_cpu) / load_s
             valid = sum(1 for r in records if r.valid)
             drained = await _consume_all(fleet, valid, timeout_s=120, measure_cpu=False)
             # Deadlines that fell due during the load may still be in flight: give them lateness + 2 s.
@@ -400,6 +466,7 @@ async def measure_latency(
         "drain_seconds_after_load": drained["seconds"],
         "worker_cpu_busy_during_load": round(worker_busy, 3),
         "load_generator_cpu_busy_during_load": round(bench_busy, 3),
+        "broker_cpu_busy_during_load": round(broker_busy, 3),
         "actions": len(arrivals),
         "allowed_lateness_s": allowed_lateness_s,
         "compressed_absence_windows_ms": windows,

@@ -31,6 +31,7 @@ from examples.generate_clickstream import BASE_TIME, malformed, session
 
 BASE_MS = int(BASE_TIME.timestamp() * 1000)
 _TS_FIELD = b'"timestamp":"'
+_ID_FIELD = b'"messageId":"'
 _TS_WIDTH = len(format_ts(BASE_MS))  # "2026-01-15T10:00:00.000Z": 24 bytes
 
 
@@ -86,6 +87,38 @@ def restamp(value: bytes, timestamp_ms: int) -> bytes:
         return value
     start = at + len(_TS_FIELD)
     return value[:start] + format_ts(timestamp_ms).encode() + value[start + _TS_WIDTH :]
+
+
+def relap(record: Record, lap: int, shift_ms: int) -> Record:
+    """`record` as it comes back `lap` times `shift_ms` later: timestamp moved, messageId made unique per lap (its
+    first 8 hex digits replaced by the lap number), same key. Lap 0 is the record itself."""
+    if lap == 0 or not record.valid:
+        return record
+    at_ms = record.timestamp_ms + lap * shift_ms
+    value = restamp(record.value, at_ms)
+    at = value.find(_ID_FIELD)
+    if at >= 0:
+        start = at + len(_ID_FIELD)
+        value = value[:start] + f"{lap:08x}".encode() + value[start + 8 :]
+    return Record(record.key, value, at_ms, True)
+
+
+def laps(workload: Workload, events: int, gap_ms: int = 3_600_000) -> Iterator[Record]:
+    """`events` records: the workload, then the same leads again with later timestamps (`relap`), as often as
+    needed. A backlog sized by time on the machine at hand (not by a fixed count) keeps the lead count fixed."""
+    if not workload.records:
+        return
+    span = workload.records[-1].timestamp_ms - workload.records[0].timestamp_ms
+    shift = span + gap_ms
+    n = 0
+    lap = 0
+    while True:
+        for record in workload.records:
+            if n >= events:
+                return
+            yield relap(record, lap, shift)
+            n += 1
+        lap += 1
 
 
 def _trim(sessions: list[list[tuple[int, dict[str, Any]]]], target: int, rng: random.Random) -> None:
@@ -153,3 +186,67 @@ def cached(cache_dir: Path | None, **params: Any) -> Workload:
         pickle.dump(workload, handle, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(path)
     return workload
+
+
+DAY_MS = 86_400_000
+
+
+def journey_heavy(leads: int = 50_000, seed: int = 11, first_lead: int = 0, span_days: int = 7) -> Workload:
+    """A workload that drives the shipped journeys (rules/onboarding, nurture, winback, referral) hard: every lead
+    enters one. A third are SaaS sign-ups (half create a project within 0.2-2.5 days), a third B2B content
+    downloads (pricing visits over the next days, some book a demo), a third shop orders (emails opened, some
+    order again within a month: winback exits, referral's second order). Starts spread over `span_days` of event
+    time, so the journeys' waits (1-7 days) fall due while the backlog is consumed. Seeded like `generate`."""
+    from examples.generate_clickstream import PRODUCTS, Visitor
+
+    rng = random.Random(seed)
+    timed: list[tuple[int, int, Record]] = []
+    mix: Counter[str] = Counter()
+    start = BASE_MS
+
+    def add(visitor: Visitor, doc: dict[str, Any]) -> None:
+        lead = doc.get("userId") or doc.get("anonymousId")
+        timed.append((visitor.t, len(timed), Record(str(lead).encode(), orjson.dumps(doc), visitor.t, True)))
+        mix[_label(doc)] += 1
+
+    def later(visitor: Visitor, low_days: float, high_days: float) -> None:
+        visitor.t += int(rng.uniform(low_days, high_days) * DAY_MS)
+
+    for n in range(first_lead, first_lead + leads):
+        visitor = Visitor(rng, n, start + int(rng.uniform(0, span_days) * DAY_MS))
+        if visitor.user_id is None:
+            visitor.user_id = f"u{n:05d}"
+        add(visitor, visitor.identify())
+        kind = n % 3
+        if kind == 0:
+            visitor.step()
+            add(visitor, visitor.track("Signed Up", {"plan": "trial"}, "/signup"))
+            if rng.random() < 0.5:
+                later(visitor, 0.2, 2.5)
+                add(visitor, visitor.track("Project Created", {"template": "blank"}, "/app/projects"))
+            later(visitor, 0.1, 1.0)
+            add(visitor, visitor.page("Home", "/"))
+        elif kind == 1:
+            visitor.step()
+            add(visitor, visitor.track("Content Downloaded", {"asset": "guide"}, "/resources/guide"))
+            for _ in range(rng.randint(1, 3)):
+                later(visitor, 0.5, 3.0)
+                add(visitor, visitor.page("Pricing", "/pricing"))
+            if rng.random() < 0.3:
+                visitor.step()
+                add(visitor, visitor.track("Demo Requested", {}, "/demo"))
+        else:
+            product = rng.choice(PRODUCTS)
+            visitor.step()
+            order = {"order_id": f"ord-{n:05d}", "revenue": product[2], "currency": "USD",
+                     "products": [{"product_id": product[0], "price": product[2], "quantity": 1}]}
+            add(visitor, visitor.track("Order Completed", order, "/checkout/done"))
+            if rng.random() < 0.5:
+                later(visitor, 1.0, 6.0)
+                add(visitor, visitor.track("Email Opened", {"campaign": "winback"}, "/"))
+            if rng.random() < 0.4:
+                later(visitor, 2.0, 20.0)
+                add(visitor, visitor.track("Order Completed", {**order, "order_id": f"ord-{n:05d}-2"},
+                                           "/checkout/done"))
+    timed.sort(key=lambda item: (item[0], item[1]))
+    return Workload([record for _, _, record in timed], leads, seed, dict(mix))

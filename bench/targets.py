@@ -1,0 +1,109 @@
+"""Every target `make bench` checks, in one place, and the two gates that decide its exit code.
+
+Targets (`TARGETS`) are reported with their measured value and holds / MISSED / not measured; they do not change
+the exit code (the issue-22 figures are aspirational for now). The exit code is non-zero only when a gate fails:
+
+- `valid measurements`: every measured step has all its repetitions and no flagged window (short, rebalance,
+  no progress; with `--quick` a window under 20 s is expected and not counted), and no step failed.
+- `ratio guard`: the worker's ratio to the naive agent (3/2, medians) must not drop beyond noise against the
+  baseline, the ratio in the committed bench/results/latest.json: it fails when
+  `ratio < baseline * (1 - tolerance)`, tolerance = max(15 %, spread of (3) + spread of (2)) where a step's
+  spread is (max - min) / median of its windows. Not checked (reported as such) when either step is missing or
+  there is no baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+KIB = 1024
+GUARD_MIN_TOLERANCE = 0.15
+
+
+def get(doc: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    source: str  # the issue that set it
+    value: Callable[[dict[str, Any]], float | None]
+    holds: Callable[[float, dict[str, Any]], bool]
+
+
+def _ratio(results: dict[str, Any], name: str) -> float | None:
+    value = get(results, "ratios", name)
+    return float(value) if value is not None else None
+
+
+def _baseline_cpu(results: dict[str, Any]) -> float | None:
+    value = get(results, "baseline", "worker_cpu_s_per_1k")
+    return float(value) if value else None
+
+
+TARGETS: list[Target] = [
+    Target("worker >= 3x naive agent", "issue 9", lambda r: _ratio(r, "worker_vs_naive (3/2)"),
+           lambda v, r: v >= 3),
+    Target("worker >= 4x naive agent with all packs", "issue 18", lambda r: _ratio(r, "worker_vs_naive (3/2)"),
+           lambda v, r: v >= 4),
+    Target("worker >= 8x naive agent (full pack, 50k leads)", "issue 22",
+           lambda r: _ratio(r, "worker_vs_naive (3/2)"), lambda v, r: v >= 8),
+    Target("worker >= 0.2x raw consume + decode", "issue 22", lambda r: _ratio(r, "worker_vs_raw (3/1)"),
+           lambda v, r: v >= 0.2),
+    Target("event -> action p99 < 1 s", "issue 9", lambda r: get(r, "measurements", "latency", "event_to_action_s",
+                                                                  "p99"), lambda v, r: v < 1),
+    Target("event -> action p99 < 300 ms at 80% of max", "issue 22",
+           lambda r: get(r, "measurements", "latency", "event_to_action_s", "p99"), lambda v, r: v < 0.3),
+    Target("deadline lag p99 < 800 ms at 80% of max", "issue 22",
+           lambda r: get(r, "measurements", "latency", "deadline_lag_s", "p99"), lambda v, r: v < 0.8),
+    Target("state <= 1 KiB per active lead (50k leads, all packs)", "issue 22",
+           lambda r: get(r, "measurements", "worker", "state", "state_bytes_per_lead"), lambda v, r: v <= KIB),
+    Target("journey-heavy state <= 1 KiB per active lead", "issue 22",
+           lambda r: get(r, "measurements", "journeys", "state", "state_bytes_per_lead"), lambda v, r: v <= KIB),
+    Target("worker CPU-s per 1k events halved vs baseline", "issue 22",
+           lambda r: get(r, "measurements", "worker", "cpu_s_per_1k"),
+           lambda v, r: _baseline_cpu(r) is not None and v <= 0.5 * (_baseline_cpu(r) or 0)),
+]
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for target in TARGETS:
+        value = target.value(results)
+        holds = None if value is None else bool(target.holds(value, results))
+        out.append({"target": target.name, "source": target.source, "value": value, "holds": holds})
+    return out
+
+
+def guard(results: dict[str, Any]) -> dict[str, Any]:
+    """The ratio guard (see the module docstring)."""
+    ratio = _ratio(results, "worker_vs_naive (3/2)")
+    baseline = get(results, "baseline", "worker_vs_naive")
+    spreads = [get(results, "measurements", step, "spread") or 0.0 for step in ("worker", "naive")]
+    tolerance = max(GUARD_MIN_TOLERANCE, sum(spreads))
+    if ratio is None or not baseline:
+        return {"gate": "ratio guard", "value": ratio, "baseline": baseline, "tolerance": round(tolerance, 3),
+                "holds": None}
+    floor = baseline * (1 - tolerance)
+    return {"gate": "ratio guard", "value": ratio, "baseline": baseline, "tolerance": round(tolerance, 3),
+            "floor": round(floor, 3), "holds": ratio >= floor}
+
+
+def validity(results: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The validity gate: flagged steps (with their flags) and failed steps."""
+    flagged: dict[str, list[str]] = {}
+    for name, step in (results.get("measurements") or {}).items():
+        if not isinstance(step, dict) or "flags" not in step:
+            continue
+        flags = [f for f in step["flags"] if not (quick and f == "below minimum")]
+        if flags:
+            flagged[name] = flags
+    failed = sorted(results.get("errors") or {})
+    return {"gate": "valid measurements", "flagged": flagged, "failed": failed, "holds": not flagged and not failed}
