@@ -7,7 +7,8 @@ variants a and b, b adds a payload key), chosen so that each arm has three. Ever
 recorded `held_out` by the dispatcher and never reach the peer, the others are delivered with their variant (b's
 body carries its payload key). One shopper of each arm buys after the reminder: a `goal` record with the order's
 revenue. The worker publishes one `assigned` record per shopper with the formula's arm. In ClickHouse the `actions`
-rows carry experiment, variant and held_out, and the holdout's delivery step is `held_out`.
+rows carry experiment, variant and held_out, and the holdout's delivery step is `held_out`; `nudge report
+experiments` shows the three arms (leads, sends, conversions, revenue) and claims no uplift from nine leads.
 """
 
 from __future__ import annotations
@@ -181,6 +182,26 @@ async def _in_clickhouse(settings: Settings, leads: dict[str, str]) -> None:
             parameters={"experiment": EXPERIMENT},
         ).result_rows[0]
         assert tuple(fired) == (len(leads), 3)
+        # `nudge report experiments` on the run: three leads per arm, one conversion each, nothing sent to the
+        # holdout; nine leads are below the documented minimum, so no uplift is claimed.
+        from engine.clickhouse.experiments import report
+        from engine.commands.report import render_experiments
+
+        def measured() -> dict:
+            return report(client, 0, int(time.time() * 1000) + 3_600_000, {EXPERIMENT: (0.3, [("a", 1.0), ("b", 1.0)])})
+
+        def complete() -> bool:
+            arms = [a for e in measured()["experiments"] for a in e["arms"]]
+            return sum(a["leads"] for a in arms) == len(leads) and sum(a["conversions"] for a in arms) == 3
+
+        await wait_until(complete, 60, "the experiment's arms in ClickHouse", off_loop=True)
+        (experiment,) = measured()["experiments"]
+        arms = {a["arm"]: (a["leads"], a["actions_sent"], a["conversions"], a["revenue"]) for a in experiment["arms"]}
+        assert arms == {"holdout": (3, 0, 1, 40.0), "a": (3, 3, 1, 40.0), "b": (3, 3, 1, 40.0)}
+        assert experiment["held_out_actions"] == 3 and not experiment["balance"]["mismatch"]
+        assert {c["verdict"] for c in experiment["comparisons"]} == {"not enough data yet"}
+        text = render_experiments(measured())
+        assert "Experiment cart-e2e (rule cart_abandoned)" in text and "b vs holdout" in text
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
