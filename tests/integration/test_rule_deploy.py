@@ -4,7 +4,8 @@ Events stream to one `nudge worker` process while `nudge rules deploy` ships v2 
 rule): the worker switches within 5 s at a batch boundary; every action equals what the core computes with v1 up to
 the switch and v2 from it on (split at the first offset per partition the worker's status record names), with the
 matching `rules_version`, each once (no event lost or evaluated twice). A broken rule set is refused with
-`file:line:col` and exit 2 and changes nothing; a rollback restores v1's behaviour; the history lists all three.
+`file:line:col` and exit 2 and changes nothing; a rollback restores v1's behaviour; the history lists all three;
+`nudge worker --watch` deploys an edit of its files.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ async def test_deploy_switches_a_running_worker_rollback_restores_and_broken_set
     v1, v2 = load_rules([worker_settings.rules_path]), load_rules([v2_dir])
     stream = Stream(worker_settings)
     with WorkerProcess(worker_settings, tmp_path / "worker.log") as worker:
+        worker.argv.append("--watch")  # at the end: an edit of its files is deployed like `nudge rules deploy`
         await worker.start_ready()
         first = await status_of(worker_settings, v1.version)
         assert first.source == "files"
@@ -157,11 +159,15 @@ async def test_deploy_switches_a_running_worker_rollback_restores_and_broken_set
         assert arrived() == expected
         assert len(docs) == len({d["action_id"] for d in docs}), "each action once"
         assert {d["rules_version"] for d in docs} == versions
+        (worker_settings.rules_path / "test.yaml").write_text(V2)
+        assert (await status_of(worker_settings, v2.version)).previous == v1.version
         assert worker.alive() and "Traceback" not in worker.log_text()
 
     capsys.readouterr()
     assert await nudge(monkeypatch, worker_settings, "rules", "history", "--json") == 0
     history = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [orjson.loads(h)["version"] for h in history] == [v1.version, v2.version, v1.version]
+    deploys = [orjson.loads(h) for h in history]
+    assert [d["version"] for d in deploys] == [v1.version, v2.version, v1.version, v2.version]
+    assert [d["author"] for d in deploys][:2] == ["ann", "bob"] and deploys[3]["author"].endswith("(watch)")
     assert await nudge(monkeypatch, worker_settings, "rules", "status") == 0
-    assert f"deployed: {v1.version}" in capsys.readouterr().out
+    assert f"deployed: {v2.version}" in capsys.readouterr().out
