@@ -321,3 +321,30 @@ def test_a_journey_in_progress_moving_to_the_identified_lead_keeps_its_path_arm(
     assert merged.experiments == state.experiments
     later = evaluate(ruleset, merged, Tick(at(3 * 24 * 60)))
     assert [(a.lead_id, a.step, a.variant) for a in later.actions] == [(known, "tip", "long"), (known, "nudge", "long")]
+
+
+def test_replays_and_interleavings_give_the_same_arms_and_records() -> None:
+    import random
+
+    ruleset = rules(RULES + JOURNEY.replace("rules:\n", ""))
+    events = []
+    for i in range(30):
+        lead = f"r{i}"
+        events += [track("Product Added", i % 3, lead), track("Signed Up", 0.5, lead)]  # leads share timestamps
+        if i % 3 == 0:
+            events.append(track("Order Completed", 50, lead, revenue=i))
+    runs = []
+    for seed in range(3):
+        shuffled = sorted(events, key=lambda e: (e.timestamp_ms, random.Random(seed).random()))
+        updates: list[dict[str, Any]] = []
+        actions = simulate(ruleset, shuffled, updates=updates)
+        runs.append(([a.to_bytes() for a in actions], updates))
+    assert runs[0] == runs[1] == runs[2]
+    assert {orjson_loads(b)["variant"] for b in runs[0][0] if b"cart_abandoned" in b} == {"holdout", "a", "b"}
+
+
+def orjson_loads(value: bytes) -> dict[str, Any]:
+    import orjson
+
+    doc: dict[str, Any] = orjson.loads(value)
+    return doc
