@@ -341,3 +341,13 @@ def test_variants_keep_their_configured_order() -> None:
     doc = ex.analyse("copy", ["cart"], arms, config=(0.1, [("b", 1.0), ("a", 1.0)]))
     assert [a["arm"] for a in doc["arms"]] == ["holdout", "b", "a"]
     assert [(c["arm"], c["baseline"]) for c in doc["comparisons"]][-1] == ("a", "b")
+
+
+def test_the_documented_assignment_sql_agrees_with_the_core(client: Any, stored: dict[str, Any]) -> None:
+    """docs/experiments.md's SQL example, run as written over the stored events' lead ids."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    (sql,) = re.findall(r"```sql\n(.*?)```", text, re.S)
+    rows = client.query(sql).result_rows
+    assert rows
+    for lead, arm in rows:
+        assert arm == assign_arm("cart-copy-test", lead, 0.1, [("a", 50.0), ("b", 50.0)])
