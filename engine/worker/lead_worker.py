@@ -388,6 +388,15 @@ class LeadWorker:
         )
         self._publish_status(self._status("deploy", previous, first))
 
+    async def _commit_before_switch(self) -> None:
+        """Commit the input offsets evaluated with the previous rules (all flushed: the lock is held between
+        batches), so a crash after the switch replays only input of the new version."""
+        if self.ready:
+            try:
+                await self.input.commit()
+            except Exception:  # the next periodic commit catches up; a replay is then at-least-once as ever
+                log.warning("could not commit the input offsets at the rule switch", exc_info=True)
+
     def _status(self, source: str, previous: str = "", first: dict[int, int] | None = None) -> WorkerStatus:
         worker = rule_versions.worker_id(self.settings)
         return WorkerStatus(worker, self.rules.version, self._rules_since_ms, wall_ms(), source, previous, first or {})
@@ -428,6 +437,7 @@ class LeadWorker:
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
             if self._pending_rules is not None:
                 self._switch_rules(batch)
+                await self._commit_before_switch()
             by_lead: dict[str, list[Input]] = {}
             for message in batch:
                 try:
@@ -824,6 +834,7 @@ class LeadWorker:
         if self._pending_rules is not None:
             async with self._state_lock:
                 self._switch_rules()
+                await self._commit_before_switch()
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
         self._refresh_caught_up()

@@ -24,10 +24,11 @@ from engine.cli import main
 from engine.config import Settings
 from engine.core import LeadState, RuleSet, evaluate
 from engine.events import parse_event
+from engine.kafka.admin import ensure_topics
 from engine.language import load_rules
 from engine.testing import TopicReader
 from engine.worker.rule_versions import WorkerStatus, read_log
-from tests.integration.worker_process import WorkerProcess, track, with_rules
+from tests.integration.worker_process import WORKER_TOPICS, WorkerProcess, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -76,14 +77,19 @@ async def nudge(monkeypatch: pytest.MonkeyPatch, settings: Settings, *args: str)
     return await asyncio.to_thread(main, list(args))
 
 
-async def status_of(settings: Settings, version: str, timeout_s: float = 10.0) -> WorkerStatus:
+async def status_of(settings: Settings, version: str, timeout_s: float = 10.0, workers: int = 1) -> WorkerStatus:
+    """The status record of the one worker (`workers` > 1: of the first) once all report `version`."""
+    return (await statuses_of(settings, version, timeout_s, workers))[0]
+
+
+async def statuses_of(settings: Settings, version: str, timeout_s: float, workers: int) -> list[WorkerStatus]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        statuses = list((await read_log(settings)).statuses.values())
-        if len(statuses) == 1 and statuses[0].version == version:
-            return statuses[0]
+        statuses = sorted((await read_log(settings)).statuses.values(), key=lambda s: s.worker)
+        if len(statuses) == workers and all(s.version == version for s in statuses):
+            return statuses
         await asyncio.sleep(0.2)
-    raise AssertionError(f"the worker did not report version {version} within {timeout_s} s: {statuses}")
+    raise AssertionError(f"the workers did not report version {version} within {timeout_s} s: {statuses}")
 
 
 def expected_actions(sent: list[tuple[int, int, bytes]], phases: list[tuple[RuleSet, dict[int, int]]]) -> set:
@@ -171,3 +177,51 @@ async def test_deploy_switches_a_running_worker_rollback_restores_and_broken_set
     assert [d["author"] for d in deploys][:2] == ["ann", "bob"] and deploys[3]["author"].endswith("(watch)")
     assert await nudge(monkeypatch, worker_settings, "rules", "status") == 0
     assert f"deployed: {v2.version}" in capsys.readouterr().out
+
+
+async def test_two_workers_switch_together_each_on_its_own_partitions(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v2_dir = tmp_path / "v2"
+    v2_dir.mkdir()
+    (v2_dir / "test.yaml").write_text(V2)
+    workers = [
+        WorkerProcess(with_rules(settings, tmp_path, V1, state_dir=tmp_path / f"state{n}"), tmp_path / f"w{n}.log")
+        for n in range(2)
+    ]
+    v1, v2 = load_rules([workers[0].settings.rules_path]), load_rules([v2_dir])
+    stream = Stream(settings)
+    try:
+        await ensure_topics(settings, WORKER_TOPICS)
+        for worker in workers:
+            worker.start()
+        for worker in workers:  # started together, they join the group in one generation
+            await worker.wait_ready()
+        await statuses_of(settings, v1.version, 10, workers=2)
+        async with TopicReader.from_settings(settings, "actions") as reader:
+            streaming = asyncio.ensure_future(stream.run())
+            await asyncio.sleep(2.0)
+            deployed_at = time.time() * 1000
+            assert await nudge(monkeypatch, settings, "rules", "deploy", str(v2_dir)) == 0
+            switched = await statuses_of(settings, v2.version, 10, workers=2)
+            assert all(s.since_ms - deployed_at < 5000 for s in switched)
+            first = {**switched[0].switch, **switched[1].switch}
+            assert not switched[0].switch.keys() & switched[1].switch.keys(), "each partition has one owner"
+            assert sorted(first) == list(range(settings.partitions))
+            await asyncio.sleep(1.5)
+            stream.stop.set()
+            await streaming
+            expected = expected_actions(stream.sent, [(v1, {}), (v2, first)])
+
+            def arrived() -> set:
+                return {(a["action_id"], a["rule"], a.get("rules_version")) for a in reader.docs()}
+
+            await reader.wait_for(lambda: arrived() >= expected, timeout_s=15, what="every expected action")
+            await asyncio.sleep(1.0)
+        docs = reader.docs()
+        assert arrived() == expected
+        assert len(docs) == len({d["action_id"] for d in docs}), "each action once"
+        assert all(w.alive() for w in workers)
+    finally:
+        for worker in workers:
+            worker.stop()
