@@ -121,12 +121,14 @@ def print_summary(settings: Settings) -> None:
     from engine.clickhouse.experiments import report as experiments_report
     from engine.clickhouse.journeys import journey_kpis
     from engine.clickhouse.kpis import summary
+    from engine.commands.report import experiment_configs
 
+    configs = experiment_configs(settings.rules_path)  # for the sample-ratio check
     client = connect(settings.clickhouse_dsn)
     try:
         s = summary(client)
         journeys = journey_kpis(client, 0, 2**62)
-        measured = experiments_report(client, 0, 2**62)
+        measured = experiments_report(client, 0, 2**62, configs)
     finally:
         client.close()
     say("")
@@ -157,6 +159,10 @@ def experiment_lines(measured: dict) -> list[str]:
             for a in e["arms"]
         )
         lines.append(f"  experiment {e['experiment']:<15} {arms}")
+        balance = e.get("balance")
+        if balance and balance.get("p_value") is not None:
+            state = "MISMATCH" if balance["mismatch"] else "as configured"
+            lines.append(f"    arms split {state} (chi-square p {balance['p_value']:.2f})")
         o = e["overall"]
         if o is None:
             continue

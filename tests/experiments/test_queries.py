@@ -351,3 +351,14 @@ def test_the_documented_assignment_sql_agrees_with_the_core(client: Any, stored:
     assert rows
     for lead, arm in rows:
         assert arm == assign_arm("cart-copy-test", lead, 0.1, [("a", 50.0), ("b", 50.0)])
+
+
+def test_the_demo_summary_lines(client: Any, stored: dict[str, Any]) -> None:
+    from engine.demo.run import experiment_lines
+
+    lines = experiment_lines(ex.report(client, 0, 2**62, experiment_configs(ROOT / "examples" / "rules")))
+    text = "\n".join(lines)
+    print(text)
+    assert lines[0].startswith("  experiment cart_abandoned") and "holdout" in lines[0] and "treatment" in lines[0]
+    assert "arms split as configured" in lines[1]
+    assert "measured uplift" in text and "incremental revenue" in text
