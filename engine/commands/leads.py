@@ -110,8 +110,10 @@ def _from_clickhouse(settings: Settings, report: LeadReport) -> None:
         tables = {
             "events": "SELECT timestamp AS at, type, name, properties FROM events FINAL "
             f"WHERE lead_id IN {{ids:Array(String)}} ORDER BY timestamp DESC LIMIT {RECENT}",
+            # Journey records have their own section (below): a lead in journeys has many, which would crowd the
+            # stage and score changes out of these 200.
             "updates": "SELECT at, kind, rep, payload FROM lead_updates FINAL "
-            "WHERE lead_id IN {ids:Array(String)} ORDER BY at LIMIT 200",
+            "WHERE lead_id IN {ids:Array(String)} AND kind != 'journey' ORDER BY at LIMIT 200",
         }
         for name, sql in tables.items():
             try:

@@ -75,7 +75,8 @@ async def test_journey_waits_sends_exits_and_survives_a_worker_kill(settings: Se
         connectors = tmp_path / "connectors.yaml"
         connectors.write_text(CONNECTORS.format(url=peer.url))
         dispatch_env = {**os.environ, **settings.with_(connectors_path=connectors, web_port=free_port()).env()}
-        dispatcher = ChildProcess.nudge("nudge dispatch", ["dispatch"], dispatch_env, tmp_path / "dispatch.log")
+        dispatch_args = ["dispatch", "--metrics-port", "0"]
+        dispatcher = ChildProcess.nudge("nudge dispatch", dispatch_args, dispatch_env, tmp_path / "dispatch.log")
         worker = WorkerProcess(settings, tmp_path / "worker.log")
         out = TopicReader.from_settings(settings, "actions", "deliveries", "lead-updates")
         try:
@@ -190,3 +191,13 @@ async def _in_clickhouse(settings: Settings, quiet: str, leaver: str, crash: str
         stop.set()
         await asyncio.wait_for(task, timeout=30)
         client.close()
+    # `nudge leads show` (its gather, with the sink stopped: chDB allows one process per store)
+    from engine.commands.leads import gather, render
+
+    shown = await asyncio.to_thread(gather, settings, leaver)
+    assert [(j["journey"], j["status"], j["step"], j["reason"]) for j in shown.journeys] == [
+        ("flow", "exited", "wf", "exit_on")
+    ]
+    assert not [u for u in shown.updates if u["kind"] == "journey"]  # in their own section, not the updates'
+    text = render(shown)
+    assert "flow                     exited at wf" in text and "flow/s1" in text, text
