@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.cli import main
 from engine.clickhouse.client import connect
 from engine.clickhouse.history import lead_actions
 from engine.clickhouse.journeys import journey_kpis, journey_status, lead_journeys
@@ -58,7 +59,7 @@ def _event(name: str, lead: str, at_ms: int) -> Any:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[dict[str, Any]], list[Action]]]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[dict[str, Any]], list[Action], str]]:
     events = [
         _event("Product Added", "quiet", T0),  # w1 → r1 → w2 times out → r2 → stop (completed)
         _event("Product Added", "looker", T0),  # r1, then a visit: hot (completed at hot)
@@ -71,7 +72,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[
     updates: list[dict[str, Any]] = []
     actions = simulate(parse_rules(RULES), events, updates=updates)
     records = [u for u in updates if u["kind"] == "journey"]
-    client = connect(f"chdb://{tmp_path_factory.mktemp('journeys') / 'ch'}")
+    dsn = f"chdb://{tmp_path_factory.mktemp('journeys') / 'ch'}"
+    client = connect(dsn)
     offsets = itertools.count()
     rows: dict[str, list[list[Any]]] = {}
 
@@ -92,13 +94,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[
             add(topics.DELIVERIES, delivery, action.fired_at_ms)
         for table, values in rows.items():
             client.insert(table, values, column_names=COLUMNS[table])
-        yield client, records, actions
+        yield client, records, actions, dsn
     finally:
         client.close()
 
 
 def test_kpis_per_journey_and_step_count_each_record_once(store: Any) -> None:
-    client, records, actions = store
+    client, records, actions, _ = store
     [kpis] = journey_kpis(client, T0 - HOUR, NOW)
     counted = Counter((r["event"], r["step"], r["reason"]) for r in records)
     assert kpis["journey"] == "rescue"
@@ -131,7 +133,7 @@ def test_kpis_per_journey_and_step_count_each_record_once(store: Any) -> None:
 
 
 def test_lead_status_from_the_stored_records(store: Any) -> None:
-    client, _, _ = store
+    client, _, _, _ = store
     [quiet] = lead_journeys(client, ["quiet"])
     assert (quiet.status, quiet.step, quiet.goal_ms) == ("completed", "stop", None)
     [buyer] = lead_journeys(client, ["buyer"])
@@ -144,6 +146,17 @@ def test_lead_status_from_the_stored_records(store: Any) -> None:
     assert f"rescue                   completed at stop {_when(T0 + 3 * HOUR)} (entered {_when(T0)})" in text
     assert [a["journey_step"] for a in report.actions] == ["r1", "r2"]
     assert "rescue/r2" in text
+
+
+def test_nudge_report_journeys_json(
+    store: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NUDGE_CLICKHOUSE_DSN", store[3])  # this process has the store open: the same engine
+    assert main(["report", "--journeys", "--json", "--since", "7d"]) == 0
+    doc = orjson.loads(capsys.readouterr().out)
+    assert [(j["journey"], j["entered"], [s["step"] for s in j["steps"]]) for j in doc["journeys"]] == [
+        ("rescue", 4, ["w1", "r1", "w2", "hot", "r2", "stop"])
+    ]
 
 
 def test_status_of_a_lead_in_the_middle_and_after_a_repeat() -> None:
