@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from engine.core.experiments import Experiment
 from engine.core.kinds.absence import AbsenceLogic
 from engine.core.kinds.journey import DEFAULT_GOAL_WITHIN_MS, JourneyLogic, JourneyStep
 from engine.core.kinds.score import PointsRule, ScoreLogic, ScoreThreshold
@@ -173,6 +174,13 @@ def _journey_logic(
     )
 
 
+def _splits(logic: RuleLogic) -> tuple[Experiment, ...]:
+    """The experiments of a journey's `split:` steps, in step order (other kinds have none)."""
+    if not isinstance(logic, JourneyLogic):
+        return ()
+    return tuple(step.experiment for step in logic.steps if step.experiment is not None)
+
+
 def _interest(model: schema.RuleBase) -> Interest | None:
     """Union of every matcher of the rule; None when one of them has neither `event` nor `type`."""
     matchers: list[schema.Matcher] = []
@@ -277,5 +285,5 @@ def compile_rule(
         description=model.description,
         source=source,
         experiment=experiment,
-        experiments=tuple(s.experiment for s in getattr(logic, "steps", ()) if getattr(s, "experiment", None)),
+        experiments=_splits(logic),
     )
