@@ -5,11 +5,14 @@ assignment formula as ClickHouse SQL for analysts. Read-only."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clickhouse_connect.driver.client import Client
 
 from engine.experiments import statistics as st
+
+if TYPE_CHECKING:
+    from engine.core.ruleset import RuleSet
 
 HOLDOUT = "holdout"
 TREATMENT = "treatment"
@@ -135,6 +138,13 @@ def arm_json(arm: st.Arm) -> dict[str, Any]:
         "conversion_rate": _round(arm.rate, 6),
         "revenue": round(arm.revenue, 2),
         "revenue_per_lead": _round(arm.revenue_per_lead, 4),
+    }
+
+
+def configs(rules: RuleSet) -> dict[str, Config]:
+    """The experiments of a rule set (rules' `experiment:` and journeys' `split:`) by id, as `Config`s."""
+    return {
+        e.id: (e.holdout, [(v.id, v.weight) for v in e.variants]) for rule in rules.rules for e in rule.experiments
     }
 
 

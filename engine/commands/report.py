@@ -263,15 +263,14 @@ def _comparison_row(c: dict[str, Any]) -> list[Any]:
 def experiment_configs(rules_path: Path) -> dict[str, tuple[float, list[tuple[str, float]]]]:
     """The experiments of the rules at `rules_path` (NUDGE_RULES_PATH) by id: (holdout, [(variant, weight)]), for
     the sample-ratio check. Empty when the rules are missing or do not load (the report works without them)."""
+    from engine.clickhouse.experiments import configs
     from engine.language import load_rules
 
     try:
         rules = load_rules([rules_path])
     except Exception:  # any problem: report without the check rather than fail
         return {}
-    return {
-        e.id: (e.holdout, [(v.id, v.weight) for v in e.variants]) for rule in rules.rules for e in rule.experiments
-    }
+    return configs(rules)
 
 
 def _balance_line(balance: dict[str, Any] | None) -> str:

@@ -118,12 +118,13 @@ def journey_lines(journeys: list[dict]) -> list[str]:
 
 def print_summary(settings: Settings) -> None:
     from engine.clickhouse.client import connect
+    from engine.clickhouse.experiments import configs as experiment_configs
     from engine.clickhouse.experiments import report as experiments_report
     from engine.clickhouse.journeys import journey_kpis
     from engine.clickhouse.kpis import summary
-    from engine.commands.report import experiment_configs
+    from engine.language import load_rules
 
-    configs = experiment_configs(settings.rules_path)  # for the sample-ratio check
+    configs = experiment_configs(load_rules([settings.rules_path]))  # for the sample-ratio check
     client = connect(settings.clickhouse_dsn)
     try:
         s = summary(client)
