@@ -287,7 +287,8 @@ def run_rollback(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     """The deployed version and, per worker (from the status record each publishes on the `rules` topic when it
-    starts and when it switches), the version it evaluates with, since when, and the first input offset per
+    starts, when it switches and every 30 s), the version it evaluates with, since when, when it last said so (a
+    worker silent for 90 s is marked: stopped, or its slot moved), and with `--json` the first input offset per
     partition it evaluated with it. Exit 0; 1 when the broker is unreachable."""
     try:
         log = _read_log()
@@ -309,10 +310,16 @@ def run_status(args: argparse.Namespace) -> int:
         print(orjson.dumps(doc).decode())
         return 0
     print(f"deployed: {deployed or '(nothing: workers run the files of NUDGE_RULES_PATH)'}")
+    now_ms = int(time.time() * 1000)
     for s in statuses:
-        behind = "" if deployed is None or s.version == deployed else "  (not the deployed version)"
-        print(f"{s.worker}  {s.version}  since {_when(s.since_ms)}  from {s.source}{behind}")
+        behind = "" if deployed is None or s.version == deployed else "  NOT THE DEPLOYED VERSION"
+        seen_s = max(0, (now_ms - s.at_ms) // 1000)
+        gone = "  (silent: stopped?)" if seen_s > STATUS_STALE_S else ""
+        print(f"{s.worker}  {s.version}  since {_when(s.since_ms)}  from {s.source}  seen {seen_s}s ago{gone}{behind}")
     return 0
+
+
+STATUS_STALE_S = 90  # a running worker publishes its status every 30 s
 
 
 def _deployed_rules(args: argparse.Namespace) -> tuple[RuleSet, str] | int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 STATS_INTERVAL_S = 5.0  # how often gauges that need a scan of the table are refreshed
+RULES_STATUS_INTERVAL_S = 30.0  # how often the worker's rule-set status record is published again (`at_ms`)
 MAX_TICKS_PER_ROUND = 20_000  # bounds one timer round so a backlog of deadlines cannot stall the event loop
 TICKS_PER_CHUNK = 500  # deadlines evaluated per hold of the state lock
 YIELD_EVERY_LEADS = 500  # leads evaluated between two turns of the event loop inside one batch
@@ -169,6 +171,8 @@ class LeadWorker:
         self._rules_since_ms = wall_ms()
         self._rules_status_due = True  # published once the partitions are first recovered
         self._status_tasks: set[asyncio.Future[None]] = set()
+        self._last_status: WorkerStatus | None = None
+        self._last_status_s = 0.0
         self.clocks: dict[int, EventClock] = {}  # per owned partition: see "Deadlines" above
         self.indexes: dict[int, DeadlineIndex] = {}
         self.lead_partition: dict[bytes, int] = {}  # table key -> partition, for keys this process wrote
@@ -405,6 +409,7 @@ class LeadWorker:
         """Publish the status record in the background (best effort: `nudge rules status` and the logs read it)."""
         if self.versions is None:
             return
+        self._last_status, self._last_status_s = status, time.monotonic()
 
         async def publish() -> None:
             try:
@@ -858,6 +863,9 @@ class LeadWorker:
             self._last_commit = time.monotonic()
             async with self._state_lock:  # a revoke in progress commits (and forgets) under the same lock
                 await self.input.commit()
+        last = self._last_status
+        if last is not None and time.monotonic() - self._last_status_s >= RULES_STATUS_INTERVAL_S:
+            self._publish_status(dataclasses.replace(last, at_ms=wall_ms()))  # "seen" for `nudge rules status`
         if time.monotonic() - self._last_stats >= STATS_INTERVAL_S:
             self._last_stats = time.monotonic()
             self._refresh_stats()
