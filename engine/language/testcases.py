@@ -83,6 +83,10 @@ def _brief_record(record: dict[str, Any]) -> str:
     return f"{record['journey']} {record['event']}{step}{reason} for {record['lead_id']} at {record['at']}"
 
 
+def _brief_experiment(record: dict[str, Any]) -> str:
+    return f"{record['experiment']} {record['event']} {record['variant']} for {record['lead_id']} at {record['at']}"
+
+
 def _compare(expected: list[Any], got: list[dict[str, Any]], label: str, brief: Any, failures: list[str]) -> None:
     for i, want in enumerate(expected):
         if i >= len(got):
@@ -117,6 +121,13 @@ def run_case(rules: RuleSet, case: dict[str, Any], only: list[str] | None) -> li
         wanted = case.get("journeys") or []
         _compare(wanted, records, "journeys", _brief_record, failures)
         failures.extend(f"unexpected journey record: {_brief_record(r)}" for r in records[len(wanted) :])
+    if "experiments" in case:
+        records = [
+            _journey_record(u) for u in updates if u.get("kind") == "experiment" and (only is None or u["rule"] in only)
+        ]
+        wanted = case.get("experiments") or []
+        _compare(wanted, records, "experiments", _brief_experiment, failures)
+        failures.extend(f"unexpected experiment record: {_brief_experiment(r)}" for r in records[len(wanted) :])
     return failures
 
 
@@ -138,10 +149,13 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
           - {rule: cart_abandoned, lead_id: u1, fired_at: "2026-01-05T10:30:00Z"}
         journeys:                  # optional: the exact list of journey records (lead-updates, kind journey)
           - {journey: cart_rescue, event: entered, at: "2026-01-05T10:00:00Z"}
+        experiments:               # optional: the exact list of experiment records (kind experiment)
+          - {experiment: cart-copy-test, event: assigned, variant: b, at: "2026-01-05T10:30:00Z"}
     ```
     An expected entry matches when every given field equals the action's (nested mappings: subset; `fired_at`,
-    and a journey record's `at`: any ISO-8601 spelling of the same instant). `journeys:` is compared only when
-    the case has it (records in the order `simulate` gives them, restricted to the case's `rules:`).
+    and a journey or experiment record's `at`: any ISO-8601 spelling of the same instant). `journeys:` and
+    `experiments:` are compared only when the case has them (records in the order `simulate` gives them,
+    restricted to the case's `rules:`).
     """
     name = str(path)
     try:
@@ -167,7 +181,7 @@ def run_test_file(path: Path, rules: RuleSet | None = None) -> list[CaseResult]:
             report(("cases", i), "a test case needs `events:` (a list) and `expect:` (a list, may be empty)")
             continue
         for key in case:
-            if key not in ("name", "events", "expect", "flush", "rules", "journeys"):
+            if key not in ("name", "events", "expect", "flush", "rules", "journeys", "experiments"):
                 report(("cases", i, key), f"unknown key {key!r} in a test case")
     if rules is None:
         rules = load_rules([path.parent])

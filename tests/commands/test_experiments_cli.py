@@ -65,11 +65,17 @@ def test_rules_test_cases_can_expect_the_arm(tmp_path: Path, capsys: pytest.Capt
         "    expect:\n"
         f"      - {{rule: cart, lead_id: {lead}, experiment: cart-test, variant: b, template: cart_b}}\n"
         f"      - {{rule: cart, lead_id: {held}, variant: holdout, held_out: true}}\n"
+        "    experiments:\n"
+        f"      - {{experiment: cart-test, event: assigned, lead_id: {lead}, variant: b, at: '2026-01-05T10:10:00Z'}}\n"
+        f"      - {{event: assigned, lead_id: {held}, variant: holdout, rule: cart}}\n"
         "  - name: wrong arm\n"
         f"    events: [{_event(lead, 'Product Added', 0).decode()}]\n"
         "    expect: [{rule: cart, variant: a}]\n"
+        "    experiments: [{variant: a}]\n"
     )
     assert main(["rules", "test", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "ok   " in out and "variant b and the holdout" in out
     assert "FAIL" in out and "variant: expected 'a', got 'b'" in out
+    assert "experiments[0] (cart-test assigned b for" in out and "variant: expected 'a', got 'b'" in out
+    assert out.count("experiments[") == 1 and "unexpected experiment record" not in out
