@@ -202,11 +202,11 @@ def _publish(deploy: Any, what: str) -> int:
         asyncio.run(_publish_async(settings, deploy))
     except Exception as exc:
         return _kafka_error(exc)
-    metrics_note = f" ({deploy.message})" if deploy.message else ""
+    note = f" ({deploy.message})" if deploy.message else ""
     print(deploy.version)
     print(
         f"{what} rule set version {deploy.version}: {len(deploy.rules)} rules in {len(deploy.files)} file(s), "
-        f"by {deploy.author}{metrics_note}; workers switch within seconds (`nudge rules status`)",
+        f"by {deploy.author}{note}; workers switch within seconds (`nudge rules status`)",
         file=sys.stderr,
     )
     return 0
