@@ -43,10 +43,10 @@ from engine.language.loader import rule_files
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("raw", "naive", "worker", "workers", "journeys", "latency",
-         "naive-one-write", "naive-tuned", "dev-profile", "profile")
-OPTIONAL = ("naive-one-write", "naive-tuned", "dev-profile", "profile")
+         "naive-one-write", "naive-tuned", "dev-profile", "profile", "store-scale")
+OPTIONAL = ("naive-one-write", "naive-tuned", "dev-profile", "profile", "store-scale")
 MIN_CALIBRATED_RATE = 5_000  # ev/s: a backlog sized below this is too small to be worth the risk (and cheap)
-PRODUCE_RATE = 50_000  # records/s the backlog is produced at on this machine (for the wall-time estimate)
+PRODUCE_RATE = 35_000  # records/s the backlog is produced at on this machine (for the wall-time estimate)
 TIMING = {  # option: (full run, --quick); an option given explicitly wins
     "window": (20.0, 4.0), "repetitions": (3, 1), "warm": (5.0, 2.0), "calibrate": (5.0, 3.0),
     "latency_seconds": (20.0, 8.0),
@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", default="2,4", help="worker counts of (6), besides one (default 2,4)")
     parser.add_argument("--max-backlog", type=int, default=4_000_000,
                         help="cap on the backlog's records (a step that outruns it is flagged short)")
+    parser.add_argument("--store-leads", type=int, default=1_000_000, help="leads of (8) store-scale (default 1M)")
+    parser.add_argument("--stores", default="memory://,rocksdb://",
+                        help="Faust stores (8) compares (rocksdb:// is served by rocksdict)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--broker-profile", choices=profiles.PROFILES, default="batched",
                         help="profile of the measured runs (see bench/profiles.py); default batched")
@@ -112,7 +115,7 @@ def plan_of(args: argparse.Namespace) -> steady.Plan:
     return steady.Plan(repetitions=args.repetitions, window_s=args.window, warm_s=args.warm)
 
 
-def estimate(args: argparse.Namespace, produce_s: float = 40.0) -> tuple[float, dict[str, float]]:
+def estimate(args: argparse.Namespace, produce_s: float = 90.0) -> tuple[float, dict[str, float]]:
     """Expected wall time of the run in seconds (and per part), printed at the start: fixed windows make it
     predictable; start-up, production and the latency drain are estimates from this machine's runs."""
     plan = plan_of(args)
@@ -130,6 +133,8 @@ def estimate(args: argparse.Namespace, produce_s: float = 40.0) -> tuple[float, 
             parts[name] = step + 6.0  # + the state gauges
         elif name == "profile":
             parts[name] = 60.0
+        elif name == "store-scale":
+            parts[name] = 2 * (args.store_leads / 8_000 + 60.0)  # fill at ~8k leads/s, restart, per store
         else:
             parts[name] = step
     return sum(parts.values()), parts
@@ -229,7 +234,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         records = min(args.max_backlog, max(wanted, len(load.records)))
         print(f"[bench] calibration {rate:,} ev/s: backlog of {records:,} records "
               f"({records / len(load.records):.1f} laps of the workload)", file=sys.stderr, flush=True)
-        journey_records = steady.backlog_events(rate, plan) if "journeys" in args.steps else 0
+        # Journey-heavy traffic costs more per event (~0.65x the mixed workload's rate on this machine).
+        journey_records = steady.backlog_events(0.8 * rate, plan) if "journeys" in args.steps else 0
         total, parts = estimate(args, produce_s=(records + journey_records) / PRODUCE_RATE)
         print(f"[bench] expected wall time now ~{total / 60:.1f} min", file=sys.stderr, flush=True)
         results["expected_wall_s"] = round(total)
@@ -286,6 +292,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             m["latency"] = await _step(
                 results, "(4) latency under load",
                 lambda: runs.measure_latency(ctx, load, latency_rate, args.latency_seconds))
+        if "store-scale" in steps:
+            for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
+                key = "store_" + store.split(":")[0]
+                m[key] = await _step(results, f"(8) state at {args.store_leads:,} leads, {store}",
+                                     lambda store=store: runs.measure_store_scale(  # type: ignore[misc]
+                                         ctx, store, args.store_leads))
         if "profile" in steps:
             m["profile"] = await _step(results, "profile (py-spy)",
                                        lambda: runs.profile_worker(ctx, load, 300.0))

@@ -45,6 +45,9 @@ def summarise(results: dict[str, Any], quick: bool = False) -> dict[str, Any]:
         "worker_vs_naive_one_write (3/2'')": _ratio(worker, get(m, "naive_one_write", "events_per_s")),
         "worker_vs_naive_tuned (3/2')": _ratio(worker, get(m, "naive_tuned", "events_per_s")),
         "journeys_vs_naive (7/2)": _ratio(get(m, "journeys", "events_per_s"), get(m, "naive", "events_per_s")),
+        # CPU per event, naive over worker: the same comparison without the CPU share each process happened to get
+        "worker_vs_naive_cpu (2/3 CPU-s per 1k)": _ratio(get(m, "naive", "cpu_s_per_1k"),
+                                                         get(m, "worker", "cpu_s_per_1k")),
     }
     for key in sorted(m):
         if key.startswith("workers_"):

@@ -1,8 +1,11 @@
 """`python -m bench.run_worker`: `nudge worker` with the benchmark's broker profile (BENCH_BROKER_PROFILE).
 
-Settings come from NUDGE_* variables exactly as for `nudge worker`; only the broker profile may be swapped
-(see bench/profiles.py), and BENCH_CLICKSTREAM_TOPIC names the input topic when it is not the prefixed
-`clickstream` (every step of a run reads one shared backlog with its own consumer group, state and outputs).
+Settings come from NUDGE_* variables exactly as for `nudge worker`; only these may differ (bench-only knobs):
+- the broker profile (see bench/profiles.py);
+- BENCH_STORE: Faust's table store, e.g. `rocksdb://` (which Faust serves with `rocksdict`), for the
+  store-scale measurement; default the shipped `memory://`;
+- BENCH_CLICKSTREAM_TOPIC: the input topic when it is not the prefixed `clickstream` (every step of a run reads
+  one shared backlog with its own consumer group, state and outputs).
 Everything else is the shipped worker.
 """
 
@@ -23,6 +26,12 @@ def main() -> int:
     from engine.kafka.topics import CLICKSTREAM
 
     settings = Settings.from_env()
+    store = os.environ.get("BENCH_STORE")
+    if store:
+        from engine.worker.faust_ext import broker_profiles
+
+        shipped = broker_profiles.PROFILES[settings.broker_profile]
+        broker_profiles.PROFILES[settings.broker_profile] = lambda: {**shipped(), "store": store}
     shared = os.environ.get("BENCH_CLICKSTREAM_TOPIC")
     if shared:
 

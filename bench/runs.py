@@ -270,6 +270,7 @@ async def start_workers(
     label: str,
     wrap: Sequence[str] = (),
     extra_env: dict[str, str] | None = None,
+    ready_timeout_s: float = 90.0,
 ) -> WorkerFleet:
     procs, ports = [], []
     for i in range(count):
@@ -278,7 +279,7 @@ async def start_workers(
         ports.append(port)
     fleet = WorkerFleet(procs, ports)
     try:
-        await _wait_for_log(procs, READY_MARK, timeout_s=90)
+        await _wait_for_log(procs, READY_MARK, timeout_s=ready_timeout_s)
         if count > 1:
             await asyncio.sleep(2.0)  # let a rebalance caused by the later joiner settle before loading
     except BaseException:
@@ -500,3 +501,48 @@ async def profile_worker(ctx: RunContext, workload: Workload, timeout_s: float) 
     keep = Path(__file__).resolve().parent / "results" / "profile-worker.txt"
     keep.write_bytes(out.read_bytes())
     return {"events_per_s_while_sampled": result["events_per_s"], "collapsed_stacks": str(keep), **summary}
+
+
+# --- (8) state at store scale -------------------------------------------------------------------------------------
+async def measure_store_scale(ctx: RunContext, store: str, leads: int, timeout_s: float = 900.0) -> dict[str, Any]:
+    """(8): one worker with Faust's `store` (`memory://` as shipped, or `rocksdb://` served by rocksdict) given
+    state for `leads` leads (one event each, `workload.one_event_per_lead`); then state per lead and RSS, and
+    the restart-to-ready time: SIGTERM, a new process with the same app id and state directory, until it logs
+    that its partitions are recovered and its deadline index rebuilt. With the `batched` profile the restarted
+    worker recovers through Tansu's end-offset bug (dev-stack.md): it can miss the tail of each changelog
+    partition's last batch, so compare `active_leads` before and after."""
+    from bench.workload import one_event_per_lead
+
+    label = "store-" + store.split(":")[0]
+    settings = ctx.settings(label)
+    backlog = Backlog(f"{settings.topic_prefix}backlog")
+    fill = await backlog.fill(ctx, one_event_per_lead(leads))
+    await create_inputs(ctx, settings)
+    env = {"BENCH_CLICKSTREAM_TOPIC": backlog.topic, "BENCH_STORE": store}
+    started = time.monotonic()
+    fleet = await start_workers(ctx, settings, 1, label, extra_env=env)
+    result: dict[str, Any] = {"store": store, "leads": leads, "produce_seconds": fill["seconds"]}
+    try:
+        probe = _WorkerProbe(ctx, fleet, backlog.valid)
+
+        async def all_consumed() -> bool:
+            return (await probe.sample()).consumed >= backlog.valid
+
+        await steady.wait_for(all_consumed, timeout_s, f"{label}: the worker did not consume {backlog.valid} events")
+        result["fill_seconds"] = round(time.monotonic() - started, 1)
+        result["cpu_s"] = fleet.procs[0].cpu_s()
+        result["before_restart"] = await _state_figures(fleet)
+        await asyncio.sleep(2.0)  # let the last changelog batch and offsets be committed
+    finally:
+        fleet.stop()
+    restarted = time.monotonic()
+    fleet = await start_workers(ctx, settings, 1, label + "-restart", extra_env=env, ready_timeout_s=timeout_s)
+    try:
+        result["restart_to_ready_s"] = round(time.monotonic() - restarted, 1)
+        result["after_restart"] = await _state_figures(fleet)
+    finally:
+        fleet.stop()
+    before = result["before_restart"]
+    rss = max((r for r in before["rss_bytes"] if r), default=0)
+    result["rss_bytes_per_lead"] = round(rss / before["active_leads"]) if before["active_leads"] else None
+    return result

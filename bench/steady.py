@@ -10,8 +10,10 @@ Contract:
   first poll that saw progress.
 - A window is flagged `short` when it lasted less than asked or the backlog ran out before it ended,
   `rebalance` when a consumer group joined during it, `no progress` when nothing was consumed, and
-  `below minimum` when the asked window itself is under `MIN_WINDOW_S` (quick runs): a flagged window makes
-  the step, and `make bench`, invalid (see bench/README.md).
+  `below minimum` when the asked window itself is under `MIN_WINDOW_S` (quick runs), `contended` when other
+  users of the machine took more than `CONTENDED_CORES` cores during it (their load decides which measured
+  process gets a core, so rates and their ratios turn into luck): a flagged window makes the step, and
+  `make bench`, invalid (see bench/README.md).
 - `summarise(windows)` gives the median, min, max and spread (max - min over median) of events/s and the median
   CPU-s per 1k events, with the union of the windows' flags.
 - Beside the measured processes, each window reports the broker's and the harness's CPU and the machine's
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+CONTENDED_CORES = 0.5  # other users' CPU in a window beyond which the window's figures are not trusted
 MIN_WINDOW_S = 20.0  # the issue's floor for a trustworthy window; quick runs are flagged "below minimum"
 POLL_S = 2.0  # progress polls inside a window (a /metrics scrape costs the worker CPU: keep them rare)
 STALL_S = 45.0
@@ -121,6 +124,9 @@ def window(s0: Sample, s1: Sample, asked_s: float, exhausted: bool = False) -> d
     broker_busy = (s1.broker_cpu_s - s0.broker_cpu_s) / seconds
     harness_busy = (s1.harness_cpu_s - s0.harness_cpu_s) / seconds
     machine_busy = (s1.machine_busy_s - s0.machine_busy_s) / seconds
+    others = machine_busy - measured_busy - broker_busy - harness_busy
+    if s1.machine_busy_s and others > CONTENDED_CORES:
+        flags.append("contended")
     return {
         "seconds": round(seconds, 3),
         "events": int(events),
@@ -131,7 +137,7 @@ def window(s0: Sample, s1: Sample, asked_s: float, exhausted: bool = False) -> d
             "broker": round(broker_busy, 3),
             "harness": round(harness_busy, 3),
             "machine": round(machine_busy, 3),
-            "others": round(max(0.0, machine_busy - measured_busy - broker_busy - harness_busy), 3),
+            "others": round(max(0.0, others), 3),
         },
         "flags": flags,
     }

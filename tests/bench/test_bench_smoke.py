@@ -34,7 +34,8 @@ def test_bench_runs_end_to_end_on_a_tiny_workload(tmp_path: Path) -> None:
     assert results["backlog"]["records"] >= 1500  # sized from the calibration, whole laps of the workload
     for step in ("raw", "naive", "worker"):
         assert m[step]["repetitions"] == 1 and m[step]["events_per_s"] > 0, step
-        assert m[step]["flags"] == ["below minimum"], step  # a quick window: reported, not a failure
+        # a quick window (and other users' load on a shared machine): reported, not a failure
+        assert set(m[step]["flags"]) <= {"below minimum", "contended"}, step
         assert m[step]["windows"][0]["seconds"] >= 1.5, step  # the naive agent stamps its counts every 0.2 s
     assert m["worker"]["state"]["active_leads"] > 0
     assert m["latency"]["events_sent"] > 0
