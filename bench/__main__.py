@@ -44,6 +44,8 @@ from engine.language.loader import rule_files
 HERE = Path(__file__).resolve().parent
 STEPS = ("raw", "naive", "worker", "workers", "journeys", "latency",
          "naive-one-write", "naive-tuned", "dev-profile", "profile", "store-scale")
+THROUGHPUT_STEPS = {"raw", "naive", "worker", "workers", "journeys", "naive-one-write", "naive-tuned",
+                    "dev-profile"}
 OPTIONAL = ("naive-one-write", "naive-tuned", "dev-profile", "profile", "store-scale")
 MIN_CALIBRATED_RATE = 5_000  # ev/s: a backlog sized below this is too small to be worth the risk (and cheap)
 PRODUCE_RATE = 35_000  # records/s the backlog is produced at on this machine (for the wall-time estimate)
@@ -221,40 +223,41 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ctx = runs.RunContext(stack, workdir, args.broker_profile, args.partitions, args.worker_env,
                               broker_pid=DevStack(workdir / "devstack").pids.get("broker"))
         backlog = runs.Backlog(f"{ctx.run_id}-backlog-clickstream")
-        # Calibration: one worker on the first lap decides how large the backlog must be.
-        await backlog.fill(ctx, load.records)
-        calibration = await _step(results, "calibration (one worker)", lambda: runs.measure_worker(
-            ctx, backlog, steady.Plan(repetitions=1, window_s=args.calibrate, warm_s=2.0), label="calibrate"))
-        rate = max(MIN_CALIBRATED_RATE, (calibration or {}).get("events_per_s") or 0)
-        if set((calibration or {}).get("flags") or ()) & {"short", "no progress"}:
-            rate = max(rate, 4 * MIN_CALIBRATED_RATE)  # the first lap ran out: the worker is faster than that
-        scale = args.scale if "workers" in args.steps else []
-        fastest = rate * max([1, *[min(n, os.cpu_count() or 1) for n in scale]])
-        wanted = steady.backlog_events(fastest, plan)
-        records = min(args.max_backlog, max(wanted, len(load.records)))
-        print(f"[bench] calibration {rate:,} ev/s: backlog of {records:,} records "
-              f"({records / len(load.records):.1f} laps of the workload)", file=sys.stderr, flush=True)
-        # Journey-heavy traffic costs more per event (~0.65x the mixed workload's rate on this machine).
-        journey_records = steady.backlog_events(0.8 * rate, plan) if "journeys" in args.steps else 0
-        total, parts = estimate(args, produce_s=(records + journey_records) / PRODUCE_RATE)
-        print(f"[bench] expected wall time now ~{total / 60:.1f} min", file=sys.stderr, flush=True)
-        results["expected_wall_s"] = round(total)
-        if records > backlog.records:
-            await backlog.fill(ctx, itertools.islice(workload.laps(load, records), backlog.records, None))
-        heavy_valid = 0
         journey_backlog = runs.Backlog(f"{ctx.run_id}-journeys-clickstream")
-        if "journeys" in args.steps:
-            heavy = workload.journey_heavy(args.leads, seed=args.seed + 4)
-            await journey_backlog.fill(ctx, workload.laps(heavy, journey_records))
-            results["journey_workload"] = heavy.describe()
-            heavy_valid = heavy.valid
-        results["calibration"] = calibration
-        results["backlog"] = {
-            "calibration_events_per_s": rate, "wanted": wanted, "records": backlog.records,
-            "valid": backlog.valid, "capped": wanted > args.max_backlog,
-            "journey_records": journey_backlog.records,
-            "produce_seconds": round(backlog.produce_seconds + journey_backlog.produce_seconds, 1),
-        }
+        heavy_valid = 0
+        if set(args.steps) & THROUGHPUT_STEPS:
+            # Calibration: one worker on the first lap decides how large the backlog must be.
+            await backlog.fill(ctx, load.records)
+            calibration = await _step(results, "calibration (one worker)", lambda: runs.measure_worker(
+                ctx, backlog, steady.Plan(repetitions=1, window_s=args.calibrate, warm_s=2.0), label="calibrate"))
+            rate = max(MIN_CALIBRATED_RATE, (calibration or {}).get("events_per_s") or 0)
+            if set((calibration or {}).get("flags") or ()) & {"short", "no progress"}:
+                rate = max(rate, 4 * MIN_CALIBRATED_RATE)  # the first lap ran out: the worker is faster than that
+            scale = args.scale if "workers" in args.steps else []
+            fastest = rate * max([1, *[min(n, os.cpu_count() or 1) for n in scale]])
+            wanted = steady.backlog_events(fastest, plan)
+            records = min(args.max_backlog, max(wanted, len(load.records)))
+            print(f"[bench] calibration {rate:,} ev/s: backlog of {records:,} records "
+                  f"({records / len(load.records):.1f} laps of the workload)", file=sys.stderr, flush=True)
+            # Journey-heavy traffic costs more per event (~0.65x the mixed workload's rate on this machine).
+            journey_records = steady.backlog_events(0.8 * rate, plan) if "journeys" in args.steps else 0
+            total, parts = estimate(args, produce_s=(records + journey_records) / PRODUCE_RATE)
+            print(f"[bench] expected wall time now ~{total / 60:.1f} min", file=sys.stderr, flush=True)
+            results["expected_wall_s"] = round(total)
+            if records > backlog.records:
+                await backlog.fill(ctx, itertools.islice(workload.laps(load, records), backlog.records, None))
+            if "journeys" in args.steps:
+                heavy = workload.journey_heavy(args.leads, seed=args.seed + 4)
+                await journey_backlog.fill(ctx, workload.laps(heavy, journey_records))
+                results["journey_workload"] = heavy.describe()
+                heavy_valid = heavy.valid
+            results["calibration"] = calibration
+            results["backlog"] = {
+                "calibration_events_per_s": rate, "wanted": wanted, "records": backlog.records,
+                "valid": backlog.valid, "capped": wanted > args.max_backlog,
+                "journey_records": journey_backlog.records,
+                "produce_seconds": round(backlog.produce_seconds + journey_backlog.produce_seconds, 1),
+            }
         steps = args.steps
         if "raw" in steps:
             m["raw"] = await _step(results, "(1) raw consume", lambda: runs.measure_raw(ctx, backlog, plan))
