@@ -5,7 +5,7 @@ rule): the worker switches within 5 s at a batch boundary; every action equals w
 the switch and v2 from it on (split at the first offset per partition the worker's status record names), with the
 matching `rules_version`, each once (no event lost or evaluated twice). A broken rule set is refused with
 `file:line:col` and exit 2 and changes nothing; a rollback restores v1's behaviour; the history lists all three;
-`nudge worker --watch` deploys an edit of its files.
+`nudge worker --watch` deploys an edit of its files; a restarted worker starts on the latest deploy.
 """
 
 from __future__ import annotations
@@ -168,6 +168,14 @@ async def test_deploy_switches_a_running_worker_rollback_restores_and_broken_set
         (worker_settings.rules_path / "test.yaml").write_text(V2)
         assert (await status_of(worker_settings, v2.version)).previous == v1.version
         assert worker.alive() and "Traceback" not in worker.log_text()
+        # A worker that starts later starts on the latest deploy, not on its files (v1 again here).
+        worker.stop()
+        worker.argv.remove("--watch")
+        (worker_settings.rules_path / "test.yaml").write_text(V1)
+        restarted_ms = time.time() * 1000
+        await worker.start_ready()
+        again = await status_of(worker_settings, v2.version)
+        assert again.source == "deploy" and again.since_ms > restarted_ms
 
     capsys.readouterr()
     assert await nudge(monkeypatch, worker_settings, "rules", "history", "--json") == 0
