@@ -6,12 +6,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import orjson
 import pytest
 
 from engine.core import LeadState, evaluate, pending_deadlines
-from engine.core.model import Tick
+from engine.core.model import Action, Tick
 from engine.events import Event, parse_event
 from engine.language import RuleFileError, load_rules, parse_rules, rule_files
+from engine.worker.lead_worker import _rules_stamp
 from engine.worker.rule_versions import Deploy, RulesLog, WorkerStatus, compile_deploy, snapshot
 
 BASE_MS = 1_767_600_000_000
@@ -102,3 +104,10 @@ def test_across_versions_an_unchanged_rule_keeps_its_state_an_edited_one_starts_
     ticked = evaluate(v2, result.state, Tick(BASE_MS + 600_000))
     assert [a.rule for a in ticked.actions] == ["cart"] and not ticked.deadlines
     assert not any(a.rule == "gone" for a in evaluate(v2, state, Tick(BASE_MS + 700_000)).actions)
+
+
+def test_the_stamped_action_reads_as_the_same_action_with_its_rule_set_version() -> None:
+    action = Action("act_1", "cart", "v1", "u1", 1000, ("m1",), "email", "why")
+    stamped = action.to_bytes()[:-1] + _rules_stamp("c00deb3579b7")
+    assert Action.from_json(stamped) == action  # readers that do not know the field ignore it
+    assert orjson.loads(stamped)["rules_version"] == "c00deb3579b7"
