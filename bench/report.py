@@ -104,7 +104,7 @@ def table(results: dict[str, Any]) -> str:
     lat = m.get("latency")
     if lat:
         ev, dl = lat["event_to_action_s"], lat["deadline_lag_s"]
-        rows.append(("(4) offered load [dev profile, Tansu fetch wait capped]",
+        rows.append((f"(4) offered load [{results.get('broker_profile')} profile, Tansu fetch wait capped]",
                      _num(lat["offered_events_per_s"], " ev/s"),
                      f"achieved {_num(lat['achieved_events_per_s'])}; worker busy "
                      f"{_num(lat.get('worker_cpu_busy_during_load'))}, load generator "
@@ -123,6 +123,15 @@ def table(results: dict[str, Any]) -> str:
                          f"RSS {_num(round(rss / MIB) if rss else None, ' MiB')}"
                          + (f" ({_num(round(rss / state['active_leads']))} B/lead)" if rss and state["active_leads"]
                             else "")))
+    for key in sorted(k for k in m if k.startswith("store_")):
+        got = m[key]
+        before = got.get("before_restart") or {}
+        restarts = " / ".join(_num(got.get(k), " s") for k in ("restart_to_ready_s", "second_restart_to_ready_s"))
+        rows.append((f"(8) {got['store']} at {_num(got['leads'])} leads: {_num(before.get('active_leads'))} active",
+                     f"RSS {_num(got.get('rss_bytes_per_lead'))} B/lead",
+                     f"state {_num(before.get('state_bytes_per_lead'))} B/lead; filled in "
+                     f"{_num(got.get('fill_seconds'))} s; restart to ready {restarts}"
+                     + "".join(f"; {k}: {v}" for k, v in got.items() if k.endswith("_error"))))
     for name, value in results.get("ratios", {}).items():
         rows.append((f"ratio {name}", _num(value, "x"), ""))
     for check in results.get("targets", []):

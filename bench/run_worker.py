@@ -2,8 +2,9 @@
 
 Settings come from NUDGE_* variables exactly as for `nudge worker`; only these may differ (bench-only knobs):
 - the broker profile (see bench/profiles.py);
-- BENCH_STORE: Faust's table store, e.g. `rocksdb://` (which Faust serves with `rocksdict`), for the
-  store-scale measurement; default the shipped `memory://`;
+- BENCH_STORE: Faust's table store, e.g. `rocksdb://` (which Faust serves with `rocksdict`; with the
+  bench-only write-path patch of bench/store_patch.py), for the store-scale measurement; default the shipped
+  `memory://`;
 - BENCH_CLICKSTREAM_TOPIC: the input topic when it is not the prefixed `clickstream` (every step of a run reads
   one shared backlog with its own consumer group, state and outputs).
 Everything else is the shipped worker.
@@ -30,6 +31,10 @@ def main() -> int:
     if store:
         from engine.worker.faust_ext import broker_profiles
 
+        if store.startswith("rocksdb"):
+            from bench import store_patch
+
+            store_patch.install()
         shipped = broker_profiles.PROFILES[settings.broker_profile]
         broker_profiles.PROFILES[settings.broker_profile] = lambda: {**shipped(), "store": store}
     shared = os.environ.get("BENCH_CLICKSTREAM_TOPIC")

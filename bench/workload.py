@@ -252,13 +252,18 @@ def journey_heavy(leads: int = 50_000, seed: int = 11, first_lead: int = 0, span
     return Workload([record for _, _, record in timed], leads, seed, dict(mix))
 
 
-def one_event_per_lead(leads: int, first_lead: int = 0, seed: int = 13) -> Iterator[Record]:
-    """`leads` records, one `Product Viewed` per lead (`s<n>` user ids, fresh message ids, one second apart in
-    event time): the cheapest way to give a worker state for a million leads (each view also schedules the
-    browse-abandonment deadline, as live traffic does). Generated lazily, ~3 µs a record."""
+def one_event_per_lead(leads: int, first_lead: int = 0, seed: int = 13, end_ms: int | None = None) -> Iterator[Record]:
+    """`leads` records, one `Product Viewed` per lead (`s<n>` user ids, fresh message ids, 1 ms apart in event
+    time, the last at `end_ms`, default now): the cheapest way to give a worker state for a million leads (each
+    view also schedules the browse-abandonment deadline, as live traffic does). Recent timestamps matter: after a
+    restart an idle partition's clock follows the wall clock, and old events' deadlines would all fall due then.
+    Generated lazily, ~3 µs a record."""
+    import time
+
     rng = random.Random(seed)
+    end = int(time.time() * 1000) if end_ms is None else end_ms
     for n in range(first_lead, first_lead + leads):
-        at_ms = BASE_MS + n * 1000
+        at_ms = end - (first_lead + leads - 1 - n)
         doc = {
             "type": "track", "event": "Product Viewed",
             "messageId": f"{rng.getrandbits(64):016x}-{n:012d}", "timestamp": format_ts(at_ms),
