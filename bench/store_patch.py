@@ -25,6 +25,7 @@ _partition: contextvars.ContextVar[int | None] = contextvars.ContextVar("bench_s
 
 def install() -> None:
     from faust.stores import rocksdb
+    from faust.streams import current_event
 
     from engine.worker.faust_ext import batched_output
 
@@ -32,7 +33,7 @@ def install() -> None:
 
     def _set(self: Any, key: bytes, value: bytes | None) -> None:
         partition = _partition.get()
-        if rocksdb.current_event() is not None or partition is None:
+        if current_event() is not None or partition is None:
             shipped_set(self, key, value)
             return
         db = self._db_for_partition(partition)
@@ -48,5 +49,5 @@ def install() -> None:
         finally:
             _partition.reset(token)
 
-    rocksdb.Store._set = _set  # noqa: SLF001
+    rocksdb.Store._set = _set  # type: ignore[method-assign]  # noqa: SLF001
     batched_output.TableWriter.put = put  # type: ignore[method-assign]
