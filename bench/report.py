@@ -26,11 +26,13 @@ def baseline_from(doc: dict[str, Any] | None, source: str) -> dict[str, Any] | N
     ratio = get(doc, "ratios", "worker_vs_naive (3/2)")
     if not ratio:
         return None
+    naive_cpu, worker_cpu = (get(doc, "measurements", k, "cpu_s_per_1k") for k in ("naive", "worker"))
     return {
         "source": source,
         "commit": get(doc, "environment", "commit"),
         "started_at": doc.get("started_at"),
         "worker_vs_naive": ratio,
+        "worker_vs_naive_cpu": _ratio(naive_cpu, worker_cpu),
         "worker_events_per_s": get(doc, "measurements", "worker", "events_per_s"),
         "worker_cpu_s_per_1k": get(doc, "measurements", "worker", "cpu_s_per_1k"),
     }
@@ -140,8 +142,9 @@ def table(results: dict[str, Any]) -> str:
     for gate in results.get("gates", []):
         verdict = {True: "PASS", False: "FAIL", None: "not checked"}[gate["holds"]]
         if gate["gate"] == "ratio guard":
-            detail = (f"3/2 = {_num(gate['value'])} vs baseline {_num(gate['baseline'])} "
-                      f"(floor {_num(gate.get('floor'))}, tolerance {_num(gate['tolerance'])})")
+            detail = (f"worker/naive by {gate.get('compares')} = {_num(gate['value'])} vs baseline "
+                      f"{_num(gate['baseline'])} (floor {_num(gate.get('floor'))}, "
+                      f"tolerance {_num(gate['tolerance'])})")
         else:
             detail = "; ".join([*(f"{k}: {', '.join(v)}" for k, v in gate["flagged"].items()),
                                 *(f"{k}: failed" for k in gate["failed"])]) or "every window as asked"

@@ -14,8 +14,8 @@ Contract:
   users of the machine took more than `CONTENDED_CORES` cores during it (their load decides which measured
   process gets a core, so rates and their ratios turn into luck): a flagged window makes the step, and
   `make bench`, invalid (see bench/README.md).
-- `summarise(windows)` gives the median, min, max and spread (max - min over median) of events/s and the median
-  CPU-s per 1k events, with the union of the windows' flags.
+- `summarise(windows)` gives the median, min, max and spread (max - min over median) of events/s, the median
+  CPU-s per 1k events and its spread, with the union of the windows' flags.
 - Beside the measured processes, each window reports the broker's and the harness's CPU and the machine's
   total busy cores, so "two workers on two shared cores" is read against what else ran ("others" is the
   machine's busy time not accounted to the measured processes, the broker or the harness: other users).
@@ -162,6 +162,7 @@ def summarise(windows: Sequence[dict[str, Any]], asked: int) -> dict[str, Any]:
         "events_per_s_max": max(rates) if rates else None,
         "spread": round((max(rates) - min(rates)) / median, 3) if rates and median else None,
         "cpu_s_per_1k": round(statistics.median(cpus), 4) if cpus else None,
+        "cpu_spread": round((max(cpus) - min(cpus)) / statistics.median(cpus), 3) if cpus else None,
         "cores_busy": {
             "measured_total": round(statistics.median([sum(c["measured"]) for c in cores]), 3) if cores else None,
             "broker": median_of("broker"),

@@ -175,6 +175,21 @@ def test_report_ratios_targets_gates_and_table() -> None:
     assert "FAIL" in report.table(results)
 
 
+def test_ratio_guard_compares_cpu_per_event_when_the_baseline_has_it() -> None:
+    results = {
+        "baseline": {"worker_vs_naive": 4.87, "worker_vs_naive_cpu": 4.89},
+        "measurements": {"naive": _step([3_200] * 3, cpu=0.30), "worker": _step([12_800] * 3, cpu=0.061)},
+        "errors": {},
+    }
+    report.summarise(results)
+    gate = {g["gate"]: g for g in results["gates"]}["ratio guard"]
+    # rates say 4.0x (under the 4.14 floor); CPU per event says 4.92x: the worker did not get slower
+    assert gate["compares"] == "CPU per event" and gate["value"] == 4.918 and gate["holds"] is True
+    results["measurements"]["worker"] = _step([12_800] * 3, cpu=0.08)  # 3.75x by CPU: beyond 15 %
+    report.summarise(results)
+    assert {g["gate"]: g["holds"] for g in results["gates"]}["ratio guard"] is False
+
+
 def test_quick_runs_do_not_fail_on_short_asked_windows() -> None:
     step = _step([1_000] * 3, flags=("below minimum",))
     assert targets.validity({"measurements": {"naive": step}}, quick=True)["holds"] is True
@@ -186,6 +201,7 @@ def test_baseline_from_a_previous_results_file() -> None:
            "measurements": {"worker": {"events_per_s": 5_286, "cpu_s_per_1k": 0.1869}}}
     got = report.baseline_from(doc, "HEAD")
     assert got is not None and got["worker_vs_naive"] == 4.867 and got["worker_cpu_s_per_1k"] == 0.1869
+    assert got["worker_vs_naive_cpu"] is None  # no naive CPU figure in this file: the guard compares rates
     assert report.baseline_from({}, "HEAD") is None
 
 
