@@ -98,8 +98,8 @@ def table(results: dict[str, Any]) -> str:
         cores = got.get("cores_busy") or {}
         detail = (f"{_num(got.get('cpu_s_per_1k'))} CPU-s/1k; spread {_num(spread)}; {got.get('repetitions')}x"
                   f"{_num(got.get('window_s'))} s; cores: measured {_num(cores.get('measured_total'))}, broker "
-                  f"{_num(cores.get('broker'))}, harness {_num(cores.get('harness'))}, others "
-                  f"{_num(cores.get('others'))}")
+                  f"{_num(cores.get('broker'))}, harness {_num(cores.get('harness'))}, irq "
+                  f"{_num(cores.get('interrupts'))}, others {_num(cores.get('others'))}")
         if got.get("flags"):
             detail += f"  FLAGGED: {', '.join(got['flags'])}"
         rows.append((label, rate, detail))

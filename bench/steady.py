@@ -16,9 +16,10 @@ Contract:
   `make bench`, invalid (see bench/README.md).
 - `summarise(windows)` gives the median, min, max and spread (max - min over median) of events/s, the median
   CPU-s per 1k events and its spread, with the union of the windows' flags.
-- Beside the measured processes, each window reports the broker's and the harness's CPU and the machine's
-  total busy cores, so "two workers on two shared cores" is read against what else ran ("others" is the
-  machine's busy time not accounted to the measured processes, the broker or the harness: other users).
+- Beside the measured processes, each window reports the broker's and the harness's CPU, the machine's total
+  busy cores (process time) and its interrupt/softirq time (loopback networking), so "two workers on two shared
+  cores" is read against what else ran ("others" is the machine's process time not accounted to the measured
+  processes, the broker or the harness: other users).
 """
 
 from __future__ import annotations
@@ -55,15 +56,18 @@ def proc_cpu_s(pid: int | None) -> float | None:
         return None
 
 
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, summed over cores (/proc/stat)."""
+def machine_cpu_s() -> tuple[float, float, float]:
+    """(busy, total, interrupts) CPU seconds of the whole machine since boot, summed over cores (/proc/stat).
+    `busy` leaves out interrupt and softirq time (loopback networking between the measured processes and the
+    broker lands there, attributed to no process): that is `interrupts`."""
     try:
         first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     except (OSError, IndexError):
-        return 0.0, 0.0
-    values = [int(v) for v in first[:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+        return 0.0, 0.0, 0.0
+    values = [int(v) for v in first[:8]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    irq = values[5] + values[6]
+    return (sum(values) - idle - irq) / CLOCK_TICKS, sum(values) / CLOCK_TICKS, irq / CLOCK_TICKS
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Sample:
     broker_cpu_s: float = 0.0
     harness_cpu_s: float = 0.0
     machine_busy_s: float = 0.0
+    machine_irq_s: float = 0.0
 
 
 class Probe(Protocol):
@@ -99,10 +104,12 @@ class Plan:
 
 def context_sample(broker_pid: int | None) -> dict[str, float]:
     """The broker's, the harness's (this process) and the machine's CPU seconds, for `Sample`."""
+    busy, _, irq = machine_cpu_s()
     return {
         "broker_cpu_s": proc_cpu_s(broker_pid) or 0.0,
         "harness_cpu_s": time.process_time(),
-        "machine_busy_s": machine_cpu_s()[0],
+        "machine_busy_s": busy,
+        "machine_irq_s": irq,
     }
 
 
@@ -137,6 +144,7 @@ def window(s0: Sample, s1: Sample, asked_s: float, exhausted: bool = False) -> d
             "broker": round(broker_busy, 3),
             "harness": round(harness_busy, 3),
             "machine": round(machine_busy, 3),
+            "interrupts": round((s1.machine_irq_s - s0.machine_irq_s) / seconds, 3),
             "others": round(max(0.0, others), 3),
         },
         "flags": flags,
@@ -168,6 +176,7 @@ def summarise(windows: Sequence[dict[str, Any]], asked: int) -> dict[str, Any]:
             "broker": median_of("broker"),
             "harness": median_of("harness"),
             "machine": median_of("machine"),
+            "interrupts": median_of("interrupts"),
             "others": median_of("others"),
         },
         "repetitions": len(windows),

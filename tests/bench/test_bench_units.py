@@ -79,7 +79,8 @@ def test_profile_summary_buckets_and_leaves(tmp_path: Path) -> None:
 
 def _step(rates: list[int], cpu: float = 0.2, flags: tuple[str, ...] = ()) -> dict:
     windows = [{"seconds": 20.0, "events": r * 20, "events_per_s": r, "cpu_s_per_1k": cpu, "flags": list(flags),
-                "cores_busy": {"measured": [0.9], "broker": 0.1, "harness": 0.0, "machine": 1.2, "others": 0.2}}
+                "cores_busy": {"measured": [0.9], "broker": 0.1, "harness": 0.0, "machine": 1.2, "interrupts": 0.0,
+                               "others": 0.2}}
                for r in rates]
     return steady.summarise(windows, asked=3)
 
@@ -90,7 +91,7 @@ def test_steady_window_from_edge_samples_and_flags() -> None:
     got = steady.window(s0, s1, asked_s=20.0)
     assert (got["events_per_s"], got["cpu_s_per_1k"], got["flags"]) == (5_000, 0.18, [])
     assert got["cores_busy"] == {"measured": [0.5, 0.4], "broker": 0.1, "harness": 0.0, "machine": 1.3,
-                                 "others": 0.3}
+                                 "interrupts": 0.0, "others": 0.3}
     rebalanced = steady.Sample(120.0, 101_000, (20.0, 13.0), joins=3)
     assert steady.window(s0, rebalanced, 20.0)["flags"] == ["rebalance"]
     short = steady.Sample(110.0, 50_000, (15.0, 9.0), joins=2)
