@@ -93,6 +93,7 @@ class AssignmentService:
         self.app = create_app(self.assigner, self.operations, self.links, self.auth)
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -151,7 +152,7 @@ class AssignmentService:
         metrics.ASSIGNMENT_QUEUE_OLDEST.set(oldest_s)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -192,10 +193,23 @@ class AssignmentService:
             self._tasks.append(asyncio.create_task(self.lifecycle.run(), name="assignment-lifecycle"))
 
     async def stop(self) -> None:
+        # The loop ends by itself after its current pass (its Redis wait is bounded by `interval_s`): cancelling a
+        # blocking BLPOP can leave redis-py's client waiting forever, so cancellation is only the fallback, and
+        # every wait here is bounded.
+        self._stopping = True
+        loop_tasks = [task for task in self._tasks if task.get_name() == "assignment-loop"]
+        if loop_tasks:
+            await asyncio.wait(loop_tasks, timeout=self.interval_s + 5)
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.done():
+                task.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            if stuck:
+                log.warning("%d assignment tasks did not stop within 5 s; going on", len(stuck))
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("assignment task %s had failed", task.get_name(), exc_info=task.exception())
         for runner in self._runners:
             await runner.cleanup()
         # Bounded: a broker that stopped answering must not keep the process from exiting.
@@ -204,4 +218,5 @@ class AssignmentService:
         if self.producer is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.producer.stop(), 10)
-        await self.redis.aclose()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.redis.aclose(), 5)
