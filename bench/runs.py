@@ -357,8 +357,16 @@ class _WorkerProbe:
             proc.check_alive()
 
     async def sample(self) -> steady.Sample:
-        """The workers' own `nudge_events_consumed_total` (scraped in parallel) and their CPU from /proc."""
-        samples = await _scrape_all(self.fleet.ports)
+        """The workers' own `nudge_events_consumed_total` (scraped in parallel) and their CPU from /proc. A scrape
+        that fails (a busy worker can miss the 2 s timeout) is retried: a missing worker would read as a drop."""
+        for _ in range(10):
+            samples = await _scrape_all(self.fleet.ports)
+            if all(samples):
+                break
+            self.check_alive()
+            await asyncio.sleep(0.3)
+        else:
+            raise BenchError(f"a worker's /metrics did not answer; see {self.fleet.procs[0].log_path}")
         now = time.monotonic()
         cpu = tuple(p.cpu_s() or 0.0 for p in self.fleet.procs)
         consumed = _total(samples, "nudge_events_consumed_total")

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_runs_end_to_end_on_a_tiny_workload(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--events", "1500", "--leads", "400", "--window", "2",
-         "--warm", "1", "--calibrate", "2", "--skip", "workers,journeys", "--latency-seconds", "4",
+        [sys.executable, "-m", "bench", "--quick", "--events", "1500", "--leads", "400", "--window", "1.5",
+         "--warm", "0.5", "--calibrate", "1", "--skip", "workers,journeys", "--latency-seconds", "2",
          "--out", str(out)],
         cwd=REPO, capture_output=True, timeout=170,
     )
@@ -36,7 +36,7 @@ def test_bench_runs_end_to_end_on_a_tiny_workload(tmp_path: Path) -> None:
         assert m[step]["repetitions"] == 1 and m[step]["events_per_s"] > 0, step
         # a quick window (and other users' load on a shared machine): reported, not a failure
         assert set(m[step]["flags"]) <= {"below minimum", "contended"}, step
-        assert m[step]["windows"][0]["seconds"] >= 1.5, step  # the naive agent stamps its counts every 0.2 s
+        assert m[step]["windows"][0]["seconds"] >= 1.0, step  # the naive agent stamps its counts every 0.2 s
     assert m["worker"]["state"]["active_leads"] > 0
     assert m["latency"]["events_sent"] > 0
     assert "worker_vs_naive (3/2)" in results["ratios"]
