@@ -12,6 +12,8 @@ Key = tuple[str, int]  # (topic, partition)
 
 # While the records fetched before a seek drain away, a partition is sought back at most this often.
 RESEEK_AFTER_S = 1.0
+# A partition with records below its end offset that hands out none of them for this long is sought back too.
+STALL_AFTER_S = 1.0
 
 
 class Record(Protocol):
@@ -32,6 +34,12 @@ class InputPositions:
     rest of that partition's records are left out, and `admit` asks for a seek back to the expected offset
     (`seeks`), at most once per `RESEEK_AFTER_S` for the same offset while the stale fetch drains.
 
+    A jump shows only when a later record arrives. When the records that vanished were a partition's last ones
+    (a restart after the producers paused or stopped), nothing arrives at all: `stalled(ends)`, called
+    periodically with each partition's end offset (the highwater of the consumer's last fetch), asks for the same
+    seek back for a partition that has records below its end yet handed out none of them for `STALL_AFTER_S`.
+    Without it such a partition would wait for its next record forever, never caught up, its deadlines frozen.
+
     `processed()` marks everything admitted so far as processed (call it once their output is flushed);
     `to_commit()` gives the processed positions that moved since `committed()` was last told about them.
     Not thread-safe; one event loop.
@@ -42,16 +50,18 @@ class InputPositions:
         self.processed_offset: dict[Key, int] = {}
         self._committed: dict[Key, int] = {}
         self._reseek: dict[Key, tuple[int, float]] = {}
+        self._waiting: dict[Key, tuple[int, float]] = {}  # (next offset, since when) of a partition short of its end
         self._clock = clock
         self.seeks: list[tuple[Key, int, int]] = []  # (partition, offset to seek back to, offset seen), to act on
 
     def start(self, key: Key, offset: int) -> None:
         self.next_offset[key] = self.processed_offset[key] = self._committed[key] = offset
         self._reseek.pop(key, None)
+        self._waiting.pop(key, None)
 
     def forget(self, keys: Iterable[Key]) -> None:
         for key in keys:
-            for positions in (self.next_offset, self.processed_offset, self._committed, self._reseek):
+            for positions in (self.next_offset, self.processed_offset, self._committed, self._reseek, self._waiting):
                 positions.pop(key, None)
 
     def admit(self, records: Sequence[Any], generation: int) -> list[Any]:
@@ -74,13 +84,35 @@ class InputPositions:
                 self._ask_seek(key, want, offset)
         return kept
 
-    def _ask_seek(self, key: Key, offset: int, seen: int) -> None:
+    def stalled(self, ends: Mapping[Key, int]) -> list[tuple[Key, int, int]]:
+        """Ask for a seek back (`seeks`) for each partition whose next offset has stayed below its end offset in
+        `ends` (records exist that were never handed out) for `STALL_AFTER_S`, at most once per `RESEEK_AFTER_S`
+        for the same offset; returns those asked for now as (partition, offset to seek back to, end offset).
+        Partitions not in `ends` (end unknown) are left alone. Costs nothing per record: progress is seen as the
+        next offset moving between two calls."""
+        now = self._clock()
+        asked = []
+        for key, end in ends.items():
+            want = self.next_offset.get(key)
+            if want is None or want >= end:
+                self._waiting.pop(key, None)
+                continue
+            waiting = self._waiting.get(key)
+            if waiting is None or waiting[0] != want:
+                self._waiting[key] = (want, now)  # short of its end, but it moved: records may be on their way
+                continue
+            if now - waiting[1] >= STALL_AFTER_S and self._ask_seek(key, want, end):
+                asked.append((key, want, end))
+        return asked
+
+    def _ask_seek(self, key: Key, offset: int, seen: int) -> bool:
         last = self._reseek.get(key)
         now = self._clock()
         if last is not None and last[0] == offset and now - last[1] < RESEEK_AFTER_S:
-            return
+            return False
         self._reseek[key] = (offset, now)
         self.seeks.append((key, offset, seen))
+        return True
 
     def processed(self) -> None:
         self.processed_offset.update(self.next_offset)

@@ -842,6 +842,10 @@ class LeadWorker:
                 await self._commit_before_switch()
         budget = MAX_TICKS_PER_ROUND
         watermarks = []
+        if self.ready:
+            # A partition whose last records vanished at a restart shows no jump and would never catch up (its
+            # clock, and so its deadlines, frozen until its next record): seek it back (`WorkerInput.check_stalled`).
+            self.input.check_stalled()
         self._refresh_caught_up()
         for partition in sorted(self.indexes.keys() | self.clocks.keys()):
             now_ms = self.clock(partition).now_ms(partition in self._caught_up)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine.worker.input_positions import RESEEK_AFTER_S, InputPositions
+from engine.worker.input_positions import RESEEK_AFTER_S, STALL_AFTER_S, InputPositions
 
 TOPIC = "clickstream"
 
@@ -80,3 +80,40 @@ def test_a_revoked_partition_is_forgotten_until_its_next_start() -> None:
     assert positions.to_commit() == {} and positions.admit([Rec(0, 1)], 1) == []
     positions.start((TOPIC, 0), 1)
     assert offsets(positions.admit([Rec(0, 1)], 1)) == [(0, 1)]
+
+
+def test_a_partition_short_of_its_end_that_hands_out_nothing_is_sought_back() -> None:
+    """The crash test's loss: the worker restarted after the stream ended, the records fetched before Faust's seek
+    vanished, and they were the partition's last ones: no later record showed a jump, the partition never caught
+    up and its pending deadlines never fired."""
+    now = [0.0]
+    positions = InputPositions(clock=lambda: now[0])
+    positions.start((TOPIC, 0), 733)
+    positions.start((TOPIC, 1), 674)
+    ends = {(TOPIC, 0): 740, (TOPIC, 1): 674}  # partition 1 is at its end: nothing to fetch
+    assert positions.stalled(ends) == []  # short of its end, but give the fetch its time
+    now[0] += STALL_AFTER_S - 0.1
+    assert positions.stalled(ends) == [] and positions.seeks == []
+    now[0] += 0.2
+    assert positions.stalled(ends) == [((TOPIC, 0), 733, 740)]
+    assert positions.seeks == [((TOPIC, 0), 733, 740)]
+    positions.seeks.clear()
+    now[0] += 0.1
+    assert positions.stalled(ends) == []  # sought back just now: not again at once
+    now[0] += RESEEK_AFTER_S
+    assert positions.stalled(ends) == [((TOPIC, 0), 733, 740)]  # still nothing: again
+    positions.seeks.clear()
+    assert offsets(positions.admit([Rec(0, 733), Rec(0, 734)], 1)) == [(0, 733), (0, 734)]
+    now[0] += STALL_AFTER_S + 0.1
+    assert positions.stalled(ends) == []  # it moved since the last look: records are arriving
+    assert positions.stalled({(TOPIC, 0): 735}) == [] and positions.seeks == []  # an end it reached is no stall
+
+
+def test_a_partition_with_an_unknown_start_or_end_is_not_sought() -> None:
+    now = [0.0]
+    positions = InputPositions(clock=lambda: now[0])
+    positions.start((TOPIC, 0), 5)
+    for _ in range(3):
+        assert positions.stalled({(TOPIC, 1): 9}) == []  # start unknown (not assigned, or before the seek)
+        now[0] += STALL_AFTER_S + RESEEK_AFTER_S
+    assert positions.stalled({}) == [] and positions.seeks == []  # end unknown (no fetch answered yet)

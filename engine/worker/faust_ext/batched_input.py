@@ -6,6 +6,7 @@ per-record cost left in the worker (bench/FINDINGS.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -41,8 +42,10 @@ class WorkerInput:
 
     Ordering and completeness: a partition's records are handed out strictly in offset order from the offset the
     consumer was sought to after the last assignment (`on_seek`), each once, by the rules of `InputPositions`; a
-    partition whose input jumps past records it never handed out is sought back. Records delivered while the
-    flow is stopped are left out too: the seek after the rebalance delivers them again.
+    partition whose input jumps past records it never handed out is sought back, and so is one that has records
+    below its end offset yet hands out none of them for a second (`check_stalled`: the records that vanished were
+    its last ones, so no later record shows a jump). Records delivered while the flow is stopped are left out
+    too: the seek after the rebalance delivers them again.
 
     Back-pressure: the conductor puts each record on the channel's flow-controlled queue (`maxsize` records),
     exactly where it would put a stream's events; a full queue pauses fetching of that partition. Faust clears
@@ -118,13 +121,42 @@ class WorkerInput:
         if not self.app.flow_control.is_active():
             return []
         kept = self.positions.admit(batch, self.app.consumer_generation_id)
-        for (topic, partition), offset, seen in self.positions.seeks:
-            log.warning("input %s[%d] jumped from %d to %d: seeking back to %d", topic, partition, offset, seen, offset)
+        self._seek_back()
+        return kept
+
+    def check_stalled(self) -> None:
+        """Seek back each input partition that has records below its end offset (the highwater of the consumer's
+        last fetch) but handed out none of them for `STALL_AFTER_S`: records that vanished before a seek and were
+        the partition's last ones, so no later record shows the jump (`InputPositions.stalled`). Call it
+        periodically (the worker's timer does); cheap, and a no-op while the flow is stopped."""
+        if not self.app.flow_control.is_active() or not self.positions.next_offset:
+            return
+        consumer = self.app.consumer
+        ends: dict[Key, int] = {}
+        for key in self.positions.next_offset:
+            with contextlib.suppress(Exception):  # not assigned any more (a rebalance in progress): skip it
+                end = consumer.highwater(TP(*key))
+                if end is not None:
+                    ends[key] = int(end)
+        stalled = {(key, offset) for key, offset, _ in self.positions.stalled(ends)}
+        self._seek_back(stalled)
+
+    def _seek_back(self, stalled: Iterable[tuple[Key, int]] = ()) -> None:
+        """Carry out the seeks `InputPositions` asked for. Faust's `seek` also resets its own read offset, below
+        which its drain loop drops records: so the records from there on are delivered again."""
+        stalled = set(stalled)
+        for key, offset, seen in self.positions.seeks:
+            topic, partition = key
+            if (key, offset) in stalled:
+                log.warning("input %s[%d] stopped at %d below its end offset %d: seeking back to %d", topic,
+                            partition, offset, seen, offset)
+            else:
+                log.warning("input %s[%d] jumped from %d to %d: seeking back to %d", topic, partition, offset, seen,
+                            offset)
             task = asyncio.ensure_future(self.app.consumer.seek(TP(topic, partition), offset))
             self._seeks.add(task)
             task.add_done_callback(self._seeks.discard)
         self.positions.seeks.clear()
-        return kept
 
     def processed(self) -> None:
         """Everything handed out so far is processed and its output flushed: it may be committed."""
