@@ -139,7 +139,10 @@ async def run_crash(
         dispatch_settings = settings.with_(connectors_path=connectors, web_port=free_port())
         worker = WorkerProcess(settings, workdir / "worker.log")
         dispatcher = ChildProcess(
-            "nudge dispatch", [*nudge_command(), "dispatch"], {**os.environ, **dispatch_settings.env()},
+            # No /metrics: its fixed default port may be taken by another dispatcher on the machine (a test running
+            # beside this one), and a dispatcher that cannot start would read as every action lost.
+            "nudge dispatch", [*nudge_command(), "dispatch", "--metrics-port", "0"],
+            {**os.environ, **dispatch_settings.env()},
             workdir / "dispatch.log",
         )
         kill_times: list[float] = []
