@@ -105,6 +105,11 @@ class InputPositions:
                 asked.append((key, want, end))
         return asked
 
+    def busy(self) -> None:
+        """The input still has records queued: a partition that hands out nothing now is waiting its turn (or
+        paused by back-pressure), not stalled. Forget how long each has waited, so `stalled` counts idle time only."""
+        self._waiting.clear()
+
     def _ask_seek(self, key: Key, offset: int, seen: int) -> bool:
         last = self._reseek.get(key)
         now = self._clock()

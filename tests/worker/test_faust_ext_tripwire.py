@@ -27,6 +27,7 @@ import faust.topics
 import faust.transport.conductor
 import faust.transport.consumer
 import mode
+import mode.threads
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.stores import memory
@@ -205,3 +206,20 @@ def test_consumer_commits_offsets_it_is_given() -> None:
     source = _source(commit)
     assert "await self.app.producer.flush()" in source
     assert "did_commit = await self._commit(committable_offsets)" in source
+
+
+def test_the_aiokafka_consumer_runs_on_its_own_thread_reached_through_call_thread() -> None:
+    """`FastDeliveryConsumer.seek_on_consumer_thread` runs aiokafka's `seek` through the consumer thread's
+    `call_thread` (Faust's `seek` calls it from the caller's thread) and resets `_read_offset` as `Consumer.seek`
+    does."""
+    assert "self._thread.seek(partition, offset)" in _source(faust_aiokafka.Consumer._seek)
+    assert "self._ensure_consumer().seek(partition, offset)" in _source(faust_aiokafka.AIOKafkaConsumerThread.seek)
+    assert _parameters(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer) == ["self"]
+    assert issubclass(faust_aiokafka.AIOKafkaConsumerThread, mode.threads.QueueServiceThread)
+    assert inspect.iscoroutinefunction(mode.threads.QueueServiceThread.call_thread)
+    # A plain (not async) function is accepted: the thread awaits `maybe_async(method(*args, **kwargs))`.
+    assert "maybe_async(method(*args, **kwargs))" in _source(mode.threads.MethodQueue._process_enqueued)
+    assert _parameters(mode.threads.QueueServiceThread.call_thread) == ["self", "fun", "args", "kwargs"]
+    assert "self._read_offset[ensure_TP(partition)] = offset if offset else None" in _source(
+        faust.transport.consumer.Consumer.seek
+    )

@@ -117,3 +117,19 @@ def test_a_partition_with_an_unknown_start_or_end_is_not_sought() -> None:
         assert positions.stalled({(TOPIC, 1): 9}) == []  # start unknown (not assigned, or before the seek)
         now[0] += STALL_AFTER_S + RESEEK_AFTER_S
     assert positions.stalled({}) == [] and positions.seeks == []  # end unknown (no fetch answered yet)
+
+
+def test_time_with_records_queued_does_not_count_as_stalled() -> None:
+    """Under back-pressure (a full queue pauses fetching) a partition hands out nothing for long stretches while
+    records are queued: that is waiting its turn, and seeking it would only re-fetch (and raced the fetcher)."""
+    now = [0.0]
+    positions = InputPositions(clock=lambda: now[0])
+    positions.start((TOPIC, 0), 733)
+    ends = {(TOPIC, 0): 740}
+    assert positions.stalled(ends) == []
+    for _ in range(5):
+        now[0] += STALL_AFTER_S
+        positions.busy()  # the worker's check saw records queued
+    assert positions.stalled(ends) == [] and positions.seeks == []  # idle time counts from here
+    now[0] += STALL_AFTER_S + 0.1
+    assert positions.stalled(ends) == [((TOPIC, 0), 733, 740)]

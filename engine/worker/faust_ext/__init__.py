@@ -13,7 +13,9 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
   `faust.transport.consumer.Consumer._drain_messages` (`wait_first(callback(message), self.suspend_flow.wait())`);
   reads `mode.Service._stopped` and `mode.Service._crashed`; overrides `faust.App._new_transport` (and sets the
   transport class's `Consumer` attribute) so the app's consumer is the fast-delivery one; wraps the consumer's
-  `seek_to_committed`/`perform_seek`, relying on Faust's recovery calling `perform_seek` after each rebalance.
+  `seek_to_committed`/`perform_seek`, relying on Faust's recovery calling `perform_seek` after each rebalance;
+  `seek_on_consumer_thread` runs aiokafka's `seek` through `Consumer._thread.call_thread` (the consumer's own
+  thread; Faust's `seek` calls it from the caller's thread, racing the fetcher) and sets `Consumer._read_offset`.
 - `batched_output`: `faust.transport.drivers.aiokafka.Producer._ensure_producer()` (the app's aiokafka producer)
   and `aiokafka.client.AIOKafkaClient._wait_on_metadata(topic)` (partition count of an output topic).
 - `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private

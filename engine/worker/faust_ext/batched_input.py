@@ -131,6 +131,11 @@ class WorkerInput:
         periodically (the worker's timer does); cheap, and a no-op while the flow is stopped."""
         if not self.app.flow_control.is_active() or not self.positions.next_offset:
             return
+        if not self.channel.queue.empty():
+            # Records are queued: partitions are waiting their turn or paused by back-pressure (a full queue
+            # pauses fetching), not stalled. Seeking them now would only re-fetch what is coming anyway.
+            self.positions.busy()
+            return
         consumer = self.app.consumer
         ends: dict[Key, int] = {}
         for key in self.positions.next_offset:
@@ -153,7 +158,7 @@ class WorkerInput:
             else:
                 log.warning("input %s[%d] jumped from %d to %d: seeking back to %d", topic, partition, offset, seen,
                             offset)
-            task = asyncio.ensure_future(self.app.consumer.seek(TP(topic, partition), offset))
+            task = asyncio.ensure_future(self.app.consumer.seek_on_consumer_thread(TP(topic, partition), offset))
             self._seeks.add(task)
             task.add_done_callback(self._seeks.discard)
         self.positions.seeks.clear()

@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 from faust import transport
+from faust.transport.consumer import ensure_TP
 from faust.types import TransportT
 from mode.services import WaitResults
 
@@ -93,6 +94,16 @@ def fast_delivery_consumer(base: type) -> type:
             offsets = await super().seek_to_committed()
             self.sought_to = dict(offsets)
             return offsets
+
+        async def seek_on_consumer_thread(self, partition: Any, offset: int) -> None:
+            """Faust's `seek` (the aiokafka consumer seeks, and Faust's read offset below which its drain loop
+            drops records is reset), with the aiokafka seek run on the consumer's own thread, between two fetches.
+            Faust's `seek` calls it from the caller's thread, racing the fetcher there: aiokafka's
+            `fetched_records` then failed with a KeyError and the worker crashed (seen with 2 and 4 workers)."""
+            thread = self._thread
+            consumer = thread._ensure_consumer()
+            await thread.call_thread(consumer.seek, partition, offset)
+            self._read_offset[ensure_TP(partition)] = offset if offset else None  # as `Consumer.seek` does
 
         async def perform_seek(self) -> None:
             """Faust's seek of every assigned partition to its committed offset (after each rebalance's table
