@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from engine.core.experiments import money
 from engine.core.model import Action
 from engine.events import InvalidEvent, parse_event
 from engine.kafka import topics
@@ -111,23 +112,10 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def revenue_of(properties: dict[str, Any]) -> float | None:
     """Segment ecommerce: `revenue` on Order Completed, else `total`."""
-    revenue = _number(properties.get("revenue"))
-    return revenue if revenue is not None else _number(properties.get("total"))
+    revenue = money(properties.get("revenue"))
+    return revenue if revenue is not None else money(properties.get("total"))
 
 
 def rep_of(context: dict[str, Any]) -> str:

@@ -49,20 +49,28 @@ def assign_arm(experiment_id: str, lead_id: str, holdout: float, variants: Seque
     return variants[-1][0]  # v within rounding of 1
 
 
+def money(value: Any) -> float | None:
+    """An amount from event properties as a float: a number, or a numeric string; None for anything else
+    (booleans are not numbers). The ClickHouse rows read revenue with it too, so both count the same orders."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def goal_value(properties: Mapping[str, Any]) -> float | None:
     """A goal event's value: properties.revenue, else .total, else .value (Segment's Order Completed fields),
-    else None. Numbers only (a numeric string is read as a number; booleans are not numbers)."""
+    else None. Numbers only (`money`)."""
     for key in ("revenue", "total", "value"):
-        value = properties.get(key)
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                continue
+        value = money(properties.get(key))
+        if value is not None:
+            return value
     return None
 
 
