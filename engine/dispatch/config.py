@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.base import ConnectorConfig, is_dev_profile
 from connectors.registry import connector_class, known_types
 from connectors.rendering import BUILTIN_TEMPLATES, has_template
 from engine.config import ConfigError, Settings
-from engine.dispatch.policies.caps import CapRule, parse_duration_s
+from engine.dispatch.policies.caps import CapRule, PositiveSeconds
 from engine.dispatch.policies.circuit import CircuitConfig
 from engine.dispatch.policies.consent import ConsentConfig
 from engine.dispatch.policies.idempotency import IdempotencyConfig
@@ -37,15 +37,7 @@ class RecipientCap(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max: int = Field(3, ge=1)
-    per: float = Field(86400.0, description="period, e.g. 1d")
-
-    @field_validator("per", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> float:
-        seconds = parse_duration_s(value)
-        if seconds <= 0:
-            raise ValueError("the period must be positive")
-        return seconds
+    per: PositiveSeconds = Field(86400.0, description="period, e.g. 1d")
 
 
 class PoliciesConfig(BaseModel):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from redis.asyncio import Redis
 
 from engine.core.model import Action
@@ -26,6 +26,18 @@ def parse_duration_s(value: object) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
+def positive_duration_s(value: object) -> float:
+    """`parse_duration_s`, refusing zero and negative durations (a period or TTL of nothing means nothing)."""
+    seconds = parse_duration_s(value)
+    if seconds <= 0:
+        raise ValueError("the duration must be positive")
+    return seconds
+
+
+# A settings field holding a positive duration in seconds, written as 90, "90s", "15m", "4h", "1d" or "1w".
+PositiveSeconds = Annotated[float, BeforeValidator(positive_duration_s)]
+
+
 class CapRule(BaseModel):
     """One cap: at most `max` actions per lead (`scope: lead`) or per recipient address (`scope: recipient`)
     through `connector` (or `*`, all together) per `per`."""
@@ -34,21 +46,13 @@ class CapRule(BaseModel):
 
     connector: str = Field("*", description='connector name, or "*" to count every connector together')
     max: int = Field(ge=1)
-    per: float = Field(description="period, e.g. 4h or 1d")
+    per: PositiveSeconds = Field(description="period, e.g. 4h or 1d")
     marketing_only: bool = Field(True, description="count and cap only marketing actions")
     scope: Literal["lead", "recipient"] = Field(
         "lead",
         description="count per lead id, or per recipient address across every lead id (connectors that have "
         "an address: email)",
     )
-
-    @field_validator("per", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> float:
-        seconds = parse_duration_s(value)
-        if seconds <= 0:
-            raise ValueError("the period must be positive")
-        return seconds
 
 
 _RESERVE = """

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from engine.core.model import Action
-from engine.dispatch.policies.caps import parse_duration_s
+from engine.dispatch.policies.caps import PositiveSeconds
 
 CONSENT_REASONS = frozenset({"unsubscribed", "consent_withdrawn"})
 _CONSENT_FIELD = "consent"
@@ -30,19 +30,11 @@ class RecheckConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    state_ttl_s: float = Field(
+    state_ttl_s: PositiveSeconds = Field(
         30 * 86400.0,
         description="how long a lead's conversion and consent state lives after its last change; longer than "
         "any action waits in the schedule",
     )
-
-    @field_validator("state_ttl_s", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> float:
-        seconds = parse_duration_s(value)
-        if seconds <= 0:
-            raise ValueError("the TTL must be positive")
-        return seconds
 
 
 @dataclass(frozen=True)
