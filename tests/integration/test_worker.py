@@ -6,6 +6,7 @@ Rules are a small test pack with second-scale windows; allowed lateness is 0.5 s
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from engine.config import Settings
 from engine.events import format_ts
-from engine.testing import TopicReader
+from engine.testing import TopicReader, wait_until
 from tests.integration.worker_process import WorkerProcess, cart_abandoned, send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -164,3 +165,41 @@ async def test_restarted_worker_keeps_state_and_fires_each_pending_deadline_once
     assert len(actions_for(reader, "early")) == 1, "a deadline fired before the restart must not fire again"
     threshold = actions_for(reader, "reader")
     assert len(threshold) == 1 and threshold[0]["trigger"] == ["m-r1", "m-r2"], threshold
+
+
+async def test_records_sent_while_the_worker_starts_are_all_evaluated(
+    worker_settings: Settings, worker: WorkerProcess
+) -> None:
+    """Records produced before the worker joins, while it recovers and seeks its never-committed partitions, and
+    after it is ready are each evaluated: none is taken for already seen around the first seek."""
+    from aiokafka import AIOKafkaProducer
+
+    from engine.kafka.admin import ensure_topics
+    from tests.integration.worker_process import READY_MARK, WORKER_TOPICS
+
+    await ensure_topics(worker_settings, WORKER_TOPICS)
+    producer = AIOKafkaProducer(bootstrap_servers=worker_settings.bootstrap_servers)
+    await producer.start()
+    leads: list[str] = []
+    try:
+        worker.start()
+        ready_at: float | None = None
+        # One new lead every ~5 ms, from before the worker joins until 2 s after it said it is ready: some land
+        # while it seeks its partitions to where their input starts.
+        while ready_at is None or time.monotonic() - ready_at < 2.0:
+            lead = f"starter-{len(leads)}"
+            leads.append(lead)
+            value = track(lead, "Product Added", int(time.time() * 1000), f"m-s{len(leads)}")
+            await producer.send_and_wait(worker_settings.topic("clickstream"), value, key=lead.encode())
+            if ready_at is None and READY_MARK in worker.log_text():
+                ready_at = time.monotonic()
+            assert time.monotonic() < (ready_at or time.monotonic()) + 60
+            await asyncio.sleep(0.005)
+    finally:
+        await producer.stop()
+    async with TopicReader.from_settings(worker_settings, "actions") as reader:
+        def missing() -> list[str]:
+            fired = {r.json()["lead_id"] for r in reader.of("actions")}
+            return [lead for lead in leads if lead not in fired]
+        await wait_until(lambda: not missing(), 30, "every lead's action",
+                         detail=lambda: f"{len(missing())} of {len(leads)} missing: {missing()[:10]}")

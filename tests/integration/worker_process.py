@@ -50,6 +50,14 @@ class WorkerProcess(ChildProcess):
     def stop(self, grace_s: float = 20.0) -> int | None:
         return super().stop(grace_s)
 
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        # Captured by pytest and shown only when the test fails: what the worker said, for a failure seen once in CI.
+        lines = self.log_text().splitlines()
+        notable = [line for line in lines if any(level in line for level in ("[WARNING]", "[ERROR]", "[CRITICAL]"))]
+        print(f"--- {self.log_path}: warnings and errors (last 40 of {len(notable)}) ---", *notable[-40:], sep="\n")
+        print(f"--- {self.log_path}: last lines ---", *lines[-60:], sep="\n")
+
 
 def with_rules(settings: Settings, tmp_path: Path, rules_yaml: str, **changes: Any) -> Settings:
     rules = tmp_path / "rules"
