@@ -40,7 +40,8 @@ class InputPositions:
     seek back for a partition that has records below its end yet handed out none of them for `STALL_AFTER_S`.
     Without it such a partition would wait for its next record forever, never caught up, its deadlines frozen.
 
-    `processed()` marks everything admitted so far as processed (call it once their output is flushed);
+    `processed()` marks everything admitted so far as processed (call it once their output is flushed), and
+    `processed(snapshot)` what was admitted up to a `handed_out()` snapshot (later batches may be in progress);
     `to_commit()` gives the processed positions that moved since `committed()` was last told about them.
     Not thread-safe; one event loop.
     """
@@ -119,8 +120,21 @@ class InputPositions:
         self.seeks.append((key, offset, seen))
         return True
 
-    def processed(self) -> None:
-        self.processed_offset.update(self.next_offset)
+    def handed_out(self) -> dict[Key, int]:
+        """Where each partition stands now (the next offset to hand out): pass it to `processed` once what was
+        handed out up to here is processed, while later records may already be on their way."""
+        return dict(self.next_offset)
+
+    def processed(self, up_to: Mapping[Key, int] | None = None) -> None:
+        """Everything handed out (up to `up_to`, a `handed_out()` snapshot, when given) is processed. A partition
+        forgotten since the snapshot, or started again at another offset, is left alone."""
+        if up_to is None:
+            self.processed_offset.update(self.next_offset)
+            return
+        for key, offset in up_to.items():
+            done = self.processed_offset.get(key)
+            if done is not None and done <= offset <= self.next_offset[key]:
+                self.processed_offset[key] = offset
 
     def processed_up_to(self, key: Key) -> int | None:
         return self.processed_offset.get(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -94,15 +95,18 @@ class LeadWorker:
 
     Commit: everything a batch produces (changelog, actions, lead updates, hand-over records, dead letters) goes
     out through one `OutputBatch` and is acknowledged by the broker, the changelog last, before the batch counts as
-    processed (`WorkerInput.processed`); the worker commits processed input offsets itself every
-    `broker_commit_interval` and when partitions are revoked. At-least-once, without doubles: a crash replays
-    the input since the last commit; each stored state carries the offsets it already reflects
-    (`stored_lead.Applied`), so a replayed record is skipped for a lead whose state has it, and is applied again
-    for a lead whose new state never reached the changelog, re-firing the same actions with the same
-    deterministic `action_id` (the dispatcher delivers each id once). Because the changelog goes out after the
-    actions, no stored state can reflect an action that was never sent.
+    processed (`WorkerInput.processed` with the batch's `handed_out()` snapshot). The next batch is evaluated
+    while that output is on its way (flushes never overlap, see `OutputBatch`), so the worker does not idle
+    through the acknowledgement round trips. The worker commits processed input offsets itself every
+    `broker_commit_interval` and when partitions are revoked (after the output on its way is acknowledged).
+    At-least-once, without doubles: a crash replays the input since the last commit; each stored state carries
+    the offsets it already reflects (`stored_lead.Applied`), so a replayed record is skipped for a lead whose
+    state has it, and is applied again for a lead whose new state never reached the changelog, re-firing the
+    same actions with the same deterministic `action_id` (the dispatcher delivers each id once). Because the
+    changelog goes out after the actions, no stored state can reflect an action that was never sent.
 
-    Back-pressure: one batch at a time; while it is evaluated the input queue fills and Faust pauses fetching.
+    Back-pressure: one batch evaluated at a time and at most one batch's output unacknowledged; meanwhile the
+    input queue fills and Faust pauses fetching.
     The loop yields to the event loop every `YIELD_EVERY_LEADS` leads so fetching and heartbeats go on.
 
     Errors: invalid input never stops the worker. Unparseable events, records whose key is not the event's lead
@@ -290,6 +294,7 @@ class LeadWorker:
             self.ready = False
             self._caught_up.clear()
             with contextlib.suppress(Exception):  # the group may be gone already: the next owner replays
+                await self.output.flush()  # the last batch's output may still be on its way
                 await self.input.commit()
             self.input.forget(list(revoked))
             for partition in {tp.partition for tp in revoked}:
@@ -393,10 +398,12 @@ class LeadWorker:
         self._publish_status(self._status("deploy", previous, first))
 
     async def _commit_before_switch(self) -> None:
-        """Commit the input offsets evaluated with the previous rules (all flushed: the lock is held between
-        batches), so a crash after the switch replays only input of the new version."""
+        """Commit the input offsets evaluated with the previous rules (the caller holds the lock between batches;
+        the last batch's output is awaited here), so a crash after the switch replays only input of the new
+        version."""
         if self.ready:
             try:
+                await self.output.flush()
                 await self.input.commit()
             except Exception:  # the next periodic commit catches up; a replay is then at-least-once as ever
                 log.warning("could not commit the input offsets at the rule switch", exc_info=True)
@@ -427,7 +434,6 @@ class LeadWorker:
             async for batch in self.input.batches(self.settings.batch_size, self.settings.batch_within_s):
                 metrics.BATCH_SIZE.observe(len(batch))
                 await self.process_batch(batch)
-                self.input.processed()  # process_batch flushed its output: the offsets may be committed
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # every input is guarded, so this is a bug: stop rather than skip input
@@ -436,9 +442,12 @@ class LeadWorker:
             raise
 
     async def process_batch(self, batch: Sequence[Message]) -> None:
-        """Evaluate one batch under the state lock and flush everything it produced; returns once the producer
-        has acknowledged the output, so the caller may mark the batch processed. Raises only on a bug: a bad record
-        becomes a dead letter. Also fires the deadlines that came due on the clocks the batch moved."""
+        """Evaluate one batch under the state lock and start flushing everything it produced; the batch counts as
+        processed (its offsets may be committed) once the broker acknowledged that output. Returns when the flush
+        of the batch before it was acknowledged, so the next batch is evaluated while this one's output is on its
+        way, and at most one batch's output is unacknowledged. Raises only on a bug, or when the broker refused
+        output (`OutputError`: the worker stops): a bad record becomes a dead letter. Also fires the deadlines
+        that came due on the clocks the batch moved."""
         async with self._state_lock:  # the deadline timer changes lead state too: one writer at a time
             if self._pending_rules is not None:
                 self._switch_rules(batch)
@@ -465,11 +474,27 @@ class LeadWorker:
             for partition in list(self.indexes):
                 now_ms = self.clock(partition).now_ms(partition in self._caught_up)
                 await self._fire_due_locked(partition, now_ms, TICKS_PER_CHUNK)
-            await self.output.flush()  # before the batch counts as processed (see "Commit" on the class)
+            previous = self.output.in_flight
+            # The batch counts as processed only after its output is acknowledged (see "Commit" on the class).
+            flushing = self.output.flush_in_background(functools.partial(self.input.processed, self.input.handed_out()))
+            flushing.add_done_callback(self._on_flushed)
             self._privacy_leads.clear()
+            if previous is not None:
+                await previous  # one batch's output on its way while the next is evaluated, not more
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
+
+    def _on_flushed(self, flushing: asyncio.Future[None]) -> None:
+        """A batch's output the broker refused stops the worker, even when no later batch waits for that flush:
+        its input is never committed, so the next owner evaluates it again."""
+        if flushing.cancelled() or flushing.exception() is None:
+            return
+        exc = flushing.exception()
+        log.critical("the broker refused the worker's output; stopping the worker", exc_info=exc)
+        task = asyncio.ensure_future(self.nudge.app.crash(exc))
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_tasks.discard)
 
     def _decode(self, message: Message) -> tuple[str, Event | HandoverRecord | WorkerRequest]:
         if message.topic != self._clickstream_topic:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,20 @@ class WorkerProcess(ChildProcess):
 
     def stop(self, grace_s: float = 20.0) -> int | None:
         return super().stop(grace_s)
+
+    def events_consumed(self) -> float:
+        """Clickstream events the worker has evaluated since it started (`nudge_events_consumed_total`)."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        with contextlib.suppress(OSError):
+            body = urllib.request.urlopen(url, timeout=5).read().decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                       if line.startswith("nudge_events_consumed_total{"))
+        return 0.0
+
+    async def wait_consumed(self, count: int, timeout_s: float = 20.0) -> None:
+        """Until the worker has evaluated `count` clickstream events: input on another topic (a privacy request)
+        is not ordered with the clickstream, so a test that needs "after those events" waits for them here."""
+        await self.wait_until(lambda: self.events_consumed() >= count, timeout_s, f"{count} events consumed")
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)

@@ -64,6 +64,7 @@ async def test_erase_and_suppress_survive_a_restart_and_unsuppress_takes_events_
     async with TopicReader.from_settings(worker_settings, "actions", topics.PRIVACY) as reader:
         await cart(worker_settings, "gone", 1)
         await cart(worker_settings, "kept", 1)
+        await worker.wait_consumed(2)  # the erase must find the lead's state and deadline
         await request(worker_settings, ERASE, "gone", "req-1", suppress=True)
         await reader.wait_for(lambda: receipts(reader, "req-1"), 20, "the worker's receipt")
         [receipt] = receipts(reader, "req-1")
@@ -97,6 +98,7 @@ async def test_delete_without_suppression_unknown_leads_and_suppress_keeping_sta
     async with TopicReader.from_settings(worker_settings, "actions", topics.PRIVACY) as reader:
         await cart(worker_settings, "deleted", 1)
         await cart(worker_settings, "paused", 1)
+        await worker.wait_consumed(2)  # input on another topic is not ordered with the clickstream
         await request(worker_settings, ERASE, "deleted", "req-d")
         await request(worker_settings, ERASE, "nobody", "req-u", suppress=True)
         await request(worker_settings, MARK_SUPPRESSED, "paused", "req-s")

@@ -133,3 +133,28 @@ def test_time_with_records_queued_does_not_count_as_stalled() -> None:
     assert positions.stalled(ends) == [] and positions.seeks == []  # idle time counts from here
     now[0] += STALL_AFTER_S + 0.1
     assert positions.stalled(ends) == [((TOPIC, 0), 733, 740)]
+
+
+def test_a_batch_counts_as_processed_up_to_its_snapshot_while_the_next_is_already_handed_out() -> None:
+    positions = InputPositions()
+    positions.start((TOPIC, 0), 0)
+    positions.admit([Rec(0, 0), Rec(0, 1)], 1)
+    first = positions.handed_out()
+    positions.admit([Rec(0, 2)], 1)  # the next batch, evaluated while the first one's output is on its way
+    positions.processed(first)
+    assert positions.to_commit() == {(TOPIC, 0): 2}, "only what the acknowledged batch held"
+    positions.processed(positions.handed_out())
+    assert positions.to_commit() == {(TOPIC, 0): 3}
+
+
+def test_a_late_snapshot_never_moves_a_partition_forgotten_or_started_again_since() -> None:
+    positions = InputPositions()
+    positions.start((TOPIC, 0), 0)
+    positions.start((TOPIC, 1), 0)
+    positions.admit([Rec(0, 0), Rec(1, 0)], 1)
+    snapshot = positions.handed_out()
+    positions.forget([(TOPIC, 1)])
+    positions.start((TOPIC, 0), 7)  # assigned again, sought to its committed offset
+    positions.processed(snapshot)
+    assert positions.processed_up_to((TOPIC, 0)) == 7
+    assert positions.processed_up_to((TOPIC, 1)) is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -163,9 +163,14 @@ class WorkerInput:
             task.add_done_callback(self._seeks.discard)
         self.positions.seeks.clear()
 
-    def processed(self) -> None:
-        """Everything handed out so far is processed and its output flushed: it may be committed."""
-        self.positions.processed()
+    def handed_out(self) -> dict[Key, int]:
+        """Where each input partition stands after the batches handed out so far (see `processed`)."""
+        return self.positions.handed_out()
+
+    def processed(self, up_to: Mapping[Key, int] | None = None) -> None:
+        """Everything handed out so far, or up to the `handed_out()` snapshot `up_to`, is processed and its output
+        flushed: it may be committed."""
+        self.positions.processed(up_to)
 
     def processed_up_to(self, topic: str, partition: int) -> int | None:
         """Next offset after the processed records of one partition (None: start not known yet)."""

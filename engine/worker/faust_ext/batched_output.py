@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine import metrics
@@ -28,7 +28,11 @@ class OutputBatch:
     same flush: a crash in between loses the new state, never what the state says was done.
 
     Commit: `flush()` returns once the broker acknowledged everything; only then may the input batch count as
-    processed (`WorkerInput.processed`).
+    processed (`WorkerInput.processed`). `flush_in_background(then)` takes what is queued at once and returns a
+    task that sends it and calls `then()` after the acknowledgements, so the caller can evaluate the next input
+    batch meanwhile (records queued from now on belong to the next flush). Flushes never overlap: each one
+    starts sending only after the one before it was acknowledged, so a key's changelog records land in the order
+    they were written, and `flush()` also waits for every flush started before it.
 
     Errors: a batch the broker finally rejects is counted in `OUTPUT_ERRORS` and `flush()` raises `OutputError`:
     the worker stops rather than commit input whose output is lost. Not thread-safe; one event loop.
@@ -39,6 +43,7 @@ class OutputBatch:
         self._producer = producer
         self._pending: dict[tuple[str, int | None], list[Record]] = {}
         self._last_topics: set[str] = set()
+        self.in_flight: asyncio.Task[None] | None = None  # the latest flush started (done or not)
 
     def send_last(self, topic: str) -> None:
         """From now on, records of `topic` go out after all other records of their flush are acknowledged."""
@@ -55,11 +60,33 @@ class OutputBatch:
         """Send every queued record, grouped by (topic, partition), as few produce batches as the producer's
         `max_batch_size` allows (the Tansu dev profile needs one record per batch, see `broker_profiles`), and
         wait for the broker's acknowledgements: first of all topics not marked `send_last`, then of those. Blocks
-        while the producer's buffer is full (back-pressure) and, for a topic first written, while its metadata
-        is fetched. Raises `OutputError` when the broker refused a batch."""
-        if not self._pending:
-            return
+        while the producer's buffer is full (back-pressure), for a topic first written while its metadata is
+        fetched, and until earlier flushes are acknowledged. Raises `OutputError` when the broker refused a batch
+        (of this flush or of one before it)."""
+        await self.flush_in_background()
+
+    def flush_in_background(self, then: Callable[[], None] | None = None) -> asyncio.Task[None]:
+        """Take every queued record now and return the task that sends it as `flush()` does, once the flush
+        before it is acknowledged, then calls `then()`. The task raises `OutputError` (and `then` is not
+        called) when this flush or one before it failed."""
         pending, self._pending = self._pending, {}
+        self.in_flight = asyncio.ensure_future(self._send_after(self.in_flight, pending, then))
+        return self.in_flight
+
+    async def _send_after(
+        self,
+        previous: asyncio.Task[None] | None,
+        pending: dict[tuple[str, int | None], list[Record]],
+        then: Callable[[], None] | None,
+    ) -> None:
+        if previous is not None:
+            await asyncio.shield(previous)  # cancelling this flush (its waiter stops) must not cancel the one before
+        if pending:
+            await self._send(pending)
+        if then is not None:
+            then()
+
+    async def _send(self, pending: dict[tuple[str, int | None], list[Record]]) -> None:
         producer = self._producer._ensure_producer()
         first: dict[tuple[str, int], list[Record]] = {}
         last: dict[tuple[str, int], list[Record]] = {}
