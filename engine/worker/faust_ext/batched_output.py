@@ -16,6 +16,7 @@ from engine.kafka.partitioner import default_partition
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes | None]
+SLOW_ACK_WARNING_S = 5.0  # an output flush waiting this long for the broker is logged (and again after as long)
 
 
 class OutputBatch:
@@ -107,10 +108,29 @@ class OutputBatch:
                     delivery.add_done_callback(functools.partial(_report, topic=topic, partition=partition))
                     deliveries.append(delivery)
             if deliveries:
-                results = await asyncio.gather(*deliveries, return_exceptions=True)
+                results = await acknowledged(deliveries, sorted(group))
                 failed = [result for result in results if isinstance(result, BaseException)]
                 if failed:
                     raise OutputError(f"{len(failed)} output batch(es) refused by the broker: {failed[0]!r}")
+
+
+async def acknowledged(deliveries: list[asyncio.Future[Any]], partitions: list[tuple[str, int]]) -> list[Any]:
+    """The deliveries' results (exceptions included), once all are settled. A broker that holds back an
+    acknowledgement holds up the whole worker (the next batch waits for this flush): every
+    `SLOW_ACK_WARNING_S` that passes without it is logged, naming the partitions written."""
+    gathered = asyncio.gather(*deliveries, return_exceptions=True)
+    waited = 0.0
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(gathered), SLOW_ACK_WARNING_S)
+        except TimeoutError:
+            waited += SLOW_ACK_WARNING_S
+            pending = sum(1 for delivery in deliveries if not delivery.done())
+            log.warning("output not acknowledged after %.0f s: %d of %d produce batches pending, partitions %s",
+                        waited, pending, len(deliveries), partitions[:20])
+        except asyncio.CancelledError:
+            gathered.cancel()
+            raise
 
 
 class OutputError(RuntimeError):
