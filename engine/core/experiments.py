@@ -10,6 +10,7 @@ the `goal_within` window, and is dropped after it.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,18 +51,17 @@ def assign_arm(experiment_id: str, lead_id: str, holdout: float, variants: Seque
 
 
 def money(value: Any) -> float | None:
-    """An amount from event properties as a float: a number, or a numeric string; None for anything else
-    (booleans are not numbers). The ClickHouse rows read revenue with it too, so both count the same orders."""
-    if isinstance(value, bool) or value is None:
+    """An amount from event properties as a finite float: a number, or a numeric string; None for anything else
+    (booleans are not numbers; "nan", "inf" and amounts beyond a float's range are not amounts: one such order
+    would poison every sum and mean of the reports, as the rule matchers refuse them too). The ClickHouse rows
+    read revenue with it, so both count the same orders."""
+    if isinstance(value, bool) or value is None or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    try:
+        amount = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return amount if math.isfinite(amount) else None
 
 
 def goal_value(properties: Mapping[str, Any]) -> float | None:

@@ -77,6 +77,9 @@ def test_goal_value_reads_revenue_then_total_then_value() -> None:
     assert goal_value({"total": "40"}) == 40.0
     assert goal_value({"value": 3}) == 3.0
     assert goal_value({"revenue": True}) is None
+    # Not amounts: one of them would poison every sum of the report.
+    assert goal_value({"revenue": "nan", "total": "inf", "value": 10**400}) is None
+    assert goal_value({"revenue": float("inf"), "total": "-Infinity", "value": 5}) == 5.0
     assert goal_value({}) is None
 
 
