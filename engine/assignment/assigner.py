@@ -18,7 +18,7 @@ from engine.assignment.links import RepLinks
 from engine.assignment.model import Assignment, QueuedLead, SlaBreach
 from engine.assignment.roster import Rep, Roster
 from engine.assignment.store import PREFIX, AssignmentStore, QueueItem, ReleaseResult, StoreSnapshot
-from engine.assignment.strategies import Choice, PoolSnapshot, choose, eligible, skip_reason
+from engine.assignment.strategies import Choice, PoolSnapshot, choose, skip_reason
 
 
 class AssignmentContention(RuntimeError):
@@ -177,7 +177,8 @@ class Assigner:
         named: Rep | None = None,
         force: bool = False,
     ) -> tuple[Assignment | None, str]:
-        """(the assignment made or found, "ok" | "owned") or (None, why): "nobody" eligible, "moved" (the
+        """(the assignment made or found, "ok" | "owned") or (None, why): "nobody" eligible, "passed" (a queued
+        lead: the free reps are all ones that passed it), "moved" (the
         premise of a reassignment no longer holds), "gone" (no longer queued), "queued" (waiting already),
         "queue_busy" (other leads wait), "away" / "full" (a named rep, not forced)."""
         for attempt in range(self.max_attempts):
@@ -205,6 +206,9 @@ class Assigner:
             if choice is None:
                 if queue_mode == "":
                     metrics.ASSIGNMENTS.labels("unassigned").inc()
+                unpassed = choose(self.strategy, self.roster, pool, lead_id, lead) if tried else None
+                if queue_mode == "from_queue" and unpassed is not None:
+                    return None, "passed"  # a rep is free, but only ones this lead was passed by
                 return None, "nobody"
             deadline = self._deadline(now_ms)
             kind = "reassigned" if previous else "assigned"
@@ -318,13 +322,12 @@ class Assigner:
                 if assignment is not None and assignment.created:
                     metrics.ASSIGNMENT_WAIT.observe((assignment.waited_ms or 0) / 1000)
                     done.append(assignment)
-                elif why == "nobody" and not await self._anyone_free():
+                elif why == "nobody":
+                    # Nobody was free when this lead was checked. Stop here even if a slot has freed since: a later
+                    # lead must not take it ahead of this one; whoever freed it woke the next drain, which starts
+                    # again at the head of the queue.
                     break
         return done
-
-    async def _anyone_free(self) -> bool:
-        loads, availability = await self.store.loads(), await self.store.availability()
-        return bool(eligible(self.roster, PoolSnapshot(self.clock(), loads, availability)))
 
     async def queue(self, limit: int = 100) -> list[QueueItem]:
         return await self.store.queue_items(limit)

@@ -120,3 +120,28 @@ async def test_with_owner_carries_signed_links_when_configured(redis_client, clo
     assert ack.startswith("https://reps.example.com/links/ack?lead=ada&rep=a&exp=")
     assert passing.startswith("https://reps.example.com/links/pass?")
     assert owned.payload["links"]["inbox"] == "https://reps.example.com/inbox"
+
+
+async def test_a_slot_freed_while_the_queue_drains_goes_to_the_head_not_to_a_later_lead(
+    redis_client, clock: ManualClock
+):
+    """Seen once in CI: the head found nobody free, a release freed a slot, and the next lead in the queue took it
+    while the head kept waiting. The drain stops at the first lead nobody can take; the next one starts at the head."""
+    assigner = Assigner(redis_client, roster(rep("a", capacity=1)), clock=clock)
+    assert (await assigner.assign("first", {})).rep_id == "a"
+    for lead_id, score in (("head", 90), ("later", 10)):
+        clock.advance(1)
+        assert (await assigner.assign_or_queue(lead_id, {"score": score})).created
+    snapshot = assigner.store.snapshot
+
+    async def snapshot_then_release(lead_id: str):  # another process frees a's slot just after the head's check
+        taken = await snapshot(lead_id)
+        if lead_id == "head":
+            await assigner.release("first", by="dispatcher")
+        return taken
+
+    assigner.store.snapshot = snapshot_then_release  # type: ignore[method-assign]
+    assert await assigner.drain_queue() == []
+    assigner.store.snapshot = snapshot  # type: ignore[method-assign]
+    assert await assigner.owner("later") is None, "a later lead jumped the queue"
+    assert [a.lead_id for a in await assigner.drain_queue()] == ["head"]
