@@ -14,7 +14,6 @@ experiments` shows the three arms (leads, sends, conversions, revenue) and claim
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,10 +23,9 @@ import pytest
 
 from engine.config import Settings
 from engine.core.experiments import assign_arm
-from engine.devstack import free_port
-from engine.kafka.admin import ensure_topics
-from engine.testing import ChildProcess, RecordingPeer, TopicReader, wait_until
-from tests.integration.worker_process import WorkerProcess, send, track, with_rules
+from engine.testing import RecordingPeer, wait_until
+from tests.integration.rig import WorkerAndDispatcher
+from tests.integration.worker_process import send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -84,70 +82,54 @@ async def test_holdout_actions_are_held_out_and_the_others_sent_with_their_varia
     settings = with_rules(settings, tmp_path, RULES, allowed_lateness_s=0.1, timer_interval_s=0.05)
     leads = shoppers(f"{time.time_ns() % 10**9}")
     buyers = {next(lead for lead, a in leads.items() if a == wanted) for wanted in ("holdout", "a", "b")}
-    async with RecordingPeer() as peer:
-        connectors = tmp_path / "connectors.yaml"
-        connectors.write_text(CONNECTORS.format(url=peer.url))
-        dispatch_env = {**os.environ, **settings.with_(connectors_path=connectors, web_port=free_port()).env()}
-        dispatcher = ChildProcess.nudge(
-            "nudge dispatch", ["dispatch", "--metrics-port", "0"], dispatch_env, tmp_path / "dispatch.log"
+    async with (
+        RecordingPeer() as peer,
+        WorkerAndDispatcher(settings, tmp_path, CONNECTORS.format(url=peer.url), TOPICS) as run,
+    ):
+        out = run.out
+        t0 = int(time.time() * 1000)
+        await send(settings, [(lead.encode(), track(lead, "Product Added", t0, f"pa-{lead}")) for lead in leads])
+
+        def final() -> dict[str, dict[str, object]]:
+            docs = (r.json() for r in out.of("deliveries"))
+            return {d["lead_id"]: d for d in docs if d["outcome"] in FINAL}
+
+        await wait_until(lambda: len(final()) == len(leads), 15, "every reminder's final outcome")
+        bought = int(time.time() * 1000)
+        orders = [(b.encode(), track(b, "Order Completed", bought, f"oc-{b}", revenue=40)) for b in buyers]
+        await send(settings, orders)
+
+        actions = {a["action_id"]: a for a in (r.json() for r in out.of("actions"))}
+        assert {a["lead_id"]: (a["experiment"], a["variant"], a["held_out"]) for a in actions.values()} == {
+            lead: (EXPERIMENT, a, a == "holdout") for lead, a in leads.items()
+        }
+        outcomes = {lead: (d["outcome"], d["variant"], d["held_out"]) for lead, d in final().items()}
+        assert outcomes == {
+            lead: ("held_out", "holdout", True) if a == "holdout" else ("sent", a, False)
+            for lead, a in leads.items()
+        }
+        # the peer got exactly the non-holdout reminders, each with its variant's action
+        await asyncio.sleep(0.5)
+        bodies = [orjson.loads(r.body) for r in peer.requests]
+        assert sorted(b["lead_id"] for b in bodies) == sorted(lead for lead, a in leads.items() if a != "holdout")
+        for body in bodies:
+            assert body["variant"] == leads[body["lead_id"]] and not body["held_out"]
+            offer = {"offer": "ten_percent"} if body["variant"] == "b" else {}
+            assert body["payload"] == {"kind": "reminder", **offer}
+
+        def experiment_records() -> list[dict[str, object]]:
+            docs = (r.json() for r in out.of("lead-updates"))
+            return [d for d in docs if d.get("kind") == "experiment"]
+
+        await wait_until(
+            lambda: sum(d["event"] == "goal" for d in experiment_records()) == len(buyers), 10, "the goal records"
         )
-        worker = WorkerProcess(settings, tmp_path / "worker.log")
-        out = TopicReader.from_settings(settings, "actions", "deliveries", "lead-updates")
-        try:
-            await ensure_topics(settings, TOPICS)
-            worker.start()
-            dispatcher.start()
-            await worker.wait_ready()
-            await dispatcher.wait_for_log("caught up with lead-updates", timeout_s=30)
-            await out.start()
-
-            t0 = int(time.time() * 1000)
-            await send(settings, [(lead.encode(), track(lead, "Product Added", t0, f"pa-{lead}")) for lead in leads])
-
-            def final() -> dict[str, dict[str, object]]:
-                docs = (r.json() for r in out.of("deliveries"))
-                return {d["lead_id"]: d for d in docs if d["outcome"] in FINAL}
-
-            await wait_until(lambda: len(final()) == len(leads), 15, "every reminder's final outcome")
-            bought = int(time.time() * 1000)
-            orders = [(b.encode(), track(b, "Order Completed", bought, f"oc-{b}", revenue=40)) for b in buyers]
-            await send(settings, orders)
-
-            actions = {a["action_id"]: a for a in (r.json() for r in out.of("actions"))}
-            assert {a["lead_id"]: (a["experiment"], a["variant"], a["held_out"]) for a in actions.values()} == {
-                lead: (EXPERIMENT, a, a == "holdout") for lead, a in leads.items()
-            }
-            outcomes = {lead: (d["outcome"], d["variant"], d["held_out"]) for lead, d in final().items()}
-            assert outcomes == {
-                lead: ("held_out", "holdout", True) if a == "holdout" else ("sent", a, False)
-                for lead, a in leads.items()
-            }
-            # the peer got exactly the non-holdout reminders, each with its variant's action
-            await asyncio.sleep(0.5)
-            bodies = [orjson.loads(r.body) for r in peer.requests]
-            assert sorted(b["lead_id"] for b in bodies) == sorted(lead for lead, a in leads.items() if a != "holdout")
-            for body in bodies:
-                assert body["variant"] == leads[body["lead_id"]] and not body["held_out"]
-                offer = {"offer": "ten_percent"} if body["variant"] == "b" else {}
-                assert body["payload"] == {"kind": "reminder", **offer}
-
-            def experiment_records() -> list[dict[str, object]]:
-                docs = (r.json() for r in out.of("lead-updates"))
-                return [d for d in docs if d.get("kind") == "experiment"]
-
-            await wait_until(
-                lambda: sum(d["event"] == "goal" for d in experiment_records()) == len(buyers), 10, "the goal records"
-            )
-            records = experiment_records()
-            assigned = {d["lead_id"]: d["variant"] for d in records if d["event"] == "assigned"}
-            assert assigned == leads and len([d for d in records if d["event"] == "assigned"]) == len(leads)
-            goals = {d["lead_id"]: (d["variant"], d["value"]) for d in records if d["event"] == "goal"}
-            assert goals == {b: (leads[b], 40.0) for b in buyers}
-            assert dispatcher.stop() == 0, dispatcher.log_tail()
-        finally:
-            await out.stop()
-            worker.stop()
-            dispatcher.stop()
+        records = experiment_records()
+        assigned = {d["lead_id"]: d["variant"] for d in records if d["event"] == "assigned"}
+        assert assigned == leads and len([d for d in records if d["event"] == "assigned"]) == len(leads)
+        goals = {d["lead_id"]: (d["variant"], d["value"]) for d in records if d["event"] == "goal"}
+        assert goals == {b: (leads[b], 40.0) for b in buyers}
+        assert run.dispatcher.stop() == 0, run.dispatcher.log_tail()
     await _in_clickhouse(settings, leads)
     print(f"wall: {time.monotonic() - began:.1f} s")
 

@@ -16,7 +16,6 @@ Then the same run in ClickHouse: the journey KPIs and `nudge leads show`'s journ
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import urllib.request
@@ -27,12 +26,11 @@ import pytest
 
 from engine.config import Settings
 from engine.core.simulate import simulate
-from engine.devstack import free_port
 from engine.events import parse_event
-from engine.kafka.admin import ensure_topics
 from engine.language import load_rules
-from engine.testing import ChildProcess, RecordingPeer, TopicReader, wait_until
-from tests.integration.worker_process import WorkerProcess, send, track, with_rules
+from engine.testing import RecordingPeer, TopicReader, wait_until
+from tests.integration.rig import WorkerAndDispatcher
+from tests.integration.worker_process import send, track, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -71,81 +69,66 @@ async def test_journey_waits_sends_exits_and_survives_a_worker_kill(settings: Se
     settings = with_rules(settings, tmp_path, RULES, allowed_lateness_s=0.1, timer_interval_s=0.05)
     suffix = f"{time.time_ns() % 10**9}"
     quiet, leaver, crash = (f"{name}-{suffix}" for name in ("quiet", "leaver", "crash"))
-    async with RecordingPeer() as peer:
-        connectors = tmp_path / "connectors.yaml"
-        connectors.write_text(CONNECTORS.format(url=peer.url))
-        dispatch_env = {**os.environ, **settings.with_(connectors_path=connectors, web_port=free_port()).env()}
-        dispatch_args = ["dispatch", "--metrics-port", "0"]
-        dispatcher = ChildProcess.nudge("nudge dispatch", dispatch_args, dispatch_env, tmp_path / "dispatch.log")
-        worker = WorkerProcess(settings, tmp_path / "worker.log")
-        out = TopicReader.from_settings(settings, "actions", "deliveries", "lead-updates")
-        try:
-            await ensure_topics(settings, TOPICS)
-            worker.start()
-            dispatcher.start()
-            await worker.wait_ready()
-            # its actions consumer has joined (on Tansu that takes half a session after the lead-updates catch-up)
-            await dispatcher.wait_for_log("dispatcher assigned", timeout_s=30)
-            await out.start()
+    async with (
+        RecordingPeer() as peer,
+        WorkerAndDispatcher(settings, tmp_path, CONNECTORS.format(url=peer.url), TOPICS) as run,
+    ):
+        out, worker = run.out, run.worker
 
-            def delivered(lead: str) -> list[tuple[str, float]]:
-                """(step, arrival wall ms) of the sends the peer received for `lead`."""
-                actions = {a["action_id"]: a for a in (r.json() for r in out.of("actions"))}
-                return [
-                    (actions[r.headers["X-Nudge-Action-Id"]]["step"], r.at * 1000)
-                    for r in peer.requests
-                    if r.headers.get("X-Nudge-Action-Id") in actions
-                    and actions[r.headers["X-Nudge-Action-Id"]]["lead_id"] == lead
-                ]
+        def delivered(lead: str) -> list[tuple[str, float]]:
+            """(step, arrival wall ms) of the sends the peer received for `lead`."""
+            actions = {a["action_id"]: a for a in (r.json() for r in out.of("actions"))}
+            return [
+                (actions[r.headers["X-Nudge-Action-Id"]]["step"], r.at * 1000)
+                for r in peer.requests
+                if r.headers.get("X-Nudge-Action-Id") in actions
+                and actions[r.headers["X-Nudge-Action-Id"]]["lead_id"] == lead
+            ]
 
-            t0 = int(time.time() * 1000)
-            entries = [(lead.encode(), track(lead, "Signed Up", t0, f"su-{lead}")) for lead in (quiet, leaver)]
-            await send(settings, entries)
-            await wait_until(lambda: delivered(leaver), 6, "the leaver's first send")
-            left_ms = int(time.time() * 1000)  # waiting at wf (until t0 + 4 s)
-            await send(settings, [(leaver.encode(), track(leaver, "Subscription Started", left_ms, f"ss-{leaver}"))])
-            t1 = int(time.time() * 1000)
-            await send(settings, [(crash.encode(), track(crash, "Signed Up", t1, f"su-{crash}"))])
-            await wait_until(lambda: len(delivered(quiet)) == 2, 8, "the quiet lead's two sends")
-            # each send within 1 s of its due time, with no traffic from the lead after its entry
-            (s1, at1), (s2, at2) = delivered(quiet)
-            late = (at1 - (t0 + 2000), at2 - (t0 + 4000))
-            print(f"quiet lead: sends delivered {late[0]:.0f} ms and {late[1]:.0f} ms after they fell due")
-            assert (s1, s2) == ("s1", "s2") and all(0 <= d < 1000 for d in late), late
-            port = settings.web_port
-            await wait_until(
-                lambda: (_metric(port, "flow", "entered"), _metric(port, "flow", "exited", "exit_on")) == (3, 1),
-                5, "the worker's journey counters", off_loop=True,
-            )  # fmt: skip
+        t0 = int(time.time() * 1000)
+        entries = [(lead.encode(), track(lead, "Signed Up", t0, f"su-{lead}")) for lead in (quiet, leaver)]
+        await send(settings, entries)
+        await wait_until(lambda: delivered(leaver), 6, "the leaver's first send")
+        left_ms = int(time.time() * 1000)  # waiting at wf (until t0 + 4 s)
+        await send(settings, [(leaver.encode(), track(leaver, "Subscription Started", left_ms, f"ss-{leaver}"))])
+        t1 = int(time.time() * 1000)
+        await send(settings, [(crash.encode(), track(crash, "Signed Up", t1, f"su-{crash}"))])
+        await wait_until(lambda: len(delivered(quiet)) == 2, 8, "the quiet lead's two sends")
+        # each send within 1 s of its due time, with no traffic from the lead after its entry
+        (s1, at1), (s2, at2) = delivered(quiet)
+        late = (at1 - (t0 + 2000), at2 - (t0 + 4000))
+        print(f"quiet lead: sends delivered {late[0]:.0f} ms and {late[1]:.0f} ms after they fell due")
+        assert (s1, s2) == ("s1", "s2") and all(0 <= d < 1000 for d in late), late
+        port = settings.web_port
+        await wait_until(
+            lambda: (_metric(port, "flow", "entered"), _metric(port, "flow", "exited", "exit_on")) == (3, 1),
+            5, "the worker's journey counters", off_loop=True,
+        )  # fmt: skip
 
-            # the crash lead: SIGKILL once its s1 is delivered (it waits at wf until t1 + 4 s), restart at once
-            await wait_until(lambda: delivered(crash), 6, "the crash lead's first send")
-            worker.signal(signal.SIGKILL)
-            worker.wait(10)
-            worker.start()
-            await worker.wait_ready()
-            await wait_until(lambda: len(delivered(crash)) >= 2, 15, "the crash lead's second send after the restart")
+        # the crash lead: SIGKILL once its s1 is delivered (it waits at wf until t1 + 4 s), restart at once
+        await wait_until(lambda: delivered(crash), 6, "the crash lead's first send")
+        worker.signal(signal.SIGKILL)
+        worker.wait(10)
+        worker.start()
+        await worker.wait_ready()
+        await wait_until(lambda: len(delivered(crash)) >= 2, 15, "the crash lead's second send after the restart")
 
-            # expected: the core's own run over what the clickstream holds
-            async with TopicReader.from_settings(settings, "clickstream") as events_reader:
-                await wait_until(lambda: len(events_reader.records) == 4, 10, "the clickstream read back")
-                events = [parse_event(r.value) for r in events_reader.records]
-            expected = {a.action_id for a in simulate(load_rules([settings.rules_path]), events)}
-            await asyncio.sleep(2.0)  # anything extra or doubled would arrive meanwhile
-            sent = Counter(r.headers.get("X-Nudge-Action-Id") for r in peer.requests)
-            assert set(sent) == expected and len(expected) == 5, (sent, expected)
-            assert max(sent.values()) == 1, sent  # nothing delivered twice across the kill
-            assert [step for step, _ in delivered(leaver)] == ["s1"]  # nothing after the exit
-            assert [step for step, _ in delivered(crash)] == ["s1", "s2"]
-            records = [d for d in (r.json() for r in out.of("lead-updates")) if d.get("kind") == "journey"]
-            assert {(d["lead_id"], d["event"], d["reason"]) for d in records if d["event"] == "exited"} == {
-                (leaver, "exited", "exit_on")
-            }
-            assert dispatcher.stop() == 0, dispatcher.log_tail()
-        finally:
-            await out.stop()
-            worker.stop()
-            dispatcher.stop()
+        # expected: the core's own run over what the clickstream holds
+        async with TopicReader.from_settings(settings, "clickstream") as events_reader:
+            await wait_until(lambda: len(events_reader.records) == 4, 10, "the clickstream read back")
+            events = [parse_event(r.value) for r in events_reader.records]
+        expected = {a.action_id for a in simulate(load_rules([settings.rules_path]), events)}
+        await asyncio.sleep(2.0)  # anything extra or doubled would arrive meanwhile
+        sent = Counter(r.headers.get("X-Nudge-Action-Id") for r in peer.requests)
+        assert set(sent) == expected and len(expected) == 5, (sent, expected)
+        assert max(sent.values()) == 1, sent  # nothing delivered twice across the kill
+        assert [step for step, _ in delivered(leaver)] == ["s1"]  # nothing after the exit
+        assert [step for step, _ in delivered(crash)] == ["s1", "s2"]
+        records = [d for d in (r.json() for r in out.of("lead-updates")) if d.get("kind") == "journey"]
+        assert {(d["lead_id"], d["event"], d["reason"]) for d in records if d["event"] == "exited"} == {
+            (leaver, "exited", "exit_on")
+        }
+        assert run.dispatcher.stop() == 0, run.dispatcher.log_tail()
     await _in_clickhouse(settings, quiet, leaver, crash)
     print(f"wall: {time.monotonic() - began:.1f} s")
 

@@ -34,6 +34,7 @@ from engine.kafka.admin import ensure_topics
 from engine.testing import ChildProcess, TopicReader, wait_until
 from tests.collector.conftest import SERVER_KEY, WRITE_KEY, ServerThread
 from tests.connectors.smtp_peer import SmtpPeer
+from tests.integration.rig import email_connector_yaml
 from tests.integration.worker_process import WORKER_TOPICS, WorkerProcess, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -82,16 +83,7 @@ defaults:
   timeout_s: 2
   retry: {{max_attempts: 3, base_delay_s: 0.05, max_delay_s: 0.2}}
 connectors:
-  email:
-    type: email
-    host: 127.0.0.1
-    port: {smtp_port}
-    security: none
-    from: "Shop <shop@example.com>"
-    site_url: https://shop.example
-    unsubscribe_base_url: {collector_url}
-    unsubscribe_secret: ${{NUDGE_UNSUBSCRIBE_SECRET}}
-policies:
+{email_connector_yaml(smtp_port, collector_url)}policies:
   quiet_hours: {quiet_hours}
   default_timezone: UTC
 dispatcher: {{schedule_poll_s: 0.05, commit_interval_s: 0.2, session_timeout_ms: 6000}}

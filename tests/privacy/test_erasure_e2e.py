@@ -39,6 +39,7 @@ from engine.kafka.admin import ensure_topics
 from engine.testing import ChildProcess, RecordingPeer, TopicReader, nudge_command, wait_until
 from tests.collector.conftest import SERVER_KEY, WRITE_KEY, ServerThread
 from tests.connectors.smtp_peer import SmtpPeer
+from tests.integration.rig import email_connector_yaml
 from tests.integration.worker_process import WORKER_TOPICS, WorkerProcess, send, with_rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -85,16 +86,7 @@ defaults:
   timeout_s: 2
   retry: {{max_attempts: 3, base_delay_s: 0.05, max_delay_s: 0.2}}
 connectors:
-  email:
-    type: email
-    host: 127.0.0.1
-    port: {smtp_port}
-    security: none
-    from: "Shop <shop@example.com>"
-    site_url: https://shop.example
-    unsubscribe_base_url: {collector_url}
-    unsubscribe_secret: ${{NUDGE_UNSUBSCRIBE_SECRET}}
-  webhook: {{type: webhook, url: "{webhook_url}/hook", timeout_s: 2}}
+{email_connector_yaml(smtp_port, collector_url)}  webhook: {{type: webhook, url: "{webhook_url}/hook", timeout_s: 2}}
 policies:
   quiet_hours: {{start: "{start:%H:%M:%S}", end: "{end:%H:%M:%S}", connectors: [webhook]}}
   default_timezone: UTC
