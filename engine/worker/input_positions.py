@@ -40,8 +40,8 @@ class InputPositions:
     seek back for a partition that has records below its end yet handed out none of them for `STALL_AFTER_S`.
     Without it such a partition would wait for its next record forever, never caught up, its deadlines frozen.
 
-    `processed()` marks everything admitted so far as processed (call it once their output is flushed), and
-    `processed(snapshot)` what was admitted up to a `handed_out()` snapshot (later batches may be in progress);
+    `processed(snapshot)` marks what was admitted up to a `handed_out()` snapshot as processed (call it once
+    their output is flushed; later batches may be in progress meanwhile);
     `to_commit()` gives the processed positions that moved since `committed()` was last told about them.
     Not thread-safe; one event loop.
     """
@@ -125,12 +125,9 @@ class InputPositions:
         handed out up to here is processed, while later records may already be on their way."""
         return dict(self.next_offset)
 
-    def processed(self, up_to: Mapping[Key, int] | None = None) -> None:
-        """Everything handed out (up to `up_to`, a `handed_out()` snapshot, when given) is processed. A partition
-        forgotten since the snapshot, or started again at another offset, is left alone."""
-        if up_to is None:
-            self.processed_offset.update(self.next_offset)
-            return
+    def processed(self, up_to: Mapping[Key, int]) -> None:
+        """Everything handed out up to `up_to`, a `handed_out()` snapshot, is processed. A partition forgotten since
+        the snapshot, or started again at another offset, is left alone."""
         for key, offset in up_to.items():
             done = self.processed_offset.get(key)
             if done is not None and done <= offset <= self.next_offset[key]:

@@ -31,7 +31,7 @@ def test_records_in_order_are_admitted_and_committed_once_processed() -> None:
     positions.start((TOPIC, 1), 0)
     assert offsets(positions.admit([Rec(0, 10), Rec(1, 0), Rec(0, 11)], 1)) == [(0, 10), (1, 0), (0, 11)]
     assert positions.to_commit() == {}  # admitted, not processed yet
-    positions.processed()
+    positions.processed(positions.handed_out())
     assert positions.to_commit() == {(TOPIC, 0): 12, (TOPIC, 1): 1}
     positions.committed(positions.to_commit())
     assert positions.to_commit() == {}
@@ -52,7 +52,7 @@ def test_a_jump_past_unprocessed_offsets_asks_for_one_seek_back_and_admits_nothi
     assert positions.admit([Rec(0, 190)], 1) == []
     assert positions.seeks == [((TOPIC, 0), 101, 190)]  # still stuck: seek again
     assert offsets(positions.admit([Rec(0, 101), Rec(0, 102)], 1)) == [(0, 101), (0, 102)]
-    positions.processed()
+    positions.processed(positions.handed_out())
     assert positions.to_commit() == {(TOPIC, 0): 103}
 
 
@@ -75,7 +75,7 @@ def test_a_revoked_partition_is_forgotten_until_its_next_start() -> None:
     positions = InputPositions()
     positions.start((TOPIC, 0), 0)
     positions.admit([Rec(0, 0)], 1)
-    positions.processed()
+    positions.processed(positions.handed_out())
     positions.forget([(TOPIC, 0)])
     assert positions.to_commit() == {} and positions.admit([Rec(0, 1)], 1) == []
     positions.start((TOPIC, 0), 1)

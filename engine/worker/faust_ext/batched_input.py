@@ -167,9 +167,9 @@ class WorkerInput:
         """Where each input partition stands after the batches handed out so far (see `processed`)."""
         return self.positions.handed_out()
 
-    def processed(self, up_to: Mapping[Key, int] | None = None) -> None:
-        """Everything handed out so far, or up to the `handed_out()` snapshot `up_to`, is processed and its output
-        flushed: it may be committed."""
+    def processed(self, up_to: Mapping[Key, int]) -> None:
+        """Everything handed out up to the `handed_out()` snapshot `up_to` is processed and its output flushed: it
+        may be committed."""
         self.positions.processed(up_to)
 
     def processed_up_to(self, topic: str, partition: int) -> int | None:
