@@ -7,6 +7,7 @@ Rules are a small test pack with second-scale windows; allowed lateness is 0.5 s
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -153,6 +154,8 @@ async def test_restarted_worker_keeps_state_and_fires_each_pending_deadline_once
         worker.start()
         await worker.wait_ready()
         assert "deadline index rebuilt: 1 leads, 1 deadlines" in worker.log_text(), worker.log_text()[-3000:]
+        # The table came back through the read-ahead (engine/worker/faust_ext/changelog_read_ahead.py).
+        assert re.search(r"changelog read ahead: [1-9]\d* records", worker.log_text()), worker.log_text()[-3000:]
 
         second_view = track("reader", "Pricing Viewed", int(time.time() * 1000), "m-r2")
         await send(worker_settings, [(b"reader", second_view)])

@@ -22,10 +22,13 @@ import aiokafka.client
 import faust
 import faust.channels
 import faust.streams
+import faust.tables
+import faust.tables.base
 import faust.tables.recovery
 import faust.topics
 import faust.transport.conductor
 import faust.transport.consumer
+import faust.types.settings
 import mode
 import mode.threads
 import pytest
@@ -142,6 +145,41 @@ def test_memory_store_remembers_the_partition_of_recovered_keys() -> None:
     store.apply_changelog_batch([event], to_key=lambda key: key, to_value=lambda value: value)
     assert store._key_partition == {b"lead": 3}
     assert store.data == {b"lead": b"{}"}
+
+
+# --- changelog_read_ahead ---------------------------------------------------------------------------------------
+
+
+def test_recovery_seeks_the_actives_after_building_and_checking_their_offsets() -> None:
+    """`ChangelogReadAheadRecovery._seek_offsets` reads ahead when Faust seeks the actives: their highwaters and
+    start offsets are built and checked by then, and the step runs under the request timeout it budgets for."""
+    assert _parameters(faust.tables.recovery.Recovery._seek_offsets) == ["self", "consumer", "tps", "offsets", "title"]
+    restart = _source(faust.tables.recovery.Recovery._restart_recovery.fun)  # a mode ServiceTask
+    seek_actives = 'T(self._seek_offsets)( consumer, assigned_active_tps, active_offsets, "active" ), ' \
+        "timeout=self.app.conf.broker_request_timeout,"
+    assert seek_actives in restart
+    order = [restart.index(part) for part in ("_build_highwaters", "T(self._build_offsets)", "ConsistencyError",
+                                              seek_actives, "if self.need_recovery():")]
+    assert order == sorted(order)
+    assert "highwater - offsets[tp]" in _source(faust.tables.recovery.Recovery.active_remaining)
+    init = _source(faust.tables.recovery.Recovery.__init__)
+    assert all(name in init for name in ("self.active_highwaters = Counter()", "self.tp_to_table = {}"))
+    assert "if self.signal_recovery_start.is_set():" in restart  # a new rebalance cancels the step
+
+
+def test_table_manager_builds_its_recovery_in_the_recovery_property() -> None:
+    recovery = _source(faust.tables.TableManager.recovery.fget)
+    built = "if self._recovery is None: self._recovery = Recovery( self.app, self, beacon=self.beacon, loop=self.loop )"
+    assert built in recovery
+    assert "TableManager" in faust.types.settings.Settings.__dict__  # the setting NudgeFaustApp fills
+
+
+def test_table_serializers_and_driver_helpers_the_read_ahead_uses() -> None:
+    assert "if typ is bytes: return \"raw\"" in _source(faust.tables.base.Collection._serializer_from_type)
+    assert _parameters(faust_aiokafka.credentials_to_aiokafka_auth) == ["credentials", "ssl_context"]
+    assert _parameters(faust_aiokafka.server_list) == ["urls", "default_port"]
+    batch = _source(memory.Store._create_batch_iterator)
+    assert "self._key_partition[key] = event.message.partition" in batch  # what apply_records mirrors
 
 
 # --- batched_input ----------------------------------------------------------------------------------------------

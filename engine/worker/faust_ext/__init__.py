@@ -21,6 +21,11 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
 - `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private
   `faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._create_worker_consumer` building its consumer through
   that module attribute with `fetch_max_wait_ms=1500`.
+- `changelog_read_ahead`: overrides `faust.tables.recovery.Recovery._seek_offsets(consumer, tps, offsets, title)`
+  (called for the actives after their highwaters and start offsets are built and checked) and reads
+  `Recovery.active_highwaters` / `tp_to_table`; replaces `faust.tables.TableManager.recovery` (which builds the
+  service into `TableManager._recovery`); writes `faust.stores.memory.Store.data` and `Store._key_partition` as
+  `Store.apply_changelog_batch` does; uses the driver's `credentials_to_aiokafka_auth` and `server_list`.
 - `private_state`: `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
 - `batched_input`: `faust.transport.consumer.Consumer._commit_offsets(offsets)` (the worker commits its input
   itself), and undocumented behaviour: a `faust.Schema` whose `compile()` returns the `Message` itself,

@@ -15,6 +15,8 @@ from faust.transport.consumer import ensure_TP
 from faust.types import TransportT
 from mode.services import WaitResults
 
+from engine.worker.faust_ext.changelog_read_ahead import ReadAheadTableManager
+
 
 @types.coroutine
 def _continue(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
@@ -124,10 +126,12 @@ def fast_delivery_transport(base: type[TransportT]) -> type[TransportT]:
 
 
 class NudgeFaustApp(faust.App):
-    """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer`; nothing else differs. (The
-    benchmark's naive baseline deliberately uses plain `faust.App`.)"""
+    """`faust.App` whose consumer delivers messages through `FastDeliveryConsumer` and whose tables recover
+    through `changelog_read_ahead.ReadAheadTableManager` (unless the `TableManager` setting names another);
+    nothing else differs. (The benchmark's naive baseline deliberately uses plain `faust.App`.)"""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("TableManager", ReadAheadTableManager)
         super().__init__(*args, **kwargs)
         # Awaited with the consumer after every seek to the committed offsets (`FastDeliveryConsumer.perform_seek`).
         self.seek_listeners: list[Callable[[Any], Awaitable[None]]] = []
