@@ -40,6 +40,7 @@ from engine.worker.handovers import (
 )
 from engine.worker.lead_inputs import InPlaceFailed, Input, LeadEvaluator
 from engine.worker.rule_versions import Deploy, RuleVersions, WorkerStatus
+from engine.worker.table_figures import TableFigures
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ class LeadWorker:
         self._series_cache: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.output = OutputBatch(nudge.app.producer)
         self.changelog = TableWriter(nudge.leads, self.output)
+        self.figures = TableFigures()  # the table's entries and bytes per owned partition, for the gauges
         inputs = [self._clickstream_topic, self._handovers_topic]
         if self._privacy_topic is not None:
             inputs.append(self._privacy_topic)
@@ -300,6 +302,7 @@ class LeadWorker:
             for partition in {tp.partition for tp in revoked}:
                 self.indexes.pop(partition, None)
                 self.clocks.pop(partition, None)
+            self.figures.forget({tp.partition for tp in revoked})
 
     def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, state, partition) of the table entries in partitions this worker owns now. The memory store
@@ -328,16 +331,27 @@ class LeadWorker:
         )
 
     def _index_owned(self) -> None:
-        """Index the pending deadlines, under the current rules, of every lead in a partition this worker owns."""
+        """Index the pending deadlines, under the current rules, of every lead in a partition this worker owns,
+        and count the owned entries for the gauges (`figures`): one pass over the table (at 1M leads, a third
+        of a restart; bench/FINDINGS.md)."""
         self.indexes.clear()
+        sizes: list[tuple[int, int]] = []
+        due: dict[int, list[tuple[str, Sequence[int]]]] = {}
+        rules = self.rules
         for key, raw, partition in self._owned_entries():
-            lead_id = key.decode()
-            stored = stored_lead.read(raw)
-            if stored.suppressed:
+            sizes.append((partition, len(raw)))
+            state_bytes = stored_lead.live_state(raw)
+            if not state_bytes:
                 continue  # a suppressed lead fires nothing (and a marker has no state)
-            state = self._decode_state(lead_id, stored.state)
+            lead_id = key.decode()
+            state = self._decode_state(lead_id, state_bytes)
             if state is not None:
-                self.index(partition).set(lead_id, partition, pending_deadlines(self.rules, state))
+                deadlines = pending_deadlines(rules, state)
+                if deadlines:
+                    due.setdefault(partition, []).append((lead_id, deadlines))
+        self.figures.reset(sizes)
+        for partition, leads in due.items():
+            self.index(partition).load(partition, leads)
 
     # --- rule deploys ---------------------------------------------------------------------------------------
     async def _follow_rules(self) -> None:
@@ -616,7 +630,7 @@ class LeadWorker:
                 if new_raw is None
                 else stored_lead.encode(self._applied_after(inputs, applied), new_raw, touched_ms=now_ms)
             )
-            self.changelog.put(partition, key, value)
+            self._put(partition, key, value)
         self.lead_partition[key] = partition
         if outcome.deadlines is not None:
             self.index(partition).set(lead_id, partition, outcome.deadlines)
@@ -683,7 +697,7 @@ class LeadWorker:
         if request.op == ERASE and request.suppress:
             counts["suppressed"] = 1
         if value != current:
-            self.changelog.put(partition, key, value)
+            self._put(partition, key, value)
         self.lead_partition[key] = partition
         self._series(metrics.PRIVACY_REQUESTS, "worker", request.op).inc()
         if self._control_topic is not None:
@@ -712,7 +726,7 @@ class LeadWorker:
                         touched_ms = self._legacy_seen.setdefault(key, now_ms)
                     if now_ms - touched_ms < self._idle_ms or key.decode() in self.index(partition):
                         continue
-                    self.changelog.put(partition, key, None)
+                    self._put(partition, key, None)
                     self._legacy_seen.pop(key, None)
                     dropped += 1
                 await self.output.flush()
@@ -749,7 +763,7 @@ class LeadWorker:
             if not raw:  # no state, or a suppressed lead: its state does not move
                 self._series(metrics.HANDOVERS, "nothing_to_move").inc()
                 continue
-            self.changelog.put(partition, anonymous_key, None)
+            self._put(partition, anonymous_key, None)
             self.index(partition).discard(anonymous_id)
             merge: list[Input] = [(None, MergeIn(anonymous_id, raw), None)]
             await self._process_lead_guarded(known_id, merge, known_partition, [])
@@ -794,6 +808,11 @@ class LeadWorker:
             else:
                 clickstream = max(clickstream, source.offset + 1)
         return stored_lead.Applied(clickstream, handovers)
+
+    def _put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Every write of the table goes through here: the store and changelog (`TableWriter`), and the gauges."""
+        self.figures.replace(partition, self.changelog.get(key), value)
+        self.changelog.put(partition, key, value)
 
     def _decode_state(self, lead_id: str, raw: bytes) -> LeadState | None:
         try:
@@ -921,9 +940,8 @@ class LeadWorker:
         self._caught_up = caught_up
 
     def _refresh_stats(self) -> None:
-        sizes = [len(raw) for _, raw, _ in self._owned_entries()]
-        metrics.ACTIVE_LEADS.set(len(sizes))
-        metrics.STATE_BYTES.set(sum(sizes))
+        metrics.ACTIVE_LEADS.set(self.figures.entries)
+        metrics.STATE_BYTES.set(self.figures.bytes)
         consumer = self.nudge.app.consumer
         # Best effort: the dev broker (Tansu 0.6) reports end offsets one batch short, see faust_ext/broker_profiles.
         with contextlib.suppress(Exception):

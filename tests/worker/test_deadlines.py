@@ -107,6 +107,25 @@ def test_index_agrees_with_a_plain_dict(ops: list[tuple[int, list[int]]]) -> Non
     assert index.pending_deadlines == sum(len(d) for d in model.values() if d and min(d) > 500)
 
 
+@given(st.dictionaries(st.integers(0, 50), st.lists(st.integers(0, 1_000), max_size=3), max_size=60))
+def test_a_bulk_load_indexes_as_set_does(leads: dict[int, list[int]]) -> None:
+    """`load` (the rebuild after recovery) leaves the index as a `set` per lead would."""
+    loaded, one_by_one = DeadlineIndex(), DeadlineIndex()
+    loaded.load(3, [(f"lead{n}", deadlines) for n, deadlines in leads.items()])
+    for n, deadlines in leads.items():
+        one_by_one.set(f"lead{n}", 3, deadlines)
+    assert len(loaded) == len(one_by_one) and loaded.pending_deadlines == one_by_one.pending_deadlines
+    assert all(loaded.count(f"lead{n}") == one_by_one.count(f"lead{n}") for n in leads)
+    assert loaded.pop_due(2_000) == one_by_one.pop_due(2_000)
+
+
+def test_a_bulk_load_refuses_a_lead_indexed_already() -> None:
+    index = DeadlineIndex()
+    index.set("lead", 0, [5])
+    with pytest.raises(ValueError, match="indexed already"):
+        index.load(0, [("lead", [7])])
+
+
 def test_superseded_entries_do_not_pile_up() -> None:
     index = DeadlineIndex()
     for n in range(5_000):  # a busy shopper: every event moves the deadline

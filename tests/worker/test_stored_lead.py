@@ -17,6 +17,7 @@ from engine.worker.stored_lead import (
     Stored,
     decode,
     encode,
+    live_state,
     marks,
     read,
 )
@@ -31,12 +32,14 @@ def test_round_trip(clickstream: int, handovers: int, suppressed: bool, touched_
     assert read(value) == Stored(Applied(clickstream, handovers), STATE, suppressed, touched_ms)
     assert decode(value) == (Applied(clickstream, handovers), STATE)
     assert marks(value) == (suppressed, touched_ms)
+    assert live_state(value) == (b"" if suppressed else STATE)
     assert len(value) == HEADER_V2_SIZE + len(STATE) == 28 + len(STATE)
 
 
 def test_a_suppression_marker_has_no_state() -> None:
     value = encode(Applied(5, 2), b"", suppressed=True, touched_ms=1)
     assert read(value) == Stored(Applied(5, 2), b"", True, 1)
+    assert live_state(value) == b""
     assert len(value) == 28
 
 
@@ -45,8 +48,10 @@ def test_the_previous_format_still_reads_as_not_suppressed_and_never_written() -
     assert len(value) == HEADER_SIZE + len(STATE)
     assert read(value) == Stored(Applied(7, 3), STATE, False, 0)
     assert marks(value) == (False, 0)
+    assert live_state(value) == STATE
 
 
 def test_a_bare_state_written_before_the_header_existed_reads_as_nothing_applied() -> None:
     assert decode(STATE) == (NONE_APPLIED, STATE)
     assert read(STATE) == Stored(NONE_APPLIED, STATE, False, 0)
+    assert live_state(STATE) == STATE
