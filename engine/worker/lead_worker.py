@@ -30,6 +30,7 @@ from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
 from engine.worker.faust_ext.batched_input import WorkerInput
 from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
 from engine.worker.faust_ext.private_state import recovered_partitions
+from engine.worker.gc_pause import collector_paused
 from engine.worker.handovers import (
     BadHandoverRecord,
     HandoverRecord,
@@ -334,6 +335,10 @@ class LeadWorker:
         """Index the pending deadlines, under the current rules, of every lead in a partition this worker owns,
         and count the owned entries for the gauges (`figures`): one pass over the table (at 1M leads, a third
         of a restart; bench/FINDINGS.md)."""
+        with collector_paused():
+            self._index_owned_entries()
+
+    def _index_owned_entries(self) -> None:
         self.indexes.clear()
         sizes: list[tuple[int, int]] = []
         due: dict[int, list[tuple[str, Sequence[int]]]] = {}

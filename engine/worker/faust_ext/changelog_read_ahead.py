@@ -27,6 +27,8 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
+from engine.worker.gc_pause import collector_paused
+
 log = logging.getLogger("nudge.worker.recovery")
 
 _MIB = 1024 * 1024
@@ -127,22 +129,23 @@ class ChangelogReadAheadRecovery(Recovery):
             reader.assign(list(todo))
             for partition, start in todo.items():
                 reader.seek(partition, start + 1)
-            while todo and time.monotonic() - started < budget_s:
-                fetched = await reader.getmany(timeout_ms=200)
-                for partition, records in fetched.items():
-                    tp = TP(partition.topic, partition.partition)
-                    if partition not in todo or not records:
-                        continue
-                    apply_records(self.tp_to_table[tp].data, partition.partition, records)
-                    applied += len(records)
-                    offsets[tp] = min(records[-1].offset, highwaters[tp])
-                for partition in list(todo):
-                    tp = TP(partition.topic, partition.partition)
-                    # The position, not the last record: compaction can leave the highwater's record out.
-                    if offsets[tp] >= highwaters[tp] or await reader.position(partition) > highwaters[tp]:
-                        offsets[tp] = highwaters[tp]
-                        del todo[partition]
-                        reader.pause(partition)
+            with collector_paused():  # a bulk pass: see engine/worker/gc_pause.py
+                while todo and time.monotonic() - started < budget_s:
+                    fetched = await reader.getmany(timeout_ms=200)
+                    for partition, records in fetched.items():
+                        tp = TP(partition.topic, partition.partition)
+                        if partition not in todo or not records:
+                            continue
+                        apply_records(self.tp_to_table[tp].data, partition.partition, records)
+                        applied += len(records)
+                        offsets[tp] = min(records[-1].offset, highwaters[tp])
+                    for partition in list(todo):
+                        tp = TP(partition.topic, partition.partition)
+                        # The position, not the last record: compaction can leave the highwater's record out.
+                        if offsets[tp] >= highwaters[tp] or await reader.position(partition) > highwaters[tp]:
+                            offsets[tp] = highwaters[tp]
+                            del todo[partition]
+                            reader.pause(partition)
         finally:
             await _stop(reader)
         elapsed = time.monotonic() - started
