@@ -39,10 +39,12 @@ INTERNAL = {
         "engine.metrics",
         "engine.privacy.records",
     ),
-    # `engine.worker.input_positions` is pure bookkeeping (no Faust) that the batched input applies.
+    # `engine.worker.input_positions` is pure bookkeeping (no Faust) that the batched input applies;
+    # `engine.worker.gc_tuning` (stdlib only) pauses the garbage collector for the recovery read-ahead.
     "engine.worker.faust_ext": (
         "engine.worker.faust_ext",
         "engine.worker.input_positions",
+        "engine.worker.gc_tuning",
         "engine.config",
         "engine.kafka",
         "engine.metrics",

@@ -147,9 +147,11 @@ def run_worker(settings: Settings, watch: bool = False) -> int:
 
     from engine.worker.app import create_app
     from engine.worker.faust_ext.broker_profiles import install_broker_workarounds
+    from engine.worker.gc_tuning import tune_collector
     from engine.worker.lead_worker import LeadWorker
 
     install_broker_workarounds(settings)
+    tune_collector()
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level (its datadir)
     nudge = create_app(settings)

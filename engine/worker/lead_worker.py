@@ -30,7 +30,7 @@ from engine.worker.deadlines import DeadlineIndex, EventClock, wall_ms
 from engine.worker.faust_ext.batched_input import WorkerInput
 from engine.worker.faust_ext.batched_output import OutputBatch, TableWriter
 from engine.worker.faust_ext.private_state import recovered_partitions
-from engine.worker.gc_pause import collector_paused
+from engine.worker.gc_tuning import collector_paused
 from engine.worker.handovers import (
     BadHandoverRecord,
     HandoverRecord,

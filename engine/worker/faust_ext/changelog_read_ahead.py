@@ -27,7 +27,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
 from faust.types import TP
 
-from engine.worker.gc_pause import collector_paused
+from engine.worker.gc_tuning import collector_paused
 
 log = logging.getLogger("nudge.worker.recovery")
 
@@ -129,7 +129,7 @@ class ChangelogReadAheadRecovery(Recovery):
             reader.assign(list(todo))
             for partition, start in todo.items():
                 reader.seek(partition, start + 1)
-            with collector_paused():  # a bulk pass: see engine/worker/gc_pause.py
+            with collector_paused():  # a bulk pass: see engine/worker/gc_tuning.py
                 while todo and time.monotonic() - started < budget_s:
                     fetched = await reader.getmany(timeout_ms=200)
                     for partition, records in fetched.items():
