@@ -14,7 +14,9 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from engine.config import ConfigError, Settings
 from engine.kafka.security import client_options
+from engine.worker.app import create_app
 from engine.worker.faust_ext.broker_profiles import faust_security, faust_settings
+from engine.worker.faust_ext.changelog_read_ahead import faust_client_options
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-that-must-never-show-4f1c"
@@ -76,6 +78,16 @@ def test_faust_gets_the_same_options_as_the_plain_clients(ca_file: Path) -> None
         assert (faust_options.pop("ssl_context", None) is None) == (ours.pop("ssl_context", None) is None), env
         assert {k: v for k, v in faust_options.items() if v is not None} == ours, env
         assert PASSWORD not in repr(credentials)
+
+
+def test_the_recovery_read_ahead_connects_with_the_apps_options(ca_file: Path) -> None:
+    """The read-ahead's plain consumer (engine/worker/faust_ext/changelog_read_ahead.py) takes the options of the
+    Faust app it recovers for: the same as `client_options`."""
+    settings = Settings.from_env({**SASL, "NUDGE_KAFKA_CA_FILE": str(ca_file)})
+    options = dict(faust_client_options(create_app(settings).app))
+    ours = client_options(settings)
+    assert isinstance(options.pop("ssl_context"), ssl.SSLContext) and ours.pop("ssl_context") is not None
+    assert {k: v for k, v in options.items() if v is not None} == ours
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,8 @@ def _unsecured() -> dict[str, list[str]]:
                 if not isinstance(node, ast.Call):
                     continue
                 name = _name(node)
-                if name in CLIENTS and not _spreads(node, "client_options"):
+                # `faust_client_options(app)`: a plain client of the worker's Faust app takes the app's own options.
+                if name in CLIENTS and not any(_spreads(node, f) for f in ("client_options", "faust_client_options")):
                     found.setdefault(relative, []).append(f"{relative}:{node.lineno} {name}")
                 elif name in FAUST_APPS and not any(_spreads(node, f) for f in ("faust_settings", "faust_security")):
                     # `faust.App(**options)`: the options must come from faust_settings/faust_security in the file.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, MutableMapping, Set
+from collections.abc import Iterable, Mapping, MutableMapping, Set
 from typing import Any
 
 import aiokafka
@@ -47,6 +47,13 @@ def reads_ahead(table: Any) -> bool:
         and table.value_serializer == "raw"
         and getattr(table, "_on_changelog_event", None) is None
     )
+
+
+def faust_client_options(app: Any) -> Mapping[str, Any]:
+    """The security options of the Faust app's own clients, for a plain aiokafka client of the same app: Faust's
+    driver derives them from `broker_credentials`, which `broker_profiles.faust_security` sets from the
+    `NUDGE_KAFKA_*` settings (tests/kafka/test_security.py checks they equal `engine.kafka.security.client_options`)."""
+    return credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
 
 
 def apply_records(store: MemoryStore, partition: int, records: Iterable[Any]) -> None:
@@ -121,7 +128,7 @@ class ChangelogReadAheadRecovery(Recovery):
             fetch_max_bytes=64 * _MIB,
             fetch_max_wait_ms=FETCH_WAIT_MS,
             request_timeout_ms=int(conf.broker_request_timeout * 1000),
-            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+            **faust_client_options(self.app),
         )
         applied = 0
         await reader.start()
