@@ -10,12 +10,11 @@ the `goal_within` window, and is dropped after it.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.core.predicates import Matcher
+from engine.core.predicates import Matcher, comparable_number
 
 HOLDOUT = "holdout"  # the control arm: its actions are fired and logged, never sent
 TREATMENT = "treatment"  # the one non-holdout arm of an experiment without `variants`
@@ -51,17 +50,11 @@ def assign_arm(experiment_id: str, lead_id: str, holdout: float, variants: Seque
 
 
 def money(value: Any) -> float | None:
-    """An amount from event properties as a finite float: a number, or a numeric string; None for anything else
-    (booleans are not numbers; "nan", "inf" and amounts beyond a float's range are not amounts: one such order
-    would poison every sum and mean of the reports, as the rule matchers refuse them too). The ClickHouse rows
-    read revenue with it, so both count the same orders."""
-    if isinstance(value, bool) or value is None or not isinstance(value, int | float | str):
-        return None
-    try:
-        amount = float(value)
-    except (ValueError, OverflowError):
-        return None
-    return amount if math.isfinite(amount) else None
+    """An amount from event properties as a finite float: what `predicates.comparable_number` accepts (a number or a
+    numeric string; not a boolean, "nan", "inf" or beyond a float's range: one such order would poison every sum
+    and mean of the reports), else None. The ClickHouse rows read revenue with it, so both count the same orders."""
+    number = comparable_number(value)
+    return None if number is None else float(number)
 
 
 def goal_value(properties: Mapping[str, Any]) -> float | None:

@@ -59,17 +59,22 @@ def compile_path(path: str) -> Getter:
     return get
 
 
-def _number(value: Any) -> float | None:
+def comparable_number(value: Any) -> int | float | None:
+    """A number from event data: an int or float as it is (an int stays exact, so `eq` on a numeric id works), a
+    numeric string as a float; None for anything else. Booleans are not numbers; "nan", "inf" and values beyond a
+    float's range are none either (they never compare, and one would poison a sum). The rule matchers compare with
+    it, and `engine.core.experiments.money` reads amounts with it, so both accept the same values. (The stored
+    facts use `engine.core.facts.finite_number`, which turns large ints into floats to keep the state JSON-safe.)"""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, str):
             number = float(value)
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None  # "nan"/"inf" never compare
+            return number if math.isfinite(number) else None
+    except (ValueError, OverflowError):  # not numeric, or an int too large for a float
+        return None
     return None
 
 
@@ -79,7 +84,7 @@ def _ordered(operand: Any, accept: Callable[[Any], bool]) -> ValueTest:
         return lambda v: isinstance(v, str) and accept((v > operand) - (v < operand))
 
     def test(value: Any) -> bool:
-        number = _number(value)
+        number = comparable_number(value)
         return number is not None and accept((number > operand) - (number < operand))
 
     return test
@@ -89,7 +94,7 @@ def _equals(operand: Any) -> ValueTest:
     if isinstance(operand, bool) or operand is None:
         return lambda v: v is operand or (v == operand and type(v) is type(operand))
     if isinstance(operand, int | float):
-        return lambda v: not isinstance(v, bool) and _number(v) == operand
+        return lambda v: not isinstance(v, bool) and comparable_number(v) == operand
     return lambda v: v == operand
 
 

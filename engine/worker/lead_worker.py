@@ -176,7 +176,8 @@ class LeadWorker:
         self._rules_stamp = _rules_stamp(rules.version)
         self._rules_since_ms = wall_ms()
         self._rules_status_due = True  # published once the partitions are first recovered
-        self._status_tasks: set[asyncio.Future[None]] = set()
+        self._background_tasks: set[asyncio.Future[None]] = set()  # status publishes, the crash below: kept alive
+        self._output_refused = False  # a refused flush stops the worker: once, though the flushes after it fail too
         self._last_status: WorkerStatus | None = None
         self._last_status_s = 0.0
         self.clocks: dict[int, EventClock] = {}  # per owned partition: see "Deadlines" above
@@ -444,8 +445,8 @@ class LeadWorker:
                 log.warning("could not publish the worker's rule-set status", exc_info=True)
 
         task = asyncio.ensure_future(publish())
-        self._status_tasks.add(task)
-        task.add_done_callback(self._status_tasks.discard)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
 
     # --- the agent ------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -507,13 +508,14 @@ class LeadWorker:
     def _on_flushed(self, flushing: asyncio.Future[None]) -> None:
         """A batch's output the broker refused stops the worker, even when no later batch waits for that flush:
         its input is never committed, so the next owner evaluates it again."""
-        if flushing.cancelled() or flushing.exception() is None:
+        if flushing.cancelled() or flushing.exception() is None or self._output_refused:
             return
+        self._output_refused = True
         exc = flushing.exception()
         log.critical("the broker refused the worker's output; stopping the worker", exc_info=exc)
         task = asyncio.ensure_future(self.nudge.app.crash(exc))
-        self._status_tasks.add(task)
-        task.add_done_callback(self._status_tasks.discard)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
 
     def _decode(self, message: Message) -> tuple[str, Event | HandoverRecord | WorkerRequest]:
         if message.topic != self._clickstream_topic:

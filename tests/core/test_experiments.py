@@ -8,8 +8,9 @@ import math
 from typing import Any
 
 from engine.core import LeadState, Tick, evaluate
-from engine.core.experiments import HOLDOUT, TREATMENT, assign_arm, goal_value
+from engine.core.experiments import HOLDOUT, TREATMENT, assign_arm, goal_value, money
 from engine.core.model import Action
+from engine.core.predicates import comparable_number
 from engine.core.simulate import simulate
 from tests.core.helpers import MIN, at, rules, track
 
@@ -351,3 +352,13 @@ def orjson_loads(value: bytes) -> dict[str, Any]:
 
     doc: dict[str, Any] = orjson.loads(value)
     return doc
+
+
+def test_amounts_and_rule_comparisons_read_numbers_alike() -> None:
+    """`money` reads amounts with the rule matchers' `comparable_number`: the same values count, and an int too
+    large for a float is no number to either (it used to raise OverflowError in the matchers)."""
+    for value in (12, 12.5, "40", "-3.5", True, None, "nan", "inf", float("nan"), 10**400, "abc", [1], {"a": 1}):
+        number = comparable_number(value)
+        assert money(value) == (None if number is None else float(number)), value
+    assert comparable_number(10**400) is None and money(10**400) is None
+    assert comparable_number(2**63 + 1) == 2**63 + 1, "an int stays exact for eq on numeric ids"
