@@ -301,10 +301,11 @@ class LeadWorker:
                 await self.output.flush()  # the last batch's output may still be on its way
                 await self.input.commit()
             self.input.forget(list(revoked))
-            for partition in {tp.partition for tp in revoked}:
+            partitions = {tp.partition for tp in revoked}
+            for partition in partitions:
                 self.indexes.pop(partition, None)
                 self.clocks.pop(partition, None)
-            self.figures.forget({tp.partition for tp in revoked})
+            self.figures.forget(partitions)
 
     def _owned_entries(self) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, state, partition) of the table entries in partitions this worker owns now. The memory store

@@ -71,7 +71,8 @@ def live_state(value: bytes) -> bytes:
     """The state bytes of a stored value, or empty for a suppressed lead (whose state, if kept, fires nothing) and
     for a marker: what the deadline index is rebuilt from, without building a `Stored` per lead."""
     if value.startswith(MAGIC_V2):
-        return b"" if value[len(MAGIC_V2) + 16] & SUPPRESSED else value[HEADER_V2_SIZE:]
+        suppressed, _ = marks(value)
+        return b"" if suppressed else value[HEADER_V2_SIZE:]
     return read(value).state
 
 
