@@ -506,6 +506,21 @@ class LeadWorker:
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
 
+    async def _flush_queued_locked(self) -> None:
+        """Start flushing what the caller queued under the state lock (a deadline chunk, an idle sweep chunk) and
+        wait only for the flush before it, as `process_batch` does. Nothing queued: returns at once. Why not
+        `flush()`: it waits for the acknowledgement under the lock, and the timer's ten rounds a second then
+        held up the next input batch for a broker round trip each, undoing the overlap of evaluation and
+        acknowledgement (bench/FINDINGS.md). Unacknowledged ticks are safe to lose: their leads' stored
+        deadlines stay pending until the changelog record that fired them is acknowledged, so a crash fires
+        them again with the same action ids."""
+        if not self.output.queued:
+            return
+        previous = self.output.in_flight
+        self.output.flush_in_background().add_done_callback(self._on_flushed)
+        if previous is not None:
+            await previous
+
     def _on_flushed(self, flushing: asyncio.Future[None]) -> None:
         """A batch's output the broker refused stops the worker, even when no later batch waits for that flush:
         its input is never committed, so the next owner evaluates it again."""
@@ -715,7 +730,8 @@ class LeadWorker:
     async def _drop_idle(self) -> None:
         """Tombstone the leads of owned partitions whose state was last written more than `NUDGE_LEAD_IDLE_DAYS`
         ago and that have no pending deadline (suppression markers stay). A value written before the write time
-        was stored counts from when a sweep first saw it. In chunks under the state lock, each flushed."""
+        was stored counts from when a sweep first saw it. In chunks under the state lock, each chunk's flush started
+        before the next."""
         now_ms = wall_ms()
         entries = list(self._owned_entries())
         dropped = 0
@@ -737,7 +753,7 @@ class LeadWorker:
                     self._put(partition, key, None)
                     self._legacy_seen.pop(key, None)
                     dropped += 1
-                await self.output.flush()
+                await self._flush_queued_locked()
             await asyncio.sleep(0)
         if dropped:
             metrics.WORKER_IDLE_LEADS_DROPPED.inc(dropped)
@@ -886,7 +902,7 @@ class LeadWorker:
 
     async def _fire_due_deadlines(self) -> None:
         """The timer's round: fire what is due on each owned partition's clock, in chunks of
-        `TICKS_PER_CHUNK` leads per hold of the state lock (each chunk flushed), at most `MAX_TICKS_PER_ROUND`
+        `TICKS_PER_CHUNK` leads per hold of the state lock (each chunk's flush started), at most `MAX_TICKS_PER_ROUND`
         per round so a backlog cannot stall the event loop; the rest fires on the next round."""
         if self._pending_rules is not None:
             async with self._state_lock:
@@ -906,7 +922,7 @@ class LeadWorker:
                 # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
                 async with self._state_lock:
                     fired = await self._fire_due_locked(partition, now_ms, min(budget, TICKS_PER_CHUNK))
-                    await self.output.flush()
+                    await self._flush_queued_locked()
                 budget -= fired
                 if fired < TICKS_PER_CHUNK:
                     break

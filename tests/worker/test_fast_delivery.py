@@ -1,15 +1,26 @@
-"""`FastDeliveryConsumer.wait_first` keeps the semantics of mode's `Service.wait_first` as the drain loop uses it."""
+"""`FastDeliveryConsumer.wait_first` keeps the semantics of mode's `Service.wait_first` as the drain loop uses it;
+its `_wait_next_records` fetches again as soon as a full queue gives a partition back."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import warnings
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.types import TP
 from mode import Service
 
-from engine.worker.faust_ext.fast_delivery import NudgeFaustApp, fast_delivery_consumer
+from engine.worker.faust_ext.fast_delivery import (
+    ALL_HELD_BACK_WAIT_S,
+    HELD_BACK_FETCH_WAIT_S,
+    NudgeFaustApp,
+    fast_delivery_consumer,
+)
 
 
 class _ConsumerLike(Service):
@@ -107,3 +118,83 @@ async def test_while_the_flow_is_suspended_the_plain_path_is_taken() -> None:
 def test_the_app_uses_the_fast_consumer() -> None:
     app = NudgeFaustApp("fast-delivery-test", broker="kafka://localhost:1")
     assert app.transport.Consumer.__name__.startswith("FastDelivery")
+
+
+# --- fetching while a full queue holds partitions back ------------------------------------------------------------
+
+CLICKS = [TP("clicks", n) for n in range(2)]
+IDLE = TP("handovers", 0)  # an internal input that has no records
+
+
+class _FetcherLike(Service):
+    """Faust's own `_wait_next_records`, `on_buffer_full`, `on_buffer_drop` and `_get_active_partitions` on the
+    state they use; `_getmany` (the fetch on the consumer's thread) records the wait it was given and, as for
+    partitions without records, returns nothing after that wait."""
+
+    _wait_next_records = FaustConsumer._wait_next_records
+    on_buffer_full = FaustConsumer.on_buffer_full
+    on_buffer_drop = FaustConsumer.on_buffer_drop
+    _get_active_partitions = FaustConsumer._get_active_partitions
+
+    def __init__(self, partitions: list[TP]) -> None:
+        super().__init__()
+        self.app = SimpleNamespace(client_only=False, in_recovery=False)
+        self.flow_active = True
+        self._active_partitions = set(partitions)
+        self._buffered_partitions: set[TP] = set()
+        self.not_waiting_next_records = asyncio.Event()
+        self.fetch_waits: list[float] = []
+
+    async def _getmany(self, active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        self.fetch_waits.append(timeout)
+        await asyncio.sleep(timeout)
+        return {}
+
+
+Fetcher = fast_delivery_consumer(_FetcherLike)
+
+
+async def test_faust_alone_waits_its_whole_fetch_timeout_on_the_partitions_still_active() -> None:
+    """What the override is for: Faust with the clickstream held back waits out 1 s on an idle topic."""
+    fetcher = _FetcherLike([*CLICKS, IDLE])
+    for tp in CLICKS:
+        fetcher.on_buffer_full(tp)
+    await fetcher._wait_next_records(0.2)
+    assert fetcher.fetch_waits == [0.2]
+
+
+async def test_while_partitions_are_held_back_a_fetch_waits_briefly() -> None:
+    fetcher = Fetcher([*CLICKS, IDLE])
+    fetcher.on_buffer_full(CLICKS[0])
+    records, active = await fetcher._wait_next_records(1.0)
+    assert records == {} and active == {CLICKS[1], IDLE}
+    assert fetcher.fetch_waits == [HELD_BACK_FETCH_WAIT_S]
+    fetcher.on_buffer_drop(CLICKS[0])
+    await fetcher._wait_next_records(0.05)
+    assert fetcher.fetch_waits[-1] == 0.05  # nothing held back: Faust's own wait
+
+
+async def test_with_every_partition_held_back_the_wait_ends_when_one_is_given_back() -> None:
+    fetcher = Fetcher(CLICKS)
+    for tp in CLICKS:
+        fetcher.on_buffer_full(tp)
+    started = time.monotonic()
+    waiting = asyncio.ensure_future(fetcher._wait_next_records(1.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and fetcher.fetch_waits == []
+    fetcher.on_buffer_drop(CLICKS[1])
+    records, active = await asyncio.wait_for(waiting, 1)
+    assert time.monotonic() - started < 0.5  # Faust would have slept 1 s
+    assert records == {} and active == {CLICKS[1]}
+    assert fetcher.fetch_waits == [HELD_BACK_FETCH_WAIT_S]  # CLICKS[0] is still held back
+
+
+async def test_with_every_partition_held_back_and_none_given_back_it_returns_nothing_after_faust_s_pause() -> None:
+    fetcher = Fetcher(CLICKS)
+    for tp in CLICKS:
+        fetcher.on_buffer_full(tp)
+    started = time.monotonic()
+    records, active = await fetcher._wait_next_records(1.0)
+    assert records == {} and active == set()
+    assert ALL_HELD_BACK_WAIT_S - 0.05 <= time.monotonic() - started < ALL_HELD_BACK_WAIT_S + 0.5
+    assert fetcher.fetch_waits == []

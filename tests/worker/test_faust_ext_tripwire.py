@@ -31,6 +31,7 @@ import faust.transport.consumer
 import faust.types.settings
 import mode
 import mode.threads
+import mode.utils.queues
 import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.stores import memory
@@ -78,6 +79,22 @@ def test_drain_loop_delivers_through_wait_first_with_the_suspension_coroutine() 
     """`FastDeliveryConsumer.wait_first` takes its fast path for exactly this call of the private drain loop."""
     drain = _source(faust.transport.consumer.Consumer._drain_messages)
     assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in drain
+
+
+def test_fetch_waits_on_the_active_partitions_and_holds_back_partitions_of_a_full_queue() -> None:
+    """`FastDeliveryConsumer._wait_next_records` shortens Faust's wait while partitions are held back."""
+    consumer = faust.transport.consumer.Consumer
+    assert _parameters(consumer._wait_next_records) == ["self", "timeout"]
+    wait = _source(consumer._wait_next_records)
+    assert "active_partitions = self._get_active_partitions()" in wait
+    assert "records = await self._getmany( active_partitions=active_partitions, timeout=timeout, )" in wait
+    assert "await self.sleep(1)" in wait
+    assert "records, active_partitions = await self._wait_next_records(timeout)" in _source(consumer.getmany)
+    full, drop = _source(consumer.on_buffer_full), _source(consumer.on_buffer_drop)
+    assert "active_partitions.discard(tp) self._buffered_partitions.add(tp)" in full
+    assert "active_partitions.add(tp) buffered_partitions.discard(tp)" in drop
+    queues = _source(mode.utils.queues.FlowControlQueue.maybe_endorse_pressure_drop)
+    assert "pressure_drop_callback()" in queues
 
 
 def test_mode_wait_first_signature_and_results() -> None:

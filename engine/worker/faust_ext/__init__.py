@@ -15,7 +15,9 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
   transport class's `Consumer` attribute) so the app's consumer is the fast-delivery one; wraps the consumer's
   `seek_to_committed`/`perform_seek`, relying on Faust's recovery calling `perform_seek` after each rebalance;
   `seek_on_consumer_thread` runs aiokafka's `seek` through `Consumer._thread.call_thread` (the consumer's own
-  thread; Faust's `seek` calls it from the caller's thread, racing the fetcher) and sets `Consumer._read_offset`.
+  thread; Faust's `seek` calls it from the caller's thread, racing the fetcher) and sets `Consumer._read_offset`;
+  overrides the private `Consumer._wait_next_records(timeout)` and extends `Consumer.on_buffer_drop`, reading
+  `Consumer._get_active_partitions()` and `Consumer._buffered_partitions` (the partitions a full queue holds back).
 - `batched_output`: `faust.transport.drivers.aiokafka.Producer._ensure_producer()` (the app's aiokafka producer)
   and `aiokafka.client.AIOKafkaClient._wait_on_metadata(topic)` (partition count of an output topic).
 - `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private

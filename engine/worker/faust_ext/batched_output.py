@@ -46,6 +46,11 @@ class OutputBatch:
         self._last_topics: set[str] = set()
         self.in_flight: asyncio.Task[None] | None = None  # the latest flush started (done or not)
 
+    @property
+    def queued(self) -> bool:
+        """Whether records were queued since the last flush started (what a flush now would send)."""
+        return bool(self._pending)
+
     def send_last(self, topic: str) -> None:
         """From now on, records of `topic` go out after all other records of their flush are acknowledged."""
         self._last_topics.add(topic)

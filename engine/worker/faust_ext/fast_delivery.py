@@ -5,6 +5,7 @@ every message, about a third of the worker's CPU per event in the benchmark (ben
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -16,6 +17,13 @@ from faust.types import TransportT
 from mode.services import WaitResults
 
 from engine.worker.faust_ext.changelog_read_ahead import ReadAheadTableManager
+
+# Faust's pause when a full input queue holds back every partition (`Consumer._wait_next_records` sleeps 1 s): the
+# longest `FastDeliveryConsumer._wait_next_records` waits for a partition to be given back.
+ALL_HELD_BACK_WAIT_S = 1.0
+# The longest a fetch waits for records while a full queue holds some partitions back: how late a partition given
+# back is fetched again at worst (a fetch call every 20 ms, only while partitions are held back).
+HELD_BACK_FETCH_WAIT_S = 0.02
 
 
 @types.coroutine
@@ -50,7 +58,8 @@ def fast_delivery_consumer(base: type) -> type:
     """A subclass of Faust's consumer class `base` whose `wait_first` takes the fast path below."""
 
     class FastDeliveryConsumer(base):  # type: ignore[misc, valid-type]
-        """Faust's consumer, delivering each message without a task per message; nothing else differs.
+        """Faust's consumer, delivering each message without a task per message, and fetching again as soon as a
+        full input queue gives a partition back (`_wait_next_records`); nothing else differs.
 
         Faust's drain loop (`Consumer._drain_messages`, its only caller of `wait_first`) delivers every message
         with `await self.wait_first(callback(message), self.suspend_flow.wait())`: the callback (the conductor
@@ -89,6 +98,41 @@ def fast_delivery_consumer(base: type) -> type:
                     raise
                 return await super().wait_first(_finish(callback, waiting_on), coros[1])
             return await super().wait_first(*coros, timeout=timeout)
+
+        async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+            """Faust's wait for the next fetched records, except while a full input queue holds partitions back
+            (`on_buffer_full` takes them out of the active set until the queue drains, `on_buffer_drop`). Faust
+            then waits for records of the partitions still active, up to its whole fetch timeout (1 s), or, when
+            none is active, sleeps 1 s; a partition given back meanwhile waits for that to end, although the
+            worker drains the queue in a fraction of it. Measured in the benchmark's latency step: with every
+            clickstream partition held back, the fetch waited the full second on the idle internal topics, the
+            queue ran dry and the worker sat idle ~0.8 s at a time while records waited in the broker, so
+            event -> action p99 grew to 4-7 s at 80 % of the worker's rate (bench/FINDINGS.md). Here, while any
+            partition is held back, a fetch waits at most `HELD_BACK_FETCH_WAIT_S`, and with none active the
+            wait ends as soon as one is given back (after the same second at most; then no records are returned
+            and Faust's drain loop calls again)."""
+            if self.flow_active and not self.app.client_only:
+                if not self._get_active_partitions():
+                    resumed = self._nudge_resumed()
+                    resumed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(resumed.wait(), ALL_HELD_BACK_WAIT_S)
+                    if not self._get_active_partitions():
+                        return {}, set()
+                if self._buffered_partitions:
+                    timeout = min(timeout, HELD_BACK_FETCH_WAIT_S)
+            return await super()._wait_next_records(timeout)
+
+        def on_buffer_drop(self, tp: Any) -> None:
+            """Faust's: a partition held back by a full queue is active again; also wakes `_wait_next_records`."""
+            super().on_buffer_drop(tp)
+            self._nudge_resumed().set()
+
+        def _nudge_resumed(self) -> asyncio.Event:
+            resumed: asyncio.Event | None = getattr(self, "_nudge_resumed_event", None)
+            if resumed is None:
+                resumed = self._nudge_resumed_event = asyncio.Event()
+            return resumed
 
         async def seek_to_committed(self) -> Any:
             """Faust's seek to the committed offsets; remembers what they were (`sought_to`: None for a partition
