@@ -163,6 +163,12 @@ class DeadlineIndex:
         entry = self._entries.get(lead_id)
         return entry is not None and entry[0] == deadline_ms
 
+    def may_have_due(self, now_ms: int) -> bool:
+        """False when no lead's deadline is due at `now_ms`; True when one may be (a superseded heap entry can make
+        it True with nothing due: `pop_due` then returns nothing). O(1)."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= now_ms
+
     def pop_due(self, now_ms: int, limit: int | None = None) -> list[DueLead]:
         """Remove and return leads whose earliest deadline is <= now_ms (earliest first, at most `limit`)."""
         due: list[DueLead] = []

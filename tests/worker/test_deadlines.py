@@ -102,8 +102,11 @@ def test_index_agrees_with_a_plain_dict(ops: list[tuple[int, list[int]]]) -> Non
         index.set(lead, 0, deadlines)
         model[lead] = deadlines
     expected = sorted((min(d), lead) for lead, d in model.items() if d and min(d) <= 500)
+    if expected:
+        assert index.may_have_due(500)  # never False with something due: the timer would skip it
     got = [(d.deadline_ms, d.lead_id) for d in index.pop_due(500)]
     assert got == expected
+    assert not index.may_have_due(500)  # nothing left due, superseded entries popped on the way
     assert index.pending_deadlines == sum(len(d) for d in model.values() if d and min(d) > 500)
 
 
