@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.targets import check_targets, get, guard, validity
+from bench.targets import check_targets, get, guard, targets_met, validity
 
 MIB = 1024 * 1024
 
@@ -56,7 +56,7 @@ def summarise(results: dict[str, Any], quick: bool = False) -> dict[str, Any]:
             ratios[f"{key}_vs_one (6)"] = _ratio(get(m, key, "events_per_s"), worker)
     results["ratios"] = {k: v for k, v in ratios.items() if v is not None}
     results["targets"] = check_targets(results)
-    results["gates"] = [validity(results, quick), guard(results)]
+    results["gates"] = [validity(results, quick), guard(results), targets_met(results, quick)]
     return results
 
 
@@ -145,6 +145,10 @@ def table(results: dict[str, Any]) -> str:
             detail = (f"worker/naive by {gate.get('compares')} = {_num(gate['value'])} vs baseline "
                       f"{_num(gate['baseline'])} (floor {_num(gate.get('floor'))}, "
                       f"tolerance {_num(gate['tolerance'])})")
+        elif gate["gate"] == "targets met":
+            missed = len(gate["missed"])
+            detail = (f"{missed} target(s) MISSED (above)" if missed else "every measured target holds") + (
+                "" if gate["holds"] is not None else "; quick run: not counted")
         else:
             detail = "; ".join([*(f"{k}: {', '.join(v)}" for k, v in gate["flagged"].items()),
                                 *(f"{k}: failed" for k in gate["failed"])]) or "every window as asked"
