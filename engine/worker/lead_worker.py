@@ -342,11 +342,12 @@ class LeadWorker:
 
     def _index_owned_entries(self) -> None:
         self.indexes.clear()
-        sizes: list[tuple[int, int]] = []
+        self.figures.reset(())
+        count = self.figures.replace  # per entry, not a list of a million sizes first
         due: dict[int, list[tuple[str, Sequence[int]]]] = {}
         rules = self.rules
         for key, raw, partition in self._owned_entries():
-            sizes.append((partition, len(raw)))
+            count(partition, None, raw)
             state_bytes = stored_lead.live_state(raw)
             if not state_bytes:
                 continue  # a suppressed lead fires nothing (and a marker has no state)
@@ -356,7 +357,6 @@ class LeadWorker:
                 deadlines = pending_deadlines(rules, state)
                 if deadlines:
                     due.setdefault(partition, []).append((lead_id, deadlines))
-        self.figures.reset(sizes)
         for partition, leads in due.items():
             self.index(partition).load(partition, leads)
 

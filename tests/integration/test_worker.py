@@ -156,6 +156,15 @@ async def test_restarted_worker_keeps_state_and_fires_each_pending_deadline_once
         assert "deadline index rebuilt: 1 leads, 1 deadlines" in worker.log_text(), worker.log_text()[-3000:]
         # The table came back through the read-ahead (engine/worker/faust_ext/changelog_read_ahead.py).
         assert re.search(r"changelog read ahead: [1-9]\d* records", worker.log_text()), worker.log_text()[-3000:]
+        # The lead gauges come back from the same pass over the recovered table (`TableFigures`).
+        url = f"http://127.0.0.1:{worker_settings.web_port}/metrics"
+
+        def leads_gauge() -> str:
+            body = urllib.request.urlopen(url, timeout=5).read().decode()
+            return next((line for line in body.splitlines() if line.startswith("nudge_active_leads ")), "")
+
+        await reader.wait_for(lambda: leads_gauge() == "nudge_active_leads 3.0", timeout_s=12,
+                              what="the active-leads gauge after the restart")
 
         second_view = track("reader", "Pricing Viewed", int(time.time() * 1000), "m-r2")
         await send(worker_settings, [(b"reader", second_view)])
