@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -342,7 +342,7 @@ class LeadWorker:
 
     def _index_owned_entries(self) -> None:
         self.indexes.clear()
-        self.figures.reset(())
+        self.figures.clear()
         count = self.figures.replace  # per entry, not a list of a million sizes first
         due: dict[int, list[tuple[str, Sequence[int]]]] = {}
         rules = self.rules
@@ -495,29 +495,25 @@ class LeadWorker:
             for partition in list(self.indexes):
                 now_ms = self.clock(partition).now_ms(partition in self._caught_up)
                 await self._fire_due_locked(partition, now_ms, TICKS_PER_CHUNK)
-            previous = self.output.in_flight
-            # The batch counts as processed only after its output is acknowledged (see "Commit" on the class).
-            flushing = self.output.flush_in_background(functools.partial(self.input.processed, self.input.handed_out()))
-            flushing.add_done_callback(self._on_flushed)
             self._privacy_leads.clear()
-            if previous is not None:
-                await previous  # one batch's output on its way while the next is evaluated, not more
+            # The batch counts as processed only after its output is acknowledged (see "Commit" on the class).
+            await self._flush_after_previous(functools.partial(self.input.processed, self.input.handed_out()))
         for event_type, count in self._consumed.items():
             self._series(metrics.EVENTS_CONSUMED, event_type).inc(count)
         self._consumed.clear()
 
-    async def _flush_queued_locked(self) -> None:
-        """Start flushing what the caller queued under the state lock (a deadline chunk, an idle sweep chunk) and
-        wait only for the flush before it, as `process_batch` does. Nothing queued: returns at once. Why not
-        `flush()`: it waits for the acknowledgement under the lock, and the timer's ten rounds a second then
-        held up the next input batch for a broker round trip each, undoing the overlap of evaluation and
-        acknowledgement (bench/FINDINGS.md). Unacknowledged ticks are safe to lose: their leads' stored
-        deadlines stay pending until the changelog record that fired them is acknowledged, so a crash fires
-        them again with the same action ids."""
-        if not self.output.queued:
+    async def _flush_after_previous(self, then: Callable[[], None] | None = None) -> None:
+        """Start flushing what the caller queued under the state lock (an input batch, a deadline chunk, an idle
+        sweep chunk), `then` called once it is acknowledged, and wait only for the flush before it: one flush's
+        output on its way while the next is evaluated, not more. Nothing queued and no `then`: returns at once.
+        Why not `flush()`: it waits for the acknowledgement under the lock; the timer's ten rounds a second
+        did, and held up the next input batch for a broker round trip each (bench/FINDINGS.md). Unacknowledged
+        ticks are safe to lose: their leads' stored deadlines stay pending until the changelog record that
+        fired them is acknowledged, so a crash fires them again with the same action ids."""
+        if then is None and not self.output.queued:
             return
         previous = self.output.in_flight
-        self.output.flush_in_background().add_done_callback(self._on_flushed)
+        self.output.flush_in_background(then).add_done_callback(self._on_flushed)
         if previous is not None:
             await previous
 
@@ -753,7 +749,7 @@ class LeadWorker:
                     self._put(partition, key, None)
                     self._legacy_seen.pop(key, None)
                     dropped += 1
-                await self._flush_queued_locked()
+                await self._flush_after_previous()
             await asyncio.sleep(0)
         if dropped:
             metrics.WORKER_IDLE_LEADS_DROPPED.inc(dropped)
@@ -926,7 +922,7 @@ class LeadWorker:
                 # In chunks, giving the lock back in between: a burst of deadlines must not hold up events.
                 async with self._state_lock:
                     fired = await self._fire_due_locked(partition, now_ms, min(budget, TICKS_PER_CHUNK))
-                    await self._flush_queued_locked()
+                    await self._flush_after_previous()
                 budget -= fired
                 if fired < TICKS_PER_CHUNK:
                     break

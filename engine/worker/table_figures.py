@@ -8,21 +8,18 @@ from collections.abc import Iterable
 
 
 class TableFigures:
-    """Entries and bytes of the lead table per partition. `reset` sets them from a full scan (after recovery,
-    when the deadline index is rebuilt from the same scan); `replace` follows each write; `forget` drops revoked
+    """Entries and bytes of the lead table per partition. `replace` follows each write, and after recovery the
+    full scan that rebuilds the deadline index counts every entry with it, after `clear`; `forget` drops revoked
     partitions. Suppression markers count as entries, as they are stored values."""
 
     def __init__(self) -> None:
         self._entries: dict[int, int] = {}
         self._bytes: dict[int, int] = {}
 
-    def reset(self, sizes: Iterable[tuple[int, int]]) -> None:
-        """Figures from (partition, value size) of every owned entry, replacing all earlier ones."""
+    def clear(self) -> None:
+        """Forget every figure: a full scan counts each entry again (`replace(partition, None, value)`)."""
         self._entries.clear()
         self._bytes.clear()
-        for partition, size in sizes:
-            self._entries[partition] = self._entries.get(partition, 0) + 1
-            self._bytes[partition] = self._bytes.get(partition, 0) + size
 
     def replace(self, partition: int, old: bytes | None, new: bytes | None) -> None:
         """An entry of `partition` goes from `old` to `new` (None: absent)."""

@@ -14,8 +14,10 @@ values = st.one_of(st.none(), st.binary(max_size=40))
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 9), values), max_size=80), st.sets(st.integers(0, 3)))
 def test_figures_follow_writes_as_a_scan_counts(writes: list[tuple[int, int, bytes | None]], revoked: set[int]) -> None:
     figures = TableFigures()
+    figures.replace(1, None, b"before the restart")
     table: dict[tuple[int, int], bytes] = {(0, 100): b"recovered"}  # (partition, key) -> stored value
-    figures.reset([(0, len(b"recovered"))])
+    figures.clear()  # a restart's scan counts the recovered table afresh
+    figures.replace(0, None, b"recovered")
     for partition, key, value in writes:
         figures.replace(partition, table.get((partition, key)), value)
         if value is None:

@@ -68,6 +68,10 @@ def fast_delivery_consumer(base: type) -> type:
         on a rebalance stay exactly Faust's.
         """
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._partition_given_back = asyncio.Event()  # set by `on_buffer_drop`, awaited in `_wait_next_records`
+
         async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
             """Same results and exceptions as `mode.Service.wait_first`.
 
@@ -113,10 +117,9 @@ def fast_delivery_consumer(base: type) -> type:
             and Faust's drain loop calls again)."""
             if self.flow_active and not self.app.client_only:
                 if not self._get_active_partitions():
-                    resumed = self._nudge_resumed()
-                    resumed.clear()
+                    self._partition_given_back.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(resumed.wait(), ALL_HELD_BACK_WAIT_S)
+                        await asyncio.wait_for(self._partition_given_back.wait(), ALL_HELD_BACK_WAIT_S)
                     if not self._get_active_partitions():
                         return {}, set()
                 if self._buffered_partitions:
@@ -126,13 +129,7 @@ def fast_delivery_consumer(base: type) -> type:
         def on_buffer_drop(self, tp: Any) -> None:
             """Faust's: a partition held back by a full queue is active again; also wakes `_wait_next_records`."""
             super().on_buffer_drop(tp)
-            self._nudge_resumed().set()
-
-        def _nudge_resumed(self) -> asyncio.Event:
-            resumed: asyncio.Event | None = getattr(self, "_nudge_resumed_event", None)
-            if resumed is None:
-                resumed = self._nudge_resumed_event = asyncio.Event()
-            return resumed
+            self._partition_given_back.set()
 
         async def seek_to_committed(self) -> Any:
             """Faust's seek to the committed offsets; remembers what they were (`sought_to`: None for a partition
