@@ -459,14 +459,21 @@ async def measure_latency(
         fleet.stop()
     lateness_ms = int(allowed_lateness_s * 1000)
     event_latency: list[float] = []
+    to_output: list[float] = []  # from the event's stamp to the action's record timestamp (the worker's append)
     deadline_lag: list[float] = []  # wall clock from the deadline to the action's arrival on `actions`
+    deadline_to_output: list[float] = []
+    delivered: list[float] = []  # from the action's record timestamp to its arrival at the watcher
     for arrival in arrivals:
         action = orjson.loads(arrival.value)
         kind = kinds.get(action["rule"])
         if kind == "threshold" and action.get("trigger_time_ms"):
             event_latency.append((arrival.arrived_ms - action["trigger_time_ms"]) / 1000)
+            to_output.append((arrival.timestamp_ms - action["trigger_time_ms"]) / 1000)
+            delivered.append((arrival.arrived_ms - arrival.timestamp_ms) / 1000)
         elif kind == "absence" and action["fired_at_ms"] + lateness_ms <= paced.ended_wall_ms:
             deadline_lag.append((arrival.arrived_ms - action["fired_at_ms"]) / 1000)
+            deadline_to_output.append((arrival.timestamp_ms - action["fired_at_ms"]) / 1000)
+            delivered.append((arrival.arrived_ms - arrival.timestamp_ms) / 1000)
     return {
         "offered_events_per_s": round(rate),
         "achieved_events_per_s": round(paced.achieved_rate),
@@ -482,6 +489,10 @@ async def measure_latency(
         "event_to_action_s": percentiles(event_latency),
         "deadline_lag_s": percentiles(deadline_lag),
         "deadline_lag_beyond_lateness_s": percentiles([lag - allowed_lateness_s for lag in deadline_lag]),
+        # Where the time goes: until the worker appended the action to a produce batch, then to the watcher.
+        "event_to_output_s": percentiles(to_output),
+        "deadline_to_output_s": percentiles(deadline_to_output),
+        "output_to_arrival_s": percentiles(delivered),
     }
 
 

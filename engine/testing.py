@@ -95,6 +95,7 @@ class TopicRecord:
     value: bytes
     arrived_ms: int
     headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp_ms: int = 0  # the record's own timestamp (CreateTime: when its producer appended it)
 
     def json(self) -> Any:
         return orjson.loads(self.value)
@@ -178,7 +179,8 @@ class TopicReader:
 
     def _take(self, topic: str, partition: int, message: ConsumerRecord[bytes, bytes], now_ms: int) -> None:
         record = TopicRecord(
-            topic, partition, message.offset, message.key, message.value or b"", now_ms, tuple(message.headers)
+            topic, partition, message.offset, message.key, message.value or b"", now_ms, tuple(message.headers),
+            message.timestamp,
         )
         self.ends[(topic, partition)] = message.offset + 1
         if self.on_record is not None:

@@ -11,9 +11,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.structs import TopicPartition as AioTP
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from mode import Service
+from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from engine.worker.faust_ext.fast_delivery import (
     ALL_HELD_BACK_WAIT_S,
@@ -198,3 +200,143 @@ async def test_with_every_partition_held_back_and_none_given_back_it_returns_not
     assert records == {} and active == set()
     assert ALL_HELD_BACK_WAIT_S - 0.05 <= time.monotonic() - started < ALL_HELD_BACK_WAIT_S + 0.5
     assert fetcher.fetch_waits == []
+
+
+# --- bulk delivery to the worker's input channel ------------------------------------------------------------------
+
+
+class _BulkLike(Service):
+    """What `FastDeliveryConsumer.getmany` and `_deliver_bulk` use, with Faust's own `on_buffer_full`,
+    `on_buffer_drop` and `_get_active_partitions`: `_wait_next_records` hands out the `fetches` given (keyed by
+    aiokafka's TopicPartition, as the fetcher keys them), `_to_message` makes a plain record of the offset."""
+
+    on_buffer_full = FaustConsumer.on_buffer_full
+    on_buffer_drop = FaustConsumer.on_buffer_drop
+    _get_active_partitions = FaustConsumer._get_active_partitions
+
+    def __init__(self, channel: Any, fetches: list[dict[Any, list[int]]], partitions: list[TP]) -> None:
+        super().__init__()
+
+        async def ebb() -> None:
+            return None
+
+        self.flow = FlowControlEvent(initially_suspended=False)
+        self.app = SimpleNamespace(
+            client_only=False,
+            in_recovery=False,
+            bulk_channels={"clicks": channel},
+            consumer_generation_id=1,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
+            flow_control=self.flow,
+            producer=SimpleNamespace(buffer=SimpleNamespace(wait_until_ebb=ebb)),
+            sensors=SimpleNamespace(on_topic_buffer_full=lambda tp: None),
+        )
+        self.flow_active = True
+        self.suspend_flow = asyncio.Event()
+        self._active_partitions = set(partitions)
+        self._buffered_partitions: set[TP] = set()
+        self._read_offset: dict[TP, int | None] = {tp: None for tp in partitions}
+        self._fetches = fetches
+        self.seeks = 0
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[Any, list[Any]], set[TP]]:
+        fetched = self._fetches.pop(0)
+        records = {tp: [SimpleNamespace(offset=offset) for offset in offsets] for tp, offsets in fetched.items()}
+        return records, self._get_active_partitions()
+
+    def _to_message(self, tp: Any, record: Any) -> Any:
+        return SimpleNamespace(tp=tp, offset=record.offset)
+
+    def highwater(self, tp: TP) -> int:
+        return 0
+
+    async def perform_seek(self) -> None:
+        self.seeks += 1
+
+
+BulkConsumer = fast_delivery_consumer(_BulkLike)
+
+
+def _channel(maxsize: int) -> Any:
+    queue: FlowControlQueue[Any] = FlowControlQueue(maxsize, flow_control=FlowControlEvent(initially_suspended=False))
+    return SimpleNamespace(queue=queue, put=queue.put)
+
+
+def _queued(channel: Any) -> list[tuple[TP, int]]:
+    return [(m.tp, m.offset) for m in list(channel.queue._queue)]
+
+
+async def _round(consumer: Any) -> list[tuple[Any, int]]:
+    return [(tp, message.offset) async for tp, message in consumer.getmany(timeout=1.0)]
+
+
+async def test_records_of_a_bulk_topic_go_onto_its_queue_and_others_are_yielded_as_faust_does() -> None:
+    clicks, other = TP("clicks", 0), TP("changelog", 0)
+    channel = _channel(100)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): [5, 6, 7], AioTP("changelog", 0): [1, 2]}], [clicks, other])
+    consumer._read_offset[clicks] = 6  # records fetched before a seek to 6 are dropped, as Faust drops them
+    assert await _round(consumer) == [(other, 1), (other, 2)]
+    assert _queued(channel) == [(clicks, 6), (clicks, 7)]
+    assert all(type(tp) is TP for tp, _ in _queued(channel))  # Faust's TP, not the fetcher's key
+    assert consumer._read_offset[clicks] == 7
+
+
+async def test_a_queue_under_pressure_holds_its_partition_back_until_it_drains() -> None:
+    clicks = TP("clicks", 0)
+    channel = _channel(10)  # pressure from 8 queued records (mode: maxsize / 1.25)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): list(range(9))}], [clicks])
+    await _round(consumer)
+    assert clicks in consumer._buffered_partitions and clicks not in consumer._get_active_partitions()
+    while not channel.queue.empty():
+        channel.queue.get_nowait()
+    channel.queue.maybe_endorse_pressure_drop()
+    assert clicks not in consumer._buffered_partitions and clicks in consumer._get_active_partitions()
+
+
+async def test_a_full_queue_makes_delivery_wait_and_a_suspended_flow_abandons_the_rest() -> None:
+    clicks = TP("clicks", 0)
+    channel = _channel(2)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): [0, 1, 2, 3]}], [clicks])
+    delivering = asyncio.ensure_future(_round(consumer))
+    await asyncio.sleep(0.05)
+    assert not delivering.done() and _queued(channel) == [(clicks, 0), (clicks, 1)]
+    assert consumer._read_offset[clicks] == 1  # what was put, before waiting for room
+    consumer.suspend_flow.set()  # a rebalance starts: the seek after it fetches 2 and 3 again
+    assert await asyncio.wait_for(delivering, 1) == []
+    assert _queued(channel) == [(clicks, 0), (clicks, 1)] and consumer._read_offset[clicks] == 1
+
+
+async def test_a_full_queue_that_drains_takes_the_rest_in_order() -> None:
+    clicks = TP("clicks", 0)
+    channel = _channel(2)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): [0, 1, 2, 3]}], [clicks])
+    delivering = asyncio.ensure_future(_round(consumer))
+    taken = []
+    while len(taken) < 4:
+        taken.append((await asyncio.wait_for(channel.queue.get(), 1)).offset)
+    await asyncio.wait_for(delivering, 1)
+    assert taken == [0, 1, 2, 3] and consumer._read_offset[clicks] == 3
+
+
+async def test_records_fetched_while_the_flow_is_stopped_are_not_delivered_and_the_consumer_seeks_back() -> None:
+    clicks = TP("clicks", 0)
+    channel = _channel(10)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): [0, 1]}], [clicks])
+    consumer.flow_active = False
+    assert await _round(consumer) == []
+    assert channel.queue.empty() and consumer.seeks == 1
+
+
+async def test_a_new_generation_stops_the_round() -> None:
+    clicks, other = TP("clicks", 0), TP("clicks", 1)
+    channel = _channel(10)
+    consumer = BulkConsumer(channel, [{AioTP("clicks", 0): [0], AioTP("clicks", 1): [0]}], [clicks, other])
+    original = consumer._deliver_bulk
+
+    async def deliver_then_rebalance(tp: TP, chan: Any, records: list[Any]) -> None:
+        await original(tp, chan, records)
+        consumer.app.consumer_generation_id += 1
+
+    consumer._deliver_bulk = deliver_then_rebalance
+    await _round(consumer)
+    assert _queued(channel) == [(clicks, 0)]

@@ -97,6 +97,41 @@ def test_fetch_waits_on_the_active_partitions_and_holds_back_partitions_of_a_ful
     assert "pressure_drop_callback()" in queues
 
 
+def test_getmany_is_what_the_bulk_delivery_replaces() -> None:
+    """`FastDeliveryConsumer.getmany` replaces Faust's: the drain loop iterates it for `(tp, message)` pairs and drops
+    records below `_read_offset`; Faust's checks the override repeats per partition are these; the conductor's
+    per-record delivery that `_deliver_bulk` does once per partition awaits flow control and the producer's buffer
+    and reports queue pressure through these callbacks."""
+    consumer = faust.transport.consumer.Consumer
+    drain = _source(consumer._drain_messages)
+    assert "ait = cast(AsyncIterator, getmany(timeout=1.0))" in drain
+    assert "async for tp, message in ait:" in drain
+    assert "get_read_offset = self._read_offset.__getitem__" in drain
+    assert "if r_offset is None or offset >= r_offset:" in drain
+    assert "set_read_offset(tp, offset)" in drain
+    getmany = _source(consumer.getmany)
+    for fragment in (
+        "generation_id = self.app.consumer_generation_id if records is None or self.should_stop: return",
+        "if new_generation_id != generation_id:",
+        "active_partitions is None or tp in active_partitions or tp in self._buffered_partitions",
+        "self.app.monitor.track_tp_end_offset(tp, highwater_mark)",
+        "yield tp, to_message(tp, record)",
+        "await self.perform_seek()",
+    ):
+        assert fragment in getmany, fragment
+    assert _parameters(faust_aiokafka.Consumer._to_message) == ["self", "tp", "record"]
+    handler = _source(faust.transport.conductor.ConductorCompiler.build)
+    for fragment in (
+        "await acquire_flow_control() await wait_until_producer_ebb()",
+        "on_topic_buffer_full(tp) consumer_on_buffer_full(tp)",
+        "consumer_on_buffer_drop(tp)",
+        "await asyncio.wait( [ asyncio.ensure_future(dest_chan.put(dest_event))",
+    ):
+        assert fragment in handler, fragment
+    assert "on_pressure_high" in _parameters(mode.utils.queues.FlowControlQueue.put_nowait_enhanced)
+    assert "pending.add(callback)" in _source(mode.utils.queues.FlowControlQueue.in_pressure_high_state)
+
+
 def test_mode_wait_first_signature_and_results() -> None:
     assert _parameters(mode.Service.wait_first) == ["self", "coros", "timeout"]
     assert mode.services.WaitResults._fields == ("done", "results", "stopped")

@@ -18,6 +18,13 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
   thread; Faust's `seek` calls it from the caller's thread, racing the fetcher) and sets `Consumer._read_offset`;
   overrides the private `Consumer._wait_next_records(timeout)` and extends `Consumer.on_buffer_drop`, reading
   `Consumer._get_active_partitions()` and `Consumer._buffered_partitions` (the partitions a full queue holds back).
+  Replaces `Consumer.getmany` (the private drain loop's source of records) with one that puts the input topics'
+  records on their channel's queue a fetched partition at a time: it repeats Faust's checks from `getmany`
+  (`flow_active`, `app.consumer_generation_id`, `perform_seek`, `highwater`, `app.monitor.track_tp_end_offset`),
+  the drain loop's `Consumer._read_offset`, and what the conductor's per-record callback does
+  (`app.flow_control.acquire`, `app.producer.buffer.wait_until_ebb`, mode's `FlowControlQueue.put_nowait_enhanced`
+  with pressure callbacks calling `on_buffer_full` / `on_buffer_drop`, `app.sensors.on_topic_buffer_full`), and
+  builds messages with the driver's `Consumer._to_message(tp, record)`.
 - `batched_output`: `faust.transport.drivers.aiokafka.Producer._ensure_producer()` (the app's aiokafka producer)
   and `aiokafka.client.AIOKafkaClient._wait_on_metadata(topic)` (partition count of an output topic).
 - `broker_profiles`: replaces `aiokafka.AIOKafkaConsumer` process-wide, relying on the private
@@ -31,7 +38,8 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
 - `private_state`: `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
 - `batched_input`: `faust.transport.consumer.Consumer._commit_offsets(offsets)` (the worker commits its input
   itself), and undocumented behaviour: a `faust.Schema` whose `compile()` returns the `Message` itself,
-  `Topic.clone(is_iterator=True)` subscribing a channel the conductor fills directly (`queue.put_nowait_enhanced`
-  with flow control), `Message.generation_id`, and Faust's drain loop recording offset gaps only for topics with
-  acks (the input is subscribed without).
+  `Topic.clone(is_iterator=True)` subscribing a channel (filled by `fast_delivery`'s bulk delivery, as the
+  conductor would fill it: `queue.put_nowait_enhanced` with flow control), `Message.generation_id`, and Faust's
+  drain loop recording offset gaps only for topics with acks (the input is subscribed without, and its records
+  no longer pass through the drain loop's per-record path).
 """

@@ -47,9 +47,10 @@ class WorkerInput:
     its last ones, so no later record shows a jump). Records delivered while the flow is stopped are left out
     too: the seek after the rebalance delivers them again.
 
-    Back-pressure: the conductor puts each record on the channel's flow-controlled queue (`maxsize` records),
-    exactly where it would put a stream's events; a full queue pauses fetching of that partition. Faust clears
-    the queue when partitions are revoked.
+    Back-pressure: the app's consumer puts the records on the channel's flow-controlled queue (`maxsize` records)
+    a fetched partition at a time (`FastDeliveryConsumer.getmany`, registered through `app.bulk_channels`), where
+    Faust's conductor would put a stream's events one by one; a queue under pressure pauses fetching of that
+    partition. Faust clears the queue when partitions are revoked.
 
     Commit: `processed()` marks everything handed out so far as processed (the caller calls it once a batch's
     output has been flushed); `commit()` commits the next offset after the processed records of each partition.
@@ -70,6 +71,8 @@ class WorkerInput:
         """Subscribe the input to its topics through Faust's conductor; call once, before the app starts."""
         self.app.topics.add(self.channel)
         self.app.seek_listeners.append(self.on_seek)
+        for topic in self.topics:
+            self.app.bulk_channels[topic] = self.channel
 
     async def on_seek(self, consumer: Any) -> None:
         """After an assignment's seek to the committed offsets: each assigned input partition starts there."""

@@ -1,13 +1,15 @@
-"""Hand each fetched message to its stream without Faust's four asyncio tasks per message, keeping the semantics:
-`wait_first` wraps its coroutines and the service's stopped/crashed events in four tasks and cancels three, for
-every message, about a third of the worker's CPU per event in the benchmark (bench/FINDINGS.md)."""
+"""Hand fetched records to the worker without Faust's per-record delivery, keeping its semantics: `wait_first` wraps
+its coroutines and the service's stopped/crashed events in four tasks and cancels three, for every message, about
+a third of the worker's CPU per event in the benchmark; and after that fix, the drain loop's per-record path (an
+async generator step, checks, a conductor callback with a lock and two awaits, per record) still cost ~13 % of it
+(bench/FINDINGS.md): the worker's input topics now go onto their queue a fetched partition at a time."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 import faust
@@ -58,8 +60,10 @@ def fast_delivery_consumer(base: type) -> type:
     """A subclass of Faust's consumer class `base` whose `wait_first` takes the fast path below."""
 
     class FastDeliveryConsumer(base):  # type: ignore[misc, valid-type]
-        """Faust's consumer, delivering each message without a task per message, and fetching again as soon as a
-        full input queue gives a partition back (`_wait_next_records`); nothing else differs.
+        """Faust's consumer, putting the records of the topics in `app.bulk_channels` on their channel's queue a
+        fetched partition at a time (`getmany`), delivering every other message without a task per message
+        (`wait_first`), and fetching again as soon as a full input queue gives a partition back
+        (`_wait_next_records`); nothing else differs.
 
         Faust's drain loop (`Consumer._drain_messages`, its only caller of `wait_first`) delivers every message
         with `await self.wait_first(callback(message), self.suspend_flow.wait())`: the callback (the conductor
@@ -71,6 +75,7 @@ def fast_delivery_consumer(base: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._partition_given_back = asyncio.Event()  # set by `on_buffer_drop`, awaited in `_wait_next_records`
+            self._bulk_pressure: dict[Any, tuple[Callable[[], None], Callable[[], None]]] = {}
 
         async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
             """Same results and exceptions as `mode.Service.wait_first`.
@@ -126,6 +131,98 @@ def fast_delivery_consumer(base: type) -> type:
                     timeout = min(timeout, HELD_BACK_FETCH_WAIT_S)
             return await super()._wait_next_records(timeout)
 
+        async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+            """Faust's `getmany` (the drain loop's source of `(tp, message)` pairs), except that the records of a
+            topic in the app's `bulk_channels` are not yielded one by one: they go straight onto that channel's
+            queue (`_deliver_bulk`), a fetched partition's records at a time. Records of any other topic are
+            yielded as Faust does. The checks are Faust's, made per partition instead of per record: the flow is
+            active, the generation has not changed, the partition is active or held back by a full queue."""
+            records, active_partitions = await self._wait_next_records(timeout)
+            generation_id = self.app.consumer_generation_id
+            if records is None or self.should_stop:
+                return
+            if not self.flow_active:
+                # Faust: records fetched while the flow is stopped are not delivered; seek back to the committed
+                # offsets so that they are fetched again.
+                try:
+                    await self.perform_seek()
+                except Exception as exc:  # as Faust: logged, the next round tries again
+                    self.log.warning(f"exception performing seek when flow not active {exc}")
+                return
+            bulk = self.app.bulk_channels
+            to_message = self._to_message
+            for tp, tp_records in records.items():
+                if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    break
+                if not (
+                    active_partitions is None or tp in active_partitions or tp in self._buffered_partitions
+                ):
+                    continue
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                channel = bulk.get(tp.topic)
+                if channel is not None:
+                    # The fetcher's keys are aiokafka's TopicPartition; Faust's bookkeeping asserts its own TP.
+                    await self._deliver_bulk(ensure_TP(tp), channel, tp_records)
+                    continue
+                for record in tp_records:
+                    if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                        return
+                    yield tp, to_message(tp, record)
+
+        async def _deliver_bulk(self, tp: Any, channel: Any, records: list[Any]) -> None:
+            """Put one partition's fetched records on `channel`'s queue as Faust's conductor puts each record
+            (`ConductorCompiler.build`), with its per-record awaits made once: flow control, the producer's
+            buffer, the queue's pressure callbacks (a partition whose queue is under pressure is held back from
+            fetching until it drains), and Faust's read offset moved past each record put. A record meeting a
+            full queue waits for room, and is abandoned with the rest when the flow is suspended meanwhile (a
+            rebalance: the seek after it fetches them again), as in Faust's drain loop. Records below Faust's
+            read offset (fetched before a seek) are dropped, as Faust drops them."""
+            read_offset = self._read_offset
+            start = read_offset.get(tp)
+            if start is not None:
+                records = [record for record in records if record.offset >= start]
+            if not records:
+                return
+            app = self.app
+            await app.flow_control.acquire()
+            await app.producer.buffer.wait_until_ebb()
+            on_high, on_drop = self._pressure_callbacks(tp)
+            queue = channel.queue
+            to_message = self._to_message
+            put_nowait = queue.put_nowait_enhanced
+            delivered: int | None = None
+            for record in records:
+                message = to_message(tp, record)
+                if queue.full():
+                    app.sensors.on_topic_buffer_full(tp)
+                    if delivered is not None:
+                        read_offset[tp] = delivered
+                    results = await self.wait_first(channel.put(message), self.suspend_flow.wait())
+                    if results.stopped or self.suspend_flow.is_set():
+                        return  # abandoned with the rest: the seek after the rebalance fetches them again
+                else:
+                    put_nowait(message, on_pressure_high=on_high, on_pressure_drop=on_drop)
+                delivered = record.offset
+            if delivered is not None:
+                read_offset[tp] = delivered
+
+        def _pressure_callbacks(self, tp: Any) -> tuple[Callable[[], None], Callable[[], None]]:
+            """One pair per partition, as the conductor compiles them: the queue keeps its pending pressure-drop
+            callbacks in a set, so the same callable must come back every time."""
+            callbacks = self._bulk_pressure.get(tp)
+            if callbacks is None:
+                on_topic_buffer_full = self.app.sensors.on_topic_buffer_full
+
+                def on_high() -> None:
+                    on_topic_buffer_full(tp)
+                    self.on_buffer_full(tp)
+
+                def on_drop() -> None:
+                    self.on_buffer_drop(tp)
+
+                callbacks = self._bulk_pressure[tp] = (on_high, on_drop)
+            return callbacks
+
         def on_buffer_drop(self, tp: Any) -> None:
             """Faust's: a partition held back by a full queue is active again; also wakes `_wait_next_records`."""
             super().on_buffer_drop(tp)
@@ -176,6 +273,8 @@ class NudgeFaustApp(faust.App):
         super().__init__(*args, **kwargs)
         # Awaited with the consumer after every seek to the committed offsets (`FastDeliveryConsumer.perform_seek`).
         self.seek_listeners: list[Callable[[Any], Awaitable[None]]] = []
+        # Topic name -> the one channel subscribed to it, delivered in bulk (`FastDeliveryConsumer.getmany`).
+        self.bulk_channels: dict[str, Any] = {}
 
     def _new_transport(self) -> TransportT:
         base = transport.by_url(self.conf.broker_consumer[0])
