@@ -8,6 +8,7 @@ pyproject.toml and the expectations here (and the list in engine/worker/faust_ex
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import tomllib
@@ -130,6 +131,21 @@ def test_getmany_is_what_the_bulk_delivery_replaces() -> None:
         assert fragment in handler, fragment
     assert "on_pressure_high" in _parameters(mode.utils.queues.FlowControlQueue.put_nowait_enhanced)
     assert "pending.add(callback)" in _source(mode.utils.queues.FlowControlQueue.in_pressure_high_state)
+
+
+def test_queue_get_is_what_the_bulk_take_repeats() -> None:
+    """`batched_input.take_queued` takes records off mode's `FlowControlQueue` in bulk: it repeats what
+    `get_nowait` does per record (mode: endorse pressure drops; asyncio: take from `_queue`, wake one of
+    `_putters`)."""
+    mode_get = _source(mode.utils.queues.FlowControlQueue.get_nowait)
+    assert "self.maybe_endorse_pressure_drop() return cast(_T, super().get_nowait())" in mode_get
+    asyncio_get = _source(asyncio.Queue.get_nowait)
+    assert "item = self._get() self._wakeup_next(self._putters) return item" in asyncio_get
+    assert "return self._queue.popleft()" in _source(asyncio.Queue._get)
+    endorse = _source(mode.utils.queues.FlowControlQueue.maybe_endorse_pressure_drop)
+    assert "pending = self._pending_pressure_drop_callbacks" in endorse
+    assert "if size <= pressure_drop_size:" in endorse
+    assert "pressure_drop_size" in vars(mode.utils.queues.FlowControlQueue)
 
 
 def test_mode_wait_first_signature_and_results() -> None:

@@ -37,9 +37,11 @@ Private API used (faust-streaming 0.15.3, its mode-streaming, aiokafka 0.14.0), 
   `Store.apply_changelog_batch` does; uses the driver's `credentials_to_aiokafka_auth` and `server_list`.
 - `private_state`: `faust.stores.memory.Store._key_partition` (the changelog partition of each recovered key).
 - `batched_input`: `faust.transport.consumer.Consumer._commit_offsets(offsets)` (the worker commits its input
-  itself), and undocumented behaviour: a `faust.Schema` whose `compile()` returns the `Message` itself,
-  `Topic.clone(is_iterator=True)` subscribing a channel (filled by `fast_delivery`'s bulk delivery, as the
-  conductor would fill it: `queue.put_nowait_enhanced` with flow control), `Message.generation_id`, and Faust's
-  drain loop recording offset gaps only for topics with acks (the input is subscribed without, and its records
-  no longer pass through the drain loop's per-record path).
+  itself); `take_queued` takes queued records in bulk as mode's `FlowControlQueue.get_nowait` takes each
+  (asyncio's `Queue._queue`, `_putters`, `_wakeup_next`; mode's `_pending_pressure_drop_callbacks`,
+  `pressure_drop_size`, `maybe_endorse_pressure_drop`); and undocumented behaviour: a `faust.Schema` whose
+  `compile()` returns the `Message` itself, `Topic.clone(is_iterator=True)` subscribing a channel (filled by
+  `fast_delivery`'s bulk delivery, as the conductor would fill it: `queue.put_nowait_enhanced` with flow control),
+  `Message.generation_id`, and Faust's drain loop recording offset gaps only for topics with acks (the input is
+  subscribed without, and its records no longer pass through the drain loop's per-record path).
 """

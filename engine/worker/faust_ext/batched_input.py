@@ -105,20 +105,15 @@ class WorkerInput:
         queue = self.channel.queue
         while True:
             batch = [await queue.get()]
-            self._drain(queue, batch, size)
+            take_queued(queue, batch, size)
             if len(batch) < size and within_s > 0:
                 # One nap for the rest of the window rather than a wake-up per record: under light load the
                 # batch costs one timer, under heavy load the queue has filled the batch already.
                 await asyncio.sleep(within_s)
-                self._drain(queue, batch, size)
+                take_queued(queue, batch, size)
             current = self._admit(batch)
             if current:
                 yield current
-
-    @staticmethod
-    def _drain(queue: Any, batch: list[Message], size: int) -> None:
-        while len(batch) < size and not queue.empty():
-            batch.append(queue.get_nowait())
 
     def _admit(self, batch: list[Message]) -> list[Message]:
         if not self.app.flow_control.is_active():
@@ -186,3 +181,22 @@ class WorkerInput:
             return
         await self.app.consumer._commit_offsets({TP(*key): offset for key, offset in positions.items()})
         self.positions.committed(positions)
+
+
+def take_queued(queue: Any, batch: list[Message], size: int) -> None:
+    """Move up to `size - len(batch)` records from `queue` (mode's `FlowControlQueue`) to `batch` at once: what
+    mode's `get_nowait` does per record (asyncio's: take the item, wake one waiting putter; mode's: give held-back
+    partitions back once the queue is below its pressure-drop size), done once for all of them."""
+    taken = min(size - len(batch), queue.qsize())
+    if taken <= 0:
+        return
+    popleft = queue._queue.popleft
+    batch.extend([popleft() for _ in range(taken)])
+    putters = queue._putters
+    for _ in range(taken):
+        if not putters:
+            break
+        queue._wakeup_next(putters)
+    pending = queue._pending_pressure_drop_callbacks
+    while pending and queue.qsize() <= queue.pressure_drop_size:
+        queue.maybe_endorse_pressure_drop()
