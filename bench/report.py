@@ -116,6 +116,11 @@ def table(results: dict[str, Any]) -> str:
                      f"p99 {_num(ev['p99'], ' s')} (n={ev['count']})"))
         rows.append(("    deadline lag (absence rules)", f"p50 {_num(dl['p50'], ' s')}",
                      f"p99 {_num(dl['p99'], ' s')} (n={dl['count']})"))
+        out, arrival = lat.get("event_to_output_s"), lat.get("output_to_arrival_s")
+        if out and arrival:  # where the time goes: inside the worker (input hop included), then the output hop
+            rows.append(("    of which: event -> worker's produce, produce -> watcher",
+                         f"p50 {_num(out['p50'], ' s')}, {_num(arrival['p50'], ' s')}",
+                         f"p99 {_num(out['p99'], ' s')}, {_num(arrival['p99'], ' s')}"))
     for key, label in (("worker", "(5) state, all packs"), ("journeys", "(5) state, journey-heavy")):
         state = get(m, key, "state")
         if state:
