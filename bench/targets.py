@@ -3,10 +3,6 @@
 Targets (`TARGETS`) are reported with their measured value and holds / MISSED / not measured. The exit code is
 non-zero when a gate fails:
 
-- `targets met`: no measured target is MISSED (issue 22: `make bench` exits non-zero when a target is missed).
-  Not checked with `--quick`: windows under 20 s prove nothing either way. Targets a run did not measure (a
-  skipped step) do not count.
-
 - `valid measurements`: every measured step has all its repetitions and no flagged window (short, rebalance,
   no progress, contended; with `--quick`, a window under 20 s and other users' load are expected and not
   counted), and no step failed.
@@ -18,6 +14,9 @@ non-zero when a gate fails:
   tolerance = max(15 %, CPU spread of (3) + CPU spread of (2)), a step's CPU spread being (max - min) / median of
   its windows' CPU-s per 1k. A baseline without CPU figures falls back to the rate ratio. Not checked (reported
   as such) when either step is missing or there is no baseline.
+- `targets met`: no measured target is MISSED (issue 22: `make bench` exits non-zero when a target is missed).
+  Not checked with `--quick`: windows under 20 s prove nothing either way. Targets a run did not measure (a
+  skipped step) do not count.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def _close(awaitable: Any) -> None:
 
 
 def fast_delivery_consumer(base: type) -> type:
-    """A subclass of Faust's consumer class `base` whose `wait_first` takes the fast path below."""
+    """A subclass of Faust's consumer class `base` with the delivery and fetch paths below (`getmany`,
+    `wait_first`, `_wait_next_records`)."""
 
     class FastDeliveryConsumer(base):  # type: ignore[misc, valid-type]
         """Faust's consumer, putting the records of the topics in `app.bulk_channels` on their channel's queue a
